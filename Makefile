@@ -1,0 +1,32 @@
+# Two commands: `make demo` and `make test`. Both set themselves up on a fresh Debian machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test setup system-deps db-up clean
+
+$(STAMP): pyproject.toml
+	./scripts/system-deps.sh
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+system-deps:
+	./scripts/system-deps.sh
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+demo: setup
+	$(BIN)/cim db up
+	$(BIN)/cim init
+	$(BIN)/cim db status
+
+clean:
+	-$(BIN)/cim db down
+	rm -rf $(VENV) .cim

@@ -1,0 +1,60 @@
+"""The ``cim`` command: joins the core's sub-commands and each edge's (ingest, tiles, api).
+
+The core must not depend on its edges, so each edge is imported here only when the app is
+built, through its own ``register(app)`` hook.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+from rich.console import Console
+
+from cim.errors import UserError
+
+EDGE_MODULES = ("ingest.cli", "tiles.cli", "api.cli")
+CORE_MODULES = ("cim.cli.db", "cim.cli.gazetteer", "cim.cli.grid")
+
+err_console = Console(stderr=True)
+
+
+def build_app() -> typer.Typer:
+    app = typer.Typer(name="cim", help="CIM city data platform: PostGIS 3D base, loaders, gazetteer, API, tiles.",
+                      no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+    for module_name in CORE_MODULES + EDGE_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:  # a real missing dependency, not an absent edge
+                raise
+            continue
+        module.register(app)
+    return app
+
+
+def run() -> None:
+    """Console entry point: known errors become one clear line and exit code 1, never a traceback."""
+    try:
+        build_app()(standalone_mode=False)
+    except UserError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}")
+        sys.exit(1)
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("aborted")
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:  # click usage errors come through here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Exit):
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,243 @@
+"""A project-local PostgreSQL + PostGIS cluster under ``$CIM_HOME``.
+
+Why not the machine's default cluster: the platform must never touch it, and a developer or CI
+must get a working base with no step by hand. initdb refuses to run as root, so as root the
+server runs as an unprivileged system user (``postgres`` when the distribution created it, else
+one we create). It listens on loopback and a private socket directory only, with a random
+password kept in ``$CIM_HOME`` (mode 0600).
+"""
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cim.config import cim_home
+from cim.errors import UserError
+
+SUPERUSER = "cim"
+DATABASE = "cim"
+SERVICE_USER_FALLBACK = "cim-postgres"
+
+
+class ClusterError(UserError):
+    """The embedded cluster cannot be created, started or reached; the message says why."""
+
+
+def find_pg_bindir() -> Path:
+    """The newest installed PostgreSQL server whose share dir has PostGIS."""
+    candidates: list[tuple[int, Path]] = []
+    root = Path("/usr/lib/postgresql")
+    if root.is_dir():
+        for entry in root.iterdir():
+            if entry.name.isdigit() and (entry / "bin" / "initdb").exists():
+                candidates.append((int(entry.name), entry / "bin"))
+    if not candidates:
+        pg_config = shutil.which("pg_config")
+        if pg_config:
+            bindir = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True).stdout.strip()
+            if (Path(bindir) / "initdb").exists():
+                return Path(bindir)
+        raise ClusterError(
+            "no PostgreSQL server found: install 'postgresql' and 'postgresql-NN-postgis-3' "
+            "(Debian/Ubuntu: run 'make setup' as root), or set CIM_DATABASE_URL"
+        )
+    candidates.sort(reverse=True)
+    for version, bindir in candidates:
+        if Path(f"/usr/share/postgresql/{version}/extension/postgis.control").exists():
+            return bindir
+    version = candidates[0][0]
+    raise ClusterError(
+        f"PostgreSQL {version} is installed but PostGIS is not: install 'postgresql-{version}-postgis-3' "
+        "(Debian/Ubuntu: 'make setup' as root does it)"
+    )
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _service_user() -> str | None:
+    """The OS user the server runs as, or None to run as ourselves (not root)."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", SERVICE_USER_FALLBACK):
+        try:
+            pwd.getpwnam(name)
+            return name
+        except KeyError:
+            continue
+    subprocess.run(
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVICE_USER_FALLBACK],
+        check=True,
+    )
+    return SERVICE_USER_FALLBACK
+
+
+@dataclass
+class Cluster:
+    """One embedded cluster rooted at ``home`` (``$CIM_HOME`` by default)."""
+
+    home: Path
+
+    @classmethod
+    def default(cls) -> "Cluster":
+        return cls(cim_home())
+
+    @property
+    def datadir(self) -> Path:
+        return self.home / "pgdata"
+
+    @property
+    def socketdir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def statefile(self) -> Path:
+        return self.home / "cluster.json"
+
+    @property
+    def logfile(self) -> Path:
+        return self.home / "postgres.log"
+
+    def _state(self) -> dict:
+        if not self.statefile.exists():
+            raise ClusterError(f"no embedded cluster under {self.home}: run 'cim db up' first")
+        return json.loads(self.statefile.read_text())
+
+    def url(self) -> str:
+        st = self._state()
+        return f"postgresql://{SUPERUSER}:{st['password']}@127.0.0.1:{st['port']}/{DATABASE}"
+
+    def _run_pg(self, args: list[str], check: bool = True) -> subprocess.CompletedProcess:
+        user = _service_user()
+        cmd = ([ "runuser", "-u", user, "--"] if user else []) + args
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if check and proc.returncode != 0:
+            raise ClusterError(f"{Path(args[0]).name} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+        return proc
+
+    def _give_to_service_user(self, *paths: Path) -> None:
+        user = _service_user()
+        if not user:
+            return
+        pw = pwd.getpwnam(user)
+        for path in paths:
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+            for root, dirs, files in os.walk(path):
+                os.chown(root, pw.pw_uid, pw.pw_gid)
+                for f in files:
+                    os.chown(os.path.join(root, f), pw.pw_uid, pw.pw_gid)
+        # The service user must be able to reach the data directory through its parents.
+        parent = self.home
+        while parent != parent.parent:
+            mode = parent.stat().st_mode
+            if not mode & 0o001:
+                os.chmod(parent, mode | 0o001)
+            parent = parent.parent
+
+    def initialise(self) -> None:
+        bindir = find_pg_bindir()
+        self.home.mkdir(parents=True, exist_ok=True)
+        password = secrets.token_urlsafe(18)
+        port = _free_port()
+        pwfile = self.home / "pwfile"
+        pwfile.write_text(password + "\n")
+        self.socketdir.mkdir(exist_ok=True)
+        self.datadir.mkdir(mode=0o700, exist_ok=True)
+        self._give_to_service_user(self.datadir, self.socketdir, pwfile)
+        self._run_pg([
+            str(bindir / "initdb"), "-D", str(self.datadir), "-U", SUPERUSER, f"--pwfile={pwfile}",
+            "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C.UTF-8",
+        ])
+        pwfile.unlink()
+        with open(self.datadir / "postgresql.auto.conf", "a") as conf:
+            conf.write(
+                f"listen_addresses = '127.0.0.1'\nport = {port}\n"
+                f"unix_socket_directories = '{self.socketdir}'\n"
+                "fsync = on\nshared_buffers = '256MB'\nmax_wal_size = '2GB'\n"
+                "maintenance_work_mem = '512MB'\nwork_mem = '32MB'\n"
+            )
+        self._give_to_service_user(self.datadir)
+        state = {"port": port, "password": password, "bindir": str(bindir)}
+        self.statefile.write_text(json.dumps(state))
+        os.chmod(self.statefile, 0o600)
+
+    def is_running(self) -> bool:
+        if not self.statefile.exists() or not (self.datadir / "PG_VERSION").exists():
+            return False
+        bindir = Path(self._state()["bindir"])
+        return self._run_pg([str(bindir / "pg_ctl"), "-D", str(self.datadir), "status"], check=False).returncode == 0
+
+    def up(self) -> str:
+        """Create (first time) and start the cluster, make the database with PostGIS; return its URL."""
+        if not (self.datadir / "PG_VERSION").exists():
+            if self.datadir.exists():
+                shutil.rmtree(self.datadir)
+            self.initialise()
+        if not self.is_running():
+            st = self._state()
+            # the port recorded at initdb may have been taken meanwhile by someone else
+            if not _port_is_free(st["port"]):
+                raise ClusterError(f"port {st['port']} recorded in {self.statefile} is in use by another process")
+            bindir = Path(st["bindir"])
+            self.logfile.touch()
+            self._give_to_service_user(self.logfile)
+            self._run_pg([str(bindir / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.logfile),
+                          "-w", "-t", "60", "start"])
+        self._ensure_database()
+        return self.url()
+
+    def _ensure_database(self) -> None:
+        import psycopg2
+
+        st = self._state()
+        deadline = time.time() + 30
+        while True:
+            try:
+                conn = psycopg2.connect(host="127.0.0.1", port=st["port"], user=SUPERUSER,
+                                        password=st["password"], dbname="postgres")
+                break
+            except psycopg2.OperationalError as exc:
+                if time.time() > deadline:
+                    raise ClusterError(f"embedded cluster not reachable: {exc}") from exc
+                time.sleep(0.3)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,))
+            if cur.fetchone() is None:
+                cur.execute(f'CREATE DATABASE "{DATABASE}"')
+        conn.close()
+
+    def down(self) -> None:
+        if self.is_running():
+            bindir = Path(self._state()["bindir"])
+            self._run_pg([str(bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "fast", "-w", "stop"])
+
+    def reset(self) -> str:
+        """Throw the cluster away and start a new empty one."""
+        self.down()
+        for path in (self.datadir, self.socketdir, self.statefile):
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+        return self.up()
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False

@@ -1,0 +1,280 @@
+"""The city base's tables, built for one storage SRID.
+
+Every feature table shares the same history columns (after 3DCityDB v5): ``fid`` identifies one
+version row, ``feature_id`` is the stable id across versions, ``source_id`` is the deliverer's
+own id, and ``valid_from``/``valid_to`` bound each version — a change closes the old row and
+adds a new one; nothing is deleted. ``content_hash`` lets a loader tell "unchanged" without
+comparing every column, ``attributes`` keeps whatever the canonical schema has no column for.
+
+The SRID is a parameter because the storage CRS is chosen once at ``cim init --srid``.
+"""
+from __future__ import annotations
+
+import sqlalchemy as sa
+from geoalchemy2 import Geometry
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+
+#: feature tables, in load order, with their geometry type (all carry Z)
+FEATURE_TABLES: dict[str, str] = {
+    "districts": "MULTIPOLYGONZ",
+    "streets": "MULTIPOLYGONZ",
+    "communities": "MULTIPOLYGONZ",
+    "grids": "MULTIPOLYGONZ",
+    "addresses": "POINTZ",
+    "buildings": "MULTIPOLYGONZ",
+    "curtain_walls": "MULTIPOLYGONZ",
+    "parts": "POINTZ",
+    "pipelines": "LINESTRINGZ",
+    "iot_devices": "POINTZ",
+}
+#: tables queried in true 3D (underground proximity, 3D distance) get an N-D GiST index too
+ND_INDEXED = {"buildings", "curtain_walls", "parts", "pipelines", "iot_devices", "addresses"}
+#: tables whose features are assigned district/street/community/grid codes on load
+ENRICHED = {"addresses", "buildings", "curtain_walls", "parts", "pipelines", "iot_devices"}
+
+
+def _history_columns() -> list[sa.Column]:
+    return [
+        sa.Column("fid", sa.BigInteger, sa.Identity(), primary_key=True),
+        sa.Column("feature_id", UUID(as_uuid=False), nullable=False,
+                  server_default=sa.text("gen_random_uuid()")),
+        sa.Column("source_id", sa.Text),
+        sa.Column("valid_from", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+        sa.Column("valid_to", sa.DateTime(timezone=True)),
+        sa.Column("ingest_run_id", sa.Integer, sa.ForeignKey("ingest_runs.id")),
+        sa.Column("content_hash", sa.Text),
+        sa.Column("attributes", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    ]
+
+
+def _grid_columns() -> list[sa.Column]:
+    return [
+        sa.Column("district_code", sa.Text),
+        sa.Column("street_code", sa.Text),
+        sa.Column("community_code", sa.Text),
+        sa.Column("grid_code", sa.Text),
+    ]
+
+
+def _feature_table(metadata: sa.MetaData, name: str, srid: int, *columns: sa.Column) -> sa.Table:
+    geometry_type = FEATURE_TABLES[name]
+    enrichment = _grid_columns() if name in ENRICHED else []
+    table = sa.Table(
+        name, metadata, *_history_columns(), *columns, *enrichment,
+        sa.Column("geom", Geometry(geometry_type, srid=srid, dimension=3, spatial_index=False),
+                  nullable=name == "curtain_walls"),
+    )
+    sa.Index(f"ix_{name}_current_source_id", table.c.source_id, unique=True,
+             postgresql_where=table.c.valid_to.is_(None))
+    sa.Index(f"ix_{name}_feature_id", table.c.feature_id)
+    sa.Index(f"ix_{name}_validity", table.c.valid_from, table.c.valid_to)
+    sa.Index(f"ix_{name}_geom", table.c.geom, postgresql_using="gist")
+    if name in ND_INDEXED:
+        sa.Index(f"ix_{name}_geom_nd", table.c.geom, postgresql_using="gist",
+                 postgresql_ops={"geom": "gist_geometry_ops_nd"})
+    if name in ENRICHED:
+        sa.Index(f"ix_{name}_grid_code", table.c.grid_code)
+    return table
+
+
+def build_metadata(srid: int) -> sa.MetaData:
+    """All tables of the base with geometry in ``srid`` (metric, Z in metres)."""
+    md = sa.MetaData()
+
+    sa.Table(
+        "cim_settings", md,
+        sa.Column("key", sa.Text, primary_key=True),
+        sa.Column("value", JSONB, nullable=False),
+    )
+    sa.Table(
+        "ingest_runs", md,
+        sa.Column("id", sa.Integer, sa.Identity(), primary_key=True),
+        sa.Column("layer", sa.Text, nullable=False),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+        sa.Column("finished_at", sa.DateTime(timezone=True)),
+        sa.Column("status", sa.Text, nullable=False, server_default="running"),
+        sa.Column("mode", sa.Text),
+        sa.Column("files", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
+        sa.Column("crs", sa.Text),
+        sa.Column("encoding", sa.Text),
+        sa.Column("operator", sa.Text),
+        sa.Column("options", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+        sa.Column("n_read", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("n_inserted", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("n_updated", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("n_unchanged", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("n_closed", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("n_rejected", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("duration_s", sa.Float),
+        sa.Column("message", sa.Text),
+    )
+    sa.Table(
+        "layers", md,
+        sa.Column("name", sa.Text, primary_key=True),  # collection id, e.g. "curtain-walls"
+        sa.Column("title", sa.Text, nullable=False),
+        sa.Column("description", sa.Text),
+        sa.Column("table_name", sa.Text, nullable=False, unique=True),
+        sa.Column("geometry_type", sa.Text, nullable=False),
+        sa.Column("is_3d", sa.Boolean, nullable=False, server_default=sa.true()),
+        sa.Column("queryables", JSONB, nullable=False),  # [{"name", "type", "title"}]
+        sa.Column("version", sa.Integer, nullable=False, server_default="1"),  # bumped by changing loads
+        sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+    )
+    sa.Table(
+        "part_classes", md,
+        sa.Column("code", sa.String(4), primary_key=True),  # 2 digits = class, 4 digits = subclass
+        sa.Column("name", sa.Text, nullable=False),
+        sa.Column("parent_code", sa.String(2), sa.ForeignKey("part_classes.code")),
+        sa.CheckConstraint("code ~ '^[0-9]{2}([0-9]{2})?$'", name="ck_part_classes_code"),
+    )
+    sa.Table(
+        "admin_aliases", md,  # historical and short names: 闸北区 -> 静安区 (310106)
+        sa.Column("alias", sa.Text, primary_key=True),
+        sa.Column("name", sa.Text, nullable=False),
+        sa.Column("code", sa.Text, nullable=False),
+        sa.Column("kind", sa.Text, nullable=False),  # historical | short
+        sa.Column("since_year", sa.Integer),
+    )
+
+    # --- administrative and grid hierarchy -----------------------------------------------
+    code_ops = {"code": "text_pattern_ops"}
+    districts = _feature_table(md, "districts", srid, sa.Column("code", sa.Text, nullable=False),
+                               sa.Column("name", sa.Text, nullable=False))
+    streets = _feature_table(md, "streets", srid, sa.Column("code", sa.Text, nullable=False),
+                             sa.Column("name", sa.Text, nullable=False), sa.Column("district_code", sa.Text))
+    communities = _feature_table(md, "communities", srid, sa.Column("code", sa.Text, nullable=False),
+                                 sa.Column("name", sa.Text, nullable=False), sa.Column("street_code", sa.Text))
+    for t in (districts, streets, communities):
+        sa.Index(f"ix_{t.name}_code", t.c.code, postgresql_ops=code_ops)
+    grids = _feature_table(md, "grids", srid, sa.Column("grid_code", sa.Text, nullable=False),
+                           sa.Column("name", sa.Text), sa.Column("community_code", sa.Text),
+                           sa.Column("street_code", sa.Text), sa.Column("district_code", sa.Text))
+    sa.Index("ix_grids_grid_code", grids.c.grid_code, postgresql_ops={"grid_code": "text_pattern_ops"})
+
+    # --- responsibility: grid -> post -> department -> person ------------------------------
+    sa.Table(
+        "departments", md,
+        sa.Column("id", sa.Integer, sa.Identity(), primary_key=True),
+        sa.Column("code", sa.Text, nullable=False, unique=True),
+        sa.Column("name", sa.Text, nullable=False),
+        sa.Column("handles", ARRAY(sa.Text), nullable=False, server_default="{}"),  # part (sub)classes
+    )
+    sa.Table(
+        "posts", md,
+        sa.Column("id", sa.Integer, sa.Identity(), primary_key=True),
+        sa.Column("code", sa.Text, nullable=False, unique=True),
+        sa.Column("name", sa.Text, nullable=False),
+        sa.Column("department_id", sa.Integer, sa.ForeignKey("departments.id"), nullable=False),
+    )
+    sa.Table(
+        "persons", md,
+        sa.Column("id", sa.Integer, sa.Identity(), primary_key=True),
+        sa.Column("name", sa.Text, nullable=False),
+        sa.Column("contact", sa.Text),
+        sa.UniqueConstraint("name", "contact", name="uq_persons_name_contact"),
+    )
+    sa.Table(
+        "post_persons", md,
+        sa.Column("post_id", sa.Integer, sa.ForeignKey("posts.id"), primary_key=True),
+        sa.Column("person_id", sa.Integer, sa.ForeignKey("persons.id"), primary_key=True),
+    )
+    sa.Table(
+        "grid_posts", md,
+        sa.Column("grid_code", sa.Text, primary_key=True),
+        sa.Column("post_id", sa.Integer, sa.ForeignKey("posts.id"), primary_key=True),
+    )
+
+    # --- gazetteer ----------------------------------------------------------------------------
+    addresses = _feature_table(
+        md, "addresses", srid,
+        sa.Column("province", sa.Text), sa.Column("city", sa.Text),
+        sa.Column("district", sa.Text), sa.Column("street", sa.Text), sa.Column("community", sa.Text),
+        sa.Column("road", sa.Text), sa.Column("door_number", sa.Text), sa.Column("lane", sa.Text),
+        sa.Column("building_no", sa.Text), sa.Column("unit", sa.Text), sa.Column("floor", sa.Text),
+        sa.Column("room", sa.Text), sa.Column("compound", sa.Text), sa.Column("remark", sa.Text),
+        sa.Column("door_int", sa.Integer),  # leading integer of door_number, for interpolation
+        sa.Column("standard_address", sa.Text), sa.Column("address_code", sa.Text),
+        sa.Column("building_feature_id", UUID(as_uuid=False)),
+    )
+    sa.Index("ix_addresses_road_door", addresses.c.road, addresses.c.door_int)
+    sa.Index("ix_addresses_standard", addresses.c.standard_address)
+    sa.Table(
+        "address_aliases", md,
+        sa.Column("id", sa.Integer, sa.Identity(), primary_key=True),
+        sa.Column("address_feature_id", UUID(as_uuid=False), nullable=False, index=True),
+        sa.Column("alias", sa.Text, nullable=False, index=True),
+        sa.Column("kind", sa.Text, nullable=False, server_default="alias"),  # alias | historical
+    )
+
+    # --- buildings, curtain walls, parts, pipelines -------------------------------------------
+    _feature_table(
+        md, "buildings", srid,
+        sa.Column("name", sa.Text), sa.Column("base_elevation", sa.Float, nullable=False, server_default="0"),
+        sa.Column("height", sa.Float), sa.Column("floors", sa.Integer), sa.Column("use", sa.Text),
+        sa.Column("year_built", sa.Integer), sa.Column("structure", sa.Text),
+        sa.Column("is_protected", sa.Boolean, nullable=False, server_default=sa.false()),
+        sa.Column("address_feature_id", UUID(as_uuid=False)),
+        sa.CheckConstraint("height IS NULL OR (height > 0 AND height <= 700)", name="ck_buildings_height"),
+    )
+    _feature_table(
+        md, "curtain_walls", srid,
+        sa.Column("building_source_id", sa.Text), sa.Column("building_feature_id", UUID(as_uuid=False)),
+        sa.Column("glass_type", sa.Text), sa.Column("support_type", sa.Text),
+        sa.Column("facade_area", sa.Float), sa.Column("year_installed", sa.Integer),
+        sa.Column("last_inspection_date", sa.Date), sa.Column("inspection_result", sa.Text),
+        sa.Column("owner", sa.Text),
+        sa.CheckConstraint("support_type IS NULL OR support_type IN ('点支式','隐框','半隐框','明框','全玻')",
+                           name="ck_curtain_walls_support_type"),
+    )
+    parts = _feature_table(
+        md, "parts", srid,
+        sa.Column("object_code", sa.String(16), nullable=False),
+        sa.Column("part_class", sa.String(2), sa.ForeignKey("part_classes.code"), nullable=False),
+        sa.Column("part_subclass", sa.String(4), sa.ForeignKey("part_classes.code"), nullable=False),
+        sa.Column("name", sa.Text), sa.Column("status", sa.Text),
+        sa.Column("owner_department", sa.Text), sa.Column("maintainer", sa.Text),
+        sa.CheckConstraint("object_code ~ '^[0-9]{16}$'", name="ck_parts_object_code"),
+    )
+    sa.Index("ix_parts_object_code", parts.c.object_code)
+    sa.Index("ix_parts_subclass", parts.c.part_subclass)
+    _feature_table(
+        md, "pipelines", srid,
+        sa.Column("kind", sa.Text, nullable=False),
+        sa.Column("diameter_mm", sa.Float), sa.Column("section", sa.Text), sa.Column("material", sa.Text),
+        sa.Column("pressure_class", sa.Text), sa.Column("year_laid", sa.Integer), sa.Column("owner", sa.Text),
+        sa.Column("start_depth", sa.Float), sa.Column("end_depth", sa.Float),
+        sa.CheckConstraint("kind IN ('给水','排水','雨水','污水','燃气','电力','通信','热力','工业')",
+                           name="ck_pipelines_kind"),
+    )
+
+    # --- IoT ------------------------------------------------------------------------------------
+    _feature_table(
+        md, "iot_devices", srid,
+        sa.Column("device_type", sa.Text, nullable=False), sa.Column("name", sa.Text),
+        sa.Column("quantities", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
+        sa.Column("linked_feature", sa.Text),
+    )
+    readings = sa.Table(
+        "iot_readings", md,
+        sa.Column("device_id", sa.Text, nullable=False),  # the device's source_id: stable across versions
+        sa.Column("time", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("quantity", sa.Text, nullable=False),
+        sa.Column("value", sa.Float, nullable=False),
+        sa.Column("ingest_run_id", sa.Integer),
+        sa.PrimaryKeyConstraint("device_id", "quantity", "time", name="pk_iot_readings"),
+        postgresql_partition_by="RANGE (time)",
+    )
+    sa.Index("ix_iot_readings_time_brin", readings.c.time, postgresql_using="brin")
+
+    # --- API keys (stored hashed) ------------------------------------------------------------
+    sa.Table(
+        "api_keys", md,
+        sa.Column("id", sa.Integer, sa.Identity(), primary_key=True),
+        sa.Column("name", sa.Text),
+        sa.Column("key_hash", sa.Text, nullable=False, unique=True),
+        sa.Column("role", sa.Text, nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+        sa.Column("revoked_at", sa.DateTime(timezone=True)),
+        sa.CheckConstraint("role IN ('reader','loader','admin')", name="ck_api_keys_role"),
+    )
+    return md

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what pip cannot: a PostgreSQL server with PostGIS 3 (and GDAL's ogr2ogr for the
+# benchmark peer). Debian/Ubuntu only; elsewhere it names exactly what is missing and stops.
+set -euo pipefail
+
+have_postgis() {
+  local v
+  for v in $(ls /usr/lib/postgresql 2>/dev/null | sort -rn); do
+    [ -f "/usr/share/postgresql/$v/extension/postgis.control" ] && [ -x "/usr/lib/postgresql/$v/bin/initdb" ] && return 0
+  done
+  return 1
+}
+
+if have_postgis; then exit 0; fi
+if [ -n "${CIM_DATABASE_URL:-}" ] && [ -n "${CIM_SKIP_SYSTEM_DEPS:-}" ]; then exit 0; fi
+
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "error: PostgreSQL (>= 13) with PostGIS 3 is not installed and this is not a Debian/Ubuntu system." >&2
+  echo "Install the PostgreSQL server and its PostGIS 3 extension (e.g. 'postgresql-16' and 'postgis' packages)," >&2
+  echo "or point CIM_DATABASE_URL at a server that has PostGIS >= 3.1." >&2
+  exit 1
+fi
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+    echo "error: PostGIS is missing and installing it needs root: run as root or install 'postgresql-NN-postgis-3'." >&2
+    exit 1
+  fi
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+ver=$(ls /usr/lib/postgresql 2>/dev/null | sort -rn | head -n1 || true)
+if [ -z "$ver" ]; then
+  $SUDO apt-get install -y -qq postgresql >/dev/null
+  ver=$(ls /usr/lib/postgresql | sort -rn | head -n1)
+fi
+$SUDO apt-get install -y -qq "postgresql-$ver-postgis-3" >/dev/null
+have_postgis || { echo "error: postgresql-$ver-postgis-3 installed but postgis.control not found" >&2; exit 1; }
+echo "installed PostGIS for PostgreSQL $ver"
