@@ -1,0 +1,71 @@
+"""RFC 7807 problem documents for every error the API returns: never a bare 500 or an HTML page."""
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from api.responses import OrjsonResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cim.errors import UserError
+
+log = logging.getLogger("cim.api")
+PROBLEM = "application/problem+json"
+
+
+class Problem(Exception):
+    """Raise from any route: becomes a problem+json response naming the parameter at fault."""
+
+    def __init__(self, status: int, title: str, detail: str, parameter: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.title, self.detail, self.parameter, self.headers = status, title, detail, parameter, headers
+
+
+def bad_parameter(parameter: str, detail: str) -> Problem:
+    return Problem(400, "Bad request parameter", detail, parameter)
+
+
+def not_found(detail: str) -> Problem:
+    return Problem(404, "Not found", detail)
+
+
+def _response(request: Request, status: int, title: str, detail: str, parameter: str | None = None,
+              headers: dict[str, str] | None = None) -> OrjsonResponse:
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail,
+            "instance": str(request.url.path)}
+    if parameter:
+        body["parameter"] = parameter
+    return OrjsonResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, exc: Problem):
+        return _response(request, exc.status, exc.title, exc.detail, exc.parameter, exc.headers)
+
+    @app.exception_handler(UserError)
+    async def _user_error(request: Request, exc: UserError):
+        return _response(request, 400, "Bad request", str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        loc = [str(p) for p in first.get("loc", []) if p not in ("query", "path", "body", "header")]
+        parameter = ".".join(loc) or None
+        detail = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', [])[1:]) or 'request'}: {e.get('msg')}"
+                           for e in errors)
+        return _response(request, 400, "Bad request parameter", detail, parameter)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        return _response(request, exc.status_code, str(exc.detail) if exc.status_code != 404 else "Not found",
+                         str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unhandled error on %s", request.url.path)
+        return _response(request, 500, "Internal server error",
+                         "the server could not answer this request; it has been logged")
