@@ -16,6 +16,8 @@ from typing import Literal, TypeAlias
 import numpy as np
 import numpy.typing as npt
 import pyproj
+
+from cim.errors import UserError
 import shapely
 from pyproj.aoi import AreaOfInterest
 from pyproj.database import query_crs_info
@@ -51,11 +53,11 @@ Coord: TypeAlias = float | npt.NDArray[np.float64]
 BBox: TypeAlias = tuple[float, float, float, float]
 
 
-class CrsError(ValueError):
+class CrsError(UserError, ValueError):
     """A CRS that cannot be resolved or is unfit for the purpose asked."""
 
 
-class ExtentError(ValueError):
+class ExtentError(UserError, ValueError):
     """Coordinates do not fall where the city is; ``cause``/``suggestions`` say why, if known."""
 
     def __init__(
