@@ -16,8 +16,6 @@ from typing import Literal, TypeAlias
 import numpy as np
 import numpy.typing as npt
 import pyproj
-
-from cim.errors import UserError
 import shapely
 from pyproj.aoi import AreaOfInterest
 from pyproj.database import query_crs_info
@@ -26,6 +24,7 @@ from pyproj.enums import PJType
 # Re-exported so callers can take everything CRS-related from here; cim.config stays the single
 # source of the values.
 from cim.config import DEFAULT_STORAGE_SRID, SHANGHAI_BBOX_WGS84
+from cim.errors import UserError
 
 __all__ = [
     "DEFAULT_STORAGE_SRID",
