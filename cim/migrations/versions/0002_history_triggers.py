@@ -46,8 +46,9 @@ BEGIN
   END IF;
   RETURN NEW;
 END $$""")
-        op.execute(f"CREATE TRIGGER {table}_history_update BEFORE UPDATE ON {table} "
-                   f"FOR EACH ROW EXECUTE FUNCTION {table}_keep_history()")
+        # the WHEN clause keeps bulk closing of versions (valid_to set) free of any plpgsql call
+        op.execute(f"CREATE TRIGGER {table}_history_update BEFORE UPDATE ON {table} FOR EACH ROW "
+                   f"WHEN (OLD.valid_to IS NULL AND NEW.valid_to IS NULL) EXECUTE FUNCTION {table}_keep_history()")
         op.execute(f"CREATE TRIGGER {table}_history_delete BEFORE DELETE ON {table} "
                    f"FOR EACH ROW EXECUTE FUNCTION {table}_keep_history()")
 

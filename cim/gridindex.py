@@ -1,0 +1,74 @@
+"""Assigning district / street / community / grid codes to many points at once, in memory.
+
+Why in memory: a loader enriching a million features must not run a SQL query per row. The
+current polygons of each level are read once into a shapely STRtree; points are matched in bulk.
+A point on a shared boundary goes to the polygon with the smallest code (deterministic), the
+same rule as the grid lookup in SQL.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import shapely
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+LEVELS = (("district_code", "districts", "code"), ("street_code", "streets", "code"),
+          ("community_code", "communities", "code"), ("grid_code", "grids", "grid_code"))
+
+
+@dataclass
+class _Level:
+    codes: np.ndarray
+    tree: shapely.STRtree | None
+
+
+class GridIndex:
+    """The current administrative and grid polygons of the base, ready for bulk point-in-polygon."""
+
+    def __init__(self, levels: dict[str, _Level]) -> None:
+        self._levels = levels
+
+    @classmethod
+    def load(cls, conn: Connection) -> "GridIndex":
+        levels = {}
+        for column, table, code_col in LEVELS:
+            rows = conn.execute(sa.text(
+                f"SELECT {code_col}, ST_AsBinary(ST_Force2D(geom)) FROM {table} "
+                f"WHERE valid_to IS NULL ORDER BY {code_col}")).all()
+            codes = np.array([r[0] for r in rows], dtype=object)
+            geoms = shapely.from_wkb([bytes(r[1]) for r in rows]) if rows else np.array([], dtype=object)
+            if len(geoms):
+                shapely.prepare(geoms)
+            levels[column] = _Level(codes=codes, tree=shapely.STRtree(geoms) if len(geoms) else None)
+        return cls(levels)
+
+    @property
+    def is_empty(self) -> bool:
+        return all(level.tree is None for level in self._levels.values())
+
+    def assign(self, points: np.ndarray) -> dict[str, np.ndarray]:
+        """Codes per level for each point (None where no polygon covers it)."""
+        out: dict[str, np.ndarray] = {}
+        for column, level in self._levels.items():
+            result = np.full(len(points), None, dtype=object)
+            if level.tree is not None and len(points):
+                point_idx, poly_idx = level.tree.query(points, predicate="covered_by")
+                if len(point_idx):
+                    # codes are sorted, so the smallest polygon index is the smallest code
+                    order = np.lexsort((poly_idx, point_idx))
+                    point_idx, poly_idx = point_idx[order], poly_idx[order]
+                    first = np.r_[True, point_idx[1:] != point_idx[:-1]]
+                    result[point_idx[first]] = level.codes[poly_idx[first]]
+            out[column] = result
+        return out
+
+
+def representative_points(geoms: np.ndarray) -> np.ndarray:
+    """A point inside each feature: itself for points, a point on the surface / line otherwise."""
+    out = shapely.point_on_surface(geoms)
+    lines = np.array([g is not None and g.geom_type in ("LineString", "MultiLineString") for g in geoms])
+    if lines.any():
+        out[lines] = shapely.line_interpolate_point(geoms[lines], 0.5, normalized=True)
+    return shapely.force_2d(out)

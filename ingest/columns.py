@@ -1,0 +1,164 @@
+"""Mapping a delivery's columns onto a layer's canonical schema, and coercing their types.
+
+Every source column that is not mapped is kept, as text or number, in the feature's JSONB
+``attributes`` — no attribute is lost. A value that cannot be coerced rejects its row, naming
+the field and the value.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from cim.errors import UserError
+from ingest.specs import LayerSpec
+
+_TRUE = {"1", "true", "t", "yes", "y", "是", "y1"}
+_FALSE = {"0", "false", "f", "no", "n", "否", ""}
+
+
+class MappingError(UserError):
+    pass
+
+
+@dataclass(frozen=True)
+class ColumnPlan:
+    mapped: dict[str, str]  # canonical -> source column
+    extra: list[str]  # source columns kept in attributes
+
+
+def plan_columns(spec: LayerSpec, source_columns: list[str], explicit: dict[str, str], file: str) -> ColumnPlan:
+    """Explicit ``--map`` first, then exact canonical names (any case), then the layer's usual aliases."""
+    by_lower = {c.lower(): c for c in source_columns}
+    mapped: dict[str, str] = {}
+    for target, source in explicit.items():
+        if target not in spec.fields:
+            raise MappingError(f"--map {target}={source}: {target!r} is not a field of layer {spec.name} "
+                               f"(fields: {', '.join(spec.fields)})")
+        if source not in source_columns:
+            raise MappingError(f"{file}: --map {target}={source}: no column {source!r} "
+                               f"(columns: {', '.join(source_columns)})")
+        mapped[target] = source
+    used = set(mapped.values())
+    for target in spec.fields:
+        if target in mapped:
+            continue
+        for candidate in (target, *spec.aliases.get(target, ())):
+            source = by_lower.get(candidate.lower())
+            if source and source not in used:
+                mapped[target] = source
+                used.add(source)
+                break
+    missing = [f for f in spec.required if f not in mapped]
+    if missing:
+        raise MappingError(f"{file}: layer {spec.name} needs column(s) {', '.join(missing)}; none found "
+                           f"(columns: {', '.join(source_columns)}); map them with --map FIELD=COLUMN")
+    extra = [c for c in source_columns if c not in used]
+    return ColumnPlan(mapped=mapped, extra=extra)
+
+
+def coerce(frame: pd.DataFrame, spec: LayerSpec, plan: ColumnPlan) -> tuple[pd.DataFrame, dict[int, str]]:
+    """Canonical columns with their types (missing ones are null), and per-row errors."""
+    out = pd.DataFrame(index=frame.index)
+    errors: dict[int, str] = {}
+    for target, kind in spec.fields.items():
+        source = plan.mapped.get(target)
+        if source is None:
+            out[target] = pd.Series([None] * len(frame), index=frame.index, dtype=object)
+            continue
+        values, bad = _coerce_series(frame[source], kind)
+        out[target] = values
+        for i in np.flatnonzero(bad):
+            errors.setdefault(int(i), f"field {source!r} ({target}): {frame[source].iat[int(i)]!r} is not "
+                                      f"{_KIND_WORDS[kind]}")
+    out["attributes"] = _attributes_json(frame, plan.extra)
+    return out, errors
+
+
+_KIND_WORDS = {"int": "an integer", "float": "a number", "bool": "a yes/no value", "date": "a date",
+               "datetime": "a date-time", "json": "valid JSON", "str": "text"}
+
+
+def _blank(series: pd.Series) -> np.ndarray:
+    as_text = series.astype(str).str.strip()
+    return (series.isna() | (as_text == "") | as_text.isin(["nan", "None", "NULL", "null"])).to_numpy()
+
+
+def _coerce_series(series: pd.Series, kind: str) -> tuple[pd.Series, np.ndarray]:
+    blank = _blank(series)
+    if kind == "str":
+        text = series.astype(object).where(~blank, None)
+        text = text.map(lambda v: _plain_text(v) if v is not None else None)
+        return text, np.zeros(len(series), dtype=bool)
+    if kind in ("int", "float"):
+        numbers = pd.to_numeric(series.astype(str).str.strip().str.replace(",", "", regex=False), errors="coerce")
+        bad = numbers.isna().to_numpy() & ~blank
+        if kind == "int":
+            frac = numbers.notna() & (numbers != numbers.round())
+            bad |= frac.to_numpy()
+            numbers = numbers.round().astype("Int64")
+        return numbers.where(~(blank | bad), None), bad
+    if kind == "bool":
+        text = series.astype(str).str.strip().str.lower()
+        result = pd.Series([None] * len(series), index=series.index, dtype=object)
+        result[text.isin(_TRUE).to_numpy()] = True
+        result[(text.isin(_FALSE) & ~pd.Series(blank, index=series.index)).to_numpy()] = False
+        bad = ~(text.isin(_TRUE) | text.isin(_FALSE)).to_numpy() & ~blank
+        return result, bad
+    if kind in ("date", "datetime"):
+        parsed = pd.to_datetime(series.where(~blank, None), errors="coerce", utc=(kind == "datetime"),
+                                format="ISO8601")
+        bad = parsed.isna().to_numpy() & ~blank
+        if kind == "date":
+            return parsed.dt.strftime("%Y-%m-%d").where(~(blank | bad), None), bad
+        return parsed.map(lambda t: t.isoformat() if pd.notna(t) else None), bad
+    if kind == "json":
+        out, bad = [], np.zeros(len(series), dtype=bool)
+        for i, (value, is_blank) in enumerate(zip(series, blank)):
+            if is_blank:
+                out.append(None)
+                continue
+            try:
+                out.append(json.dumps(json.loads(value) if isinstance(value, str) else value, ensure_ascii=False))
+            except (TypeError, ValueError):
+                out.append(None)
+                bad[i] = True
+        return pd.Series(out, index=series.index, dtype=object), bad
+    raise ValueError(f"unknown field kind {kind}")
+
+
+def _plain_text(value: object) -> str:
+    # numbers read from a DBF as floats (e.g. 310104.0) are codes, not quantities
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def _attributes_json(frame: pd.DataFrame, extra: list[str]) -> pd.Series:
+    if not extra:
+        return pd.Series(["{}"] * len(frame), index=frame.index, dtype=object)
+    sub = frame[extra]
+    records = sub.astype(object).where(sub.notna(), None).to_dict(orient="records")
+    return pd.Series([json.dumps(_jsonable(r), ensure_ascii=False) for r in records], index=frame.index,
+                     dtype=object)
+
+
+def _jsonable(record: dict) -> dict:
+    out = {}
+    for key, value in record.items():
+        if isinstance(value, (np.integer,)):
+            value = int(value)
+        elif isinstance(value, (np.floating,)):
+            value = None if np.isnan(value) else float(value)
+        elif isinstance(value, float) and np.isnan(value):
+            value = None
+        elif isinstance(value, (pd.Timestamp,)):
+            value = value.isoformat()
+        elif isinstance(value, (bytes, bytearray)):
+            value = value.hex()
+        elif value is not None and not isinstance(value, (str, int, float, bool)):
+            value = str(value)
+        out[str(key)] = value
+    return out

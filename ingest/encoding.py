@@ -1,0 +1,67 @@
+"""Text that was decoded with the wrong code page, and how to undo it.
+
+Surveyors' Shapefiles often hold GBK text under a ``.cpg`` that says ISO-8859-1 (or none), and
+some have been through that mistake twice (GBK bytes read as Latin-1, saved as UTF-8, read as
+Latin-1 again). Latin-1 maps every byte to one character, so each wrong decoding can be undone
+exactly with ``.encode('latin-1')``; we peel such layers until the bytes decode as GBK and
+yield CJK text. A column is repaired only if *every* value peels cleanly; otherwise the loader
+stops and names the ``--encoding`` to use.
+"""
+from __future__ import annotations
+
+import re
+
+_HIGH_LATIN1 = re.compile(r"[\x80-\xff]")
+_CJK = re.compile(r"[\u3400-\u9fff]")
+MAX_LAYERS = 3
+
+
+def peel(value: str) -> tuple[str, list[str]] | None:
+    """Undo Latin-1 mis-decodings of one string; returns (text, steps) or None if it does not peel."""
+    steps: list[str] = []
+    current = value
+    for _ in range(MAX_LAYERS):
+        if not _HIGH_LATIN1.search(current):
+            break
+        try:
+            raw = current.encode("latin-1")
+        except UnicodeEncodeError:
+            return None
+        try:
+            current = raw.decode("utf-8")
+            steps.append("utf-8")
+            continue
+        except UnicodeDecodeError:
+            pass
+        try:
+            current = raw.decode("gbk")
+            steps.append("gbk")
+            break
+        except UnicodeDecodeError:
+            return None
+    return current, steps
+
+
+class EncodingProblem(Exception):
+    """Some values of a column look mis-decoded but do not repair cleanly."""
+
+    def __init__(self, column: str, sample: str) -> None:
+        super().__init__(column, sample)
+        self.column, self.sample = column, sample
+
+
+def repair_column(values: list[str | None], column: str) -> tuple[list[str | None], str | None]:
+    """Repair a whole column if it is GBK mis-decoded as Latin-1; returns (values, description)."""
+    suspicious = [v for v in values if isinstance(v, str) and _HIGH_LATIN1.search(v)]
+    if not suspicious:
+        return values, None
+    peeled = {v: peel(v) for v in set(suspicious)}
+    good = {v: r for v, r in peeled.items() if r is not None and r[1] and r[1][-1] == "gbk" and _CJK.search(r[0])}
+    if not good:
+        return values, None  # genuine Latin-1 text (e.g. accented names): leave it alone
+    bad = [v for v in peeled if v not in good]
+    if bad:
+        raise EncodingProblem(column, bad[0])
+    chain = next(iter(good.values()))[1]
+    fixed = [good[v][0] if isinstance(v, str) and v in good else v for v in values]
+    return fixed, "Latin-1 → " + " → ".join(s.upper() for s in chain)

@@ -1,0 +1,111 @@
+"""Geometry checks and repairs for a batch, vectorised with shapely 2: types, validity, and the
+2D → 3D lift (buildings on their base elevation, pipelines at their burial depth, points at z)."""
+from __future__ import annotations
+
+import numpy as np
+import shapely
+
+_ALLOWED = {
+    "point": {"Point"},
+    "line": {"LineString", "MultiLineString"},
+    "polygon": {"Polygon", "MultiPolygon"},
+}
+
+
+def check_types(geoms: np.ndarray, kind: str) -> tuple[np.ndarray, dict[int, str], dict[int, str]]:
+    """Returns geometries normalised to the layer's storage type, rejects and notes by position."""
+    rejects: dict[int, str] = {}
+    notes: dict[int, str] = {}
+    out = geoms.copy()
+    missing = shapely.is_missing(geoms)
+    empty = ~missing & shapely.is_empty(np.where(missing, None, geoms))
+    for i in np.flatnonzero(missing):
+        rejects[int(i)] = "null geometry"
+    for i in np.flatnonzero(empty):
+        rejects[int(i)] = "empty geometry"
+    present = ~(missing | empty)
+    type_names = np.array(["" if g is None else g.geom_type for g in geoms], dtype=object)
+    allowed = _ALLOWED[kind]
+    wrong = present & ~np.isin(type_names, list(allowed))
+    for i in np.flatnonzero(wrong):
+        rejects[int(i)] = f"wrong geometry type {type_names[i]} (layer takes {kind}s)"
+    ok = present & ~wrong
+    if kind == "line":
+        multi = ok & (type_names == "MultiLineString")
+        if multi.any():
+            merged = shapely.line_merge(geoms[multi])
+            single = np.array([g.geom_type == "LineString" for g in merged])
+            idx = np.flatnonzero(multi)
+            out[idx[single]] = merged[single]
+            for i in idx[~single]:
+                rejects[int(i)] = "multi-part line that does not join into one line"
+            ok[idx[~single]] = False
+    invalid = ok & ~shapely.is_valid(np.where(ok, geoms, None))
+    if invalid.any():
+        idx = np.flatnonzero(invalid)
+        reasons = shapely.is_valid_reason(geoms[idx])
+        repaired = shapely.make_valid(geoms[idx])
+        if kind == "polygon":
+            # make_valid may return a collection with stray lines; keep the polygonal part
+            repaired = np.array([_polygonal(g) for g in repaired], dtype=object)
+        for i, reason, fixed in zip(idx, reasons, repaired):
+            if fixed is not None and not fixed.is_empty and fixed.geom_type in allowed:
+                out[i] = fixed
+                notes[int(i)] = f"invalid geometry repaired with make_valid ({reason})"
+            else:
+                rejects[int(i)] = f"invalid geometry that make_valid cannot keep as a {kind} ({reason})"
+    if kind == "polygon":
+        keep = np.array([i not in rejects for i in range(len(out))])
+        polys = keep & np.array([g is not None and g.geom_type == "Polygon" for g in out])
+        if polys.any():
+            out[polys] = np.array([shapely.MultiPolygon([g]) for g in out[polys]] + [None], dtype=object)[:-1]
+    return out, rejects, notes
+
+
+def _polygonal(geom):
+    if geom is None or geom.geom_type in ("Polygon", "MultiPolygon"):
+        return geom
+    parts = [g for g in getattr(geom, "geoms", []) if g.geom_type in ("Polygon", "MultiPolygon")]
+    if not parts:
+        return geom
+    return shapely.union_all(parts)
+
+
+def with_constant_z(geoms: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Every vertex of geometry i at height z[i] (replaces any Z the source had)."""
+    out = np.empty(len(geoms), dtype=object)
+    for value in np.unique(z):
+        sel = z == value
+        out[sel] = shapely.force_3d(shapely.force_2d(geoms[sel]), value)
+    return out
+
+
+def keep_or_set_z(geoms: np.ndarray, z: np.ndarray | None) -> np.ndarray:
+    """Points: Z from a column when given, else the source's own Z, else 0."""
+    has_z = shapely.has_z(geoms)
+    if z is not None:
+        use = ~np.isnan(z)
+        out = np.where(has_z, geoms, shapely.force_3d(geoms, 0.0))
+        if use.any():
+            out[use] = with_constant_z(geoms[use], z[use])
+        return out
+    return np.where(has_z, geoms, shapely.force_3d(geoms, 0.0))
+
+
+def lines_at_depth(lines: np.ndarray, z_start: np.ndarray, z_end: np.ndarray) -> np.ndarray:
+    """Z along each line interpolated by distance from z_start to z_end (both heights, ≤ 0 below ground)."""
+    coords, index = shapely.get_coordinates(shapely.force_2d(lines), return_index=True)
+    seg = np.zeros(len(coords))
+    same = np.r_[False, index[1:] == index[:-1]]
+    step = np.hypot(*np.diff(coords, axis=0, prepend=coords[:1]).T)
+    seg[same] = step[same]
+    # running length within each line: cumulative sum that restarts at each line's first vertex
+    total = np.cumsum(seg)
+    starts = np.flatnonzero(~same)
+    offsets = np.repeat(total[starts], np.diff(np.r_[starts, len(coords)]))
+    cumulative = total - offsets
+    length = np.repeat(cumulative[np.r_[starts[1:] - 1, len(coords) - 1]], np.diff(np.r_[starts, len(coords)]))
+    frac = np.divide(cumulative, length, out=np.zeros_like(cumulative), where=length > 0)
+    z = z_start[index] + (z_end[index] - z_start[index]) * frac
+    xyz = np.column_stack([coords, z])
+    return shapely.linestrings(xyz, indices=index)

@@ -1,0 +1,217 @@
+"""Opening a delivery: any OGR format through pyogrio (streamed as Arrow batches), or CSV with
+coordinate or WKT columns. Yields batches of attributes + shapely geometries + source row numbers,
+and says which CRS and encoding the file declared."""
+from __future__ import annotations
+
+import csv
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyogrio
+import shapely
+
+from cim.errors import UserError
+from ingest.encoding import EncodingProblem, repair_column
+
+BATCH_ROWS = 100_000
+OGR_SUFFIXES = {".geojson", ".json", ".geojsonl", ".geojsons", ".jsonl", ".shp", ".gpkg", ".fgb", ".parquet",
+                ".geoparquet", ".zip", ".gml", ".kml", ".tab", ".mif", ".sqlite", ".gdb"}
+
+
+class ReadError(UserError):
+    """The file cannot be read as given; the message names the file and what to change."""
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    layer_name: str | None = None  # GeoPackage / multi-layer sources
+    encoding: str | None = None
+    x: str | None = None
+    y: str | None = None
+    z: str | None = None
+    wkt: str | None = None
+    batch_rows: int = BATCH_ROWS
+
+
+@dataclass
+class Batch:
+    attributes: pd.DataFrame  # source columns, original names
+    geometry: np.ndarray | None  # shapely geometries (None entries allowed); None: no geometry at all
+    rows: np.ndarray  # 1-based row number in the source
+    errors: dict[int, str] = field(default_factory=dict)  # position in batch -> reason (unparsable geometry)
+
+
+@dataclass
+class Source:
+    path: Path
+    format: str
+    declared_crs: str | None  # from .prj / crs member / GeoPackage SRS
+    encoding: str | None
+    notes: list[str]
+    batches: Iterator[Batch]
+
+
+def open_source(path: Path, options: ReadOptions) -> Source:
+    path = Path(path)
+    if not path.exists():
+        raise ReadError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".txt", ".tsv"):
+        return _open_csv(path, options)
+    if suffix not in OGR_SUFFIXES:
+        raise ReadError(f"{path}: unsupported file type {suffix!r} (GeoJSON, Shapefile, zipped Shapefile, "
+                        "GeoPackage, FlatGeobuf, GeoParquet or CSV)")
+    return _open_ogr(path, options)
+
+
+def _ogr_path(path: Path, options: ReadOptions) -> str:
+    if path.suffix.lower() != ".zip":
+        return str(path)
+    try:
+        names = zipfile.ZipFile(path).namelist()
+    except zipfile.BadZipFile as exc:
+        raise ReadError(f"{path}: not a valid zip file ({exc})") from exc
+    shps = [n for n in names if n.lower().endswith(".shp")]
+    if not shps:
+        raise ReadError(f"{path}: the zip holds no .shp file")
+    if len(shps) > 1 and not options.layer_name:
+        raise ReadError(f"{path}: the zip holds several Shapefiles ({', '.join(shps)}); choose one with --layer")
+    chosen = next((s for s in shps if Path(s).stem == options.layer_name), shps[0])
+    return f"/vsizip/{path}/{chosen}"
+
+
+def _open_ogr(path: Path, options: ReadOptions) -> Source:
+    ogr_path = _ogr_path(path, options)
+    layer = options.layer_name if path.suffix.lower() != ".zip" else None
+    try:
+        layers = pyogrio.list_layers(ogr_path)
+    except Exception as exc:  # pyogrio raises DataSourceError and friends
+        raise ReadError(f"{path}: cannot open ({exc})") from exc
+    if layer is None and len(layers) > 1:
+        names = ", ".join(str(n) for n, _ in layers)
+        raise ReadError(f"{path}: has several layers ({names}); choose one with --layer")
+    if layer is not None and layer not in {str(n) for n, _ in layers}:
+        raise ReadError(f"{path}: no layer {layer!r} (layers: {', '.join(str(n) for n, _ in layers)})")
+    info = pyogrio.read_info(ogr_path, layer=layer, encoding=options.encoding)
+    notes: list[str] = []
+    cpg = path.with_suffix(".cpg")
+    declared_encoding = options.encoding or (cpg.read_text().strip() if cpg.exists() else info.get("encoding"))
+    return Source(path=path, format=info.get("driver") or path.suffix.lstrip("."),
+                  declared_crs=info.get("crs"), encoding=declared_encoding, notes=notes,
+                  batches=_ogr_batches(ogr_path, layer, options, notes, path))
+
+
+def _ogr_batches(ogr_path: str, layer: str | None, options: ReadOptions, notes: list[str],
+                 path: Path) -> Iterator[Batch]:
+    start = 1
+    repaired: dict[str, str] = {}
+    with pyogrio.open_arrow(ogr_path, layer=layer, encoding=options.encoding, use_pyarrow=True,
+                            batch_size=options.batch_rows) as (meta, reader):
+        geom_col = meta["geometry_name"] or "wkb_geometry"
+        for record_batch in reader:
+            n = record_batch.num_rows
+            columns = [c for c in record_batch.schema.names if c != geom_col]
+            frame = record_batch.select(columns).to_pandas() if columns else pd.DataFrame(index=range(n))
+            if options.encoding is None:
+                _repair_text(frame, path, repaired, notes)
+            geometry = None
+            if geom_col in record_batch.schema.names:
+                geometry = shapely.from_wkb(record_batch.column(geom_col).to_numpy(zero_copy_only=False))
+            yield Batch(attributes=frame, geometry=geometry, rows=np.arange(start, start + n))
+            start += n
+
+
+def _repair_text(frame: pd.DataFrame, path: Path, repaired: dict[str, str], notes: list[str]) -> None:
+    for column in frame.columns:
+        if frame[column].dtype != object:
+            continue
+        try:
+            fixed, how = repair_column(frame[column].tolist(), column)
+        except EncodingProblem as exc:
+            raise ReadError(
+                f"{path}: column {exc.column!r} holds text that looks mis-decoded (e.g. {exc.sample!r}) but is "
+                "not clean GBK either; pass the real encoding with --encoding (e.g. --encoding GBK or GB18030)"
+            ) from exc
+        if how:
+            frame[column] = fixed
+            if column not in repaired:
+                repaired[column] = how
+                notes.append(f"column {column!r}: text was GBK mis-decoded as {how.split(' → ')[0]} "
+                             f"(the .cpg/encoding label is wrong); repaired ({how})")
+
+
+def _open_csv(path: Path, options: ReadOptions) -> Source:
+    encoding = options.encoding or "utf-8-sig"
+    try:
+        with open(path, encoding=encoding, newline="") as f:
+            header = next(csv.reader(f), None)
+    except UnicodeDecodeError as exc:
+        hint = ""
+        raw = path.read_bytes()[:200_000]
+        for candidate in ("gbk", "gb18030"):
+            try:
+                raw.decode(candidate)
+                hint = f"; it decodes as {candidate.upper()}: pass --encoding {candidate.upper()}"
+                break
+            except UnicodeDecodeError:
+                continue
+        raise ReadError(f"{path}: not valid {encoding} (byte {exc.start}){hint}") from exc
+    except LookupError as exc:
+        raise ReadError(f"{path}: unknown encoding {encoding!r}") from exc
+    if not header:
+        raise ReadError(f"{path}: empty CSV file (no header row)")
+    for option, column in (("--x", options.x), ("--y", options.y), ("--z", options.z), ("--wkt", options.wkt)):
+        if column and column not in header:
+            raise ReadError(f"{path}: {option} column {column!r} not found (columns: {', '.join(header)})")
+    if bool(options.x) != bool(options.y):
+        raise ReadError(f"{path}: give both --x and --y (or --wkt)")
+    return Source(path=path, format="CSV", declared_crs=None, encoding=encoding, notes=[],
+                  batches=_csv_batches(path, encoding, options))
+
+
+def _csv_batches(path: Path, encoding: str, options: ReadOptions) -> Iterator[Batch]:
+    start = 1
+    try:
+        chunks = pd.read_csv(path, dtype=str, keep_default_na=False, encoding=encoding,
+                             chunksize=options.batch_rows)
+        for chunk in chunks:
+            n = len(chunk)
+            chunk = chunk.reset_index(drop=True)
+            geometry, errors = _csv_geometry(chunk, options)
+            yield Batch(attributes=chunk, geometry=geometry, rows=np.arange(start, start + n), errors=errors)
+            start += n
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ReadError(f"{path}: cannot parse CSV near row {start} ({exc})") from exc
+
+
+def _csv_geometry(chunk: pd.DataFrame, options: ReadOptions) -> tuple[np.ndarray | None, dict[int, str]]:
+    errors: dict[int, str] = {}
+    if options.wkt:
+        text = chunk[options.wkt].to_numpy(dtype=object)
+        geometry = shapely.from_wkt(np.where(text == "", None, text), on_invalid="ignore")
+        for i in np.flatnonzero(pd.isna(geometry) & (text != "")):
+            errors[int(i)] = f"field {options.wkt!r}: not valid WKT"
+        return geometry, errors
+    if not options.x:
+        return None, errors
+    coords = {}
+    for axis, column in (("x", options.x), ("y", options.y), ("z", options.z)):
+        if column is None:
+            continue
+        values = pd.to_numeric(chunk[column].str.strip(), errors="coerce").to_numpy(dtype=float)
+        for i in np.flatnonzero(np.isnan(values) & (chunk[column].str.strip() != "").to_numpy()):
+            errors.setdefault(int(i), f"field {column!r}: {chunk[column].iat[int(i)]!r} is not a number")
+        coords[axis] = values
+    ok = ~(np.isnan(coords["x"]) | np.isnan(coords["y"]))
+    geometry = np.full(len(chunk), None, dtype=object)
+    if "z" in coords:
+        z = np.where(np.isnan(coords["z"]), 0.0, coords["z"])
+        geometry[ok] = shapely.points(coords["x"][ok], coords["y"][ok], z[ok])
+    else:
+        geometry[ok] = shapely.points(coords["x"][ok], coords["y"][ok])
+    return geometry, errors
+
