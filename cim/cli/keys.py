@@ -1,0 +1,60 @@
+"""``cim keys create|list|revoke``: API keys for the spatial API (see :mod:`cim.apikeys`)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+keys_app = typer.Typer(help="API keys: reader (read when keys are required), loader (upload data), admin.",
+                       no_args_is_help=True)
+
+
+@keys_app.command("create")
+def create(
+    role: str = typer.Option(..., "--role", help="reader, loader or admin."),
+    name: Optional[str] = typer.Option(None, "--name", help="Who or what the key is for."),
+) -> None:
+    """Create a key; it is printed once on stdout and only its hash is kept."""
+    from cim.apikeys import check_role, create_key
+    from cim.database import get_engine
+
+    check_role(role)
+    with get_engine().begin() as conn:
+        record, key = create_key(conn, role, name)
+    err_console.print(f"API key {record.id} ({record.role}{', ' + name if name else ''}) created; "
+                      "store it now, it cannot be shown again:")
+    typer.echo(key)  # alone on stdout so scripts can capture it
+
+
+@keys_app.command("list")
+def list_() -> None:
+    """Keys with their role and state (never the keys themselves)."""
+    from cim.apikeys import list_keys
+    from cim.database import get_engine
+
+    with get_engine().connect() as conn:
+        keys = list_keys(conn)
+    table = Table("id", "name", "role", "created", "revoked")
+    for k in keys:
+        table.add_row(str(k.id), k.name or "", k.role, f"{k.created_at:%Y-%m-%d %H:%M}" if k.created_at else "",
+                      f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "")
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def revoke(key_id: int = typer.Argument(..., metavar="ID", help="The key's id from 'cim keys list'.")) -> None:
+    """Revoke a key: requests with it are refused from now on."""
+    from cim.apikeys import revoke_key
+    from cim.database import get_engine
+
+    with get_engine().begin() as conn:
+        record = revoke_key(conn, key_id)
+    console.print(f"API key {record.id} ({record.role}) revoked")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(keys_app, name="keys")

@@ -1,0 +1,231 @@
+"""Grid lookup: which district, street, community and unit grid a point lies in, and who answers
+for that grid (grid → post → department → persons).
+
+One batch of up to :data:`MAX_POINTS` points is answered by ONE SQL statement: the points go in
+as two float arrays (unnested WITH ORDINALITY so the order survives), each level is a LATERAL
+join on the level's GiST index, and the responsibility chain is aggregated per distinct grid in
+the same statement. Coordinates are transformed to the storage CRS in Python first (vectorised,
+and the only place that knows GCJ-02/BD-09).
+
+Boundary rule (documented, tested): a point exactly on an edge shared by two polygons of a level
+is *covered* by both (``ST_Covers`` counts the boundary, ``ST_Contains`` would drop it). Each
+level then answers with the covering polygon of the smallest code (``ORDER BY code LIMIT 1``;
+for grids the smallest ``grid_code``) — the same rule as the loaders' bulk enrichment
+(:mod:`cim.gridindex`), so a feature's stored codes agree with a lookup at its position. With
+hierarchical codes (a grid's code starts with its community's) the levels of one answer stay
+consistent, and the same point always gets the same answer.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeAlias
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from cim.bootstrap import BaseSettings, stored_settings
+from cim.crs import CrsSpec
+from cim.errors import UserError
+from cim.spatial import to_storage
+
+#: most points answered by one statement; callers with more split them (the CLI streams chunks)
+MAX_POINTS = 10_000
+#: levels from the finest up; ``level`` of an answer is the finest one found, or "none"
+LEVELS = ("grid", "community", "street", "district")
+Level: TypeAlias = Literal["grid", "community", "street", "district", "none"]
+
+
+@dataclass(frozen=True)
+class Area:
+    """One administrative or grid unit a point falls in."""
+
+    code: str
+    name: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "name": self.name}
+
+
+@dataclass(frozen=True)
+class Person:
+    name: str
+    contact: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "contact": self.contact}
+
+
+@dataclass(frozen=True)
+class Department:
+    code: str
+    name: str
+    handles: tuple[str, ...]  # part classes/subclasses this department deals with
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "name": self.name, "handles": list(self.handles)}
+
+
+@dataclass(frozen=True)
+class Responsibility:
+    """One post responsible for a grid, its department and the persons holding the post."""
+
+    post: Area
+    department: Department
+    persons: tuple[Person, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"post": self.post.to_dict(), "department": self.department.to_dict(),
+                "persons": [p.to_dict() for p in self.persons]}
+
+
+@dataclass(frozen=True)
+class GridAnswer:
+    """Where one point lies; levels not found are None."""
+
+    district: Area | None = None
+    street: Area | None = None
+    community: Area | None = None
+    grid: Area | None = None
+    responsibility: tuple[Responsibility, ...] = field(default_factory=tuple)
+
+    @property
+    def level(self) -> Level:
+        for name in LEVELS:
+            if getattr(self, name) is not None:
+                return name  # type: ignore[return-value]
+        return "none"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in reversed(LEVELS):
+            area = getattr(self, name)
+            out[name] = area.to_dict() if area else None
+        out["level"] = self.level
+        out["responsibility"] = [r.to_dict() for r in self.responsibility]
+        return out
+
+
+# The responsibility chain of a set of grid codes, as (grid_code, jsonb array). ``{codes}`` is
+# always one of this module's own constant fragments, never user text. Posts are ordered by code
+# and persons by name, so answers are stable.
+_CHAINS_SQL = """
+SELECT gc.grid_code,
+       jsonb_agg(jsonb_build_object(
+           'post_code', p.code, 'post_name', p.name,
+           'department_code', d.code, 'department_name', d.name, 'handles', to_jsonb(d.handles),
+           'persons', COALESCE(pers.persons, '[]'::jsonb))
+         ORDER BY p.code) AS chain
+FROM (SELECT DISTINCT c AS grid_code FROM ({codes}) AS src(c) WHERE c IS NOT NULL) AS gc
+JOIN grid_posts gp ON gp.grid_code = gc.grid_code
+JOIN posts p ON p.id = gp.post_id
+JOIN departments d ON d.id = p.department_id
+LEFT JOIN LATERAL (
+    SELECT jsonb_agg(jsonb_build_object('name', pe.name, 'contact', pe.contact)
+                     ORDER BY pe.name, pe.id) AS persons
+    FROM post_persons pp JOIN persons pe ON pe.id = pp.person_id
+    WHERE pp.post_id = p.id
+) AS pers ON true
+GROUP BY gc.grid_code
+"""
+
+# Points in the storage CRS (SRID bound as :srid) → per level, the covering unit of smallest code.
+_LOOKUP_SQL = f"""
+WITH pts AS (
+    SELECT p.i, ST_SetSRID(ST_MakePoint(p.x, p.y), CAST(:srid AS integer)) AS pt
+    FROM unnest(CAST(:xs AS float8[]), CAST(:ys AS float8[])) WITH ORDINALITY AS p(x, y, i)
+), hits AS (
+    SELECT pts.i,
+           g.grid_code, g.name AS grid_name,
+           c.code AS community_code, c.name AS community_name,
+           s.code AS street_code, s.name AS street_name,
+           d.code AS district_code, d.name AS district_name
+    FROM pts
+    LEFT JOIN LATERAL (
+        SELECT grid_code, name FROM grids
+        WHERE valid_to IS NULL AND ST_Covers(geom, pts.pt) ORDER BY grid_code LIMIT 1
+    ) AS g ON true
+    LEFT JOIN LATERAL (
+        SELECT code, name FROM communities
+        WHERE valid_to IS NULL AND ST_Covers(geom, pts.pt) ORDER BY code LIMIT 1
+    ) AS c ON true
+    LEFT JOIN LATERAL (
+        SELECT code, name FROM streets
+        WHERE valid_to IS NULL AND ST_Covers(geom, pts.pt) ORDER BY code LIMIT 1
+    ) AS s ON true
+    LEFT JOIN LATERAL (
+        SELECT code, name FROM districts
+        WHERE valid_to IS NULL AND ST_Covers(geom, pts.pt) ORDER BY code LIMIT 1
+    ) AS d ON true
+), chains AS ({_CHAINS_SQL.format(codes="SELECT grid_code FROM hits")})
+SELECT hits.*, chains.chain
+FROM hits LEFT JOIN chains ON chains.grid_code = hits.grid_code
+ORDER BY hits.i
+"""
+
+_RESPONSIBILITY_SQL = _CHAINS_SQL.format(codes="SELECT unnest(CAST(:codes AS text[]))")
+
+
+def _chain(rows: list[dict[str, Any]] | None) -> tuple[Responsibility, ...]:
+    return tuple(
+        Responsibility(
+            post=Area(r["post_code"], r["post_name"]),
+            department=Department(r["department_code"], r["department_name"], tuple(r["handles"] or ())),
+            persons=tuple(Person(p["name"], p["contact"]) for p in r["persons"]),
+        )
+        for r in rows or ()
+    )
+
+
+def _area(code: str | None, name: str | None) -> Area | None:
+    return Area(code, name) if code is not None else None
+
+
+def responsibility_for(conn: Connection, grid_codes: Sequence[str]) -> dict[str, tuple[Responsibility, ...]]:
+    """The responsibility chain of each grid code (one statement); codes without posts map to ()."""
+    codes = [str(c) for c in grid_codes]
+    found = dict(conn.execute(sa.text(_RESPONSIBILITY_SQL), {"codes": codes}).all()) if codes else {}
+    return {code: _chain(found.get(code)) for code in codes}
+
+
+def _settings(conn: Connection, settings: BaseSettings | None) -> BaseSettings:
+    if settings is not None:
+        return settings
+    found = stored_settings(conn)
+    if found is None:
+        raise UserError("the city base is not initialised: run 'cim init'")
+    return found
+
+
+def lookup_points(conn: Connection, xs: Sequence[float] | np.ndarray, ys: Sequence[float] | np.ndarray,
+                  crs: CrsSpec | str | int = "EPSG:4326",
+                  settings: BaseSettings | None = None) -> list[GridAnswer]:
+    """District/street/community/grid and responsibility for each point, in input order.
+
+    ``xs``/``ys`` are longitude/latitude (or easting/northing) in ``crs``; at most
+    :data:`MAX_POINTS` per call, answered in one SQL statement. Points that are not finite or
+    cannot be transformed get an empty answer (level "none"). ``settings`` defaults to the base's
+    stored settings (pass them to save a query).
+    """
+    if len(xs) > MAX_POINTS:
+        raise UserError(f"points: at most {MAX_POINTS:,} points per lookup, got {len(xs):,}; split the batch")
+    if len(xs) == 0 and len(ys) == 0:
+        return []
+    srid = _settings(conn, settings).srid
+    sx, sy = to_storage(xs, ys, crs, srid)
+    finite = np.isfinite(sx) & np.isfinite(sy)
+    # NULL coordinates make a NULL point that no polygon covers: an empty answer, not an error
+    px = [float(v) if ok else None for v, ok in zip(sx, finite)]
+    py = [float(v) if ok else None for v, ok in zip(sy, finite)]
+    rows = conn.execute(sa.text(_LOOKUP_SQL), {"xs": px, "ys": py, "srid": srid}).mappings().all()
+    return [
+        GridAnswer(
+            district=_area(r["district_code"], r["district_name"]),
+            street=_area(r["street_code"], r["street_name"]),
+            community=_area(r["community_code"], r["community_name"]),
+            grid=_area(r["grid_code"], r["grid_name"]),
+            responsibility=_chain(r["chain"]),
+        )
+        for r in rows
+    ]

@@ -1,0 +1,223 @@
+"""Grid lookup (issue 5B): levels, boundary rule, GCJ-02 input, one statement per 10,000-point
+batch, the HTTP routes and the CSV command — on a real PostGIS with a synthetic hierarchy."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from cim.bootstrap import load_settings
+from cim.crs import wgs84_to_gcj02
+from cim.grid import MAX_POINTS, lookup_points, responsibility_for
+from tests.conftest import run_cim
+from tests.spatial_data import GRIDS, build_hierarchy
+
+G1, G2, G3 = (g[0] for g in GRIDS)
+
+
+@pytest.fixture(scope="module")
+def city(engine):
+    with engine.begin() as conn:
+        return build_hierarchy(conn)
+
+
+@pytest.fixture(scope="module")
+def settings(engine, city):
+    return load_settings(engine)
+
+
+@pytest.fixture(scope="module")
+def client(engine, city):
+    return TestClient(create_app(engine))
+
+
+def _lookup(engine, settings, points, crs="EPSG:4549"):
+    with engine.connect() as conn:
+        return lookup_points(conn, [p[0] for p in points], [p[1] for p in points], crs, settings)
+
+
+def test_point_inside_each_grid(engine, settings, city):
+    answers = _lookup(engine, settings, [city.at(250, 500), city.at(750, 500), city.at(1250, 500)])
+    assert [a.grid.code for a in answers] == [G1, G2, G3]
+    for a in answers:
+        assert a.level == "grid"
+        assert (a.community.code, a.street.code, a.district.code) == ("310101001001", "310101001", "310101")
+        assert a.district.name == "黄浦区" and a.street.name == "南京东路街道"
+    chain = answers[0].responsibility
+    assert [(r.post.code, r.department.code) for r in chain] == [("P-01", "CGJ"), ("P-02", "LHJ")]
+    assert [p.name for p in chain[0].persons] == ["张三", "李四"]
+    assert chain[0].persons[0].contact == "13800000001"
+    assert chain[0].department.handles == ("01", "0101")
+    assert [r.post.code for r in answers[1].responsibility] == ["P-01"]
+    assert answers[2].responsibility == ()
+
+
+def test_levels_below_grid_and_outside(engine, settings, city):
+    community, street, outside = _lookup(engine, settings, [city.at(700, 1500), city.at(2000, 500),
+                                                            city.at(5000, 5000)])
+    assert community.level == "community" and community.grid is None
+    assert community.community.code == "310101001002" and community.street.code == "310101001"
+    assert street.level == "street" and street.community is None and street.street.code == "310101002"
+    assert outside.level == "none"
+    assert outside.to_dict() == {"district": None, "street": None, "community": None, "grid": None,
+                                 "level": "none", "responsibility": []}
+
+
+def test_shared_edge_goes_to_smallest_grid_code(engine, settings, city):
+    # x = X0+500 is the edge between grids …01 and …02 (inserted …03, …02, …01). The documented
+    # rule: both cover the point; the smallest code wins — the same answer every time.
+    edge = city.at(500, 500)
+    first, second = _lookup(engine, settings, [edge, edge])
+    again = _lookup(engine, settings, [edge])[0]
+    assert first.grid.code == second.grid.code == again.grid.code == G1
+    # and the corner where all three levels' edges meet the district edge still has an answer
+    corner = _lookup(engine, settings, [city.at(0, 0)])[0]
+    assert corner.grid.code == G1 and corner.district.code == "310101"
+
+
+def test_gcj02_input_equals_wgs84_after_conversion(engine, settings, city):
+    lon, lat = city.lonlat(250, 500)  # middle of grid …01; GCJ-02 moves it ~470 m east, ~190 m south
+    glon, glat = wgs84_to_gcj02(lon, lat)
+    wgs = _lookup(engine, settings, [(lon, lat)], "EPSG:4326")[0]
+    gcj = _lookup(engine, settings, [(glon, glat)], "gcj02")[0]
+    assert wgs.grid.code == G1
+    assert gcj == wgs
+    # the shift matters: read as WGS84 the same numbers land elsewhere
+    assert _lookup(engine, settings, [(glon, glat)], "EPSG:4326")[0].grid != wgs.grid
+
+
+def test_batch_of_10000_keeps_order_in_one_statement(engine, settings, city):
+    rng = np.random.default_rng(5)
+    dx = rng.uniform(-200, 3200, MAX_POINTS)
+    dy = rng.uniform(-200, 2200, MAX_POINTS)
+    xs, ys = city.x0 + dx, city.y0 + dy
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        statements.append(statement)
+
+    with engine.connect() as conn:
+        sa.event.listen(conn, "before_cursor_execute", count)
+        answers = lookup_points(conn, xs, ys, "EPSG:4549", settings)
+        sa.event.remove(conn, "before_cursor_execute", count)
+    assert len(statements) == 1
+    assert len(answers) == MAX_POINTS
+    # each answer belongs to its own point: recompute the grid from the synthetic layout
+    for i in range(0, MAX_POINTS, 97):
+        x, y = dx[i], dy[i]
+        expected = None
+        if 0 <= y <= 1000 and 0 <= x <= 1500:
+            expected = GRIDS[min(int(x // 500), 2)][0] if x % 500 else GRIDS[max(int(x // 500) - 1, 0)][0]
+        assert (answers[i].grid.code if answers[i].grid else None) == expected, (i, x, y)
+        inside = 0 <= x <= 3000 and 0 <= y <= 2000
+        assert (answers[i].district is not None) == inside
+
+
+def test_more_than_max_points_is_refused(engine, settings):
+    with engine.connect() as conn, pytest.raises(Exception, match="at most 10,000"):
+        lookup_points(conn, [0.0] * (MAX_POINTS + 1), [0.0] * (MAX_POINTS + 1), "EPSG:4549", settings)
+
+
+def test_non_finite_points_get_an_empty_answer(engine, settings, city):
+    answers = _lookup(engine, settings, [(float("nan"), 1.0), city.at(250, 500), (float("inf"), 0.0)])
+    assert [a.level for a in answers] == ["none", "grid", "none"]
+
+
+def test_responsibility_for_grid_codes(engine, city):
+    with engine.connect() as conn:
+        chains = responsibility_for(conn, [G2, G1, "no-such-grid", G2])
+    assert set(chains) == {G1, G2, "no-such-grid"}
+    assert [r.post.code for r in chains[G1]] == ["P-01", "P-02"]
+    assert [r.post.code for r in chains[G2]] == ["P-01"]
+    assert chains["no-such-grid"] == ()
+
+
+def test_get_lookup(client, city):
+    lon, lat = city.lonlat(750, 500)
+    r = client.get("/grid/lookup", params={"lon": lon, "lat": lat})
+    assert r.status_code == 200
+    (result,) = r.json()["results"]
+    assert result["level"] == "grid" and result["grid"] == {"code": G2, "name": "网格二"}
+    assert result["responsibility"][0]["persons"][0] == {"name": "张三", "contact": "13800000001"}
+    glon, glat = wgs84_to_gcj02(lon, lat)
+    r = client.get("/grid/lookup", params={"lon": glon, "lat": glat, "crs": "gcj02"})
+    assert r.json()["results"][0]["grid"]["code"] == G2
+
+
+def test_post_lookup_keeps_order(client, city):
+    offsets = [(1250, 500), (5000, 5000), (250, 500), (700, 1500), (750, 500)]
+    points = [dict(zip(("lon", "lat"), city.lonlat(*o))) for o in offsets]
+    r = client.post("/grid/lookup", json={"points": points})
+    assert r.status_code == 200
+    levels = [(x["level"], x["grid"]["code"] if x["grid"] else None) for x in r.json()["results"]]
+    assert levels == [("grid", G3), ("none", None), ("grid", G1), ("community", None), ("grid", G2)]
+    xy = [dict(zip(("lon", "lat"), city.at(*o))) for o in offsets]
+    r = client.post("/grid/lookup", json={"points": xy, "crs": "EPSG:4549"})
+    assert [x["level"] for x in r.json()["results"]] == [lv for lv, _ in levels]
+
+
+@pytest.mark.parametrize("params, parameter", [
+    ({"lon": "nan", "lat": "31.2"}, "lon"),
+    ({"lon": "121.4", "lat": "inf"}, "lat"),
+    ({"lon": "181", "lat": "31.2"}, "lon"),
+    ({"lon": "121.4", "lat": "-91"}, "lat"),
+    ({"lon": "abc", "lat": "31.2"}, "lon"),
+    ({"lat": "31.2"}, "lon"),
+    ({"lon": "121.4", "lat": "31.2", "crs": "EPSG:999999"}, "crs"),
+])
+def test_get_lookup_bad_parameters(client, params, parameter):
+    r = client.get("/grid/lookup", params=params)
+    assert r.status_code == 400
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["parameter"] == parameter
+
+
+def test_post_lookup_limits(client):
+    too_many = {"points": [{"lon": 121.4, "lat": 31.2}] * (MAX_POINTS + 1)}
+    r = client.post("/grid/lookup", json=too_many)
+    assert r.status_code == 400 and r.json()["parameter"] == "points"
+    # Python's JSON parser reads 1e999 as inf and accepts NaN: both must be refused by name
+    for raw, parameter in (('{"points": [{"lon": 121.4, "lat": 31.2}, {"lon": 1e999, "lat": 31.2}]}', "points.1.lon"),
+                           ('{"points": [{"lon": 121.4, "lat": NaN}]}', "points.0.lat")):
+        r = client.post("/grid/lookup", content=raw, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["parameter"] == parameter
+    r = client.post("/grid/lookup", json={"points": [{"lon": 121.4}]})
+    assert r.status_code == 400 and r.json()["parameter"] == "points.0.lat"
+
+
+def test_cli_csv_in_and_out(db_url, city, tmp_path):
+    rows = [("a", *city.lonlat(250, 500)), ("b", *city.lonlat(700, 1500)), ("c", "", ""),
+            ("d", *city.lonlat(5000, 5000)), ("e", *city.lonlat(1250, 500))]
+    src = tmp_path / "points.csv"
+    with src.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["name", "经度", "纬度"])
+        w.writerows(rows)
+    out = tmp_path / "out.csv"
+    proc = run_cim("grid", "lookup", "--in", str(src), "--out", str(out), "--x", "经度", "--y", "纬度",
+                   db_url=db_url)
+    assert "1 row(s) have no numeric" in proc.stderr
+    with out.open(encoding="utf-8") as f:
+        result = list(csv.DictReader(f))
+    assert [r["name"] for r in result] == ["a", "b", "c", "d", "e"]
+    assert result[0]["经度"] == str(rows[0][1])  # input columns kept as they were
+    assert [r["level"] for r in result] == ["grid", "community", "none", "none", "grid"]
+    assert [r["grid_code"] for r in result] == [G1, "", "", "", G3]
+    assert result[0]["district_code"] == "310101" and result[0]["street_name"] == "南京东路街道"
+    assert (result[0]["post_code"], result[0]["department_name"], result[0]["person_contact"]) == (
+        "P-01", "城管执法局", "13800000001")
+    assert result[1]["community_code"] == "310101001002"
+
+
+def test_cli_reports_a_missing_column(db_url, city, tmp_path):
+    src = tmp_path / "points.csv"
+    src.write_text("x,y\n1,2\n", encoding="utf-8")
+    proc = run_cim("grid", "lookup", "--in", str(src), "--out", str(tmp_path / "o.csv"), db_url=db_url,
+                   check=False)
+    assert proc.returncode == 1
+    assert "--x: column 'lon' is not in points.csv" in proc.stderr
+    assert "Traceback" not in proc.stderr
