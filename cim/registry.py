@@ -48,8 +48,10 @@ def load_layers(conn: Connection) -> dict[str, Layer]:
     }
 
 
-def bump_version(conn: Connection, table: str) -> int:
-    """Mark a layer as changed (call inside the loading transaction); returns the new version."""
-    return conn.execute(sa.text(
-        "UPDATE layers SET version = version + 1, updated_at = now() WHERE table_name = :t RETURNING version"),
-        {"t": table}).scalar_one()
+def bump_version(cur, table: str) -> int:
+    """Mark a layer as changed, on a DBAPI cursor inside the loading transaction; returns the new version.
+
+    Tile caches and ETags key on this number, so every load that changes a layer must call it."""
+    cur.execute("UPDATE layers SET version = version + 1, updated_at = now() WHERE table_name = %s RETURNING version",
+                (table,))
+    return cur.fetchone()[0]

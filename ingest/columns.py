@@ -89,8 +89,8 @@ def _blank(series: pd.Series) -> np.ndarray:
 def _coerce_series(series: pd.Series, kind: str) -> tuple[pd.Series, np.ndarray]:
     blank = _blank(series)
     if kind == "str":
-        text = series.astype(object).where(~blank, None)
-        text = text.map(lambda v: _plain_text(v) if v is not None else None)
+        text = pd.Series([None if b else _plain_text(v) for v, b in zip(series.tolist(), blank)],
+                         index=series.index, dtype=object)
         return text, np.zeros(len(series), dtype=bool)
     if kind in ("int", "float"):
         numbers = pd.to_numeric(series.astype(str).str.strip().str.replace(",", "", regex=False), errors="coerce")

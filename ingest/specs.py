@@ -51,7 +51,7 @@ SPECS: dict[str, LayerSpec] = {s.name: s for s in [
               {"source_id": "str", "full_address": "str", "province": "str", "city": "str", "district": "str",
                "street": "str", "community": "str", "road": "str", "door_number": "str", "lane": "str",
                "building_no": "str", "unit": "str", "floor": "str", "room": "str", "compound": "str",
-               "remark": "str", **_POINT_Z}, enrich=True),
+               "remark": "str", **_POINT_Z}, key_fallback="full_address", enrich=True),
     LayerSpec("buildings", "buildings", "polygon",
               {"source_id": "str", "name": "str", "base_elevation": "float", "height": "float", "floors": "int",
                "use": "str", "year_built": "int", "structure": "str", "is_protected": "bool"}, enrich=True,

@@ -1,0 +1,59 @@
+"""Address rows on load: parse a single full-address column with the gazetteer, and give every
+entry its standard address string, structured code and door number for interpolation."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sqlalchemy.engine import Connection
+
+from cim.gazetteer.base_dictionary import address_code, dictionary_from_base, door_int
+from cim.gazetteer.dictionary import AddressDictionary
+from cim.gazetteer.parse import ParsedAddress, parse_address
+from ingest.prepare import Prepared
+
+_FROM_PARSE = {"district": "district", "street": "street", "community": "community", "road": "road",
+               "door_number": "door_number", "lane": "lane", "building_no": "building", "unit": "unit",
+               "floor": "floor", "room": "room", "compound": "compound", "remark": "remark"}
+
+
+@dataclass
+class AddressParser:
+    dictionary: AddressDictionary
+
+    @classmethod
+    def load(cls, conn: Connection) -> "AddressParser":
+        return cls(dictionary_from_base(conn))
+
+    def prepare(self, prepared: Prepared) -> Prepared:
+        frame = prepared.frame.copy()
+        rejects = dict(prepared.rejects)
+        full = frame["full_address"].to_numpy(dtype=object)
+        for i in np.flatnonzero(pd.notna(full)):
+            parsed = parse_address(str(full[i]), self.dictionary)
+            if parsed.foreign:
+                rejects[int(i)] = f"address {full[i]!r} is not in {self.dictionary.city_name}"
+                continue
+            for column, attr in _FROM_PARSE.items():
+                if frame.at[i, column] is None and getattr(parsed, attr):
+                    frame.at[i, column] = getattr(parsed, attr)
+        standard, codes, doors = [], [], []
+        names = self.dictionary.district_names
+        frame = frame.astype(object).where(frame.notna(), None)
+        for row in frame.itertuples(index=False):
+            district = row.district or names.get(row.district_code or "")
+            parsed = ParsedAddress(raw="", city=self.dictionary.city_name, district=district, road=row.road,
+                                   door_number=row.door_number, lane=row.lane, building=row.building_no,
+                                   building_kind="号" if row.lane and row.building_no else None, unit=row.unit,
+                                   floor=row.floor, room=row.room, compound=row.compound)
+            text = parsed.standard_address()
+            standard.append(text)
+            codes.append(address_code(row.community_code or row.street_code or row.district_code, text))
+            doors.append(door_int(row.door_number))
+        frame["standard_address"] = standard
+        frame["address_code"] = codes
+        frame["door_int"] = pd.array(doors, dtype="Int64")
+        frame["city"] = frame["city"].fillna(self.dictionary.city_name)
+        frame = frame.drop(columns=["full_address"])
+        return Prepared(frame, prepared.geometry, rejects, prepared.notes)

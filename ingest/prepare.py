@@ -1,0 +1,170 @@
+"""Layer rules applied to a coerced batch in the storage CRS: codes, heights, depths, Z, and the
+derived columns each table needs. Each function returns rejects by batch position, never raises
+for a bad row."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import shapely
+
+from ingest import geometry as geo
+from ingest.specs import DEFAULT_DEPTH_M, MAX_BUILDING_HEIGHT_M, MAX_DEPTH_M
+
+OBJECT_CODE = re.compile(r"^\d{16}$")
+PIPE_KIND_SYNONYMS = {"上水": "给水", "供水": "给水", "自来水": "给水", "煤气": "燃气", "天然气": "燃气",
+                      "电信": "通信", "通讯": "通信", "供电": "电力", "路灯": "电力", "雨污合流": "排水",
+                      "合流": "排水", "供热": "热力", "工业管道": "工业"}
+
+
+@dataclass
+class Context:
+    """What the rules need from the base, read once per run."""
+
+    srid: int
+    floor_height_m: float
+    part_classes: set[str]  # 2- and 4-digit codes
+    next_sequence: dict[str, int] = field(default_factory=dict)  # 10-digit code prefix -> last used sequence
+
+
+@dataclass
+class Prepared:
+    frame: pd.DataFrame
+    geometry: np.ndarray | None
+    rejects: dict[int, str]
+    notes: dict[int, str]
+
+
+def _reject_where(rejects: dict[int, str], mask: np.ndarray, reason) -> None:
+    for i in np.flatnonzero(mask):
+        rejects.setdefault(int(i), reason(int(i)) if callable(reason) else reason)
+
+
+def _float(frame: pd.DataFrame, column: str) -> np.ndarray:
+    return pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float)
+
+
+def prepare_buildings(frame: pd.DataFrame, geoms: np.ndarray, ctx: Context) -> Prepared:
+    rejects: dict[int, str] = {}
+    height = _float(frame, "height")
+    floors = _float(frame, "floors")
+    from_floors = np.isnan(height) & ~np.isnan(floors)
+    height = np.where(from_floors, floors * ctx.floor_height_m, height)
+    _reject_where(rejects, np.isnan(height), "no height and no floors")
+    _reject_where(rejects, height <= 0, lambda i: f"height {height[i]:g} m ≤ 0")
+    _reject_where(rejects, height > MAX_BUILDING_HEIGHT_M, lambda i: f"height {height[i]:g} m > 700 m")
+    _reject_where(rejects, floors < 0, lambda i: f"negative floors {floors[i]:g}")
+    base = _float(frame, "base_elevation")
+    source_z = np.array([_min_z(g) for g in geoms])
+    base = np.where(np.isnan(base), np.where(np.isnan(source_z), 0.0, source_z), base)
+    frame = frame.assign(height=height, base_elevation=base,
+                         is_protected=frame["is_protected"].map(lambda v: bool(v) if v is not None else False))
+    notes = {int(i): f"height = floors × {ctx.floor_height_m:g} m" for i in np.flatnonzero(from_floors)}
+    return Prepared(frame, geo.with_constant_z(geoms, base), rejects, notes)
+
+
+def _min_z(geom) -> float:
+    if geom is None or not shapely.has_z(geom):
+        return np.nan
+    return float(np.nanmin(shapely.get_coordinates(geom, include_z=True)[:, 2]))
+
+
+def prepare_points(frame: pd.DataFrame, geoms: np.ndarray, ctx: Context) -> Prepared:
+    z = _float(frame, "z") if "z" in frame else None
+    return Prepared(frame.drop(columns=["z"], errors="ignore"), geo.keep_or_set_z(geoms, z), {}, {})
+
+
+def prepare_parts(frame: pd.DataFrame, geoms: np.ndarray, ctx: Context, district_codes: np.ndarray,
+                  existing_codes: dict[str, str]) -> Prepared:
+    prepared = prepare_points(frame, geoms, ctx)
+    frame, rejects = prepared.frame.copy(), prepared.rejects
+    codes = frame["object_code"].to_numpy(dtype=object).copy()
+    sources = frame["source_id"].to_numpy(dtype=object)
+    for i in np.flatnonzero(pd.isna(codes)):
+        codes[i] = existing_codes.get(sources[i]) if sources[i] is not None else None
+    subclass = frame["subclass_code"].to_numpy(dtype=object)
+    part_subclass = np.full(len(frame), None, dtype=object)
+    for i, (code, sub) in enumerate(zip(codes, subclass)):
+        if code is not None:
+            if not OBJECT_CODE.match(code):
+                rejects.setdefault(i, f"malformed object code {code!r} (16 digits: 6 adcode + 2 class + "
+                                      "2 subclass + 6 sequence)")
+                continue
+            if sub is not None and sub != code[6:10]:
+                rejects.setdefault(i, f"subclass {sub!r} disagrees with object code {code!r}")
+                continue
+            sub = code[6:10]
+        if sub is None:
+            rejects.setdefault(i, "no object code and no subclass code")
+            continue
+        if not re.fullmatch(r"\d{4}", sub) or sub not in ctx.part_classes or sub[:2] not in ctx.part_classes:
+            rejects.setdefault(i, f"unknown part class {sub!r}")
+            continue
+        part_subclass[i] = sub
+    # parts without an object code get: district adcode + class + subclass + next sequence
+    for i in np.flatnonzero(pd.isna(codes)):
+        if i in rejects:
+            continue
+        adcode = district_codes[i]
+        if adcode is None or not re.fullmatch(r"\d{6}", str(adcode)):
+            rejects[int(i)] = "no object code, and the part lies in no district to derive one from"
+            continue
+        prefix = f"{adcode}{part_subclass[i]}"
+        sequence = ctx.next_sequence.get(prefix, 0) + 1
+        if sequence > 999_999:
+            rejects[int(i)] = f"object code sequence for {prefix} exhausted"
+            continue
+        ctx.next_sequence[prefix] = sequence
+        codes[i] = f"{prefix}{sequence:06d}"
+        prepared.notes[int(i)] = f"object code assigned {codes[i]}"
+    frame["object_code"] = codes
+    frame["part_subclass"] = part_subclass
+    frame["part_class"] = [s[:2] if s else None for s in part_subclass]
+    frame = frame.drop(columns=["subclass_code"])
+    return Prepared(frame, prepared.geometry, rejects, prepared.notes)
+
+
+def prepare_pipelines(frame: pd.DataFrame, geoms: np.ndarray, ctx: Context) -> Prepared:
+    rejects: dict[int, str] = {}
+    notes: dict[int, str] = {}
+    kind = frame["kind"].map(lambda k: PIPE_KIND_SYNONYMS.get(k, k) if k else k).to_numpy(dtype=object)
+    known = np.array([k in DEFAULT_DEPTH_M for k in kind])
+    _reject_where(rejects, ~known, lambda i: f"unknown pipeline kind {kind[i]!r} "
+                                             f"(one of {'、'.join(DEFAULT_DEPTH_M)})")
+    # depths are given as positive burial depths; a negative value is already a height below ground
+    start, end = np.abs(_float(frame, "start_depth")), np.abs(_float(frame, "end_depth"))
+    for name, depth in (("start_depth", start), ("end_depth", end)):
+        _reject_where(rejects, depth > MAX_DEPTH_M, lambda i, d=depth, n=name: f"{n} {d[i]:g} m > 100 m")
+    default = np.array([DEFAULT_DEPTH_M.get(k, 1.0) for k in kind])
+    source_has_z = shapely.has_z(geoms)
+    no_depth = np.isnan(start) & np.isnan(end)
+    keep_source_z = no_depth & source_has_z
+    start = np.where(np.isnan(start), np.where(np.isnan(end), default, end), start)
+    end = np.where(np.isnan(end), start, end)
+    for i in np.flatnonzero(no_depth & ~source_has_z):
+        notes[int(i)] = f"no burial depth: default {default[i]:g} m for {kind[i]}"
+    ground = _float(frame, "ground_elevation")
+    ground = np.where(np.isnan(ground), 0.0, ground)
+    lifted = geo.lines_at_depth(geoms, ground - start, ground - end)
+    out = np.where(keep_source_z, geoms, lifted)
+    frame = frame.assign(kind=kind, start_depth=np.where(keep_source_z, np.nan, start),
+                         end_depth=np.where(keep_source_z, np.nan, end)).drop(columns=["ground_elevation"])
+    return Prepared(frame, out, rejects, notes)
+
+
+def parent_codes(frame: pd.DataFrame, layer: str) -> pd.DataFrame:
+    """Hierarchy parents from the code prefix when the delivery does not name them."""
+    def prefix(codes: pd.Series, n: int) -> pd.Series:
+        return codes.map(lambda c: c[:n] if isinstance(c, str) and len(c) > n and c[:n].isdigit() else None)
+
+    if layer == "streets":
+        return frame.assign(district_code=frame["district_code"].fillna(prefix(frame["code"], 6)))
+    if layer == "communities":
+        return frame.assign(street_code=frame["street_code"].fillna(prefix(frame["code"], 9)))
+    if layer == "grids":
+        community = frame["community_code"].fillna(prefix(frame["grid_code"], 12))
+        return frame.assign(community_code=community, street_code=prefix(community.fillna(""), 9),
+                            district_code=prefix(community.fillna(""), 6))
+    return frame

@@ -1,0 +1,98 @@
+"""What a load did: the run record that provenance keeps, and the rejects file beside it."""
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import shapely
+
+
+@dataclass
+class FileReport:
+    path: str
+    sha256: str
+    format: str
+    crs: str | None
+    encoding: str | None
+    read: int = 0
+    rejected: int = 0
+    notes: list[str] = field(default_factory=list)
+    rejects_file: str | None = None
+
+
+@dataclass
+class IngestReport:
+    layer: str
+    mode: str
+    run_id: int | None = None
+    status: str = "running"
+    dry_run: bool = False
+    files: list[FileReport] = field(default_factory=list)
+    read: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    closed: int = 0
+    rejected: int = 0
+    repaired: int = 0
+    duration_s: float = 0.0
+    message: str | None = None
+
+    @property
+    def changes(self) -> int:
+        return self.inserted + self.updated + self.closed
+
+    def as_dict(self) -> dict:
+        return asdict(self) | {"changes": self.changes}
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class RejectsWriter:
+    """Rejected rows of one file as CSV: row number, reason, then the row as it came in (+ WKT)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = None
+        self._writer = None
+        self.count = 0
+
+    def write(self, attributes: pd.DataFrame, geometry: np.ndarray | None, rows: np.ndarray,
+              reasons: dict[int, str]) -> None:
+        if not reasons:
+            return
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "w", newline="", encoding="utf-8")
+            self._writer = csv.writer(self._file)
+            self._writer.writerow(["row", "reason", *attributes.columns, "geometry_wkt"])
+        for i in sorted(reasons):
+            values = ["" if pd.isna(v) else v for v in attributes.iloc[i].tolist()] if len(attributes.columns) else []
+            wkt = "" if geometry is None or geometry[i] is None else shapely.to_wkt(geometry[i], rounding_precision=3)
+            self._writer.writerow([int(rows[i]), reasons[i], *values, wkt])
+            self.count += 1
+
+    def write_plain(self, row: int, reason: str) -> None:
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "w", newline="", encoding="utf-8")
+            self._writer = csv.writer(self._file)
+            self._writer.writerow(["row", "reason"])
+        self._writer.writerow([row, reason])
+        self.count += 1
+
+    def close(self) -> str | None:
+        if self._file:
+            self._file.close()
+            return str(self.path)
+        return None

@@ -1,0 +1,429 @@
+"""``ingest_files``: one load of one layer from one or more files, as one transaction and one run.
+
+read (pyogrio / CSV, streamed) → map & coerce columns → CRS to storage, extent check → geometry
+checks & 2D→3D → layer rules → grid enrichment (in memory) → COPY to staging → merge → provenance.
+"""
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from cim.bootstrap import load_settings
+from cim.config import cim_home
+from cim.crs import CrsSpec, check_extent, resolve_crs, transform_geometries
+from cim.errors import UserError
+from cim.gridindex import GridIndex, representative_points
+from cim.registry import bump_version
+from ingest import geometry as geo
+from ingest import merge, prepare
+from ingest.columns import coerce, plan_columns
+from ingest.read import Batch, ReadOptions, open_source
+from ingest.report import FileReport, IngestReport, RejectsWriter, sha256_of
+from ingest.specs import SPECS, LayerSpec
+
+MODES = ("upsert", "append", "replace")
+SUPPORT_TYPES = ("点支式", "隐框", "半隐框", "明框", "全玻")
+
+
+class IngestError(UserError):
+    """The load was refused as a whole; the message says which file and why."""
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    crs: str | None = None
+    encoding: str | None = None
+    layer_name: str | None = None
+    x: str | None = None
+    y: str | None = None
+    z: str | None = None
+    wkt: str | None = None
+    address_column: str | None = None
+    mapping: dict[str, str] = field(default_factory=dict)
+    mode: str = "upsert"
+    strict: bool = False
+    dry_run: bool = False
+    rejects_dir: Path | None = None
+    operator: str | None = None
+    batch_rows: int = 100_000
+
+    def read_options(self) -> ReadOptions:
+        return ReadOptions(layer_name=self.layer_name, encoding=self.encoding, x=self.x, y=self.y, z=self.z,
+                           wkt=self.wkt, batch_rows=self.batch_rows)
+
+
+Progress = Callable[[int], None]
+
+
+def ingest_files(layer: str, paths: list[Path], options: IngestOptions, engine: Engine,
+                 progress: Progress | None = None) -> IngestReport:
+    spec = SPECS.get(layer)
+    if spec is None:
+        raise IngestError(f"unknown layer {layer!r}; layers: {', '.join(SPECS)}")
+    if options.mode not in MODES:
+        raise IngestError(f"--mode must be one of {', '.join(MODES)}, got {options.mode!r}")
+    if not paths:
+        raise IngestError("no input files given")
+    for path in paths:
+        if not Path(path).exists():
+            raise IngestError(f"{path}: no such file")
+    if spec.table is None:
+        from ingest import tables  # readings and responsibility are not feature tables
+
+        return tables.ingest_table(spec, [Path(p) for p in paths], options, engine, progress)
+    return FeatureLoad(spec, [Path(p) for p in paths], options, engine, progress).run()
+
+
+class FeatureLoad:
+    """State of one feature-table load; ``run`` is the whole of it."""
+
+    def __init__(self, spec: LayerSpec, paths: list[Path], options: IngestOptions, engine: Engine,
+                 progress: Progress | None) -> None:
+        self.spec, self.paths, self.options, self.engine, self.progress = spec, paths, options, engine, progress
+        self.settings = load_settings(engine)
+        self.report = IngestReport(layer=spec.name, mode=options.mode, dry_run=options.dry_run)
+        self.seen_ids: dict[str, int] = {}  # source id -> row number of its first occurrence
+        self.duplicate_ids: set[str] = set()
+        self.rejects_dir = options.rejects_dir or (cim_home() / "rejects")
+
+    # --- context read once per run -------------------------------------------------------------
+    def _context(self) -> tuple[prepare.Context, GridIndex | None, "AddressParser | None"]:
+        with self.engine.connect() as conn:
+            classes = {r[0] for r in conn.execute(sa.text("SELECT code FROM part_classes"))}
+            ctx = prepare.Context(srid=self.settings.srid, floor_height_m=self.settings.floor_height_m,
+                                  part_classes=classes)
+            if self.spec.table == "parts":
+                ctx.next_sequence = dict(conn.execute(sa.text(
+                    "SELECT left(object_code, 10), max(right(object_code, 6)::int) FROM parts GROUP BY 1")).all())
+            grid_index = GridIndex.load(conn) if self.spec.enrich else None
+            parser = None
+            if self.spec.table == "addresses":
+                from ingest.addresses import AddressParser
+
+                parser = AddressParser.load(conn)
+        return ctx, grid_index, parser
+
+    def run(self) -> IngestReport:
+        started = time.perf_counter()
+        ctx, grid_index, parser = self._context()
+        self.ctx, self.grid_index, self.parser = ctx, grid_index, parser
+        raw = self.engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            cur.execute("INSERT INTO ingest_runs (layer, mode, operator, options) VALUES (%s, %s, %s, %s) "
+                        "RETURNING id", (self.spec.name, self.options.mode, self._operator(),
+                                         json.dumps(self._options_json(), ensure_ascii=False)))
+            self.report.run_id = cur.fetchone()[0]
+            self.cur = cur
+            self.columns = merge.create_stage(cur, self.spec.table)
+            for path in self.paths:
+                self._load_file(cur, path)
+            self._drop_duplicates(cur)
+            if self.options.strict and self.report.rejected:
+                raw.rollback()
+                self.report.status = "failed"
+                self.report.message = (f"--strict: {self.report.rejected} row(s) rejected, nothing loaded "
+                                       f"(see {', '.join(f.rejects_file for f in self.report.files if f.rejects_file)})")
+                self._record_failure(started)
+                raise IngestError(self.report.message)
+            counts = merge.merge(cur, self.spec.table, self.columns, self.options.mode, self.report.run_id,
+                                 **self._merge_sql())
+            r = self.report
+            r.inserted, r.updated, r.unchanged, r.closed = counts.inserted, counts.updated, counts.unchanged, counts.closed
+            r.duration_s = round(time.perf_counter() - started, 3)
+            r.status = "dry-run" if self.options.dry_run else "succeeded"
+            if r.changes and not self.options.dry_run:
+                bump_version(cur, self.spec.table)
+            self._finish_run(cur)
+            if self.options.dry_run:
+                raw.rollback()
+                r.run_id = None
+            else:
+                raw.commit()
+        except BaseException:
+            raw.rollback()
+            raise
+        finally:
+            raw.close()
+        return self.report
+
+    # --- one file ---------------------------------------------------------------------------------
+    def _load_file(self, cur, path: Path) -> None:
+        source = open_source(path, self.options.read_options())
+        crs = self._crs_for(source.declared_crs, path)
+        file_report = FileReport(path=str(path), sha256=sha256_of(path), format=source.format,
+                                 crs=crs.name if crs else None, encoding=source.encoding)
+        if self.options.crs and source.declared_crs and crs and resolve_crs(source.declared_crs).name != crs.name:
+            file_report.notes.append(f"--crs {crs.name} overrides the file's declared {source.declared_crs}")
+        self.report.files.append(file_report)
+        rejects = RejectsWriter(self.rejects_dir / f"run-{self.report.run_id}-{path.stem}.rejects.csv")
+        plan = None
+        try:
+            for batch in source.batches:
+                if plan is None:
+                    plan = plan_columns(self.spec, list(batch.attributes.columns), self._mapping(), str(path))
+                    self._check_key(plan, path)
+                reasons = self._load_batch(cur, batch, plan, crs, path)
+                rejects.write(batch.attributes, batch.geometry, batch.rows, reasons)
+                file_report.read += len(batch.rows)
+                file_report.rejected += len(reasons)
+                if self.progress:
+                    self.progress(len(batch.rows))
+        finally:
+            file_report.rejects_file = rejects.close()
+        file_report.notes = source.notes + file_report.notes
+        if file_report.read == 0:
+            file_report.notes.append("the file holds no features")
+        self.report.read += file_report.read
+        self.report.rejected += file_report.rejected
+
+    def _crs_for(self, declared: str | None, path: Path) -> CrsSpec | None:
+        if self.spec.geometry is None and self.spec.table != "curtain_walls":
+            return None
+        if self.options.crs:
+            return resolve_crs(self.options.crs)
+        if declared:
+            return resolve_crs(declared)
+        if self.spec.table == "curtain_walls":
+            return None  # geometry comes from the linked building
+        raise IngestError(f"{path}: the file declares no coordinate system (no .prj / crs member / SRS) and no "
+                          "--crs was given; pass e.g. --crs EPSG:4490, --crs EPSG:4549, --crs gcj02 or --crs bd09")
+
+    def _mapping(self) -> dict[str, str]:
+        mapping = dict(self.options.mapping)
+        if self.options.address_column:
+            mapping["full_address"] = self.options.address_column
+        return mapping
+
+    def _check_key(self, plan, path: Path) -> None:
+        if self.options.mode == "append":
+            return
+        if "source_id" not in plan.mapped and (self.spec.key_fallback not in plan.mapped):
+            key = "source_id" + (f" or {self.spec.key_fallback}" if self.spec.key_fallback else "")
+            raise IngestError(f"{path}: --mode {self.options.mode} keys features by {key}, and no such column was "
+                              f"found; map one with --map source_id=COLUMN, or load with --mode append")
+
+    def _load_batch(self, cur, batch: Batch, plan, crs: CrsSpec | None, path: Path) -> dict[int, str]:
+        frame, reasons = coerce(batch.attributes, self.spec, plan)
+        reasons = {**batch.errors, **reasons}
+        frame = frame.reset_index(drop=True)
+        if "source_id" in frame and self.spec.key_fallback:
+            frame["source_id"] = frame["source_id"].fillna(frame[self.spec.key_fallback])
+        geoms = self._geometry(batch, crs, path, reasons)
+        prepared = self._apply_rules(frame, geoms, reasons)
+        frame, geoms = prepared.frame, prepared.geometry
+        reasons.update({k: v for k, v in prepared.rejects.items() if k not in reasons})
+        if self.spec.table == "curtain_walls":
+            self._check_curtain_walls(cur, frame, reasons)
+        self.report.repaired += sum(1 for k in prepared.notes if k not in reasons and "make_valid" in prepared.notes[k])
+        self._check_keys(frame, batch.rows, reasons)
+        keep = np.array([i not in reasons for i in range(len(frame))], dtype=bool)
+        if not keep.any():
+            return reasons
+        frame = frame[keep].reset_index(drop=True)
+        geoms = geoms[keep] if geoms is not None else None
+        frame["row_no"] = batch.rows[keep]
+        frame["content_hash"] = merge.content_hash(self._hashable(frame, geoms))
+        merge.copy_rows(cur, frame, geoms, self.settings.srid, self.columns)
+        return reasons
+
+    def _geometry(self, batch: Batch, crs: CrsSpec | None, path: Path, reasons: dict[int, str]) -> np.ndarray | None:
+        if self.spec.geometry is None and (batch.geometry is None or crs is None
+                                           or pd.isna(batch.geometry).all()):
+            return None
+        if batch.geometry is None:
+            raise IngestError(f"{path}: layer {self.spec.name} needs geometry; give --x/--y or --wkt for CSV")
+        kind = self.spec.geometry or "polygon"
+        geoms, rejects, notes = geo.check_types(batch.geometry, kind)
+        for i, reason in rejects.items():
+            reasons.setdefault(i, reason)
+        present = np.array([g is not None and i not in reasons for i, g in enumerate(geoms)])
+        if present.any():
+            coords = [g.representative_point() if g.geom_type != "Point" else g for g in geoms[present]]
+            xy = np.array([(p.x, p.y) for p in coords])
+            try:
+                check_extent(xy[:, 0], xy[:, 1], crs, self.settings.city_bbox_wgs84)
+            except UserError as exc:
+                raise IngestError(f"{path}: {exc}") from exc
+            geoms = geoms.copy()
+            geoms[present] = transform_geometries(geoms[present], crs, f"EPSG:{self.settings.srid}")
+        self._geometry_notes = notes
+        return geoms
+
+    def _apply_rules(self, frame: pd.DataFrame, geoms: np.ndarray | None, reasons: dict[int, str]) -> prepare.Prepared:
+        table = self.spec.table
+        valid = np.array([i not in reasons for i in range(len(frame))], dtype=bool)
+        codes = self._enrich(geoms, valid)
+        if codes:
+            for column, values in codes.items():
+                if column in self.columns:
+                    frame[column] = values
+        safe = geoms
+        if geoms is not None:
+            safe = geoms.copy()
+            safe[~valid] = None
+        notes = getattr(self, "_geometry_notes", {})
+        if table == "buildings":
+            result = prepare.prepare_buildings(frame, _filled(safe, valid), self.ctx)
+        elif table == "parts":
+            result = prepare.prepare_parts(frame, _filled(safe, valid, point=True), self.ctx,
+                                           codes.get("district_code", np.full(len(frame), None, dtype=object)),
+                                           self._existing_object_codes(frame))
+        elif table == "pipelines":
+            result = prepare.prepare_pipelines(frame, _filled(safe, valid, line=True), self.ctx)
+        elif table in ("addresses", "iot_devices"):
+            result = prepare.prepare_points(frame, _filled(safe, valid, point=True), self.ctx)
+            if table == "addresses":
+                result = self.parser.prepare(result)
+        elif table in ("districts", "streets", "communities", "grids"):
+            result = prepare.Prepared(prepare.parent_codes(frame, table),
+                                      None if safe is None else geo.with_constant_z(_filled(safe, valid),
+                                                                                   np.zeros(len(frame))), {}, {})
+        else:  # curtain walls: geometry optional
+            result = prepare.Prepared(frame, None if safe is None else geo.with_constant_z(
+                _filled(safe, valid), np.zeros(len(frame))), {}, {})
+        if result.geometry is not None:
+            result.geometry[~valid] = None
+        result.notes.update(notes)
+        return result
+
+    def _existing_object_codes(self, frame: pd.DataFrame) -> dict[str, str]:
+        """Codes the base already gave these parts, so a re-delivery without codes keeps them."""
+        ids = [i for i in frame["source_id"].dropna().tolist()]
+        self.cur.execute("SELECT source_id, object_code FROM parts WHERE valid_to IS NULL AND source_id = ANY(%s)",
+                         (ids,))
+        return dict(self.cur.fetchall())
+
+    def _enrich(self, geoms: np.ndarray | None, valid: np.ndarray) -> dict[str, np.ndarray]:
+        if self.grid_index is None or geoms is None or self.grid_index.is_empty:
+            return {}
+        out = {c: np.full(len(geoms), None, dtype=object) for c in ("district_code", "street_code",
+                                                                    "community_code", "grid_code")}
+        if valid.any():
+            points = representative_points(geoms[valid])
+            for column, values in self.grid_index.assign(points).items():
+                out[column][valid] = values
+        return out
+
+    def _check_curtain_walls(self, cur, frame: pd.DataFrame, reasons: dict[int, str]) -> None:
+        support = frame["support_type"].to_numpy(dtype=object)
+        for i in np.flatnonzero(pd.notna(support) & ~np.isin(support, SUPPORT_TYPES)):
+            reasons.setdefault(int(i), f"unknown support type {support[i]!r} (one of {'、'.join(SUPPORT_TYPES)})")
+        wanted = sorted({b for b in frame["building_source_id"] if b is not None})
+        cur.execute("SELECT source_id FROM buildings WHERE valid_to IS NULL AND source_id = ANY(%s)", (wanted,))
+        known = {r[0] for r in cur.fetchall()}
+        for i, building in enumerate(frame["building_source_id"]):
+            if building not in known:
+                reasons.setdefault(i, f"unknown building {building!r} (load buildings first)")
+
+    def _check_keys(self, frame: pd.DataFrame, rows: np.ndarray, reasons: dict[int, str]) -> None:
+        if self.options.mode == "append" or "source_id" not in frame:
+            return
+        for i, key in enumerate(frame["source_id"].tolist()):
+            if i in reasons:
+                continue
+            if key is None:
+                reasons[i] = "missing source id"
+                continue
+            first = self.seen_ids.setdefault(key, int(rows[i]))
+            if first != int(rows[i]):
+                self.duplicate_ids.add(key)
+                reasons[i] = f"duplicate source id {key!r} (also at row {first})"
+
+    def _drop_duplicates(self, cur) -> None:
+        """First occurrences of duplicated ids were staged before the repeat was seen: take them back."""
+        if not self.duplicate_ids:
+            return
+        cur.execute("DELETE FROM _stage WHERE source_id = ANY(%s) RETURNING row_no, source_id",
+                    (list(self.duplicate_ids),))
+        taken = cur.fetchall()
+        writer = RejectsWriter(self.rejects_dir / f"run-{self.report.run_id}-duplicates.rejects.csv")
+        for row_no, key in taken:
+            writer.write_plain(row_no, f"duplicate source id {key!r} (first occurrence; repeated later in the file)")
+        path = writer.close()
+        self.report.rejected += len(taken)
+        if self.report.files:
+            self.report.files[-1].rejected += len(taken)
+            self.report.files[-1].notes.append(f"{len(taken)} first occurrence(s) of duplicated ids in {path}")
+
+    def _hashable(self, frame: pd.DataFrame, geoms: np.ndarray | None) -> pd.DataFrame:
+        import shapely
+
+        content = frame.drop(columns=["row_no", "content_hash"], errors="ignore")
+        if geoms is not None:
+            content = content.assign(_geom=shapely.to_wkb(geoms, hex=True, output_dimension=3))
+        return content
+
+    def _merge_sql(self) -> dict:
+        table = self.spec.table
+        if table == "curtain_walls":
+            return {"extra_select": {
+                "geom": "COALESCE(s.geom, b.geom)", "building_feature_id": "b.feature_id",
+                **{c: f"COALESCE(s.{c}, b.{c})" for c in ("district_code", "street_code", "community_code",
+                                                          "grid_code")}},
+                "joins": "LEFT JOIN buildings b ON b.source_id = s.building_source_id AND b.valid_to IS NULL"}
+        if table == "buildings":
+            return {"extra_select": {"address_feature_id": (
+                "(SELECT a.feature_id FROM addresses a WHERE a.valid_to IS NULL AND ST_Covers(s.geom, a.geom) "
+                "ORDER BY a.door_int NULLS LAST, a.standard_address LIMIT 1)")}}
+        if table == "addresses":
+            return {"extra_select": {"building_feature_id": (
+                "(SELECT b.feature_id FROM buildings b WHERE b.valid_to IS NULL AND ST_Covers(b.geom, s.geom) "
+                "ORDER BY b.source_id LIMIT 1)")}}
+        return {}
+
+    # --- provenance -----------------------------------------------------------------------------
+    def _operator(self) -> str:
+        return self.options.operator or os.environ.get("CIM_OPERATOR") or getpass.getuser()
+
+    def _options_json(self) -> dict:
+        o = self.options
+        return {k: v for k, v in {"crs": o.crs, "encoding": o.encoding, "layer": o.layer_name, "x": o.x, "y": o.y,
+                                  "z": o.z, "wkt": o.wkt, "map": o.mapping or None, "strict": o.strict,
+                                  "address_column": o.address_column}.items() if v}
+
+    def _finish_run(self, cur) -> None:
+        r = self.report
+        cur.execute("""UPDATE ingest_runs SET finished_at = now(), status = %s, files = %s, crs = %s, encoding = %s,
+            n_read = %s, n_inserted = %s, n_updated = %s, n_unchanged = %s, n_closed = %s, n_rejected = %s,
+            duration_s = %s, message = %s WHERE id = %s""",
+                    (r.status, json.dumps([f.__dict__ for f in r.files], ensure_ascii=False),
+                     ", ".join(sorted({f.crs for f in r.files if f.crs})) or None,
+                     ", ".join(sorted({f.encoding for f in r.files if f.encoding})) or None,
+                     r.read, r.inserted, r.updated, r.unchanged, r.closed, r.rejected, r.duration_s, r.message,
+                     r.run_id))
+
+    def _record_failure(self, started: float) -> None:
+        """A refused load still leaves a provenance record (in its own transaction), but no data."""
+        self.report.duration_s = round(time.perf_counter() - started, 3)
+        with self.engine.begin() as conn:
+            r = self.report
+            r.run_id = conn.execute(sa.text(
+                "INSERT INTO ingest_runs (layer, mode, operator, status, files, n_read, n_rejected, duration_s, "
+                "message, finished_at) VALUES (:layer, :mode, :op, 'failed', CAST(:files AS jsonb), :read, :rej, "
+                ":dur, :msg, now()) RETURNING id"),
+                {"layer": r.layer, "mode": r.mode, "op": self._operator(),
+                 "files": json.dumps([f.__dict__ for f in r.files], ensure_ascii=False), "read": r.read,
+                 "rej": r.rejected, "dur": r.duration_s, "msg": r.message}).scalar_one()
+
+
+def _filled(geoms: np.ndarray, valid: np.ndarray, point: bool = False, line: bool = False) -> np.ndarray:
+    """Rejected rows carry a placeholder so vectorised rules run over the whole batch."""
+    import shapely
+
+    out = geoms.copy()
+    placeholder = (shapely.Point(0, 0) if point else shapely.LineString([(0, 0), (1, 0)]) if line
+                   else shapely.MultiPolygon([shapely.box(0, 0, 1, 1)]))
+    out[~valid] = placeholder
+    out[pd.isna(out)] = placeholder
+    return out

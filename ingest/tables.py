@@ -1,0 +1,169 @@
+"""Loads into tables that are not feature layers: IoT readings (time series) and the
+responsibility chain (grid → post → department → person)."""
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cim.errors import UserError
+from ingest.columns import coerce, plan_columns
+from ingest.read import open_source
+from ingest.report import FileReport, IngestReport, RejectsWriter, sha256_of
+from ingest.specs import LayerSpec
+
+
+def ingest_table(spec: LayerSpec, paths: list[Path], options, engine, progress=None) -> IngestReport:
+    from cim.config import cim_home
+
+    started = time.perf_counter()
+    report = IngestReport(layer=spec.name, mode=options.mode, dry_run=options.dry_run)
+    rejects_dir = options.rejects_dir or (cim_home() / "rejects")
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        cur.execute("INSERT INTO ingest_runs (layer, mode, operator) VALUES (%s, %s, %s) RETURNING id",
+                    (spec.name, options.mode, options.operator or "cim"))
+        report.run_id = cur.fetchone()[0]
+        frames = []
+        for path in paths:
+            source = open_source(path, options.read_options())
+            file_report = FileReport(path=str(path), sha256=sha256_of(path), format=source.format, crs=None,
+                                     encoding=source.encoding)
+            report.files.append(file_report)
+            writer = RejectsWriter(rejects_dir / f"run-{report.run_id}-{path.stem}.rejects.csv")
+            plan = None
+            for batch in source.batches:
+                plan = plan or plan_columns(spec, list(batch.attributes.columns), options.mapping, str(path))
+                frame, reasons = coerce(batch.attributes, spec, plan)
+                frame = frame.reset_index(drop=True)
+                for column in spec.required:
+                    for i in np.flatnonzero(frame[column].isna().to_numpy()):
+                        reasons.setdefault(int(i), f"missing {column}")
+                if spec.name == "iot-readings":
+                    _check_devices(cur, frame, reasons)
+                writer.write(batch.attributes, None, batch.rows, reasons)
+                keep = np.array([i not in reasons for i in range(len(frame))], dtype=bool)
+                frames.append(frame[keep].assign(row_no=batch.rows[keep]))
+                file_report.read += len(frame)
+                file_report.rejected += len(reasons)
+                if progress:
+                    progress(len(frame))
+            file_report.rejects_file = writer.close()
+            report.read += file_report.read
+            report.rejected += file_report.rejected
+        if options.strict and report.rejected:
+            raw.rollback()
+            raise UserError(f"--strict: {report.rejected} row(s) rejected, nothing loaded")
+        data = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=spec.columns)
+        if spec.name == "iot-readings":
+            _merge_readings(cur, data, report)
+        else:
+            _merge_responsibility(cur, data, report, options.mode)
+        report.status = "dry-run" if options.dry_run else "succeeded"
+        report.duration_s = round(time.perf_counter() - started, 3)
+        cur.execute("""UPDATE ingest_runs SET finished_at = now(), status = %s, files = %s, n_read = %s,
+            n_inserted = %s, n_updated = %s, n_unchanged = %s, n_closed = %s, n_rejected = %s, duration_s = %s
+            WHERE id = %s""", (report.status, json.dumps([f.__dict__ for f in report.files], ensure_ascii=False),
+                               report.read, report.inserted, report.updated, report.unchanged, report.closed,
+                               report.rejected, report.duration_s, report.run_id))
+        if options.dry_run:
+            raw.rollback()
+            report.run_id = None
+        else:
+            raw.commit()
+    except BaseException:
+        raw.rollback()
+        raise
+    finally:
+        raw.close()
+    return report
+
+
+def _check_devices(cur, frame: pd.DataFrame, reasons: dict[int, str]) -> None:
+    ids = sorted({d for d in frame["device_id"] if d is not None})
+    cur.execute("SELECT source_id FROM iot_devices WHERE valid_to IS NULL AND source_id = ANY(%s)", (ids,))
+    known = {r[0] for r in cur.fetchall()}
+    for i, device in enumerate(frame["device_id"]):
+        if device is not None and device not in known:
+            reasons.setdefault(i, f"unknown device {device!r} (load iot-devices first)")
+
+
+def _merge_readings(cur, data: pd.DataFrame, report: IngestReport) -> None:
+    if data.empty:
+        return
+    times = pd.to_datetime(data["time"], utc=True)
+    # one partition per month, created before the rows arrive (the default partition stays empty)
+    for month in sorted({(t.year, t.month) for t in times}):
+        start = pd.Timestamp(year=month[0], month=month[1], day=1, tz="UTC")
+        end = start + pd.offsets.MonthBegin(1)
+        cur.execute(f"CREATE TABLE IF NOT EXISTS iot_readings_{month[0]:04d}{month[1]:02d} PARTITION OF iot_readings "
+                    f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')")
+    dupes = data.duplicated(subset=["device_id", "quantity", "time"], keep=False)
+    if dupes.any():
+        raise UserError(f"{int(dupes.sum())} readings repeat the same device, quantity and time "
+                        f"(first at row {int(data.loc[dupes, 'row_no'].iloc[0])})")
+    cur.execute("CREATE TEMP TABLE _readings (device_id text, time timestamptz, quantity text, value float8) "
+                "ON COMMIT DROP")
+    buffer = io.StringIO()
+    data[["device_id", "time", "quantity", "value"]].to_csv(buffer, index=False, header=False)
+    buffer.seek(0)
+    cur.copy_expert("COPY _readings FROM STDIN WITH (FORMAT csv)", buffer)
+    cur.execute("""UPDATE iot_readings r SET value = s.value, ingest_run_id = %s FROM _readings s
+        WHERE r.device_id = s.device_id AND r.quantity = s.quantity AND r.time = s.time
+          AND r.value IS DISTINCT FROM s.value""", (report.run_id,))
+    report.updated = cur.rowcount
+    cur.execute("""INSERT INTO iot_readings (device_id, time, quantity, value, ingest_run_id)
+        SELECT device_id, time, quantity, value, %s FROM _readings ON CONFLICT DO NOTHING""", (report.run_id,))
+    report.inserted = cur.rowcount
+    report.unchanged = len(data) - report.inserted - report.updated
+
+
+def _merge_responsibility(cur, data: pd.DataFrame, report: IngestReport, mode: str) -> None:
+    changes = 0
+    departments = data.drop_duplicates("department_code")
+    for row in departments.itertuples(index=False):
+        handles = sorted({h.strip() for hs in data.loc[data.department_code == row.department_code, "handles"]
+                          if hs for h in str(hs).replace(",", ";").split(";") if h.strip()})
+        cur.execute("""INSERT INTO departments (code, name, handles) VALUES (%s, %s, %s)
+            ON CONFLICT (code) DO UPDATE SET name = EXCLUDED.name, handles = EXCLUDED.handles
+            WHERE (departments.name, departments.handles) IS DISTINCT FROM (EXCLUDED.name, EXCLUDED.handles)""",
+                    (row.department_code, row.department_name, handles))
+        changes += cur.rowcount
+    for row in data.drop_duplicates("post_code").itertuples(index=False):
+        cur.execute("""INSERT INTO posts (code, name, department_id)
+            SELECT %s, %s, id FROM departments WHERE code = %s
+            ON CONFLICT (code) DO UPDATE SET name = EXCLUDED.name, department_id = EXCLUDED.department_id
+            WHERE (posts.name, posts.department_id) IS DISTINCT FROM (EXCLUDED.name, EXCLUDED.department_id)""",
+                    (row.post_code, row.post_name, row.department_code))
+        changes += cur.rowcount
+    links_before = _link_count(cur)
+    for row in data.itertuples(index=False):
+        cur.execute("INSERT INTO grid_posts (grid_code, post_id) SELECT %s, id FROM posts WHERE code = %s "
+                    "ON CONFLICT DO NOTHING", (row.grid_code, row.post_code))
+        if row.person_name:
+            cur.execute("""INSERT INTO persons (name, contact) VALUES (%s, %s)
+                ON CONFLICT (name, contact) DO NOTHING""", (row.person_name, row.person_contact))
+            changes += cur.rowcount
+            cur.execute("""INSERT INTO post_persons (post_id, person_id)
+                SELECT p.id, r.id FROM posts p, persons r WHERE p.code = %s AND r.name = %s
+                AND r.contact IS NOT DISTINCT FROM %s ON CONFLICT DO NOTHING""",
+                        (row.post_code, row.person_name, row.person_contact))
+    if mode == "replace":
+        cur.execute("""DELETE FROM grid_posts gp WHERE NOT EXISTS (SELECT 1 FROM unnest(%s::text[], %s::text[])
+            AS f(grid_code, post_code) JOIN posts p ON p.code = f.post_code
+            WHERE f.grid_code = gp.grid_code AND p.id = gp.post_id)""",
+                    (data.grid_code.tolist(), data.post_code.tolist()))
+        report.closed = cur.rowcount
+    changes += _link_count(cur) - links_before + report.closed
+    report.inserted = changes
+    report.unchanged = len(data) if changes == 0 else 0
+
+
+def _link_count(cur) -> int:
+    cur.execute("SELECT (SELECT count(*) FROM grid_posts) + (SELECT count(*) FROM post_persons)")
+    return cur.fetchone()[0]
