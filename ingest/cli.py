@@ -4,6 +4,7 @@ from __future__ import annotations
 import inspect
 import json
 import sys
+import typing
 from pathlib import Path
 from typing import Optional
 
@@ -149,8 +150,10 @@ def _layer_command(layer: str):
         load(layer, **kwargs)
 
     signature = inspect.signature(load)
+    hints = typing.get_type_hints(load)  # resolved types: this module uses postponed annotations
     command.__signature__ = signature.replace(
-        parameters=[p for p in signature.parameters.values() if p.name != "layer"])
+        parameters=[p.replace(annotation=hints[p.name]) for p in signature.parameters.values() if p.name != "layer"],
+        return_annotation=None)
     command.__doc__ = f"Load the {layer} layer from PATH… (validated, enriched, merged with history)."
     return command
 

@@ -101,7 +101,9 @@ def merge(cur, table: str, columns: list[str], mode: str, run_id: int, extra_sel
         counts.updated = cur.rowcount
     else:
         cur.execute("CREATE TEMP TABLE _closed (source_id text, feature_id uuid) ON COMMIT DROP")
-    select = ", ".join((extra_select or {}).get(c, f"s.{c}") for c in columns)
+    defaults = _not_null_defaults(cur, table)
+    select = ", ".join((extra_select or {}).get(c, f"COALESCE(s.{c}, {defaults[c]})" if c in defaults else f"s.{c}")
+                       for c in columns)
     insert_cols = ", ".join(columns)
     cur.execute(f'''INSERT INTO "{table}" (feature_id, ingest_run_id, valid_from, {insert_cols})
         SELECT COALESCE(c.feature_id, gen_random_uuid()), %s, now(), {select}
@@ -115,3 +117,11 @@ def merge(cur, table: str, columns: list[str], mode: str, run_id: int, extra_sel
             AND NOT EXISTS (SELECT 1 FROM _stage s WHERE s.source_id = t.source_id)''')
         counts.closed = cur.rowcount
     return counts
+
+
+def _not_null_defaults(cur, table: str) -> dict[str, str]:
+    """NOT NULL columns with a default: an absent value in the delivery means that default."""
+    cur.execute("SELECT column_name, column_default FROM information_schema.columns WHERE table_schema = "
+                "current_schema() AND table_name = %s AND is_nullable = 'NO' AND column_default IS NOT NULL",
+                (table,))
+    return {name: default for name, default in cur.fetchall() if name not in SYSTEM_COLUMNS}

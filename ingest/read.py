@@ -127,7 +127,7 @@ def _ogr_batches(ogr_path: str, layer: str | None, options: ReadOptions, notes: 
 
 def _repair_text(frame: pd.DataFrame, path: Path, repaired: dict[str, str], notes: list[str]) -> None:
     for column in frame.columns:
-        if frame[column].dtype != object:
+        if not (pd.api.types.is_object_dtype(frame[column]) or pd.api.types.is_string_dtype(frame[column])):
             continue
         try:
             fixed, how = repair_column(frame[column].tolist(), column)

@@ -34,26 +34,12 @@ def build_app() -> typer.Typer:
 
 
 def run() -> None:
-    """Console entry point: known errors become one clear line and exit code 1, never a traceback."""
+    """Console entry point: a user's mistake becomes one clear line and exit code 1, never a traceback."""
     try:
-        build_app()(standalone_mode=False)
+        build_app()()
     except UserError as exc:
         err_console.print(f"[bold red]error:[/] {exc}")
         sys.exit(1)
-    except (typer.Abort, KeyboardInterrupt):
-        err_console.print("aborted")
-        sys.exit(130)
-    except SystemExit:
-        raise
-    except Exception as exc:  # click usage errors come through here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
-        raise
 
 
 if __name__ == "__main__":
