@@ -13,17 +13,20 @@ Distances are in the storage CRS's metres; the point is transformed there first
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+from sqlalchemy.dialects.postgresql import JSON
 
 from cim.crs import CrsSpec, resolve_crs, transform_coords
 from cim.errors import UserError
 from cim.registry import Layer
+from cim.schema import build_metadata
 
 DEFAULT_RADIUS_M = 100.0
 MAX_RADIUS_M = 5_000.0
@@ -41,18 +44,6 @@ class NearbyFeature:
     def to_geojson(self) -> dict[str, Any]:
         return {"type": "Feature", "id": self.feature_id, "geometry": self.geometry,
                 "properties": {**self.properties, "distance_m": self.distance_m}}
-
-
-@dataclass(frozen=True)
-class SqlFilter:
-    """An extra WHERE condition on the layer's table, with its own bound parameters.
-
-    ``sql`` must come from a compiler that quotes identifiers and binds values (e.g.
-    ``cim.cql.compile_filter``), never from user text.
-    """
-
-    sql: str
-    params: Mapping[str, Any]
 
 
 def to_storage(xs: Sequence[float] | np.ndarray, ys: Sequence[float] | np.ndarray,
@@ -73,45 +64,59 @@ def to_storage(xs: Sequence[float] | np.ndarray, ys: Sequence[float] | np.ndarra
     return np.asarray(sx, dtype=np.float64), np.asarray(sy, dtype=np.float64)
 
 
-def _quote(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
+@functools.lru_cache(maxsize=4)
+def _metadata(srid: int) -> sa.MetaData:
+    return build_metadata(srid)
 
 
-def nearby_sql(layer: Layer, *, three_d: bool, where: SqlFilter | None = None) -> str:
-    """The proximity statement for ``layer`` (bind :nb_x, :nb_y, :nb_z, :nb_srid, :nb_radius, :nb_k).
+def layer_table(layer: Layer, srid: int) -> sa.Table:
+    """The table behind a layer; identifiers come from the schema, never from a request."""
+    table = _metadata(srid).tables.get(layer.table)
+    if table is None or "geom" not in table.c:
+        raise UserError(f"layer: {layer.name!r} is not a feature layer of the city base")
+    return table
 
-    Identifiers come only from the layer registry and are quoted.
+
+def nearby_select(layer: Layer, srid: int, x: float, y: float, z: float | None, *,
+                  radius_m: float = DEFAULT_RADIUS_M, k: int = DEFAULT_K,
+                  where: sa.ColumnElement | None = None) -> sa.Select:
+    """The proximity query: feature id, GeoJSON geometry (CRS84), ``distance_m``, properties.
+
+    ``where`` is an extra condition on :func:`layer_table` — e.g. from ``cim.cql.compile_filter``,
+    which binds every value.
     """
-    table = _quote(layer.table)
-    props = "".join(f", {_quote(name)}" for name in layer.property_names)
-    if three_d:
-        point = "ST_SetSRID(ST_MakePoint(:nb_x, :nb_y, :nb_z), CAST(:nb_srid AS integer))"
-        within, distance, order = (f"ST_3DDWithin(geom, {point}, :nb_radius)",
-                                   f"ST_3DDistance(geom, {point})", "distance_m")
+    table = layer_table(layer, srid)
+    geom = table.c.geom
+    if z is None:
+        point = sa.func.ST_SetSRID(sa.func.ST_MakePoint(float(x), float(y)), srid)
+        # ORDER BY the bare `<->` so PostgreSQL can rank by the 2D GiST index (KNN)
+        within, distance, order = (sa.func.ST_DWithin(geom, point, float(radius_m)),
+                                   sa.func.ST_Distance(geom, point), geom.op("<->")(point))
     else:
-        point = "ST_SetSRID(ST_MakePoint(:nb_x, :nb_y), CAST(:nb_srid AS integer))"
-        # ORDER BY the bare `<->` so PostgreSQL can walk the GiST index in distance order
-        within, distance, order = (f"ST_DWithin(geom, {point}, :nb_radius)",
-                                   f"ST_Distance(geom, {point})", f"geom <-> {point}")
-    extra = f" AND ({where.sql})" if where else ""
-    return (f"SELECT feature_id::text, ST_AsGeoJSON(ST_Transform(geom, 4326), 9)::json, {distance} AS distance_m"
-            f"{props} FROM {table} WHERE valid_to IS NULL AND {within}{extra} ORDER BY {order} LIMIT :nb_k")
+        point = sa.func.ST_SetSRID(sa.func.ST_MakePoint(float(x), float(y), float(z)), srid)
+        # ST_3DDWithin is index-assisted: it adds `geom &&& ST_Expand(point, r)` on the N-D index
+        distance = sa.func.ST_3DDistance(geom, point)
+        within, order = sa.func.ST_3DDWithin(geom, point, float(radius_m)), distance
+    columns = [sa.cast(table.c.feature_id, sa.Text).label("_feature_id"),
+               sa.cast(sa.func.ST_AsGeoJSON(sa.func.ST_Transform(geom, 4326), 9), JSON).label("_geometry"),
+               distance.label("_distance_m")]
+    columns += [table.c[name] for name in layer.property_names if name in table.c]
+    query = sa.select(*columns).where(table.c.valid_to.is_(None), within)
+    if where is not None:
+        query = query.where(where)
+    return query.order_by(order).limit(int(k))
 
 
 def nearby(conn: Connection, layer: Layer, x: float, y: float, z: float | None, srid: int, *,
            radius_m: float = DEFAULT_RADIUS_M, k: int = DEFAULT_K,
-           where: SqlFilter | None = None) -> list[NearbyFeature]:
+           where: sa.ColumnElement | None = None) -> list[NearbyFeature]:
     """Current features of ``layer`` within ``radius_m`` of (x, y[, z]) in the storage CRS
     ``srid``, nearest first, at most ``k``. With ``z`` the distance is true 3D, else 2D."""
     if not 0 < radius_m <= MAX_RADIUS_M:
         raise UserError(f"radius: must be > 0 and at most {MAX_RADIUS_M:g} metres, got {radius_m:g}")
     if not 1 <= k <= MAX_K:
         raise UserError(f"k: must be between 1 and {MAX_K}, got {k}")
-    params: dict[str, Any] = {"nb_x": float(x), "nb_y": float(y), "nb_z": None if z is None else float(z),
-                              "nb_srid": srid, "nb_radius": float(radius_m), "nb_k": int(k)}
-    if where:
-        params.update(where.params)
-    rows = conn.execute(sa.text(nearby_sql(layer, three_d=z is not None, where=where)), params).all()
-    names = layer.property_names
-    return [NearbyFeature(feature_id=row[0], geometry=row[1], distance_m=float(row[2]),
-                          properties=dict(zip(names, row[3:]))) for row in rows]
+    rows = conn.execute(nearby_select(layer, srid, x, y, z, radius_m=radius_m, k=k, where=where)).mappings()
+    return [NearbyFeature(feature_id=r["_feature_id"], geometry=r["_geometry"], distance_m=float(r["_distance_m"]),
+                          properties={name: value for name, value in r.items() if not name.startswith("_")})
+            for r in rows]

@@ -1,0 +1,117 @@
+"""Access control: API keys in ``X-API-Key`` or ``Authorization: Bearer …``, roles reader < loader
+< admin (see :mod:`cim.apikeys`; keys are made with ``cim keys create``).
+
+- Writing: routes that change data depend on :func:`require_role` (``POST /ingest/{layer}``
+  needs ``loader``). No or an unknown key → 401 with ``WWW-Authenticate``; a key whose role is
+  too low → 403.
+- Reading is open by default. A deployment that must not be is started with
+  ``CIM_API_READ_KEY_REQUIRED=1`` (read when the app is created): then every request needs a
+  valid key of any role, except the operational and documentation paths in :data:`OPEN_PATHS`.
+  This is one app-wide middleware, so every router — present or future — is covered without
+  each route having to remember it.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from fastapi import FastAPI, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.engine import Engine
+from starlette.concurrency import run_in_threadpool
+
+from api.problems import Problem
+from api.problems import _response as problem_response
+from cim.apikeys import ApiKey, check_role, role_allows, verify_key
+
+READ_KEY_ENV = "CIM_API_READ_KEY_REQUIRED"
+#: always reachable without a key: health checks, metrics scrapes, API docs, the viewer's files
+OPEN_PATHS = ("/healthz", "/metrics", "/docs", "/redoc", "/openapi.json", "/viewer")
+# RFC 6750 §3: no error code when no credentials were sent, invalid_token for a bad one
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="cim"'}
+CHALLENGE_INVALID = {"WWW-Authenticate": 'Bearer realm="cim", error="invalid_token"'}
+_TRUE = {"1", "true", "yes", "on"}
+
+# Declared as security schemes so /docs and the OpenAPI document show how to authenticate.
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="ApiKey",
+                               description="An API key from 'cim keys create'.")
+_bearer = HTTPBearer(auto_error=False, scheme_name="Bearer", description="The same API key as a bearer token.")
+
+
+def read_key_required() -> bool:
+    return os.environ.get(READ_KEY_ENV, "").strip().lower() in _TRUE
+
+
+def key_from_headers(x_api_key: str | None, authorization: str | None) -> str | None:
+    """The presented key: ``X-API-Key`` wins over ``Authorization: Bearer``."""
+    if x_api_key and x_api_key.strip():
+        return x_api_key.strip()
+    if authorization:
+        scheme, _, token = authorization.strip().partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    return None
+
+
+def _lookup(engine: Engine, key: str) -> ApiKey | None:
+    with engine.connect() as conn:
+        return verify_key(conn, key)
+
+
+def _unauthorized(detail: str, challenge: dict[str, str]) -> Problem:
+    return Problem(401, "Unauthorized", detail, headers=challenge)
+
+
+def authenticate(engine: Engine, key: str | None) -> ApiKey:
+    """The key's record, or a 401 problem when it is missing, unknown or revoked."""
+    if key is None:
+        raise _unauthorized("an API key is required: send it as 'X-API-Key: <key>' or "
+                            "'Authorization: Bearer <key>' (create one with 'cim keys create')", CHALLENGE)
+    record = _lookup(engine, key)
+    if record is None:
+        raise _unauthorized("the API key is unknown or revoked", CHALLENGE_INVALID)
+    return record
+
+
+def require_role(role: str) -> Callable[..., ApiKey]:
+    """A FastAPI dependency admitting keys of at least ``role``; it returns the key's record."""
+    check_role(role)
+
+    def dependency(request: Request,
+                   x_api_key: str | None = Security(_api_key_header),
+                   bearer: HTTPAuthorizationCredentials | None = Security(_bearer)) -> ApiKey:
+        key = key_from_headers(x_api_key, f"Bearer {bearer.credentials}" if bearer else None)
+        record = authenticate(request.app.state.cim.engine, key)
+        if not role_allows(record.role, role):
+            raise Problem(403, "Forbidden", f"this needs a key with role {role} or higher; "
+                                            f"the key presented has role {record.role}")
+        request.state.api_key = record
+        return record
+
+    dependency.__name__ = f"require_{role}"
+    return dependency
+
+
+def _is_open(path: str) -> bool:
+    return any(path == p or path.startswith(p + "/") for p in OPEN_PATHS)
+
+
+def install(app: FastAPI) -> None:
+    """Install the read-access middleware once (idempotent: several routers call this)."""
+    if getattr(app.state, "cim_auth_installed", False):
+        return
+    app.state.cim_auth_installed = True
+    app.state.read_key_required = read_key_required()
+
+    @app.middleware("http")
+    async def _read_access(request: Request, call_next):
+        if (not request.app.state.read_key_required or request.method == "OPTIONS"
+                or _is_open(request.url.path)):
+            return await call_next(request)
+        key = key_from_headers(request.headers.get("x-api-key"), request.headers.get("authorization"))
+        try:
+            record = await run_in_threadpool(authenticate, request.app.state.cim.engine, key)
+        except Problem as exc:  # middleware runs outside the exception handlers: answer directly
+            return problem_response(request, exc.status, exc.title, exc.detail, headers=exc.headers)
+        request.state.api_key = record
+        return await call_next(request)

@@ -1,0 +1,275 @@
+"""The API's operational side (issue 5B): health and metrics, API keys (hashed, roles, revocation),
+the ingest upload's access control and plumbing, read-key-required mode, IoT readings and
+problem documents — against a real PostGIS."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import sys
+import types
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from api.auth import READ_KEY_ENV
+from api.iot import MAX_READINGS
+from cim.apikeys import create_key, revoke_key, verify_key
+from tests.conftest import run_cim
+from tests.spatial_data import build_features, build_hierarchy
+
+T0 = datetime(2024, 5, 1, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def city(engine):
+    with engine.begin() as conn:
+        city = build_hierarchy(conn)
+        build_features(conn, city)  # device dev-1 (water_level, 48 hourly readings up to now)
+        conn.execute(sa.text(
+            "INSERT INTO iot_devices (source_id, device_type, quantities, geom) VALUES "
+            "('dev-2', '气象站', CAST(:q AS jsonb), ST_SetSRID(ST_MakePoint(:x, :y, 0), 4549))"),
+            {"q": '{"temperature": {"unit": "°C", "alarm_high": 38}, "humidity": "%"}',
+             "x": city.x0 + 10, "y": city.y0 + 10})
+        # one reading a minute for a day at T0, and 100,005 one-second readings from T0 + 10 days
+        conn.execute(sa.text(
+            "INSERT INTO iot_readings (device_id, time, quantity, value) "
+            "SELECT 'dev-2', CAST(:t0 AS timestamptz) + make_interval(mins => m), 'temperature', 20 + m / 100.0 "
+            "FROM generate_series(0, 1439) AS m"), {"t0": T0})
+        conn.execute(sa.text(
+            "INSERT INTO iot_readings (device_id, time, quantity, value) "
+            "SELECT 'dev-2', CAST(:t0 AS timestamptz) + make_interval(secs => s), 'humidity', 50 "
+            "FROM generate_series(0, :n) AS s"), {"t0": T0 + timedelta(days=10), "n": MAX_READINGS + 4})
+    return city
+
+
+@pytest.fixture(scope="module")
+def client(engine, city):
+    return TestClient(create_app(engine))
+
+
+@pytest.fixture(scope="module")
+def keys(engine, city) -> dict[str, str]:
+    with engine.begin() as conn:
+        return {role: create_key(conn, role, f"test {role}")[1] for role in ("reader", "loader", "admin")}
+
+
+# --- health, metrics, problems -------------------------------------------------------------------
+
+def test_healthz_and_metrics(client):
+    r = client.get("/healthz")
+    assert r.status_code == 200 and r.json()["status"] == "ok" and r.json()["postgis"]
+    client.get("/grid/lookup", params={"lon": 121.47, "lat": 31.23})
+    metrics = client.get("/metrics")
+    assert metrics.status_code == 200
+    assert 'cim_http_requests_total{method="GET",route="/grid/lookup",status="200"}' in metrics.text
+
+
+def test_unknown_route_is_a_problem(client):
+    r = client.get("/no/such/route")
+    assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json"
+    assert r.json()["status"] == 404
+
+
+# --- keys ------------------------------------------------------------------------------------------
+
+def test_keys_are_stored_hashed(engine, keys):
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT to_jsonb(k)::text AS row, key_hash, role FROM api_keys k")).all()
+    assert len(rows) >= 3
+    for key in keys.values():
+        assert not any(key in r.row for r in rows), "a key is stored in plain text"
+    hashes = {r.key_hash: r.role for r in rows}
+    for role, key in keys.items():
+        assert hashes[hashlib.sha256(key.encode()).hexdigest()] == role
+        assert len(key) >= 43  # 32 random bytes, base64url
+
+
+def test_keys_cli_create_list_revoke(engine, db_url, city, client):
+    created = run_cim("keys", "create", "--role", "loader", "--name", "ci uploader", db_url=db_url)
+    key = created.stdout.strip()
+    assert "cannot be shown again" in created.stderr and len(key.splitlines()) == 1
+    with engine.connect() as conn:
+        record = verify_key(conn, key)
+    assert record is not None and record.role == "loader" and record.name == "ci uploader"
+    listed = run_cim("keys", "list", db_url=db_url).stdout
+    assert "ci uploader" in listed and key not in listed
+    assert client.post("/ingest/parts", headers={"X-API-Key": key}).status_code != 401
+    run_cim("keys", "revoke", str(record.id), db_url=db_url)
+    r = client.post("/ingest/parts", headers={"X-API-Key": key})
+    assert r.status_code == 401 and "revoked" in r.json()["detail"]
+    bad = run_cim("keys", "create", "--role", "superuser", db_url=db_url, check=False)
+    assert bad.returncode == 1 and "role: must be one of reader, loader, admin" in bad.stderr
+    missing = run_cim("keys", "revoke", "999999", db_url=db_url, check=False)
+    assert missing.returncode == 1 and "no API key with id 999999" in missing.stderr
+
+
+# --- ingest upload: access control and plumbing --------------------------------------------------
+
+def _upload(client, headers=None, **form):
+    files = [("files", ("parts.csv", b"object_code,lon,lat\n3101010101000009,121.47,31.23\n", "text/csv")),
+             ("files", ("../../etc/readme.txt", b"hello", "text/plain"))]
+    return client.post("/ingest/parts", headers=headers or {}, files=files, data=form)
+
+
+def test_ingest_upload_needs_a_loader_key(client, keys):
+    r = _upload(client)
+    assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
+    assert r.headers["content-type"] == "application/problem+json"
+    r = _upload(client, {"X-API-Key": "cim_not-a-real-key"})
+    assert r.status_code == 401 and 'error="invalid_token"' in r.headers["www-authenticate"]
+    r = _upload(client, {"Authorization": f"Bearer {keys['reader']}"})
+    assert r.status_code == 403 and "role loader" in r.json()["detail"]
+
+
+@dataclasses.dataclass
+class _Options:
+    crs: str | None = None
+    encoding: str | None = None
+    map: dict | None = None
+    dry_run: bool = False
+    operator: str | None = None
+
+
+@pytest.fixture
+def fake_loader(monkeypatch):
+    """Stands in for ingest.run (written by another engineer) to check what the endpoint passes on."""
+    calls: list[dict] = []
+
+    @dataclasses.dataclass
+    class Report:
+        layer: str
+        n_read: int
+
+    def ingest_files(layer, paths, options, engine):
+        calls.append({"layer": layer, "files": {p.name: p.read_bytes() for p in paths}, "options": options,
+                      "engine": engine, "dir_exists_during": all(p.exists() for p in paths), "paths": paths})
+        return Report(layer, len(paths))
+
+    module = types.ModuleType("ingest.run")
+    module.ingest_files = ingest_files
+    module.IngestOptions = _Options
+    monkeypatch.setitem(sys.modules, "ingest.run", module)
+    return calls
+
+
+@pytest.mark.parametrize("role, header", [("loader", "X-API-Key"), ("admin", "Authorization")])
+def test_ingest_upload_hands_files_and_options_to_the_loader(client, keys, engine, fake_loader, role, header):
+    value = keys[role] if header == "X-API-Key" else f"Bearer {keys[role]}"
+    r = _upload(client, {header: value}, crs="gcj02", encoding="gbk", map=["object_code=编码", "name=名称"],
+                dry_run="true")
+    assert r.status_code == 200, r.text
+    assert r.json() == {"layer": "parts", "n_read": 2}
+    (call,) = fake_loader
+    assert call["layer"] == "parts" and call["engine"] is engine and call["dir_exists_during"]
+    # saved under their own (base) names: a path in a file name cannot escape the temp dir
+    assert call["files"] == {"parts.csv": b"object_code,lon,lat\n3101010101000009,121.47,31.23\n",
+                             "readme.txt": b"hello"}
+    assert call["options"] == _Options(crs="gcj02", encoding="gbk", map={"object_code": "编码", "name": "名称"},
+                                       dry_run=True, operator=f"test {role}")
+    assert not any(p.exists() for p in call["paths"])  # the temp dir is removed afterwards
+
+
+def test_ingest_upload_bad_map_names_the_parameter(client, keys, fake_loader):
+    r = _upload(client, {"X-API-Key": keys["loader"]}, map=["no-equals-sign"])
+    assert r.status_code == 400 and r.json()["parameter"] == "map"
+    assert fake_loader == []
+
+
+def test_ingest_upload_without_a_loader_is_503(client, keys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ingest.run", None)  # as if ingest.run were not installed
+    r = _upload(client, {"X-API-Key": keys["loader"]})
+    assert r.status_code == 503 and "no loader" in r.json()["detail"]
+
+
+# --- read-key-required mode -----------------------------------------------------------------------
+
+def test_read_key_required_mode(engine, keys, monkeypatch):
+    monkeypatch.setenv(READ_KEY_ENV, "1")
+    locked = TestClient(create_app(engine))
+    r = locked.get("/grid/lookup", params={"lon": 121.47, "lat": 31.23})
+    assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
+    assert r.headers["content-type"] == "application/problem+json"
+    assert locked.post("/grid/lookup", json={"points": []}).status_code == 401
+    for path in ("/healthz", "/metrics", "/openapi.json", "/docs"):
+        assert locked.get(path).status_code == 200, path
+    ok = locked.get("/grid/lookup", params={"lon": 121.47, "lat": 31.23}, headers={"X-API-Key": keys["reader"]})
+    assert ok.status_code == 200
+    assert locked.get("/nearby", params={"layer": "parts", "lon": 121.47, "lat": 31.23},
+                      headers={"Authorization": f"Bearer {keys['admin']}"}).status_code == 200
+    assert locked.get("/grid/lookup", params={"lon": 121.47, "lat": 31.23},
+                      headers={"X-API-Key": "cim_wrong"}).status_code == 401
+    with engine.begin() as conn:
+        record, throwaway = create_key(conn, "reader", "revoked soon")
+        revoke_key(conn, record.id)
+    assert locked.get("/grid/lookup", params={"lon": 121.47, "lat": 31.23},
+                      headers={"X-API-Key": throwaway}).status_code == 401
+    # the default stays open
+    monkeypatch.delenv(READ_KEY_ENV)
+    assert TestClient(create_app(engine)).get("/grid/lookup", params={"lon": 121.47, "lat": 31.23}).status_code == 200
+
+
+# --- IoT readings -----------------------------------------------------------------------------------
+
+def _readings(client, device, **params):
+    return client.get(f"/iot/devices/{device}/readings", params=params)
+
+
+def test_readings_in_a_window(client):
+    r = _readings(client, "dev-2", quantity="temperature", **{"from": "2024-05-01T01:00:00Z",
+                                                               "to": "2024-05-01T02:00:00+00:00"})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["count"] == 60 and len(body["readings"]) == 60  # [from, to): 01:00 … 01:59
+    assert body["readings"][0]["time"].startswith("2024-05-01T01:00:00")
+    assert body["readings"][0]["value"] == pytest.approx(20.6)
+    assert body["unit"] == "°C" and body["alarm"] == {"alarm_high": 38}
+    assert body["device"]["id"] == "dev-2" and body["quantity"] == "temperature" and not body["truncated"]
+    # the same instant written with an offset, and without one (taken as UTC)
+    shanghai = _readings(client, "dev-2", quantity="temperature",
+                         **{"from": "2024-05-01T09:00:00+08:00", "to": "2024-05-01T10:00:00+08:00"}).json()
+    naive = _readings(client, "dev-2", quantity="temperature",
+                      **{"from": "2024-05-01T01:00:00", "to": "2024-05-01T02:00:00"}).json()
+    assert shanghai["readings"] == naive["readings"] == body["readings"]
+
+
+def test_readings_default_to_the_last_24_hours_and_feature_id(client, engine):
+    r = _readings(client, "dev-1")  # one quantity: it may be omitted
+    body = r.json()
+    assert r.status_code == 200 and body["quantity"] == "water_level" and body["unit"] == "m"
+    assert body["alarm"] == {"alarm_high": 1.5, "alarm_low": 0.1}
+    # readings were written 1 … 48 hours before the fixture ran: those within the last 24 h
+    assert 22 <= body["count"] <= 23
+    start = datetime.fromisoformat(body["from"])
+    assert all(datetime.fromisoformat(x["time"]) >= start for x in body["readings"])
+    with engine.connect() as conn:
+        fid = conn.execute(sa.text("SELECT feature_id::text FROM iot_devices WHERE source_id = 'dev-1'")).scalar()
+    assert _readings(client, fid).json()["readings"] == body["readings"]
+
+
+def test_readings_are_capped(client):
+    body = _readings(client, "dev-2", quantity="humidity",
+                     **{"from": "2024-05-11T00:00:00Z", "to": "2024-05-13T00:00:00Z"}).json()
+    assert body["count"] == MAX_READINGS and len(body["readings"]) == MAX_READINGS and body["truncated"]
+    assert datetime.fromisoformat(body["next_from"]) == T0 + timedelta(days=10, seconds=MAX_READINGS)
+    rest = _readings(client, "dev-2", quantity="humidity",
+                     **{"from": body["next_from"], "to": "2024-05-13T00:00:00Z"}).json()
+    assert rest["count"] == 5 and not rest["truncated"]
+
+
+@pytest.mark.parametrize("device, params, status, parameter", [
+    ("nope", {}, 404, None),
+    ("dev-2", {}, 400, "quantity"),  # two quantities: which one?
+    ("dev-2", {"quantity": "pressure"}, 400, "quantity"),
+    ("dev-1", {"from": "yesterday"}, 400, "from"),
+    ("dev-1", {"to": "2024-13-01T00:00:00Z"}, 400, "to"),
+    ("dev-1", {"from": "2024-05-02T00:00:00Z", "to": "2024-05-01T00:00:00Z"}, 400, "from"),
+    ("dev-1", {"to": "0001-01-01T00:00:00Z"}, 400, "to"),
+])
+def test_readings_errors(client, device, params, status, parameter):
+    r = _readings(client, device, **params)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json().get("parameter") == parameter

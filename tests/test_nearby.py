@@ -1,0 +1,168 @@
+"""Proximity (issue 5B): 2D and true 3D distances, radius and k, KNN on the GiST index (EXPLAIN),
+and the /nearby route's GeoJSON and errors — on a real PostGIS."""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+from sqlalchemy.dialects import postgresql
+
+from api.app import create_app
+from cim.crs import wgs84_to_gcj02
+from cim.registry import load_layers
+from cim.spatial import nearby, nearby_select
+from tests.spatial_data import build_features, build_hierarchy
+
+N_POINTS = 5_000
+HAS_CQL = importlib.util.find_spec("cim.cql") is not None
+
+
+@pytest.fixture(scope="module")
+def city(engine):
+    with engine.begin() as conn:
+        city = build_hierarchy(conn)
+        build_features(conn, city)  # gas pipeline 'pipe-gas' at z = -5 from (100,150) to (300,150)
+        ax, ay = city.at(100, 153)
+        bx, by = city.at(300, 153)
+        # a shallow power cable 3 m north of the gas main, at ground level
+        conn.execute(sa.text(
+            "INSERT INTO pipelines (source_id, kind, start_depth, end_depth, geom) "
+            "VALUES ('pipe-power', '电力', 0, 0, ST_GeomFromText(:wkt, 4549))"),
+            {"wkt": f"LINESTRING Z ({ax} {ay} 0, {bx} {by} 0)"})
+        # 5,000 parts on a 1 m x 1 m lattice far from the rest, so the planner has a reason to index
+        x0, y0 = city.at(10_000, 10_000)
+        conn.execute(sa.text(
+            "INSERT INTO parts (source_id, object_code, part_class, part_subclass, geom) "
+            "SELECT 'knn-' || i, lpad(i::text, 16, '0'), '01', '0101', "
+            "ST_SetSRID(ST_MakePoint(:x0 + (i % 100), :y0 + (i / 100), 0), 4549) "
+            "FROM generate_series(1, :n) AS i"), {"x0": x0, "y0": y0, "n": N_POINTS})
+        conn.execute(sa.text("ANALYZE parts"))
+        conn.execute(sa.text("ANALYZE pipelines"))
+    return city
+
+
+@pytest.fixture(scope="module")
+def layers(engine, city):
+    with engine.connect() as conn:
+        return load_layers(conn)
+
+
+@pytest.fixture(scope="module")
+def client(engine, city):
+    return TestClient(create_app(engine))
+
+
+def _near(engine, layer, xy, z=None, **kw):
+    with engine.connect() as conn:
+        return nearby(conn, layer, xy[0], xy[1], z, 4549, **kw)
+
+
+def test_2d_ignores_depth_3d_measures_it(engine, layers, city):
+    above_gas = city.at(200, 150)
+    flat = _near(engine, layers["pipelines"], above_gas)
+    assert [(h.properties["kind"], round(h.distance_m, 6)) for h in flat] == [("燃气", 0.0), ("电力", 3.0)]
+    deep = _near(engine, layers["pipelines"], above_gas, z=0.0)
+    assert [(h.properties["kind"], round(h.distance_m, 6)) for h in deep] == [("电力", 3.0), ("燃气", 5.0)]
+
+
+def test_excavation_point_within_3_m(engine, layers, city):
+    # an excavation 2 m below ground above the gas main: the main (z = -5) is 3 m away, the cable
+    # at ground level 3 m north is sqrt(3² + 2²) = 3.61 m away — in plan both are within 3 m
+    excavation = city.at(200, 150)
+    hits = _near(engine, layers["pipelines"], excavation, z=-2.0, radius_m=3.0)
+    assert [h.properties["kind"] for h in hits] == ["燃气"]
+    assert hits[0].distance_m == pytest.approx(3.0)
+    wider = _near(engine, layers["pipelines"], excavation, z=-2.0, radius_m=4.0)
+    assert [h.distance_m for h in wider] == pytest.approx([3.0, 13 ** 0.5])
+    assert len(_near(engine, layers["pipelines"], excavation, radius_m=3.0)) == 2
+
+
+def test_radius_and_k(engine, layers, city):
+    origin = city.at(10_000, 10_000)  # corner of the 100 x 50 lattice
+    hits = _near(engine, layers["parts"], origin, radius_m=5.0, k=1000)
+    # lattice points within 5 m of the corner (x, y >= 0, integer offsets, i >= 1 excludes (0, 0))
+    expected = sum(1 for i in range(1, N_POINTS + 1) if (i % 100) ** 2 + (i // 100) ** 2 <= 25)
+    assert len(hits) == expected
+    assert [h.distance_m for h in hits] == sorted(h.distance_m for h in hits)
+    top = _near(engine, layers["parts"], origin, radius_m=100.0, k=3)
+    assert len(top) == 3 and all(h.distance_m == pytest.approx(1.0) or h.distance_m == pytest.approx(2 ** 0.5)
+                                 for h in top)
+
+
+def _plan(engine, query) -> str:
+    if not isinstance(query, str):
+        query = str(query.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
+    with engine.connect() as conn:
+        return "\n".join(r[0] for r in conn.execute(sa.text("EXPLAIN " + query)))
+
+
+def test_knn_uses_the_gist_index(engine, layers, city):
+    x, y = city.at(10_050, 10_025)
+    parts = layers["parts"]
+    # a radius that selects a few of the 5,000 (one covering them all is rightly a seq scan)
+    plan_2d = _plan(engine, nearby_select(parts, 4549, x, y, None, radius_m=5.0, k=10))
+    assert "ix_parts_geom " in plan_2d + " " and "Seq Scan" not in plan_2d, plan_2d
+    assert "<->" in plan_2d  # ranked by the KNN operator (a bitmap scan + top-k sort at this size)
+    plan_3d = _plan(engine, nearby_select(parts, 4549, x, y, 0.0, radius_m=5.0, k=10))
+    assert "ix_parts_geom_nd" in plan_3d and "Seq Scan" not in plan_3d, plan_3d
+    # the bare KNN form (no radius) walks the index in distance order
+    knn = _plan(engine, f"SELECT fid FROM parts ORDER BY geom <-> ST_SetSRID(ST_MakePoint({x}, {y}), 4549) LIMIT 10")
+    assert "Index Scan using ix_parts_geom " in knn + " " and "Seq Scan" not in knn, knn
+
+
+def test_nearby_route_geojson(client, city):
+    lon, lat = city.lonlat(200, 150)
+    r = client.get("/nearby", params={"layer": "pipelines", "lon": lon, "lat": lat, "radius": 10})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/geo+json"
+    body = r.json()
+    assert body["type"] == "FeatureCollection" and body["numberReturned"] == 2
+    gas, power = body["features"]
+    assert gas["properties"]["kind"] == "燃气" and gas["properties"]["distance_m"] == pytest.approx(0.0, abs=1e-6)
+    assert power["properties"]["distance_m"] == pytest.approx(3.0, abs=1e-3)
+    assert gas["geometry"]["type"] == "LineString"
+    (x0, y0, z0), _ = gas["geometry"]["coordinates"]
+    assert (x0, y0) == pytest.approx(city.lonlat(100, 150), abs=1e-7) and z0 == -5
+    r = client.get("/nearby", params={"layer": "pipelines", "lon": lon, "lat": lat, "z": -2, "radius": 3})
+    assert [f["properties"]["kind"] for f in r.json()["features"]] == ["燃气"]
+    glon, glat = wgs84_to_gcj02(lon, lat)
+    r = client.get("/nearby", params={"layer": "pipelines", "lon": glon, "lat": glat, "crs": "gcj02", "k": 1})
+    (only,) = r.json()["features"]
+    assert only["properties"]["kind"] == "燃气" and only["properties"]["distance_m"] < 0.01
+
+
+@pytest.mark.parametrize("params, parameter", [
+    ({"layer": "nope"}, "layer"),
+    ({"radius": "0"}, "radius"),
+    ({"radius": "5001"}, "radius"),
+    ({"radius": "nan"}, "radius"),
+    ({"k": "0"}, "k"),
+    ({"k": "1001"}, "k"),
+    ({"z": "inf"}, "z"),
+    ({"lat": "95"}, "lat"),
+    ({"crs": "not-a-crs"}, "crs"),
+])
+def test_nearby_bad_parameters(client, params, parameter):
+    query = {"layer": "parts", "lon": "121.47", "lat": "31.23", **params}
+    r = client.get("/nearby", params=query)
+    assert r.status_code == 400, r.text
+    assert r.json()["parameter"] == parameter
+
+
+@pytest.mark.skipif(HAS_CQL, reason="cim.cql is present: the filter is compiled, see the filter test")
+def test_filter_without_cql_compiler_is_400(client):
+    r = client.get("/nearby", params={"layer": "parts", "lon": "121.47", "lat": "31.23", "filter": "name = 'x'"})
+    assert r.status_code == 400 and r.json()["parameter"] == "filter"
+    assert "not supported yet" in r.json()["detail"]
+
+
+@pytest.mark.skipif(not HAS_CQL, reason="cim.cql (CQL2 compiler) not present yet")
+def test_filter_with_cql(client, city):
+    lon, lat = city.lonlat(200, 150)
+    r = client.get("/nearby", params={"layer": "pipelines", "lon": lon, "lat": lat, "radius": 10,
+                                      "filter": "kind = '电力'"})
+    assert r.status_code == 200, r.text
+    assert [f["properties"]["kind"] for f in r.json()["features"]] == ["电力"]
+    r = client.get("/nearby", params={"layer": "pipelines", "lon": lon, "lat": lat, "filter": "kind = = 1"})
+    assert r.status_code == 400 and r.json()["parameter"] == "filter"
