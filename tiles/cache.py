@@ -1,0 +1,74 @@
+"""Generated tiles, kept in memory (LRU by bytes) and, for the unfiltered tiles, on disk under
+``$CIM_HOME/tiles/<kind>/<layer>/<version>/…``.
+
+Keys carry the layer's version, so a load that bumps it makes every old entry unreachable: nothing
+has to be invalidated by hand. Older versions' directories are removed when a newer one is written.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+Key = tuple[str, str, str, str, str]  # kind, layer, version, variant, name
+_SAFE = re.compile(r"^[A-Za-z0-9_.\-/]+$")
+
+
+class TileCache:
+    def __init__(self, root: Path | None, max_bytes: int = 256 * 1024 * 1024) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        self._memory: OrderedDict[Key, bytes] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def _path(self, key: Key) -> Path | None:
+        if self.root is None or not all(_SAFE.match(part) and ".." not in part for part in key):
+            return None
+        kind, layer, version, variant, name = key
+        return self.root / kind / layer / version / variant / name
+
+    def get(self, key: Key) -> bytes | None:
+        with self._lock:
+            data = self._memory.get(key)
+            if data is not None:
+                self._memory.move_to_end(key)
+                return data
+        path = self._path(key)
+        if path is not None and path.is_file():
+            data = path.read_bytes()
+            self._remember(key, data)
+            return data
+        return None
+
+    def put(self, key: Key, data: bytes, persist: bool = True) -> None:
+        self._remember(key, data)
+        path = self._path(key)
+        if persist and path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)  # readers never see half a tile
+            self._prune(key)
+
+    def _remember(self, key: Key, data: bytes) -> None:
+        with self._lock:
+            old = self._memory.pop(key, None)
+            self._size -= len(old) if old is not None else 0
+            self._memory[key] = data
+            self._size += len(data)
+            while self._size > self.max_bytes and len(self._memory) > 1:
+                _, dropped = self._memory.popitem(last=False)
+                self._size -= len(dropped)
+
+    def _prune(self, key: Key) -> None:
+        """Drop older versions of this layer on disk (keep the previous one for clients mid-load)."""
+        kind, layer, version, *_ = key
+        layer_dir = self.root / kind / layer  # type: ignore[operator]
+        versions = sorted((p for p in layer_dir.iterdir() if p.is_dir() and p.name != version),
+                          key=lambda p: p.stat().st_mtime)
+        for old in versions[:-1]:
+            shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,215 @@
+"""Triangle meshes for the 3D tiles: LoD1 solids, pipe tubes and the part marker.
+
+All positions come out in glTF axes (x east, y up, z south) of a :class:`LocalFrame`; every
+triangle is counter-clockwise seen from outside, which glTF takes as the front face, and every
+normal points out of the solid.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import mapbox_earcut
+import numpy as np
+import shapely
+from shapely.geometry import MultiPolygon, Polygon
+from shapely.geometry.polygon import orient
+
+from tiles.geodesy import LocalFrame, lonlath_to_ecef, storage_to_ecef, storage_to_lonlat
+
+#: consecutive vertices closer than this (metres) are one vertex: a zero-length wall has no normal
+_MIN_EDGE_M = 1e-3
+
+
+@dataclass
+class Mesh:
+    positions: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    normals: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    triangles: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.uint32))
+    feature_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))
+
+    @property
+    def empty(self) -> bool:
+        return len(self.triangles) == 0
+
+    @staticmethod
+    def concat(meshes: list["Mesh"]) -> "Mesh":
+        meshes = [m for m in meshes if not m.empty]
+        if not meshes:
+            return Mesh()
+        offsets = np.cumsum([0] + [len(m.positions) for m in meshes[:-1]])
+        return Mesh(
+            positions=np.vstack([m.positions for m in meshes]),
+            normals=np.vstack([m.normals for m in meshes]),
+            triangles=np.vstack([m.triangles + o for m, o in zip(meshes, offsets)]).astype(np.uint32),
+            feature_ids=np.concatenate([m.feature_ids for m in meshes]).astype(np.uint32),
+        )
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(v, axis=-1, keepdims=True)
+    return v / np.where(n == 0, 1.0, n)
+
+
+def _geodetic_up(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    lo, la = np.radians(lon), np.radians(lat)
+    return np.column_stack([np.cos(la) * np.cos(lo), np.cos(la) * np.sin(lo), np.sin(la)])
+
+
+def _ring_xy(coords: np.ndarray) -> np.ndarray:
+    """A ring's distinct vertices (closing vertex and repeated points dropped)."""
+    xy = np.asarray(coords, float)[:, :2]
+    if len(xy) > 1 and np.allclose(xy[0], xy[-1]):
+        xy = xy[:-1]
+    keep = np.ones(len(xy), bool)
+    keep[1:] = np.linalg.norm(np.diff(xy, axis=0), axis=1) > _MIN_EDGE_M
+    xy = xy[keep]
+    while len(xy) > 1 and np.linalg.norm(xy[0] - xy[-1]) <= _MIN_EDGE_M:
+        xy = xy[:-1]
+    return xy
+
+
+def polygons_of(geom) -> list[Polygon]:
+    if isinstance(geom, Polygon):
+        return [geom]
+    if isinstance(geom, MultiPolygon):
+        return list(geom.geoms)
+    return [g for g in getattr(geom, "geoms", []) if isinstance(g, Polygon)]
+
+
+def solid(polygon: Polygon, base: float, top: float, feature: int, srid: int, frame: LocalFrame) -> Mesh:
+    """The LoD1 block of a footprint: floor at ``base``, flat roof at ``top``, walls between.
+
+    Holes (inner rings) become inner walls facing into the courtyard and are left open in roof
+    and floor by the triangulation.
+    """
+    polygon = orient(polygon, 1.0)  # exterior counter-clockwise, holes clockwise (seen from above)
+    rings = [_ring_xy(polygon.exterior.coords)] + [_ring_xy(r.coords) for r in polygon.interiors]
+    if len(rings[0]) < 3:
+        return Mesh()
+    rings = [rings[0]] + [r for r in rings[1:] if len(r) >= 3]
+    xy = np.vstack(rings)
+    lon, lat = storage_to_lonlat(xy[:, 0], xy[:, 1], srid)
+    n = len(xy)
+    low = frame.to_gltf(lonlath_to_ecef(lon, lat, np.full(n, base)))
+    high = frame.to_gltf(lonlath_to_ecef(lon, lat, np.full(n, top)))
+    up = _unit(frame.vectors_to_gltf(_geodetic_up(lon, lat)))
+
+    parts: list[Mesh] = []
+    ends = np.cumsum([len(r) for r in rings]).astype(np.uint32)
+    tri = np.asarray(mapbox_earcut.triangulate_float64(xy - xy.mean(axis=0), ends), np.int64).reshape(-1, 3)
+    if len(tri):
+        a, b, c = xy[tri[:, 0]], xy[tri[:, 1]], xy[tri[:, 2]]
+        cross = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
+        tri = tri[cross != 0]
+        cross = cross[cross != 0]
+        tri[cross < 0] = tri[cross < 0][:, ::-1]  # counter-clockwise from above
+        parts.append(Mesh(high, up, tri.astype(np.uint32), np.full(n, feature, np.uint32)))  # roof
+        parts.append(Mesh(low, -up, tri[:, ::-1].astype(np.uint32), np.full(n, feature, np.uint32)))  # floor
+    if top > base:
+        start = 0
+        for ring in rings:
+            idx = np.arange(start, start + len(ring))
+            start += len(ring)
+            i0, i1 = idx, np.roll(idx, -1)
+            # quad per edge: low i0, low i1, high i1, high i0 — outward because the exterior is
+            # counter-clockwise and the holes clockwise
+            quad = np.stack([low[i0], low[i1], high[i1], high[i0]], axis=1)  # (E, 4, 3)
+            normal = np.cross(quad[:, 1] - quad[:, 0], quad[:, 3] - quad[:, 0])
+            ok = np.linalg.norm(normal, axis=1) > 1e-9
+            quad, normal = quad[ok], _unit(normal[ok])
+            e = len(quad)
+            base_idx = (np.arange(e) * 4)[:, None]
+            tris = np.concatenate([base_idx + [0, 1, 2], base_idx + [0, 2, 3]])
+            parts.append(Mesh(quad.reshape(-1, 3), np.repeat(normal, 4, axis=0), tris.astype(np.uint32),
+                              np.full(4 * e, feature, np.uint32)))
+    return Mesh.concat(parts)
+
+
+def solids(geom, base: float, top: float, feature: int, srid: int, frame: LocalFrame) -> Mesh:
+    return Mesh.concat([solid(p, base, top, feature, srid, frame) for p in polygons_of(geom)])
+
+
+def tube(points: np.ndarray, radius: float, feature: int, srid: int, frame: LocalFrame, sides: int = 10) -> Mesh:
+    """A closed tube of ``radius`` along a 3D polyline given in storage coordinates."""
+    pts = np.asarray(points, float)
+    if pts.shape[1] == 2:
+        pts = np.column_stack([pts, np.zeros(len(pts))])
+    p = frame.to_gltf(storage_to_ecef(pts, srid))
+    keep = np.ones(len(p), bool)
+    keep[1:] = np.linalg.norm(np.diff(p, axis=0), axis=1) > _MIN_EDGE_M
+    p = p[keep]
+    if len(p) < 2:
+        return Mesh()
+    d = _unit(np.diff(p, axis=0))
+    t = np.vstack([d[:1], d[:-1] + d[1:], d[-1:]]) if len(d) > 1 else np.vstack([d, d])
+    t = _unit(np.where(np.linalg.norm(t, axis=1, keepdims=True) < 1e-9, np.vstack([d, d[-1:]]), t))
+    side = np.cross(t, [0.0, 1.0, 0.0])
+    vertical = np.linalg.norm(side, axis=1) < 1e-6
+    side[vertical] = np.cross(t[vertical], [1.0, 0.0, 0.0])
+    side = _unit(side)
+    normal = _unit(np.cross(side, t))
+    theta = np.linspace(0, 2 * np.pi, sides, endpoint=False)
+    ring_dirs = (np.cos(theta)[None, :, None] * side[:, None, :]
+                 + np.sin(theta)[None, :, None] * normal[:, None, :])  # (P, S, 3)
+    verts = p[:, None, :] + radius * ring_dirs
+    n_rings = len(p)
+    i = np.arange(n_rings - 1)[:, None]
+    j = np.arange(sides)[None, :]
+    a, a1 = i * sides + j, i * sides + (j + 1) % sides
+    b, b1 = a + sides, a1 + sides
+    tris = np.concatenate([np.stack([a, a1, b1], -1).reshape(-1, 3), np.stack([a, b1, b], -1).reshape(-1, 3)])
+    body = Mesh(verts.reshape(-1, 3), ring_dirs.reshape(-1, 3), tris.astype(np.uint32),
+                np.full(n_rings * sides, feature, np.uint32))
+    body = _outward(body)
+    caps = [_cap(p[0], verts[0], -t[0], feature), _cap(p[-1], verts[-1], t[-1], feature)]
+    return Mesh.concat([body, *caps])
+
+
+def _cap(centre: np.ndarray, ring: np.ndarray, facing: np.ndarray, feature: int) -> Mesh:
+    k = len(ring)
+    positions = np.vstack([centre[None, :], ring])
+    tris = np.stack([np.zeros(k, int), 1 + np.arange(k), 1 + (np.arange(k) + 1) % k], -1)
+    mesh = Mesh(positions, np.repeat(_unit(facing)[None, :], k + 1, axis=0), tris.astype(np.uint32),
+                np.full(k + 1, feature, np.uint32))
+    return _outward(mesh)
+
+
+def _outward(mesh: Mesh) -> Mesh:
+    """Flip the winding where a triangle faces against its vertices' normals."""
+    if mesh.empty:
+        return mesh
+    tri = mesh.triangles.astype(np.int64)
+    a, b, c = (mesh.positions[tri[:, k]] for k in range(3))
+    face = np.cross(b - a, c - a)
+    wrong = np.einsum("ij,ij->i", face, mesh.normals[tri].sum(axis=1)) < 0
+    tri[wrong] = tri[wrong][:, ::-1]
+    mesh.triangles = tri.astype(np.uint32)
+    return mesh
+
+
+def marker(width: float = 0.8, height: float = 1.6, sides: int = 6) -> Mesh:
+    """A map pin: a downward pyramid whose tip marks the part's point, capped on top (flat shaded)."""
+    theta = np.linspace(0, 2 * np.pi, sides, endpoint=False)
+    rim = np.column_stack([width / 2 * np.cos(theta), np.full(sides, height), -width / 2 * np.sin(theta)])
+    tip, top = np.array([0.0, 0.0, 0.0]), np.array([0.0, height, 0.0])
+    faces = []
+    for k in range(sides):
+        r0, r1 = rim[k], rim[(k + 1) % sides]
+        faces.append((tip, r1, r0))
+        faces.append((top, r0, r1))
+    positions = np.array([v for f in faces for v in f])
+    tri = np.arange(len(positions)).reshape(-1, 3)
+    a, b, c = positions[tri[:, 0]], positions[tri[:, 1]], positions[tri[:, 2]]
+    face_n = _unit(np.cross(b - a, c - a))
+    centre = np.array([0.0, height * 0.6, 0.0])
+    # faces whose normal points towards the pin's inside are wound the wrong way round
+    inward = np.einsum("ij,ij->i", face_n, (a + b + c) / 3 - centre) < 0
+    tri[inward] = tri[inward][:, ::-1]
+    face_n[inward] *= -1
+    return Mesh(positions, np.repeat(face_n, 3, axis=0), tri.astype(np.uint32), np.zeros(len(positions), np.uint32))
+
+
+def linestring_points(geom) -> list[np.ndarray]:
+    """The (N, 3) vertex arrays of a (multi)linestring."""
+    parts = geom.geoms if hasattr(geom, "geoms") else [geom]
+    return [np.asarray(shapely.get_coordinates(g, include_z=True)) for g in parts if not g.is_empty]

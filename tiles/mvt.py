@@ -1,0 +1,129 @@
+"""Mapbox vector tiles of any layer, made by PostGIS (``ST_AsMVTGeom`` + ``ST_AsMVT``) in the
+WebMercatorQuad tile matrix set (EPSG:3857, morecantile's definition).
+
+ST_AsMVTGeom clips to the tile plus a buffer and quantises to the 4096 grid; before it, lines and
+polygons are simplified by two grid cells (detail below that would be lost by quantisation
+anyway) and each zoom has a feature cap, largest features first, so a low-zoom tile of a dense
+layer stays small.
+"""
+from __future__ import annotations
+
+import math
+
+import morecantile
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from cim.errors import UserError
+from cim.registry import Layer
+from tiles.selection import Selection, tables_for
+
+TMS = morecantile.tms.get("WebMercatorQuad")
+TMS_ID = "WebMercatorQuad"
+EXTENT = 4096
+BUFFER = 64
+SIMPLIFY_CELLS = 2.0
+#: (up to zoom, at most this many features per tile)
+ZOOM_LIMITS: tuple[tuple[int, int], ...] = ((6, 1_000), (9, 3_000), (12, 10_000), (14, 30_000), (99, 100_000))
+#: properties never put in tiles: always NULL for current features
+HIDDEN = {"valid_to"}
+
+
+class TileAddressError(UserError):
+    """A tile address outside the tile matrix set; ``parameter`` names the part, ``status`` is
+    400 for a matrix that does not exist and 404 for a row/column outside an existing matrix."""
+
+    def __init__(self, parameter: str, message: str, status: int) -> None:
+        super().__init__(message)
+        self.parameter, self.status = parameter, status
+
+
+def check_tile(z: int, x: int, y: int) -> None:
+    if not TMS.minzoom <= z <= TMS.maxzoom:
+        raise TileAddressError("tileMatrix", f"tileMatrix {z} is not in {TMS_ID} "
+                                             f"({TMS.minzoom}–{TMS.maxzoom})", 400)
+    n = 2 ** z
+    if not 0 <= y < n:
+        raise TileAddressError("tileRow", f"tileRow {y} is outside tile matrix {z} (0–{n - 1})", 404)
+    if not 0 <= x < n:
+        raise TileAddressError("tileCol", f"tileCol {x} is outside tile matrix {z} (0–{n - 1})", 404)
+
+
+def feature_limit(z: int) -> int:
+    return next(limit for up_to, limit in ZOOM_LIMITS if z <= up_to)
+
+
+def default_properties(layer: Layer) -> list[str]:
+    return [q.name for q in layer.queryables if q.name not in HIDDEN]
+
+
+def property_names(layer: Layer, requested: list[str] | None) -> list[str]:
+    """The properties to encode: all queryables by default, else the requested ones (checked)."""
+    allowed = default_properties(layer)
+    if requested is None:
+        return allowed
+    unknown = [p for p in requested if p not in allowed]
+    if unknown:
+        raise PropertiesError(f"unknown properties {', '.join(unknown)} for layer {layer.name!r}; "
+                              f"choose from: {', '.join(allowed)}")
+    return list(dict.fromkeys(requested))
+
+
+class PropertiesError(UserError):
+    parameter = "properties"
+
+
+def _column(layer: Layer, table: sa.Table, name: str) -> sa.ColumnElement:
+    q = layer.queryable(name)
+    col = table.c[name]
+    # uuid, dates and timestamps have no MVT value type: they travel as text
+    if q is not None and q.type in ("string", "date", "datetime"):
+        return sa.cast(col, sa.Text).label(name)
+    return col.label(name)
+
+
+def tile(conn: Connection, layer: Layer, srid: int, z: int, x: int, y: int, selection: Selection,
+         properties: list[str]) -> bytes:
+    """The tile's bytes (empty when no feature touches it)."""
+    check_tile(z, x, y)
+    t = tables_for(srid)[layer.table]
+    b = TMS.xy_bounds(morecantile.Tile(x, y, z))
+    width = b.right - b.left
+    envelope = sa.func.ST_MakeEnvelope(b.left, b.bottom, b.right, b.top, 3857)
+    # the search box in storage: the tile plus its buffer, densified because its edges bend
+    search = sa.func.ST_Transform(
+        sa.func.ST_Segmentize(sa.func.ST_Expand(envelope, width * BUFFER / EXTENT), width / 8), srid)
+    geom = sa.func.ST_Transform(sa.func.ST_Force2D(t.c.geom), 3857)
+    kind = layer.geometry_type.upper()
+    if "POINT" in kind:
+        order: sa.ColumnElement = t.c.fid
+    else:
+        geom = sa.func.ST_Simplify(geom, width / EXTENT * SIMPLIFY_CELLS, True)
+        size = sa.func.ST_Area(t.c.geom) if "POLYGON" in kind else sa.func.ST_Length(t.c.geom)
+        order = size.desc()
+    rows = (sa.select(t.c.fid.label("fid"), *(_column(layer, t, p) for p in properties),
+                      sa.func.ST_AsMVTGeom(geom, envelope, EXTENT, BUFFER, True).label("geom"))
+            .where(*selection.clauses(layer, t, t.c.geom, srid), t.c.geom.op("&&")(search))
+            .order_by(order, t.c.fid)
+            .limit(feature_limit(z))
+            .subquery("mvt_rows"))
+    stmt = (sa.select(sa.func.ST_AsMVT(sa.literal_column("mvt_rows"), layer.name, EXTENT, "geom", "fid"))
+            .select_from(rows).where(rows.c.geom.is_not(None)))
+    data = conn.execute(stmt).scalar()
+    return bytes(data) if data else b""
+
+
+def layer_bounds(conn: Connection, layer: Layer, srid: int) -> tuple[float, float, float, float] | None:
+    """The current features' extent in longitude/latitude, or None for an empty layer."""
+    t = tables_for(srid)[layer.table]
+    ext = sa.func.ST_Transform(sa.func.ST_SetSRID(sa.func.ST_Extent(t.c.geom), srid), 4326)
+    row = conn.execute(sa.select(sa.func.ST_XMin(ext), sa.func.ST_YMin(ext), sa.func.ST_XMax(ext),
+                                 sa.func.ST_YMax(ext)).where(t.c.valid_to.is_(None))).one()
+    if row[0] is None or not all(math.isfinite(v) for v in row):
+        return None
+    return tuple(float(v) for v in row)  # type: ignore[return-value]
+
+
+def tiles_covering(bounds: tuple[float, float, float, float], zooms: range):
+    """The WebMercatorQuad tiles over a lon/lat box at each zoom."""
+    return TMS.tiles(*bounds, zooms=list(zooms))

@@ -1,0 +1,130 @@
+"""Tiles as the API and the exporters ask for them: resolved layer, settings, cache, one build at
+a time per key. Both the HTTP routes and ``cim tiles export-…`` go through here, so a static
+export and the dynamic service give the same bytes."""
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from cim.bootstrap import BaseSettings, load_settings
+from cim.errors import UserError
+from cim.registry import Layer, load_layers
+from tiles import mvt
+from tiles.cache import TileCache
+from tiles.selection import Selection
+from tiles.tileset import DEFAULT_MAX_FEATURES, Plan, content_version, plan_layer, tile_glb, tileset_json
+
+
+class UnknownLayerError(UserError):
+    pass
+
+
+class StaleVersionError(UserError):
+    """A content URL of a version that is no longer current and no longer cached."""
+
+
+@dataclass
+class TileService:
+    engine: Engine
+    cache: TileCache
+    settings: BaseSettings | None = None
+    _plans: dict[tuple, Plan] = field(default_factory=dict)
+    _locks: dict[tuple, threading.Lock] = field(default_factory=dict)
+    _guard: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        if self.settings is None:
+            self.settings = load_settings(self.engine)
+
+    def _lock(self, key: tuple) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def layer(self, name: str) -> Layer:
+        """The layer as it is now (its version read fresh: tiles must follow each load at once)."""
+        with self.engine.connect() as conn:
+            layers = load_layers(conn)
+        if name not in layers:
+            raise UnknownLayerError(f"layer {name!r} does not exist; layers are: {', '.join(sorted(layers))}")
+        return layers[name]
+
+    # --- 3D tiles ------------------------------------------------------------------------------
+
+    def version_3d(self, layer: Layer) -> str:
+        with self.engine.connect() as conn:
+            return content_version(conn, layer)
+
+    def plan(self, layer: Layer, selection: Selection = Selection(),
+             max_features: int = DEFAULT_MAX_FEATURES, version: str | None = None) -> Plan:
+        version = version or self.version_3d(layer)
+        key = (layer.name, version, selection.key, max_features)
+        if key in self._plans:
+            return self._plans[key]
+        with self._lock(key):
+            if key not in self._plans:
+                s = self.settings
+                with self.engine.connect() as conn:
+                    plan = plan_layer(conn, layer, s.srid, s.floor_height_m, s.city_bbox_wgs84, selection,
+                                      max_features, version)
+                # older versions' plans are never asked for again (their content is cached or stale)
+                for old in [k for k in self._plans if k[0] == layer.name and k[1] != version]:
+                    del self._plans[old]
+                self._plans[key] = plan
+        return self._plans[key]
+
+    def _variant(self, selection: Selection, max_features: int) -> str:
+        return selection.key if max_features == DEFAULT_MAX_FEATURES else f"{selection.key}-n{max_features}"
+
+    def tileset(self, layer: Layer, selection: Selection = Selection(),
+                max_features: int = DEFAULT_MAX_FEATURES, query: str = "") -> tuple[str, bytes]:
+        """(version, tileset.json bytes); ``query`` is appended to content URIs (filters)."""
+        plan = self.plan(layer, selection, max_features)
+        suffix = f"?{query}" if query else ""
+        doc = tileset_json(plan, lambda t: f"{plan.version}/{t.id}.glb{suffix}")
+        return plan.version, json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+
+    def glb(self, layer: Layer, version: str, tile_id: str, selection: Selection = Selection(),
+            max_features: int = DEFAULT_MAX_FEATURES) -> bytes:
+        variant = self._variant(selection, max_features)
+        key = ("3d", layer.name, version, variant, f"{tile_id}.glb")
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        current = self.version_3d(layer)
+        if version != current:
+            raise StaleVersionError(f"version {version} of layer {layer.name!r} is outdated (now {current}); "
+                                    "reload tileset.json")
+        plan = self.plan(layer, selection, max_features, current)
+        tile = plan.tiles.get(tile_id)
+        if tile is None or not len(tile.fids):
+            raise UnknownLayerError(f"tile {tile_id!r} is not in the tileset of layer {layer.name!r}")
+        with self.engine.connect() as conn:
+            data = tile_glb(conn, plan, tile)
+        self.cache.put(key, data, persist=selection.is_all)
+        return data
+
+    # --- vector tiles --------------------------------------------------------------------------
+
+    def mvt(self, layer: Layer, z: int, x: int, y: int, selection: Selection = Selection(),
+            properties: list[str] | None = None) -> bytes:
+        mvt.check_tile(z, x, y)
+        props = mvt.property_names(layer, properties)
+        variant = selection.key if properties is None else f"{selection.key}-{_digest(props)}"
+        key = ("mvt", layer.name, str(layer.version), variant, f"{z}/{x}/{y}.pbf")
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        with self.engine.connect() as conn:
+            data = mvt.tile(conn, layer, self.settings.srid, z, x, y, selection, props)
+        self.cache.put(key, data, persist=selection.is_all and properties is None)
+        return data
+
+
+def _digest(items: Any) -> str:
+    import hashlib
+
+    return hashlib.sha1(json.dumps(items).encode()).hexdigest()[:12]

@@ -1,0 +1,195 @@
+"""3D Tiles 1.1 for a layer: plan the tile tree from the base, write ``tileset.json`` and each
+tile's glb on demand.
+
+The plan reads one small row per feature (extent, centroid, importance); a tile's content reads
+its features by ``fid``. A ``fid`` names one immutable version of a feature (a change closes the
+row and adds another), so the content of a planned tile is the same whenever it is built.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import shapely
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from cim.errors import UserError
+from cim.registry import Layer
+from tiles.geodesy import LocalFrame, lonlath_to_ecef, pad_radians, storage_to_lonlat
+from tiles.gltf import write_glb
+from tiles.models import MODELS, REGION_MARGIN_M, Model
+from tiles.plan import ERROR_DIVISOR, Features, Tile, build_tree
+from tiles.selection import Selection, tables_for
+
+DEFAULT_MAX_FEATURES = 500
+#: which tables each 3D layer's content is made from: the cache version covers all of them
+DEPENDS_ON: dict[str, tuple[str, ...]] = {
+    "buildings": ("buildings", "curtain_walls", "addresses"),
+    "curtain-walls": ("curtain_walls", "buildings"),
+}
+
+
+class NoTilesError(UserError):
+    """The layer has no 3D representation."""
+
+
+def model_for(layer_name: str) -> Model:
+    model = MODELS.get(layer_name)
+    if model is None:
+        raise NoTilesError(f"layer {layer_name!r} has no 3D tiles; 3D layers are: {', '.join(MODELS)} "
+                           "(every layer has vector tiles)")
+    return model
+
+
+def content_version(conn: Connection, layer: Layer) -> str:
+    """The cache/ETag version of a 3D layer: its own registry version, joined with those of the
+    tables it borrows from (a new curtain wall changes the buildings' tiles too)."""
+    tables = DEPENDS_ON.get(layer.name, (layer.table,))
+    rows = dict(conn.execute(sa.text("SELECT table_name, version FROM layers WHERE table_name = ANY(:t)"),
+                             {"t": list(tables)}).all())
+    return "-".join(str(rows.get(t, 0)) for t in tables)
+
+
+@dataclass
+class Plan:
+    layer: Layer
+    model: Model
+    version: str
+    selection: Selection
+    srid: int
+    storey_height: float
+    frame: LocalFrame
+    root: Tile | None
+    feature_count: int
+    city_region: list[float]
+    tiles: dict[str, Tile] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.tiles = {t.id: t for t in self.root.walk()} if self.root else {}
+
+
+def _feature_regions(rows: list[Any], srid: int) -> np.ndarray:
+    """Each feature's region from its storage bbox: 8 points of the box (corners and edge middles,
+    since a straight storage edge is slightly curved in degrees), padded by its reach + margin."""
+    b = np.array([(r.xmin, r.ymin, r.xmax, r.ymax) for r in rows], float)
+    xs = np.stack([b[:, 0], b[:, 2], b[:, 2], b[:, 0], (b[:, 0] + b[:, 2]) / 2, (b[:, 0] + b[:, 2]) / 2,
+                   b[:, 0], b[:, 2]], axis=1)
+    ys = np.stack([b[:, 1], b[:, 1], b[:, 3], b[:, 3], b[:, 1], b[:, 3],
+                   (b[:, 1] + b[:, 3]) / 2, (b[:, 1] + b[:, 3]) / 2], axis=1)
+    lon, lat = storage_to_lonlat(xs.ravel(), ys.ravel(), srid)
+    lon, lat = np.radians(lon.reshape(xs.shape)), np.radians(lat.reshape(xs.shape))
+    pad = np.array([float(r.pad or 0.0) for r in rows]) + REGION_MARGIN_M
+    dlon, dlat = pad_radians(pad, np.degrees(lat.mean(axis=1)))
+    zmin = np.array([float(r.zmin) for r in rows]) - REGION_MARGIN_M
+    zmax = np.array([float(r.zmax) for r in rows]) + REGION_MARGIN_M
+    return np.column_stack([lon.min(1) - dlon, lat.min(1) - dlat, lon.max(1) + dlon, lat.max(1) + dlat, zmin, zmax])
+
+
+def plan_layer(conn: Connection, layer: Layer, srid: int, storey_height: float,
+               city_bbox: tuple[float, float, float, float], selection: Selection = Selection(),
+               max_features: int = DEFAULT_MAX_FEATURES, version: str | None = None) -> Plan:
+    """Read the features' extents and build the tile tree."""
+    if max_features < 1:
+        raise UserError(f"max-features must be at least 1, got {max_features}")
+    model = model_for(layer.name)
+    q = model.query(tables_for(srid), storey_height)
+    stmt = (sa.select(q.table.c.fid.label("fid"),
+                      sa.func.ST_X(sa.func.ST_Centroid(q.geom)).label("cx"),
+                      sa.func.ST_Y(sa.func.ST_Centroid(q.geom)).label("cy"),
+                      sa.func.ST_XMin(q.geom).label("xmin"), sa.func.ST_YMin(q.geom).label("ymin"),
+                      sa.func.ST_XMax(q.geom).label("xmax"), sa.func.ST_YMax(q.geom).label("ymax"),
+                      q.zmin.label("zmin"), q.zmax.label("zmax"), q.pad.label("pad"),
+                      q.importance.label("importance"))
+            .select_from(q.source)
+            .where(*selection.clauses(layer, q.table, q.geom, srid), q.geom.is_not(None),
+                   sa.not_(sa.func.ST_IsEmpty(q.geom)))
+            .order_by(q.table.c.fid))
+    version = version or content_version(conn, layer)
+    rows = conn.execute(stmt).all()
+    w, s, e, n = city_bbox
+    city_region = [math.radians(w), math.radians(s), math.radians(e), math.radians(n), 0.0, 1.0]
+    if not rows:
+        frame = LocalFrame((w + e) / 2, (s + n) / 2, 0.0)
+        return Plan(layer, model, version, selection, srid, storey_height, frame, None, 0, city_region)
+    features = Features(
+        fid=np.array([r.fid for r in rows], np.int64),
+        cx=np.array([r.cx for r in rows], float), cy=np.array([r.cy for r in rows], float),
+        region=_feature_regions(rows, srid),
+        importance=np.array([float(r.importance or 0.0) for r in rows]),
+    )
+    root = build_tree(features, max_features)
+    assert root is not None
+    west, south, east, north = root.region[:4]
+    frame = LocalFrame(math.degrees((west + east) / 2), math.degrees((south + north) / 2), 0.0)
+    return Plan(layer, model, version, selection, srid, storey_height, frame, root, len(features), city_region)
+
+
+def content_uri(plan: Plan, tile: Tile) -> str:
+    return f"{plan.version}/{tile.id}.glb"
+
+
+def tileset_json(plan: Plan, uri: Callable[[Tile], str] | None = None) -> dict[str, Any]:
+    """The explicit tileset: regions in radians/metres, ENU transform at the root, ADD refinement."""
+    uri = uri or (lambda t: content_uri(plan, t))
+
+    def node(tile: Tile) -> dict[str, Any]:
+        out: dict[str, Any] = {"boundingVolume": {"region": tile.region},
+                               "geometricError": tile.geometric_error, "refine": "ADD"}
+        if len(tile.fids):
+            out["content"] = {"uri": uri(tile)}
+        if tile.children:
+            out["children"] = [node(c) for c in tile.children]
+        return out
+
+    if plan.root is None:
+        root: dict[str, Any] = {"boundingVolume": {"region": plan.city_region}, "geometricError": 0.0,
+                                "refine": "ADD"}
+        error = 0.0
+    else:
+        root = node(plan.root)
+        cell = plan.root.cell
+        error = math.hypot(cell[2] - cell[0], cell[3] - cell[1]) / (ERROR_DIVISOR / 2)
+    root["transform"] = plan.frame.transform()
+    return {
+        "asset": {"version": "1.1", "tilesetVersion": plan.version, "generator": "cim-platform tiles"},
+        "properties": {"featureCount": plan.feature_count},
+        "extras": {"layer": plan.layer.name, "title": plan.layer.title, "featureClass": plan.model.feature_class.name},
+        "geometricError": error,
+        "root": root,
+    }
+
+
+def tile_centre(plan: Plan, tile: Tile) -> np.ndarray:
+    """The tile's centre in the glTF axes of the plan's frame: the glb node's translation."""
+    w, s, e, n, lo, hi = tile.region
+    ecef = lonlath_to_ecef(np.array([math.degrees((w + e) / 2)]), np.array([math.degrees((s + n) / 2)]),
+                           np.array([(lo + hi) / 2]))
+    return plan.frame.to_gltf(ecef)[0]
+
+
+def tile_glb(conn: Connection, plan: Plan, tile: Tile) -> bytes:
+    """The binary glTF of one tile: its features' meshes and their attributes."""
+    q = plan.model.query(tables_for(plan.srid), plan.storey_height)
+    stmt = (sa.select(q.table.c.fid.label("_fid"), sa.func.ST_AsBinary(q.geom).label("_wkb"),
+                      *(c.label(k) for k, c in q.columns.items()), *(c.label(k) for k, c in q.extra.items()))
+            .select_from(q.source).where(q.table.c.fid == sa.any_(sa.literal(list(map(int, tile.fids))))))
+    found = {r._fid: r._mapping for r in conn.execute(stmt)}
+    rows: list[dict[str, Any]] = []
+    for fid in tile.fids:
+        r = found.get(int(fid))
+        if r is None:
+            raise UserError(f"feature fid {fid} of tile {tile.id} is gone; reload tileset.json")
+        row = {k: v for k, v in r.items() if not k.startswith("_")}
+        row["geom"] = shapely.from_wkb(bytes(r["_wkb"]))
+        rows.append(row)
+    meshes, instances = plan.model.build(rows, plan.srid, plan.frame)
+    centre = tile_centre(plan, tile)
+    for mesh, _ in meshes:
+        mesh.positions = mesh.positions - centre
+    for inst in instances:
+        inst.translations = inst.translations - centre
+    return write_glb(plan.model.feature_class, rows, centre, meshes, instances)
+
