@@ -8,7 +8,6 @@ afterwards, loaded or not.
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import shutil
 import tempfile
@@ -22,28 +21,21 @@ from api import auth
 from api.deps import get_state
 from api.problems import Problem, bad_parameter, not_found
 from cim.apikeys import ApiKey
+from cim.errors import UserError
 
 router = APIRouter(tags=["ingest"])
 _CHUNK = 1 << 20
 
 
-def _ingest_module(name: str) -> ModuleType | None:
+def _loader() -> ModuleType:
+    """:mod:`ingest.run`, or a 503 problem when this installation has no loader."""
     try:
-        return importlib.import_module(name)
+        return importlib.import_module("ingest.run")
     except ModuleNotFoundError as exc:
-        if exc.name not in (name, name.rpartition(".")[0]):
+        if exc.name not in ("ingest", "ingest.run"):
             raise  # a real missing dependency inside the loader, not an absent loader
-        return None
-
-
-def _parse_map(entries: list[str]) -> dict[str, str]:
-    mapping: dict[str, str] = {}
-    for entry in entries:
-        target, sep, source = entry.partition("=")
-        if not sep or not target.strip() or not source.strip():
-            raise bad_parameter("map", f"map entries must look like 'target=source', got {entry!r}")
-        mapping[target.strip()] = source.strip()
-    return mapping
+        raise Problem(503, "Service unavailable", "loading over the API is not available: this "
+                                                  "installation has no loader (ingest.run)") from None
 
 
 def _safe_name(filename: str | None, index: int) -> str:
@@ -63,23 +55,6 @@ def _save(files: list[UploadFile], directory: FsPath) -> list[FsPath]:
     return paths
 
 
-def _options(run: ModuleType, values: dict[str, Any]) -> Any:
-    """The loader's options object when it declares one (a dataclass), else a plain dict."""
-    cls = getattr(run, "IngestOptions", None)
-    if cls is not None and dataclasses.is_dataclass(cls):
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
-    return values
-
-
-def _report_json(report: Any) -> Any:
-    if hasattr(report, "to_dict"):
-        return report.to_dict()
-    if dataclasses.is_dataclass(report) and not isinstance(report, type):
-        return dataclasses.asdict(report)
-    return report
-
-
 @router.post("/ingest/{layer}", summary="Upload and load files into a layer (role loader)")
 def ingest_upload(
     request: Request,
@@ -87,35 +62,38 @@ def ingest_upload(
     files: list[UploadFile] = File(..., description="The file(s) to load; a Shapefile with all its parts."),
     crs: str | None = Form(None, description="CRS of the data when the files do not say (EPSG code, gcj02, bd09)."),
     encoding: str | None = Form(None, description="Text encoding when the files do not say (e.g. gbk)."),
-    mode: str | None = Form(None, description="How the delivery relates to what is loaded (see 'cim ingest')."),
+    mode: str | None = Form(None, description="upsert (by source id, default) | append | replace (also closes "
+                                              "features absent from the delivery)."),
     layer_name: str | None = Form(None, description="Layer inside a multi-layer file (GeoPackage)."),
     x: str | None = Form(None, description="CSV column holding x / longitude."),
     y: str | None = Form(None, description="CSV column holding y / latitude."),
     z: str | None = Form(None, description="CSV column holding z / height."),
     wkt: str | None = Form(None, description="CSV column holding WKT geometry."),
-    map: list[str] = Form([], description="Column mapping 'target=source', repeatable."),
-    strict: bool = Form(False, description="Reject the whole delivery on the first bad row."),
-    dry_run: bool = Form(False, description="Check and report without changing the base."),
+    address_column: str | None = Form(None, description="addresses: one full-address column, parsed on load."),
+    map: list[str] = Form([], description="Column mapping 'FIELD=COLUMN', repeatable."),
+    strict: bool = Form(False, description="Reject the whole file on any error."),
+    dry_run: bool = Form(False, description="Validate and report; write nothing."),
     key: ApiKey = Depends(auth.require_role("loader")),
 ) -> Any:
-    run = _ingest_module("ingest.run")
-    if run is None or not hasattr(run, "ingest_files"):
-        raise Problem(503, "Service unavailable", "loading over the API is not available: this installation "
-                                                  "has no loader (ingest.run)")
-    specs = _ingest_module("ingest.specs")
-    known = getattr(specs, "SPECS", None) if specs else None
-    if isinstance(known, dict) and layer not in known:
-        raise not_found(f"no loadable layer {layer!r}; one of: {', '.join(sorted(known))}")
-    mapping = _parse_map(map)
-    values = {"crs": crs, "encoding": encoding, "mode": mode, "layer_name": layer_name, "x": x, "y": y,
-              "z": z, "wkt": wkt, "map": mapping, "strict": strict, "dry_run": dry_run,
-              "operator": key.name or f"api key {key.id}"}
-    values = {k: v for k, v in values.items() if v is not None}
+    run = _loader()
+    from ingest.cli import parse_mapping
+    from ingest.specs import SPECS
+
+    if layer not in SPECS:
+        raise not_found(f"no loadable layer {layer!r}; one of: {', '.join(SPECS)}")
+    try:
+        mapping = parse_mapping(map, None)
+    except UserError as exc:
+        raise bad_parameter("map", str(exc)) from None
+    fields = {"crs": crs, "encoding": encoding, "mode": mode, "layer_name": layer_name, "x": x, "y": y, "z": z,
+              "wkt": wkt, "address_column": address_column}
+    options = run.IngestOptions(**{k: v for k, v in fields.items() if v is not None}, mapping=mapping,
+                                strict=strict, dry_run=dry_run, operator=key.name or f"api key {key.id}")
     engine = get_state(request).engine
     with tempfile.TemporaryDirectory(prefix="cim-upload-") as tmp:
         paths = _save(files, FsPath(tmp))
-        report = run.ingest_files(layer, paths, _options(run, values), engine)
-    return _report_json(report)
+        report = run.ingest_files(layer, paths, options, engine)
+    return report.as_dict()
 
 
 def install(app: FastAPI) -> None:

@@ -3,10 +3,8 @@ the ingest upload's access control and plumbing, read-key-required mode, IoT rea
 problem documents — against a real PostGIS."""
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import sys
-import types
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -108,13 +106,24 @@ def test_keys_cli_create_list_revoke(engine, db_url, city, client):
 
 # --- ingest upload: access control and plumbing --------------------------------------------------
 
-def _upload(client, headers=None, **form):
-    files = [("files", ("parts.csv", b"object_code,lon,lat\n3101010101000009,121.47,31.23\n", "text/csv")),
-             ("files", ("../../etc/readme.txt", b"hello", "text/plain"))]
-    return client.post("/ingest/parts", headers=headers or {}, files=files, data=form)
+PARTS_CSV = ("编号,小类,名称,经度,纬度\n"
+             "3101010101000091,0101,上传井盖一,121.4712,31.2312\n"
+             "3101010101000092,0101,上传井盖二,121.4714,31.2313\n").encode("utf-8")
 
 
-def test_ingest_upload_needs_a_loader_key(client, keys):
+def _upload(client, headers=None, name="../../tmp/parts.csv", **form):
+    form = {"crs": "EPSG:4326", "x": "经度", "y": "纬度", "map": ["object_code=编号", "subclass_code=小类", "name=名称"], **form}
+    return client.post("/ingest/parts", headers=headers or {}, files=[("files", (name, PARTS_CSV, "text/csv"))],
+                       data=form)
+
+
+def _uploaded(engine) -> list[tuple[str, str]]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.text(
+            "SELECT object_code, name FROM parts WHERE name LIKE '上传%' AND valid_to IS NULL ORDER BY 1"))]
+
+
+def test_ingest_upload_needs_a_loader_key(client, keys, engine):
     r = _upload(client)
     assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
     assert r.headers["content-type"] == "application/problem+json"
@@ -122,64 +131,43 @@ def test_ingest_upload_needs_a_loader_key(client, keys):
     assert r.status_code == 401 and 'error="invalid_token"' in r.headers["www-authenticate"]
     r = _upload(client, {"Authorization": f"Bearer {keys['reader']}"})
     assert r.status_code == 403 and "role loader" in r.json()["detail"]
+    assert _uploaded(engine) == []
 
 
-@dataclasses.dataclass
-class _Options:
-    crs: str | None = None
-    encoding: str | None = None
-    map: dict | None = None
-    dry_run: bool = False
-    operator: str | None = None
-
-
-@pytest.fixture
-def fake_loader(monkeypatch):
-    """Stands in for ingest.run (written by another engineer) to check what the endpoint passes on."""
-    calls: list[dict] = []
-
-    @dataclasses.dataclass
-    class Report:
-        layer: str
-        n_read: int
-
-    def ingest_files(layer, paths, options, engine):
-        calls.append({"layer": layer, "files": {p.name: p.read_bytes() for p in paths}, "options": options,
-                      "engine": engine, "dir_exists_during": all(p.exists() for p in paths), "paths": paths})
-        return Report(layer, len(paths))
-
-    module = types.ModuleType("ingest.run")
-    module.ingest_files = ingest_files
-    module.IngestOptions = _Options
-    monkeypatch.setitem(sys.modules, "ingest.run", module)
-    return calls
-
-
-@pytest.mark.parametrize("role, header", [("loader", "X-API-Key"), ("admin", "Authorization")])
-def test_ingest_upload_hands_files_and_options_to_the_loader(client, keys, engine, fake_loader, role, header):
-    value = keys[role] if header == "X-API-Key" else f"Bearer {keys[role]}"
-    r = _upload(client, {header: value}, crs="gcj02", encoding="gbk", map=["object_code=编码", "name=名称"],
-                dry_run="true")
+def test_ingest_upload_loads_with_a_loader_key(client, keys, engine):
+    dry = _upload(client, {"X-API-Key": keys["loader"]}, dry_run="true")
+    assert dry.status_code == 200, dry.text
+    assert dry.json()["dry_run"] is True and dry.json()["read"] == 2
+    assert _uploaded(engine) == []
+    r = _upload(client, {"X-API-Key": keys["loader"]})
     assert r.status_code == 200, r.text
-    assert r.json() == {"layer": "parts", "n_read": 2}
-    (call,) = fake_loader
-    assert call["layer"] == "parts" and call["engine"] is engine and call["dir_exists_during"]
-    # saved under their own (base) names: a path in a file name cannot escape the temp dir
-    assert call["files"] == {"parts.csv": b"object_code,lon,lat\n3101010101000009,121.47,31.23\n",
-                             "readme.txt": b"hello"}
-    assert call["options"] == _Options(crs="gcj02", encoding="gbk", map={"object_code": "编码", "name": "名称"},
-                                       dry_run=True, operator=f"test {role}")
-    assert not any(p.exists() for p in call["paths"])  # the temp dir is removed afterwards
+    report = r.json()
+    assert report["layer"] == "parts" and report["read"] == 2 and report["inserted"] == 2, report
+    assert _uploaded(engine) == [("3101010101000091", "上传井盖一"), ("3101010101000092", "上传井盖二")]
+    with engine.connect() as conn:
+        operator = conn.execute(sa.text("SELECT operator FROM ingest_runs WHERE id = :id"),
+                                {"id": report["run_id"]}).scalar()
+    assert operator == "test loader"
+    # an admin may load too (Bearer form); the same delivery again changes nothing
+    again = _upload(client, {"Authorization": f"Bearer {keys['admin']}"}).json()
+    assert again["unchanged"] == 2 and again["inserted"] == 0
 
 
-def test_ingest_upload_bad_map_names_the_parameter(client, keys, fake_loader):
-    r = _upload(client, {"X-API-Key": keys["loader"]}, map=["no-equals-sign"])
+def test_ingest_upload_errors_name_the_parameter(client, keys):
+    headers = {"X-API-Key": keys["loader"]}
+    r = _upload(client, headers, map=["no-equals-sign"])
     assert r.status_code == 400 and r.json()["parameter"] == "map"
-    assert fake_loader == []
+    r = client.post("/ingest/parts", headers=headers, data={"x": "lon"})
+    assert r.status_code == 400 and r.json()["parameter"] == "files"
+    r = client.post("/ingest/no-such-layer", headers=headers, files=[("files", ("a.csv", b"a\n1\n"))])
+    assert r.status_code == 404
+    r = client.post("/ingest/parts", headers=headers, data={"x": "lon"},
+                    files=[("files", ("a.csv", PARTS_CSV)), ("files", ("dir/a.csv", PARTS_CSV))])
+    assert r.status_code == 400 and r.json()["parameter"] == "files"
 
 
 def test_ingest_upload_without_a_loader_is_503(client, keys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "ingest.run", None)  # as if ingest.run were not installed
+    monkeypatch.setitem(sys.modules, "ingest.run", None)  # as if the loaders were not installed
     r = _upload(client, {"X-API-Key": keys["loader"]})
     assert r.status_code == 503 and "no loader" in r.json()["detail"]
 
