@@ -18,6 +18,7 @@ from tiles.geodesy import LocalFrame, lonlath_to_ecef, storage_to_ecef, storage_
 
 #: consecutive vertices closer than this (metres) are one vertex: a zero-length wall has no normal
 _MIN_EDGE_M = 1e-3
+_MIN_AREA_M2 = 1e-4
 
 
 @dataclass
@@ -100,8 +101,10 @@ def solid(polygon: Polygon, base: float, top: float, feature: int, srid: int, fr
     if len(tri):
         a, b, c = xy[tri[:, 0]], xy[tri[:, 1]], xy[tri[:, 2]]
         cross = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
-        tri = tri[cross != 0]
-        cross = cross[cross != 0]
+        # slivers below a square centimetre are invisible and their winding does not survive
+        # float32 positions; dropping them leaves no visible gap
+        keep = np.abs(cross) > 2 * _MIN_AREA_M2
+        tri, cross = tri[keep], cross[keep]
         tri[cross < 0] = tri[cross < 0][:, ::-1]  # counter-clockwise from above
         parts.append(Mesh(high, up, tri.astype(np.uint32), np.full(n, feature, np.uint32)))  # roof
         parts.append(Mesh(low, -up, tri[:, ::-1].astype(np.uint32), np.full(n, feature, np.uint32)))  # floor

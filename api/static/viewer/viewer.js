@@ -1,0 +1,155 @@
+// CIM viewer: CesiumJS (3D Tiles of buildings, pipelines, parts) and MapLibre GL (vector tiles).
+// No imagery, no terrain service and no Cesium ion: a plain globe and the platform's own tiles.
+const API = new URL(".", document.baseURI);  // the API root (/viewer → /)
+const status = document.getElementById("status");
+const info = document.getElementById("info");
+
+function showInfo(title, props) {
+  document.getElementById("info-title").textContent = title;
+  const table = document.getElementById("info-table");
+  table.replaceChildren();
+  for (const [key, value] of Object.entries(props)) {
+    if (value === undefined || value === null || value === "" || value === -9999 || key === "geom") continue;
+    const row = table.insertRow();
+    row.insertCell().textContent = key;
+    row.insertCell().textContent = String(value);
+  }
+  info.hidden = false;
+}
+
+// --- 3D ----------------------------------------------------------------------------------------
+const viewer = new Cesium.Viewer("cesium", {
+  baseLayer: false, baseLayerPicker: false, geocoder: false, timeline: false, animation: false,
+  sceneModePicker: false, navigationHelpButton: false, fullscreenButton: false, infoBox: false,
+  selectionIndicator: false, homeButton: false, terrainProvider: new Cesium.EllipsoidTerrainProvider(),
+});
+window.cimViewer = viewer;  // for debugging and the screenshot check
+const scene = viewer.scene;
+scene.globe.baseColor = Cesium.Color.fromCssColorString("#31465a");
+scene.globe.showGroundAtmosphere = false;
+scene.globe.depthTestAgainstTerrain = true;
+scene.skyAtmosphere.show = true;
+viewer.cesiumWidget.creditContainer.style.display = "none";
+
+const tilesets = {};
+let remaining = 0;
+async function addTileset(name) {
+  remaining += 1;
+  try {
+    const ts = await Cesium.Cesium3DTileset.fromUrl(new URL(`3dtiles/${name}/tileset.json`, API).href,
+                                                    {maximumScreenSpaceError: 8});
+    scene.primitives.add(ts);
+    tilesets[name] = ts;
+    return ts;
+  } catch (err) {
+    console.warn(`no 3D tiles for ${name}:`, err);
+    return null;
+  } finally {
+    remaining -= 1;
+    if (remaining === 0) status.textContent = `3D: ${Object.keys(tilesets).join(", ") || "no layers"}`;
+  }
+}
+
+const CURTAIN_STYLE = new Cesium.Cesium3DTileStyle({
+  color: {conditions: [["${has_curtain_wall} === true", "color('#4fb3ff', 0.95)"], ["true", "color('#ffffff', 0.55)"]]},
+});
+
+const loaded = Promise.all(["buildings", "pipelines", "parts"].map(addTileset)).then(() => {
+  const b = tilesets.buildings;
+  if (b) b.style = CURTAIN_STYLE;
+  const target = b || tilesets.pipelines || tilesets.parts;
+  if (target) {
+    const s = target.boundingSphere;
+    viewer.camera.viewBoundingSphere(s, new Cesium.HeadingPitchRange(0.4, -0.55, Math.max(s.radius * 2.2, 400)));
+    viewer.camera.lookAtTransform(Cesium.Matrix4.IDENTITY);
+  }
+  window.cimReady = true;
+});
+
+function setUnderground(on) {
+  const globe = scene.globe;
+  globe.translucency.enabled = on;
+  globe.translucency.frontFaceAlpha = on ? 0.3 : 1.0;
+  globe.translucency.backFaceAlpha = on ? 0.3 : 1.0;
+  // let the camera go below the surface to look at the pipes from underneath
+  scene.screenSpaceCameraController.enableCollisionDetection = !on;
+}
+
+document.getElementById("layers-3d").addEventListener("change", (ev) => {
+  const {name, checked} = ev.target;
+  if (name === "underground") return setUnderground(checked);
+  if (name === "curtain") { if (tilesets.buildings) tilesets.buildings.style = checked ? CURTAIN_STYLE : undefined; return; }
+  if (tilesets[name]) tilesets[name].show = checked;
+});
+
+let picked = null;
+const handler = new Cesium.ScreenSpaceEventHandler(scene.canvas);
+handler.setInputAction((click) => {
+  if (picked) { picked.feature.color = picked.color; picked = null; }
+  const feature = scene.pick(click.position);
+  if (!(feature instanceof Cesium.Cesium3DTileFeature)) { info.hidden = true; return; }
+  picked = {feature, color: Cesium.Color.clone(feature.color)};
+  feature.color = Cesium.Color.YELLOW;
+  const props = {};
+  for (const id of feature.getPropertyIds()) props[id] = feature.getProperty(id);
+  showInfo(props.name || props.object_code || props.source_id || "feature", props);
+}, Cesium.ScreenSpaceEventType.LEFT_CLICK);
+
+// --- 2D ----------------------------------------------------------------------------------------
+let map = null;
+const LAYERS_2D = {
+  grids: [
+    {id: "grids-fill", type: "fill", paint: {"fill-color": "#3fa34d", "fill-opacity": 0.18}},
+    {id: "grids-line", type: "line", paint: {"line-color": "#7fd18a", "line-width": 1}},
+  ],
+  streets: [{id: "streets-line", type: "line", paint: {"line-color": "#f2c14e", "line-width": 2.5}}],
+  parts: [{id: "parts-circle", type: "circle", paint: {
+    "circle-radius": 4, "circle-stroke-color": "#fff", "circle-stroke-width": 1,
+    "circle-color": ["match", ["get", "part_class"], "01", "#1e78ff", "02", "#ffaa00", "03", "#00aa5a",
+                     "04", "#3cc83c", "05", "#b45ac8", "#969696"]}}],
+};
+
+async function showMap() {
+  if (map) { map.resize(); return; }
+  const maplibregl = await import("../lib/maplibre/maplibre-gl.mjs");
+  const sources = {}, layers = [{id: "background", type: "background", paint: {"background-color": "#1d2733"}}];
+  for (const [name, styles] of Object.entries(LAYERS_2D)) {
+    sources[name] = {type: "vector",
+                     url: new URL(`collections/${name}/tiles/WebMercatorQuad/tilejson.json`, API).href};
+    for (const s of styles) layers.push({...s, source: name, "source-layer": name});
+  }
+  map = new maplibregl.Map({container: "map", style: {version: 8, sources, layers}, center: [121.47, 31.23], zoom: 11,
+                            attributionControl: false});
+  window.cimMap = map;
+  map.addControl(new maplibregl.NavigationControl(), "bottom-right");
+  map.on("load", async () => {
+    const tj = await (await fetch(sources.parts.url)).json().catch(() => null);
+    if (tj && tj.bounds) map.fitBounds([[tj.bounds[0], tj.bounds[1]], [tj.bounds[2], tj.bounds[3]]], {padding: 40, maxZoom: 16});
+  });
+  map.on("click", (e) => {
+    const hits = map.queryRenderedFeatures(e.point);
+    if (!hits.length) { info.hidden = true; return; }
+    const f = hits[0];
+    showInfo(f.properties.name || f.properties.grid_code || f.properties.object_code || f.sourceLayer, f.properties);
+  });
+  document.getElementById("layers-2d").addEventListener("change", (ev) => {
+    for (const s of LAYERS_2D[ev.target.name] || []) map.setLayoutProperty(s.id, "visibility", ev.target.checked ? "visible" : "none");
+  });
+}
+
+function selectTab(which) {
+  for (const t of ["3d", "2d"]) {
+    document.getElementById(`tab-${t}`).setAttribute("aria-selected", String(t === which));
+    document.getElementById(`view-${t}`).hidden = t !== which;
+  }
+  info.hidden = true;
+  if (which === "2d") showMap();
+}
+document.getElementById("tab-3d").addEventListener("click", () => selectTab("3d"));
+document.getElementById("tab-2d").addEventListener("click", () => selectTab("2d"));
+if (location.hash === "#2d") selectTab("2d");
+if (location.hash === "#underground") {
+  document.querySelector("#layers-3d [name=underground]").checked = true;
+  setUnderground(true);
+}
+export {loaded};

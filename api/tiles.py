@@ -1,0 +1,269 @@
+"""Tiles over HTTP.
+
+- ``/3dtiles/{layer}/tileset.json`` and ``/3dtiles/{layer}/{version}/{tile}.glb``: 3D Tiles 1.1,
+  built on first request and cached by layer version (ETag = version; content URLs carry the
+  version, so they can be cached for good).
+- OGC API – Tiles for every collection: ``/collections/{id}/tiles`` (tilesets),
+  ``…/tiles/WebMercatorQuad`` (tileset metadata), ``…/WebMercatorQuad/tilejson.json`` (TileJSON
+  3.0 for MapLibre), ``…/WebMercatorQuad/{tileMatrix}/{tileRow}/{tileCol}`` (Mapbox vector
+  tile; 204 when empty), plus ``/tileMatrixSets[/WebMercatorQuad]``.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any, Callable
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, FastAPI, Path, Query, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from api.problems import Problem, bad_parameter, not_found
+from api.responses import OrjsonResponse
+from cim.config import cim_home
+from cim.registry import Layer
+from tiles import mvt
+from tiles.cache import TileCache
+from tiles.mvt import PropertiesError, TileAddressError
+from tiles.selection import Selection, SelectionError, parse_bbox
+from tiles.service import StaleVersionError, TileService, UnknownLayerError
+from tiles.tileset import DEFAULT_MAX_FEATURES, NoTilesError
+
+MVT_TYPE = "application/vnd.mapbox-vector-tile"
+GLB_TYPE = "model/gltf-binary"
+TMS_URI = "http://www.opengis.net/def/tilematrixset/OGC/1.0/WebMercatorQuad"
+REL_TILING_SCHEME = "http://www.opengis.net/def/rel/ogc/1.0/tiling-scheme"
+REVALIDATE = "no-cache"  # clients keep tiles but ask (If-None-Match) each time: a load shows at once
+IMMUTABLE = "public, max-age=31536000, immutable"  # versioned content URLs never change
+
+router = APIRouter(tags=["Tiles"])
+
+
+def _service(request: Request) -> TileService:
+    return request.app.state.tiles
+
+
+def _problem(exc: Exception) -> Problem:
+    if isinstance(exc, TileAddressError):
+        return Problem(exc.status, "Bad tile address" if exc.status == 400 else "Not found", str(exc), exc.parameter)
+    if isinstance(exc, SelectionError):
+        return bad_parameter(exc.parameter, str(exc))
+    if isinstance(exc, PropertiesError):
+        return bad_parameter("properties", str(exc))
+    if isinstance(exc, (UnknownLayerError, NoTilesError, StaleVersionError)):
+        return not_found(str(exc))
+    raise exc
+
+
+async def _call(fn: Callable, *args: Any) -> Any:
+    try:
+        return await run_in_threadpool(fn, *args)
+    except (TileAddressError, SelectionError, PropertiesError, UnknownLayerError, NoTilesError,
+            StaleVersionError) as exc:
+        raise _problem(exc) from None
+
+
+def _etag(version: str) -> str:
+    return f'"{version}"'
+
+
+def _not_modified(request: Request, etag: str) -> bool:
+    header = request.headers.get("if-none-match", "")
+    return etag in [t.strip() for t in header.split(",")] or header.strip() == "*"
+
+
+def _selection(bbox: str | None, filter_: str | None, filter_lang: str) -> Selection:
+    try:
+        return Selection(parse_bbox(bbox), filter_ or None, filter_lang)
+    except SelectionError as exc:
+        raise bad_parameter(exc.parameter, str(exc)) from None
+
+
+def _base(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+BboxQ = Annotated[str | None, Query(description="minlon,minlat,maxlon,maxlat (CRS84)")]
+FilterQ = Annotated[str | None, Query(description="CQL2 filter on the layer's queryables")]
+FilterLangQ = Annotated[str, Query(alias="filter-lang", description="cql2-text or cql2-json")]
+
+
+# --- 3D Tiles ---------------------------------------------------------------------------------
+
+@router.get("/3dtiles/{layer}/tileset.json", summary="3D Tiles 1.1 tileset of a layer")
+async def tileset(request: Request, layer: str, bbox: BboxQ = None, filter: FilterQ = None,
+                  filter_lang: FilterLangQ = "cql2-text",
+                  max_features: Annotated[int, Query(alias="max-features", ge=1, le=100_000)] = DEFAULT_MAX_FEATURES):
+    svc = _service(request)
+    selection = _selection(bbox, filter, filter_lang)
+    lyr = await _call(svc.layer, layer)
+    await _call(_model_check, lyr)
+    params = {k: v for k, v in (("bbox", bbox), ("filter", filter), ("filter-lang", filter_lang if filter else None),
+                                ("max-features", max_features if max_features != DEFAULT_MAX_FEATURES else None))
+              if v is not None}
+    version = await _call(svc.version_3d, lyr)
+    etag = _etag(version)
+    if _not_modified(request, etag):
+        return Response(status_code=304, headers={"ETag": etag, "Cache-Control": REVALIDATE})
+    version, body = await _call(svc.tileset, lyr, selection, max_features, urlencode(params))
+    return Response(body, media_type="application/json",
+                    headers={"ETag": _etag(version), "Cache-Control": REVALIDATE})
+
+
+def _model_check(layer: Layer) -> None:
+    from tiles.tileset import model_for
+
+    model_for(layer.name)
+
+
+@router.get("/3dtiles/{layer}/{version}/{tile}.glb", summary="One tile's binary glTF")
+async def tile_content(request: Request, layer: str, version: str, tile: str, bbox: BboxQ = None,
+                       filter: FilterQ = None, filter_lang: FilterLangQ = "cql2-text",
+                       max_features: Annotated[int, Query(alias="max-features", ge=1, le=100_000)] = DEFAULT_MAX_FEATURES):
+    svc = _service(request)
+    selection = _selection(bbox, filter, filter_lang)
+    etag = _etag(version)
+    if _not_modified(request, etag):
+        return Response(status_code=304, headers={"ETag": etag, "Cache-Control": IMMUTABLE})
+    lyr = await _call(svc.layer, layer)
+    await _call(_model_check, lyr)
+    data = await _call(svc.glb, lyr, version, tile, selection, max_features)
+    return Response(data, media_type=GLB_TYPE, headers={"ETag": etag, "Cache-Control": IMMUTABLE})
+
+
+# --- OGC API – Tiles (vector) -----------------------------------------------------------------
+
+def _check_tms(tms_id: str) -> None:
+    if tms_id != mvt.TMS_ID:
+        raise not_found(f"tile matrix set {tms_id!r} is not offered; use {mvt.TMS_ID}")
+
+
+def _tile_template(base: str, layer: str) -> str:
+    return f"{base}/collections/{layer}/tiles/{mvt.TMS_ID}/{{tileMatrix}}/{{tileRow}}/{{tileCol}}"
+
+
+def _tileset_links(base: str, layer: str) -> list[dict[str, Any]]:
+    return [
+        {"rel": "self", "type": "application/json", "href": f"{base}/collections/{layer}/tiles/{mvt.TMS_ID}",
+         "title": f"{layer} vector tiles in {mvt.TMS_ID}"},
+        {"rel": REL_TILING_SCHEME, "type": "application/json", "href": f"{base}/tileMatrixSets/{mvt.TMS_ID}",
+         "title": mvt.TMS_ID},
+        {"rel": "item", "type": MVT_TYPE, "href": _tile_template(base, layer), "templated": True,
+         "title": "Mapbox vector tile"},
+        {"rel": "describedby", "type": "application/json",
+         "href": f"{base}/collections/{layer}/tiles/{mvt.TMS_ID}/tilejson.json", "title": "TileJSON"},
+        {"rel": "collection", "type": "application/json", "href": f"{base}/collections/{layer}"},
+    ]
+
+
+@router.get("/collections/{collectionId}/tiles", summary="Tilesets of a collection")
+async def collection_tilesets(request: Request, collectionId: str):
+    lyr = await _call(_service(request).layer, collectionId)
+    base = _base(request)
+    return OrjsonResponse({"tilesets": [{
+        "title": f"{lyr.title} ({lyr.name})", "dataType": "vector", "crs": "http://www.opengis.net/def/crs/EPSG/0/3857",
+        "tileMatrixSetURI": TMS_URI, "links": _tileset_links(base, lyr.name)}],
+        "links": [{"rel": "self", "type": "application/json", "href": f"{base}/collections/{lyr.name}/tiles"}]})
+
+
+def _fields(layer: Layer, names: list[str]) -> dict[str, str]:
+    return {n: (layer.queryable(n).title if layer.queryable(n) else n) for n in names}
+
+
+@router.get("/collections/{collectionId}/tiles/{tileMatrixSetId}", summary="Tileset metadata")
+async def collection_tileset(request: Request, collectionId: str, tileMatrixSetId: str):
+    _check_tms(tileMatrixSetId)
+    svc = _service(request)
+    lyr = await _call(svc.layer, collectionId)
+    bounds = await _call(_bounds, svc, lyr)
+    base = _base(request)
+    props = mvt.default_properties(lyr)
+    body: dict[str, Any] = {
+        "title": f"{lyr.title} ({lyr.name})", "dataType": "vector", "tileMatrixSetURI": TMS_URI,
+        "crs": "http://www.opengis.net/def/crs/EPSG/0/3857",
+        "layers": [{"id": lyr.name, "title": lyr.title, "dataType": "vector",
+                    "geometryDimension": _dimension(lyr), "minTileMatrix": "0", "maxTileMatrix": str(mvt.TMS.maxzoom),
+                    "propertiesSchema": {"type": "object", "properties": {
+                        q.name: {"type": q.type if q.type in ("number", "integer", "boolean") else "string",
+                                 "title": q.title} for q in lyr.queryables if q.name in props}}}],
+        "links": _tileset_links(base, lyr.name),
+    }
+    if bounds:
+        body["boundingBox"] = {"lowerLeft": list(bounds[:2]), "upperRight": list(bounds[2:]),
+                               "crs": "http://www.opengis.net/def/crs/OGC/1.3/CRS84"}
+    return OrjsonResponse(body, headers={"ETag": _etag(str(lyr.version)), "Cache-Control": REVALIDATE})
+
+
+def _dimension(layer: Layer) -> int:
+    kind = layer.geometry_type.upper()
+    return 0 if "POINT" in kind else 1 if "LINE" in kind else 2
+
+
+def _bounds(svc: TileService, layer: Layer):
+    with svc.engine.connect() as conn:
+        return mvt.layer_bounds(conn, layer, svc.settings.srid)
+
+
+@router.get("/collections/{collectionId}/tiles/{tileMatrixSetId}/tilejson.json", summary="TileJSON 3.0")
+async def collection_tilejson(request: Request, collectionId: str, tileMatrixSetId: str):
+    _check_tms(tileMatrixSetId)
+    svc = _service(request)
+    lyr = await _call(svc.layer, collectionId)
+    bounds = await _call(_bounds, svc, lyr) or svc.settings.city_bbox_wgs84
+    base = _base(request)
+    return OrjsonResponse({
+        "tilejson": "3.0.0", "name": lyr.name, "description": lyr.title, "version": f"1.0.{lyr.version}",
+        "scheme": "xyz", "tiles": [f"{base}/collections/{lyr.name}/tiles/{mvt.TMS_ID}/{{z}}/{{y}}/{{x}}"],
+        "minzoom": 0, "maxzoom": 22, "bounds": list(bounds),
+        "center": [(bounds[0] + bounds[2]) / 2, (bounds[1] + bounds[3]) / 2, 12],
+        "vector_layers": [{"id": lyr.name, "description": lyr.title, "minzoom": 0, "maxzoom": 22,
+                           "fields": _fields(lyr, mvt.default_properties(lyr))}],
+    }, headers={"ETag": _etag(str(lyr.version)), "Cache-Control": REVALIDATE})
+
+
+@router.get("/collections/{collectionId}/tiles/{tileMatrixSetId}/{tileMatrix}/{tileRow}/{tileCol}",
+            summary="A Mapbox vector tile", response_class=Response,
+            responses={200: {"content": {MVT_TYPE: {}}}, 204: {"description": "no feature in this tile"}})
+async def collection_tile(request: Request, collectionId: str, tileMatrixSetId: str,
+                          tileMatrix: Annotated[int, Path(description="zoom level")],
+                          tileRow: Annotated[int, Path(description="row (y), from the north")],
+                          tileCol: Annotated[int, Path(description="column (x), from the west")],
+                          bbox: BboxQ = None, filter: FilterQ = None, filter_lang: FilterLangQ = "cql2-text",
+                          properties: Annotated[str | None, Query(
+                              description="comma-separated properties to include (default: all)")] = None):
+    _check_tms(tileMatrixSetId)
+    svc = _service(request)
+    try:
+        mvt.check_tile(tileMatrix, tileCol, tileRow)
+    except TileAddressError as exc:
+        raise _problem(exc) from None
+    selection = _selection(bbox, filter, filter_lang)
+    props = [p.strip() for p in properties.split(",") if p.strip()] if properties is not None else None
+    lyr = await _call(svc.layer, collectionId)
+    etag = _etag(str(lyr.version))
+    headers = {"ETag": etag, "Cache-Control": REVALIDATE}
+    if _not_modified(request, etag):
+        return Response(status_code=304, headers=headers)
+    data = await _call(svc.mvt, lyr, tileMatrix, tileCol, tileRow, selection, props)
+    if not data:
+        return Response(status_code=204, headers=headers)
+    return Response(data, media_type=MVT_TYPE, headers=headers)
+
+
+@router.get("/tileMatrixSets", summary="Tile matrix sets offered")
+async def tile_matrix_sets(request: Request):
+    base = _base(request)
+    return OrjsonResponse({"tileMatrixSets": [{
+        "id": mvt.TMS_ID, "title": mvt.TMS.title, "uri": TMS_URI,
+        "links": [{"rel": "self", "type": "application/json", "href": f"{base}/tileMatrixSets/{mvt.TMS_ID}"}]}]})
+
+
+@router.get("/tileMatrixSets/{tileMatrixSetId}", summary="A tile matrix set definition")
+async def tile_matrix_set(tileMatrixSetId: str):
+    _check_tms(tileMatrixSetId)
+    return OrjsonResponse(mvt.TMS.model_dump(mode="json", exclude_none=True, by_alias=True))
+
+
+def install(app: FastAPI) -> None:
+    engine = app.state.cim.engine
+    app.state.tiles = TileService(engine, TileCache(cim_home() / "tiles"), app.state.cim.settings)
+    app.include_router(router)
