@@ -25,7 +25,10 @@ test: setup
 demo: setup
 	$(BIN)/cim db up
 	$(BIN)/cim init
+	$(BIN)/cim samples load
 	$(BIN)/cim db status
+	@echo "serving the API on http://127.0.0.1:8000 (Ctrl-C to stop)"
+	$(BIN)/cim serve --host 127.0.0.1 --port 8000
 
 clean:
 	-$(BIN)/cim db down

@@ -1,8 +1,6 @@
 """Connections to the city base: one SQLAlchemy engine per URL, raw psycopg2 for COPY."""
 from __future__ import annotations
 
-import functools
-
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -34,9 +32,22 @@ def sqlalchemy_url(url: str) -> str:
     return url
 
 
-@functools.lru_cache(maxsize=8)
+_ENGINES: dict[str, Engine] = {}
+
+
 def engine_for(url: str) -> Engine:
-    return sa.create_engine(sqlalchemy_url(url), pool_pre_ping=True, future=True)
+    """One pooled engine per URL for the life of the process."""
+    engine = _ENGINES.get(url)
+    if engine is None:
+        engine = _ENGINES[url] = sa.create_engine(sqlalchemy_url(url), pool_pre_ping=True)
+    return engine
+
+
+def dispose_engines() -> None:
+    """Close every pooled connection (before the server they point at goes away)."""
+    for engine in _ENGINES.values():
+        engine.dispose()
+    _ENGINES.clear()
 
 
 def get_engine(url: str | None = None) -> Engine:

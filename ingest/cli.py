@@ -105,7 +105,8 @@ def _print_report(report) -> None:
             console.print(f"    rejects: {f.rejects_file}")
 
 
-def runs(limit: int = typer.Option(20, help="How many runs to show, newest first.")) -> None:
+def runs(limit: int = typer.Option(20, help="How many runs to show, newest first."),
+         as_json: bool = typer.Option(False, "--json", help="Machine-readable list.")) -> None:
     """List ingest runs (provenance)."""
     import sqlalchemy as sa
 
@@ -115,13 +116,18 @@ def runs(limit: int = typer.Option(20, help="How many runs to show, newest first
         rows = conn.execute(sa.text(
             "SELECT id, layer, status, mode, started_at, duration_s, operator, n_read, n_inserted, n_updated, "
             "n_unchanged, n_closed, n_rejected, files FROM ingest_runs ORDER BY id DESC LIMIT :n"), {"n": limit}).all()
+    if as_json:
+        typer.echo(json.dumps([{**r._asdict(), "started_at": r.started_at.isoformat()} for r in rows],
+                              ensure_ascii=False, indent=2))
+        return
     table = Table("run", "layer", "status", "mode", "started", "s", "operator", "read", "ins", "upd", "same",
                   "closed", "rej", "files")
     for r in rows:
         files = ", ".join(f"{Path(f['path']).name} ({f['sha256'][:8]})" for f in r.files)
         table.add_row(str(r.id), r.layer, r.status, r.mode or "", f"{r.started_at:%Y-%m-%d %H:%M:%S}",
                       f"{r.duration_s or 0:.1f}", r.operator or "", *(f"{v:,}" for v in r[7:13]), files)
-    console.print(table)
+    # a listing piped to a file should not be cut to 80 columns
+    (console if sys.stdout.isatty() else Console(width=220)).print(table)
 
 
 def samples_load(

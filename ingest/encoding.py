@@ -4,14 +4,15 @@ Surveyors' Shapefiles often hold GBK text under a ``.cpg`` that says ISO-8859-1 
 some have been through that mistake twice (GBK bytes read as Latin-1, saved as UTF-8, read as
 Latin-1 again). Latin-1 maps every byte to one character, so each wrong decoding can be undone
 exactly with ``.encode('latin-1')``; we peel such layers until the bytes decode as GBK and
-yield CJK text. A column is repaired only if *every* value peels cleanly; otherwise the loader
-stops and names the ``--encoding`` to use.
+yield CJK text. A column is repaired only if *every* value peels cleanly; if most but not all do,
+the loader stops and names the ``--encoding`` to use; if few do, the text is genuine Latin-1.
 """
 from __future__ import annotations
 
 import re
 
 _HIGH_LATIN1 = re.compile(r"[\x80-\xff]")
+_HIGH_RUN = re.compile(r"[\x80-\xff]+")
 _CJK = re.compile(r"[\u3400-\u9fff]")
 MAX_LAYERS = 3
 
@@ -33,6 +34,9 @@ def peel(value: str) -> tuple[str, list[str]] | None:
             continue
         except UnicodeDecodeError:
             pass
+        # Chinese text in GBK is pairs of high bytes; a lone one ("·X") is genuine Latin-1 punctuation
+        if any(len(run) % 2 for run in _HIGH_RUN.findall(current)):
+            return None
         try:
             current = raw.decode("gbk")
             steps.append("gbk")
@@ -57,8 +61,8 @@ def repair_column(values: list[str | None], column: str) -> tuple[list[str | Non
         return values, None
     peeled = {v: peel(v) for v in set(suspicious)}
     good = {v: r for v, r in peeled.items() if r is not None and r[1] and r[1][-1] == "gbk" and _CJK.search(r[0])}
-    if not good:
-        return values, None  # genuine Latin-1 text (e.g. accented names): leave it alone
+    if len(good) < len(peeled) / 2:
+        return values, None  # genuine Latin-1 text (accents, "·"); a stray pair that peels is chance
     bad = [v for v in peeled if v not in good]
     if bad:
         raise EncodingProblem(column, bad[0])

@@ -18,8 +18,7 @@ from cim.errors import UserError
 from ingest.encoding import EncodingProblem, repair_column
 
 BATCH_ROWS = 100_000
-OGR_SUFFIXES = {".geojson", ".json", ".geojsonl", ".geojsons", ".jsonl", ".shp", ".gpkg", ".fgb", ".parquet",
-                ".geoparquet", ".zip", ".gml", ".kml", ".tab", ".mif", ".sqlite", ".gdb"}
+OGR_SUFFIXES = {".geojson", ".json", ".geojsonl", ".geojsons", ".jsonl", ".shp", ".gpkg", ".fgb", ".zip", ".gml", ".kml", ".tab", ".mif", ".sqlite", ".gdb"}
 
 
 class ReadError(UserError):
@@ -62,6 +61,8 @@ def open_source(path: Path, options: ReadOptions) -> Source:
     suffix = path.suffix.lower()
     if suffix in (".csv", ".txt", ".tsv"):
         return _open_csv(path, options)
+    if suffix in (".parquet", ".geoparquet"):
+        return _open_geoparquet(path, options)
     if suffix not in OGR_SUFFIXES:
         raise ReadError(f"{path}: unsupported file type {suffix!r} (GeoJSON, Shapefile, zipped Shapefile, "
                         "GeoPackage, FlatGeobuf, GeoParquet or CSV)")
@@ -142,6 +143,43 @@ def _repair_text(frame: pd.DataFrame, path: Path, repaired: dict[str, str], note
                 repaired[column] = how
                 notes.append(f"column {column!r}: text was GBK mis-decoded as {how.split(' → ')[0]} "
                              f"(the .cpg/encoding label is wrong); repaired ({how})")
+
+
+def _open_geoparquet(path: Path, options: ReadOptions) -> Source:
+    """GeoParquet through pyarrow: pyogrio's bundled GDAL hands .parquet to its ADBC driver, which needs a
+    DuckDB library the wheel does not ship; the format is simple enough to read directly."""
+    import json
+
+    import pyarrow.parquet as pq
+    import pyproj
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises ArrowInvalid and OSError variants
+        raise ReadError(f"{path}: not a readable Parquet file ({exc})") from exc
+    geo_meta = json.loads((parquet.schema_arrow.metadata or {}).get(b"geo", b"{}"))
+    column = geo_meta.get("primary_column")
+    if not column:
+        raise ReadError(f"{path}: Parquet without GeoParquet 'geo' metadata (no geometry column declared)")
+    column_meta = geo_meta["columns"][column]
+    if column_meta.get("encoding", "WKB").upper() != "WKB":
+        raise ReadError(f"{path}: geometry encoding {column_meta['encoding']!r} is not supported (WKB only)")
+    crs_json = column_meta.get("crs", "OGC:CRS84")  # GeoParquet: an absent crs means OGC:CRS84
+    crs = None if crs_json is None else pyproj.CRS.from_user_input(crs_json)
+    declared = None if crs is None else (f"EPSG:{crs.to_epsg()}" if crs.to_epsg() else crs.to_wkt())
+
+    def batches() -> Iterator[Batch]:
+        start = 1
+        for record_batch in parquet.iter_batches(batch_size=options.batch_rows):
+            n = record_batch.num_rows
+            names = [c for c in record_batch.schema.names if c != column]
+            frame = record_batch.select(names).to_pandas() if names else pd.DataFrame(index=range(n))
+            geometry = shapely.from_wkb(record_batch.column(column).to_numpy(zero_copy_only=False))
+            yield Batch(attributes=frame, geometry=geometry, rows=np.arange(start, start + n))
+            start += n
+
+    return Source(path=path, format="GeoParquet", declared_crs=declared, encoding="UTF-8", notes=[],
+                  batches=batches())
 
 
 def _open_csv(path: Path, options: ReadOptions) -> Source:

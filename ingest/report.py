@@ -71,16 +71,21 @@ class RejectsWriter:
               reasons: dict[int, str]) -> None:
         if not reasons:
             return
-        if self._writer is None:
+        positions = sorted(reasons)
+        out = attributes.iloc[positions].copy()
+        out.insert(0, "reason", [reasons[i] for i in positions])
+        out.insert(0, "row", rows[positions])
+        picked = None if geometry is None else geometry[positions]
+        out["geometry_wkt"] = "" if picked is None else [
+            "" if g is None else shapely.to_wkt(g, rounding_precision=3) for g in picked]
+        if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "w", newline="", encoding="utf-8")
+            out.to_csv(self._file, index=False)
             self._writer = csv.writer(self._file)
-            self._writer.writerow(["row", "reason", *attributes.columns, "geometry_wkt"])
-        for i in sorted(reasons):
-            values = ["" if pd.isna(v) else v for v in attributes.iloc[i].tolist()] if len(attributes.columns) else []
-            wkt = "" if geometry is None or geometry[i] is None else shapely.to_wkt(geometry[i], rounding_precision=3)
-            self._writer.writerow([int(rows[i]), reasons[i], *values, wkt])
-            self.count += 1
+        else:
+            out.to_csv(self._file, index=False, header=False)
+        self.count += len(positions)
 
     def write_plain(self, row: int, reason: str) -> None:
         if self._writer is None:

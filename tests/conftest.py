@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from cim.bootstrap import initialise
-from cim.database import engine_for
+from cim.database import dispose_engines, engine_for
 
 PROJECT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT.parent / "shared" / "data"
@@ -40,6 +40,7 @@ def server_url(tmp_path_factory) -> str:
     cluster = Cluster(home)
     url = cluster.up()
     yield url
+    dispose_engines()
     cluster.down()
     shutil.rmtree(home, ignore_errors=True)
 
