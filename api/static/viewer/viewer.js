@@ -22,6 +22,8 @@ const viewer = new Cesium.Viewer("cesium", {
   baseLayer: false, baseLayerPicker: false, geocoder: false, timeline: false, animation: false,
   sceneModePicker: false, navigationHelpButton: false, fullscreenButton: false, infoBox: false,
   selectionIndicator: false, homeButton: false, terrainProvider: new Cesium.EllipsoidTerrainProvider(),
+  // draw only when something changed: a still 3D view (or the hidden 3D tab) costs no CPU/GPU
+  requestRenderMode: true, maximumRenderTimeChange: Infinity,
 });
 window.cimViewer = viewer;  // for debugging and the screenshot check
 const scene = viewer.scene;
@@ -51,14 +53,21 @@ async function addTileset(name) {
 }
 
 const CURTAIN_STYLE = new Cesium.Cesium3DTileStyle({
-  color: {conditions: [["${has_curtain_wall} === true", "color('#4fb3ff', 0.95)"], ["true", "color('#ffffff', 0.55)"]]},
+  color: {conditions: [["${has_curtain_wall} === true", "color('#4fb3ff', 0.95)"], ["true", "color('#d9d4cc')"]]},
 });
 
 const loaded = Promise.all(["buildings", "pipelines", "parts"].map(addTileset)).then(() => {
   const b = tilesets.buildings;
   if (b) b.style = CURTAIN_STYLE;
   const target = b || tilesets.pipelines || tilesets.parts;
-  if (target) {
+  // ?at=lon,lat,range looks at one place (e.g. ?at=121.5011,31.2357,1500 for Lujiazui)
+  const at = new URLSearchParams(location.search).get("at");
+  if (at) {
+    const [lon, lat, range] = at.split(",").map(Number);
+    viewer.camera.lookAt(Cesium.Cartesian3.fromDegrees(lon, lat, 0),
+                         new Cesium.HeadingPitchRange(0.5, -0.45, range || 1500));
+    viewer.camera.lookAtTransform(Cesium.Matrix4.IDENTITY);
+  } else if (target) {
     const s = target.boundingSphere;
     viewer.camera.viewBoundingSphere(s, new Cesium.HeadingPitchRange(0.4, -0.55, Math.max(s.radius * 2.2, 400)));
     viewer.camera.lookAtTransform(Cesium.Matrix4.IDENTITY);
@@ -73,13 +82,15 @@ function setUnderground(on) {
   globe.translucency.backFaceAlpha = on ? 0.3 : 1.0;
   // let the camera go below the surface to look at the pipes from underneath
   scene.screenSpaceCameraController.enableCollisionDetection = !on;
+  scene.requestRender();
 }
 
 document.getElementById("layers-3d").addEventListener("change", (ev) => {
   const {name, checked} = ev.target;
   if (name === "underground") return setUnderground(checked);
-  if (name === "curtain") { if (tilesets.buildings) tilesets.buildings.style = checked ? CURTAIN_STYLE : undefined; return; }
+  if (name === "curtain" && tilesets.buildings) tilesets.buildings.style = checked ? CURTAIN_STYLE : undefined;
   if (tilesets[name]) tilesets[name].show = checked;
+  scene.requestRender();
 });
 
 let picked = null;
@@ -90,6 +101,7 @@ handler.setInputAction((click) => {
   if (!(feature instanceof Cesium.Cesium3DTileFeature)) { info.hidden = true; return; }
   picked = {feature, color: Cesium.Color.clone(feature.color)};
   feature.color = Cesium.Color.YELLOW;
+  scene.requestRender();
   const props = {};
   for (const id of feature.getPropertyIds()) props[id] = feature.getProperty(id);
   showInfo(props.name || props.object_code || props.source_id || "feature", props);
@@ -111,7 +123,9 @@ const LAYERS_2D = {
 
 async function showMap() {
   if (map) { map.resize(); return; }
+  status.textContent = "2D: loading…";
   const maplibregl = await import("../lib/maplibre/maplibre-gl.mjs");
+  status.textContent = "2D: map library loaded";
   const sources = {}, layers = [{id: "background", type: "background", paint: {"background-color": "#1d2733"}}];
   for (const [name, styles] of Object.entries(LAYERS_2D)) {
     sources[name] = {type: "vector",
@@ -122,6 +136,8 @@ async function showMap() {
                             attributionControl: false});
   window.cimMap = map;
   map.addControl(new maplibregl.NavigationControl(), "bottom-right");
+  map.on("error", (e) => { status.textContent = `2D: ${e.error && e.error.message || e}`; console.warn(e); });
+  map.on("idle", () => { status.textContent = `2D: ${Object.keys(LAYERS_2D).join(", ")}`; });
   map.on("load", async () => {
     const tj = await (await fetch(sources.parts.url)).json().catch(() => null);
     if (tj && tj.bounds) map.fitBounds([[tj.bounds[0], tj.bounds[1]], [tj.bounds[2], tj.bounds[3]]], {padding: 40, maxZoom: 16});
