@@ -150,8 +150,12 @@ def tileset_json(plan: Plan, uri: Callable[[Tile], str] | None = None) -> dict[s
         error = 0.0
     else:
         root = node(plan.root)
+        # a runtime draws nothing of a tileset whose own error looks smaller than its screen-space
+        # threshold, so the tileset error is at least the content's size: a lone building is
+        # still shown from a few kilometres away
         cell = plan.root.cell
-        error = math.hypot(cell[2] - cell[0], cell[3] - cell[1]) / (ERROR_DIVISOR / 2)
+        error = max(math.hypot(cell[2] - cell[0], cell[3] - cell[1]) / (ERROR_DIVISOR / 2),
+                    _region_size(plan.root.region))
     root["transform"] = plan.frame.transform()
     return {
         "asset": {"version": "1.1", "tilesetVersion": plan.version, "generator": "cim-platform tiles"},
@@ -160,6 +164,13 @@ def tileset_json(plan: Plan, uri: Callable[[Tile], str] | None = None) -> dict[s
         "geometricError": error,
         "root": root,
     }
+
+
+def _region_size(region: list[float]) -> float:
+    """The diagonal of a region in metres (east-west, north-south and height)."""
+    w, s, e, n, lo, hi = region
+    radius = 6_371_000.0
+    return math.sqrt(((e - w) * radius * math.cos((s + n) / 2)) ** 2 + ((n - s) * radius) ** 2 + (hi - lo) ** 2)
 
 
 def tile_centre(plan: Plan, tile: Tile) -> np.ndarray:

@@ -1,0 +1,191 @@
+"""Vector tiles (OGC API – Tiles, WebMercatorQuad): decodable by mapbox-vector-tile and by GDAL,
+Chinese text intact, 204 when empty, problems for bad addresses, and new bytes after a load."""
+from __future__ import annotations
+
+import gzip
+import os
+import sqlite3
+
+import mapbox_vector_tile
+import morecantile
+import pyogrio
+import pytest
+import sqlalchemy as sa
+
+from tests.conftest import run_cim
+
+TMS = morecantile.tms.get("WebMercatorQuad")
+X0, Y0 = 642900.0, 3458000.0  # EPSG:4549, the Bund
+LON, LAT = 121.50, 31.235
+MVT = "application/vnd.mapbox-vector-tile"
+
+
+def _box(x: float, y: float, w: float, h: float) -> str:
+    return f"MULTIPOLYGON Z ((({x} {y} 0, {x + w} {y} 0, {x + w} {y + h} 0, {x} {y + h} 0, {x} {y} 0)))"
+
+
+def _bump(conn, table: str) -> None:
+    conn.execute(sa.text("UPDATE layers SET version = version + 1 WHERE table_name = :t"), {"t": table})
+
+
+@pytest.fixture(scope="module")
+def city(engine):
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO streets (source_id, code, name, district_code, geom) VALUES "
+                             "('s1', '310101002', '外滩街道', '310101', ST_GeomFromText(:g, 4549))"),
+                     {"g": _box(X0 - 600, Y0 - 600, 1200, 1200)})
+        for i in range(3):
+            for j in range(3):
+                conn.execute(sa.text(
+                    "INSERT INTO grids (source_id, grid_code, name, street_code, geom) "
+                    "VALUES (:s, :c, :n, '310101002', ST_GeomFromText(:g, 4549))"),
+                    {"s": f"g{i}{j}", "c": f"3101010020{i}{j}", "n": f"外滩第{i}{j}网格",
+                     "g": _box(X0 - 600 + 400 * i, Y0 - 600 + 400 * j, 400, 400)})
+        for i, sub in enumerate(["0101", "0110", "0103"]):
+            conn.execute(sa.text(
+                "INSERT INTO parts (source_id, object_code, part_class, part_subclass, name, geom) "
+                "VALUES (:s, :o, '01', :sc, :n, ST_GeomFromText(:w, 4549))"),
+                {"s": f"p{i}", "o": f"310101{sub}{i:06d}", "sc": sub, "n": f"部件{i}号",
+                 "w": f"POINT Z ({X0 + 10 * i} {Y0 - 10} 0)"})
+        for t in ("streets", "grids", "parts"):
+            _bump(conn, t)
+    return engine
+
+
+@pytest.fixture(scope="module")
+def client(city, tmp_path_factory):
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    old = os.environ.get("CIM_HOME")
+    os.environ["CIM_HOME"] = str(tmp_path_factory.mktemp("cim-home"))
+    try:
+        app = create_app(city)
+    finally:
+        os.environ.pop("CIM_HOME") if old is None else os.environ.__setitem__("CIM_HOME", old)
+    with TestClient(app) as c:
+        yield c
+
+
+def tile_at(z: int) -> morecantile.Tile:
+    return TMS.tile(LON, LAT, z)
+
+
+def url(layer: str, t: morecantile.Tile) -> str:
+    return f"/collections/{layer}/tiles/WebMercatorQuad/{t.z}/{t.y}/{t.x}"
+
+
+def test_grid_tile_decodes_with_chinese_text(client, tmp_path):
+    t = tile_at(14)
+    r = client.get(url("grids", t))
+    assert r.status_code == 200 and r.headers["content-type"] == MVT
+    layers = mapbox_vector_tile.decode(r.content)
+    feats = layers["grids"]["features"]
+    assert len(feats) == 9
+    assert sorted(f["properties"]["name"] for f in feats) == sorted(f"外滩第{i}{j}网格" for i in range(3) for j in range(3))
+    assert all(f["geometry"]["type"] == "Polygon" for f in feats)
+    # GDAL's MVT driver reads the same bytes: z/x/y.pbf layout tells it where the tile is
+    path = tmp_path / str(t.z) / str(t.x) / f"{t.y}.pbf"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(r.content)
+    df = pyogrio.read_dataframe(path, layer="grids")
+    assert len(df) == 9 and set(df["name"]) == {f"外滩第{i}{j}网格" for i in range(3) for j in range(3)}
+    bounds = df.to_crs(4326).total_bounds
+    assert bounds[0] == pytest.approx(LON - 0.006, abs=0.003) and bounds[3] == pytest.approx(LAT + 0.006, abs=0.003)
+
+
+def test_properties_parameter_and_empty_tiles(client):
+    t = tile_at(15)
+    r = client.get(url("parts", t), params={"properties": "object_code,name"})
+    (feat, *_) = mapbox_vector_tile.decode(r.content)["parts"]["features"]
+    assert set(feat["properties"]) == {"object_code", "name"}
+    bad = client.get(url("parts", t), params={"properties": "object_code,nope"})
+    assert bad.status_code == 400 and bad.json()["parameter"] == "properties"
+    far = TMS.tile(0.0, 0.0, 15)  # the Gulf of Guinea
+    empty = client.get(url("parts", far))
+    assert empty.status_code == 204 and not empty.content and empty.headers["etag"]
+
+
+def test_filter_selects_features(client):
+    t = tile_at(14)
+    r = client.get(url("grids", t), params={"filter": "grid_code LIKE '31010100201%'"})
+    feats = mapbox_vector_tile.decode(r.content)["grids"]["features"]
+    assert sorted(f["properties"]["grid_code"] for f in feats) == ["310101002010", "310101002011", "310101002012"]
+    bad = client.get(url("grids", t), params={"filter": "nope = 1"})
+    assert bad.status_code == 400 and bad.json()["parameter"] == "filter"
+
+
+@pytest.mark.parametrize("path,status,parameter", [
+    ("/collections/grids/tiles/WebMercatorQuad/25/0/0", 400, "tileMatrix"),
+    ("/collections/grids/tiles/WebMercatorQuad/-1/0/0", 400, "tileMatrix"),
+    ("/collections/grids/tiles/WebMercatorQuad/3/8/0", 404, "tileRow"),
+    ("/collections/grids/tiles/WebMercatorQuad/3/0/8", 404, "tileCol"),
+    ("/collections/grids/tiles/WebMercatorQuad/3/0/-1", 404, "tileCol"),
+    ("/collections/grids/tiles/WebMercatorQuad/x/0/0", 400, "tileMatrix"),
+    ("/collections/grids/tiles/WorldCRS84Quad/3/0/0", 404, None),
+    ("/collections/nope/tiles/WebMercatorQuad/3/0/0", 404, None),
+])
+def test_bad_tile_addresses_are_problems(client, path, status, parameter):
+    r = client.get(path)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    if parameter:
+        assert r.json()["parameter"] == parameter
+
+
+def test_tile_changes_after_a_load(client, city):
+    t = tile_at(14)
+    first = client.get(url("streets", t))
+    etag = first.headers["etag"]
+    assert client.get(url("streets", t), headers={"If-None-Match": etag}).status_code == 304
+    with city.begin() as conn:
+        conn.execute(sa.text(
+            "WITH old AS (UPDATE streets SET valid_to = now() WHERE source_id = 's1' AND valid_to IS NULL "
+            "RETURNING *) INSERT INTO streets (feature_id, source_id, code, name, district_code, geom) "
+            "SELECT feature_id, source_id, code, '外滩街道（新）', district_code, geom FROM old"))
+        _bump(conn, "streets")
+    second = client.get(url("streets", t))
+    assert second.headers["etag"] != etag and second.content != first.content
+    (feat,) = mapbox_vector_tile.decode(second.content)["streets"]["features"]
+    assert feat["properties"]["name"] == "外滩街道（新）"
+
+
+def test_tileset_metadata_and_tilejson(client):
+    sets = client.get("/collections/grids/tiles").json()["tilesets"]
+    assert sets[0]["dataType"] == "vector" and sets[0]["tileMatrixSetURI"].endswith("WebMercatorQuad")
+    item = next(link for link in sets[0]["links"] if link["rel"] == "item")
+    assert item["href"].endswith("/collections/grids/tiles/WebMercatorQuad/{tileMatrix}/{tileRow}/{tileCol}")
+    meta = client.get("/collections/grids/tiles/WebMercatorQuad").json()
+    assert meta["layers"][0]["id"] == "grids" and "name" in meta["layers"][0]["propertiesSchema"]["properties"]
+    lo, hi = meta["boundingBox"]["lowerLeft"], meta["boundingBox"]["upperRight"]
+    assert lo[0] < LON < hi[0] and lo[1] < LAT < hi[1]
+    tj = client.get("/collections/grids/tiles/WebMercatorQuad/tilejson.json").json()
+    assert tj["tilejson"] == "3.0.0" and tj["vector_layers"][0]["id"] == "grids"
+    template = tj["tiles"][0]
+    t = tile_at(14)
+    path = template.replace("{z}", str(t.z)).replace("{y}", str(t.y)).replace("{x}", str(t.x))
+    assert client.get(path.split("testserver", 1)[-1]).status_code == 200
+    tms = client.get("/tileMatrixSets/WebMercatorQuad").json()
+    assert tms["id"] == "WebMercatorQuad" and len(tms["tileMatrices"]) == 25
+
+
+def test_export_mvt_directory_and_mbtiles(city, db_url, tmp_path):
+    out = tmp_path / "tiles"
+    run_cim("tiles", "export-mvt", "grids", str(out), "--zooms", "12-14", db_url=db_url)
+    files = sorted(out.rglob("*.pbf"))
+    assert files and {p.relative_to(out).parts[0] for p in files} == {"12", "13", "14"}
+    t = tile_at(14)
+    mine = out / "14" / str(t.x) / f"{t.y}.pbf"
+    assert mine.is_file()
+    assert len(mapbox_vector_tile.decode(mine.read_bytes())["grids"]["features"]) == 9
+    mb = tmp_path / "grids.mbtiles"
+    run_cim("tiles", "export-mvt", "grids", "--zooms", "14", "--mbtiles", str(mb), db_url=db_url)
+    with sqlite3.connect(mb) as db:
+        meta = dict(db.execute("SELECT name, value FROM metadata"))
+        (data,) = db.execute("SELECT tile_data FROM tiles WHERE zoom_level = 14 AND tile_column = ? AND tile_row = ?",
+                             (t.x, 2 ** 14 - 1 - t.y)).fetchone()
+    assert meta["format"] == "pbf" and '"grids"' in meta["json"]
+    assert gzip.decompress(data) == mine.read_bytes()
+    bad = run_cim("tiles", "export-mvt", "grids", str(out), "--zooms", "9-x", db_url=db_url, check=False)
+    assert bad.returncode != 0 and "--zooms" in bad.stderr + bad.stdout
