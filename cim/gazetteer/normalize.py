@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from pathlib import Path
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -61,6 +62,27 @@ def _t2s() -> opencc.OpenCC:
     return opencc.OpenCC("t2s")
 
 
+@lru_cache(maxsize=1)
+def _traditional_chars() -> frozenset[str] | None:
+    """Characters that t2s would change, alone or inside one of its phrases. Text with none of
+    them is already simplified, and skipping the (pure Python, slow) converter for it is most of
+    the speed of a batch. None when opencc's tables cannot be read: then always convert."""
+    folder = Path(opencc.__file__).with_name("dictionary")
+    found: set[str] = set()
+    try:
+        for name in ("TSCharacters.txt", "TSPhrases.txt"):
+            for line in (folder / name).read_text(encoding="utf-8").splitlines():
+                key, _, value = line.partition("\t")
+                first = value.split(" ")[0]
+                if len(key) == len(first):
+                    found.update(k for k, v in zip(key, first) if k != v)
+                elif key != first:
+                    found.update(key)
+    except OSError:
+        return None
+    return frozenset(found)
+
+
 def normalize(text: str, dictionary: AddressDictionary | None = None) -> Normalized:
     """Clean ``text``; ``dictionary`` supplies the city forms, district names and
     renames (default: the CSV tables only, for Shanghai)."""
@@ -84,7 +106,8 @@ def _width_and_script(s: str, notes: list[str]) -> str:
     t = unicodedata.normalize("NFKC", s)
     if t != s:
         notes.append("full-width characters made half-width")
-    u = _t2s().convert(t)
+    changing = _traditional_chars()
+    u = t if changing is not None and changing.isdisjoint(t) else _t2s().convert(t)
     if u != t:
         notes.append("traditional characters made simplified")
     return u

@@ -32,6 +32,12 @@ _GENERIC_COMPOUND = re.compile(
     rf"[A-Za-z]*[{_HAN}]{{1,12}}(?:小区|花园|新村|公寓|大厦|大楼|商厦|广场|中心|商务楼|写字楼|软件园|产业园|创意园|科技园|苑)"
 )
 _OTHER_UNIT = re.compile(r"新区|[区县市]")
+# A district the dictionary does not hold (a base loaded for part of the city): "黄浦区" at the
+# district slot. Recognised so that nothing is inferred past it; zones and estates that also end
+# in 区 are not districts.
+_GENERIC_DISTRICT = re.compile(rf"[{_HAN}]{{2,3}}?(?:新区|区|县)")
+_NOT_DISTRICT = re.compile(
+    r"(?:小|园|社|校|厂|景|街|片|城|营|矿|港|开发|工业|加工|保税|实验|试验|示范|功能|商务|自贸|风景|度假|物流|经济|高新)区$")
 _ONE_CHAR_ROAD = re.compile(rf"[{_HAN}](?:大道|公路|路|街(?!道)|巷)")
 _CONNECTOR = re.compile(r"[与和、及交]")
 
@@ -173,6 +179,20 @@ def _admin(s: str, pos: int, d: AddressDictionary, a: ParsedAddress) -> int:
         pos += len(district)
         if s.startswith("区", pos):  # "浦东区": short form plus a bare 区
             pos += 1
+        street = _valid_prefix(s, pos, d.street_trie, d.short_forms, is_town=True)
+    elif not street and (m := _GENERIC_DISTRICT.match(s, pos)) and not _NOT_DISTRICT.search(m.group()) \
+            and not ROAD_TAIL.match(s, m.end()):
+        name = m.group()
+        # "经静安区": a stray character before a district we know
+        known = next((name[k:] for k in range(1, len(name) - 1) if name[k:] in d.districts), None)
+        if known:
+            a.district_code = d.districts[known]
+            a.district = d.district_name(a.district_code)
+            a.notes.append(f"district {a.district} read from {name}")
+        else:
+            a.district = name
+            a.notes.append(f"district {a.district} not in dictionary")
+        pos = m.end()
         street = _valid_prefix(s, pos, d.street_trie, d.short_forms, is_town=True)
     if street:
         _set_street(a, street, d.streets[street], d)
@@ -317,6 +337,8 @@ def _compound(s: str, pos: int, d: AddressDictionary) -> str | None:
 
 def _infer_district(a: ParsedAddress, d: AddressDictionary) -> None:
     """Fill the district from what the other components allow, if unique."""
+    if a.district and not a.district_code:
+        return  # a district was written that we do not hold: nothing else may stand in for it
     sources: list[tuple[str, set[str]]] = []
     if a.street in d.streets:
         sources.append((f"street {a.street}", {dc for _, dc in d.streets[a.street]}))
