@@ -4,7 +4,6 @@ and the geometry is right for a courtyard building, the 590 m Shanghai Tower and
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import subprocess
