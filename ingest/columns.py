@@ -82,15 +82,22 @@ _KIND_WORDS = {"int": "an integer", "float": "a number", "bool": "a yes/no value
 
 
 def _blank(series: pd.Series) -> np.ndarray:
-    as_text = series.astype(str).str.strip()
-    return (series.isna() | (as_text == "") | as_text.isin(["nan", "None", "NULL", "null"])).to_numpy()
+    if not (pd.api.types.is_object_dtype(series) or pd.api.types.is_string_dtype(series)):
+        return series.isna().to_numpy()
+    as_text = series.astype("string").str.strip()
+    return (series.isna() | as_text.isin(["", "nan", "None", "NULL", "null"]).fillna(True)).to_numpy(dtype=bool)
 
 
 def _coerce_series(series: pd.Series, kind: str) -> tuple[pd.Series, np.ndarray]:
     blank = _blank(series)
     if kind == "str":
-        text = pd.Series([None if b else _plain_text(v) for v, b in zip(series.tolist(), blank)],
-                         index=series.index, dtype=object)
+        if pd.api.types.is_float_dtype(series):
+            # numbers read from a DBF as floats (e.g. 310104.0) are codes, not quantities
+            text = series.map(lambda v: str(int(v)) if float(v).is_integer() else str(v), na_action="ignore")
+        else:
+            text = series.astype("string").str.strip()
+        text = text.astype(object)
+        text[blank] = None
         return text, np.zeros(len(series), dtype=bool)
     if kind in ("int", "float"):
         numbers = pd.to_numeric(series.astype(str).str.strip().str.replace(",", "", regex=False), errors="coerce")
@@ -127,13 +134,6 @@ def _coerce_series(series: pd.Series, kind: str) -> tuple[pd.Series, np.ndarray]
                 bad[i] = True
         return pd.Series(out, index=series.index, dtype=object), bad
     raise ValueError(f"unknown field kind {kind}")
-
-
-def _plain_text(value: object) -> str:
-    # numbers read from a DBF as floats (e.g. 310104.0) are codes, not quantities
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value).strip()
 
 
 def _attributes_json(frame: pd.DataFrame, extra: list[str]) -> pd.Series:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+import pandas as pd
+
 _HIGH_LATIN1 = re.compile(r"[\x80-\xff]")
 _HIGH_RUN = re.compile(r"[\x80-\xff]+")
 _CJK = re.compile(r"[\u3400-\u9fff]")
@@ -54,12 +56,14 @@ class EncodingProblem(Exception):
         self.column, self.sample = column, sample
 
 
-def repair_column(values: list[str | None], column: str) -> tuple[list[str | None], str | None]:
+def repair_column(values: pd.Series, column: str) -> tuple[pd.Series, str | None]:
     """Repair a whole column if it is GBK mis-decoded as Latin-1; returns (values, description)."""
-    suspicious = [v for v in values if isinstance(v, str) and _HIGH_LATIN1.search(v)]
-    if not suspicious:
+    text = values.astype("string")
+    flagged = text.str.contains(_HIGH_LATIN1.pattern, regex=True, na=False)
+    if not flagged.any():
         return values, None
-    peeled = {v: peel(v) for v in set(suspicious)}
+    suspicious = text[flagged].unique()
+    peeled = {v: peel(v) for v in suspicious}
     good = {v: r for v, r in peeled.items() if r is not None and r[1] and r[1][-1] == "gbk" and _CJK.search(r[0])}
     if len(good) < len(peeled) / 2:
         return values, None  # genuine Latin-1 text (accents, "·"); a stray pair that peels is chance
@@ -67,5 +71,6 @@ def repair_column(values: list[str | None], column: str) -> tuple[list[str | Non
     if bad:
         raise EncodingProblem(column, bad[0])
     chain = next(iter(good.values()))[1]
-    fixed = [good[v][0] if isinstance(v, str) and v in good else v for v in values]
+    fixed = values.astype(object).copy()
+    fixed[flagged.to_numpy()] = [good[v][0] for v in text[flagged]]
     return fixed, "Latin-1 → " + " → ".join(s.upper() for s in chain)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 import shapely
 
+# shapely.get_type_id: -1 missing, 0 Point, 1 LineString, 2 LinearRing, 3 Polygon, 4 MultiPoint, …
+_TYPE_NAMES = np.array(["", "Point", "LineString", "LinearRing", "Polygon", "MultiPoint", "MultiLineString",
+                        "MultiPolygon", "GeometryCollection"], dtype=object)
 _ALLOWED = {
     "point": {"Point"},
     "line": {"LineString", "MultiLineString"},
@@ -24,7 +27,7 @@ def check_types(geoms: np.ndarray, kind: str) -> tuple[np.ndarray, dict[int, str
     for i in np.flatnonzero(empty):
         rejects[int(i)] = "empty geometry"
     present = ~(missing | empty)
-    type_names = np.array(["" if g is None else g.geom_type for g in geoms], dtype=object)
+    type_names = _TYPE_NAMES[shapely.get_type_id(geoms) + 1]
     allowed = _ALLOWED[kind]
     wrong = present & ~np.isin(type_names, list(allowed))
     for i in np.flatnonzero(wrong):

@@ -13,7 +13,6 @@ import shapely
 from ingest import geometry as geo
 from ingest.specs import DEFAULT_DEPTH_M, MAX_BUILDING_HEIGHT_M, MAX_DEPTH_M
 
-OBJECT_CODE = re.compile(r"^\d{16}$")
 PIPE_KIND_SYNONYMS = {"上水": "给水", "供水": "给水", "自来水": "给水", "煤气": "燃气", "天然气": "燃气",
                       "电信": "通信", "通讯": "通信", "供电": "电力", "路灯": "电力", "雨污合流": "排水",
                       "合流": "排水", "供热": "热力", "工业管道": "工业"}
@@ -80,30 +79,29 @@ def prepare_parts(frame: pd.DataFrame, geoms: np.ndarray, ctx: Context, district
                   existing_codes: dict[str, str]) -> Prepared:
     prepared = prepare_points(frame, geoms, ctx)
     frame, rejects = prepared.frame.copy(), prepared.rejects
-    codes = frame["object_code"].to_numpy(dtype=object).copy()
-    sources = frame["source_id"].to_numpy(dtype=object)
-    for i in np.flatnonzero(pd.isna(codes)):
-        codes[i] = existing_codes.get(sources[i]) if sources[i] is not None else None
-    subclass = frame["subclass_code"].to_numpy(dtype=object)
-    part_subclass = np.full(len(frame), None, dtype=object)
-    for i, (code, sub) in enumerate(zip(codes, subclass)):
-        if code is not None:
-            if not OBJECT_CODE.match(code):
-                rejects.setdefault(i, f"malformed object code {code!r} (16 digits: 6 adcode + 2 class + "
-                                      "2 subclass + 6 sequence)")
-                continue
-            if sub is not None and sub != code[6:10]:
-                rejects.setdefault(i, f"subclass {sub!r} disagrees with object code {code!r}")
-                continue
-            sub = code[6:10]
-        if sub is None:
-            rejects.setdefault(i, "no object code and no subclass code")
-            continue
-        if not re.fullmatch(r"\d{4}", sub) or sub not in ctx.part_classes or sub[:2] not in ctx.part_classes:
-            rejects.setdefault(i, f"unknown part class {sub!r}")
-            continue
-        part_subclass[i] = sub
+    codes = frame["object_code"].astype(object).copy()
+    missing = codes.isna()
+    if missing.any() and existing_codes:
+        codes[missing] = frame.loc[missing, "source_id"].map(existing_codes)
+    text = codes.astype("string")
+    given = codes.notna().to_numpy()
+    well_formed = text.str.fullmatch(r"\d{16}").fillna(False).to_numpy(dtype=bool)
+    _reject_where(rejects, given & ~well_formed, lambda i: f"malformed object code {codes.iat[i]!r} (16 digits: 6 "
+                                                           "adcode + 2 class + 2 subclass + 6 sequence)")
+    from_code = text.str.slice(6, 10).astype(object).where(given & well_formed, None)
+    subclass = frame["subclass_code"].astype(object)
+    disagree = (given & well_formed & subclass.notna() & (subclass != from_code)).to_numpy(dtype=bool)
+    _reject_where(rejects, disagree, lambda i: f"subclass {subclass.iat[i]!r} disagrees with object code "
+                                               f"{codes.iat[i]!r}")
+    part_subclass = from_code.where(from_code.notna(), subclass)
+    _reject_where(rejects, part_subclass.isna().to_numpy(), "no object code and no subclass code")
+    known = part_subclass.isin(ctx.part_classes) & part_subclass.astype("string").str.slice(0, 2).isin(
+        ctx.part_classes).fillna(False) & part_subclass.astype("string").str.fullmatch(r"\d{4}").fillna(False)
+    _reject_where(rejects, (part_subclass.notna() & ~known).to_numpy(dtype=bool),
+                  lambda i: f"unknown part class {part_subclass.iat[i]!r}")
     # parts without an object code get: district adcode + class + subclass + next sequence
+    codes = codes.to_numpy(dtype=object).copy()
+    subclasses = part_subclass.to_numpy(dtype=object).copy()
     for i in np.flatnonzero(pd.isna(codes)):
         if i in rejects:
             continue
@@ -111,7 +109,7 @@ def prepare_parts(frame: pd.DataFrame, geoms: np.ndarray, ctx: Context, district
         if adcode is None or not re.fullmatch(r"\d{6}", str(adcode)):
             rejects[int(i)] = "no object code, and the part lies in no district to derive one from"
             continue
-        prefix = f"{adcode}{part_subclass[i]}"
+        prefix = f"{adcode}{subclasses[i]}"
         sequence = ctx.next_sequence.get(prefix, 0) + 1
         if sequence > 999_999:
             rejects[int(i)] = f"object code sequence for {prefix} exhausted"
@@ -120,8 +118,9 @@ def prepare_parts(frame: pd.DataFrame, geoms: np.ndarray, ctx: Context, district
         codes[i] = f"{prefix}{sequence:06d}"
         prepared.notes[int(i)] = f"object code assigned {codes[i]}"
     frame["object_code"] = codes
-    frame["part_subclass"] = part_subclass
-    frame["part_class"] = [s[:2] if s else None for s in part_subclass]
+    frame["part_subclass"] = subclasses
+    frame["part_class"] = part_subclass.astype("string").str.slice(0, 2).astype(object).where(
+        part_subclass.notna(), None).to_numpy(dtype=object)
     frame = frame.drop(columns=["subclass_code"])
     return Prepared(frame, prepared.geometry, rejects, prepared.notes)
 

@@ -131,7 +131,7 @@ def _repair_text(frame: pd.DataFrame, path: Path, repaired: dict[str, str], note
         if not (pd.api.types.is_object_dtype(frame[column]) or pd.api.types.is_string_dtype(frame[column])):
             continue
         try:
-            fixed, how = repair_column(frame[column].tolist(), column)
+            fixed, how = repair_column(frame[column], column)
         except EncodingProblem as exc:
             raise ReadError(
                 f"{path}: column {exc.column!r} holds text that looks mis-decoded (e.g. {exc.sample!r}) but is "

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import shapely
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -232,9 +233,10 @@ class FeatureLoad:
             return reasons
         frame = frame[keep].reset_index(drop=True)
         geoms = geoms[keep] if geoms is not None else None
+        ewkb = merge.ewkb_hex(geoms, self.settings.srid)
+        frame["content_hash"] = merge.content_hash(frame, ewkb)
         frame["row_no"] = batch.rows[keep]
-        frame["content_hash"] = merge.content_hash(self._hashable(frame, geoms))
-        merge.copy_rows(cur, frame, geoms, self.settings.srid, self.columns)
+        merge.copy_rows(cur, frame, ewkb, self.columns)
         return reasons
 
     def _geometry(self, batch: Batch, crs: CrsSpec | None, path: Path, reasons: dict[int, str]) -> np.ndarray | None:
@@ -247,12 +249,12 @@ class FeatureLoad:
         geoms, rejects, notes = geo.check_types(batch.geometry, kind)
         for i, reason in rejects.items():
             reasons.setdefault(i, reason)
-        present = np.array([g is not None and i not in reasons for i, g in enumerate(geoms)])
+        present = ~pd.isna(geoms)
+        present[list(reasons)] = False
         if present.any():
-            coords = [g.representative_point() if g.geom_type != "Point" else g for g in geoms[present]]
-            xy = np.array([(p.x, p.y) for p in coords])
+            points = shapely.point_on_surface(geoms[present])
             try:
-                check_extent(xy[:, 0], xy[:, 1], crs, self.settings.city_bbox_wgs84)
+                check_extent(shapely.get_x(points), shapely.get_y(points), crs, self.settings.city_bbox_wgs84)
             except UserError as exc:
                 raise IngestError(f"{path}: {exc}") from exc
             geoms = geoms.copy()
@@ -299,7 +301,9 @@ class FeatureLoad:
 
     def _existing_object_codes(self, frame: pd.DataFrame) -> dict[str, str]:
         """Codes the base already gave these parts, so a re-delivery without codes keeps them."""
-        ids = [i for i in frame["source_id"].dropna().tolist()]
+        ids = frame.loc[frame["object_code"].isna(), "source_id"].dropna().tolist()
+        if not ids:
+            return {}
         self.cur.execute("SELECT source_id, object_code FROM parts WHERE valid_to IS NULL AND source_id = ANY(%s)",
                          (ids,))
         return dict(self.cur.fetchall())
@@ -356,14 +360,6 @@ class FeatureLoad:
             self.report.files[-1].rejected += len(taken)
             self.report.files[-1].notes.append(f"{len(taken)} first occurrence(s) of duplicated ids in {path}")
 
-    def _hashable(self, frame: pd.DataFrame, geoms: np.ndarray | None) -> pd.DataFrame:
-        import shapely
-
-        content = frame.drop(columns=["row_no", "content_hash"], errors="ignore")
-        if geoms is not None:
-            content = content.assign(_geom=shapely.to_wkb(geoms, hex=True, output_dimension=3))
-        return content
-
     def _merge_sql(self) -> dict:
         table = self.spec.table
         if table == "curtain_walls":
@@ -419,8 +415,6 @@ class FeatureLoad:
 
 def _filled(geoms: np.ndarray, valid: np.ndarray, point: bool = False, line: bool = False) -> np.ndarray:
     """Rejected rows carry a placeholder so vectorised rules run over the whole batch."""
-    import shapely
-
     out = geoms.copy()
     placeholder = (shapely.Point(0, 0) if point else shapely.LineString([(0, 0), (1, 0)]) if line
                    else shapely.MultiPolygon([shapely.box(0, 0, 1, 1)]))
