@@ -2,8 +2,9 @@
 
 Both modes stay on an index:
 
-- 2D (no z): ``ST_DWithin`` bounds the search and ``ORDER BY geom <-> point LIMIT k`` walks the
-  2D GiST index in distance order (a KNN index scan; ``<->`` is the exact 2D distance).
+- 2D (no z): ``ST_DWithin`` bounds the search on the 2D GiST index and ``ORDER BY geom <-> point
+  LIMIT k`` ranks by the KNN operator (``<->`` is the exact 2D distance); the planner walks the
+  index in distance order or, for a small radius, takes a bitmap index scan and a top-k sort.
 - 3D (z given): ``ST_3DDWithin`` takes its candidates from the N-D GiST index
   (``gist_geometry_ops_nd``), and they are ranked by ``ST_3DDistance``. 3D matters underground:
   a gas main 5 m below an excavation point is 0 m away in plan but 5 m away in 3D.
