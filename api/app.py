@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from api import problems
 from api.deps import create_state
 
-ROUTER_MODULES = ("api.ops", "api.features", "api.grid", "api.nearby", "api.iot", "api.ingest_upload",
+ROUTER_MODULES = ("api.ops", "api.auth", "api.features", "api.grid", "api.nearby", "api.iot", "api.ingest_upload",
                   "api.geocode", "api.tiles", "api.viewer")
 
 

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 
 from api.problems import Problem
-from api.problems import _response as problem_response
+from api.problems import problem_response
 from cim.apikeys import ApiKey, check_role, role_allows, verify_key
 
 READ_KEY_ENV = "CIM_API_READ_KEY_REQUIRED"

@@ -5,7 +5,6 @@ underground questions need: "gas pipelines within 3 m of an excavation point 2 m
 """
 from __future__ import annotations
 
-import importlib
 import math
 
 import sqlalchemy as sa
@@ -17,22 +16,17 @@ from api.grid import CRS_HELP, check_point, parse_crs
 from api.problems import bad_parameter
 from api.responses import GeoJsonResponse
 from cim.errors import UserError
-from cim.registry import Layer
-from cim.spatial import DEFAULT_K, DEFAULT_RADIUS_M, MAX_K, MAX_RADIUS_M, layer_table, nearby, to_storage
+from cim.cql import compile_filter
+from cim.registry import Layer, layer_table
+from cim.spatial import DEFAULT_K, DEFAULT_RADIUS_M, MAX_K, MAX_RADIUS_M, nearby, to_storage
 
 router = APIRouter(tags=["proximity"])
 
 
 def _compile_filter(layer: Layer, text: str, srid: int) -> sa.ColumnElement:
-    """CQL2 text → a bound SQL condition via :func:`cim.cql.compile_filter`, when it is installed."""
+    """CQL2 text → a bound SQL condition via :func:`cim.cql.compile_filter`."""
     try:
-        cql = importlib.import_module("cim.cql")
-    except ModuleNotFoundError as exc:
-        if exc.name != "cim.cql":
-            raise
-        raise bad_parameter("filter", "filter is not supported yet on /nearby (no CQL2 compiler installed)") from None
-    try:
-        return cql.compile_filter(text, "cql2-text", layer, layer_table(layer, srid), srid)
+        return compile_filter(text, "cql2-text", layer, layer_table(layer, srid), srid)
     except UserError as exc:  # cim.cql's errors name their parameter (filter, filter-crs)
         raise bad_parameter(getattr(exc, "parameter", "filter"), str(exc)) from None
 

@@ -31,7 +31,7 @@ def not_found(detail: str) -> Problem:
     return Problem(404, "Not found", detail)
 
 
-def _response(request: Request, status: int, title: str, detail: str, parameter: str | None = None,
+def problem_response(request: Request, status: int, title: str, detail: str, parameter: str | None = None,
               headers: dict[str, str] | None = None) -> OrjsonResponse:
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail,
             "instance": str(request.url.path)}
@@ -43,11 +43,11 @@ def _response(request: Request, status: int, title: str, detail: str, parameter:
 def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem):
-        return _response(request, exc.status, exc.title, exc.detail, exc.parameter, exc.headers)
+        return problem_response(request, exc.status, exc.title, exc.detail, exc.parameter, exc.headers)
 
     @app.exception_handler(UserError)
     async def _user_error(request: Request, exc: UserError):
-        return _response(request, 400, "Bad request", str(exc))
+        return problem_response(request, 400, "Bad request", str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
@@ -57,15 +57,15 @@ def install(app: FastAPI) -> None:
         parameter = ".".join(loc) or None
         detail = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', [])[1:]) or 'request'}: {e.get('msg')}"
                            for e in errors)
-        return _response(request, 400, "Bad request parameter", detail, parameter)
+        return problem_response(request, 400, "Bad request parameter", detail, parameter)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
-        return _response(request, exc.status_code, str(exc.detail) if exc.status_code != 404 else "Not found",
+        return problem_response(request, exc.status_code, str(exc.detail) if exc.status_code != 404 else "Not found",
                          str(exc.detail), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         log.exception("unhandled error on %s", request.url.path)
-        return _response(request, 500, "Internal server error",
+        return problem_response(request, 500, "Internal server error",
                          "the server could not answer this request; it has been logged")

@@ -17,7 +17,6 @@ as an ``orjson.Fragment``) — the per-row Python work dominates, and the SQL wa
 """
 from __future__ import annotations
 
-import functools
 import json
 import math
 import re
@@ -36,8 +35,9 @@ from sqlalchemy.sql.expression import ClauseElement, Executable
 from cim.cql import (
     CrsRef, FilterError, ParameterError, column_kind, compile_filter, crs_ref, envelope_literal,
 )
-from cim.registry import Layer
-from cim.schema import build_metadata
+from cim.errors import UserError
+from cim.registry import Layer, layer_table
+from cim.schema import tables_for
 
 __all__ = [
     "DEFAULT_LIMIT",
@@ -92,18 +92,12 @@ GROUP_LEVELS: dict[str, tuple[str, str, str]] = {
 # Tables
 # ---------------------------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=4)
-def _metadata(srid: int) -> sa.MetaData:
-    return build_metadata(srid)
-
-
 def feature_table(layer: Layer, storage_srid: int) -> sa.Table:
     """The SQLAlchemy table behind a layer (identifiers come from the schema, never a request)."""
-    table = _metadata(storage_srid).tables.get(layer.table)
-    if table is None or "geom" not in table.c:
-        raise ParameterError("collectionId", f"layer {layer.name!r} names table {layer.table!r}, "
-                                             "which is not a feature table of the city base")
-    return table
+    try:
+        return layer_table(layer, storage_srid)
+    except UserError as exc:
+        raise ParameterError("collectionId", str(exc)) from None
 
 
 def output_properties(layer: Layer, table: sa.Table) -> list[str]:
@@ -553,7 +547,7 @@ def group_stats(conn: Connection, layer: Layer, storage_srid: int, level: str, s
     where = selection_clause(layer, table, storage_srid, selection)
     code = table.c[code_column]
     groups = sa.select(code.label("code"), *measures).where(where).group_by(code).subquery()
-    units = _metadata(storage_srid).tables[unit_table_name]
+    units = tables_for(storage_srid)[unit_table_name]
     name = (sa.select(units.c.name).where(units.c[unit_code] == groups.c.code, units.c.valid_to.is_(None))
             .limit(1).scalar_subquery())
     stmt = sa.select(groups, name.label("name")).order_by(groups.c.code.asc().nulls_last())

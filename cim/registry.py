@@ -6,6 +6,9 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from cim.errors import UserError
+from cim.schema import tables_for
+
 
 @dataclass(frozen=True)
 class Queryable:
@@ -55,3 +58,12 @@ def bump_version(cur, table: str) -> int:
     cur.execute("UPDATE layers SET version = version + 1, updated_at = now() WHERE table_name = %s RETURNING version",
                 (table,))
     return cur.fetchone()[0]
+
+
+def layer_table(layer: Layer, srid: int) -> sa.Table:
+    """The table behind a layer; identifiers come from the schema, never from a request."""
+    table = tables_for(srid).get(layer.table)
+    if table is None or "geom" not in table.c:
+        raise UserError(f"layer {layer.name!r} names table {layer.table!r}, which is not a feature table "
+                        "of the city base")
+    return table

@@ -10,6 +10,9 @@ The SRID is a parameter because the storage CRS is chosen once at ``cim init --s
 """
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
+
 import sqlalchemy as sa
 from geoalchemy2 import Geometry
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
@@ -278,3 +281,9 @@ def build_metadata(srid: int) -> sa.MetaData:
         sa.CheckConstraint("role IN ('reader','loader','admin')", name="ck_api_keys_role"),
     )
     return md
+
+
+@functools.lru_cache(maxsize=4)
+def tables_for(srid: int) -> Mapping[str, sa.Table]:
+    """The base's tables for a storage SRID, built once per process: queries take identifiers from here."""
+    return build_metadata(srid).tables

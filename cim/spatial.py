@@ -14,7 +14,6 @@ Distances are in the storage CRS's metres; the point is transformed there first
 """
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,8 +25,7 @@ from sqlalchemy.dialects.postgresql import JSON
 
 from cim.crs import CrsSpec, resolve_crs, transform_coords
 from cim.errors import UserError
-from cim.registry import Layer
-from cim.schema import build_metadata
+from cim.registry import Layer, layer_table
 
 DEFAULT_RADIUS_M = 100.0
 MAX_RADIUS_M = 5_000.0
@@ -63,19 +61,6 @@ def to_storage(xs: Sequence[float] | np.ndarray, ys: Sequence[float] | np.ndarra
     with np.errstate(all="ignore"):
         sx, sy, _ = transform_coords(x, y, None, src, f"EPSG:{srid}")
     return np.asarray(sx, dtype=np.float64), np.asarray(sy, dtype=np.float64)
-
-
-@functools.lru_cache(maxsize=4)
-def _metadata(srid: int) -> sa.MetaData:
-    return build_metadata(srid)
-
-
-def layer_table(layer: Layer, srid: int) -> sa.Table:
-    """The table behind a layer; identifiers come from the schema, never from a request."""
-    table = _metadata(srid).tables.get(layer.table)
-    if table is None or "geom" not in table.c:
-        raise UserError(f"layer: {layer.name!r} is not a feature layer of the city base")
-    return table
 
 
 def nearby_select(layer: Layer, srid: int, x: float, y: float, z: float | None, *,

@@ -26,6 +26,7 @@ from cim.errors import UserError
 from cim.gridindex import GridIndex, representative_points
 from cim.registry import bump_version
 from ingest import geometry as geo
+from ingest.addresses import AddressParser
 from ingest import merge, prepare
 from ingest.columns import coerce, plan_columns
 from ingest.read import Batch, ReadOptions, open_source
@@ -98,7 +99,7 @@ class FeatureLoad:
         self.rejects_dir = options.rejects_dir or (cim_home() / "rejects")
 
     # --- context read once per run -------------------------------------------------------------
-    def _context(self) -> tuple[prepare.Context, GridIndex | None, "AddressParser | None"]:
+    def _context(self) -> tuple[prepare.Context, GridIndex | None, AddressParser | None]:
         with self.engine.connect() as conn:
             classes = {r[0] for r in conn.execute(sa.text("SELECT code FROM part_classes"))}
             ctx = prepare.Context(srid=self.settings.srid, floor_height_m=self.settings.floor_height_m,
@@ -109,8 +110,6 @@ class FeatureLoad:
             grid_index = GridIndex.load(conn) if self.spec.enrich else None
             parser = None
             if self.spec.table == "addresses":
-                from ingest.addresses import AddressParser
-
                 parser = AddressParser.load(conn)
         return ctx, grid_index, parser
 

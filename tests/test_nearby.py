@@ -2,7 +2,6 @@
 and the /nearby route's GeoJSON and errors — on a real PostGIS."""
 from __future__ import annotations
 
-import importlib.util
 
 import pytest
 import sqlalchemy as sa
@@ -16,7 +15,6 @@ from cim.spatial import nearby, nearby_select
 from tests.spatial_data import build_features, build_hierarchy
 
 N_POINTS = 5_000
-HAS_CQL = importlib.util.find_spec("cim.cql") is not None
 
 
 @pytest.fixture(scope="module")
@@ -150,14 +148,6 @@ def test_nearby_bad_parameters(client, params, parameter):
     assert r.json()["parameter"] == parameter
 
 
-@pytest.mark.skipif(HAS_CQL, reason="cim.cql is present: the filter is compiled, see the filter test")
-def test_filter_without_cql_compiler_is_400(client):
-    r = client.get("/nearby", params={"layer": "parts", "lon": "121.47", "lat": "31.23", "filter": "name = 'x'"})
-    assert r.status_code == 400 and r.json()["parameter"] == "filter"
-    assert "not supported yet" in r.json()["detail"]
-
-
-@pytest.mark.skipif(not HAS_CQL, reason="cim.cql (CQL2 compiler) not present yet")
 def test_filter_with_cql(client, city):
     lon, lat = city.lonlat(200, 150)
     r = client.get("/nearby", params={"layer": "pipelines", "lon": lon, "lat": lat, "radius": 10,

@@ -16,7 +16,8 @@ from sqlalchemy.engine import Connection
 
 from cim.errors import UserError
 from cim.registry import Layer
-from tiles.selection import Selection, tables_for
+from cim.schema import tables_for
+from tiles.selection import Selection
 
 TMS = morecantile.tms.get("WebMercatorQuad")
 TMS_ID = "WebMercatorQuad"

@@ -2,7 +2,6 @@
 matching a CQL2 filter — the same rules for 3D tiles and vector tiles."""
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -12,15 +11,8 @@ import sqlalchemy as sa
 from cim.cql import CRS84, compile_filter, envelope_literal
 from cim.cql import ParameterError as SelectionError
 from cim.registry import Layer
-from cim.schema import build_metadata
 
-__all__ = ["Selection", "SelectionError", "parse_bbox", "tables_for"]
-
-
-@functools.lru_cache(maxsize=8)
-def tables_for(srid: int) -> dict[str, sa.Table]:
-    """The base's tables (SQLAlchemy Core) for a storage SRID: identifiers come from here only."""
-    return dict(build_metadata(srid).tables)
+__all__ = ["Selection", "SelectionError", "parse_bbox"]
 
 
 def parse_bbox(text: str | None) -> tuple[float, float, float, float] | None:

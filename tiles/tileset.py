@@ -22,7 +22,8 @@ from tiles.geodesy import LocalFrame, lonlath_to_ecef, pad_radians, storage_to_l
 from tiles.gltf import write_glb
 from tiles.models import MODELS, REGION_MARGIN_M, Model
 from tiles.plan import ERROR_DIVISOR, Features, Tile, build_tree
-from tiles.selection import Selection, tables_for
+from cim.schema import tables_for
+from tiles.selection import Selection
 
 DEFAULT_MAX_FEATURES = 500
 #: which tables each 3D layer's content is made from: the cache version covers all of them
