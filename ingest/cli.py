@@ -59,7 +59,7 @@ def load(
 ) -> None:
     """Load LAYER from PATH… (validated, enriched with grid codes, merged with history)."""
     from cim.database import get_engine
-    from ingest.run import IngestOptions, ingest_files
+    from ingest.run import IngestOptions
 
     options = IngestOptions(crs=crs, encoding=encoding, layer_name=layer_name, x=x, y=y, z=z, wkt=wkt,
                             address_column=address_column, mapping=parse_mapping(mapping, mapping_file), mode=mode,
