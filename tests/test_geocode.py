@@ -12,13 +12,17 @@ import io
 import json
 import math
 
+import cn2an
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cim.crs import transform_coords
 from cim.gazetteer import geocode, geocode_csv, geocode_many, reverse
 from cim.gazetteer.batch import ADDED_COLUMNS
 from cim.gazetteer.geocode import MATCH_LEVELS
+from cim.gazetteer.normalize import normalize
 from cim.grid import lookup_points
 from tests.conftest import PROJECT, run_cim, shared_path
 
@@ -415,6 +419,55 @@ def test_spelling_variants_give_the_same_answer(city, clean, messy):
     assert (b.match_level, b.score, b.x, b.y, b.standard_address) == (a.match_level, a.score, a.x, a.y,
                                                                       a.standard_address)
     assert a.match_level == "door"
+
+
+_WIDE = {ord(c): ord(c) + 0xFEE0 for c in "0123456789"}
+
+
+@st.composite
+def _spelling(draw, row: dict) -> str:
+    """One way a caller might write the sample address ``row``."""
+    number = lambda n: cn2an.an2cn(n, "low") if draw(st.booleans()) else n  # noqa: E731
+    city = draw(st.sampled_from(["", "上海", "上海市", "沪", "中国上海市"]))
+    district = draw(st.sampled_from(["徐汇区", "徐汇", "徐匯區", "徐汇区 "]))
+    if row["lane"]:
+        if row["room"] and not row["unit"] and draw(st.booleans()):
+            numbers = f"{row['lane']}弄{row['building_no']}-{row['room']}"  # 58弄11-802
+        else:
+            numbers = (f"{number(row['lane'])}弄{number(row['building_no'])}号"
+                       + (f"{number(row['unit'])}单元" if row["unit"] else "")
+                       + (f"{row['room']}室" if row["room"] else ""))
+    else:
+        numbers = f"{number(row['door_number'])}" + draw(st.sampled_from(["号", "號"]))
+    if draw(st.booleans()):
+        numbers = numbers.translate(_WIDE)
+    tail = draw(st.sampled_from(["", "附近", "对面", "（近地铁站）", " 旁边"]))
+    space = draw(st.sampled_from(["", " ", "　"]))
+    return f"{city}{district}{space}{row['road']}{space}{numbers}{tail}"
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None,
+          suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_every_spelling_of_an_entry_resolves_to_it(city, sample_rows, data):
+    row = sample_rows[data.draw(st.integers(0, len(sample_rows) - 1))]
+    text = data.draw(_spelling(row))
+    clean, messy = _gc(city, _query(row)), _gc(city, text)
+    assert messy.match_level == "door" and messy.score == 1.0, (text, messy.reason)
+    assert messy.entry.feature_id == clean.entry.feature_id, text
+
+
+_FRAGMENTS = ["上海", "沪", "徐汇区", "徐匯區", "闸北区", "田林路", "虹桥路", "1", "58", "150", "１５０", "七百七十七",
+              "一〇一", "第三", "号", "號", "弄", "支弄", "室", "楼", "層", "单元", "栋", "-", "－", "~", "#", "、", ",",
+              "，", " ", "　", "(", ")", "（", "）", "【", "】", "附近", "对面", "旁", "路口", "交叉口", "与", "A", "B1",
+              "200001", "地址:", ";", "/", "华亭大楼", "小区", "大厦", "甲"]
+
+
+@settings(max_examples=2000, deadline=None, derandomize=True, database=None)
+@given(st.one_of(st.lists(st.sampled_from(_FRAGMENTS), max_size=12).map("".join), st.text(max_size=30)))
+def test_normalisation_is_idempotent(text):
+    once = normalize(text).text
+    assert normalize(once).text == once
 
 
 def test_empty_and_bad_queries(city):

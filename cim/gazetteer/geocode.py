@@ -414,9 +414,9 @@ class Gazetteer:
         found = self.areas.get((level, code))
         return Area(code, found.name if found else None)
 
-    def area_answer(self, area: AreaPoint) -> GridAnswer:
-        """District/street/community of an area-level answer, and its grid when it has only one
-        (responsibility is attached later, for all answers at once)."""
+    def area_codes(self, area: AreaPoint) -> tuple[str | None, str | None, str | None, str | None]:
+        """(district, street, community, grid) codes of an area-level answer; the grid only when
+        the community has just one."""
         codes: dict[str, str | None] = {"district": None, "street": None, "community": None}
         current: AreaPoint | None = area
         while current is not None:
@@ -424,13 +424,14 @@ class Gazetteer:
             up = {"community": "street", "street": "district"}.get(current.level)
             current = self.areas.get((up, current.parent or "")) if up else None
         grids = self.community_grids.get(area.code, []) if area.level == "community" else []
-        return self.answer_from_codes(codes["district"], codes["street"], codes["community"],
-                                      grids[0][0] if len(grids) == 1 else None)
+        return codes["district"], codes["street"], codes["community"], grids[0][0] if len(grids) == 1 else None
 
-    def answer_from_codes(self, district: str | None, street: str | None, community: str | None,
-                          grid: str | None) -> GridAnswer:
+    def answer_from_codes(self, codes: tuple[str | None, str | None, str | None, str | None],
+                          responsibility: tuple = ()) -> GridAnswer:
+        district, street, community, grid = codes
         return GridAnswer(district=self._area("district", district), street=self._area("street", street),
-                          community=self._area("community", community), grid=self._area("grid", grid))
+                          community=self._area("community", community), grid=self._area("grid", grid),
+                          responsibility=responsibility)
 
 
 ENTRY_COLUMNS = len(Entry._fields)
@@ -709,17 +710,23 @@ def geocode_many(conn: Connection, texts: Sequence[str | None],
     results = {q: _result(g, q, parses[q], o) for q, o in outcomes.items()}
     _assign(conn, g, outcomes, results)
     _to_output_crs(g, list(results.values()), out_crs)
-    return [_finished(results[q]) if q in results else _empty(q, out_crs) for q in queries]
+    out: list[GeocodeResult] = []
+    handed: set[str] = set()
+    for q in queries:
+        if q not in results:
+            out.append(_empty(q, out_crs))
+        elif q in handed:  # a repeated query gets its own copy: callers may change an answer
+            out.append(replace(results[q], candidates=list(results[q].candidates), notes=list(results[q].notes)))
+        else:
+            handed.add(q)
+            out.append(results[q])
+    return out
 
 
 def _empty(query: str, crs: CrsSpec) -> GeocodeResult:
     why = "empty address" if not query.strip() else f"longer than {MAX_QUERY_CHARS} characters"
     return GeocodeResult(query=query, match_level="none", score=0.0, crs=crs.name, geographic=crs.is_geographic,
                          reason=why)
-
-
-def _finished(r: GeocodeResult) -> GeocodeResult:
-    return replace(r, candidates=list(r.candidates), notes=list(r.notes))  # repeated queries share nothing
 
 
 def _apply_aliases(conn: Connection, g: Gazetteer, parses: dict[str, ParsedAddress],
@@ -790,17 +797,26 @@ def _assign(conn: Connection, g: Gazetteer, outcomes: dict[str, _Outcome], resul
     A gazetteer entry's own codes (assigned on load by the grid lookup's rule, still current unless
     an area layer was loaded since) answer for a door; an area-level answer is its area; every
     other point gets :func:`cim.grid.lookup_points` (one statement per 10,000). The responsibility
-    chains of all grids are then fetched in one statement."""
+    chains of the grids named by codes are fetched in one statement, and answers with the same
+    codes share one (immutable) assignment."""
+    by_codes: dict[str, tuple] = {}
     at_points: list[str] = []
     for q, o in outcomes.items():
         m = o.match
         if m.area is not None:
-            results[q].assignment = g.area_answer(m.area)
+            by_codes[q] = g.area_codes(m.area)
         elif m.entry is not None and g.entry_codes_current and m.level == "door":
             e = m.entry
-            results[q].assignment = g.answer_from_codes(e.district_code, e.street_code, e.community_code, e.grid_code)
+            by_codes[q] = (e.district_code, e.street_code, e.community_code, e.grid_code)
         elif m.level in POINT_LEVELS:
             at_points.append(q)
+    grid_codes = sorted({c[3] for c in by_codes.values() if c[3] is not None})
+    chains = responsibility_for(conn, grid_codes) if grid_codes else {}
+    shared: dict[tuple, GridAnswer] = {}
+    for q, codes in by_codes.items():
+        if codes not in shared:
+            shared[codes] = g.answer_from_codes(codes, chains.get(codes[3], ()))
+        results[q].assignment = shared[codes]
     answers = _lookup(conn, g, [(outcomes[q].match.x, outcomes[q].match.y) for q in at_points])
     # Never in another district than the query names: an interpolated point that strayed over the
     # boundary goes back to its nearer known address (rare, so its own small lookup).
@@ -817,12 +833,6 @@ def _assign(conn: Connection, g: Gazetteer, outcomes: dict[str, _Outcome], resul
             answers[i] = answer
     for q, answer in zip(at_points, answers):
         results[q].assignment = answer
-    unchained = {q: r.assignment.grid.code for q, r in results.items()
-                 if r.assignment.grid is not None and not r.assignment.responsibility}
-    if unchained:
-        chains = responsibility_for(conn, sorted(set(unchained.values())))
-        for q, code in unchained.items():
-            results[q].assignment = replace(results[q].assignment, responsibility=chains.get(code, ()))
 
 
 def _lookup(conn: Connection, g: Gazetteer, points: list[tuple[float | None, float | None]]) -> list[GridAnswer]:

@@ -91,8 +91,8 @@ def normalize(text: str, dictionary: AddressDictionary | None = None) -> Normali
     s = _width_and_script(text or "", out.notes)
     s, asides = _cut_asides(s)
     s = _clean_punctuation(s)
-    s, postcode = _cut_postcode(s)
     s, near, out.is_intersection = _cut_proximity(s)
+    s, postcode = _cut_postcode(s)
     s = _numerals(s, out.notes)
     s = _lane_hyphen(s, out.notes)
     s, out.city = _strip_city(s, d, out.notes)
@@ -122,8 +122,11 @@ def _cut_asides(s: str) -> tuple[str, list[str]]:
         asides.append(m.group(1))
         s = s[: m.start()] + s[m.end():]
     if m := _UNCLOSED.search(s):
-        asides.append(m.group(1))
-        s = s[: m.start()]
+        if m.start() == 0:  # a stray bracket in front of the address, not an aside
+            s = s[1:]
+        else:
+            asides.append(m.group(1))
+            s = s[: m.start()]
     if m := _LABEL.match(s):
         asides.insert(0, m.group(1))
         s = s[m.end():]
@@ -131,15 +134,23 @@ def _cut_asides(s: str) -> tuple[str, list[str]]:
     return s, [a for a in map(_clean_punctuation, asides) if a]
 
 
+_HASH_DOOR = re.compile(r"(?<=\d)#")  # "3258#" is written for 3258号
+# A list of floors/rooms/doors ("17、18楼", "804,806室", "116号、128号"): keep the first.
+_NUMBER_LIST = re.compile(r"(\d+)(?:[、,.]\d+)+(?=[楼层室号])")
+_DOOR_LIST = re.compile(r"(\d+号)(?:[、,]\d+号)+")
+_DASHES = re.compile(r"(?<=[\dA-Za-z])\s*[~—–_]\s*(?=[\dA-Za-z])")
+# Keep '-' only between digits/letters (door 150-1, room 2701-2702).
+_LONE_HYPHEN = re.compile(r"(?<![\dA-Za-z])-|-(?![\dA-Za-z])")
+_PUNCTUATION = re.compile(r"[^\w\-]|_")
+
+
 def _clean_punctuation(s: str) -> str:
-    s = re.sub(r"(?<=\d)#", "号", s)  # "3258#" is written for 3258号
-    # A list of floors/rooms/doors ("17、18楼", "804,806室", "116号、128号"): keep the first.
-    s = re.sub(r"(\d+)(?:[、,.]\d+)+(?=[楼层室号])", r"\1", s)
-    s = re.sub(r"(\d+号)(?:[、,]\d+号)+", r"\1", s)
-    s = re.sub(r"(?<=[\dA-Za-z])\s*[~—–_]\s*(?=[\dA-Za-z])", "-", s)
-    # Keep '-' only between digits/letters (door 150-1, room 2701-2702).
-    s = re.sub(r"(?<![\dA-Za-z])-|-(?![\dA-Za-z])", "", s)
-    return re.sub(r"[^\w\-]|_", "", s)
+    s = _HASH_DOOR.sub("号", s)
+    s = _NUMBER_LIST.sub(r"\1", s)
+    s = _DOOR_LIST.sub(r"\1", s)
+    s = _DASHES.sub("-", s)
+    s = _LONE_HYPHEN.sub("", s)
+    return _PUNCTUATION.sub("", s)
 
 
 def _cut_postcode(s: str) -> tuple[str, str | None]:
@@ -149,16 +160,19 @@ def _cut_postcode(s: str) -> tuple[str, str | None]:
 
 
 def _cut_proximity(s: str) -> tuple[str, str | None, bool]:
+    # Words opening the text ("附近 汾阳路150号") go to the remark; the address follows them.
+    lead = ""
+    while m := _PROXIMITY.match(s):
+        lead, s = lead + m.group(), s[m.end():]
+    crossing = any(w in lead for w in ("交叉口", "交汇处"))
     m = _PROXIMITY.search(s)
-    if not m:
-        return s, None, False
+    if not m or m.start() == 0:
+        return s, lead or None, crossing
     word, before = m.group(), s[: m.start()]
     if word == "路口":
         before += "路"  # the 路 of "汾阳路口" belongs to the road name
-    crossing = word in ("交叉口", "交汇处") or (word == "路口" and bool(_CROSSING.search(before)))
-    if not before:  # the word opens the text: keep the address after it
-        return s[m.end():], word, crossing
-    return before, s[m.start():], crossing
+    crossing = crossing or word in ("交叉口", "交汇处") or (word == "路口" and bool(_CROSSING.search(before)))
+    return before, lead + s[m.start():], crossing
 
 
 def _numerals(s: str, notes: list[str]) -> str:
@@ -169,7 +183,7 @@ def _numerals(s: str, notes: list[str]) -> str:
         if any(c in "十百千" for c in run):
             try:
                 value = str(cn2an.cn2an(run, "normal"))
-            except ValueError:
+            except Exception:  # cn2an raises ValueError, KeyError, … on malformed runs ("七百七十七七百")
                 notes.append(f"could not read numeral {run}")
                 return m.group()
         else:
