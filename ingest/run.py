@@ -5,9 +5,6 @@ checks & 2D→3D → layer rules → grid enrichment (in memory) → COPY to sta
 """
 from __future__ import annotations
 
-import getpass
-import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +27,7 @@ from ingest.addresses import AddressParser
 from ingest import merge, prepare
 from ingest.columns import coerce, plan_columns
 from ingest.read import Batch, ReadOptions, open_source
+from ingest.provenance import finish_run, load_transaction, operator_name, record_failure, start_run
 from ingest.report import FileReport, IngestReport, RejectsWriter, sha256_of
 from ingest.specs import SPECS, LayerSpec
 
@@ -39,6 +37,10 @@ SUPPORT_TYPES = ("点支式", "隐框", "半隐框", "明框", "全玻")
 
 class IngestError(UserError):
     """The load was refused as a whole; the message says which file and why."""
+
+
+class StrictRefusal(IngestError):
+    """--strict and some rows were rejected: nothing is loaded."""
 
 
 @dataclass(frozen=True)
@@ -115,47 +117,34 @@ class FeatureLoad:
 
     def run(self) -> IngestReport:
         started = time.perf_counter()
-        ctx, grid_index, parser = self._context()
-        self.ctx, self.grid_index, self.parser = ctx, grid_index, parser
-        raw = self.engine.raw_connection()
+        self.ctx, self.grid_index, self.parser = self._context()
+        r = self.report
         try:
-            cur = raw.cursor()
-            cur.execute("INSERT INTO ingest_runs (layer, mode, operator, options) VALUES (%s, %s, %s, %s) "
-                        "RETURNING id", (self.spec.name, self.options.mode, self._operator(),
-                                         json.dumps(self._options_json(), ensure_ascii=False)))
-            self.report.run_id = cur.fetchone()[0]
-            self.cur = cur
-            self.columns = merge.create_stage(cur, self.spec.table)
-            for path in self.paths:
-                self._load_file(cur, path)
-            self._drop_duplicates(cur)
-            if self.options.strict and self.report.rejected:
-                raw.rollback()
-                self.report.status = "failed"
-                self.report.message = (f"--strict: {self.report.rejected} row(s) rejected, nothing loaded "
-                                       f"(see {', '.join(f.rejects_file for f in self.report.files if f.rejects_file)})")
-                self._record_failure(started)
-                raise IngestError(self.report.message)
-            counts = merge.merge(cur, self.spec.table, self.columns, self.options.mode, self.report.run_id,
-                                 **self._merge_sql())
-            r = self.report
-            r.inserted, r.updated, r.unchanged, r.closed = counts.inserted, counts.updated, counts.unchanged, counts.closed
+            with load_transaction(self.engine, r) as cur:
+                start_run(cur, r, self._operator(), self._options_json())
+                self.cur = cur
+                self.columns = merge.create_stage(cur, self.spec.table)
+                for path in self.paths:
+                    self._load_file(cur, path)
+                self._drop_duplicates(cur)
+                if self.options.strict and r.rejected:
+                    rejects = ", ".join(f.rejects_file for f in r.files if f.rejects_file)
+                    raise StrictRefusal(f"--strict: {r.rejected} row(s) rejected, nothing loaded (see {rejects})")
+                counts = merge.merge(cur, self.spec.table, self.columns, self.options.mode, r.run_id,
+                                     **self._merge_sql())
+                r.inserted, r.updated, r.unchanged, r.closed = (counts.inserted, counts.updated, counts.unchanged,
+                                                                counts.closed)
+                r.duration_s = round(time.perf_counter() - started, 3)
+                r.status = "dry-run" if self.options.dry_run else "succeeded"
+                if r.changes and not self.options.dry_run:
+                    bump_version(cur, self.spec.table)
+                finish_run(cur, r)
+        except StrictRefusal as exc:
+            r.status, r.message = "failed", str(exc)
             r.duration_s = round(time.perf_counter() - started, 3)
-            r.status = "dry-run" if self.options.dry_run else "succeeded"
-            if r.changes and not self.options.dry_run:
-                bump_version(cur, self.spec.table)
-            self._finish_run(cur)
-            if self.options.dry_run:
-                raw.rollback()
-                r.run_id = None
-            else:
-                raw.commit()
-        except BaseException:
-            raw.rollback()
+            record_failure(self.engine, r, self._operator())
             raise
-        finally:
-            raw.close()
-        return self.report
+        return r
 
     # --- one file ---------------------------------------------------------------------------------
     def _load_file(self, cur, path: Path) -> None:
@@ -379,37 +368,13 @@ class FeatureLoad:
 
     # --- provenance -----------------------------------------------------------------------------
     def _operator(self) -> str:
-        return self.options.operator or os.environ.get("CIM_OPERATOR") or getpass.getuser()
+        return operator_name(self.options.operator)
 
     def _options_json(self) -> dict:
         o = self.options
         return {k: v for k, v in {"crs": o.crs, "encoding": o.encoding, "layer": o.layer_name, "x": o.x, "y": o.y,
                                   "z": o.z, "wkt": o.wkt, "map": o.mapping or None, "strict": o.strict,
                                   "address_column": o.address_column}.items() if v}
-
-    def _finish_run(self, cur) -> None:
-        r = self.report
-        cur.execute("""UPDATE ingest_runs SET finished_at = now(), status = %s, files = %s, crs = %s, encoding = %s,
-            n_read = %s, n_inserted = %s, n_updated = %s, n_unchanged = %s, n_closed = %s, n_rejected = %s,
-            duration_s = %s, message = %s WHERE id = %s""",
-                    (r.status, json.dumps([f.__dict__ for f in r.files], ensure_ascii=False),
-                     ", ".join(sorted({f.crs for f in r.files if f.crs})) or None,
-                     ", ".join(sorted({f.encoding for f in r.files if f.encoding})) or None,
-                     r.read, r.inserted, r.updated, r.unchanged, r.closed, r.rejected, r.duration_s, r.message,
-                     r.run_id))
-
-    def _record_failure(self, started: float) -> None:
-        """A refused load still leaves a provenance record (in its own transaction), but no data."""
-        self.report.duration_s = round(time.perf_counter() - started, 3)
-        with self.engine.begin() as conn:
-            r = self.report
-            r.run_id = conn.execute(sa.text(
-                "INSERT INTO ingest_runs (layer, mode, operator, status, files, n_read, n_rejected, duration_s, "
-                "message, finished_at) VALUES (:layer, :mode, :op, 'failed', CAST(:files AS jsonb), :read, :rej, "
-                ":dur, :msg, now()) RETURNING id"),
-                {"layer": r.layer, "mode": r.mode, "op": self._operator(),
-                 "files": json.dumps([f.__dict__ for f in r.files], ensure_ascii=False), "read": r.read,
-                 "rej": r.rejected, "dur": r.duration_s, "msg": r.message}).scalar_one()
 
 
 def _filled(geoms: np.ndarray, valid: np.ndarray, point: bool = False, line: bool = False) -> np.ndarray:

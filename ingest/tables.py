@@ -3,7 +3,6 @@ responsibility chain (grid → post → department → person)."""
 from __future__ import annotations
 
 import io
-import json
 import time
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pandas as pd
 from cim.errors import UserError
 from ingest.columns import coerce, plan_columns
 from ingest.read import open_source
+from ingest.provenance import finish_run, load_transaction, operator_name, start_run
 from ingest.report import FileReport, IngestReport, RejectsWriter, sha256_of
 from ingest.specs import LayerSpec
 
@@ -23,12 +23,8 @@ def ingest_table(spec: LayerSpec, paths: list[Path], options, engine, progress=N
     started = time.perf_counter()
     report = IngestReport(layer=spec.name, mode=options.mode, dry_run=options.dry_run)
     rejects_dir = options.rejects_dir or (cim_home() / "rejects")
-    raw = engine.raw_connection()
-    try:
-        cur = raw.cursor()
-        cur.execute("INSERT INTO ingest_runs (layer, mode, operator) VALUES (%s, %s, %s) RETURNING id",
-                    (spec.name, options.mode, options.operator or "cim"))
-        report.run_id = cur.fetchone()[0]
+    with load_transaction(engine, report) as cur:
+        start_run(cur, report, operator_name(options.operator), {"map": options.mapping} if options.mapping else {})
         frames = []
         for path in paths:
             source = open_source(path, options.read_options())
@@ -57,7 +53,6 @@ def ingest_table(spec: LayerSpec, paths: list[Path], options, engine, progress=N
             report.read += file_report.read
             report.rejected += file_report.rejected
         if options.strict and report.rejected:
-            raw.rollback()
             raise UserError(f"--strict: {report.rejected} row(s) rejected, nothing loaded")
         data = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=spec.columns)
         if spec.name == "iot-readings":
@@ -66,21 +61,7 @@ def ingest_table(spec: LayerSpec, paths: list[Path], options, engine, progress=N
             _merge_responsibility(cur, data, report, options.mode)
         report.status = "dry-run" if options.dry_run else "succeeded"
         report.duration_s = round(time.perf_counter() - started, 3)
-        cur.execute("""UPDATE ingest_runs SET finished_at = now(), status = %s, files = %s, n_read = %s,
-            n_inserted = %s, n_updated = %s, n_unchanged = %s, n_closed = %s, n_rejected = %s, duration_s = %s
-            WHERE id = %s""", (report.status, json.dumps([f.__dict__ for f in report.files], ensure_ascii=False),
-                               report.read, report.inserted, report.updated, report.unchanged, report.closed,
-                               report.rejected, report.duration_s, report.run_id))
-        if options.dry_run:
-            raw.rollback()
-            report.run_id = None
-        else:
-            raw.commit()
-    except BaseException:
-        raw.rollback()
-        raise
-    finally:
-        raw.close()
+        finish_run(cur, report)
     return report
 
 
