@@ -396,9 +396,10 @@ def test_upsert_history_and_replace(city, tmp_path):
 
 
 def test_provenance_is_recorded(city):
-    row = engine_for(city).connect().execute(sa.text(
-        "SELECT layer, files, operator, n_read, status FROM ingest_runs WHERE layer = 'buildings' "
-        "AND status = 'succeeded' ORDER BY id LIMIT 1")).one()
+    with engine_for(city).connect() as conn:
+        row = conn.execute(sa.text(
+            "SELECT layer, files, operator, n_read, status FROM ingest_runs WHERE layer = 'buildings' "
+            "AND status = 'succeeded' ORDER BY id LIMIT 1")).one()
     assert row.files[0]["sha256"] and len(row.files[0]["sha256"]) == 64
     assert row.files[0]["crs"] == "EPSG:4549"
     assert row.n_read == 1500 and row.operator
