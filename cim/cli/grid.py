@@ -3,9 +3,9 @@ of a CSV of points, streaming it in batches so a file of millions of rows needs 
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 from pathlib import Path
-from typing import Iterator
 
 import typer
 from rich.console import Console
@@ -31,17 +31,6 @@ def _coordinate(text: str | None) -> float:
     except ValueError:
         return math.nan
     return value if math.isfinite(value) else math.nan
-
-
-def _chunks(reader: csv.DictReader, size: int) -> Iterator[list[dict[str, str]]]:
-    chunk: list[dict[str, str]] = []
-    for row in reader:
-        chunk.append(row)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def _added(answer) -> dict[str, str]:
@@ -98,7 +87,7 @@ def lookup(
         writer = csv.DictWriter(dst, fieldnames=fieldnames, extrasaction="ignore")
         writer.writeheader()
         try:
-            for chunk in _chunks(reader, MAX_POINTS):
+            while chunk := list(itertools.islice(reader, MAX_POINTS)):
                 xs = [_coordinate(r.get(x)) for r in chunk]
                 ys = [_coordinate(r.get(y)) for r in chunk]
                 for i, (vx, vy) in enumerate(zip(xs, ys)):

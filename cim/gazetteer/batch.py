@@ -6,6 +6,7 @@ Each chunk costs a few statements (see :mod:`cim.gazetteer.geocode`), not one pe
 from __future__ import annotations
 
 import csv
+import itertools
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -74,17 +75,6 @@ def _rows(reader: Any, width: int, max_rows: int | None) -> Iterator[list[str]]:
         raise UserError(f"line {reader.line_num}: malformed CSV ({exc})") from None
 
 
-def _chunks(rows: Iterator[list[str]], size: int) -> Iterator[list[list[str]]]:
-    chunk: list[list[str]] = []
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 def read_header(reader: Any, column: str) -> tuple[list[str], int]:
     """The header row and the index of the address column, or a clear error."""
     try:
@@ -115,7 +105,8 @@ def geocode_csv(src: TextIO, dst: TextIO, column: str, conn: Connection, *,
         header, index = read_header(reader, column)
         writer = csv.writer(dst, lineterminator="\n")
         writer.writerow(header + added_header(header))
-        for chunk in _chunks(_rows(reader, len(header), max_rows), chunk_rows):
+        rows = _rows(reader, len(header), max_rows)
+        while chunk := list(itertools.islice(rows, chunk_rows)):
             results = geocode_many(conn, [row[index] for row in chunk], "EPSG:4326")
             writer.writerows(row + added_values(r) for row, r in zip(chunk, results))
             summary.rows += len(chunk)
