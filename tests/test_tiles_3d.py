@@ -170,7 +170,7 @@ def validate_glbs(paths: list[Path]) -> dict:
     script = paths[0].parent / "validate_gltf.js"
     script.write_text(VALIDATE_JS)
     proc = subprocess.run([node, str(script), str(validator), *map(str, paths)], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -355,7 +355,7 @@ def test_curtain_wall_buildings_are_glass(buildings, city, db_url, tmp_path):
     assert row["has_curtain_wall"] is False
     assert {m for m, _, _ in feature_mesh(glb, index)} == {"building"}
     # the curtain-walls layer draws the wall on its building's footprint, with the building's height
-    tileset, walls = export("curtain-walls", tmp_path / "cw", db_url)
+    _, walls = export("curtain-walls", tmp_path / "cw", db_url)
     (only,) = [r for g in walls.values() for r in g.rows]
     assert only["name"] == "玻璃塔" and only["support_type"] == "隐框" and only["height"] == 50
 
@@ -377,7 +377,7 @@ def test_pipeline_below_ground(city, db_url, tmp_path):
 
 
 def test_parts_are_instanced_markers_with_classes(city, db_url, tmp_path):
-    tileset, glbs = export("parts", tmp_path / "parts", db_url)
+    _, glbs = export("parts", tmp_path / "parts", db_url)
     (glb,) = glbs.values()
     rows = glb.rows
     assert sorted(r["subclass_name"] for r in rows) == sorted(["上水井盖", "消防栓", _subclass(city, "0201")])
@@ -394,23 +394,27 @@ def _subclass(engine, code: str) -> str:
 
 # --- over HTTP --------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def client(city, tmp_path_factory):
+def api_client(engine, home: Path):
+    """A TestClient of the whole app whose tile cache lives under ``home``."""
     from fastapi.testclient import TestClient
 
     from api.app import create_app
 
-    home = tmp_path_factory.mktemp("cim-home")
     old = os.environ.get("CIM_HOME")
     os.environ["CIM_HOME"] = str(home)
     try:
-        app = create_app(city)
+        app = create_app(engine)
     finally:
         if old is None:
             os.environ.pop("CIM_HOME")
         else:
             os.environ["CIM_HOME"] = old
-    with TestClient(app) as c:
+    return TestClient(app)
+
+
+@pytest.fixture(scope="module")
+def client(city, tmp_path_factory):
+    with api_client(city, tmp_path_factory.mktemp("cim-home")) as c:
         yield c
 
 
@@ -476,3 +480,92 @@ def test_api_filter_and_bbox_select_features(client, city):
     names = [r["name"] for g in check_tileset(boxed, lambda u: client.get("/3dtiles/buildings/" + u).content).values()
              for r in g.rows]
     assert "上海中心大厦" in names and "天井楼" not in names
+
+
+# --- after an ingest run ------------------------------------------------------------------------
+
+#: three small blocks near the Bund, (source id, name, lon, lat, height m)
+LOADED = [("L-1", "北楼", 121.4990, 31.2400, 24.0), ("L-2", "中楼", 121.4996, 31.2400, 30.0),
+          ("L-3", "南楼", 121.5002, 31.2400, 60.0)]
+LOADED_SIDE = 0.0002  # degrees, about 20 m
+
+
+def write_buildings(path: Path, heights: dict[str, float]) -> Path:
+    """A GeoJSON delivery of the LOADED blocks (WGS84), with the given heights by source id."""
+    features = [{"type": "Feature", "properties": {"source_id": s, "name": n, "height": heights.get(s, h)},
+                 "geometry": {"type": "Polygon", "coordinates": [[
+                     [lon, lat], [lon + LOADED_SIDE, lat], [lon + LOADED_SIDE, lat + LOADED_SIDE],
+                     [lon, lat + LOADED_SIDE], [lon, lat]]]}}
+                for s, n, lon, lat, h in LOADED]
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}, ensure_ascii=False),
+                    encoding="utf-8")
+    return path
+
+
+def ingest_buildings(path: Path, db_url: str) -> dict:
+    """The real loader (``cim ingest buildings``, upsert by source id); returns its run report."""
+    return json.loads(run_cim("ingest", "buildings", str(path), "--json", db_url=db_url).stdout)
+
+
+@pytest.fixture(scope="module")
+def loaded_url(server_url) -> str:
+    """A base of its own: only what the loader put there, so every number below is the loader's."""
+    from cim.bootstrap import initialise
+    from cim.database import engine_for
+    from tests.conftest import create_database
+
+    url = create_database(server_url)
+    initialise(engine_for(url))
+    return url
+
+
+def _top_of(glbs: dict[str, Glb], source_id: str, transform: list[float]) -> tuple[dict, float]:
+    """A building's metadata row and the greatest height of its vertices (m)."""
+    for glb in glbs.values():
+        for i, row in enumerate(glb.rows):
+            if row["source_id"] == source_id:
+                pts = np.vstack([t.reshape(-1, 3) for _, t, _ in feature_mesh(glb, i)])
+                return row, float(to_lonlath(pts, transform)[:, 2].max())
+    raise AssertionError(f"{source_id} not in any tile")
+
+
+def test_an_ingest_run_that_changes_a_height_shows_in_the_next_tileset(loaded_url, tmp_path):
+    from cim.database import engine_for
+
+    first = ingest_buildings(write_buildings(tmp_path / "v1.geojson", {}), loaded_url)
+    assert first["inserted"] == len(LOADED)
+    with api_client(engine_for(loaded_url), tmp_path / "home") as c:
+        base = "/3dtiles/buildings/"
+        r1 = _get_tileset(c, "buildings")
+        doc1 = r1.json()
+        glbs1 = check_tileset(doc1, lambda uri: c.get(base + uri).content)
+        heights1 = {sid: _top_of(glbs1, sid, doc1["root"]["transform"]) for sid, *_ in LOADED}
+        for sid, *_, height in LOADED:
+            row, top = heights1[sid]
+            assert row["height"] == height and top == pytest.approx(height, abs=0.05)
+        assert c.get(base + "tileset.json", headers={"If-None-Match": r1.headers["etag"]}).status_code == 304
+
+        # the surveyor re-delivers the file with the middle block raised to be the tallest
+        second = ingest_buildings(write_buildings(tmp_path / "v2.geojson", {"L-2": 75.0}), loaded_url)
+        assert (second["updated"], second["unchanged"], second["inserted"]) == (1, 2, 0)
+
+        r2 = c.get(base + "tileset.json", headers={"If-None-Match": r1.headers["etag"]})
+        assert r2.status_code == 200, "the old ETag must not match after the load"
+        doc2 = r2.json()
+        assert r2.headers["etag"] != r1.headers["etag"]
+        assert doc2["asset"]["tilesetVersion"] != doc1["asset"]["tilesetVersion"]
+        glbs2 = check_tileset(doc2, lambda uri: c.get(base + uri).content)
+        assert set(glbs2).isdisjoint(glbs1), "content URIs carry the new version"
+        row, top = _top_of(glbs2, "L-2", doc2["root"]["transform"])
+        assert row["height"] == 75.0 and top == pytest.approx(75.0, abs=0.05)
+        assert row["feature_id"] == heights1["L-2"][0]["feature_id"], "the same feature, a new version of it"
+        for sid in ("L-1", "L-3"):
+            assert _top_of(glbs2, sid, doc2["root"]["transform"])[1] == pytest.approx(heights1[sid][1], abs=0.05)
+        # the bounding volume grew with the building
+        assert doc1["root"]["boundingVolume"]["region"][5] < 75.0 <= doc2["root"]["boundingVolume"]["region"][5]
+        for uri in glbs2:  # the rebuilt tiles are as valid as the first ones
+            path = tmp_path / "v2" / uri.split("?")[0]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(c.get(base + uri).content)
+    report = validate_glbs(sorted((tmp_path / "v2").rglob("*.glb")))
+    assert not {k: v for k, v in report.items() if v["errors"]}

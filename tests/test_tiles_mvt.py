@@ -3,8 +3,8 @@ Chinese text intact, 204 when empty, problems for bad addresses, and new bytes a
 from __future__ import annotations
 
 import gzip
-import os
 import sqlite3
+from pathlib import Path
 
 import mapbox_vector_tile
 import morecantile
@@ -12,7 +12,8 @@ import pyogrio
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import run_cim
+from tests.conftest import create_database, run_cim
+from tests.test_tiles_3d import LOADED, api_client, write_buildings
 
 TMS = morecantile.tms.get("WebMercatorQuad")
 X0, Y0 = 642900.0, 3458000.0  # EPSG:4549, the Bund
@@ -54,17 +55,7 @@ def city(engine):
 
 @pytest.fixture(scope="module")
 def client(city, tmp_path_factory):
-    from fastapi.testclient import TestClient
-
-    from api.app import create_app
-
-    old = os.environ.get("CIM_HOME")
-    os.environ["CIM_HOME"] = str(tmp_path_factory.mktemp("cim-home"))
-    try:
-        app = create_app(city)
-    finally:
-        os.environ.pop("CIM_HOME") if old is None else os.environ.__setitem__("CIM_HOME", old)
-    with TestClient(app) as c:
+    with api_client(city, tmp_path_factory.mktemp("cim-home")) as c:
         yield c
 
 
@@ -189,3 +180,37 @@ def test_export_mvt_directory_and_mbtiles(city, db_url, tmp_path):
     assert gzip.decompress(data) == mine.read_bytes()
     bad = run_cim("tiles", "export-mvt", "grids", str(out), "--zooms", "9-x", db_url=db_url, check=False)
     assert bad.returncode != 0 and "--zooms" in bad.stderr + bad.stdout
+
+
+def test_an_ingest_run_that_changes_a_height_shows_in_the_next_tile(server_url, tmp_path):
+    """The real loader (upsert by source id) into a base of its own, the tile before and after."""
+    from cim.bootstrap import initialise
+    from cim.database import engine_for
+    from ingest.run import IngestOptions, ingest_files
+
+    engine = engine_for(create_database(server_url))
+    initialise(engine)
+
+    def load(path: Path):
+        return ingest_files("buildings", [path], IngestOptions(), engine)
+
+    assert load(write_buildings(tmp_path / "v1.geojson", {})).inserted == len(LOADED)
+    _, _, lon, lat, _ = LOADED[1]
+    t = TMS.tile(lon, lat, 16)
+    assert {TMS.tile(x, y, 16) for _, _, x, y, _ in LOADED} == {t}, "all three blocks in one z16 tile"
+
+    def heights(r) -> dict[str, float]:
+        assert r.status_code == 200 and r.headers["content-type"] == MVT, r.text
+        return {f["properties"]["source_id"]: f["properties"]["height"]
+                for f in mapbox_vector_tile.decode(r.content)["buildings"]["features"]}
+
+    with api_client(engine, tmp_path / "home") as c:
+        first = c.get(url("buildings", t))
+        assert heights(first) == {s: h for s, _, _, _, h in LOADED}
+        etag = first.headers["etag"]
+        assert c.get(url("buildings", t), headers={"If-None-Match": etag}).status_code == 304
+        report = load(write_buildings(tmp_path / "v2.geojson", {"L-2": 75.0}))
+        assert (report.updated, report.unchanged) == (1, 2)
+        second = c.get(url("buildings", t), headers={"If-None-Match": etag})
+        assert second.headers["etag"] != etag
+        assert heights(second) == {**{s: h for s, _, _, _, h in LOADED}, "L-2": 75.0}
