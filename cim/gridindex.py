@@ -67,6 +67,8 @@ class GridIndex:
 
 def representative_points(geoms: np.ndarray) -> np.ndarray:
     """A point inside each feature: itself for points, a point on the surface / line otherwise."""
+    if (shapely.get_type_id(geoms) == 0).all():  # all points: nothing to compute
+        return shapely.force_2d(geoms)
     out = shapely.point_on_surface(geoms)
     lines = np.array([g is not None and g.geom_type in ("LineString", "MultiLineString") for g in geoms])
     if lines.any():

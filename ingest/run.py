@@ -240,7 +240,7 @@ class FeatureLoad:
         present = ~pd.isna(geoms)
         present[list(reasons)] = False
         if present.any():
-            points = shapely.point_on_surface(geoms[present])
+            points = representative_points(geoms[present])
             try:
                 check_extent(shapely.get_x(points), shapely.get_y(points), crs, self.settings.city_bbox_wgs84)
             except UserError as exc:
