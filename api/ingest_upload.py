@@ -8,34 +8,24 @@ afterwards, loaded or not.
 """
 from __future__ import annotations
 
-import importlib
 import shutil
 import tempfile
 from pathlib import Path as FsPath
-from types import ModuleType
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Path, Request, UploadFile
 
 from api import auth
 from api.deps import get_state
-from api.problems import Problem, bad_parameter, not_found
+from api.problems import bad_parameter, not_found
 from cim.apikeys import ApiKey
 from cim.errors import UserError
+from ingest.columns import parse_mapping
+from ingest.run import IngestOptions, ingest_files
+from ingest.specs import SPECS
 
 router = APIRouter(tags=["ingest"])
 _CHUNK = 1 << 20
-
-
-def _loader() -> ModuleType:
-    """:mod:`ingest.run`, or a 503 problem when this installation has no loader."""
-    try:
-        return importlib.import_module("ingest.run")
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("ingest", "ingest.run"):
-            raise  # a real missing dependency inside the loader, not an absent loader
-        raise Problem(503, "Service unavailable", "loading over the API is not available: this "
-                                                  "installation has no loader (ingest.run)") from None
 
 
 def _safe_name(filename: str | None, index: int) -> str:
@@ -53,6 +43,15 @@ def _save(files: list[UploadFile], directory: FsPath) -> list[FsPath]:
             shutil.copyfileobj(upload.file, out, _CHUNK)
         paths.append(path)
     return paths
+
+
+SIDECARS = {".dbf", ".shx", ".prj", ".cpg", ".qix", ".sbn", ".sbx", ".xml", ".qmd"}
+
+
+def _primary_files(paths: list[FsPath]) -> list[FsPath]:
+    """The files to load: a Shapefile's .dbf/.shx/.prj/.cpg travel with its .shp and are not loaded alone."""
+    shp_stems = {p.stem for p in paths if p.suffix.lower() == ".shp"}
+    return [p for p in paths if not (p.suffix.lower() in SIDECARS and p.stem in shp_stems)]
 
 
 @router.post("/ingest/{layer}", summary="Upload and load files into a layer (role loader)")
@@ -75,10 +74,6 @@ def ingest_upload(
     dry_run: bool = Form(False, description="Validate and report; write nothing."),
     key: ApiKey = Depends(auth.require_role("loader")),
 ) -> Any:
-    run = _loader()
-    from ingest.cli import parse_mapping
-    from ingest.specs import SPECS
-
     if layer not in SPECS:
         raise not_found(f"no loadable layer {layer!r}; one of: {', '.join(SPECS)}")
     try:
@@ -87,12 +82,12 @@ def ingest_upload(
         raise bad_parameter("map", str(exc)) from None
     fields = {"crs": crs, "encoding": encoding, "mode": mode, "layer_name": layer_name, "x": x, "y": y, "z": z,
               "wkt": wkt, "address_column": address_column}
-    options = run.IngestOptions(**{k: v for k, v in fields.items() if v is not None}, mapping=mapping,
+    options = IngestOptions(**{k: v for k, v in fields.items() if v is not None}, mapping=mapping,
                                 strict=strict, dry_run=dry_run, operator=key.name or f"api key {key.id}")
     engine = get_state(request).engine
     with tempfile.TemporaryDirectory(prefix="cim-upload-") as tmp:
-        paths = _save(files, FsPath(tmp))
-        report = run.ingest_files(layer, paths, options, engine)
+        paths = _primary_files(_save(files, FsPath(tmp)))
+        report = ingest_files(layer, paths, options, engine)
     return report.as_dict()
 
 

@@ -13,28 +13,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cim.errors import UserError
+from ingest.columns import parse_mapping
 from ingest.specs import SPECS
 
 console = Console()
 ingest_app = typer.Typer(help="Load survey deliveries into the city base.", no_args_is_help=True,
                          invoke_without_command=False)
 samples_app = typer.Typer(help="The sample city in data_samples/.", no_args_is_help=True)
-
-
-def parse_mapping(pairs: list[str], mapping_file: Path | None) -> dict[str, str]:
-    mapping: dict[str, str] = {}
-    if mapping_file:
-        try:
-            mapping.update(json.loads(mapping_file.read_text(encoding="utf-8")))
-        except (OSError, ValueError) as exc:
-            raise UserError(f"--mapping-file {mapping_file}: not a JSON object of field -> column ({exc})") from exc
-    for pair in pairs:
-        target, sep, source = pair.partition("=")
-        if not sep or not target or not source:
-            raise UserError(f"--map {pair!r}: expected FIELD=COLUMN")
-        mapping[target.strip()] = source.strip()
-    return mapping
 
 
 def load(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -162,3 +163,18 @@ def _jsonable(record: dict) -> dict:
             value = str(value)
         out[str(key)] = value
     return out
+
+
+def parse_mapping(pairs: list[str], mapping_file: Path | None) -> dict[str, str]:
+    mapping: dict[str, str] = {}
+    if mapping_file:
+        try:
+            mapping.update(json.loads(mapping_file.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"--mapping-file {mapping_file}: not a JSON object of field -> column ({exc})") from exc
+    for pair in pairs:
+        target, sep, source = pair.partition("=")
+        if not sep or not target or not source:
+            raise UserError(f"--map {pair!r}: expected FIELD=COLUMN")
+        mapping[target.strip()] = source.strip()
+    return mapping

@@ -4,7 +4,6 @@ problem documents — against a real PostGIS."""
 from __future__ import annotations
 
 import hashlib
-import sys
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -166,10 +165,18 @@ def test_ingest_upload_errors_name_the_parameter(client, keys):
     assert r.status_code == 400 and r.json()["parameter"] == "files"
 
 
-def test_ingest_upload_without_a_loader_is_503(client, keys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "ingest.run", None)  # as if the loaders were not installed
-    r = _upload(client, {"X-API-Key": keys["loader"]})
-    assert r.status_code == 503 and "no loader" in r.json()["detail"]
+def test_ingest_upload_of_a_shapefile_with_its_sidecar_files(client, keys, engine, tmp_path):
+    import geopandas as gpd
+
+    gpd.GeoDataFrame({"BM": ["3101010102000093"], "name": ["上传污水井盖"]},
+                     geometry=gpd.points_from_xy([121.4716], [31.2314]), crs="EPSG:4326").to_file(tmp_path / "wells.shp")
+    files = [("files", (p.name, p.read_bytes())) for p in sorted(tmp_path.glob("wells.*"))]
+    assert len(files) >= 4  # .shp .shx .dbf .prj (.cpg)
+    r = client.post("/ingest/parts", headers={"X-API-Key": keys["loader"]}, files=files,
+                    data={"map": ["object_code=BM"]})
+    assert r.status_code == 200, r.text
+    assert r.json()["inserted"] == 1 and len(r.json()["files"]) == 1
+    assert ("3101010102000093", "上传污水井盖") in _uploaded(engine)
 
 
 # --- read-key-required mode -----------------------------------------------------------------------
