@@ -14,7 +14,7 @@ from api import auth
 from api.deps import get_state
 from api.problems import bad_parameter
 from cim.crs import CrsError, CrsSpec, resolve_crs
-from cim.grid import MAX_POINTS, lookup_points
+from cim.grid import MAX_POINTS, answers_to_dicts, lookup_points
 
 router = APIRouter(tags=["grid"])
 
@@ -63,7 +63,7 @@ def _answer(request: Request, lons: list[float], lats: list[float], crs: CrsSpec
     state = get_state(request)
     with state.engine.connect() as conn:
         answers = lookup_points(conn, lons, lats, crs, state.settings)
-    return {"results": [a.to_dict() for a in answers]}
+    return {"results": answers_to_dicts(answers)}
 
 
 @router.get("/grid/lookup", summary="Grid, community, street and district of one point, and who is responsible")

@@ -4,7 +4,7 @@ for that grid (grid → post → department → persons).
 One batch of up to :data:`MAX_POINTS` points is answered by ONE SQL statement: the points go in
 as two float arrays (unnested WITH ORDINALITY so the order survives), each level is a LATERAL
 join on the level's GiST index, and the responsibility chain is aggregated per distinct grid in
-the same statement. Coordinates are transformed to the storage CRS in Python first (vectorised,
+the same statement and sent once per grid (the points of a grid share one chain object). Coordinates are transformed to the storage CRS in Python first (vectorised,
 and the only place that knows GCJ-02/BD-09).
 
 Boundary rule (documented, tested): a point exactly on an edge shared by two polygons of a level
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
 import numpy as np
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -97,14 +98,34 @@ class GridAnswer:
                 return name  # type: ignore[return-value]
         return "none"
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, shared: dict[int, Any] | None = None) -> dict[str, Any]:
+        """The answer as JSON-ready dicts; with ``shared`` (see :func:`answers_to_dicts`) the dicts of
+        units and chains seen before are reused, not rebuilt."""
         out: dict[str, Any] = {}
         for name in reversed(LEVELS):
             area = getattr(self, name)
-            out[name] = area.to_dict() if area else None
+            out[name] = _once(shared, area, area.to_dict) if area else None
         out["level"] = self.level
-        out["responsibility"] = [r.to_dict() for r in self.responsibility]
+        out["responsibility"] = _once(shared, self.responsibility,
+                                      lambda: [r.to_dict() for r in self.responsibility])
         return out
+
+
+def _once(shared: dict[int, Any] | None, obj: object, build: Any) -> Any:
+    if shared is None:
+        return build()
+    key = id(obj)  # the objects outlive the call: the answers being converted hold them
+    if key not in shared:
+        shared[key] = build()
+    return shared[key]
+
+
+def answers_to_dicts(answers: Sequence[GridAnswer]) -> list[dict[str, Any]]:
+    """:meth:`GridAnswer.to_dict` of many answers. The answers of one lookup share their units and
+    chains, so the dicts of those are built once and shared too (building a chain's dicts for every
+    point cost more than the lookup): serialise the result, don't mutate it."""
+    shared: dict[int, Any] = {}
+    return [a.to_dict(shared) for a in answers]
 
 
 # The responsibility chain of a set of grid codes, as (grid_code, jsonb array). ``{codes}`` is
@@ -131,6 +152,8 @@ GROUP BY gc.grid_code
 """
 
 # Points in the storage CRS (SRID bound as :srid) → per level, the covering unit of smallest code.
+# Many points share a grid, so each grid's chain is sent once, on the first row (in input order)
+# of that grid, and as text: decoding the same JSON for every point cost more than the lookup.
 # PostGIS's high function costs push the plan's estimate past PostgreSQL's JIT thresholds, and
 # compiling it costs ~1 s — far more than running it (~0.1 s for 10,000 points). SET LOCAL (this
 # transaction only) travels in the same round trip as the query.
@@ -163,9 +186,11 @@ WITH pts AS (
         WHERE valid_to IS NULL AND ST_Covers(geom, pts.pt) ORDER BY code LIMIT 1
     ) AS d ON true
 ), chains AS ({_CHAINS_SQL.format(codes="SELECT grid_code FROM hits")})
-SELECT hits.*, chains.chain
-FROM hits LEFT JOIN chains ON chains.grid_code = hits.grid_code
-ORDER BY hits.i
+SELECT h.grid_code, h.grid_name, h.community_code, h.community_name,
+       h.street_code, h.street_name, h.district_code, h.district_name, chains.chain::text
+FROM (SELECT hits.*, row_number() OVER (PARTITION BY hits.grid_code ORDER BY hits.i) AS nth FROM hits) AS h
+LEFT JOIN chains ON chains.grid_code = h.grid_code AND h.nth = 1
+ORDER BY h.i
 """
 
 _RESPONSIBILITY_SQL = _CHAINS_SQL.format(codes="SELECT unnest(CAST(:codes AS text[]))")
@@ -228,22 +253,25 @@ def lookup_points(conn: Connection, xs: Sequence[float] | np.ndarray, ys: Sequen
     sx, sy = to_storage(xs, ys, crs, srid)
     finite = np.isfinite(sx) & np.isfinite(sy)
     params = {"xs": _float_array(sx, finite), "ys": _float_array(sy, finite), "srid": srid}
-    rows = conn.execute(sa.text(_LOOKUP_SQL), params).mappings().all()
+    rows = conn.execute(sa.text(_LOOKUP_SQL), params).all()
     # many points share a unit: build each Area and chain once (immutable, so safe to share)
     areas: dict[tuple[str | None, str | None], Area | None] = {}
     chains: dict[str | None, tuple[Responsibility, ...]] = {}
 
-    def area(r: sa.RowMapping, level: str) -> Area | None:
-        key = (r[f"{level}_code"], r[f"{level}_name"])
+    def area(code: str | None, name: str | None) -> Area | None:
+        key = (code, name)
         if key not in areas:
-            areas[key] = _area(*key)
+            areas[key] = _area(code, name)
         return areas[key]
 
     answers = []
-    for r in rows:
-        if r["grid_code"] not in chains:
-            chains[r["grid_code"]] = _chain(r["chain"])
-        answers.append(GridAnswer(district=area(r, "district"), street=area(r, "street"),
-                                  community=area(r, "community"), grid=area(r, "grid"),
-                                  responsibility=chains[r["grid_code"]]))
+    for grid_code, grid_name, community_code, community_name, street_code, street_name, \
+            district_code, district_name, chain in rows:
+        if chain is not None:  # the first row of its grid (rows come in input order)
+            chains[grid_code] = _chain(orjson.loads(chain))
+        answers.append(GridAnswer(district=area(district_code, district_name),
+                                  street=area(street_code, street_name),
+                                  community=area(community_code, community_name),
+                                  grid=area(grid_code, grid_name),
+                                  responsibility=chains.get(grid_code, ())))
     return answers
