@@ -449,7 +449,8 @@ def peers_python() -> tuple[Path | None, str]:
 
 
 def run_peer(python: Path, tool: str, warmup: list[str], rows: list[str]) -> dict:
-    script, src, dst = WORK / "peer_district.py", WORK / f"peer_{tool}_in.json", WORK / f"peer_{tool}_out.json"
+    script = WORK / "geocode_peer.py"
+    src, dst = WORK / f"geocode_peer_{tool}_in.json", WORK / f"geocode_peer_{tool}_out.json"
     script.write_text(PEER_SCRIPT, encoding="utf-8")
     src.write_text(json.dumps({"warmup": warmup, "rows": rows}, ensure_ascii=False), encoding="utf-8")
     done = subprocess.run([str(python), str(script), tool, str(src), str(dst)], capture_output=True, text=True,
@@ -546,7 +547,7 @@ def serve_and_drive(url: str, runs: list[tuple[int, list[str], list[str]]], driv
     """Start `cim serve` (1 worker, on this process's core) on a free loopback port; run the driver (on
     ``driver_cpu``) for each (concurrency, warm-up queries, measured queries)."""
     port = free_port()
-    log = (WORK / "serve.log").open("w")
+    log = (WORK / "geocode_serve.log").open("w")
     server = subprocess.Popen([CIM, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
                               env=cim_env(url), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -559,13 +560,13 @@ def serve_and_drive(url: str, runs: list[tuple[int, list[str], list[str]]], driv
             except OSError:
                 pass
             if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"cim serve did not come up; see {WORK / 'serve.log'}")
+                raise SystemExit(f"cim serve did not come up; see {WORK / 'geocode_serve.log'}")
             time.sleep(0.3)
         script = WORK / "geocode_driver.py"
         script.write_text(DRIVER_SCRIPT, encoding="utf-8")
         out = []
         for concurrency, warmup, queries in runs:
-            src, dst = WORK / "driver_in.json", WORK / "driver_out.json"
+            src, dst = WORK / "geocode_driver_in.json", WORK / "geocode_driver_out.json"
             src.write_text(json.dumps({"warmup": warmup, "rows": queries}, ensure_ascii=False), encoding="utf-8")
             subprocess.run([sys.executable, str(script), str(port), str(concurrency), str(src), str(dst),
                             str(driver_cpu)], check=True)
