@@ -681,3 +681,25 @@ def test_real_addresses_never_fail_and_never_leave_their_district(city):
     # rows of other provinces (written first) are never placed
     other = [a for a in answers if a.query.startswith(("北京", "浙江", "江苏", "广东", "深圳", "广州"))]
     assert other and all(a.match_level == "none" for a in other)
+
+
+def test_never_answers_in_another_district_than_named_even_with_stale_codes(city):
+    """An address stored as 长宁区 but lying inside 静安区's polygon, and a district layer loaded after the
+    addresses (so stored codes are not trusted): the answer falls back to 长宁区 itself rather than a
+    point in 静安区."""
+    x, y = _storage((JINGAN[4][0] + JINGAN[4][2]) / 2, (JINGAN[4][1] + JINGAN[4][3]) / 2)
+    with city.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO addresses (source_id, city, district, road, door_number, door_int, standard_address, "
+            "district_code, geom) VALUES ('STALE-1', '上海市', '长宁区', '错位路', '1', 1, '上海市长宁区错位路1号', "
+            "'310105', ST_SetSRID(ST_MakePoint(:x, :y, 0), 4549))"), {"x": x, "y": y})
+        bump_versions(conn)
+        conn.execute(sa.text("UPDATE layers SET version = version + 1, updated_at = now() + interval '1 second' "
+                             "WHERE table_name = 'districts'"))
+    r = _gc(city, "上海市长宁区错位路1号")
+    assert r.assignment.district.code == "310105"
+    assert r.match_level == "district" and "outside" in (r.reason or "")
+    assert _covering(city, "districts", "code", r.x, r.y) == ["310105"]
+    with city.begin() as conn:  # the addresses are current again for any later test
+        conn.execute(sa.text("UPDATE layers SET version = version + 1, updated_at = now() + interval '2 seconds' "
+                             "WHERE table_name = 'addresses'"))

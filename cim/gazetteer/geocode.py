@@ -833,6 +833,27 @@ def _assign(conn: Connection, g: Gazetteer, outcomes: dict[str, _Outcome], resul
             answers[i] = answer
     for q, answer in zip(at_points, answers):
         results[q].assignment = answer
+    _keep_named_district(g, outcomes, results)
+
+
+def _keep_named_district(g: Gazetteer, outcomes: dict[str, _Outcome], results: dict[str, GeocodeResult]) -> None:
+    """The last guard of the rule "never a point in another district than the query names".
+
+    A point can still land outside when the base's data disagree (addresses loaded before a newer
+    district outline); then the named district itself is the honest answer, and the note says why."""
+    for q, o in outcomes.items():
+        r, named = results[q], o.required_district
+        found = r.assignment.district.code if r.assignment.district else None
+        if named is None or found is None or found == named or r.match_level == "none":
+            continue
+        fallback = _area_match(g, "district", named, named)
+        if fallback is None:
+            continue
+        r.notes.append(f"the {r.match_level}-level point lies in {g.dictionary.district_name(found)} by the current "
+                       f"polygons, not in the named {g.dictionary.district_name(named)}; answered at district level")
+        r.match_level, r.score, r.x, r.y, r.entry = "district", fallback.score, fallback.x, fallback.y, None
+        r.reason = f"the matched address lies outside {g.dictionary.district_name(named)}"
+        r.assignment = g.answer_from_codes(g.area_codes(fallback.area), ())
 
 
 def _lookup(conn: Connection, g: Gazetteer, points: list[tuple[float | None, float | None]]) -> list[GridAnswer]:
