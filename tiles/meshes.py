@@ -11,8 +11,6 @@ from dataclasses import dataclass, field
 import mapbox_earcut
 import numpy as np
 import shapely
-from shapely.geometry import MultiPolygon, Polygon
-from shapely.geometry.polygon import orient
 
 from tiles.geodesy import LocalFrame, lonlath_to_ecef, storage_to_ecef, storage_to_lonlat
 
@@ -56,80 +54,108 @@ def _geodetic_up(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
     return np.column_stack([np.cos(la) * np.cos(lo), np.cos(la) * np.sin(lo), np.sin(la)])
 
 
-def _ring_xy(coords: np.ndarray) -> np.ndarray:
-    """A ring's distinct vertices (closing vertex and repeated points dropped)."""
-    xy = np.asarray(coords, float)[:, :2]
-    if len(xy) > 1 and np.allclose(xy[0], xy[-1]):
-        xy = xy[:-1]
-    keep = np.ones(len(xy), bool)
-    keep[1:] = np.linalg.norm(np.diff(xy, axis=0), axis=1) > _MIN_EDGE_M
-    xy = xy[keep]
-    while len(xy) > 1 and np.linalg.norm(xy[0] - xy[-1]) <= _MIN_EDGE_M:
-        xy = xy[:-1]
-    return xy
+def _ring_vertices(rings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct vertices of many closed rings: (xy (N, 2), ring index (N,)), in ring order.
+
+    The closing vertex, vertices within a millimetre of their predecessor and trailing vertices
+    within a millimetre of the first one are dropped (a zero-length wall has no normal)."""
+    coords, ring = shapely.get_coordinates(rings, return_index=True)
+    if not len(coords):
+        return coords.reshape(0, 2), ring
+    first = np.r_[True, ring[1:] != ring[:-1]]
+    last = np.r_[ring[1:] != ring[:-1], True]
+    step = np.r_[np.inf, np.linalg.norm(np.diff(coords, axis=0), axis=1)]
+    keep = ~last & (first | (step > _MIN_EDGE_M))
+    xy, ring = coords[keep], ring[keep]
+    start = np.flatnonzero(np.r_[True, ring[1:] != ring[:-1]])
+    # a ring that comes back to its start through points a hair apart: drop the tail, repeatedly
+    while len(xy):
+        end = np.r_[start[1:], len(xy)] - 1
+        head = np.repeat(start, np.diff(np.r_[start, len(xy)]))
+        tail = (np.arange(len(xy)) == np.repeat(end, np.diff(np.r_[start, len(xy)]))) & \
+               (np.arange(len(xy)) != head) & (np.linalg.norm(xy - xy[head], axis=1) <= _MIN_EDGE_M)
+        if not tail.any():
+            break
+        xy, ring = xy[~tail], ring[~tail]
+        start = np.flatnonzero(np.r_[True, ring[1:] != ring[:-1]])
+    return xy, ring
 
 
-def polygons_of(geom) -> list[Polygon]:
-    if isinstance(geom, Polygon):
-        return [geom]
-    if isinstance(geom, MultiPolygon):
-        return list(geom.geoms)
-    return [g for g in getattr(geom, "geoms", []) if isinstance(g, Polygon)]
-
-
-def solid(polygon: Polygon, base: float, top: float, feature: int, srid: int, frame: LocalFrame) -> Mesh:
-    """The LoD1 block of a footprint: floor at ``base``, flat roof at ``top``, walls between.
+def blocks(geoms: np.ndarray, bases: np.ndarray, tops: np.ndarray, features: np.ndarray, srid: int,
+           frame: LocalFrame) -> Mesh:
+    """The LoD1 blocks of many footprints at once: floor at ``bases``, flat roof at ``tops``, walls
+    between; vertices carry ``features`` (one id per footprint).
 
     Holes (inner rings) become inner walls facing into the courtyard and are left open in roof
-    and floor by the triangulation.
+    and floor by the triangulation. The coordinate work runs once over every vertex of the batch;
+    only the triangulation is done polygon by polygon.
     """
-    polygon = orient(polygon, 1.0)  # exterior counter-clockwise, holes clockwise (seen from above)
-    rings = [_ring_xy(polygon.exterior.coords)] + [_ring_xy(r.coords) for r in polygon.interiors]
-    if len(rings[0]) < 3:
+    polys, owner = shapely.get_parts(np.asarray(geoms, object), return_index=True)
+    polygonal = shapely.get_type_id(polys) == 3
+    # exterior counter-clockwise, holes clockwise (seen from above): walls then face outwards
+    polys, owner = shapely.orient_polygons(polys[polygonal]), owner[polygonal]
+    rings, poly_of_ring = shapely.get_rings(polys, return_index=True)
+    is_exterior = np.r_[True, poly_of_ring[1:] != poly_of_ring[:-1]]
+    xy, ring = _ring_vertices(rings)
+    # rings of fewer than 3 vertices are dropped, and a polygon whose exterior goes goes entirely
+    size = np.bincount(ring, minlength=len(rings))
+    good_ring = size >= 3
+    good_poly = np.zeros(len(polys), bool)
+    good_poly[poly_of_ring[is_exterior & good_ring]] = True
+    good_ring &= good_poly[poly_of_ring]
+    keep = good_ring[ring]
+    xy, ring = xy[keep], ring[keep]
+    if not len(xy):
         return Mesh()
-    rings = [rings[0]] + [r for r in rings[1:] if len(r) >= 3]
-    xy = np.vstack(rings)
-    lon, lat = storage_to_lonlat(xy[:, 0], xy[:, 1], srid)
+    poly = poly_of_ring[ring]
+    owner_of_vertex = owner[poly]
+    feature = np.asarray(features, np.uint32)[owner_of_vertex]
+    base, top = np.asarray(bases, float)[owner_of_vertex], np.asarray(tops, float)[owner_of_vertex]
+
     n = len(xy)
-    low = frame.to_gltf(lonlath_to_ecef(lon, lat, np.full(n, base)))
-    high = frame.to_gltf(lonlath_to_ecef(lon, lat, np.full(n, top)))
+    lon, lat = storage_to_lonlat(xy[:, 0], xy[:, 1], srid)
+    ends = frame.to_gltf(lonlath_to_ecef(np.r_[lon, lon], np.r_[lat, lat], np.r_[base, top]))
+    low, high = ends[:n], ends[n:]
     up = _unit(frame.vectors_to_gltf(_geodetic_up(lon, lat)))
 
-    parts: list[Mesh] = []
-    ends = np.cumsum([len(r) for r in rings]).astype(np.uint32)
-    tri = np.asarray(mapbox_earcut.triangulate_float64(xy - xy.mean(axis=0), ends), np.int64).reshape(-1, 3)
-    if len(tri):
-        a, b, c = xy[tri[:, 0]], xy[tri[:, 1]], xy[tri[:, 2]]
-        cross = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
-        # slivers below a square centimetre are invisible and their winding does not survive
-        # float32 positions; dropping them leaves no visible gap
-        keep = np.abs(cross) > 2 * _MIN_AREA_M2
-        tri, cross = tri[keep], cross[keep]
-        tri[cross < 0] = tri[cross < 0][:, ::-1]  # counter-clockwise from above
-        parts.append(Mesh(high, up, tri.astype(np.uint32), np.full(n, feature, np.uint32)))  # roof
-        parts.append(Mesh(low, -up, tri[:, ::-1].astype(np.uint32), np.full(n, feature, np.uint32)))  # floor
-    if top > base:
-        start = 0
-        for ring in rings:
-            idx = np.arange(start, start + len(ring))
-            start += len(ring)
-            i0, i1 = idx, np.roll(idx, -1)
-            # quad per edge: low i0, low i1, high i1, high i0 — outward because the exterior is
-            # counter-clockwise and the holes clockwise
-            quad = np.stack([low[i0], low[i1], high[i1], high[i0]], axis=1)  # (E, 4, 3)
-            normal = np.cross(quad[:, 1] - quad[:, 0], quad[:, 3] - quad[:, 0])
-            ok = np.linalg.norm(normal, axis=1) > 1e-9
-            quad, normal = quad[ok], _unit(normal[ok])
-            e = len(quad)
-            base_idx = (np.arange(e) * 4)[:, None]
-            tris = np.concatenate([base_idx + [0, 1, 2], base_idx + [0, 2, 3]])
-            parts.append(Mesh(quad.reshape(-1, 3), np.repeat(normal, 4, axis=0), tris.astype(np.uint32),
-                              np.full(4 * e, feature, np.uint32)))
-    return Mesh.concat(parts)
+    # roofs and floors: earcut per polygon (its rings are consecutive), on coordinates centred
+    # on the polygon so that the triangulation keeps its precision
+    ring_start = np.flatnonzero(np.r_[True, ring[1:] != ring[:-1]])
+    poly_start = ring_start[np.r_[True, poly[ring_start][1:] != poly[ring_start][:-1]]]
+    bounds = np.r_[ring_start, n]
+    triangles = []
+    for s, e in zip(poly_start, np.r_[poly_start[1:], n]):
+        local = xy[s:e] - xy[s:e].mean(axis=0)
+        ring_ends = bounds[(bounds > s) & (bounds <= e)] - s
+        tri = np.asarray(mapbox_earcut.triangulate_float64(local, ring_ends.astype(np.uint32)), np.int64)
+        triangles.append(tri.reshape(-1, 3) + s)
+    tri = np.vstack(triangles) if triangles else np.zeros((0, 3), np.int64)
+    a, b, c = xy[tri[:, 0]], xy[tri[:, 1]], xy[tri[:, 2]]
+    cross = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
+    # slivers below a square centimetre are invisible and their winding does not survive
+    # float32 positions; dropping them leaves no visible gap
+    keep = np.abs(cross) > 2 * _MIN_AREA_M2
+    tri, cross = tri[keep], cross[keep]
+    tri[cross < 0] = tri[cross < 0][:, ::-1]  # counter-clockwise from above
+    roof = Mesh(high, up, tri.astype(np.uint32), feature)
+    floor = Mesh(low, -up, tri[:, ::-1].astype(np.uint32), feature)
 
-
-def solids(geom, base: float, top: float, feature: int, srid: int, frame: LocalFrame) -> Mesh:
-    return Mesh.concat([solid(p, base, top, feature, srid, frame) for p in polygons_of(geom)])
+    # walls: a quad per ring edge — low i0, low i1, high i1, high i0 — outward because the
+    # exterior is counter-clockwise and the holes clockwise
+    i0 = np.arange(n)
+    i1 = i0 + 1
+    ring_end = np.r_[ring_start[1:], n] - 1
+    closing = np.isin(i0, ring_end)
+    i1[closing] = np.repeat(ring_start, np.diff(np.r_[ring_start, n]))[closing]
+    quad = np.stack([low[i0], low[i1], high[i1], high[i0]], axis=1)  # (E, 4, 3)
+    normal = np.cross(quad[:, 1] - quad[:, 0], quad[:, 3] - quad[:, 0])
+    ok = (np.linalg.norm(normal, axis=1) > 1e-9) & (top > base)
+    quad, normal, wall_feature = quad[ok], _unit(normal[ok]), feature[ok]
+    corner = (np.arange(len(quad)) * 4)[:, None]
+    walls = Mesh(quad.reshape(-1, 3), np.repeat(normal, 4, axis=0),
+                 np.concatenate([corner + [0, 1, 2], corner + [0, 2, 3]]).astype(np.uint32),
+                 np.repeat(wall_feature, 4))
+    return Mesh.concat([roof, floor, walls])
 
 
 def tube(points: np.ndarray, radius: float, feature: int, srid: int, frame: LocalFrame, sides: int = 10) -> Mesh:

@@ -20,7 +20,7 @@ from sqlalchemy.sql import ColumnElement, FromClause
 from tiles import style
 from tiles.gltf import Instances, Material
 from tiles.geodesy import LocalFrame, storage_to_ecef
-from tiles.meshes import Mesh, linestring_points, marker, solids, tube
+from tiles.meshes import Mesh, blocks, linestring_points, marker, tube
 from tiles.metadata import FeatureClass, Property
 
 #: a pipe thinner than this is drawn at this radius so that it stays visible (metres)
@@ -123,11 +123,13 @@ def _buildings(tables: dict[str, sa.Table], storey: float) -> Query:
 
 def _build_solids(rows: list[dict[str, Any]], srid: int, frame: LocalFrame,
                   glass_flag: str | None) -> tuple[list[tuple[Mesh, Material]], list[Instances]]:
-    plain, glass = [], []
-    for i, row in enumerate(rows):
-        mesh = solids(row["geom"], row["base"], row["top"], i, srid, frame)
-        (glass if glass_flag is None or row[glass_flag] else plain).append(mesh)
-    return [(Mesh.concat(plain), style.BUILDING), (Mesh.concat(glass), style.GLASS)], []
+    glassy = np.array([glass_flag is None or bool(row[glass_flag]) for row in rows], bool)
+    geoms = np.array([row["geom"] for row in rows], object)
+    bases = np.array([row["base"] for row in rows], float)
+    tops = np.array([row["top"] for row in rows], float)
+    ids = np.arange(len(rows))
+    return [(blocks(geoms[~glassy], bases[~glassy], tops[~glassy], ids[~glassy], srid, frame), style.BUILDING),
+            (blocks(geoms[glassy], bases[glassy], tops[glassy], ids[glassy], srid, frame), style.GLASS)], []
 
 
 # --- curtain walls ---------------------------------------------------------------------------
