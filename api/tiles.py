@@ -243,7 +243,10 @@ async def collection_tile(request: Request, collectionId: str, tileMatrixSetId: 
     headers = {"ETag": etag, "Cache-Control": REVALIDATE}
     if _not_modified(request, etag):
         return Response(status_code=304, headers=headers)
-    data = await _call(svc.mvt, lyr, tileMatrix, tileCol, tileRow, selection, props)
+    # a tile in memory is answered here; building one or reading it from disk goes to a thread
+    data = svc.mvt_in_memory(lyr, tileMatrix, tileCol, tileRow, selection) if props is None else None
+    if data is None:
+        data = await _call(svc.mvt, lyr, tileMatrix, tileCol, tileRow, selection, props)
     if not data:
         return Response(status_code=204, headers=headers)
     return Response(data, media_type=MVT_TYPE, headers=headers)

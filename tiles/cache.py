@@ -31,12 +31,17 @@ class TileCache:
         kind, layer, version, variant, name = key
         return self.root / kind / layer / version / variant / name
 
-    def get(self, key: Key) -> bytes | None:
+    def get_memory(self, key: Key) -> bytes | None:
         with self._lock:
             data = self._memory.get(key)
             if data is not None:
                 self._memory.move_to_end(key)
-                return data
+            return data
+
+    def get(self, key: Key) -> bytes | None:
+        data = self.get_memory(key)
+        if data is not None:
+            return data
         path = self._path(key)
         if path is not None and path.is_file():
             data = path.read_bytes()

@@ -8,6 +8,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from cim.bootstrap import BaseSettings, load_settings
@@ -17,6 +18,12 @@ from tiles import mvt
 from tiles.cache import TileCache
 from tiles.selection import Selection
 from tiles.tileset import DEFAULT_MAX_FEATURES, Plan, content_version, plan_layer, tile_glb, tileset_json
+
+
+#: what identifies the registry row of a layer: a load bumps the version, a schema upgrade may
+#: change the queryables without bumping it
+_LAYER_STAMP = sa.text("SELECT version, md5(concat_ws('|', title, description, table_name, geometry_type, is_3d, "
+                       "queryables::text)) FROM layers WHERE name = :name")
 
 
 class UnknownLayerError(UserError):
@@ -33,6 +40,7 @@ class TileService:
     cache: TileCache
     settings: BaseSettings | None = None
     _plans: dict[tuple, Plan] = field(default_factory=dict)
+    _layers: dict[str, tuple[tuple, Layer]] = field(default_factory=dict)  # name → (stamp, layer)
     _locks: dict[tuple, threading.Lock] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
 
@@ -45,12 +53,21 @@ class TileService:
             return self._locks.setdefault(key, threading.Lock())
 
     def layer(self, name: str) -> Layer:
-        """The layer as it is now (its version read fresh: tiles must follow each load at once)."""
+        """The layer as it is now: its version is read on every call (tiles must follow each load at
+        once), but the whole registry is read and parsed only when that row changed — one small
+        indexed read instead of every layer's queryables on each tile request."""
         with self.engine.connect() as conn:
-            layers = load_layers(conn)
-        if name not in layers:
-            raise UnknownLayerError(f"layer {name!r} does not exist; layers are: {', '.join(sorted(layers))}")
-        return layers[name]
+            stamp = conn.execute(_LAYER_STAMP, {"name": name}).first()
+            if stamp is None:
+                names = conn.execute(sa.text("SELECT name FROM layers ORDER BY name")).scalars().all()
+                raise UnknownLayerError(f"layer {name!r} does not exist; layers are: {', '.join(names)}")
+            known = self._layers.get(name)
+            if known is None or known[0] != tuple(stamp):
+                layers = load_layers(conn)
+                with self._guard:
+                    self._layers[name] = (tuple(stamp), layers[name])
+                return layers[name]
+        return known[1]
 
     # --- 3D tiles ------------------------------------------------------------------------------
 
@@ -109,12 +126,21 @@ class TileService:
 
     # --- vector tiles --------------------------------------------------------------------------
 
+    def _mvt_key(self, layer: Layer, z: int, x: int, y: int, selection: Selection,
+                 properties: list[str] | None) -> tuple[str, str, str, str, str]:
+        variant = selection.key if properties is None else f"{selection.key}-{_digest(properties)}"
+        return ("mvt", layer.name, str(layer.version), variant, f"{z}/{x}/{y}.pbf")
+
+    def mvt_in_memory(self, layer: Layer, z: int, x: int, y: int, selection: Selection) -> bytes | None:
+        """The tile with the default properties if it is in the memory cache (no I/O: safe to call
+        from the event loop); None sends the caller to :meth:`mvt`."""
+        return self.cache.get_memory(self._mvt_key(layer, z, x, y, selection, None))
+
     def mvt(self, layer: Layer, z: int, x: int, y: int, selection: Selection = Selection(),
             properties: list[str] | None = None) -> bytes:
         mvt.check_tile(z, x, y)
         props = mvt.property_names(layer, properties)
-        variant = selection.key if properties is None else f"{selection.key}-{_digest(props)}"
-        key = ("mvt", layer.name, str(layer.version), variant, f"{z}/{x}/{y}.pbf")
+        key = self._mvt_key(layer, z, x, y, selection, None if properties is None else props)
         cached = self.cache.get(key)
         if cached is not None:
             return cached
