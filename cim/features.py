@@ -44,6 +44,7 @@ __all__ = [
     "EXACT_COUNT_LIMIT",
     "GROUP_LEVELS",
     "MAX_LIMIT",
+    "PAGE_COUNT_CAP",
     "Extent",
     "FeaturePage",
     "FilterError",
@@ -74,6 +75,9 @@ MAX_LIMIT = 10_000
 #: above this many (estimated) matches numberMatched is the planner's estimate, not a count:
 #: an exact count(*) of millions of buildings would cost more than the page itself
 EXACT_COUNT_LIMIT = 100_000
+#: matches counted by the page's own statement; a selection with more is counted (or estimated)
+#: by :func:`count_matches` in further round trips
+PAGE_COUNT_CAP = 10_000
 #: columns that are not feature properties: the row id, the geometry, the loader's change hash
 NOT_PROPERTIES = ("fid", "geom", "content_hash")
 #: the property of iot-devices with the newest reading per declared quantity
@@ -460,13 +464,24 @@ def count_matches(conn: Connection, table: sa.Table, where: sa.ColumnElement,
 
 
 def fetch_items(conn: Connection, layer: Layer, storage_srid: int, query: ItemsQuery) -> FeaturePage:
-    """One page of features; the count is skipped when the page itself shows where the end is."""
+    """One page of features and the number matched.
+
+    The page's statement also counts the matches up to :data:`PAGE_COUNT_CAP` (an uncorrelated
+    subquery, run once): a map window or a filter usually matches fewer, and then one round trip
+    answers the request. Only a selection with more goes on to :func:`count_matches`.
+    """
     stmt, where = items_select(layer, storage_srid, query)
-    features = list(conn.execute(stmt).scalars())
-    if features and len(features) < query.limit or (not features and query.offset == 0):
-        matched, exact = query.offset + len(features), True
+    table = feature_table(layer, storage_srid)
+    capped = sa.select(sa.func.count()).select_from(
+        sa.select(sa.literal(1)).select_from(table).where(where).limit(PAGE_COUNT_CAP + 1).subquery())
+    rows = conn.execute(stmt.add_columns(capped.scalar_subquery().label("matched"))).all()
+    features = [row[0] for row in rows]
+    if rows and rows[0][1] <= PAGE_COUNT_CAP:
+        matched, exact = rows[0][1], True
+    elif not rows and query.offset == 0:
+        matched, exact = 0, True
     else:
-        matched, exact = count_matches(conn, feature_table(layer, storage_srid), where)
+        matched, exact = count_matches(conn, table, where)
     return FeaturePage(features, matched, exact, crs_ref(query.crs, storage_srid, "crs"))
 
 

@@ -217,6 +217,34 @@ def test_grid_lookup_shares_each_grid_chain(sample_server, sample_engine):
         assert answer["responsibility"] == want, code
 
 
+def test_items_count_comes_with_the_page_up_to_the_cap(sample_engine, monkeypatch):
+    # the benchmark's fix: numberMatched is counted by the page's own statement (one round trip) when
+    # the selection has at most PAGE_COUNT_CAP matches; above, count_matches decides as before
+    from cim import features
+
+    layer = _layers(sample_engine)["parts"]
+    srid = load_settings(sample_engine).srid
+    total = len(_current_ids(sample_engine, "parts"))
+    statements: list[str] = []
+
+    def page(**kw) -> features.FeaturePage:
+        statements.clear()
+        with sample_engine.connect() as conn:
+            sa.event.listen(conn, "before_cursor_execute", lambda *a: statements.append(a[2]))
+            return features.fetch_items(conn, layer, srid, features.ItemsQuery(**kw))
+
+    assert total <= features.PAGE_COUNT_CAP
+    first = page(limit=10)
+    assert (first.number_returned, first.number_matched, first.matched_exact, len(statements)) == (10, total, True, 1)
+    beyond = page(limit=10, offset=total + 5)  # an empty page past the end still says how many there are
+    assert (beyond.number_returned, beyond.number_matched, beyond.matched_exact) == (0, total, True)
+    monkeypatch.setattr(features, "PAGE_COUNT_CAP", 100)
+    capped = page(limit=10)
+    assert (capped.number_matched, capped.matched_exact) == (total, True)
+    assert len(statements) == 3 and statements[1].startswith("EXPLAIN")  # page, estimate, exact count
+    assert capped.features == first.features
+
+
 # ---------------------------------------------------------------------------------------------
 # Shanghai's real districts and sub-districts (../shared/data)
 # ---------------------------------------------------------------------------------------------
