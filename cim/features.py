@@ -61,6 +61,7 @@ __all__ = [
     "items_select",
     "layer_extent",
     "output_properties",
+    "page_statement",
     "parse_bbox",
     "parse_datetime",
     "parse_properties",
@@ -76,8 +77,9 @@ MAX_LIMIT = 10_000
 #: an exact count(*) of millions of buildings would cost more than the page itself
 EXACT_COUNT_LIMIT = 100_000
 #: matches counted by the page's own statement; a selection with more is counted (or estimated)
-#: by :func:`count_matches` in further round trips
-PAGE_COUNT_CAP = 10_000
+#: by :func:`count_matches` in further round trips. Small, because counting up to it is paid even
+#: when there are millions: 1,000 matches of a filter cost ~1 ms to count.
+PAGE_COUNT_CAP = 1_000
 #: columns that are not feature properties: the row id, the geometry, the loader's change hash
 NOT_PROPERTIES = ("fid", "geom", "content_hash")
 #: the property of iot-devices with the newest reading per declared quantity
@@ -463,25 +465,40 @@ def count_matches(conn: Connection, table: sa.Table, where: sa.ColumnElement,
     return conn.execute(sa.select(sa.func.count()).select_from(table).where(where)).scalar_one(), True
 
 
-def fetch_items(conn: Connection, layer: Layer, storage_srid: int, query: ItemsQuery) -> FeaturePage:
-    """One page of features and the number matched.
+def page_statement(layer: Layer, storage_srid: int, query: ItemsQuery) -> tuple[sa.Select, sa.ColumnElement]:
+    """The page (column ``feature``) with, when the page is full, the number of matches up to
+    :data:`PAGE_COUNT_CAP` + 1 (column ``matched``, else NULL); and the selection's WHERE clause.
 
-    The page's statement also counts the matches up to :data:`PAGE_COUNT_CAP` (an uncorrelated
-    subquery, run once): a map window or a filter usually matches fewer, and then one round trip
-    answers the request. Only a selection with more goes on to :func:`count_matches`.
+    A map window or a filter usually matches fewer than the cap, and then one round trip answers
+    the request. The count is a subquery inside ``CASE``, which PostgreSQL runs only when the page
+    is full: a short page already says how many there are, and must not pay a second scan.
     """
     stmt, where = items_select(layer, storage_srid, query)
     table = feature_table(layer, storage_srid)
+    keys = [table.c[name] for name, _ in query.sortby] + [table.c.fid]  # the page's order, carried out
+    page = stmt.add_columns(*(key.label(f"k{i}") for i, key in enumerate(keys))).cte("page")
     capped = sa.select(sa.func.count()).select_from(
         sa.select(sa.literal(1)).select_from(table).where(where).limit(PAGE_COUNT_CAP + 1).subquery())
-    rows = conn.execute(stmt.add_columns(capped.scalar_subquery().label("matched"))).all()
+    page_size = sa.select(sa.func.count()).select_from(page).scalar_subquery()
+    matched = sa.case((page_size == query.limit, capped.scalar_subquery()), else_=sa.null())
+    order = [page.c[f"k{i}"].desc().nulls_last() if desc else page.c[f"k{i}"].asc().nulls_last()
+             for i, (_, desc) in enumerate(query.sortby)] + [page.c[f"k{len(query.sortby)}"]]
+    return sa.select(page.c.feature, matched.label("matched")).order_by(*order), where
+
+
+def fetch_items(conn: Connection, layer: Layer, storage_srid: int, query: ItemsQuery) -> FeaturePage:
+    """One page of features and the number matched: exact up to :data:`EXACT_COUNT_LIMIT`, and in
+    the page's own statement when the page is short or there are at most :data:`PAGE_COUNT_CAP`."""
+    stmt, where = page_statement(layer, storage_srid, query)
+    rows = conn.execute(stmt).all()
     features = [row[0] for row in rows]
-    if rows and rows[0][1] <= PAGE_COUNT_CAP:
-        matched, exact = rows[0][1], True
-    elif not rows and query.offset == 0:
-        matched, exact = 0, True
+    counted = rows[0][1] if rows else None
+    if rows and len(rows) < query.limit or (not rows and query.offset == 0):
+        matched, exact = query.offset + len(rows), True
+    elif counted is not None and counted <= PAGE_COUNT_CAP:
+        matched, exact = counted, True
     else:
-        matched, exact = count_matches(conn, table, where)
+        matched, exact = count_matches(conn, feature_table(layer, storage_srid), where)
     return FeaturePage(features, matched, exact, crs_ref(query.crs, storage_srid, "crs"))
 
 
