@@ -24,12 +24,14 @@ class TileCache:
         self._memory: OrderedDict[Key, bytes] = OrderedDict()
         self._size = 0
         self._lock = threading.Lock()
+        self._dirs: set[str] = set()  # directories known to exist (this process made or saw them)
+        self._pruned: set[tuple[str, str, str]] = set()  # (kind, layer, version) already pruned for
 
-    def _path(self, key: Key) -> Path | None:
+    def _path(self, key: Key) -> str | None:
+        # plain strings, not pathlib: building paths was a tenth of an uncached tile's Python time
         if self.root is None or not all(_SAFE.match(part) and ".." not in part for part in key):
             return None
-        kind, layer, version, variant, name = key
-        return self.root / kind / layer / version / variant / name
+        return os.path.join(self.root, *key)
 
     def get_memory(self, key: Key) -> bytes | None:
         with self._lock:
@@ -43,21 +45,40 @@ class TileCache:
         if data is not None:
             return data
         path = self._path(key)
-        if path is not None and path.is_file():
-            data = path.read_bytes()
-            self._remember(key, data)
-            return data
-        return None
+        if path is None:
+            return None
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        self._remember(key, data)
+        return data
 
     def put(self, key: Key, data: bytes, persist: bool = True) -> None:
         self._remember(key, data)
         path = self._path(key)
         if persist and path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
-            tmp.write_bytes(data)
+            folder, name = os.path.split(path)
+            tmp = os.path.join(folder, f".{name}.{os.getpid()}.{threading.get_ident()}")
+            try:
+                if folder not in self._dirs:
+                    os.makedirs(folder, exist_ok=True)
+                    self._dirs.add(folder)
+                self._write(tmp, data)
+            except FileNotFoundError:  # another process pruned the folder meanwhile
+                os.makedirs(folder, exist_ok=True)
+                self._write(tmp, data)
             os.replace(tmp, path)  # readers never see half a tile
-            self._prune(key)
+            if key[:3] not in self._pruned:  # once per version: the first tile of a new one
+                self._pruned.add(key[:3])
+                self._dirs.clear()  # forget the folders of older versions (they are about to go)
+                self._prune(key)
+
+    @staticmethod
+    def _write(path: str, data: bytes) -> None:
+        with open(path, "wb") as f:
+            f.write(data)
 
     def _remember(self, key: Key, data: bytes) -> None:
         with self._lock:
@@ -72,7 +93,7 @@ class TileCache:
     def _prune(self, key: Key) -> None:
         """Drop older versions of this layer on disk (keep the previous one for clients mid-load)."""
         kind, layer, version, *_ = key
-        layer_dir = self.root / kind / layer  # type: ignore[operator]
+        layer_dir = Path(self.root, kind, layer)  # type: ignore[arg-type]
         versions = sorted((p for p in layer_dir.iterdir() if p.is_dir() and p.name != version),
                           key=lambda p: p.stat().st_mtime)
         for old in versions[:-1]:
