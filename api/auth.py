@@ -19,9 +19,9 @@ from fastapi import FastAPI, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.problems import Problem
-from api.problems import problem_response
+from api.problems import Problem, problem_response
 from cim.apikeys import ApiKey, check_role, role_allows, verify_key
 
 READ_KEY_ENV = "CIM_API_READ_KEY_REQUIRED"
@@ -96,22 +96,35 @@ def _is_open(path: str) -> bool:
     return any(path == p or path.startswith(p + "/") for p in OPEN_PATHS)
 
 
+class ReadAccessMiddleware:
+    """When reading needs a key, every request but the open paths must carry a valid one (plain ASGI: no
+    per-request task and stream as with BaseHTTPMiddleware)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        cim_app = scope.get("app")
+        if (scope["type"] != "http" or not cim_app.state.read_key_required or scope["method"] == "OPTIONS"
+                or _is_open(scope["path"])):
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        key = key_from_headers(request.headers.get("x-api-key"), request.headers.get("authorization"))
+        try:
+            record = await run_in_threadpool(authenticate, cim_app.state.cim.engine, key)
+        except Problem as exc:  # middleware runs outside the exception handlers: answer directly
+            response = problem_response(request, exc.status, exc.title, exc.detail, headers=exc.headers)
+            await response(scope, receive, send)
+            return
+        scope.setdefault("state", {})["api_key"] = record
+        await self.app(scope, receive, send)
+
+
 def install(app: FastAPI) -> None:
     """Install the read-access middleware once (idempotent: several routers call this)."""
     if getattr(app.state, "cim_auth_installed", False):
         return
     app.state.cim_auth_installed = True
     app.state.read_key_required = read_key_required()
-
-    @app.middleware("http")
-    async def _read_access(request: Request, call_next):
-        if (not request.app.state.read_key_required or request.method == "OPTIONS"
-                or _is_open(request.url.path)):
-            return await call_next(request)
-        key = key_from_headers(request.headers.get("x-api-key"), request.headers.get("authorization"))
-        try:
-            record = await run_in_threadpool(authenticate, request.app.state.cim.engine, key)
-        except Problem as exc:  # middleware runs outside the exception handlers: answer directly
-            return problem_response(request, exc.status, exc.title, exc.detail, headers=exc.headers)
-        request.state.api_key = record
-        return await call_next(request)
+    app.add_middleware(ReadAccessMiddleware)
