@@ -3,15 +3,13 @@ a time per key. Both the HTTP routes and ``cim tiles export-…`` go through her
 export and the dynamic service give the same bytes."""
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from cim.bootstrap import BaseSettings, load_settings
 from cim.errors import UserError
@@ -49,16 +47,6 @@ class TileService:
     def __post_init__(self) -> None:
         if self.settings is None:
             self.settings = load_settings(self.engine)
-        # at most as many tile queries at once as the pool keeps connections: one more would open
-        # a connection of its own and close it afterwards, which under load costs far more than
-        # waiting for a pooled one (tails of 0.5 s at 8 concurrent requests over a pool of 5)
-        size = getattr(self.engine.pool, "size", None)
-        self._slots = threading.BoundedSemaphore(size() if callable(size) else 5)
-
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[Connection]:
-        with self._slots, self.engine.connect() as conn:
-            yield conn
 
     def _lock(self, key: tuple) -> threading.Lock:
         with self._guard:
@@ -68,7 +56,7 @@ class TileService:
         """The layer as it is now: its version is read on every call (tiles must follow each load at
         once), but the whole registry is read and parsed only when that row changed — one small
         indexed read instead of every layer's queryables on each tile request."""
-        with self._connect() as conn:
+        with self.engine.connect() as conn:
             stamp = conn.execute(_LAYER_STAMP, {"name": name}).first()
             if stamp is None:
                 names = conn.execute(sa.text("SELECT name FROM layers ORDER BY name")).scalars().all()
@@ -84,7 +72,7 @@ class TileService:
     # --- 3D tiles ------------------------------------------------------------------------------
 
     def version_3d(self, layer: Layer) -> str:
-        with self._connect() as conn:
+        with self.engine.connect() as conn:
             return content_version(conn, layer)
 
     def plan(self, layer: Layer, selection: Selection = Selection(),
@@ -96,7 +84,7 @@ class TileService:
         with self._lock(key):
             if key not in self._plans:
                 s = self.settings
-                with self._connect() as conn:
+                with self.engine.connect() as conn:
                     plan = plan_layer(conn, layer, s.srid, s.floor_height_m, s.city_bbox_wgs84, selection,
                                       max_features, version)
                 # older versions' plans are never asked for again (their content is cached or stale)
@@ -131,7 +119,7 @@ class TileService:
         tile = plan.tiles.get(tile_id)
         if tile is None or not len(tile.fids):
             raise UnknownLayerError(f"tile {tile_id!r} is not in the tileset of layer {layer.name!r}")
-        with self._connect() as conn:
+        with self.engine.connect() as conn:
             data = tile_glb(conn, plan, tile)
         self.cache.put(key, data, persist=selection.is_all)
         return data
@@ -156,7 +144,7 @@ class TileService:
         cached = self.cache.get(key)
         if cached is not None:
             return cached
-        with self._connect() as conn:
+        with self.engine.connect() as conn:
             data = mvt.tile(conn, layer, self.settings.srid, z, x, y, selection, props)
         self.cache.put(key, data, persist=selection.is_all and properties is None)
         return data
