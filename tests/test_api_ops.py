@@ -268,3 +268,38 @@ def test_readings_errors(client, device, params, status, parameter):
     assert r.status_code == status, r.text
     assert r.headers["content-type"] == "application/problem+json"
     assert r.json().get("parameter") == parameter
+
+
+def test_serve_with_two_workers_answers_on_a_tcp_nodelay_socket(engine, tmp_path):
+    """`cim serve --workers 2` shares one socket made with IPPROTO_TCP (so asyncio sets TCP_NODELAY)."""
+    import os
+    import socket
+    import subprocess
+    import time
+
+    import httpx
+
+    from api.cli import listening_socket
+    from tests.conftest import CIM
+
+    probe = listening_socket("127.0.0.1", 0)
+    assert probe.proto == socket.IPPROTO_TCP
+    port = probe.getsockname()[1]
+    probe.close()
+    env = {**os.environ, "CIM_DATABASE_URL": str(engine.url.render_as_string(hide_password=False)).replace(
+        "postgresql+psycopg2://", "postgresql://")}
+    server = subprocess.Popen([CIM, "serve", "--port", str(port), "--workers", "2"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, answer = time.time() + 60, None
+        while time.time() < deadline and answer is None:
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+            except httpx.TransportError:
+                time.sleep(0.3)
+        assert answer is not None and answer.status_code == 200 and answer.json()["status"] == "ok"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    busy = listening_socket("127.0.0.1", port)  # the port is free again once the workers stop
+    busy.close()
