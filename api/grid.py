@@ -26,13 +26,8 @@ def parse_crs(value: str | None, parameter: str = "crs") -> CrsSpec:
     """The CRS a request names (default WGS84), or a 400 naming the parameter."""
     if value is None or not value.strip():
         return resolve_crs("EPSG:4326")
-    text = value.strip()
-    # OGC CRS URIs: http://www.opengis.net/def/crs/EPSG/0/4549 and …/OGC/1.3/CRS84
-    if text.lower().startswith(("http://www.opengis.net/def/crs/", "https://www.opengis.net/def/crs/")):
-        parts = text.rstrip("/").split("/")
-        text = f"{parts[-3]}:{parts[-1]}" if parts[-3].upper() == "EPSG" else parts[-1]
     try:
-        return resolve_crs(text)
+        return resolve_crs(value.strip())  # also OGC CRS URIs
     except CrsError as exc:
         raise bad_parameter(parameter, str(exc)) from None
 

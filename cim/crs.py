@@ -296,6 +296,8 @@ _ALIASES: dict[str, tuple[str, Offset]] = {
     "cgcs2000": ("EPSG:4490", None),
 }
 _EPSG_RE = re.compile(r"^(?:epsg:)?(\d+)$", re.IGNORECASE)
+# OGC CRS URIs, as OGC APIs and GDAL write them: …/def/crs/EPSG/0/4549, …/def/crs/OGC/1.3/CRS84
+_OGC_URI_RE = re.compile(r"^https?://www\.opengis\.net/def/crs/(EPSG|OGC)/[^/]+/(\w+)/?$", re.IGNORECASE)
 
 
 def _bad_crs(spec: object, why: object = None) -> CrsError:
@@ -329,6 +331,9 @@ def _resolve_cached(spec: str | int) -> CrsSpec:
     text = spec.strip()
     if not text:
         raise _bad_crs(spec)
+    uri = _OGC_URI_RE.match(text)
+    if uri:
+        text = f"EPSG:{uri.group(2)}" if uri.group(1).upper() == "EPSG" else uri.group(2)
     key = re.sub(r"[\s\-_]", "", text.lower())
     if key in _ALIASES:
         target, offset = _ALIASES[key]

@@ -513,3 +513,10 @@ def test_check_extent_custom_bbox(pts):
     # Beijing's box: Shanghai points are outside
     with pytest.raises(ExtentError):
         C.check_extent(pts["lon"], pts["lat"], 4326, (115.4, 39.4, 117.5, 41.1))
+
+
+@pytest.mark.parametrize("uri,name", [("http://www.opengis.net/def/crs/EPSG/0/4490", "EPSG:4490"),
+                                      ("https://www.opengis.net/def/crs/EPSG/0/4549/", "EPSG:4549"),
+                                      ("http://www.opengis.net/def/crs/OGC/1.3/CRS84", "OGC:CRS84")])
+def test_resolve_ogc_crs_uris(uri, name):
+    assert C.resolve_crs(uri).name == C.resolve_crs(name).name
