@@ -17,6 +17,15 @@ import sqlalchemy as sa
 from geoalchemy2 import Geometry
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
+#: the code lists the schema enforces; loaders validate against the same tuples before COPY
+PIPELINE_KINDS = ("给水", "排水", "雨水", "污水", "燃气", "电力", "通信", "热力", "工业")
+CURTAIN_WALL_SUPPORT_TYPES = ("点支式", "隐框", "半隐框", "明框", "全玻")
+
+
+def _in_list(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
 #: feature tables, in load order, with their geometry type (all carry Z)
 FEATURE_TABLES: dict[str, str] = {
     "districts": "MULTIPOLYGONZ",
@@ -226,7 +235,7 @@ def build_metadata(srid: int) -> sa.MetaData:
         sa.Column("facade_area", sa.Float), sa.Column("year_installed", sa.Integer),
         sa.Column("last_inspection_date", sa.Date), sa.Column("inspection_result", sa.Text),
         sa.Column("owner", sa.Text),
-        sa.CheckConstraint("support_type IS NULL OR support_type IN ('点支式','隐框','半隐框','明框','全玻')",
+        sa.CheckConstraint("support_type IS NULL OR " + _in_list("support_type", CURTAIN_WALL_SUPPORT_TYPES),
                            name="ck_curtain_walls_support_type"),
     )
     parts = _feature_table(
@@ -246,7 +255,7 @@ def build_metadata(srid: int) -> sa.MetaData:
         sa.Column("diameter_mm", sa.Float), sa.Column("section", sa.Text), sa.Column("material", sa.Text),
         sa.Column("pressure_class", sa.Text), sa.Column("year_laid", sa.Integer), sa.Column("owner", sa.Text),
         sa.Column("start_depth", sa.Float), sa.Column("end_depth", sa.Float),
-        sa.CheckConstraint("kind IN ('给水','排水','雨水','污水','燃气','电力','通信','热力','工业')",
+        sa.CheckConstraint(_in_list("kind", PIPELINE_KINDS),
                            name="ck_pipelines_kind"),
     )
 

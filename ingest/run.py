@@ -22,6 +22,7 @@ from cim.crs import CrsSpec, check_extent, resolve_crs, transform_geometries
 from cim.errors import UserError
 from cim.gridindex import GridIndex, representative_points
 from cim.registry import bump_version
+from cim.schema import CURTAIN_WALL_SUPPORT_TYPES as SUPPORT_TYPES
 from ingest import geometry as geo
 from ingest.addresses import AddressParser
 from ingest import merge, prepare
@@ -32,7 +33,6 @@ from ingest.report import FileReport, IngestReport, RejectsWriter, sha256_of
 from ingest.specs import SPECS, LayerSpec
 
 MODES = ("upsert", "append", "replace")
-SUPPORT_TYPES = ("点支式", "隐框", "半隐框", "明框", "全玻")
 
 
 class IngestError(UserError):

@@ -449,3 +449,10 @@ def test_bad_cli_input_is_a_clear_error(city, tmp_path):
     proc = run_cim("ingest", "parts", str(gbk), "--x", "x", "--y", "y", "--crs", "EPSG:4326", "--encoding", "GBK",
                    "--json", db_url=city)
     assert json.loads(proc.stdout)["inserted"] == 1
+
+
+def test_every_pipeline_kind_the_schema_accepts_has_a_default_depth():
+    from cim.schema import PIPELINE_KINDS
+    from ingest.specs import DEFAULT_DEPTH_M
+
+    assert set(DEFAULT_DEPTH_M) == set(PIPELINE_KINDS)
