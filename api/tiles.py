@@ -10,12 +10,15 @@
 """
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Callable
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, FastAPI, Path, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.problems import Problem, bad_parameter, not_found
 from api.responses import OrjsonResponse
@@ -212,7 +215,11 @@ async def collection_tilejson(request: Request, collectionId: str, tileMatrixSet
     base = _base(request)
     return OrjsonResponse({
         "tilejson": "3.0.0", "name": lyr.name, "description": lyr.title, "version": f"1.0.{lyr.version}",
-        "scheme": "xyz", "tiles": [f"{base}/collections/{lyr.name}/tiles/{mvt.TMS_ID}/{{z}}/{{y}}/{{x}}"],
+        # versioned: a URL's content never changes, so tiles are cached for good and answered from memory
+        # without asking the database for the version (VersionedTileMiddleware); a load changes the version,
+        # this document (ETag) and so the URLs
+        "scheme": "xyz",
+        "tiles": [f"{base}/collections/{lyr.name}/tiles/{mvt.TMS_ID}/{{z}}/{{y}}/{{x}}?v={lyr.version}"],
         "minzoom": 0, "maxzoom": 22, "bounds": list(bounds),
         "center": [(bounds[0] + bounds[2]) / 2, (bounds[1] + bounds[3]) / 2, 12],
         "vector_layers": [{"id": lyr.name, "description": lyr.title, "minzoom": 0, "maxzoom": 22,
@@ -229,7 +236,10 @@ async def collection_tile(request: Request, collectionId: str, tileMatrixSetId: 
                           tileCol: Annotated[int, Path(description="column (x), from the west")],
                           bbox: BboxQ = None, filter: FilterQ = None, filter_lang: FilterLangQ = "cql2-text",
                           properties: Annotated[str | None, Query(
-                              description="comma-separated properties to include (default: all)")] = None):
+                              description="comma-separated properties to include (default: all)")] = None,
+                          v: Annotated[int | None, Query(
+                              description="the layer version the tile is asked for (TileJSON's URLs carry it): "
+                                          "the answer may then be cached for good")] = None):
     _check_tms(tileMatrixSetId)
     svc = _service(request)
     try:
@@ -240,11 +250,14 @@ async def collection_tile(request: Request, collectionId: str, tileMatrixSetId: 
     props = [p.strip() for p in properties.split(",") if p.strip()] if properties is not None else None
     lyr = await _call(svc.layer, collectionId)
     etag = _etag(str(lyr.version))
-    headers = {"ETag": etag, "Cache-Control": REVALIDATE}
+    # a versioned URL of the current version never changes; one of an older version gets today's tile,
+    # which must not be kept under the old URL for good
+    headers = {"ETag": etag, "Cache-Control": IMMUTABLE if v == lyr.version else REVALIDATE}
     if _not_modified(request, etag):
         return Response(status_code=304, headers=headers)
     # a tile in memory is answered here; building one or reading it from disk goes to a thread
-    data = svc.mvt_in_memory(lyr, tileMatrix, tileCol, tileRow, selection) if props is None else None
+    data = (svc.mvt_in_memory(lyr.name, str(lyr.version), tileMatrix, tileCol, tileRow, selection)
+            if props is None else None)
     if data is None:
         data = await _call(svc.mvt, lyr, tileMatrix, tileCol, tileRow, selection, props)
     if not data:
@@ -266,7 +279,78 @@ async def tile_matrix_set(tileMatrixSetId: str):
     return OrjsonResponse(mvt.TMS.model_dump(mode="json", exclude_none=True, by_alias=True))
 
 
+class VersionedTileMiddleware:
+    """Answers a versioned vector-tile URL (``…/WebMercatorQuad/{z}/{y}/{x}?v=N``, as TileJSON hands them
+    out) straight from the memory cache, before routing.
+
+    Such a URL's content never changes, so no database read is needed. Through the router a cached
+    tile cost about 2.5× a request that does nothing (parameter validation, the layer's version read
+    in a thread); here it costs a dictionary lookup. Anything else — other parameters, a tile not in
+    memory — goes on to the route. Installed innermost, so access control and metrics still see
+    every request.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
+            data = self._cached(scope)
+            if data is not None:
+                await self._answer(scope, send, data)
+                return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    def _version(scope: Scope) -> str | None:
+        query = scope.get("query_string", b"")
+        if not query.startswith(b"v=") or b"&" in query:
+            return None
+        version = query[2:].decode("latin-1")
+        return version if version.isdigit() else None
+
+    def _cached(self, scope: Scope) -> bytes | None:
+        match = _TILE_PATH.match(scope["path"])
+        if match is None:
+            return None
+        version = self._version(scope)
+        if version is None:
+            return None
+        layer, z, y, x = match.group(1), int(match.group(2)), int(match.group(3)), int(match.group(4))
+        return scope["app"].state.tiles.mvt_in_memory(layer, version, z, x, y)
+
+    async def _answer(self, scope: Scope, send: Send, data: bytes) -> None:
+        # the tile route, so that metrics count this request under it
+        scope["route"] = _TILE_ROUTE
+        etag = _etag(self._version(scope) or "").encode()
+        headers = [(b"etag", etag), (b"cache-control", IMMUTABLE.encode())]
+        tags = _if_none_match(scope)
+        if etag in tags or b"*" in tags:
+            status, body = 304, b""
+        elif not data:
+            status, body = 204, b""
+        else:
+            status, body = 200, data
+            headers += [(b"content-type", MVT_TYPE.encode()), (b"content-length", str(len(data)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+
+
+_TILE_ROUTE = next(r for r in router.routes if getattr(r, "endpoint", None) is collection_tile)
+_TILE_PATH = re.compile(rf"^/collections/([^/]+)/tiles/{mvt.TMS_ID}/(\d{{1,2}})/(\d{{1,9}})/(\d{{1,9}})$")
+
+
+def _if_none_match(scope: Scope) -> list[bytes]:
+    for name, value in scope["headers"]:
+        if name == b"if-none-match":
+            return [t.strip() for t in value.split(b",")]
+    return []
+
+
 def install(app: FastAPI) -> None:
     engine = app.state.cim.engine
     app.state.tiles = TileService(engine, TileCache(cim_home() / "tiles"), app.state.cim.settings)
     app.include_router(router)
+    # appended, not add_middleware (which puts a middleware outermost): it must run inside access
+    # control and metrics
+    app.user_middleware.append(Middleware(VersionedTileMiddleware))

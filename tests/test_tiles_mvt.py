@@ -161,6 +161,59 @@ def test_tileset_metadata_and_tilejson(client):
     assert tms["id"] == "WebMercatorQuad" and len(tms["tileMatrices"]) == 25
 
 
+def test_versioned_tile_urls_are_answered_from_memory_and_cached_for_good(city, tmp_path, monkeypatch):
+    """TileJSON hands out URLs with the layer version; once built, such a tile is answered before routing
+    (no database read), with the same bytes, for good, still counted by /metrics and still behind the
+    read key when one is required. A URL of an older version that is no longer in memory gets today's
+    tile, not for good."""
+    from api.auth import READ_KEY_ENV
+    from cim.apikeys import create_key
+
+    c = api_client(city, tmp_path / "home")
+    template = c.get("/collections/grids/tiles/WebMercatorQuad/tilejson.json").json()["tiles"][0]
+    with city.connect() as conn:
+        version = conn.execute(sa.text("SELECT version FROM layers WHERE name = 'grids'")).scalar_one()
+    assert template.endswith(f"/{{z}}/{{y}}/{{x}}?v={version}")
+    t = tile_at(14)
+    path = f"{url('grids', t)}?v={version}"
+    built = c.get(path)
+    assert built.status_code == 200 and built.headers["cache-control"].endswith("immutable")
+
+    def no_database(*args):
+        raise AssertionError("a versioned tile in memory must not ask the database")
+
+    monkeypatch.setattr(c.app.state.tiles, "layer", no_database)
+    again = c.get(path)
+    assert again.status_code == 200 and again.content == built.content
+    assert again.headers["content-type"] == MVT and again.headers["etag"] == f'"{version}"'
+    assert again.headers["cache-control"] == built.headers["cache-control"]
+    assert c.get(path, headers={"If-None-Match": f'"{version}"'}).status_code == 304
+    assert c.head(path).status_code == 200
+    empty = tile_at(14)
+    empty_path = f"/collections/grids/tiles/WebMercatorQuad/14/{empty.y + 40}/{empty.x + 40}?v={version}"
+    monkeypatch.undo()
+    assert c.get(empty_path).status_code == 204
+    monkeypatch.setattr(c.app.state.tiles, "layer", no_database)
+    assert c.get(empty_path).status_code == 204
+    metrics = c.get("/metrics").text
+    route = "/collections/{collectionId}/tiles/{tileMatrixSetId}/{tileMatrix}/{tileRow}/{tileCol}"
+    counted = [line for line in metrics.splitlines()
+               if line.startswith("cim_http_requests_total") and route in line and 'status="200"' in line]
+    assert counted and float(counted[0].rsplit(" ", 1)[1]) >= 3
+    monkeypatch.undo()
+    # an older version's URL, not in memory: today's tile, to be revalidated
+    stale = c.get(f"{url('grids', tile_at(15))}?v={version - 1}")
+    assert stale.status_code == 200 and stale.headers["cache-control"] == "no-cache"
+    assert stale.headers["etag"] == f'"{version}"'
+    # with a read key required, the memory answer is behind it too
+    monkeypatch.setenv(READ_KEY_ENV, "1")
+    locked = api_client(city, tmp_path / "home2")
+    with city.begin() as conn:
+        _, key = create_key(conn, "reader", "tile test")
+    assert locked.get(path, headers={"X-API-Key": key}).status_code == 200
+    assert locked.get(path).status_code == 401
+
+
 def test_export_mvt_directory_and_mbtiles(city, db_url, tmp_path):
     out = tmp_path / "tiles"
     run_cim("tiles", "export-mvt", "grids", str(out), "--zooms", "12-14", db_url=db_url)

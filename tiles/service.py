@@ -126,21 +126,24 @@ class TileService:
 
     # --- vector tiles --------------------------------------------------------------------------
 
-    def _mvt_key(self, layer: Layer, z: int, x: int, y: int, selection: Selection,
+    @staticmethod
+    def _mvt_key(layer_name: str, version: str, z: int, x: int, y: int, selection: Selection,
                  properties: list[str] | None) -> tuple[str, str, str, str, str]:
         variant = selection.key if properties is None else f"{selection.key}-{_digest(properties)}"
-        return ("mvt", layer.name, str(layer.version), variant, f"{z}/{x}/{y}.pbf")
+        return ("mvt", layer_name, version, variant, f"{z}/{x}/{y}.pbf")
 
-    def mvt_in_memory(self, layer: Layer, z: int, x: int, y: int, selection: Selection) -> bytes | None:
-        """The tile with the default properties if it is in the memory cache (no I/O: safe to call
-        from the event loop); None sends the caller to :meth:`mvt`."""
-        return self.cache.get_memory(self._mvt_key(layer, z, x, y, selection, None))
+    def mvt_in_memory(self, layer_name: str, version: str, z: int, x: int, y: int,
+                      selection: Selection = Selection()) -> bytes | None:
+        """The tile of that layer version with the default properties if it is in the memory cache
+        (no I/O: safe to call from the event loop); None sends the caller to :meth:`mvt`."""
+        return self.cache.get_memory(self._mvt_key(layer_name, version, z, x, y, selection, None))
 
     def mvt(self, layer: Layer, z: int, x: int, y: int, selection: Selection = Selection(),
             properties: list[str] | None = None) -> bytes:
         mvt.check_tile(z, x, y)
         props = mvt.property_names(layer, properties)
-        key = self._mvt_key(layer, z, x, y, selection, None if properties is None else props)
+        key = self._mvt_key(layer.name, str(layer.version), z, x, y, selection,
+                            None if properties is None else props)
         cached = self.cache.get(key)
         if cached is not None:
             return cached
