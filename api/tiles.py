@@ -248,18 +248,14 @@ async def collection_tile(request: Request, collectionId: str, tileMatrixSetId: 
         raise _problem(exc) from None
     selection = _selection(bbox, filter, filter_lang)
     props = [p.strip() for p in properties.split(",") if p.strip()] if properties is not None else None
-    lyr = await _call(svc.layer, collectionId)
-    etag = _etag(str(lyr.version))
+    # one thread hop and one connection: the layer's version now, then the tile of that version
+    lyr, data = await _call(svc.current_mvt, collectionId, tileMatrix, tileCol, tileRow, selection, props,
+                            lambda layer: _not_modified(request, _etag(str(layer.version))))
     # a versioned URL of the current version never changes; one of an older version gets today's tile,
     # which must not be kept under the old URL for good
-    headers = {"ETag": etag, "Cache-Control": IMMUTABLE if v == lyr.version else REVALIDATE}
-    if _not_modified(request, etag):
-        return Response(status_code=304, headers=headers)
-    # a tile in memory is answered here; building one or reading it from disk goes to a thread
-    data = (svc.mvt_in_memory(lyr.name, str(lyr.version), tileMatrix, tileCol, tileRow, selection)
-            if props is None else None)
+    headers = {"ETag": _etag(str(lyr.version)), "Cache-Control": IMMUTABLE if v == lyr.version else REVALIDATE}
     if data is None:
-        data = await _call(svc.mvt, lyr, tileMatrix, tileCol, tileRow, selection, props)
+        return Response(status_code=304, headers=headers)
     if not data:
         return Response(status_code=204, headers=headers)
     return Response(data, media_type=MVT_TYPE, headers=headers)
