@@ -30,6 +30,10 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, help="Port."),
     workers: int = typer.Option(1, min=1, help="Worker processes."),
+    access_log: bool = typer.Option(True, "--access-log/--no-access-log",
+                                    help="Log every request (uvicorn's access log). Off behind a proxy that logs: "
+                                         "at thousands of cached tiles a second it is a third of the server's work; "
+                                         "/metrics still counts every request."),
 ) -> None:
     """Serve the spatial API, tiles and viewer."""
     import uvicorn
@@ -40,9 +44,10 @@ def serve(
 
     load_settings(get_engine())  # fail here with a clear message, not in a worker
     if workers == 1:
-        uvicorn.run("api.asgi:app", host=host, port=port, log_level="info")
+        uvicorn.run("api.asgi:app", host=host, port=port, log_level="info", access_log=access_log)
         return
-    config = uvicorn.Config("api.asgi:app", host=host, port=port, workers=workers, log_level="info")
+    config = uvicorn.Config("api.asgi:app", host=host, port=port, workers=workers, log_level="info",
+                            access_log=access_log)
     Multiprocess(config, sockets=[listening_socket(host, port)]).run()
 
 

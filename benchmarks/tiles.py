@@ -395,7 +395,7 @@ def _features(body: bytes) -> list[str]:
 
 
 def bench_mvt(server: str, n: int, reload: bool, per_zoom: int, concurrency: int, workers: int,
-              seconds: float, rounds: int) -> list[str]:
+              seconds: float, rounds: int, access_log: bool) -> list[str]:
     path = WORK / f"points_{n}.gpkg"
     if not path.exists():
         make_points(n, path)
@@ -428,11 +428,12 @@ def bench_mvt(server: str, n: int, reload: bool, per_zoom: int, concurrency: int
                 "TIPG_TILE_BUFFER": "64", "TIPG_TABLE_CONFIG__public_parts__PROPERTIES": json.dumps(props)}
     ceiling = "this API, `/conformance` (no tile, no database: the stack's ceiling)"
     runs: dict[str, list[dict]] = {"tipg": [], "this API, uncached": [], "this API, cached": [], ceiling: []}
+    logging = [] if access_log else ["--no-access-log"]  # the same uvicorn setting for both servers
     # rounds alternate the two servers, so that a busy spell on the machine does not favour one
     for round_ in range(rounds):
         port = free_port()
         tipg = Server([str(bin_ / "uvicorn"), "tipg.main:app", "--host", "127.0.0.1", "--port", str(port),
-                       "--workers", str(workers), "--log-level", "info"], tipg_env, port,
+                       "--workers", str(workers), "--log-level", "info", *logging], tipg_env, port,
                       "/collections/public.parts", WORK, WORK / "tipg.log")
         try:
             drive(port, peer(warm), concurrency, 3, cycle=True)
@@ -445,8 +446,8 @@ def bench_mvt(server: str, n: int, reload: bool, per_zoom: int, concurrency: int
         home = WORK / "tilesbench-serve-home"
         shutil.rmtree(home, ignore_errors=True)  # a fresh tile cache: the first pass builds every tile
         port = free_port()
-        api = Server([CIM, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
-                     cim_env(url, home), port, "/collections/parts", HERE.parent, WORK / "cim-serve.log")
+        api = Server([CIM, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+                      *logging], cim_env(url, home), port, "/collections/parts", HERE.parent, WORK / "cim-serve.log")
         try:
             # the tile URLs a client gets from the TileJSON (MapLibre does this): they carry the layer version
             tilejson = json.loads(asyncio.run(fetch(port, ["/collections/parts/tiles/WebMercatorQuad/tilejson.json"]))[0][1])
@@ -478,7 +479,8 @@ def bench_mvt(server: str, n: int, reload: bool, per_zoom: int, concurrency: int
                    f"{rate[label] / rate['tipg']:.2f}× |")
     out.append(f"\ncached ÷ uncached (this API): {rate['this API, cached'] / rate['this API, uncached']:.1f}×; "
                f"median of {rounds} alternating rounds; {len(tiles):,} tiles ({per_zoom} per zoom, seeded), "
-               f"{concurrency} concurrent connections, {workers} worker process(es) each; tipg's features within "
+               f"{concurrency} concurrent connections, {workers} worker process(es) each, access log "
+               f"{'on' if access_log else 'off'} in both; tipg's features within "
                f"this API's in {inside}/{len(sample)} sampled tiles, this API {extra:.1%} more (64-px buffer)")
     return out
 
@@ -509,7 +511,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1,
                         help="server worker processes (both servers); above 1, uvicorn's own listening socket "
                              "leaves TCP_NODELAY off and every response waits ~40 ms for a delayed ACK")
-    parser.add_argument("--seconds", type=float, default=6, help="length of each timed run")
+    parser.add_argument("--seconds", type=float, default=5, help="length of each timed run")
+    parser.add_argument("--access-log", action="store_true",
+                        help="keep uvicorn's access log on in both servers (default: off in both)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of both servers (median)")
     parser.add_argument("--reload", action="store_true", help="load the benchmark databases again")
     args = parser.parse_args()
@@ -524,7 +528,7 @@ def main() -> None:
         lines += ["| run | server | requests | tiles/s | p50 ms | p99 ms | KiB/tile | ÷ tipg |",
                   "|---|---|---:|---:|---:|---:|---:|---:|",
                   *bench_mvt(server, args.parts, args.reload, args.tiles_per_zoom, args.concurrency,
-                             args.workers, args.seconds, args.rounds)]
+                             args.workers, args.seconds, args.rounds, args.access_log)]
     print("\n" + "\n".join(lines))
 
 

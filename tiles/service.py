@@ -31,8 +31,9 @@ _LAYER_STAMP = sa.text("SELECT version, md5(concat_ws('|', title, description, t
 #: a vector tile is also written to the disk cache only when building it took at least this long. Most
 #: tiles of a street-level view build in a few milliseconds, about what writing one costs (measured: the
 #: write was a fifth of an uncached z14–16 tile's Python time); low-zoom tiles of big layers take far
-#: longer, and those are worth keeping across restarts and sharing between workers.
-PERSIST_AFTER_SECONDS = 0.02
+#: longer, and those are worth keeping across restarts and sharing between workers. Wall time, so a busy
+#: server stretches it: 0.1 s stays above a street-level tile's time under load.
+PERSIST_AFTER_SECONDS = 0.1
 
 
 class UnknownLayerError(UserError):
