@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
 import socket
@@ -153,14 +154,17 @@ def prepare_database(server: str, n_parts: int, n_grids: int, reload: bool) -> s
 # ---------------------------------------------------------------------------------------------
 
 def ensure_tipg() -> Path:
-    python = TIPG_VENV / "bin" / "python"
-    if not python.exists():
-        print(f"installing tipg {TIPG_VERSION} into {TIPG_VENV}", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", str(TIPG_VENV)], check=True)
-        import uvicorn  # the same uvicorn as ours, so the HTTP layer is not what differs
+    import uvicorn  # the same uvicorn as ours, with the same extras, so the HTTP layer is not what differs
 
-        subprocess.run([str(python), "-m", "pip", "install", "-q", f"tipg=={TIPG_VERSION}",
-                        f"uvicorn=={uvicorn.__version__}"], check=True, stderr=subprocess.DEVNULL)
+    python = TIPG_VENV / "bin" / "python"
+    packages = [f"tipg=={TIPG_VERSION}", f"uvicorn[standard]=={uvicorn.__version__}"]
+    stamp = TIPG_VENV / "packages.json"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(TIPG_VENV)], check=True)
+    if not stamp.exists() or json.loads(stamp.read_text()) != packages:
+        print(f"installing {', '.join(packages)} into {TIPG_VENV}", flush=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *packages], check=True, stderr=subprocess.DEVNULL)
+        stamp.write_text(json.dumps(packages))
     return python
 
 
@@ -204,11 +208,15 @@ def start(name: str, cmd: list[str], env: dict[str, str], port: int, ready_path:
     raise SystemExit(f"{name} did not start:\n{log.read_text()[-3000:]}")
 
 
+#: uvicorn's access log, the same for both servers (``--access-log`` turns it on in both)
+LOGGING = ["--no-access-log"]
+
+
 def start_cim(url: str, workers: int) -> Server:
     port = free_port()
     env = {**os.environ, "CIM_DATABASE_URL": url}
-    return start("cim", [CIM, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
-                 env, port, "/collections/parts")
+    return start("cim", [CIM, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+                         *LOGGING], env, port, "/collections/parts")
 
 
 def pooled_app():
@@ -227,7 +235,8 @@ def start_cim_pooled(url: str, workers: int, size: int) -> Server:
     env = {**os.environ, "CIM_DATABASE_URL": url, "CIM_BENCH_POOL": str(size)}
     return start(f"cim-pool{size}", [sys.executable, "-m", "uvicorn", "--factory", "api_vs_tipg:pooled_app",
                                      "--app-dir", str(Path(__file__).parent), "--host", "127.0.0.1",
-                                     "--port", str(port), "--workers", str(workers)], env, port, "/collections/parts")
+                                     "--port", str(port), "--workers", str(workers), *LOGGING], env, port,
+                 "/collections/parts")
 
 
 def start_tipg(url: str, workers: int) -> Server:
@@ -236,7 +245,7 @@ def start_tipg(url: str, workers: int) -> Server:
     env = {**os.environ, "DATABASE_URL": url, "TIPG_DB_SCHEMAS": '["public"]', "TIPG_DB_TABLES": '["public.parts"]',
            "TIPG_TABLE_CONFIG__public_parts__pk": "fid", "TIPG_TABLE_CONFIG__public_parts__geomcol": "geom"}
     return start("tipg", [str(python), "-m", "uvicorn", "tipg.main:app", "--host", "127.0.0.1", "--port", str(port),
-                          "--workers", str(workers)], env, port, "/collections/public.parts")
+                          "--workers", str(workers), *LOGGING], env, port, "/collections/public.parts")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,7 +383,9 @@ def versions(url: str) -> str:
         postgis = conn.execute(sa.text("SELECT postgis_lib_version()")).scalar()
     import uvicorn
 
-    return f"PostgreSQL {pg}, PostGIS {postgis}, tipg {TIPG_VERSION}, uvicorn {uvicorn.__version__} (both)"
+    log = "on" if not LOGGING else "off"
+    return (f"PostgreSQL {pg}, PostGIS {postgis}, tipg {TIPG_VERSION}, uvicorn[standard] {uvicorn.__version__} "
+            f"(both; access log {log} in both)")
 
 
 def paths_for(server: str, s: Scenario) -> list[str] | None:
@@ -430,7 +441,11 @@ def main() -> None:
     parser.add_argument("--reload", action="store_true", help="rebuild the benchmark database")
     parser.add_argument("--only", choices=["cim", "tipg"], help="drive one server only")
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench_api.md"))
+    parser.add_argument("--access-log", action="store_true",
+                        help="keep uvicorn's access log on in both servers (default: off in both)")
     args = parser.parse_args()
+    if args.access_log:
+        LOGGING.clear()
 
     url = prepare_database(database_url(), args.parts, args.grids, args.reload)
     sc = scenarios(url, args.requests, seed=1)

@@ -1,7 +1,8 @@
 """``ingest_files``: one load of one layer from one or more files, as one transaction and one run.
 
 read (pyogrio / CSV, streamed) → map & coerce columns → CRS to storage, extent check → geometry
-checks & 2D→3D → layer rules → grid enrichment (in memory) → COPY to staging → merge → provenance.
+checks & 2D→3D → layer rules → grid enrichment (in memory) → COPY to staging → merge → provenance
+(or, into a table that has never held a row, COPY straight into it: :class:`ingest.merge.DirectLoad`).
 """
 from __future__ import annotations
 
@@ -124,14 +125,20 @@ class FeatureLoad:
                 start_run(cur, r, self._operator(), self._options_json())
                 self.cur = cur
                 self.columns = merge.create_stage(cur, self.spec.table)
+                # links to other layers are made by the merge's SQL: those layers always go through staging
+                self.direct = (merge.DirectLoad(cur, self.spec.table, self.columns, r.run_id)
+                               if not self._merge_sql() and merge.DirectLoad.applies(cur, self.spec.table) else None)
                 for path in self.paths:
                     self._load_file(cur, path)
                 self._drop_duplicates(cur)
                 if self.options.strict and r.rejected:
                     rejects = ", ".join(f.rejects_file for f in r.files if f.rejects_file)
                     raise StrictRefusal(f"--strict: {r.rejected} row(s) rejected, nothing loaded (see {rejects})")
-                counts = merge.merge(cur, self.spec.table, self.columns, self.options.mode, r.run_id,
-                                     **self._merge_sql())
+                if self.direct is not None:
+                    counts = self.direct.finish()
+                else:
+                    counts = merge.merge(cur, self.spec.table, self.columns, self.options.mode, r.run_id,
+                                         **self._merge_sql())
                 r.inserted, r.updated, r.unchanged, r.closed = (counts.inserted, counts.updated, counts.unchanged,
                                                                 counts.closed)
                 r.duration_s = round(time.perf_counter() - started, 3)
@@ -223,8 +230,11 @@ class FeatureLoad:
         geoms = geoms[keep] if geoms is not None else None
         ewkb = merge.ewkb_hex(geoms, self.settings.srid)
         frame["content_hash"] = merge.content_hash(frame, ewkb)
-        frame["row_no"] = batch.rows[keep]
-        merge.copy_rows(cur, frame, ewkb, self.columns)
+        if self.direct is not None:
+            self.direct.copy(frame, ewkb)
+        else:
+            frame["row_no"] = batch.rows[keep]
+            merge.copy_rows(cur, frame, ewkb, [*self.columns, "row_no"])
         return reasons
 
     def _geometry(self, batch: Batch, crs: CrsSpec | None, path: Path, reasons: dict[int, str]) -> np.ndarray | None:
@@ -336,9 +346,12 @@ class FeatureLoad:
         """First occurrences of duplicated ids were staged before the repeat was seen: take them back."""
         if not self.duplicate_ids:
             return
-        cur.execute("DELETE FROM _stage WHERE source_id = ANY(%s) RETURNING row_no, source_id",
-                    (list(self.duplicate_ids),))
-        taken = cur.fetchall()
+        if self.direct is not None:
+            taken = [(self.seen_ids[key], key) for key in self.direct.remove(list(self.duplicate_ids))]
+        else:
+            cur.execute("DELETE FROM _stage WHERE source_id = ANY(%s) RETURNING row_no, source_id",
+                        (list(self.duplicate_ids),))
+            taken = cur.fetchall()
         writer = RejectsWriter(self.rejects_dir / f"run-{self.report.run_id}-duplicates.rejects.csv")
         for row_no, key in taken:
             writer.write_plain(row_no, f"duplicate source id {key!r} (first occurrence; repeated later in the file)")
