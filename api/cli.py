@@ -30,10 +30,10 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, help="Port."),
     workers: int = typer.Option(1, min=1, help="Worker processes."),
-    access_log: bool = typer.Option(True, "--access-log/--no-access-log",
-                                    help="Log every request (uvicorn's access log). Off behind a proxy that logs: "
-                                         "at thousands of cached tiles a second it is a third of the server's work; "
-                                         "/metrics still counts every request."),
+    access_log: bool = typer.Option(False, "--access-log/--no-access-log",
+                                    help="Log every request (uvicorn's access log). Off by default: at thousands of "
+                                         "cached tiles a second it is a third of the server's work, and /metrics "
+                                         "counts every request by route, status and latency anyway."),
 ) -> None:
     """Serve the spatial API, tiles and viewer."""
     import uvicorn

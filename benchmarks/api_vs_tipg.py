@@ -208,15 +208,17 @@ def start(name: str, cmd: list[str], env: dict[str, str], port: int, ready_path:
     raise SystemExit(f"{name} did not start:\n{log.read_text()[-3000:]}")
 
 
-#: uvicorn's access log, the same for both servers (``--access-log`` turns it on in both)
+#: uvicorn's access log, the same for both servers (``--access-log`` turns it on in both; uvicorn logs by
+#: default, ``cim serve`` does not, so each gets its flag)
 LOGGING = ["--no-access-log"]
+CIM_LOGGING = ["--no-access-log"]
 
 
 def start_cim(url: str, workers: int) -> Server:
     port = free_port()
     env = {**os.environ, "CIM_DATABASE_URL": url}
     return start("cim", [CIM, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
-                         *LOGGING], env, port, "/collections/parts")
+                         *CIM_LOGGING], env, port, "/collections/parts")
 
 
 def pooled_app():
@@ -445,7 +447,8 @@ def main() -> None:
                         help="keep uvicorn's access log on in both servers (default: off in both)")
     args = parser.parse_args()
     if args.access_log:
-        LOGGING.clear()
+        LOGGING[:] = []
+        CIM_LOGGING[:] = ["--access-log"]
 
     url = prepare_database(database_url(), args.parts, args.grids, args.reload)
     sc = scenarios(url, args.requests, seed=1)

@@ -14,13 +14,15 @@ into their own venv, ``benchmarks/work/tiles-peers-venv`` (never into the projec
   PolyhedralSurface Z and writes them with a plain translation, so EPSG:4978 is what places them on the
   globe); the time to make that table is reported on its own line.
 - **MVT**: M parts loaded with ``cim ingest parts``; ``cim serve`` and ``uvicorn tipg.main:app`` over the same
-  table with the same worker count; a load generator in a separate process sends a fixed, seeded list of
-  z14–16 tiles over the data from 127.0.0.1 with bounded concurrency and counts tiles/s and latencies.
-  This API is measured on a fresh tile cache (every tile built: "uncached") and again on the same list
-  ("cached"), plus ``/conformance`` (no tile, no database) as the ceiling of its HTTP stack. Each server is
-  warmed on other tiles first; rounds alternate the servers and the median round is reported. One worker
-  each by default: uvicorn's multi-process mode binds a socket without ``IPPROTO_TCP``, so asyncio never
-  sets TCP_NODELAY and every response (of either server) waits ~40 ms for the client's delayed ACK.
+  table with the same worker count and the same uvicorn (``uvicorn[standard]``: httptools, uvloop; access log off
+  in both unless ``--access-log``). ``wrk`` (Debian package) sends a seeded list of z14–16 tiles over the data
+  from 127.0.0.1, 8 connections, for ``--seconds`` per run, and reports tiles/s and wrk's latency percentiles.
+  This API is driven the way MapLibre drives it: with the tile URLs of its TileJSON, which carry the layer
+  version. It is measured on a fresh tile cache (every tile built: "uncached"), then on the tiles that run built
+  ("cached"), plus ``/conformance`` (no tile, no database) as the ceiling of its HTTP stack, and, on another
+  fresh server, uncached with the plain URLs (no version, through FastAPI's router). Each server is warmed on
+  other tiles first; rounds alternate the servers and the median round is reported. One worker each by
+  default (the machine has 2 cores, shared with PostgreSQL and wrk).
 
 The loaded databases are kept (``tilesbench_b<N>``, ``tilesbench_p<M>``) and reused by later runs;
 ``--reload`` loads them again.
@@ -427,8 +429,11 @@ def bench_mvt(server: str, n: int, reload: bool, per_zoom: int, concurrency: int
                 # the same tile buffer and the same properties as this API's tiles, so both do the same work
                 "TIPG_TILE_BUFFER": "64", "TIPG_TABLE_CONFIG__public_parts__PROPERTIES": json.dumps(props)}
     ceiling = "this API, `/conformance` (no tile, no database: the stack's ceiling)"
-    runs: dict[str, list[dict]] = {"tipg": [], "this API, uncached": [], "this API, cached": [], ceiling: []}
-    logging = [] if access_log else ["--no-access-log"]  # the same uvicorn setting for both servers
+    unversioned = "this API, uncached, URLs without the version (through the router)"
+    runs: dict[str, list[dict]] = {"tipg": [], "this API, uncached": [], "this API, cached": [], ceiling: [],
+                                   unversioned: []}
+    # the same access-log setting for both servers (uvicorn logs by default, `cim serve` does not)
+    logging, cim_logging = ([], ["--access-log"]) if access_log else (["--no-access-log"], ["--no-access-log"])
     # rounds alternate the two servers, so that a busy spell on the machine does not favour one
     for round_ in range(rounds):
         port = free_port()
@@ -443,11 +448,24 @@ def bench_mvt(server: str, n: int, reload: bool, per_zoom: int, concurrency: int
         finally:
             tipg.stop()
 
-        home = WORK / "tilesbench-serve-home"
-        shutil.rmtree(home, ignore_errors=True)  # a fresh tile cache: the first pass builds every tile
-        port = free_port()
-        api = Server([CIM, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
-                      *logging], cim_env(url, home), port, "/collections/parts", HERE.parent, WORK / "cim-serve.log")
+        def start_api() -> tuple[Server, int]:
+            home = WORK / "tilesbench-serve-home"
+            shutil.rmtree(home, ignore_errors=True)  # a fresh tile cache: the first pass builds every tile
+            port = free_port()
+            return Server([CIM, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+                           *cim_logging], cim_env(url, home), port, "/collections/parts", HERE.parent,
+                          WORK / "cim-serve.log"), port
+
+        # the plain OGC API – Tiles URLs (no version: each goes through the router and reads the version)
+        api, port = start_api()
+        try:
+            plain = ours(warm, "/collections/parts/tiles/WebMercatorQuad/{z}/{y}/{x}")
+            drive(port, plain, concurrency, 3, cycle=True)
+            runs[unversioned].append(drive(port, ours(tiles, "/collections/parts/tiles/WebMercatorQuad/{z}/{y}/{x}"),
+                                           concurrency, seconds))
+        finally:
+            api.stop()
+        api, port = start_api()
         try:
             # the tile URLs a client gets from the TileJSON (MapLibre does this): they carry the layer version
             tilejson = json.loads(asyncio.run(fetch(port, ["/collections/parts/tiles/WebMercatorQuad/tilejson.json"]))[0][1])
