@@ -121,37 +121,48 @@ class FeatureLoad:
         self.ctx, self.grid_index, self.parser = self._context()
         r = self.report
         try:
-            with load_transaction(self.engine, r) as cur:
-                start_run(cur, r, self._operator(), self._options_json())
-                self.cur = cur
-                self.columns = merge.create_stage(cur, self.spec.table)
-                # links to other layers are made by the merge's SQL: those layers always go through staging
-                self.direct = (merge.DirectLoad(cur, self.spec.table, self.columns, r.run_id)
-                               if not self._merge_sql() and merge.DirectLoad.applies(cur, self.spec.table) else None)
-                for path in self.paths:
-                    self._load_file(cur, path)
-                self._drop_duplicates(cur)
-                if self.options.strict and r.rejected:
-                    rejects = ", ".join(f.rejects_file for f in r.files if f.rejects_file)
-                    raise StrictRefusal(f"--strict: {r.rejected} row(s) rejected, nothing loaded (see {rejects})")
-                if self.direct is not None:
-                    counts = self.direct.finish()
-                else:
-                    counts = merge.merge(cur, self.spec.table, self.columns, self.options.mode, r.run_id,
-                                         **self._merge_sql())
-                r.inserted, r.updated, r.unchanged, r.closed = (counts.inserted, counts.updated, counts.unchanged,
-                                                                counts.closed)
-                r.duration_s = round(time.perf_counter() - started, 3)
-                r.status = "dry-run" if self.options.dry_run else "succeeded"
-                if r.changes and not self.options.dry_run:
-                    bump_version(cur, self.spec.table)
-                finish_run(cur, r)
+            with load_transaction(self.engine, r) as raw_cursor:
+                cur = merge.PipelinedCursor(raw_cursor)
+                try:
+                    self._load(cur, started)
+                    cur.finish(check=True)
+                except BaseException:
+                    cur.finish(check=False)  # the COPY in flight ends before the rollback
+                    raise
         except StrictRefusal as exc:
             r.status, r.message = "failed", str(exc)
             r.duration_s = round(time.perf_counter() - started, 3)
             record_failure(self.engine, r, self._operator())
             raise
         return r
+
+    def _load(self, cur, started: float) -> None:
+        """Everything the load does inside its transaction."""
+        r = self.report
+        start_run(cur, r, self._operator(), self._options_json())
+        self.cur = cur
+        self.columns = merge.create_stage(cur, self.spec.table)
+        # links to other layers are made by the merge's SQL: those layers always go through staging
+        self.direct = (merge.DirectLoad(cur, self.spec.table, self.columns, r.run_id)
+                       if not self._merge_sql() and merge.DirectLoad.applies(cur, self.spec.table) else None)
+        for path in self.paths:
+            self._load_file(cur, path)
+        self._drop_duplicates(cur)
+        if self.options.strict and r.rejected:
+            rejects = ", ".join(f.rejects_file for f in r.files if f.rejects_file)
+            raise StrictRefusal(f"--strict: {r.rejected} row(s) rejected, nothing loaded (see {rejects})")
+        if self.direct is not None:
+            counts = self.direct.finish()
+        else:
+            counts = merge.merge(cur, self.spec.table, self.columns, self.options.mode, r.run_id,
+                                 **self._merge_sql())
+        r.inserted, r.updated, r.unchanged, r.closed = (counts.inserted, counts.updated, counts.unchanged,
+                                                        counts.closed)
+        r.duration_s = round(time.perf_counter() - started, 3)
+        r.status = "dry-run" if self.options.dry_run else "succeeded"
+        if r.changes and not self.options.dry_run:
+            bump_version(cur, self.spec.table)
+        finish_run(cur, r)
 
     # --- one file ---------------------------------------------------------------------------------
     def _load_file(self, cur, path: Path) -> None:
