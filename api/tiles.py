@@ -283,9 +283,9 @@ class VersionedTileMiddleware:
     and a tile built on one connection. Going through FastAPI cost a cached tile about 2.5× a request
     that does nothing and an uncached one a fifth of its Python time (parameter validation and
     routing). The content of such a URL never changes, so a tile in memory needs no database read at
-    all. Addresses it cannot serve (no such tile matrix, row or layer) go on to the route, which words
-    the problem; so do all other requests. Installed innermost: access control and metrics still see
-    every request.
+    all. Whatever it cannot serve (no such tile matrix, row or layer; a database error) goes on to the
+    route, which words the problem; so do all other requests. Installed innermost: access control and
+    metrics still see every request.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -307,7 +307,8 @@ class VersionedTileMiddleware:
         try:
             layer, data = await run_in_threadpool(svc.current_mvt, name, z, x, y, Selection(), None,
                                                   lambda layer: _scope_not_modified(scope, _etag(str(layer.version))))
-        except (TileAddressError, UnknownLayerError):
+        except Exception:  # noqa: BLE001 — a bad address, an unknown layer, the database away: the route
+            # answers it again and words the problem (this middleware sits outside the app's exception handlers)
             del scope["route"]
             await self.app(scope, receive, send)
             return

@@ -205,6 +205,11 @@ def test_versioned_tile_urls_are_answered_from_memory_and_cached_for_good(city, 
     stale = c.get(f"{url('grids', tile_at(15))}?v={version - 1}")
     assert stale.status_code == 200 and stale.headers["cache-control"] == "no-cache"
     assert stale.headers["etag"] == f'"{version}"'
+    # what it cannot serve, the route words as a problem
+    bad = c.get(f"/collections/grids/tiles/WebMercatorQuad/3/8/0?v={version}")
+    assert bad.status_code == 404 and bad.json()["parameter"] == "tileRow"
+    assert bad.headers["content-type"] == "application/problem+json"
+    assert c.get(f"/collections/nope/tiles/WebMercatorQuad/3/0/0?v={version}").status_code == 404
     # with a read key required, the memory answer is behind it too
     monkeypatch.setenv(READ_KEY_ENV, "1")
     locked = api_client(city, tmp_path / "home2")
