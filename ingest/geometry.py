@@ -57,11 +57,12 @@ def check_types(geoms: np.ndarray, kind: str) -> tuple[np.ndarray, dict[int, str
                 notes[int(i)] = f"invalid geometry repaired with make_valid ({reason})"
             else:
                 rejects[int(i)] = f"invalid geometry that make_valid cannot keep as a {kind} ({reason})"
-    if kind == "polygon":
-        keep = np.array([i not in rejects for i in range(len(out))])
-        polys = keep & np.array([g is not None and g.geom_type == "Polygon" for g in out])
-        if polys.any():
-            out[polys] = np.array([shapely.MultiPolygon([g]) for g in out[polys]] + [None], dtype=object)[:-1]
+    if kind == "polygon":  # stored as MultiPolygon: each kept Polygon becomes a one-part MultiPolygon
+        keep = np.ones(len(out), dtype=bool)
+        keep[list(rejects)] = False
+        idx = np.flatnonzero(keep & (shapely.get_type_id(out) == shapely.GeometryType.POLYGON))
+        if len(idx):
+            out[idx] = shapely.multipolygons(out[idx], indices=np.arange(len(idx)))
     return out, rejects, notes
 
 
