@@ -208,7 +208,8 @@ def rebuild_indexes(cur, table: str, statements: list[str]) -> None:
 
 
 class DirectLoad:
-    """The first load into a table that has never held a row: batches are COPYed straight into it.
+    """A load into a table that holds no row at all (no current and no past versions): batches are COPYed
+    straight into it.
 
     Nothing there can be unchanged, updated or closed, so staging and merging would only write every
     row twice (measured: the INSERT … SELECT from staging was a sixth of a 1,000,000-point load). Each

@@ -139,6 +139,8 @@ class FeatureLoad:
     def _load(self, cur, started: float) -> None:
         """Everything the load does inside its transaction."""
         r = self.report
+        # one load of a layer at a time (a second waits here); readers go on reading the committed base
+        cur.execute(f'LOCK TABLE "{self.spec.table}" IN SHARE ROW EXCLUSIVE MODE')
         start_run(cur, r, self._operator(), self._options_json())
         self.cur = cur
         self.columns = merge.create_stage(cur, self.spec.table)

@@ -432,6 +432,37 @@ def test_first_load_into_an_empty_table_copies_straight_in(server_url, tmp_path,
     assert (again.inserted, again.updated, again.unchanged) == (0, 0, 10)
 
 
+def test_a_second_load_of_the_same_layer_waits_for_the_first(server_url, tmp_path):
+    """Loads of one layer run one at a time: a load that finds another one's lock waits for its commit
+    (then sees its rows, so it goes through the merge), while readers are not held up."""
+    import threading
+
+    url = create_database(server_url)
+    run_cim("init", db_url=url)
+    path = tmp_path / "parts.gpkg"
+    frame = parts_frame(3, prefix="W")
+    frame["object_code"] = [f"3101040101{i:06d}" for i in range(3)]
+    frame.to_file(path, driver="GPKG")
+    holder = engine_for(url).connect()
+    holder.execute(sa.text("LOCK TABLE parts IN SHARE ROW EXCLUSIVE MODE"))  # as a load in progress does
+    result = {}
+    loader = threading.Thread(target=lambda: result.update(report=load(url, "parts", path, crs="EPSG:4326")))
+    loader.start()
+    try:
+        deadline, waiting = time.time() + 30, 0
+        while time.time() < deadline and not waiting:
+            waiting = scalar(url, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                  "AND query LIKE 'LOCK TABLE%'")
+            time.sleep(0.05)
+        assert waiting and loader.is_alive(), "the second load did not wait at its start"
+        assert scalar(url, "SELECT count(*) FROM parts") == 0  # readers are not blocked
+    finally:
+        holder.rollback()
+        holder.close()
+    loader.join(60)
+    assert result["report"].inserted == 3, _rejects(result["report"])
+
+
 def test_provenance_is_recorded(city):
     with engine_for(city).connect() as conn:
         row = conn.execute(sa.text(
