@@ -201,46 +201,42 @@ def _bd_to_gcj(lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return _invert(_gcj_to_bd, lon, lat, (z * np.cos(theta), z * np.sin(theta)))
 
 
+def _shifted(shift: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]], lon: npt.ArrayLike,
+             lat: npt.ArrayLike) -> tuple[Coord, Coord]:
+    """A datum shift on arrays, applied to scalars or array-likes (scalars in, floats out)."""
+    lo, la, scalar = _prep(lon, lat)
+    r_lon, r_lat = shift(lo, la)
+    return _out(r_lon, scalar), _out(r_lat, scalar)
+
+
 def wgs84_to_gcj02(lon: npt.ArrayLike, lat: npt.ArrayLike) -> tuple[Coord, Coord]:
     """WGS84 lon/lat to GCJ-02 ("Mars") lon/lat; unshifted outside mainland China."""
-    lo, la, scalar = _prep(lon, lat)
-    r_lon, r_lat = _wgs_to_gcj(lo, la)
-    return _out(r_lon, scalar), _out(r_lat, scalar)
+    return _shifted(_wgs_to_gcj, lon, lat)
 
 
 def gcj02_to_wgs84(lon: npt.ArrayLike, lat: npt.ArrayLike) -> tuple[Coord, Coord]:
     """GCJ-02 lon/lat to WGS84 lon/lat (iterative exact inverse of :func:`wgs84_to_gcj02`)."""
-    lo, la, scalar = _prep(lon, lat)
-    r_lon, r_lat = _gcj_to_wgs(lo, la)
-    return _out(r_lon, scalar), _out(r_lat, scalar)
+    return _shifted(_gcj_to_wgs, lon, lat)
 
 
 def gcj02_to_bd09(lon: npt.ArrayLike, lat: npt.ArrayLike) -> tuple[Coord, Coord]:
     """GCJ-02 lon/lat to Baidu BD-09 lon/lat; unshifted outside mainland China."""
-    lo, la, scalar = _prep(lon, lat)
-    r_lon, r_lat = _gcj_to_bd(lo, la)
-    return _out(r_lon, scalar), _out(r_lat, scalar)
+    return _shifted(_gcj_to_bd, lon, lat)
 
 
 def bd09_to_gcj02(lon: npt.ArrayLike, lat: npt.ArrayLike) -> tuple[Coord, Coord]:
     """BD-09 lon/lat to GCJ-02 lon/lat (iterative exact inverse of :func:`gcj02_to_bd09`)."""
-    lo, la, scalar = _prep(lon, lat)
-    r_lon, r_lat = _bd_to_gcj(lo, la)
-    return _out(r_lon, scalar), _out(r_lat, scalar)
+    return _shifted(_bd_to_gcj, lon, lat)
 
 
 def wgs84_to_bd09(lon: npt.ArrayLike, lat: npt.ArrayLike) -> tuple[Coord, Coord]:
     """WGS84 lon/lat to BD-09 lon/lat (via GCJ-02)."""
-    lo, la, scalar = _prep(lon, lat)
-    r_lon, r_lat = _gcj_to_bd(*_wgs_to_gcj(lo, la))
-    return _out(r_lon, scalar), _out(r_lat, scalar)
+    return _shifted(functools.partial(_wgs_to_offset, "bd09"), lon, lat)
 
 
 def bd09_to_wgs84(lon: npt.ArrayLike, lat: npt.ArrayLike) -> tuple[Coord, Coord]:
     """BD-09 lon/lat to WGS84 lon/lat (via GCJ-02)."""
-    lo, la, scalar = _prep(lon, lat)
-    r_lon, r_lat = _gcj_to_wgs(*_bd_to_gcj(lo, la))
-    return _out(r_lon, scalar), _out(r_lat, scalar)
+    return _shifted(functools.partial(_offset_to_wgs, "bd09"), lon, lat)
 
 
 def _offset_to_wgs(offset: str, lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
