@@ -322,7 +322,7 @@ def _tile_answer(data: bytes | None, version: int, asked: int | None) -> TileAns
     """A vector tile (None: the client's copy is current, 304; empty: no feature, 204). Cached for good when
     asked for by the current version's URL; a URL of an older version gets today's tile, which must not be
     kept under the old URL for good. Raw headers, so the hot path can send them without Response objects."""
-    headers = [(b"etag", f'"{version}"'.encode()),
+    headers = [(b"etag", _etag(str(version)).encode()),
                (b"cache-control", _IMMUTABLE if asked == version else _REVALIDATE)]
     if data is None:
         return 304, headers, b""

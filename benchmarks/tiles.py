@@ -42,6 +42,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -127,6 +128,20 @@ def load(url: str, layer: str, path: Path, expected: int) -> float | None:
     return took
 
 
+def loaded_database(server: str, layer: str, n: int, make: Callable[[int, Path], object], file_name: str,
+                    database_name: str, reload: bool) -> str:
+    """The kept benchmark database holding ``n`` generated features of ``layer`` (generated and loaded
+    with ``cim ingest`` the first time, or again with ``reload``)."""
+    path = WORK / file_name
+    if not path.exists():
+        make(n, path)
+    url, _ = database(server, database_name, reload)
+    loaded = load(url, layer, path, n)
+    if loaded is not None:
+        print(f"loaded {n:,} {layer} with cim ingest in {loaded:.1f} s", flush=True)
+    return url
+
+
 def tree_size(root: Path, pattern: str) -> tuple[int, int]:
     files = list(root.rglob(pattern))
     return len(files), sum(f.stat().st_size for f in files)
@@ -206,13 +221,7 @@ def pg_conninfo(url: str) -> str:
 
 
 def bench_3d(server: str, n: int, reload: bool) -> list[str]:
-    path = WORK / f"buildings_{n}.gpkg"
-    if not path.exists():
-        make_buildings(n, path)
-    url, _ = database(server, f"tilesbench_b{n}", reload)
-    loaded = load(url, "buildings", path, n)
-    if loaded is not None:
-        print(f"loaded {n:,} buildings with cim ingest in {loaded:.1f} s", flush=True)
+    url = loaded_database(server, "buildings", n, make_buildings, f"buildings_{n}.gpkg", f"tilesbench_b{n}", reload)
 
     ours = WORK / "tiles3d-cim"
     shutil.rmtree(ours, ignore_errors=True)
@@ -398,13 +407,7 @@ def _features(body: bytes) -> list[str]:
 
 def bench_mvt(server: str, n: int, reload: bool, per_zoom: int, concurrency: int, workers: int,
               seconds: float, rounds: int, access_log: bool) -> list[str]:
-    path = WORK / f"points_{n}.gpkg"
-    if not path.exists():
-        make_points(n, path)
-    url, _ = database(server, f"tilesbench_p{n}", reload)
-    loaded = load(url, "parts", path, n)
-    if loaded is not None:
-        print(f"loaded {n:,} parts with cim ingest in {loaded:.1f} s", flush=True)
+    url = loaded_database(server, "parts", n, make_points, f"points_{n}.gpkg", f"tilesbench_p{n}", reload)
     with engine_for(url).connect() as conn:
         conn.execute(sa.text("ANALYZE parts"))
         conn.commit()

@@ -35,14 +35,12 @@ def table_columns(cur, table: str) -> list[str]:
     return [r[0] for r in cur.fetchall() if r[0] not in SYSTEM_COLUMNS]
 
 
-def create_stage(cur, table: str) -> list[str]:
-    """A temp table with the target's data columns (+ row_no); returns the staged column names."""
-    columns = table_columns(cur, table)
+def create_stage(cur, table: str, columns: list[str]) -> None:
+    """A temp table with the target's data ``columns`` (see :func:`table_columns`) and row_no."""
     cur.execute("DROP TABLE IF EXISTS _stage")
     cur.execute(f'CREATE TEMP TABLE _stage ON COMMIT DROP AS SELECT {", ".join(columns)} '
                 f'FROM "{table}" WITH NO DATA')
     cur.execute("ALTER TABLE _stage ADD COLUMN row_no integer")
-    return columns
 
 
 def ewkb_hex(geometry: np.ndarray | None, srid: int) -> np.ndarray | None:

@@ -143,10 +143,12 @@ class FeatureLoad:
         cur.execute(f'LOCK TABLE "{self.spec.table}" IN SHARE ROW EXCLUSIVE MODE')
         start_run(cur, r, self._operator(), self._options_json())
         self.cur = cur
-        self.columns = merge.create_stage(cur, self.spec.table)
+        self.columns = merge.table_columns(cur, self.spec.table)
         # links to other layers are made by the merge's SQL: those layers always go through staging
         self.direct = (merge.DirectLoad(cur, self.spec.table, self.columns, r.run_id)
                        if not self._merge_sql() and merge.DirectLoad.applies(cur, self.spec.table) else None)
+        if self.direct is None:
+            merge.create_stage(cur, self.spec.table, self.columns)
         for path in self.paths:
             self._load_file(cur, path)
         self._drop_duplicates(cur)
