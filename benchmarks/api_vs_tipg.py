@@ -223,7 +223,7 @@ def start_cim(url: str, workers: int) -> Server:
 
 def pooled_app():
     """``uvicorn --factory``: the API with a fixed pool of CIM_BENCH_POOL connections and no overflow
-    (``cim serve`` uses SQLAlchemy's default, 5 + 10 overflow connections that are closed again)."""
+    (``cim serve`` now has a fixed pool of 8 itself; this variant tries other sizes)."""
     from api.app import create_app
     from cim.database import sqlalchemy_url
 
