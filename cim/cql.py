@@ -46,7 +46,7 @@ from pygeofilter.parsers.cql2_json.parser import walk_cql_json
 from pygeofilter.parsers.cql2_text import parser as base_text_parser
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 
-from cim.errors import UserError
+from cim.errors import ParameterError, UserError
 from cim.registry import Layer
 
 __all__ = [
@@ -70,14 +70,6 @@ __all__ = [
 GEOMETRY_NAMES = ("geometry", "geom")
 #: longer filters are refused before parsing: a filter is a query, not a data upload
 MAX_FILTER_CHARS = 50_000
-
-
-class ParameterError(UserError, ValueError):
-    """A request parameter (``bbox``, ``filter``, ``crs`` …) is invalid; ``parameter`` names it."""
-
-    def __init__(self, parameter: str, message: str) -> None:
-        super().__init__(message)
-        self.parameter = parameter
 
 
 class FilterError(ParameterError):
