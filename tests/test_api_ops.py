@@ -270,36 +270,23 @@ def test_readings_errors(client, device, params, status, parameter):
     assert r.json().get("parameter") == parameter
 
 
-def test_serve_with_two_workers_answers_on_a_tcp_nodelay_socket(engine, tmp_path):
+def test_serve_with_two_workers_answers_on_a_tcp_nodelay_socket(db_url):
     """`cim serve --workers 2` shares one socket made with IPPROTO_TCP (so asyncio sets TCP_NODELAY)."""
-    import os
     import socket
-    import subprocess
-    import time
+    from urllib.parse import urlsplit
 
     import httpx
 
     from api.cli import listening_socket
     from tests.conftest import CIM
+    from tests.servers import serve_command
 
     probe = listening_socket("127.0.0.1", 0)
     assert probe.proto == socket.IPPROTO_TCP
-    port = probe.getsockname()[1]
     probe.close()
-    env = {**os.environ, "CIM_DATABASE_URL": str(engine.url.render_as_string(hide_password=False)).replace(
-        "postgresql+psycopg2://", "postgresql://")}
-    server = subprocess.Popen([CIM, "serve", "--port", str(port), "--workers", "2"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline, answer = time.time() + 60, None
-        while time.time() < deadline and answer is None:
-            try:
-                answer = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
-            except httpx.TransportError:
-                time.sleep(0.3)
-        assert answer is not None and answer.status_code == 200 and answer.json()["status"] == "ok"
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with serve_command(lambda port: [CIM, "serve", "--port", str(port), "--workers", "2"], db_url=db_url) as base:
+        answer = httpx.get(f"{base}/healthz", timeout=10)
+        assert answer.status_code == 200 and answer.json()["status"] == "ok"
+        port = urlsplit(base).port
     busy = listening_socket("127.0.0.1", port)  # the port is free again once the workers stop
     busy.close()
