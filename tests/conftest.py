@@ -82,9 +82,27 @@ def run_cim(*args: str, db_url: str | None = None, env: dict | None = None, chec
     return proc
 
 
+#: set to 1 (``.ci/run`` does) to make a missing file of ../shared/data a failure, not a skip
+REQUIRE_SHARED_ENV = "CIM_REQUIRE_SHARED"
+
+
+def shared_data_required() -> bool:
+    """Whether a missing ../shared/data file fails the test: when asked to (CIM_REQUIRE_SHARED=1),
+    or in CI (``CI`` set) while ../shared/data is there — a skip would then hide a broken path."""
+    if os.environ.get(REQUIRE_SHARED_ENV, "").strip() not in ("", "0"):
+        return True
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false") and SHARED_DATA.is_dir()
+
+
 def shared_path(*parts: str) -> Path:
-    """A file of ../shared/data, or skip the test cleanly when it is absent (a user's clone)."""
+    """A file of ../shared/data (the real Shanghai data), for every test that reads one.
+
+    Absent on a user's clone: the test is skipped, naming the missing file. Where the data must be
+    there (:func:`shared_data_required`) the test fails instead, so CI cannot go green by skipping."""
     path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"{path} not present (../shared/data is only in CI and developer workspaces)")
-    return path
+    if path.exists():
+        return path
+    if shared_data_required():
+        pytest.fail(f"{path} is missing, but ../shared/data is required here "
+                    f"({REQUIRE_SHARED_ENV}=1 or CI with ../shared/data present)", pytrace=False)
+    pytest.skip(f"{path} not present (../shared/data is only in CI and developer workspaces)")
