@@ -21,7 +21,8 @@ When several districts remain (a road in two districts, no district written) the
 ``ambiguous``, its score is halved and every district's candidate is listed.
 
 Speed: the dictionary, the area centroids and the road indexes are built once per process and
-database, keyed by the layer versions (a load bumps them, so answers refresh). A batch costs a
+database, keyed by the layer versions (a load bumps them, so answers refresh; one rebuild however
+many requests find them stale). A batch costs a
 handful of statements per chunk whatever its size: the layer versions, the addresses of the roads
 not yet cached (one statement), address aliases of unmatched queries, and the grid lookup
 (:func:`cim.grid.lookup_points`, one statement) — matching itself is Python over cached indexes.

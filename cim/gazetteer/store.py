@@ -4,7 +4,7 @@ versions and kept per process.
 A :class:`Gazetteer` holds the address dictionary, the area centroids, the grids of each community,
 a parse cache and an LRU cache of road indexes (:class:`RoadIndexes` is the view one chunk of
 queries gets). :func:`gazetteer_for` rebuilds it when a load has bumped one of its layers'
-versions.
+versions — once per base and version, however many requests arrive at the same time.
 """
 from __future__ import annotations
 
@@ -205,21 +205,32 @@ class Gazetteer:
                           responsibility=responsibility)
 
 
+# One gazetteer per database (keyed by its URL without the password). A build reads the whole
+# base, so it happens under that database's build lock: after a load, the many requests that all
+# find the gazetteer stale wait for one rebuild instead of each doing their own.
 _GAZETTEERS: dict[str, Gazetteer] = {}
-_STATE_LOCK = threading.Lock()
+_BUILD_LOCKS: dict[str, threading.Lock] = {}
+_STATE_LOCK = threading.Lock()  # guards the two dicts, held only for lookups
 
 
 def gazetteer_for(conn: Connection) -> Gazetteer:
-    """This database's gazetteer, rebuilt when a load has bumped one of its layers' versions."""
+    """This database's gazetteer, rebuilt when a load has bumped one of its layers' versions —
+    once per database and versions, however many threads ask at the same time."""
     versions = layer_versions(conn)
     key = conn.engine.url.render_as_string(hide_password=True)
     with _STATE_LOCK:
         found = _GAZETTEERS.get(key)
+        build_lock = _BUILD_LOCKS.setdefault(key, threading.Lock())
     if found is not None and found.versions == versions:
         return found
-    built = Gazetteer(conn, versions)
-    with _STATE_LOCK:
-        _GAZETTEERS[key] = built
+    with build_lock:
+        with _STATE_LOCK:  # another thread may have built these versions while we waited
+            found = _GAZETTEERS.get(key)
+        if found is not None and found.versions == versions:
+            return found
+        built = Gazetteer(conn, versions)
+        with _STATE_LOCK:
+            _GAZETTEERS[key] = built
     return built
 
 
