@@ -20,7 +20,7 @@ from cim.bootstrap import BaseSettings, stored_settings
 from cim.errors import UserError
 from cim.gazetteer.base_dictionary import dictionary_from_base
 from cim.gazetteer.dictionary import AddressDictionary
-from cim.gazetteer.index import ENTRY_COLUMNS, AddressGroup, AreaPoint, Entry, entry_from_row
+from cim.gazetteer.index import AddressGroup, AreaPoint, Entry, entry_from_row
 from cim.gazetteer.parse import ParsedAddress, parse_address
 from cim.grid import Area, GridAnswer
 
@@ -234,5 +234,5 @@ def gazetteer_for(conn: Connection) -> Gazetteer:
     return built
 
 
-__all__ = ["ADDRESS_COLUMNS", "ALIASES_SQL", "ENTRY_COLUMNS", "Gazetteer", "LAYER_TABLES", "RoadIndexes",
+__all__ = ["ADDRESS_COLUMNS", "ALIASES_SQL", "Gazetteer", "LAYER_TABLES", "RoadIndexes",
            "gazetteer_for", "layer_versions"]
