@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
-LINT_IMPORTS = str(Path(sys.executable).with_name("lint-imports"))
+# import-linter's command, beside this interpreter (the venv) or on PATH; a test extra of pyproject
+LINT_IMPORTS = next((str(p) for p in (Path(sys.executable).with_name("lint-imports"),) if p.exists()),
+                    shutil.which("lint-imports") or "lint-imports")
 NOT_SHIPPED = {"tests", "benchmarks", "data_samples", "docs", "scripts", "node_modules"}
 
 
