@@ -35,7 +35,7 @@ from fastapi import FastAPI, Path, Query, Request
 from fastapi.responses import Response
 
 from api.deps import AppState, get_state
-from api.problems import Problem, bad_parameter, not_found
+from api.problems import bad_parameter, not_found
 from api.responses import OrjsonResponse
 from cim.cql import CRS84_URI, ParameterError, crs_ref, crs_uri, supported_crs
 from cim.features import (
@@ -49,7 +49,6 @@ JSON = "application/json"
 SCHEMA_JSON = "application/schema+json"
 OPENAPI_30 = "application/vnd.oai.openapi+json;version=3.0"
 OGC_REL = "http://www.opengis.net/def/rel/ogc/1.0/"
-EXTENT_CACHE_SECONDS = 300.0  # layer versions change with loads, not with hand edits: re-check now and then
 
 _F1 = "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/"
 _F3 = "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/"
@@ -94,10 +93,6 @@ def _link(href: str, rel: str, type_: str, title: str | None = None) -> dict[str
     return link
 
 
-def _bad(exc: ParameterError) -> Problem:
-    return bad_parameter(exc.parameter, str(exc))
-
-
 def _check_parameters(request: Request, layer: Layer, known: set[str]) -> dict[str, str]:
     """The property-equality filters of a request; any other unknown parameter is a 400."""
     equals: dict[str, str] = {}
@@ -132,7 +127,7 @@ def _selection(request: Request, layer: Layer, known: set[str], bbox: str | None
 
 
 def _run(state: AppState, fn, *args, **kwargs):
-    """Run a core query; parameter errors become 400s naming the parameter."""
+    """Run a core query; a value PostgreSQL refuses (e.g. a transform out of range) is the request's fault."""
     try:
         with state.engine.connect() as conn:
             return fn(conn, *args, **kwargs)
@@ -140,13 +135,14 @@ def _run(state: AppState, fn, *args, **kwargs):
         raise _bad(exc) from None
     except sa.exc.DataError as exc:  # a value PostgreSQL refused (e.g. a transform out of range)
         message = getattr(getattr(exc.orig, "diag", None), "message_primary", None) or "invalid value"
-        raise Problem(400, "Bad request", f"the database rejected a value of the request: {message}") from None
+        raise UserError(f"the database rejected a value of the request: {message}") from None
 
 
 def _extent(state: AppState, layer: Layer) -> Extent:
     key = (str(state.engine.url), layer.name, layer.version)
     hit = _extent_cache.get(key)
-    if hit and time.monotonic() - hit[0] < EXTENT_CACHE_SECONDS:
+    # layer versions change with loads, not with hand edits: re-check now and then (CIM_EXTENT_CACHE_S)
+    if hit and time.monotonic() - hit[0] < state.deployment.extent_cache_s:
         return hit[1]
     extent = _run(state, layer_extent, layer, state.settings.srid)
     _extent_cache[key] = (time.monotonic(), extent)
@@ -366,14 +362,11 @@ def install(app: FastAPI) -> None:
         state = get_state(request)
         layer = state.layer(collection_id)
         srid = state.settings.srid
-        try:
-            table = feature_table(layer, srid)
-            selection = _selection(request, layer, ITEMS_PARAMETERS, bbox, bbox_crs, filter_, filter_lang,
-                                   filter_crs, datetime_)
-            query = ItemsQuery(selection=selection, sortby=parse_sortby(sortby, layer, table), limit=limit,
-                               offset=offset, properties=parse_properties(properties, layer, table), crs=crs)
-        except ParameterError as exc:
-            raise _bad(exc) from None
+        table = feature_table(layer, srid)
+        selection = _selection(request, layer, ITEMS_PARAMETERS, bbox, bbox_crs, filter_, filter_lang,
+                               filter_crs, datetime_)
+        query = ItemsQuery(selection=selection, sortby=parse_sortby(sortby, layer, table), limit=limit,
+                           offset=offset, properties=parse_properties(properties, layer, table), crs=crs)
         _check_format(f)
         page = _run(state, fetch_items, layer, srid, query)
         meta = {

@@ -20,7 +20,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection, Engine
 
 from cim.config import DEFAULT_FLOOR_HEIGHT_M, DEFAULT_STORAGE_SRID, SHANGHAI_BBOX_WGS84
-from cim.errors import UserError
+from cim.errors import UnavailableError, UserError
 from cim.layers import LAYERS
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -28,6 +28,13 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 
 class InitError(UserError):
     """The base cannot be initialised as asked; the message says why."""
+
+
+class NotInitialisedError(InitError, UnavailableError):
+    """The database has no city base yet: nothing can be answered until ``cim init`` has run (503)."""
+
+    def __init__(self, message: str = "the city base is not initialised: run 'cim init'") -> None:
+        super().__init__(message)
 
 
 @dataclass(frozen=True)
@@ -65,7 +72,7 @@ def load_settings(engine: Engine) -> BaseSettings:
     with engine.connect() as conn:
         settings = stored_settings(conn)
     if settings is None:
-        raise InitError("the city base is not initialised: run 'cim init'")
+        raise NotInitialisedError()
     return settings
 
 

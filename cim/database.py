@@ -7,10 +7,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from cim.config import database_target
-from cim.errors import UserError
+from cim.errors import UnavailableError
 
 
-class DatabaseError(UserError):
+class DatabaseError(UnavailableError):
     """The base cannot be reached or is not initialised; the message says what to run."""
 
 

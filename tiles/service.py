@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from cim.bootstrap import BaseSettings, load_settings
-from cim.errors import UserError
+from cim.errors import ConflictError, NotFoundError
 from cim.registry import Layer, load_layers
 from tiles import mvt
 from tiles.cache import TileCache
@@ -36,12 +36,12 @@ _LAYER_STAMP = sa.text("SELECT version, md5(concat_ws('|', title, description, t
 PERSIST_AFTER_SECONDS = 0.1
 
 
-class UnknownLayerError(UserError):
-    pass
+class UnknownLayerError(NotFoundError):
+    """No such layer, or no such tile in a layer's tileset (404)."""
 
 
-class StaleVersionError(UserError):
-    """A content URL of a version that is no longer current and no longer cached."""
+class StaleVersionError(ConflictError):
+    """A content URL of a version that is no longer current and no longer cached (409: reload the tileset)."""
 
 
 @dataclass

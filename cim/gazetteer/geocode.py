@@ -39,9 +39,9 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from cim.bootstrap import BaseSettings, stored_settings
+from cim.bootstrap import BaseSettings, NotInitialisedError, stored_settings
 from cim.crs import CrsSpec, resolve_crs, transform_coords
-from cim.errors import UserError
+from cim.errors import ParameterError
 from cim.gazetteer.base_dictionary import dictionary_from_base, door_int
 from cim.gazetteer.dictionary import AddressDictionary
 from cim.gazetteer.parse import ParsedAddress, parse_address
@@ -291,7 +291,7 @@ def _layer_versions(conn: Connection) -> tuple[tuple[str, int, Any], ...]:
                                     "WHERE table_name = ANY(:t) ORDER BY table_name"), {"t": list(_LAYER_TABLES)}).all()
     except sa.exc.ProgrammingError:
         conn.rollback()
-        raise UserError("the city base is not initialised: run 'cim init'") from None
+        raise NotInitialisedError() from None
     return tuple((r[0], int(r[1]), r[2]) for r in rows)
 
 
@@ -323,7 +323,7 @@ class Gazetteer:
     def __init__(self, conn: Connection, versions: tuple) -> None:
         settings = stored_settings(conn)
         if settings is None:
-            raise UserError("the city base is not initialised: run 'cim init'")
+            raise NotInitialisedError()
         self.versions = versions
         self.settings: BaseSettings = settings
         # An address's stored codes were assigned at its load by the grid lookup's own rule; they
@@ -685,11 +685,11 @@ def _on_areas(g: Gazetteer, p: ParsedAddress, district: str | None, notes: list[
 def geocode(conn: Connection, text: str, crs: CrsSpec | str | int = "EPSG:4326") -> GeocodeResult:
     """Geocode one free-text address; the point is returned in ``crs`` (default WGS84).
 
-    Raises :class:`UserError` for an empty or over-long query."""
+    Raises :class:`ParameterError` (``q``) for an empty or over-long query."""
     if not isinstance(text, str) or not text.strip():
-        raise UserError("q: the address is empty")
+        raise ParameterError("q", "q: the address is empty")
     if len(text) > MAX_QUERY_CHARS:
-        raise UserError(f"q: at most {MAX_QUERY_CHARS} characters, got {len(text)}")
+        raise ParameterError("q", f"q: at most {MAX_QUERY_CHARS} characters, got {len(text)}")
     return geocode_many(conn, [text], crs)[0]
 
 
