@@ -5,12 +5,11 @@ from typing import Optional
 
 import sqlalchemy as sa
 import typer
-from rich.console import Console
 
+from cim.cli.console import console
 from cim.config import database_target
 from cim.errors import UserError
 
-console = Console()
 db_app = typer.Typer(help="The embedded PostgreSQL + PostGIS cluster (or CIM_DATABASE_URL).", no_args_is_help=True)
 
 

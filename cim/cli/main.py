@@ -9,14 +9,11 @@ import importlib
 import sys
 
 import typer
-from rich.console import Console
-
+from cim.cli.console import err_console
 from cim.errors import UserError
 
 EDGE_MODULES = ("ingest.cli", "tiles.cli", "api.cli")
 CORE_MODULES = ("cim.cli.db", "cim.cli.gazetteer", "cim.cli.grid", "cim.cli.keys")
-
-err_console = Console(stderr=True)
 
 
 def build_app() -> typer.Typer:
