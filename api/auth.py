@@ -7,15 +7,15 @@
 - Reading is open by default. A deployment that must not be is started with
   ``CIM_API_READ_KEY_REQUIRED=1`` (read when the app is created): then every request needs a
   valid key of any role, except the operational and documentation paths in :data:`OPEN_PATHS`.
-  This is one app-wide middleware, so every router — present or future — is covered without
-  each route having to remember it.
+  This is one app-wide middleware (placed in ``api.app.MIDDLEWARE``), so every router — present or
+  future — is covered without each route having to remember it.
 """
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
 
-from fastapi import FastAPI, Request, Security
+from fastapi import Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
@@ -120,11 +120,3 @@ class ReadAccessMiddleware:
         scope.setdefault("state", {})["api_key"] = record
         await self.app(scope, receive, send)
 
-
-def install(app: FastAPI) -> None:
-    """Install the read-access middleware once (idempotent: several routers call this)."""
-    if getattr(app.state, "cim_auth_installed", False):
-        return
-    app.state.cim_auth_installed = True
-    app.state.read_key_required = read_key_required()
-    app.add_middleware(ReadAccessMiddleware)

@@ -21,7 +21,6 @@ from fastapi import APIRouter, FastAPI, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import StreamingResponse
 
-from api import auth
 from api.deps import get_state
 from api.grid import check_point, parse_crs
 from api.problems import bad_parameter
@@ -178,5 +177,4 @@ def reverse_one(request: Request,
 
 
 def install(app: FastAPI) -> None:
-    auth.install(app)
     app.include_router(router)

@@ -88,5 +88,4 @@ def ingest_upload(
 
 
 def install(app: FastAPI) -> None:
-    auth.install(app)
     app.include_router(router)

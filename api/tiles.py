@@ -17,7 +17,6 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, FastAPI, Path, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
-from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.problems import not_found
@@ -336,6 +335,3 @@ def install(app: FastAPI) -> None:
     engine = app.state.cim.engine
     app.state.tiles = TileService(engine, TileCache(cim_home() / "tiles"), app.state.cim.settings)
     app.include_router(router)
-    # appended, not add_middleware (which puts a middleware outermost): it must run inside access
-    # control and metrics
-    app.user_middleware.append(Middleware(VersionedTileMiddleware))

@@ -112,6 +112,14 @@ def test_a_base_that_is_not_initialised_is_a_503_with_retry_after(server_url):
     assert int(app.get("/geocode", params={"q": "徐汇区汾阳路150号"}).headers["retry-after"]) > 0
 
 
+def test_a_refused_request_is_counted_in_metrics(engine, keys, monkeypatch):
+    """Metrics sit outside access control (api.app.MIDDLEWARE): a 401 is counted like any answer."""
+    monkeypatch.setenv(READ_KEY_ENV, "1")
+    locked = TestClient(create_app(engine))
+    assert locked.get("/grid/lookup", params={"lon": 121.47, "lat": 31.23}).status_code == 401
+    assert 'cim_http_requests_total{method="GET",route="unmatched",status="401"}' in locked.get("/metrics").text
+
+
 # --- keys ------------------------------------------------------------------------------------------
 
 def test_keys_are_stored_hashed(engine, keys):
