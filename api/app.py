@@ -16,11 +16,12 @@ from sqlalchemy.engine import Engine
 from starlette.middleware import Middleware
 
 from api import problems
-from api.auth import ReadAccessMiddleware, read_key_required
+from api.auth import ReadAccessMiddleware
 from api.deps import create_state
 from api.ops import MetricsMiddleware
 from api.responses import OrjsonResponse
 from api.tiles import VersionedTileMiddleware
+from cim.config import DeploymentSettings
 
 ROUTER_MODULES = ("api.ops", "api.features", "api.grid", "api.nearby", "api.iot", "api.ingest_upload",
                   "api.geocode", "api.tiles", "api.viewer")
@@ -39,14 +40,15 @@ MIDDLEWARE: tuple[Middleware, ...] = (
 )
 
 
-def create_app(engine: Engine | None = None) -> FastAPI:
+def create_app(engine: Engine | None = None, deployment: DeploymentSettings | None = None) -> FastAPI:
+    """The app over ``engine`` (default: the configured database), with the deployment settings given
+    or, by default, those of the environment (:func:`cim.config.settings`)."""
     from cim.database import get_engine
 
     app = FastAPI(title="CIM city data platform", version="0.1.0", default_response_class=OrjsonResponse,
                   description="Spatial API over the city base: OGC API – Features, grid lookup, proximity, "
                               "geocoding and tiles.", middleware=MIDDLEWARE)
-    app.state.cim = create_state(engine or get_engine())
-    app.state.read_key_required = read_key_required()
+    app.state.cim = create_state(engine or get_engine(), deployment)
     problems.install(app)
     for module_name in ROUTER_MODULES:
         try:

@@ -37,7 +37,8 @@ from fastapi.responses import Response
 from api.deps import AppState, get_state
 from api.problems import bad_parameter, not_found
 from api.responses import OrjsonResponse
-from cim.cql import CRS84_URI, ParameterError, crs_ref, crs_uri, supported_crs
+from cim.cql import CRS84_URI, crs_ref, crs_uri, supported_crs
+from cim.errors import UserError
 from cim.features import (
     DEFAULT_LIMIT, MAX_LIMIT, Extent, ItemsQuery, Selection, feature_ended_at, feature_table, fetch_feature,
     fetch_items, group_stats, layer_extent, parse_bbox, parse_datetime, parse_properties, parse_sortby,
@@ -131,9 +132,7 @@ def _run(state: AppState, fn, *args, **kwargs):
     try:
         with state.engine.connect() as conn:
             return fn(conn, *args, **kwargs)
-    except ParameterError as exc:
-        raise _bad(exc) from None
-    except sa.exc.DataError as exc:  # a value PostgreSQL refused (e.g. a transform out of range)
+    except sa.exc.DataError as exc:
         message = getattr(getattr(exc.orig, "diag", None), "message_primary", None) or "invalid value"
         raise UserError(f"the database rejected a value of the request: {message}") from None
 
@@ -397,11 +396,8 @@ def install(app: FastAPI) -> None:
             if name not in ("crs", "datetime", "f"):
                 raise bad_parameter(name, f"unknown query parameter {name!r} for a single feature")
         _check_format(f)
-        try:
-            when = parse_datetime(datetime_)
-            out = crs_ref(crs, srid, "crs")
-        except ParameterError as exc:
-            raise _bad(exc) from None
+        when = parse_datetime(datetime_)
+        out = crs_ref(crs, srid, "crs")
         if when is not None and not when.is_instant:
             raise bad_parameter("datetime", "a single feature takes an instant, not an interval or a date")
         text = _run(state, fetch_feature, layer, srid, feature_id, crs, when)
@@ -436,11 +432,8 @@ def install(app: FastAPI) -> None:
     ):
         state = get_state(request)
         layer = state.layer(collection_id)
-        try:
-            selection = _selection(request, layer, STATS_PARAMETERS, bbox, bbox_crs, filter_, filter_lang,
-                                   filter_crs, datetime_)
-        except ParameterError as exc:
-            raise _bad(exc) from None
+        selection = _selection(request, layer, STATS_PARAMETERS, bbox, bbox_crs, filter_, filter_lang,
+                               filter_crs, datetime_)
         _check_format(f)
         result = _run(state, group_stats, layer, state.settings.srid, group_by, selection, sum_)
         result["collection"] = layer.name

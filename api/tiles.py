@@ -21,7 +21,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.problems import not_found
 from api.responses import OrjsonResponse
-from cim.config import cim_home
 from cim.registry import Layer
 from tiles import mvt
 from tiles.cache import TileCache
@@ -333,5 +332,7 @@ def _versioned_tile(scope: Scope) -> tuple[str, int, int, int, int] | None:
 
 def install(app: FastAPI) -> None:
     engine = app.state.cim.engine
-    app.state.tiles = TileService(engine, TileCache(cim_home() / "tiles"), app.state.cim.settings)
+    deployment = app.state.cim.deployment
+    cache = TileCache(deployment.home.resolve() / "tiles", deployment.tile_memory_mb << 20)
+    app.state.tiles = TileService(engine, cache, app.state.cim.settings)
     app.include_router(router)

@@ -14,6 +14,7 @@ from api.app import create_app
 from api.auth import READ_KEY_ENV
 from api.iot import MAX_READINGS
 from cim.apikeys import create_key, revoke_key, verify_key
+from cim.config import override_settings
 from cim.database import engine_for
 from tests.conftest import create_database, run_cim
 from tests.spatial_data import build_features, build_hierarchy
@@ -112,10 +113,10 @@ def test_a_base_that_is_not_initialised_is_a_503_with_retry_after(server_url):
     assert int(app.get("/geocode", params={"q": "徐汇区汾阳路150号"}).headers["retry-after"]) > 0
 
 
-def test_a_refused_request_is_counted_in_metrics(engine, keys, monkeypatch):
+def test_a_refused_request_is_counted_in_metrics(engine, keys):
     """Metrics sit outside access control (api.app.MIDDLEWARE): a 401 is counted like any answer."""
-    monkeypatch.setenv(READ_KEY_ENV, "1")
-    locked = TestClient(create_app(engine))
+    with override_settings(api_read_key_required=True):
+        locked = TestClient(create_app(engine))
     assert locked.get("/grid/lookup", params={"lon": 121.47, "lat": 31.23}).status_code == 401
     assert 'cim_http_requests_total{method="GET",route="unmatched",status="401"}' in locked.get("/metrics").text
 

@@ -40,6 +40,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from cim.bootstrap import BaseSettings, NotInitialisedError, stored_settings
+from cim.config import settings as deployment_settings
 from cim.crs import CrsSpec, resolve_crs, transform_coords
 from cim.errors import ParameterError
 from cim.gazetteer.base_dictionary import dictionary_from_base, door_int
@@ -55,9 +56,8 @@ POINT_LEVELS = frozenset({"door", "interpolated", "road"})
 
 #: longest query accepted (a case text pasted whole is not an address)
 MAX_QUERY_CHARS = 500
-#: most roads whose address index is kept in memory per database
-ROAD_CACHE_SIZE = 5_000
-PARSE_CACHE_SIZE = 200_000
+# how many roads' address indexes and parsed queries are kept in memory per database: deployment
+# settings CIM_GEOCODE_ROAD_CACHE and CIM_GEOCODE_PARSE_CACHE, read when a gazetteer is built
 # A crossing's two roads must come this close (closest pair of their addresses) to be placed.
 _CROSSING_MAX_GAP_M = 400.0
 # A number at most this far past the last known one of its side is placed at that one (about
@@ -352,6 +352,8 @@ class Gazetteer:
             self.compound_roads[compound].add(road)
         self._roads: OrderedDict[str, dict[str | None, AddressGroup]] = OrderedDict()
         self._parses: dict[str, ParsedAddress] = {}
+        deployment = deployment_settings()
+        self._road_cache_size, self._parse_cache_size = deployment.geocode_road_cache, deployment.geocode_parse_cache
         self._lock = threading.Lock()
 
     # parse -----------------------------------------------------------------
@@ -360,7 +362,7 @@ class Gazetteer:
         found = self._parses.get(text)
         if found is None:
             found = parse_address(text, self.dictionary)
-            if len(self._parses) >= PARSE_CACHE_SIZE:
+            if len(self._parses) >= self._parse_cache_size:
                 self._parses.clear()
             self._parses[text] = found
         return found
@@ -384,7 +386,7 @@ class Gazetteer:
             for road, groups in found.items():
                 self._roads[road] = groups
                 self._roads.move_to_end(road)
-            while len(self._roads) > ROAD_CACHE_SIZE:
+            while len(self._roads) > self._road_cache_size:
                 self._roads.popitem(last=False)
         return Roads(found, self.compound_roads)
 
