@@ -524,6 +524,14 @@ def test_bad_cli_input_is_a_clear_error(city, tmp_path):
     assert json.loads(proc.stdout)["inserted"] == 1
 
 
+def test_a_usage_error_into_a_pipe_is_one_plain_line():
+    """typer's usage errors too: no 80-column box when stderr is not a terminal."""
+    option = "--no-such-option-" + "x" * 90
+    proc = run_cim("ingest", "parts", option, check=False)
+    assert proc.returncode == 2 and "╭" not in proc.stderr
+    assert any(f"No such option: {option}" in line for line in proc.stderr.splitlines())
+
+
 def test_every_pipeline_kind_the_schema_accepts_has_a_default_depth():
     from cim.schema import PIPELINE_KINDS
     from ingest.specs import DEFAULT_DEPTH_M
