@@ -35,9 +35,10 @@ from fastapi import FastAPI, Path, Query, Request
 from fastapi.responses import Response
 
 from api.deps import AppState, get_state
-from api.problems import Problem, bad_parameter, not_found
+from api.problems import bad_parameter, not_found
 from api.responses import OrjsonResponse
-from cim.cql import CRS84_URI, ParameterError, crs_ref, crs_uri, supported_crs
+from cim.cql import CRS84_URI, crs_ref, crs_uri, supported_crs
+from cim.errors import UserError
 from cim.features import (
     DEFAULT_LIMIT, MAX_LIMIT, Extent, ItemsQuery, Selection, feature_ended_at, feature_table, fetch_feature,
     fetch_items, group_stats, layer_extent, parse_bbox, parse_datetime, parse_properties, parse_sortby,
@@ -49,7 +50,6 @@ JSON = "application/json"
 SCHEMA_JSON = "application/schema+json"
 OPENAPI_30 = "application/vnd.oai.openapi+json;version=3.0"
 OGC_REL = "http://www.opengis.net/def/rel/ogc/1.0/"
-EXTENT_CACHE_SECONDS = 300.0  # layer versions change with loads, not with hand edits: re-check now and then
 
 _F1 = "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/"
 _F3 = "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/"
@@ -94,10 +94,6 @@ def _link(href: str, rel: str, type_: str, title: str | None = None) -> dict[str
     return link
 
 
-def _bad(exc: ParameterError) -> Problem:
-    return bad_parameter(exc.parameter, str(exc))
-
-
 def _check_parameters(request: Request, layer: Layer, known: set[str]) -> dict[str, str]:
     """The property-equality filters of a request; any other unknown parameter is a 400."""
     equals: dict[str, str] = {}
@@ -132,21 +128,20 @@ def _selection(request: Request, layer: Layer, known: set[str], bbox: str | None
 
 
 def _run(state: AppState, fn, *args, **kwargs):
-    """Run a core query; parameter errors become 400s naming the parameter."""
+    """Run a core query; a value PostgreSQL refuses (e.g. a transform out of range) is the request's fault."""
     try:
         with state.engine.connect() as conn:
             return fn(conn, *args, **kwargs)
-    except ParameterError as exc:
-        raise _bad(exc) from None
-    except sa.exc.DataError as exc:  # a value PostgreSQL refused (e.g. a transform out of range)
+    except sa.exc.DataError as exc:
         message = getattr(getattr(exc.orig, "diag", None), "message_primary", None) or "invalid value"
-        raise Problem(400, "Bad request", f"the database rejected a value of the request: {message}") from None
+        raise UserError(f"the database rejected a value of the request: {message}") from None
 
 
 def _extent(state: AppState, layer: Layer) -> Extent:
     key = (str(state.engine.url), layer.name, layer.version)
     hit = _extent_cache.get(key)
-    if hit and time.monotonic() - hit[0] < EXTENT_CACHE_SECONDS:
+    # layer versions change with loads, not with hand edits: re-check now and then (CIM_EXTENT_CACHE_S)
+    if hit and time.monotonic() - hit[0] < state.deployment.extent_cache_s:
         return hit[1]
     extent = _run(state, layer_extent, layer, state.settings.srid)
     _extent_cache[key] = (time.monotonic(), extent)
@@ -366,14 +361,11 @@ def install(app: FastAPI) -> None:
         state = get_state(request)
         layer = state.layer(collection_id)
         srid = state.settings.srid
-        try:
-            table = feature_table(layer, srid)
-            selection = _selection(request, layer, ITEMS_PARAMETERS, bbox, bbox_crs, filter_, filter_lang,
-                                   filter_crs, datetime_)
-            query = ItemsQuery(selection=selection, sortby=parse_sortby(sortby, layer, table), limit=limit,
-                               offset=offset, properties=parse_properties(properties, layer, table), crs=crs)
-        except ParameterError as exc:
-            raise _bad(exc) from None
+        table = feature_table(layer, srid)
+        selection = _selection(request, layer, ITEMS_PARAMETERS, bbox, bbox_crs, filter_, filter_lang,
+                               filter_crs, datetime_)
+        query = ItemsQuery(selection=selection, sortby=parse_sortby(sortby, layer, table), limit=limit,
+                           offset=offset, properties=parse_properties(properties, layer, table), crs=crs)
         _check_format(f)
         page = _run(state, fetch_items, layer, srid, query)
         meta = {
@@ -404,11 +396,8 @@ def install(app: FastAPI) -> None:
             if name not in ("crs", "datetime", "f"):
                 raise bad_parameter(name, f"unknown query parameter {name!r} for a single feature")
         _check_format(f)
-        try:
-            when = parse_datetime(datetime_)
-            out = crs_ref(crs, srid, "crs")
-        except ParameterError as exc:
-            raise _bad(exc) from None
+        when = parse_datetime(datetime_)
+        out = crs_ref(crs, srid, "crs")
         if when is not None and not when.is_instant:
             raise bad_parameter("datetime", "a single feature takes an instant, not an interval or a date")
         text = _run(state, fetch_feature, layer, srid, feature_id, crs, when)
@@ -443,11 +432,8 @@ def install(app: FastAPI) -> None:
     ):
         state = get_state(request)
         layer = state.layer(collection_id)
-        try:
-            selection = _selection(request, layer, STATS_PARAMETERS, bbox, bbox_crs, filter_, filter_lang,
-                                   filter_crs, datetime_)
-        except ParameterError as exc:
-            raise _bad(exc) from None
+        selection = _selection(request, layer, STATS_PARAMETERS, bbox, bbox_crs, filter_, filter_lang,
+                               filter_crs, datetime_)
         _check_format(f)
         result = _run(state, group_stats, layer, state.settings.srid, group_by, selection, sum_)
         result["collection"] = layer.name

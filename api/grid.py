@@ -10,7 +10,6 @@ import math
 from fastapi import APIRouter, FastAPI, Query, Request
 from pydantic import BaseModel, Field
 
-from api import auth
 from api.deps import get_state
 from api.problems import bad_parameter
 from cim.crs import CrsError, CrsSpec, resolve_crs
@@ -83,5 +82,4 @@ def grid_lookup_batch(request: Request, body: LookupRequest) -> dict:
 
 
 def install(app: FastAPI) -> None:
-    auth.install(app)
     app.include_router(router)

@@ -53,8 +53,6 @@ class MetricsMiddleware:
 
 
 def install(app: FastAPI) -> None:
-    app.add_middleware(MetricsMiddleware)
-
     @app.get("/healthz", tags=["ops"], summary="Database reachable")
     def healthz(request: Request):
         try:

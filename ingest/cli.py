@@ -13,10 +13,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cim.cli.console import console
 from ingest.columns import parse_mapping
 from ingest.specs import SPECS
 
-console = Console()
 ingest_app = typer.Typer(help="Load survey deliveries into the city base.", no_args_is_help=True,
                          invoke_without_command=False)
 samples_app = typer.Typer(help="The sample city in data_samples/.", no_args_is_help=True)

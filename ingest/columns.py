@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cim.errors import UserError
+from cim.errors import ParameterError, UserError
 from ingest.specs import LayerSpec
 
 _TRUE = {"1", "true", "t", "yes", "y", "是", "y1"}
@@ -171,10 +171,10 @@ def parse_mapping(pairs: list[str], mapping_file: Path | None) -> dict[str, str]
         try:
             mapping.update(json.loads(mapping_file.read_text(encoding="utf-8")))
         except (OSError, ValueError) as exc:
-            raise UserError(f"--mapping-file {mapping_file}: not a JSON object of field -> column ({exc})") from exc
+            raise ParameterError("mapping-file", f"--mapping-file {mapping_file}: not a JSON object of field -> column ({exc})") from exc
     for pair in pairs:
         target, sep, source = pair.partition("=")
         if not sep or not target or not source:
-            raise UserError(f"--map {pair!r}: expected FIELD=COLUMN")
+            raise ParameterError("map", f"--map {pair!r}: expected FIELD=COLUMN")
         mapping[target.strip()] = source.strip()
     return mapping

@@ -14,7 +14,9 @@ from api.app import create_app
 from api.auth import READ_KEY_ENV
 from api.iot import MAX_READINGS
 from cim.apikeys import create_key, revoke_key, verify_key
-from tests.conftest import run_cim
+from cim.config import override_settings
+from cim.database import engine_for
+from tests.conftest import create_database, run_cim
 from tests.spatial_data import build_features, build_hierarchy
 
 T0 = datetime(2024, 5, 1, tzinfo=timezone.utc)
@@ -68,6 +70,55 @@ def test_unknown_route_is_a_problem(client):
     r = client.get("/no/such/route")
     assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json"
     assert r.json()["status"] == 404
+
+
+def _problem(r, status: int, title: str, parameter: str | None = None) -> dict:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    body = r.json()
+    assert body["status"] == status and body["title"] == title and body.get("parameter") == parameter, body
+    return body
+
+
+@pytest.mark.parametrize("path, params, status, title, parameter", [
+    # each core error is mapped by its own meaning (cim.errors), with no router re-wrapping it
+    ("/3dtiles/nope/tileset.json", {}, 404, "Not found", None),  # unknown layer
+    ("/3dtiles/grids/tileset.json", {}, 404, "Not found", None),  # a layer without 3D tiles
+    ("/3dtiles/parts/0/root.glb", {}, 409, "Conflict", None),  # a content URL of a stale version
+    ("/collections/grids/tiles/WebMercatorQuad/1/0/0", {"properties": "nope"}, 400, "Bad request parameter",
+     "properties"),
+    ("/collections/grids/tiles/WebMercatorQuad/25/0/0", {}, 400, "Bad tile address", "tileMatrix"),
+    ("/collections/grids/tiles/WebMercatorQuad/1/5/0", {}, 404, "Not found", "tileRow"),
+    ("/3dtiles/parts/tileset.json", {"bbox": "1,2"}, 400, "Bad request parameter", "bbox"),
+    ("/nearby", {"layer": "parts", "lon": 121.47, "lat": 31.23, "filter": "no_such_property = 1"}, 400,
+     "Bad request parameter", "filter"),
+    ("/reverse", {"lon": "1e400", "lat": 31.2}, 400, "Bad request parameter", "lon"),
+    ("/collections/parts/items", {"bbox": "1,2,3"}, 400, "Bad request parameter", "bbox"),
+    ("/collections/nope/items", {}, 404, "Not found", None),
+])
+def test_core_errors_are_mapped_once_by_their_meaning(client, path, params, status, title, parameter):
+    _problem(client.get(path, params=params), status, title, parameter)
+
+
+def test_a_base_that_is_not_initialised_is_a_503_with_retry_after(server_url):
+    """The base went away under a running app (reset, restored): "run cim init" is the server's state,
+    not the client's mistake, so a 503 that says when to retry, not a 400."""
+    url = create_database(server_url)
+    run_cim("init", db_url=url)
+    app = TestClient(create_app(engine_for(url)))
+    with engine_for(url).begin() as conn:
+        conn.execute(sa.text("DELETE FROM cim_settings"))
+    body = _problem(app.get("/geocode", params={"q": "徐汇区汾阳路150号"}), 503, "Service unavailable")
+    assert "cim init" in body["detail"]
+    assert int(app.get("/geocode", params={"q": "徐汇区汾阳路150号"}).headers["retry-after"]) > 0
+
+
+def test_a_refused_request_is_counted_in_metrics(engine, keys):
+    """Metrics sit outside access control (api.app.MIDDLEWARE): a 401 is counted like any answer."""
+    with override_settings(api_read_key_required=True):
+        locked = TestClient(create_app(engine))
+    assert locked.get("/grid/lookup", params={"lon": 121.47, "lat": 31.23}).status_code == 401
+    assert 'cim_http_requests_total{method="GET",route="unmatched",status="401"}' in locked.get("/metrics").text
 
 
 # --- keys ------------------------------------------------------------------------------------------

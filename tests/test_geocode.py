@@ -710,7 +710,7 @@ def test_one_rebuild_per_load_however_many_requests_ask(city, monkeypatch):
     (under the database's build lock) instead of each reading the whole base again."""
     import threading
 
-    from cim.database import POOL_SIZE
+    from cim.config import settings
     from cim.gazetteer import store
 
     builds: list[tuple] = []
@@ -723,7 +723,7 @@ def test_one_rebuild_per_load_however_many_requests_ask(city, monkeypatch):
     monkeypatch.setattr(store.Gazetteer, "__init__", counted_build)
     with city.begin() as conn:
         bump_versions(conn)
-    threads = POOL_SIZE  # one connection each, all held before any asks
+    threads = settings().db_pool_size  # one connection each, all held before any asks
     start = threading.Barrier(threads, timeout=120)
     answers: list = [None] * threads
     errors: list[BaseException] = []

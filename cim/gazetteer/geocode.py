@@ -40,7 +40,7 @@ from dataclasses import replace
 from sqlalchemy.engine import Connection
 
 from cim.crs import CrsSpec, resolve_crs
-from cim.errors import UserError
+from cim.errors import ParameterError
 from cim.gazetteer.cascade import apply_aliases, resolve
 from cim.gazetteer.index import MATCH_LEVELS, POINT_LEVELS, Entry, MatchLevel
 from cim.gazetteer.results import (Candidate, GeocodeResult, assign, build_result, empty_result,
@@ -57,11 +57,11 @@ __all__ = ["MATCH_LEVELS", "MAX_QUERY_CHARS", "POINT_LEVELS", "Candidate", "Entr
 def geocode(conn: Connection, text: str, crs: CrsSpec | str | int = "EPSG:4326") -> GeocodeResult:
     """Geocode one free-text address; the point is returned in ``crs`` (default WGS84).
 
-    Raises :class:`UserError` for an empty or over-long query."""
+    Raises :class:`ParameterError` (``q``) for an empty or over-long query."""
     if not isinstance(text, str) or not text.strip():
-        raise UserError("q: the address is empty")
+        raise ParameterError("q", "q: the address is empty")
     if len(text) > MAX_QUERY_CHARS:
-        raise UserError(f"q: at most {MAX_QUERY_CHARS} characters, got {len(text)}")
+        raise ParameterError("q", f"q: at most {MAX_QUERY_CHARS} characters, got {len(text)}")
     return geocode_many(conn, [text], crs)[0]
 
 

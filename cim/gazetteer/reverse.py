@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from cim.crs import CrsSpec, resolve_crs, transform_coords
-from cim.errors import UserError
+from cim.errors import ParameterError
 from cim.gazetteer.index import ENTRY_COLUMNS, Entry, entry_from_row
 from cim.gazetteer.results import xy_fields
 from cim.gazetteer.store import gazetteer_for
@@ -84,7 +84,7 @@ class ReverseResult:
 
 def check_radius(radius_m: float) -> float:
     if not (isinstance(radius_m, (int, float)) and math.isfinite(radius_m) and 0 < radius_m <= MAX_RADIUS_M):
-        raise UserError(f"radius: must be more than 0 and at most {MAX_RADIUS_M:g} metres, got {radius_m}")
+        raise ParameterError("radius", f"radius: must be more than 0 and at most {MAX_RADIUS_M:g} metres, got {radius_m}")
     return float(radius_m)
 
 
@@ -96,12 +96,12 @@ def reverse(conn: Connection, x: float, y: float, crs: CrsSpec | str | int = "EP
     radius = check_radius(radius_m)
     for name, value in (("lon", x), ("lat", y)):
         if not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise UserError(f"{name}: must be a finite number, got {value}")
+            raise ParameterError(name, f"{name}: must be a finite number, got {value}")
     gazetteer = gazetteer_for(conn)
     srid = gazetteer.settings.srid
     sx, sy = to_storage([x], [y], spec, srid)
     if not (math.isfinite(sx[0]) and math.isfinite(sy[0])):
-        raise UserError(f"lon: the point ({x}, {y}) in {spec.name} cannot be expressed in the storage CRS "
+        raise ParameterError("lon", f"lon: the point ({x}, {y}) in {spec.name} cannot be expressed in the storage CRS "
                         f"EPSG:{srid}")
     params = {"x": float(sx[0]), "y": float(sy[0]), "srid": srid, "radius": radius}
     row = conn.execute(sa.text(_NEAREST_SQL), params).first()

@@ -16,17 +16,16 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from cim.bootstrap import BaseSettings, stored_settings
-from cim.errors import UserError
+from cim.bootstrap import BaseSettings, NotInitialisedError, stored_settings
+from cim.config import settings as deployment_settings
 from cim.gazetteer.base_dictionary import dictionary_from_base
 from cim.gazetteer.dictionary import AddressDictionary
 from cim.gazetteer.index import AddressGroup, AreaPoint, Entry, entry_from_row
 from cim.gazetteer.parse import ParsedAddress, parse_address
 from cim.grid import Area, GridAnswer
 
-#: most roads whose address index is kept in memory per database
-ROAD_CACHE_SIZE = 5_000
-PARSE_CACHE_SIZE = 200_000
+# How many roads' address indexes and parsed queries are kept in memory per database: deployment
+# settings CIM_GEOCODE_ROAD_CACHE and CIM_GEOCODE_PARSE_CACHE, read when a gazetteer is built.
 #: the layers a gazetteer is built from: a load of any of them makes it stale
 LAYER_TABLES = ("districts", "streets", "communities", "grids", "addresses")
 
@@ -60,7 +59,7 @@ def layer_versions(conn: Connection) -> LayerVersions:
                                     "WHERE table_name = ANY(:t) ORDER BY table_name"), {"t": list(LAYER_TABLES)}).all()
     except sa.exc.ProgrammingError:
         conn.rollback()
-        raise UserError("the city base is not initialised: run 'cim init'") from None
+        raise NotInitialisedError() from None
     return tuple((r[0], int(r[1]), r[2]) for r in rows)
 
 
@@ -93,7 +92,7 @@ class Gazetteer:
     def __init__(self, conn: Connection, versions: LayerVersions) -> None:
         settings = stored_settings(conn)
         if settings is None:
-            raise UserError("the city base is not initialised: run 'cim init'")
+            raise NotInitialisedError()
         self.versions = versions
         self.settings: BaseSettings = settings
         # An address's stored codes were assigned at its load by the grid lookup's own rule; they
@@ -122,6 +121,8 @@ class Gazetteer:
             self.compound_roads[compound].add(road)
         self._roads: OrderedDict[str, dict[str | None, AddressGroup]] = OrderedDict()
         self._parses: dict[str, ParsedAddress] = {}
+        deployment = deployment_settings()
+        self._road_cache_size, self._parse_cache_size = deployment.geocode_road_cache, deployment.geocode_parse_cache
         self._lock = threading.Lock()
 
     # parse -----------------------------------------------------------------
@@ -130,7 +131,7 @@ class Gazetteer:
         found = self._parses.get(text)
         if found is None:
             found = parse_address(text, self.dictionary)
-            if len(self._parses) >= PARSE_CACHE_SIZE:
+            if len(self._parses) >= self._parse_cache_size:
                 self._parses.clear()
             self._parses[text] = found
         return found
@@ -155,7 +156,7 @@ class Gazetteer:
             for road, groups in found.items():
                 self._roads[road] = groups
                 self._roads.move_to_end(road)
-            while len(self._roads) > ROAD_CACHE_SIZE:
+            while len(self._roads) > self._road_cache_size:
                 self._roads.popitem(last=False)
         return RoadIndexes(found, self.compound_roads)
 
