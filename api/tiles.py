@@ -23,11 +23,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api.problems import Problem, bad_parameter, not_found
 from api.responses import OrjsonResponse
 from cim.config import cim_home
+from cim.errors import ParameterError as SelectionError
 from cim.registry import Layer
+from cim.selection import Selection, parse_bbox
 from tiles import mvt
 from tiles.cache import TileCache
 from tiles.mvt import PropertiesError, TileAddressError
-from tiles.selection import Selection, SelectionError, parse_bbox
 from tiles.service import StaleVersionError, TileService, UnknownLayerError
 from tiles.tileset import DEFAULT_MAX_FEATURES, NoTilesError
 

@@ -307,8 +307,11 @@ def test_bbox_crs_storage_is_northing_first(client):
     bbox = f"{min(ys) - 1},{min(xs) - 1},{max(ys) + 1},{max(xs) + 1}"
     doc = get_items(client, "parts", bbox=bbox, **{"bbox-crs": f"http://www.opengis.net/def/crs/EPSG/0/{SRID}"})
     assert source_ids(doc) == expected
+    assert source_ids(get_items(client, "parts", bbox=bbox, **{"bbox-crs": f"[EPSG:{SRID}]"})) == expected
+    # the short name EPSG:4549 is easting first, like every short name
     swapped = f"{min(xs) - 1},{min(ys) - 1},{max(xs) + 1},{max(ys) + 1}"
-    assert get_items(client, "parts", bbox=swapped, **{"bbox-crs": f"EPSG:{SRID}"})["numberMatched"] == 0
+    assert source_ids(get_items(client, "parts", bbox=swapped, **{"bbox-crs": f"EPSG:{SRID}"})) == expected
+    assert get_items(client, "parts", bbox=bbox, **{"bbox-crs": f"EPSG:{SRID}"})["numberMatched"] == 0
 
 
 def test_bbox_crs_4326_is_lat_lon(client):
