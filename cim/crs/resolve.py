@@ -107,9 +107,14 @@ _OGC_FORMS = (
 )
 
 
+def _clip(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def _bad_crs(spec: object, why: object = None) -> CrsError:
-    detail = f" ({why})" if why else ""
-    shown = repr(spec) if len(repr(spec)) <= 200 else repr(spec)[:200] + "…"
+    # never echo unbounded input: pyproj's message repeats the value too
+    detail = f" ({_clip(str(why))})" if why else ""
+    shown = _clip(repr(spec))
     return CrsError(
         f"unknown CRS {shown}: expected an EPSG code (4549 or 'EPSG:4549'), 'gcj02', 'bd09', "
         f"'wgs84', 'cgcs2000', 'CRS84', an OGC CRS URI or URN, a WKT or a PROJ string{detail}"
