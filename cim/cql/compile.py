@@ -20,7 +20,7 @@ import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, datetime, time, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -29,11 +29,11 @@ from pygeofilter import ast, values
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 
 from cim.cql.literals import envelope_literal, geometry_literal
-from cim.cql.parse import FilterError, PropertyInterval, TimeIntersects, _instant, _is_number, parse_filter
+from cim.cql.parse import FilterError, PropertyInterval, TimeIntersects, is_number, parse_filter, read_instant
 from cim.crs import CrsSpec, resolve_offered
 from cim.errors import ParameterError
-from cim.times import day_start, next_day, to_utc
 from cim.registry import Layer
+from cim.times import day_start, next_day, to_utc
 
 __all__ = ["GEOMETRY_NAMES", "MAX_FILTER_CHARS", "column_kind", "compile_filter"]
 
@@ -302,7 +302,7 @@ class _Compiler:
 
     def dwithin(self, node: Any) -> sa.ColumnElement:
         a, b = self.geometry_pair(node, "S_DWITHIN")
-        if not _is_number(node.distance) or node.distance < 0 or not math.isfinite(node.distance):
+        if not is_number(node.distance) or node.distance < 0 or not math.isfinite(node.distance):
             raise FilterError(f"S_DWITHIN needs a distance in metres >= 0, got {node.distance!r}")
         expr = sa.func.ST_DWithin(a, b, sa.bindparam(None, float(node.distance), type_=sa.Float))
         return sa.not_(expr) if isinstance(node, ast.DistanceBeyond) else expr
@@ -321,7 +321,7 @@ class _Compiler:
             return sa.func.coalesce(v.expr, _timestamp(_INFINITY)), v.name == "valid_to"
         if isinstance(bound, timedelta):
             raise FilterError("durations in intervals are not supported; give two instants")
-        instant = _instant(bound) if isinstance(bound, str) else bound
+        instant = read_instant(bound) if isinstance(bound, str) else bound
         if instant is None:
             return _timestamp(_INFINITY if is_end else "-" + _INFINITY), False
         if not isinstance(instant, date):
@@ -344,7 +344,7 @@ class _Compiler:
                 return _Period(_bound_sql(v.literal), _bound_sql(_next_day(v.literal)), True)
             return _Period(v.expr, v.expr, False)
         if v.kind == "string" and v.is_literal and v.expr is None:
-            instant = _instant(v.literal)
+            instant = read_instant(v.literal)
             if instant is not None:
                 return self.period(instant)
         raise FilterError(f"temporal functions need dates, timestamps or intervals; {_label(v)} is "
@@ -440,7 +440,7 @@ def _coerce(value: Any, kind: str, column: Any = None) -> Any:
         raise FilterError(f"{name} is a UUID; {value!r} is not one")
     if kind in ("date", "datetime"):
         if lk == "string":
-            value = _instant(value)
+            value = read_instant(value)
             if value is None:
                 raise wrong
         if isinstance(value, datetime):

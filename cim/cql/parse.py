@@ -26,10 +26,10 @@ from pygeofilter.cql2 import TEMPORAL_PREDICATES_MAP
 from pygeofilter.parsers.cql2_json.parser import walk_cql_json
 from pygeofilter.parsers.cql2_text import parser as base_text_parser
 
-from cim.errors import ParameterError, UserError
+from cim.errors import ParameterError
 from cim.times import parse_instant
 
-__all__ = ["FilterError", "PropertyInterval", "TimeIntersects", "parse_filter"]
+__all__ = ["FilterError", "PropertyInterval", "TimeIntersects", "is_number", "parse_filter", "read_instant"]
 
 
 class FilterError(ParameterError):
@@ -51,7 +51,7 @@ class PropertyInterval(ast.Node):
 
 
 
-def _instant(text: str) -> date | datetime | None:
+def read_instant(text: str) -> date | datetime | None:
     """An RFC 3339 date or timestamp with offset (:mod:`cim.times`); '..' (open) gives None."""
     text = text.strip()
     if text in ("..", ""):
@@ -110,15 +110,15 @@ def _text_parser() -> Lark:
         # timestamps and dates through the platform's one time parser (pygeofilter's takes a
         # naive time as is and raises a bare ValueError for one it cannot represent)
         def DATETIME(self, token):
-            return _instant(str(token))
+            return read_instant(str(token))
 
         def DATE(self, token):
-            return _instant(str(token))
+            return read_instant(str(token))
 
         def interval(self, start, end):
             if isinstance(start, ast.Attribute) or isinstance(end, ast.Attribute):
                 return PropertyInterval(start, end)
-            return values.Interval(_instant(start), _instant(end))
+            return values.Interval(read_instant(start), read_instant(end))
 
         # pygeofilter's WKT transformer prints these to stdout; the same without the print
         def wkt__geometry_with_srid(self, srid, geometry):
@@ -170,17 +170,17 @@ def _json_prewalk(node: Any) -> Any:
         return node
     if "bbox" in node:
         b = node["bbox"]
-        if not (isinstance(b, list) and len(b) in (4, 6) and all(_is_number(v) for v in b)):
+        if not (isinstance(b, list) and len(b) in (4, 6) and all(is_number(v) for v in b)):
             raise FilterError(f"a bbox literal needs 4 or 6 numbers, got {b!r}")
         half = len(b) // 2
         return values.Envelope(b[0], b[half], b[1], b[half + 1])
     if "timestamp" in node:
-        value = _instant(str(node["timestamp"]))
+        value = read_instant(str(node["timestamp"]))
         if not isinstance(value, datetime):
             raise FilterError(f"timestamp {node['timestamp']!r} must be an RFC 3339 date-time")
         return value
     if "date" in node:
-        value = _instant(str(node["date"]))
+        value = read_instant(str(node["date"]))
         if type(value) is not date:
             raise FilterError(f"date {node['date']!r} must be YYYY-MM-DD")
         return value
@@ -191,7 +191,7 @@ def _json_prewalk(node: Any) -> Any:
         if any(isinstance(b, dict) for b in bounds):
             return PropertyInterval(*(walk_cql_json(_json_prewalk(b)) if isinstance(b, dict) else b
                                       for b in bounds))
-        return values.Interval(*(_instant(str(b)) for b in bounds))
+        return values.Interval(*(read_instant(str(b)) for b in bounds))
     if "op" in node:
         op = node["op"]
         args = node.get("args")
@@ -200,7 +200,7 @@ def _json_prewalk(node: Any) -> Any:
         args = [_json_prewalk(a) for a in args]
         key = op.lower()
         if key == "s_dwithin":
-            if len(args) != 3 or not _is_number(args[2]):
+            if len(args) != 3 or not is_number(args[2]):
                 raise FilterError("s_dwithin needs three args: a geometry, a geometry, a distance in metres")
             return ast.DistanceWithin(walk_cql_json(args[0]), walk_cql_json(args[1]), args[2], "m")
         if key.startswith("t_"):
@@ -213,7 +213,7 @@ def _json_prewalk(node: Any) -> Any:
     return node
 
 
-def _is_number(v: Any) -> bool:
+def is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 

@@ -20,7 +20,7 @@ from pyproj.enums import PJType
 from cim.config import DEFAULT_STORAGE_SRID, SHANGHAI_BBOX_WGS84
 from cim.crs.errors import CrsError, ExtentError
 from cim.crs.resolve import WGS84, CrsSpec, resolve_crs
-from cim.crs.transform import _xy
+from cim.crs.transform import transform_arrays
 
 __all__ = ["check_extent", "check_storage_crs"]
 
@@ -85,8 +85,8 @@ def _inside(lon: np.ndarray, lat: np.ndarray, bbox: BBox) -> np.ndarray:
 def _fit(x: np.ndarray, y: np.ndarray, crs: CrsSpec, bbox: BBox) -> _Fit:
     with np.errstate(all="ignore"):
         # pyproj returns inf for points outside a projection's domain: they count as outside
-        lon, lat = _xy(x, y, crs, WGS84)
-        mlon, mlat = _xy(np.array([np.median(x)]), np.array([np.median(y)]), crs, WGS84)
+        lon, lat = transform_arrays(x, y, crs, WGS84)
+        mlon, mlat = transform_arrays(np.array([np.median(x)]), np.array([np.median(y)]), crs, WGS84)
     inside = _inside(lon, lat, bbox)
     return _Fit(int((~inside).sum()), int(x.size), bool(_inside(mlon, mlat, bbox)[0]))
 

@@ -22,8 +22,11 @@ __all__ = [
     "Offset",
     "bd09_to_gcj02",
     "bd09_to_wgs84",
+    "coord_arrays",
+    "coord_result",
     "gcj02_to_bd09",
     "gcj02_to_wgs84",
+    "offset_to_offset",
     "offset_to_wgs84",
     "wgs84_to_bd09",
     "wgs84_to_gcj02",
@@ -46,7 +49,8 @@ _INVERSE_TOL_DEG = 1e-9
 _INVERSE_MAX_ITER = 30
 
 
-def _prep(lon: npt.ArrayLike, lat: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray, bool]:
+def coord_arrays(lon: npt.ArrayLike, lat: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray, bool]:
+    """float64 arrays of the broadcast shape, and whether both inputs were scalars."""
     lon_a = np.asarray(lon, dtype=np.float64)
     lat_a = np.asarray(lat, dtype=np.float64)
     scalar = lon_a.ndim == 0 and lat_a.ndim == 0
@@ -54,7 +58,8 @@ def _prep(lon: npt.ArrayLike, lat: npt.ArrayLike) -> tuple[np.ndarray, np.ndarra
     return lon_a, lat_a, scalar
 
 
-def _out(a: np.ndarray, scalar: bool) -> Coord:
+def coord_result(a: np.ndarray, scalar: bool) -> Coord:
+    """A float for scalar input, else the array (see :func:`coord_arrays`)."""
     return float(a) if scalar else a
 
 
@@ -152,9 +157,9 @@ def _bd_to_gcj(lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray
 def _shifted(shift: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]], lon: npt.ArrayLike,
              lat: npt.ArrayLike) -> tuple[Coord, Coord]:
     """A datum shift on arrays, applied to scalars or array-likes (scalars in, floats out)."""
-    lo, la, scalar = _prep(lon, lat)
+    lo, la, scalar = coord_arrays(lon, lat)
     r_lon, r_lat = shift(lo, la)
-    return _out(r_lon, scalar), _out(r_lat, scalar)
+    return coord_result(r_lon, scalar), coord_result(r_lat, scalar)
 
 
 def wgs84_to_gcj02(lon: npt.ArrayLike, lat: npt.ArrayLike) -> tuple[Coord, Coord]:
@@ -198,6 +203,13 @@ def _wgs_to_offset(offset: str, lon: np.ndarray, lat: np.ndarray) -> tuple[np.nd
         return _wgs_to_gcj(lon, lat)
     return _gcj_to_bd(*_wgs_to_gcj(lon, lat))
 
+
+
+def offset_to_offset(src: str, dst: str, lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """GCJ-02 <-> BD-09 on float64 arrays directly, without a needless round trip through WGS84."""
+    if src == dst:
+        return lon.copy(), lat.copy()
+    return _gcj_to_bd(lon, lat) if src == "gcj02" else _bd_to_gcj(lon, lat)
 
 
 def offset_to_wgs84(offset: str, lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -15,10 +15,10 @@ import numpy.typing as npt
 import pyproj
 import shapely
 
-from cim.crs.offsets import Coord, _bd_to_gcj, _gcj_to_bd, _offset_to_wgs, _out, _prep, _wgs_to_offset
+from cim.crs.offsets import Coord, coord_arrays, coord_result, offset_to_offset, offset_to_wgs84, wgs84_to_offset
 from cim.crs.resolve import CrsSpec, resolve_crs
 
-__all__ = ["transform_coords", "transform_geojson", "transform_geometries"]
+__all__ = ["transform_arrays", "transform_coords", "transform_geojson", "transform_geometries"]
 
 
 @functools.lru_cache(maxsize=128)
@@ -36,22 +36,19 @@ def _srs(crs: pyproj.CRS) -> str:
     return crs.srs or crs.to_wkt()
 
 
-def _xy(x: np.ndarray, y: np.ndarray, src: CrsSpec, dst: CrsSpec) -> tuple[np.ndarray, np.ndarray]:
+def transform_arrays(x: np.ndarray, y: np.ndarray, src: CrsSpec, dst: CrsSpec) -> tuple[np.ndarray, np.ndarray]:
     """Transform float64 arrays of equal shape; the offset CRSs are handled around pyproj."""
     if src.offset is not None and dst.offset is not None:
-        if src.offset == dst.offset:
-            return x.copy(), y.copy()
-        # Direct GCJ-02 <-> BD-09, without a needless round trip through WGS84.
-        return _gcj_to_bd(x, y) if src.offset == "gcj02" else _bd_to_gcj(x, y)
+        return offset_to_offset(src.offset, dst.offset, x, y)
     if src.offset is not None:
-        x, y = _offset_to_wgs(src.offset, x, y)
+        x, y = offset_to_wgs84(src.offset, x, y)
     shape = x.shape
     tr = _transformer(_srs(src.base), _srs(dst.base))
     ox, oy = tr.transform(x.ravel(), y.ravel())
     ox = np.asarray(ox, dtype=np.float64).reshape(shape)
     oy = np.asarray(oy, dtype=np.float64).reshape(shape)
     if dst.offset is not None:
-        ox, oy = _wgs_to_offset(dst.offset, ox, oy)
+        ox, oy = wgs84_to_offset(dst.offset, ox, oy)
     return ox, oy
 
 
@@ -69,9 +66,9 @@ def transform_coords(
     Points that cannot be transformed come back as inf.
     """
     s, d = resolve_crs(src), resolve_crs(dst)
-    xa, ya, scalar = _prep(x, y)
-    ox, oy = _xy(xa, ya, s, d)
-    return _out(ox, scalar), _out(oy, scalar), z
+    xa, ya, scalar = coord_arrays(x, y)
+    ox, oy = transform_arrays(xa, ya, s, d)
+    return coord_result(ox, scalar), coord_result(oy, scalar), z
 
 
 def transform_geometries(
@@ -86,7 +83,7 @@ def transform_geometries(
 
     def fn(coords: np.ndarray) -> np.ndarray:
         out = coords.copy()
-        out[:, 0], out[:, 1] = _xy(coords[:, 0].copy(), coords[:, 1].copy(), s, d)
+        out[:, 0], out[:, 1] = transform_arrays(coords[:, 0].copy(), coords[:, 1].copy(), s, d)
         return out
 
     # include_z=True on a 2D geometry would make it 3D with NaN z (shapely < 2.1), so 3D and 2D
@@ -131,7 +128,7 @@ def transform_geojson(geometries: Sequence[dict[str, Any] | None],
         return
     x = np.fromiter((p[0] for p in positions), dtype=np.float64, count=len(positions))
     y = np.fromiter((p[1] for p in positions), dtype=np.float64, count=len(positions))
-    ox, oy = _xy(x, y, s, d)
+    ox, oy = transform_arrays(x, y, s, d)
     if digits is not None:
         ox, oy = np.round(ox, digits), np.round(oy, digits)
     for p, a, b in zip(positions, ox.tolist(), oy.tolist()):
