@@ -284,7 +284,8 @@ _CRS_RULE = ("a CRS URI/URN/[EPSG:n] is read in its authority's axis order (lat/
 _BBOX_CRS = Query(None, alias="bbox-crs", description=f"CRS of bbox; default CRS84; {_CRS_RULE}")
 _FILTER = Query(None, description="CQL2 filter on the queryables, in filter-lang")
 _FILTER_LANG = Query(None, alias="filter-lang", description="cql2-text (default) or cql2-json")
-_FILTER_CRS = Query(None, alias="filter-crs", description=f"CRS of geometry literals in filter; default CRS84; {_CRS_RULE}")
+_FILTER_CRS = Query(None, alias="filter-crs",
+                    description=f"CRS of geometry literals in filter; default CRS84; {_CRS_RULE}")
 _DATETIME = Query(None, description="instant or interval (a/b, ../b, a/..): the versions valid then; "
                                     "default: current versions")
 
@@ -455,8 +456,8 @@ def install(app: FastAPI) -> None:
         state = get_state(request)
         layer = state.layer(collection_id)
         try:
-            selection = _selection(request, layer, state.settings.srid, STATS_PARAMETERS, bbox, bbox_crs, filter_, filter_lang,
-                                   filter_crs, datetime_)
+            selection = _selection(request, layer, state.settings.srid, STATS_PARAMETERS, bbox, bbox_crs, filter_,
+                                   filter_lang, filter_crs, datetime_)
         except ParameterError as exc:
             raise _bad(exc) from None
         _check_format(f)

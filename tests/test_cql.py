@@ -99,7 +99,7 @@ def test_geometry_literal_axis_order(engine):
     exprs = {
         "crs84": geometry_literal({"type": "Point", "coordinates": [lon, lat]}, CRS84, SRID),
         "epsg4326-uri": geometry_literal({"type": "Point", "coordinates": [lat, lon]},
-                                         resolve_offered("http://www.opengis.net/def/crs/EPSG/0/4326", SRID, "f"), SRID),
+                                         resolve_offered("urn:ogc:def:crs:EPSG::4326", SRID, "f"), SRID),
         "epsg4326-short": geometry_literal({"type": "Point", "coordinates": [lon, lat]},
                                            resolve_offered("EPSG:4326", SRID, "f"), SRID),
         "storage-urn": geometry_literal({"type": "Point", "coordinates": [y, x]},
