@@ -134,7 +134,7 @@ def _selection(request: Request, layer: Layer, srid: int, known: set[str], bbox:
         raise bad_parameter("bbox-crs", "bbox-crs is given without bbox")
     if filter_crs is not None and filter_ is None:
         raise bad_parameter("filter-crs", "filter-crs is given without filter")
-    typed = parse_equals(layer, feature_table(layer, srid), equals)
+    typed = parse_equals(layer, feature_table(layer, srid), equals) if equals else {}
     return Selection(bbox=parse_bbox(bbox), bbox_crs=bbox_crs, equals=typed, filter=filter_,
                      filter_lang=filter_lang or "cql2-text", filter_crs=filter_crs,
                      when=parse_datetime(datetime_))
