@@ -16,6 +16,7 @@ writes WGS 84 and the offset is applied to the geometries of the GeoJSON it wrot
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -131,13 +132,31 @@ def _digits(out: CrsSpec) -> int:
     return 8 if out.is_geographic else 3  # ~1 mm either way
 
 
+#: the geometry member of the feature text PostgreSQL writes; only "type" and the UUID "id" precede it
+_GEOMETRY_MEMBER = re.compile(r'"geometry"\s*:\s*')
+_JSON = json.JSONDecoder()
+
+
 def _apply_offset(features: list[str], out: CrsSpec) -> list[str]:
-    """GeoJSON features written in WGS 84 by the database, moved into GCJ-02/BD-09 (no-op else)."""
+    """GeoJSON features written in WGS 84 by the database, moved into GCJ-02/BD-09 (no-op else).
+
+    Only each feature's geometry is decoded and rewritten; the properties stay the database's
+    text, so numbers no Python float holds (huge integers, 1e400 in ``attributes``) pass intact.
+    """
     if out.offset is None or not features:
         return features
-    parsed = [orjson.loads(f) for f in features]
-    transform_geojson([f.get("geometry") for f in parsed], WGS84, out, _digits(out))
-    return [orjson.dumps(f).decode() for f in parsed]
+    spans: list[tuple[int, int]] = []
+    geometries: list[Any] = []
+    for text in features:
+        member = _GEOMETRY_MEMBER.search(text)
+        if member is None:
+            raise RuntimeError(f"feature text without a geometry member: {text[:80]!r}")
+        geometry, end = _JSON.raw_decode(text, member.end())
+        spans.append((member.end(), end))
+        geometries.append(geometry)
+    transform_geojson(geometries, WGS84, out, _digits(out))
+    return [text[:start] + orjson.dumps(geometry).decode() + text[end:]
+            for text, (start, end), geometry in zip(features, spans, geometries)]
 
 
 def _json_object(pairs: list[tuple[str, Any]]) -> sa.ColumnElement:

@@ -786,6 +786,22 @@ def test_items_in_gcj02_give_the_amap_position(client, city):
         assert one.json()["geometry"]["coordinates"] == [x, y, z]
 
 
+def test_offset_output_rewrites_only_the_geometry():
+    # properties are passed through as the database wrote them: a Python round trip of the whole
+    # feature would turn a huge integer into a float and fail on 1e400 (valid in a jsonb number)
+    from cim.crs import resolve_crs, wgs84_to_gcj02
+    from cim.features import _apply_offset
+
+    text = ('{"type" : "Feature", "id" : "x", "geometry" : {"type":"Point","coordinates":[121.47,31.23,4.5]}, '
+            '"properties" : {"geometry" : 1, "n" : 123456789012345678901234567890, "big" : 1e400}}')
+    [moved, empty] = _apply_offset([text, '{"type" : "Feature", "id" : "y", "geometry" : null, "properties" : {}}'],
+                                   resolve_crs("gcj02"))
+    assert moved.endswith('"properties" : {"geometry" : 1, "n" : 123456789012345678901234567890, "big" : 1e400}}')
+    lon, lat, z = json.loads(moved)["geometry"]["coordinates"]
+    assert (lon, lat) == pytest.approx(wgs84_to_gcj02(121.47, 31.23), abs=1e-8) and z == 4.5
+    assert json.loads(empty)["geometry"] is None
+
+
 def test_collections_offer_the_offset_crss(client):
     doc = client.get("/collections/parts").json()
     assert {"gcj02", "bd09", "http://www.opengis.net/def/crs/EPSG/0/4490"} <= set(doc["crs"])
