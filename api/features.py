@@ -12,10 +12,15 @@ Decisions a client should know:
   ``items?source_id=…`` instead. A malformed or unknown id is a 404.
 - Without ``datetime`` the current versions are served; ``datetime`` selects the versions valid
   at an instant or during an interval (history), also on ``items/{featureId}``.
-- Coordinates follow Part 2: CRS84 is lon/lat; an EPSG CRS is written in its own axis order, so
-  ``EPSG:4326``/``EPSG:4490`` are lat/lon and the Gauss-Krüger storage CRS (EPSG:4549) is
-  northing/easting. ``bbox`` and ``filter`` geometries are read the same way in ``bbox-crs`` /
-  ``filter-crs``. Heights (Z, metres) pass through unchanged in every CRS.
+- Coordinates follow the platform's one CRS rule (:mod:`cim.crs.resolve`), which is Part 2's for
+  the OGC spellings: a CRS URI, URN or safe CURIE is written in its authority's axis order, so
+  ``http://www.opengis.net/def/crs/EPSG/0/4326`` and ``[EPSG:4490]`` are lat/lon and the
+  Gauss-Krüger storage CRS (EPSG:4549) northing/easting; CRS84 and the short names (``EPSG:4326``,
+  ``4326``, ``wgs84``, ``cgcs2000``, ``gcj02``, ``bd09``) are lon/lat (easting/northing). ``bbox``
+  and ``filter`` geometries are read the same way in ``bbox-crs`` / ``filter-crs``. Heights (Z,
+  metres) pass through unchanged in every CRS.
+- ``crs=gcj02``/``bd09`` give the Chinese web-map positions (Amap/Tencent, Baidu). These have no
+  OGC or EPSG identifier, so ``Content-Crs`` then names them ``<gcj02>`` / ``<bd09>``.
 - ``numberMatched`` is an exact count up to :data:`cim.features.EXACT_COUNT_LIMIT` matches; above
   that it is PostgreSQL's planner estimate (``EXPLAIN``), which an exact count of millions of
   rows would not be worth.
@@ -37,12 +42,14 @@ from fastapi.responses import Response
 from api.deps import AppState, get_state
 from api.problems import bad_parameter, not_found
 from api.responses import OrjsonResponse
-from cim.cql import CRS84_URI, crs_ref, crs_uri, supported_crs
+from api.params import parse_equals, parse_properties, parse_sortby
+from cim.crs import CRS84_URI, crs_uri, offered_crs, resolve_offered
 from cim.errors import UserError
 from cim.features import (
     DEFAULT_LIMIT, MAX_LIMIT, Extent, ItemsQuery, Selection, feature_ended_at, feature_table, fetch_feature,
-    fetch_items, group_stats, layer_extent, parse_bbox, parse_datetime, parse_properties, parse_sortby,
+    fetch_items, group_stats, layer_extent,
 )
+from cim.selection import parse_bbox, parse_datetime
 from cim.registry import Layer
 
 GEOJSON = "application/geo+json"
@@ -110,7 +117,7 @@ def _check_parameters(request: Request, layer: Layer, known: set[str]) -> dict[s
     return equals
 
 
-def _selection(request: Request, layer: Layer, known: set[str], bbox: str | None, bbox_crs: str | None,
+def _selection(request: Request, layer: Layer, srid: int, known: set[str], bbox: str | None, bbox_crs: str | None,
                filter_: str | None, filter_lang: str | None, filter_crs: str | None,
                datetime_: str | None) -> Selection:
     equals = _check_parameters(request, layer, known)
@@ -122,7 +129,8 @@ def _selection(request: Request, layer: Layer, known: set[str], bbox: str | None
         raise bad_parameter("bbox-crs", "bbox-crs is given without bbox")
     if filter_crs is not None and filter_ is None:
         raise bad_parameter("filter-crs", "filter-crs is given without filter")
-    return Selection(bbox=parse_bbox(bbox), bbox_crs=bbox_crs, equals=equals, filter=filter_,
+    typed = parse_equals(layer, feature_table(layer, srid), equals) if equals else {}
+    return Selection(bbox=parse_bbox(bbox), bbox_crs=bbox_crs, equals=typed, filter=filter_,
                      filter_lang=filter_lang or "cql2-text", filter_crs=filter_crs,
                      when=parse_datetime(datetime_))
 
@@ -164,7 +172,7 @@ def _collection(request: Request, state: AppState, layer: Layer) -> dict[str, An
             _link(f"{base}/stats?group_by=grid", "describedby", JSON,
                   "counts per grid (also per district, street, community)"),
         ],
-        "crs": [c.uri for c in supported_crs(srid)],
+        "crs": [c.ref for c in offered_crs(srid)],
         "storageCrs": crs_uri(srid),
     }
     ext: dict[str, Any] = {}
@@ -265,10 +273,13 @@ def _install_openapi_30(app: FastAPI) -> None:
 
 _COLLECTION_ID = Path(..., alias="collectionId", description="collection id, e.g. parts, buildings, iot-devices")
 _BBOX = Query(None, description="minx,miny,maxx,maxy (or 6 numbers with heights), in bbox-crs axis order")
-_BBOX_CRS = Query(None, alias="bbox-crs", description="CRS of bbox (URI); default CRS84")
+_CRS_RULE = ("a CRS URI/URN/[EPSG:n] is read in its authority's axis order (lat/lon for 4326); short names "
+             "(EPSG:4326, 4326, wgs84, cgcs2000, gcj02, bd09, CRS84) lon/lat")
+_BBOX_CRS = Query(None, alias="bbox-crs", description=f"CRS of bbox; default CRS84; {_CRS_RULE}")
 _FILTER = Query(None, description="CQL2 filter on the queryables, in filter-lang")
 _FILTER_LANG = Query(None, alias="filter-lang", description="cql2-text (default) or cql2-json")
-_FILTER_CRS = Query(None, alias="filter-crs", description="CRS of geometry literals in filter; default CRS84")
+_FILTER_CRS = Query(None, alias="filter-crs",
+                    description=f"CRS of geometry literals in filter; default CRS84; {_CRS_RULE}")
 _DATETIME = Query(None, description="instant or interval (a/b, ../b, a/..): the versions valid then; "
                                     "default: current versions")
 
@@ -305,7 +316,7 @@ def install(app: FastAPI) -> None:
         return {
             "links": [_link(f"{_base(request)}/collections", "self", JSON, "the collections")],
             "collections": [_collection(request, state, layer) for layer in state.layers().values()],
-            "crs": [c.uri for c in supported_crs(state.settings.srid)],
+            "crs": [c.ref for c in offered_crs(state.settings.srid)],
         }
 
     @app.get("/collections/{collectionId}", tags=["OGC API – Features"], summary="One collection")
@@ -347,7 +358,7 @@ def install(app: FastAPI) -> None:
         collection_id: str = _COLLECTION_ID,
         bbox: str | None = _BBOX,
         bbox_crs: str | None = _BBOX_CRS,
-        crs: str | None = Query(None, description="output CRS (URI); default CRS84"),
+        crs: str | None = Query(None, description=f"output CRS; default CRS84; {_CRS_RULE}"),
         limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description=f"page size, 1 to {MAX_LIMIT}"),
         offset: int = Query(0, ge=0, description="features to skip"),
         properties: str | None = Query(None, description="comma-separated properties to return"),
@@ -362,7 +373,7 @@ def install(app: FastAPI) -> None:
         layer = state.layer(collection_id)
         srid = state.settings.srid
         table = feature_table(layer, srid)
-        selection = _selection(request, layer, ITEMS_PARAMETERS, bbox, bbox_crs, filter_, filter_lang,
+        selection = _selection(request, layer, srid, ITEMS_PARAMETERS, bbox, bbox_crs, filter_, filter_lang,
                                filter_crs, datetime_)
         query = ItemsQuery(selection=selection, sortby=parse_sortby(sortby, layer, table), limit=limit,
                            offset=offset, properties=parse_properties(properties, layer, table), crs=crs)
@@ -377,7 +388,7 @@ def install(app: FastAPI) -> None:
         }
         head = orjson.dumps(meta)
         body = b"".join((head[:-1], b',"features":[', ",".join(page.features).encode(), b"]}"))
-        return _geojson(body, page.crs.uri)
+        return _geojson(body, page.crs.ref)
 
     @app.get("/collections/{collectionId}/items/{featureId}", tags=["OGC API – Features"], summary="One feature",
              response_class=Response, responses={200: {"content": {GEOJSON: {}}}})
@@ -385,7 +396,7 @@ def install(app: FastAPI) -> None:
         request: Request,
         collection_id: str = _COLLECTION_ID,
         feature_id: str = Path(..., alias="featureId", description="the feature's stable feature_id (UUID)"),
-        crs: str | None = Query(None, description="output CRS (URI); default CRS84"),
+        crs: str | None = Query(None, description=f"output CRS; default CRS84; {_CRS_RULE}"),
         datetime_: str | None = Query(None, alias="datetime", description="an instant: the version valid then"),
         f: str | None = Query(None, description="json (the only format)"),
     ):
@@ -397,7 +408,7 @@ def install(app: FastAPI) -> None:
                 raise bad_parameter(name, f"unknown query parameter {name!r} for a single feature")
         _check_format(f)
         when = parse_datetime(datetime_)
-        out = crs_ref(crs, srid, "crs")
+        out = resolve_offered(crs, srid, "crs")
         if when is not None and not when.is_instant:
             raise bad_parameter("datetime", "a single feature takes an instant, not an interval or a date")
         text = _run(state, fetch_feature, layer, srid, feature_id, crs, when)
@@ -413,7 +424,7 @@ def install(app: FastAPI) -> None:
                  _link(base, "collection", JSON, layer.title)]
         body = text.encode()
         body = b"".join((body[:-1], b',"links":', orjson.dumps(links), b"}"))
-        return _geojson(body, out.uri)
+        return _geojson(body, out.ref)
 
     @app.get("/collections/{collectionId}/stats", tags=["statistics"],
              summary="Counts (and sums) of the selected features per district, street, community or grid")
@@ -432,8 +443,8 @@ def install(app: FastAPI) -> None:
     ):
         state = get_state(request)
         layer = state.layer(collection_id)
-        selection = _selection(request, layer, STATS_PARAMETERS, bbox, bbox_crs, filter_, filter_lang,
-                               filter_crs, datetime_)
+        selection = _selection(request, layer, state.settings.srid, STATS_PARAMETERS, bbox, bbox_crs, filter_,
+                               filter_lang, filter_crs, datetime_)
         _check_format(f)
         result = _run(state, group_stats, layer, state.settings.srid, group_by, selection, sum_)
         result["collection"] = layer.name

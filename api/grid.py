@@ -18,7 +18,8 @@ from cim.grid import MAX_POINTS, answers_to_dicts, lookup_points
 router = APIRouter(tags=["grid"])
 
 CRS_HELP = ("CRS of lon/lat: an EPSG code ('4326', 'EPSG:4549'), 'gcj02' (Amap/Tencent), 'bd09' (Baidu), "
-            "'CRS84' or a CRS URI; default WGS84. With a projected CRS lon/lat are easting/northing.")
+            "'CRS84' or a CRS URI/URN; default WGS84. lon/lat are named, so they are longitude/latitude (with a "
+            "projected CRS easting/northing) whatever axis order the CRS spelling has.")
 
 
 def parse_crs(value: str | None, parameter: str = "crs") -> CrsSpec:

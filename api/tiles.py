@@ -22,9 +22,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api.problems import not_found
 from api.responses import OrjsonResponse
 from cim.registry import Layer
+from cim.selection import Selection, parse_bbox
 from tiles import mvt
 from tiles.cache import TileCache
-from tiles.selection import Selection, parse_bbox
 from tiles.service import TileService
 from tiles.tileset import DEFAULT_MAX_FEATURES
 

@@ -273,12 +273,15 @@ def test_readings_in_a_window(client):
     assert body["readings"][0]["value"] == pytest.approx(20.6)
     assert body["unit"] == "°C" and body["alarm"] == {"alarm_high": 38}
     assert body["device"]["id"] == "dev-2" and body["quantity"] == "temperature" and not body["truncated"]
-    # the same instant written with an offset, and without one (taken as UTC)
+    # the same instant written with another offset; without one it is a 400 (cim.times: never guessed)
     shanghai = _readings(client, "dev-2", quantity="temperature",
                          **{"from": "2024-05-01T09:00:00+08:00", "to": "2024-05-01T10:00:00+08:00"}).json()
+    assert shanghai["readings"] == body["readings"]
     naive = _readings(client, "dev-2", quantity="temperature",
-                      **{"from": "2024-05-01T01:00:00", "to": "2024-05-01T02:00:00"}).json()
-    assert shanghai["readings"] == naive["readings"] == body["readings"]
+                      **{"from": "2024-05-01T01:00:00", "to": "2024-05-01T02:00:00Z"})
+    assert naive.status_code == 400 and "no UTC offset" in naive.text and "from" in naive.text
+    overflow = _readings(client, "dev-2", quantity="temperature", **{"to": "9999-12-31T23:59:59-14:00"})
+    assert overflow.status_code == 400 and "outside the supported time range" in overflow.text
 
 
 def test_readings_default_to_the_last_24_hours_and_feature_id(client, engine):

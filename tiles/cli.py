@@ -22,7 +22,7 @@ def _service():
 
 
 def _selection(bbox: Optional[str], filter_: Optional[str], filter_lang: str):
-    from tiles.selection import Selection, parse_bbox
+    from cim.selection import Selection, parse_bbox
 
     return Selection(parse_bbox(bbox), filter_, filter_lang)
 

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 from cim.errors import ParameterError
 from cim.registry import Layer
 from cim.schema import tables_for
-from tiles.selection import Selection
+from cim.selection import Selection
 
 TMS = morecantile.tms.get("WebMercatorQuad")
 TMS_ID = "WebMercatorQuad"

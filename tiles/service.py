@@ -19,7 +19,7 @@ from cim.errors import ConflictError, NotFoundError
 from cim.registry import Layer, load_layers
 from tiles import mvt
 from tiles.cache import TileCache
-from tiles.selection import Selection
+from cim.selection import Selection
 from tiles.tileset import DEFAULT_MAX_FEATURES, Plan, content_version, plan_layer, tile_glb, tileset_json
 
 

@@ -23,7 +23,7 @@ from tiles.gltf import write_glb
 from tiles.models import MODELS, REGION_MARGIN_M, Model
 from tiles.plan import ERROR_DIVISOR, Features, Tile, build_tree
 from cim.schema import tables_for
-from tiles.selection import Selection
+from cim.selection import Selection
 
 DEFAULT_MAX_FEATURES = 500
 #: which tables each 3D layer's content is made from: the cache version covers all of them
