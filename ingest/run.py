@@ -224,8 +224,8 @@ class FeatureLoad:
         frame = frame.reset_index(drop=True)
         if "source_id" in frame and self.spec.key_fallback:
             frame["source_id"] = frame["source_id"].fillna(frame[self.spec.key_fallback])
-        geoms = self._geometry(batch, crs, path, reasons)
-        prepared = self._apply_rules(frame, geoms, reasons)
+        geoms, geometry_notes = self._geometry(batch, crs, path, reasons)
+        prepared = self._apply_rules(frame, geoms, reasons, geometry_notes)
         frame, geoms = prepared.frame, prepared.geometry
         reasons.update({k: v for k, v in prepared.rejects.items() if k not in reasons})
         if self.spec.check:
@@ -246,10 +246,12 @@ class FeatureLoad:
             merge.copy_rows(cur, frame, ewkb, [*self.columns, "row_no"])
         return reasons
 
-    def _geometry(self, batch: Batch, crs: CrsSpec | None, path: Path, reasons: dict[int, str]) -> np.ndarray | None:
+    def _geometry(self, batch: Batch, crs: CrsSpec | None, path: Path,
+                  reasons: dict[int, str]) -> tuple[np.ndarray | None, dict[int, str]]:
+        """This batch's geometry in the storage CRS, and its repair notes by batch position."""
         if self.spec.geometry is None and (batch.geometry is None or crs is None
                                            or pd.isna(batch.geometry).all()):
-            return None
+            return None, {}
         if batch.geometry is None:
             raise IngestError(f"{path}: layer {self.spec.name} needs geometry; give --x/--y or --wkt for CSV")
         kind = self.spec.geometry or "polygon"
@@ -266,10 +268,10 @@ class FeatureLoad:
                 raise IngestError(f"{path}: {exc}") from exc
             geoms = geoms.copy()
             geoms[present] = transform_geometries(geoms[present], crs, f"EPSG:{self.settings.srid}")
-        self._geometry_notes = notes
-        return geoms
+        return geoms, notes
 
-    def _apply_rules(self, frame: pd.DataFrame, geoms: np.ndarray | None, reasons: dict[int, str]) -> prepare.Prepared:
+    def _apply_rules(self, frame: pd.DataFrame, geoms: np.ndarray | None, reasons: dict[int, str],
+                     geometry_notes: dict[int, str]) -> prepare.Prepared:
         valid = np.array([i not in reasons for i in range(len(frame))], dtype=bool)
         codes = self._enrich(geoms, valid)
         if codes:
@@ -280,11 +282,10 @@ class FeatureLoad:
         if geoms is not None:
             safe = geoms.copy()
             safe[~valid] = None
-        notes = getattr(self, "_geometry_notes", {})
         result = self.spec.rules(frame, safe, valid, self.ctx)
         if result.geometry is not None:
             result.geometry[~valid] = None
-        result.notes.update(notes)
+        result.notes.update(geometry_notes)
         return result
 
     def _enrich(self, geoms: np.ndarray | None, valid: np.ndarray) -> dict[str, np.ndarray]:
