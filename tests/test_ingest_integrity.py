@@ -1,0 +1,133 @@
+"""Loads that must lose nothing and hand out nothing twice: object codes under concurrent loads,
+stable identity across re-deliveries, unreadable lines and merged CSV rows as rejects, rejects at
+full precision, explicit encodings, and the exit status of a load that loaded nothing."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from cim.database import engine_for
+from cim.errors import UserError
+from ingest.run import IngestOptions, ingest_files
+from tests.conftest import PROJECT, create_database, run_cim, shared_path
+
+SAMPLES = PROJECT / "data_samples"
+
+# points inside the sample district (徐汇), WGS84
+LONLAT = [(121.437, 31.190), (121.440, 31.195), (121.445, 31.200), (121.450, 31.185), (121.430, 31.180)]
+
+
+@pytest.fixture(scope="module")
+def city(server_url) -> str:
+    """A base with the sample city loaded (its districts give parts their object codes)."""
+    url = create_database(server_url)
+    run_cim("init", db_url=url)
+    run_cim("samples", "load", "--json", db_url=url)
+    return url
+
+
+def scalar(url: str, sql: str, **params):
+    with engine_for(url).connect() as conn:
+        return conn.execute(sa.text(sql), params).scalar()
+
+
+def load(url: str, layer: str, *paths: Path, **options):
+    return ingest_files(layer, list(paths), IngestOptions(**options), engine_for(url))
+
+
+def rejects_of(report) -> dict[int, dict[str, str]]:
+    rows = {}
+    for f in report.files:
+        if f.rejects_file:
+            with open(f.rejects_file, encoding="utf-8") as fh:
+                rows.update({int(r["row"]): r for r in csv.DictReader(fh)})
+    return rows
+
+
+def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+# --- encodings ------------------------------------------------------------------------------------
+
+def test_explicit_encoding_wins_on_the_mislabelled_real_shapefile(server_url):
+    """The real file's .cpg says ISO-8859-1 over GBK text that was once mis-decoded and re-saved as
+    UTF-8: --encoding gbk must give the same names as the automatic repair, not 脡脧潞拢脰脨脨脛…"""
+    shp = shared_path("shanghai", "buildings_cbdc", "buildings.shp")
+    url = create_database(server_url)
+    run_cim("init", db_url=url)
+    proc = run_cim("ingest", "buildings", str(shp), "--encoding", "gbk", "--map", "source_id=BuildingID", "--json",
+                   db_url=url)
+    report = json.loads(proc.stdout)
+    assert report["read"] == 113 and report["rejected"] == 0
+    assert scalar(url, "SELECT count(*) FROM buildings WHERE name = '上海中心大厦'") == 1
+    assert scalar(url, "SELECT count(*) FROM buildings WHERE name LIKE '%脡脧%'") == 0
+
+
+def test_explicit_encoding_of_a_plain_gbk_shapefile(tmp_path):
+    import geopandas as gpd
+    import pyogrio
+    import shapely
+
+    from ingest.read import ReadOptions, open_source
+
+    frame = gpd.GeoDataFrame({"name": ["徐家汇", "田林街道", None]}, geometry=[shapely.Point(121.44, 31.19)] * 3,
+                             crs="EPSG:4326")
+    path = tmp_path / "gbk.shp"
+    pyogrio.write_dataframe(frame, path, encoding="GBK")
+    assert "徐家汇".encode("gbk") in path.with_suffix(".dbf").read_bytes()
+    path.with_suffix(".cpg").write_text("UTF-8")  # a wrong label: the explicit encoding wins over it
+    source = open_source(path, ReadOptions(encoding="GBK"))
+    assert next(source.batches).attributes["name"].tolist()[:2] == ["徐家汇", "田林街道"]
+
+
+# --- exit status ------------------------------------------------------------------------------------
+
+def test_a_load_that_rejects_every_row_exits_non_zero(city, tmp_path):
+    path = write_csv(tmp_path / "all_bad.csv", ["source_id", "subclass_code", "x", "y"],
+                     [["X-1", "0999", 121.44, 31.19], ["X-2", "0101", "north", 31.19]])
+    proc = run_cim("ingest", "parts", str(path), "--x", "x", "--y", "y", "--crs", "EPSG:4326", "--json",
+                   "--rejects-dir", str(tmp_path), db_url=city, check=False)
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads(proc.stdout)  # the summary as for any load
+    assert (report["read"], report["rejected"], report["inserted"]) == (2, 2, 0)
+    assert "every one of the 2 row(s) was rejected" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(rejects_of_paths(report)) == 2
+    # one good row among bad ones is an ordinary load
+    write_csv(path, ["source_id", "subclass_code", "x", "y"],
+              [["X-1", "0999", 121.44, 31.19], ["X-3", "0101", 121.44, 31.19]])
+    proc = run_cim("ingest", "parts", str(path), "--x", "x", "--y", "y", "--crs", "EPSG:4326", "--json",
+                   "--rejects-dir", str(tmp_path), db_url=city, check=False)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["inserted"] == 1
+
+
+def rejects_of_paths(report: dict) -> list[dict[str, str]]:
+    rows = []
+    for f in report["files"]:
+        if f["rejects_file"]:
+            with open(f["rejects_file"], encoding="utf-8") as fh:
+                rows += list(csv.DictReader(fh))
+    return rows
+
+
+# --- counts ---------------------------------------------------------------------------------------
+
+def test_repairs_are_counted_per_batch(city, tmp_path):
+    """A batch without geometry must not count the previous batch's make_valid repairs again."""
+    building = scalar(city, "SELECT source_id FROM buildings WHERE valid_to IS NULL ORDER BY source_id LIMIT 1")
+    bowtie = "POLYGON ((121.440 31.190, 121.441 31.191, 121.441 31.190, 121.440 31.191, 121.440 31.190))"
+    square = "POLYGON ((121.440 31.190, 121.441 31.190, 121.441 31.191, 121.440 31.191, 121.440 31.190))"
+    path = write_csv(tmp_path / "walls.csv", ["source_id", "building_source_id", "wkt"],
+                     [["CW-1", building, bowtie], ["CW-2", building, square],
+                      ["CW-3", building, ""], ["CW-4", building, ""]])
+    report = load(city, "curtain-walls", path, wkt="wkt", crs="EPSG:4326", batch_rows=2, rejects_dir=tmp_path)
+    assert (report.inserted, report.rejected) == (4, 0)
+    assert report.repaired == 1
