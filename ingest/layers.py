@@ -18,8 +18,9 @@ from ingest.prepare import Context, Prepared, with_placeholders
 #: rules over one batch: (coerced frame, geometry in the storage CRS with rejected rows None or None
 #: for no geometry, which rows are still valid, the run's context) -> the prepared batch
 Rules = Callable[[pd.DataFrame, "np.ndarray | None", np.ndarray, Context], Prepared]
-#: per-batch check against the base, inside the load's transaction: adds rejects by batch position
-Check = Callable[[Any, pd.DataFrame, dict[int, str], Context], None]
+#: per-batch check against the base, inside the load's transaction: (cursor, prepared frame, source row
+#: numbers, rejects by batch position to add to, the run's context)
+Check = Callable[[Any, pd.DataFrame, np.ndarray, dict[int, str], Context], None]
 
 
 # --- rules -----------------------------------------------------------------------------------------
@@ -81,14 +82,36 @@ def read_address_parser(conn: Connection, ctx: Context) -> None:
     ctx.address_parser = AddressParser.load(conn)
 
 
-def read_part_sequences(conn: Connection, ctx: Context) -> None:
-    ctx.next_sequence = dict(conn.exec_driver_sql(
-        "SELECT left(object_code, 10), max(right(object_code, 6)::int) FROM parts GROUP BY 1").all())
+def read_part_sequences(cur, ctx: Context) -> None:
+    """The last object-code sequence per 10-digit prefix, over every version ever stored (a closed
+    feature keeps its code: it may be delivered again). Read after the load's lock, so two loads
+    never hand out the same codes."""
+    cur.execute("SELECT left(object_code, 10), max(right(object_code, 6)::int) FROM parts GROUP BY 1")
+    ctx.next_sequence = dict(cur.fetchall())
 
 
 # --- checks against the base ----------------------------------------------------------------------
 
-def check_curtain_walls(cur, frame: pd.DataFrame, reasons: dict[int, str], ctx: Context) -> None:
+def check_object_codes(cur, frame: pd.DataFrame, rows: np.ndarray, reasons: dict[int, str], ctx: Context) -> None:
+    """An object code names one current part: not two rows of a load, nor a part of another source id."""
+    codes = frame["object_code"].to_numpy(dtype=object)
+    sources = frame["source_id"].to_numpy(dtype=object)
+    wanted = sorted({c for i, c in enumerate(codes) if i not in reasons and c is not None})
+    cur.execute("SELECT object_code, source_id FROM parts WHERE valid_to IS NULL AND object_code = ANY(%s)",
+                (wanted,))
+    holders = dict(cur.fetchall())
+    for i, code in enumerate(codes):
+        if i in reasons or code is None:
+            continue
+        if code in holders and (holders[code] is None or holders[code] != sources[i]):
+            reasons[i] = f"object code {code} already belongs to part {holders[code]!r}"
+            continue
+        first = ctx.object_code_rows.setdefault(code, int(rows[i]))
+        if first != int(rows[i]):
+            reasons[i] = f"object code {code} repeated (also at row {first})"
+
+
+def check_curtain_walls(cur, frame: pd.DataFrame, rows: np.ndarray, reasons: dict[int, str], ctx: Context) -> None:
     support = frame["support_type"].to_numpy(dtype=object)
     for i in np.flatnonzero(pd.notna(support) & ~np.isin(support, SUPPORT_TYPES)):
         reasons.setdefault(int(i), f"unknown support type {support[i]!r} (one of {'、'.join(SUPPORT_TYPES)})")

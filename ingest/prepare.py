@@ -35,6 +35,7 @@ class Context:
     floor_height_m: float
     part_classes: set[str]  # 2- and 4-digit codes
     next_sequence: dict[str, int] = field(default_factory=dict)  # 10-digit code prefix -> last used sequence
+    object_code_rows: dict[str, int] = field(default_factory=dict)  # code -> source row that took it in this run
     cur: Any = None  # the load's cursor, inside its transaction (rules that look at the base use it)
     address_parser: AddressParser | None = None
 
@@ -121,7 +122,10 @@ def prepare_parts(frame: pd.DataFrame, geoms: np.ndarray, ctx: Context, district
         ctx.part_classes).fillna(False) & part_subclass.astype("string").str.fullmatch(r"\d{4}").fillna(False)
     _reject_where(rejects, (part_subclass.notna() & ~known).to_numpy(dtype=bool),
                   lambda i: f"unknown part class {part_subclass.iat[i]!r}")
-    # parts without an object code get: district adcode + class + subclass + next sequence
+    # parts without an object code get: district adcode + class + subclass + next sequence (after any
+    # code this delivery gives explicitly, so a generated code never repeats a given one)
+    for code in text[given & well_formed].dropna():
+        ctx.next_sequence[code[:10]] = max(ctx.next_sequence.get(code[:10], 0), int(code[10:]))
     codes = codes.to_numpy(dtype=object).copy()
     subclasses = part_subclass.to_numpy(dtype=object).copy()
     for i in np.flatnonzero(pd.isna(codes)):

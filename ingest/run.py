@@ -137,6 +137,8 @@ class FeatureLoad:
         cur.execute(f'LOCK TABLE "{self.spec.table}" IN SHARE ROW EXCLUSIVE MODE')
         start_run(cur, r, self._operator(), self._options_json())
         self.ctx.cur = cur
+        if self.spec.begin:
+            self.spec.begin(cur, self.ctx)  # after the lock: what it reads cannot change until the commit
         self.columns = merge.table_columns(cur, self.spec.table)
         # links to other layers are made by the merge's SQL: those layers always go through staging
         self.direct = (merge.DirectLoad(cur, self.spec.table, self.columns, r.run_id)
@@ -228,10 +230,10 @@ class FeatureLoad:
         prepared = self._apply_rules(frame, geoms, reasons, geometry_notes)
         frame, geoms = prepared.frame, prepared.geometry
         reasons.update({k: v for k, v in prepared.rejects.items() if k not in reasons})
-        if self.spec.check:
-            self.spec.check(cur, frame, reasons, self.ctx)
-        self.report.repaired += sum(1 for k in prepared.notes if k not in reasons and "make_valid" in prepared.notes[k])
         self._check_keys(frame, batch.rows, reasons)
+        if self.spec.check:  # after the keys: a repeated source id is reported as such, whatever else it repeats
+            self.spec.check(cur, frame, batch.rows, reasons, self.ctx)
+        self.report.repaired += sum(1 for k in prepared.notes if k not in reasons and "make_valid" in prepared.notes[k])
         keep = np.array([i not in reasons for i in range(len(frame))], dtype=bool)
         if not keep.any():
             return reasons

@@ -24,6 +24,7 @@ class LayerSpec:
     # --- behaviour of a feature layer (hooks in ingest.layers) ---
     rules: layers.Rules = layers.flat_rules  # rules over each batch in the storage CRS
     read_context: Callable[[Any, Any], None] | None = None  # (connection, Context): once, before the load
+    begin: Callable[[Any, Any], None] | None = None  # (cursor, Context): in the load's transaction, after its lock
     check: layers.Check | None = None  # checks of each batch against the base
     merge_sql: dict[str, Any] = field(default_factory=dict)  # links the merge makes (extra_select, joins)
     geometry_from_link: bool = False  # no geometry of its own required: taken from a linked feature
@@ -78,7 +79,7 @@ SPECS: dict[str, LayerSpec] = {s.name: s for s in [
               {"source_id": "str", "object_code": "str", "subclass_code": "str", "name": "str", "status": "str",
                "owner_department": "str", "maintainer": "str", **_POINT_Z},
               key_fallback="object_code", enrich=True, rules=layers.part_rules,
-              read_context=layers.read_part_sequences),
+              begin=layers.read_part_sequences, check=layers.check_object_codes),
     LayerSpec("pipelines", "pipelines", "line",
               {"source_id": "str", "kind": "str", "diameter_mm": "float", "section": "str", "material": "str",
                "pressure_class": "str", "year_laid": "int", "owner": "str", "start_depth": "float",

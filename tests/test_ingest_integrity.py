@@ -131,3 +131,71 @@ def test_repairs_are_counted_per_batch(city, tmp_path):
     report = load(city, "curtain-walls", path, wkt="wkt", crs="EPSG:4326", batch_rows=2, rejects_dir=tmp_path)
     assert (report.inserted, report.rejected) == (4, 0)
     assert report.repaired == 1
+
+
+# --- object codes -----------------------------------------------------------------------------------
+
+def parts_csv(path: Path, prefix: str, n: int, code: str | None = None) -> Path:
+    rows = [[f"{prefix}-{i}", "0101", code or "", LONLAT[i % 5][0] + 0.0001 * i, LONLAT[i % 5][1]] for i in range(n)]
+    return write_csv(path, ["source_id", "subclass_code", "object_code", "x", "y"], rows)
+
+
+def test_concurrent_part_loads_hand_out_distinct_object_codes(city, tmp_path):
+    """Both loads read what they need before the first one commits; the second must still number after it."""
+    import threading
+    import time
+
+    first, second = parts_csv(tmp_path / "a.csv", "CA", 20), parts_csv(tmp_path / "b.csv", "CB", 20)
+    holder = engine_for(city).connect()
+    holder.execute(sa.text("LOCK TABLE parts IN SHARE ROW EXCLUSIVE MODE"))  # as a load in progress does
+    results: dict[str, object] = {}
+
+    def run(name: str, path: Path) -> None:
+        try:
+            results[name] = load(city, "parts", path, x="x", y="y", crs="EPSG:4326", rejects_dir=tmp_path)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            results[name] = exc
+
+    loaders = [threading.Thread(target=run, args=(n, p)) for n, p in (("a", first), ("b", second))]
+    for t in loaders:
+        t.start()
+    try:
+        deadline, waiting = time.monotonic() + 60, 0
+        while time.monotonic() < deadline and waiting < 2:
+            waiting = scalar(city, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                   "AND query LIKE 'LOCK TABLE \"parts\"%'")
+            time.sleep(0.05)
+        assert waiting == 2, "both loads should wait for the lock"
+    finally:
+        holder.rollback()
+        holder.close()
+    for t in loaders:
+        t.join(120)
+    assert all(getattr(r, "inserted", None) == 20 for r in results.values()), results
+    assert scalar(city, "SELECT count(*) FROM parts WHERE valid_to IS NULL AND source_id LIKE 'C_-%'") == 40
+    assert scalar(city, "SELECT count(DISTINCT object_code) FROM parts WHERE valid_to IS NULL "
+                        "AND source_id LIKE 'C_-%'") == 40
+
+
+def test_an_object_code_names_one_current_part(city, tmp_path):
+    unique = scalar(city, "SELECT indisunique FROM pg_index WHERE indexrelid = 'ix_parts_object_code'::regclass")
+    assert unique
+    taken = scalar(city, "SELECT object_code FROM parts WHERE valid_to IS NULL AND source_id IS NOT NULL "
+                         "ORDER BY object_code LIMIT 1")
+    path = write_csv(tmp_path / "codes.csv", ["source_id", "object_code", "x", "y"], [
+        ["OC-1", taken, 121.44, 31.19],  # another part's code
+        ["OC-2", "3101040101500000", 121.44, 31.19],
+        ["OC-3", "3101040101500000", 121.44, 31.19],  # repeated in the delivery
+    ])
+    report = load(city, "parts", path, x="x", y="y", crs="EPSG:4326", rejects_dir=tmp_path)
+    reasons = {row: r["reason"] for row, r in rejects_of(report).items()}
+    assert report.inserted == 1 and report.rejected == 2
+    assert f"object code {taken} already belongs to part" in reasons[1]
+    assert "repeated (also at row 2)" in reasons[3]
+    # a part delivered without a code after one given explicitly is numbered after it
+    path = write_csv(tmp_path / "codes2.csv", ["source_id", "object_code", "subclass_code", "x", "y"], [
+        ["OC-4", "3101040101500005", "", 121.44, 31.19], ["OC-5", "", "0101", 121.44, 31.19]])
+    report = load(city, "parts", path, x="x", y="y", crs="EPSG:4326", rejects_dir=tmp_path)
+    assert report.inserted == 2, rejects_of(report)
+    assert scalar(city, "SELECT object_code FROM parts WHERE source_id = 'OC-5' AND valid_to IS NULL") \
+        == "3101040101500006"
