@@ -199,3 +199,26 @@ def test_an_object_code_names_one_current_part(city, tmp_path):
     assert report.inserted == 2, rejects_of(report)
     assert scalar(city, "SELECT object_code FROM parts WHERE source_id = 'OC-5' AND valid_to IS NULL") \
         == "3101040101500006"
+
+
+# --- rejects files ----------------------------------------------------------------------------------
+
+def test_rejects_keep_the_geometry_at_full_precision_in_the_files_crs(city, tmp_path):
+    import pyproj
+    import shapely
+
+    lon, lat = 121.44123456789012, 31.192345678901234
+    geojson = tmp_path / "parts.geojson"
+    geojson.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"source_id": "FP-1", "subclass_code": "0999"},
+         "geometry": {"type": "Point", "coordinates": [lon, lat]}}]}), encoding="utf-8")
+    report = load(city, "parts", geojson, rejects_dir=tmp_path)
+    row = rejects_of(report)[1]
+    assert "unknown part class" in row["reason"]
+    assert shapely.get_coordinates(shapely.from_wkt(row["geometry_wkt"])).tolist() == [[lon, lat]]
+    # a projected file: the rejects speak its CRS (CGCS2000 / 3-degree Gauss-Kruger CM 120E), not the base's
+    x, y = pyproj.Transformer.from_crs("EPSG:4326", "EPSG:4549", always_xy=True).transform(lon, lat)
+    path = write_csv(tmp_path / "projected.csv", ["source_id", "subclass_code", "wkt"],
+                     [["FP-2", "0999", shapely.to_wkt(shapely.Point(x, y), rounding_precision=-1)]])
+    report = load(city, "parts", path, wkt="wkt", crs="EPSG:4549", rejects_dir=tmp_path)
+    assert shapely.get_coordinates(shapely.from_wkt(rejects_of(report)[1]["geometry_wkt"])).tolist() == [[x, y]]
