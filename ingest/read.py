@@ -17,6 +17,7 @@ import shapely
 
 from cim.errors import UserError
 from ingest.encoding import BYTES_AS_TEXT, EncodingProblem, decode_column, repair_column
+from ingest.sequence import number_by_line, scan_sequence
 
 BATCH_ROWS = 100_000
 OGR_SUFFIXES = {".geojson", ".json", ".geojsonl", ".geojsons", ".jsonl", ".shp", ".gpkg", ".fgb", ".zip", ".gml", ".kml", ".tab", ".mif", ".sqlite", ".gdb"}
@@ -53,6 +54,7 @@ class Source:
     encoding: str | None
     notes: list[str]
     batches: Iterator[Batch]
+    unreadable: int = 0  # records that could not be read at all (each one a reject with its line number)
 
 
 def open_source(path: Path, options: ReadOptions) -> Source:
@@ -110,9 +112,14 @@ def _open_ogr(path: Path, options: ReadOptions) -> Source:
     # an explicit encoding of a DBF is applied by us to the bytes as stored, exactly once: GDAL would
     # apply it to whatever the file holds, even text already mis-decoded and re-saved as UTF-8
     explicit = options.encoding if options.encoding and info.get("driver") == "ESRI Shapefile" else None
+    batches = _ogr_batches(ogr_path, layer, options, notes, path, explicit)
+    unreadable = 0
+    if info.get("driver") == "GeoJSONSeq":
+        scan = scan_sequence(path)
+        batches, unreadable = number_by_line(batches, scan, path, Batch), len(scan.unreadable)
     return Source(path=path, format=info.get("driver") or path.suffix.lstrip("."),
                   declared_crs=info.get("crs"), encoding=declared_encoding, notes=notes,
-                  batches=_ogr_batches(ogr_path, layer, options, notes, path, explicit))
+                  batches=batches, unreadable=unreadable)
 
 
 def _ogr_batches(ogr_path: str, layer: str | None, options: ReadOptions, notes: list[str],

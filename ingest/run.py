@@ -167,6 +167,11 @@ class FeatureLoad:
     # --- one file ---------------------------------------------------------------------------------
     def _load_file(self, cur, path: Path) -> None:
         source = open_source(path, self.options.read_options())
+        if source.unreadable and self.options.mode == "replace":
+            # replace closes every feature the delivery does not hold: one whose line is unreadable would go
+            raise IngestError(f"{path}: {source.unreadable} line(s) cannot be read, so --mode replace would close "
+                              "the features on them; repair the file, or load it with --mode upsert (the "
+                              "unreadable lines are then listed as rejects)")
         crs = self._crs_for(source.declared_crs, path)
         file_report = FileReport(path=str(path), sha256=sha256_of(path), format=source.format,
                                  crs=crs.name if crs else None, encoding=source.encoding)

@@ -222,3 +222,38 @@ def test_rejects_keep_the_geometry_at_full_precision_in_the_files_crs(city, tmp_
                      [["FP-2", "0999", shapely.to_wkt(shapely.Point(x, y), rounding_precision=-1)]])
     report = load(city, "parts", path, wkt="wkt", crs="EPSG:4549", rejects_dir=tmp_path)
     assert shapely.get_coordinates(shapely.from_wkt(rejects_of(report)[1]["geometry_wkt"])).tolist() == [[x, y]]
+
+
+# --- GeoJSON text sequences ---------------------------------------------------------------------------
+
+def feature_line(source_id: str, i: int, name: str = "井盖") -> str:
+    lon, lat = LONLAT[i % 5]
+    return json.dumps({"type": "Feature", "properties": {"source_id": source_id, "subclass_code": "0101",
+                                                         "name": name},
+                       "geometry": {"type": "Point", "coordinates": [lon + 0.0001 * i, lat]}}, ensure_ascii=False)
+
+
+def test_unreadable_geojsonseq_lines_are_rejects_with_their_line_numbers(city, tmp_path):
+    lines = [feature_line(f"SQ-{i}", i) for i in range(1, 11)]
+    path = tmp_path / "seq.geojsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    report = load(city, "parts", path, rejects_dir=tmp_path)
+    assert (report.read, report.inserted, report.rejected) == (10, 10, 0), rejects_of(report)
+    cut = lines.copy()
+    cut[4] = cut[4][:30]  # a line cut in the middle
+    cut[9] = cut[9][:-7]  # and the last line cut off (no newline after it)
+    cut.insert(7, '{"type": "Feature", "properties": {"source_id": "SQ-x", "subclass_code": "0999"}, '
+                  '"geometry": {"type": "Point", "coordinates": [121.44, 31.19]}}')  # readable, but rejected
+    path.write_text("\n".join(cut), encoding="utf-8")
+    with pytest.raises(UserError, match="2 line\\(s\\) cannot be read, so --mode replace would close"):
+        load(city, "parts", path, mode="replace", rejects_dir=tmp_path)
+    assert scalar(city, "SELECT count(*) FROM parts WHERE source_id LIKE 'SQ-%' AND valid_to IS NULL") == 10
+    with pytest.raises(UserError, match="--strict: 3 row"):
+        load(city, "parts", path, strict=True, rejects_dir=tmp_path)
+    report = load(city, "parts", path, rejects_dir=tmp_path)
+    reasons = {row: r["reason"] for row, r in rejects_of(report).items()}
+    assert (report.read, report.rejected) == (11, 3)
+    assert reasons[5].startswith("line 5: not valid JSON") and "unknown part class" in reasons[8]
+    assert reasons[11].startswith("line 11: not valid JSON") and "cut off" in reasons[11]
+    assert report.closed == 0
+    assert scalar(city, "SELECT count(*) FROM parts WHERE source_id LIKE 'SQ-%' AND valid_to IS NULL") == 10
