@@ -16,6 +16,7 @@ import pyogrio
 import shapely
 
 from cim.errors import UserError
+from ingest.columns import line_breaks, merged_rows_reason
 from ingest.encoding import BYTES_AS_TEXT, EncodingProblem, decode_column, repair_column
 from ingest.sequence import number_by_line, scan_sequence
 
@@ -264,11 +265,15 @@ def _csv_batches(path: Path, encoding: str, options: ReadOptions) -> Iterator[Ba
 
 def _csv_geometry(chunk: pd.DataFrame, options: ReadOptions) -> tuple[np.ndarray | None, dict[int, str]]:
     errors: dict[int, str] = {}
+    for column in (options.x, options.y, options.z, options.wkt):
+        if column:
+            for i in line_breaks(chunk[column]):
+                errors.setdefault(int(i), merged_rows_reason(column))
     if options.wkt:
         text = chunk[options.wkt].to_numpy(dtype=object)
         geometry = shapely.from_wkt(np.where(text == "", None, text), on_invalid="ignore")
         for i in np.flatnonzero(pd.isna(geometry) & (text != "")):
-            errors[int(i)] = f"field {options.wkt!r}: not valid WKT"
+            errors.setdefault(int(i), f"field {options.wkt!r}: not valid WKT")
         return geometry, errors
     if not options.x:
         return None, errors

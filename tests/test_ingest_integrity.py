@@ -257,3 +257,25 @@ def test_unreadable_geojsonseq_lines_are_rejects_with_their_line_numbers(city, t
     assert reasons[11].startswith("line 11: not valid JSON") and "cut off" in reasons[11]
     assert report.closed == 0
     assert scalar(city, "SELECT count(*) FROM parts WHERE source_id LIKE 'SQ-%' AND valid_to IS NULL") == 10
+
+
+# --- CSV rows merged by an unbalanced quote ---------------------------------------------------------
+
+def test_csv_rows_merged_by_an_unbalanced_quote_are_rejected(city, tmp_path):
+    path = tmp_path / "quotes.csv"
+    path.write_text(
+        "source_id,subclass_code,name,x,y\n"
+        '"MQ-1,0101,井盖,121.44,31.19\n'  # the quote opened here closes two lines down:
+        "MQ-2,0101,井盖,121.441,31.19\n"
+        'MQ-3",0101,井盖3,121.442,31.19\n'  # … so one row with MQ-3's place and a merged id
+        'MQ-4,"0101,井盖,121.443,31.19\n'
+        'MQ-5,0101",井盖5,121.444,31.19\n'
+        'MQ-6,0101,"两行\n的名称",121.445,31.19\n'  # free text may hold a line break
+        "MQ-7,0101,井盖7,121.446,31.19\n", encoding="utf-8")
+    report = load(city, "parts", path, x="x", y="y", crs="EPSG:4326", rejects_dir=tmp_path)
+    reasons = {row: r["reason"] for row, r in rejects_of(report).items()}
+    assert (report.read, report.inserted, report.rejected) == (4, 2, 2)
+    assert "field 'source_id' holds a line break" in reasons[1] and "unbalanced quote" in reasons[1]
+    assert "field 'subclass_code' holds a line break" in reasons[2]
+    assert scalar(city, "SELECT count(*) FROM parts WHERE source_id LIKE 'MQ-%'") == 2
+    assert scalar(city, "SELECT name FROM parts WHERE source_id = 'MQ-6'") == "两行\n的名称"
