@@ -66,11 +66,13 @@ def _on_ground(geoms: np.ndarray | None, valid: np.ndarray) -> np.ndarray | None
 
 
 def _existing_object_codes(cur, frame: pd.DataFrame) -> dict[str, str]:
-    """Codes the base already gave these parts, so a re-delivery without codes keeps them."""
+    """Codes the base already gave these parts (the current version's, or the latest one's of a closed
+    part delivered again), so a re-delivery without codes keeps them."""
     ids = frame.loc[frame["object_code"].isna(), "source_id"].dropna().tolist()
     if not ids:
         return {}
-    cur.execute("SELECT source_id, object_code FROM parts WHERE valid_to IS NULL AND source_id = ANY(%s)", (ids,))
+    cur.execute("SELECT DISTINCT ON (source_id) source_id, object_code FROM parts WHERE source_id = ANY(%s) "
+                "ORDER BY source_id, valid_to DESC NULLS FIRST, fid DESC", (ids,))
     return dict(cur.fetchall())
 
 

@@ -279,3 +279,26 @@ def test_csv_rows_merged_by_an_unbalanced_quote_are_rejected(city, tmp_path):
     assert "field 'subclass_code' holds a line break" in reasons[2]
     assert scalar(city, "SELECT count(*) FROM parts WHERE source_id LIKE 'MQ-%'") == 2
     assert scalar(city, "SELECT name FROM parts WHERE source_id = 'MQ-6'") == "两行\n的名称"
+
+
+# --- identity ---------------------------------------------------------------------------------------
+
+def test_a_feature_closed_by_replace_and_delivered_again_keeps_its_identity(server_url, tmp_path):
+    city = create_database(server_url)  # a base of its own: a replace closes every part not in the file
+    run_cim("init", db_url=city)
+    load(city, "districts", SAMPLES / "xuhui" / "district.geojson", crs="EPSG:4326")
+    every = parts_csv(tmp_path / "every.csv", "RD", 3)
+    fewer = parts_csv(tmp_path / "fewer.csv", "RD", 2)
+    assert load(city, "parts", every, x="x", y="y", crs="EPSG:4326").inserted == 3
+    before = {r.source_id: r for r in engine_for(city).connect().execute(sa.text(
+        "SELECT source_id, feature_id, object_code FROM parts WHERE source_id LIKE 'RD-%' AND valid_to IS NULL"))}
+    assert load(city, "parts", fewer, x="x", y="y", crs="EPSG:4326", mode="replace").closed == 1
+    assert scalar(city, "SELECT count(*) FROM parts WHERE source_id = 'RD-2' AND valid_to IS NULL") == 0
+    report = load(city, "parts", every, x="x", y="y", crs="EPSG:4326")
+    assert report.inserted == 1
+    with engine_for(city).connect() as conn:
+        versions = conn.execute(sa.text("SELECT feature_id, object_code, valid_to FROM parts WHERE source_id = 'RD-2' "
+                                        "ORDER BY valid_from")).all()
+    assert len(versions) == 2 and versions[0].valid_to is not None and versions[1].valid_to is None
+    assert {v.feature_id for v in versions} == {before["RD-2"].feature_id}
+    assert {v.object_code for v in versions} == {before["RD-2"].object_code}
