@@ -302,3 +302,24 @@ def test_a_feature_closed_by_replace_and_delivered_again_keeps_its_identity(serv
     assert len(versions) == 2 and versions[0].valid_to is not None and versions[1].valid_to is None
     assert {v.feature_id for v in versions} == {before["RD-2"].feature_id}
     assert {v.object_code for v in versions} == {before["RD-2"].object_code}
+
+
+def test_the_unique_code_migration_names_duplicates_already_stored(server_url):
+    from cim.bootstrap import InitError, downgrade, initialise
+
+    url = create_database(server_url)
+    engine = engine_for(url)
+    initialise(engine)
+    downgrade(engine, "0002")  # as a base was before: codes not unique
+    part = ("INSERT INTO parts (source_id, object_code, part_class, part_subclass, geom) VALUES "
+            "(:s, '3101040101000001', '01', '0101', ST_SetSRID(ST_MakePoint(0, 0, 0), 4549))")
+    with engine.begin() as conn:
+        conn.execute(sa.text(part), {"s": "DUP-1"})
+        conn.execute(sa.text(part), {"s": "DUP-2"})
+    with pytest.raises(InitError, match="3101040101000001: DUP-1, DUP-2"):
+        initialise(engine)
+    with engine.begin() as conn:  # the operator ends one of them: the other keeps the code
+        conn.execute(sa.text("DELETE FROM parts WHERE source_id = 'DUP-2'"))
+    initialise(engine)
+    assert scalar(url, "SELECT indisunique FROM pg_index WHERE indexrelid = 'ix_parts_object_code'::regclass")
+    assert scalar(url, "SELECT count(*) FROM parts WHERE object_code = '3101040101000001'") == 2  # history kept
