@@ -156,8 +156,8 @@ def _decode_text(frame: pd.DataFrame, path: Path, encoding: str, peeled: dict[st
                             "check --encoding") from exc
         if layers and column not in peeled:
             peeled[column] = encoding
-            notes.append(f"column {column!r}: the file holds {encoding} text mis-decoded and re-saved as UTF-8 "
-                         f"{layers} time(s); decoded as {encoding}")
+            notes.append(f"column {column!r}: {encoding} text that had been read as Latin-1 and saved as UTF-8 "
+                         f"({layers}×): undone, then decoded as {encoding}")
 
 
 def _text_columns(frame: pd.DataFrame) -> list[str]:
