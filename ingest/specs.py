@@ -1,5 +1,7 @@
 """Each layer's canonical input schema: the columns a delivery maps onto, their types, and how a
-feature is keyed. Everything else in a file is kept in the feature's ``attributes``."""
+feature is keyed. Everything else in a file is kept in the feature's ``attributes``. A feature
+layer's own behaviour (rules, checks, links) is named here too, as hooks from ``ingest.layers``,
+so the loader (``ingest.run``) treats every layer alike."""
 from __future__ import annotations
 
 from collections.abc import Callable
