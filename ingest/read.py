@@ -148,6 +148,11 @@ def _ogr_batches(ogr_path: str, layer: str | None, options: ReadOptions, notes: 
 
 def _decode_text(frame: pd.DataFrame, path: Path, encoding: str, peeled: dict[str, str],
                  notes: list[str]) -> None:
+    try:  # the DBF's field names are in the same encoding as its values
+        names, _ = decode_column(pd.Series(list(frame.columns), dtype=object), "(field names)", encoding)
+    except EncodingProblem as exc:
+        raise ReadError(f"{path}: field name {exc.sample!r} is not valid {encoding}; check --encoding") from exc
+    frame.columns = list(names)
     for column in _text_columns(frame):
         try:
             frame[column], layers = decode_column(frame[column], column, encoding)

@@ -79,14 +79,16 @@ def test_explicit_encoding_of_a_plain_gbk_shapefile(tmp_path):
 
     from ingest.read import ReadOptions, open_source
 
-    frame = gpd.GeoDataFrame({"name": ["徐家汇", "田林街道", None]}, geometry=[shapely.Point(121.44, 31.19)] * 3,
-                             crs="EPSG:4326")
+    frame = gpd.GeoDataFrame({"name": ["徐家汇", "田林街道", None], "类型": ["街道", "街道", "镇"]},
+                             geometry=[shapely.Point(121.44, 31.19)] * 3, crs="EPSG:4326")
     path = tmp_path / "gbk.shp"
     pyogrio.write_dataframe(frame, path, encoding="GBK")
     assert "徐家汇".encode("gbk") in path.with_suffix(".dbf").read_bytes()
     path.with_suffix(".cpg").write_text("UTF-8")  # a wrong label: the explicit encoding wins over it
     source = open_source(path, ReadOptions(encoding="GBK"))
-    assert next(source.batches).attributes["name"].tolist()[:2] == ["徐家汇", "田林街道"]
+    attributes = next(source.batches).attributes
+    assert attributes["name"].tolist()[:2] == ["徐家汇", "田林街道"]
+    assert attributes["类型"].tolist() == ["街道", "街道", "镇"]  # field names are decoded too
 
 
 # --- exit status ------------------------------------------------------------------------------------
