@@ -4,11 +4,15 @@ URIs resolve, metadata matches the features), the geometry is right for a courty
 Shanghai Tower and a pipe at -5 m, and concurrent requests plan each tileset once without racing."""
 from __future__ import annotations
 
+import collections
 import json
 import os
 import shutil
 import subprocess
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyogrio
@@ -20,6 +24,7 @@ from cim.crs import transform_geometries
 from tests.conftest import PROJECT, SHARED_DATA, run_cim, shared_path
 from tiles.gltf import read_glb
 from tiles.models import MODELS
+from tiles.tileset import DEFAULT_MAX_FEATURES
 from tiles.metadata import decode_table
 
 X0, Y0 = 642900.0, 3458000.0  # EPSG:4549, near the Bund
@@ -450,6 +455,138 @@ def test_parts_are_instanced_markers_with_classes(city, db_url, tmp_path):
 def _subclass(engine, code: str) -> str:
     with engine.connect() as conn:
         return conn.execute(sa.text("SELECT name FROM part_classes WHERE code = :c"), {"c": code}).scalar_one()
+
+
+# --- concurrent requests ---------------------------------------------------------------------
+
+def in_threads(calls: list[Callable[[], Any]]) -> list[Any]:
+    """Each call in a thread of its own, all released at once; their results in order (the first
+    exception any of them raised is raised here)."""
+    barrier = threading.Barrier(len(calls))
+    results: list[Any] = [None] * len(calls)
+    errors: list[BaseException] = []
+
+    def run(i: int, call: Callable[[], Any]) -> None:
+        barrier.wait()
+        try:
+            results[i] = call()
+        except BaseException as exc:  # noqa: BLE001 — handed to the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i, call)) for i, call in enumerate(calls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+def _boxes(n: int) -> list[str]:
+    """n different bboxes around the Bund (each a selection, so a plan, of its own)."""
+    return [f"{121.48 + i * 0.002},31.22,{121.52 + i * 0.002},31.25" for i in range(n)]
+
+
+def _counting_plans(monkeypatch) -> collections.Counter:
+    """Counts the real plan builds of a TileService by key (layer, version, selection, max features)."""
+    from tiles import service as service_module
+
+    builds: collections.Counter = collections.Counter()
+    real = service_module.plan_layer
+
+    def plan_layer(conn, layer, srid, storey, city_bbox, selection, max_features, version):
+        builds[(layer.name, version, selection.key, max_features)] += 1
+        return real(conn, layer, srid, storey, city_bbox, selection, max_features, version)
+
+    monkeypatch.setattr(service_module, "plan_layer", plan_layer)
+    return builds
+
+
+def test_concurrent_plans_of_one_key_build_once(city, monkeypatch):
+    from tiles.cache import TileCache
+    from tiles.selection import Selection, parse_bbox
+    from tiles.service import TileService
+
+    builds = _counting_plans(monkeypatch)
+    svc = TileService(city, TileCache(None), plan_cache_size=64)
+    layers = {name: svc.layer(name) for name in ("buildings", "pipelines")}
+    keys = [(name, Selection(parse_bbox(box))) for name in layers for box in _boxes(6)]
+    asked = [key for key in keys for _ in range(4)]  # every key by four requests at once
+    plans = in_threads([lambda n=name, s=sel: svc.plan(layers[n], s) for name, sel in asked])
+    assert len(builds) == len(keys) and set(builds.values()) == {1}, builds
+    for (name, selection), plan in zip(asked, plans):
+        assert plan.layer.name == name and plan.selection == selection
+        assert plan is plans[asked.index((name, selection))], "requests of one key share its one plan"
+    assert len(svc.plans) == len(keys) and svc.plans.building == 0
+
+
+def test_concurrent_plans_of_many_keys_stay_bounded(city, monkeypatch):
+    """Many bboxes at once, then many versions at once while each new version drops the older ones'
+    plans: no request sees another's dict change under it, every one gets the plan it asked for, and
+    no more plans (or build locks) are kept than the cache holds."""
+    from tiles.cache import TileCache
+    from tiles.selection import Selection, parse_bbox
+    from tiles.service import TileService
+
+    builds = _counting_plans(monkeypatch)
+    svc = TileService(city, TileCache(None), plan_cache_size=4)
+    layers = {name: svc.layer(name) for name in ("buildings", "pipelines", "parts")}
+    for keys in ([(name, "v1", Selection(parse_bbox(box))) for name in layers for box in _boxes(8)],
+                 [(name, version, Selection(parse_bbox(box)))
+                  for name in layers for version in ("v2", "v3", "v4") for box in _boxes(3)]):
+        asked = keys * 2
+        plans = in_threads([lambda n=name, v=version, s=sel: svc.plan(layers[n], s, version=v)
+                            for name, version, sel in asked])
+        for (name, version, selection), plan in zip(asked, plans):
+            assert (plan.layer.name, plan.version, plan.selection) == (name, version, selection)
+        assert {(n, v, s.key, DEFAULT_MAX_FEATURES) for n, v, s in keys} <= set(builds)
+        assert len(svc.plans) <= 4 and svc.plans.building == 0
+
+
+def test_built_once_is_an_lru_that_retries_a_failed_build():
+    from tiles.builds import BuiltOnce
+
+    built: list[str] = []
+
+    def build(key: str) -> Callable[[], str]:
+        def run() -> str:
+            built.append(key)
+            if key == "bad":
+                raise ValueError("no plan")
+            return key.upper()
+        return run
+
+    cache: BuiltOnce[str, str] = BuiltOnce(2)
+    assert [cache.get(k, build(k)) for k in ("a", "b", "a", "c")] == ["A", "B", "A", "C"]
+    assert len(cache) == 2 and built == ["a", "b", "c"]  # "b" was the least recently used
+    assert cache.get("b", build("b")) == "B" and built[-1] == "b"
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            cache.get("bad", build("bad"))
+    assert built.count("bad") == 2 and cache.building == 0, "a failed build is tried again and leaves no lock"
+    versions: BuiltOnce[str, str] = BuiltOnce(10)  # a new version's value drops the older versions' ones
+    for key in ("v1", "w1", "v2"):
+        versions.get(key, build(key), supersedes=lambda k, new=key: k[0] == new[0])
+    assert len(versions) == 2 and versions.get("w1", build("w1")) == "W1" and built.count("w1") == 1
+    versions.get("v1", build("v1"))
+    assert built.count("v1") == 2
+    with pytest.raises(ValueError):
+        BuiltOnce(0)
+
+
+def test_concurrent_tile_writes_of_a_new_version_prune_the_old_ones_once(tmp_path):
+    """Many threads write the first tiles of a new version at once: each prunes or skips without
+    tripping over another's removal, and the disk keeps the new version and the one before."""
+    from tiles.cache import TileCache
+
+    cache = TileCache(tmp_path, max_bytes=64 * 1024)
+    for version in ("1", "2", "3"):
+        cache.put(("mvt", "grids", version, "all", "0/0/0.pbf"), b"old")
+    in_threads([lambda i=i: cache.put(("mvt", "grids", "4", "all", f"12/{i}/{i}.pbf"), b"x" * 1000)
+                for i in range(32)])
+    assert sorted(p.name for p in (tmp_path / "mvt" / "grids").iterdir()) == ["3", "4"]
+    assert all(cache.get(("mvt", "grids", "4", "all", f"12/{i}/{i}.pbf")) == b"x" * 1000 for i in range(32))
 
 
 # --- over HTTP --------------------------------------------------------------------------------
