@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 
-from api.problems import not_found
+from api.problems import PROBLEM, not_found
 from api.responses import OrjsonResponse
 from api.tiles.shared import (IMMUTABLE, MVT_TYPE, REVALIDATE, BboxQ, FilterLangQ, FilterQ, base_url, call, etag,
                               not_modified, problem, selection, service)
@@ -22,6 +22,18 @@ TMS_URI = "http://www.opengis.net/def/tilematrixset/OGC/1.0/WebMercatorQuad"
 REL_TILING_SCHEME = "http://www.opengis.net/def/rel/ogc/1.0/tiling-scheme"
 
 router = APIRouter(tags=["Tiles"])
+
+#: the largest row or column of the deepest tile matrix; a shallower matrix has fewer (2^tileMatrix)
+_MAX_INDEX = 2 ** mvt.TMS.maxzoom - 1
+#: the path parameters as the OpenAPI document states them: what they accept is what the route serves
+TileMatrixSetP = Annotated[str, Path(description=f"the tile matrix set; only {mvt.TMS_ID} is offered (others: 404)",
+                                     json_schema_extra={"enum": [mvt.TMS_ID]})]
+TileMatrixP = Annotated[int, Path(ge=mvt.TMS.minzoom, le=mvt.TMS.maxzoom,
+                                  description=f"zoom level, {mvt.TMS.minzoom}–{mvt.TMS.maxzoom}")]
+TileRowP = Annotated[int, Path(ge=0, le=_MAX_INDEX, description="row (y), from the north: 0 to 2^tileMatrix − 1 "
+                                                                 "(a row outside its tile matrix: 404)")]
+TileColP = Annotated[int, Path(ge=0, le=_MAX_INDEX, description="column (x), from the west: 0 to 2^tileMatrix − 1 "
+                                                                 "(a column outside its tile matrix: 404)")]
 
 
 def _check_tms(tms_id: str) -> None:
@@ -62,7 +74,7 @@ def _fields(layer: Layer, names: list[str]) -> dict[str, str]:
 
 
 @router.get("/collections/{collectionId}/tiles/{tileMatrixSetId}", summary="Tileset metadata")
-async def collection_tileset(request: Request, collectionId: str, tileMatrixSetId: str):
+async def collection_tileset(request: Request, collectionId: str, tileMatrixSetId: TileMatrixSetP):
     _check_tms(tileMatrixSetId)
     svc = service(request)
     lyr = await call(svc.layer, collectionId)
@@ -96,7 +108,7 @@ def _bounds(svc: TileService, layer: Layer):
 
 
 @router.get("/collections/{collectionId}/tiles/{tileMatrixSetId}/tilejson.json", summary="TileJSON 3.0")
-async def collection_tilejson(request: Request, collectionId: str, tileMatrixSetId: str):
+async def collection_tilejson(request: Request, collectionId: str, tileMatrixSetId: TileMatrixSetP):
     _check_tms(tileMatrixSetId)
     svc = service(request)
     lyr = await call(svc.layer, collectionId)
@@ -118,11 +130,12 @@ async def collection_tilejson(request: Request, collectionId: str, tileMatrixSet
 
 @router.get("/collections/{collectionId}/tiles/{tileMatrixSetId}/{tileMatrix}/{tileRow}/{tileCol}",
             summary="A Mapbox vector tile", response_class=Response,
-            responses={200: {"content": {MVT_TYPE: {}}}, 204: {"description": "no feature in this tile"}})
-async def collection_tile(request: Request, collectionId: str, tileMatrixSetId: str,
-                          tileMatrix: Annotated[int, Path(description="zoom level")],
-                          tileRow: Annotated[int, Path(description="row (y), from the north")],
-                          tileCol: Annotated[int, Path(description="column (x), from the west")],
+            responses={200: {"content": {MVT_TYPE: {}}}, 204: {"description": "no feature in this tile"},
+                       304: {"description": "the client's copy (If-None-Match) is current"},
+                       404: {"description": "no such collection or tile matrix set, or the row or column is "
+                                            "outside the tile matrix", "content": {PROBLEM: {}}}})
+async def collection_tile(request: Request, collectionId: str, tileMatrixSetId: TileMatrixSetP,
+                          tileMatrix: TileMatrixP, tileRow: TileRowP, tileCol: TileColP,
                           bbox: BboxQ = None, filter: FilterQ = None, filter_lang: FilterLangQ = "cql2-text",
                           properties: Annotated[str | None, Query(
                               description="comma-separated properties to include (default: all)")] = None,
@@ -155,7 +168,7 @@ async def tile_matrix_sets(request: Request):
 
 
 @router.get("/tileMatrixSets/{tileMatrixSetId}", summary="A tile matrix set definition")
-async def tile_matrix_set(tileMatrixSetId: str):
+async def tile_matrix_set(tileMatrixSetId: TileMatrixSetP):
     _check_tms(tileMatrixSetId)
     return OrjsonResponse(mvt.TMS.model_dump(mode="json", exclude_none=True, by_alias=True))
 

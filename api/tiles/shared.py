@@ -2,7 +2,7 @@
 cache headers."""
 from __future__ import annotations
 
-from typing import Annotated, Any, Callable
+from typing import Annotated, Any, Callable, Literal
 
 from fastapi import Query, Request
 from starlette.concurrency import run_in_threadpool
@@ -71,4 +71,5 @@ def base_url(request: Request) -> str:
 
 BboxQ = Annotated[str | None, Query(description="minlon,minlat,maxlon,maxlat (CRS84)")]
 FilterQ = Annotated[str | None, Query(description="CQL2 filter on the layer's queryables")]
-FilterLangQ = Annotated[str, Query(alias="filter-lang", description="cql2-text or cql2-json")]
+FilterLangQ = Annotated[Literal["cql2-text", "cql2-json"], Query(alias="filter-lang",
+                                                                 description="the language of filter")]

@@ -9,6 +9,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
+from api.problems import PROBLEM
 from api.tiles.shared import (GLB_TYPE, IMMUTABLE, REVALIDATE, BboxQ, FilterLangQ, FilterQ, call, etag,
                               not_modified, selection, service)
 from cim.registry import Layer
@@ -17,9 +18,14 @@ from tiles.tileset import DEFAULT_MAX_FEATURES
 router = APIRouter(tags=["Tiles"])
 
 MaxFeaturesQ = Annotated[int, Query(alias="max-features", ge=1, le=100_000)]
+_NOT_MODIFIED = {304: {"description": "the client's copy (If-None-Match) is current"}}
+_NO_TILESET = {404: {"description": "no such layer, or a layer without 3D tiles", "content": {PROBLEM: {}}}}
+_NO_CONTENT = {404: {"description": "no such layer or tile, or a version no longer served: reload tileset.json",
+                     "content": {PROBLEM: {}}}}
 
 
-@router.get("/3dtiles/{layer}/tileset.json", summary="3D Tiles 1.1 tileset of a layer")
+@router.get("/3dtiles/{layer}/tileset.json", summary="3D Tiles 1.1 tileset of a layer",
+            responses={**_NOT_MODIFIED, **_NO_TILESET})
 async def tileset(request: Request, layer: str, bbox: BboxQ = None, filter: FilterQ = None,
                   filter_lang: FilterLangQ = "cql2-text", max_features: MaxFeaturesQ = DEFAULT_MAX_FEATURES):
     svc = service(request)
@@ -44,7 +50,8 @@ def _model_check(layer: Layer) -> None:
     model_for(layer.name)
 
 
-@router.get("/3dtiles/{layer}/{version}/{tile}.glb", summary="One tile's binary glTF")
+@router.get("/3dtiles/{layer}/{version}/{tile}.glb", summary="One tile's binary glTF",
+            responses={**_NOT_MODIFIED, **_NO_CONTENT})
 async def tile_content(request: Request, layer: str, version: str, tile: str, bbox: BboxQ = None,
                        filter: FilterQ = None, filter_lang: FilterLangQ = "cql2-text",
                        max_features: MaxFeaturesQ = DEFAULT_MAX_FEATURES):
