@@ -764,5 +764,8 @@ def test_an_ingest_run_that_changes_a_height_shows_in_the_next_tileset(loaded_ur
             path = tmp_path / "v2" / uri.split("?")[0]
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(c.get(base + uri).content)
+        (tmp_path / "v2" / "tileset.json").write_bytes(r2.content)
     report = validate_glbs(sorted((tmp_path / "v2").rglob("*.glb")))
     assert not {k: v for k, v in report.items() if v["errors"]}
+    spec = validate_tileset(tmp_path / "v2" / "tileset.json")  # the tileset as the API serves it
+    assert (spec["numErrors"], spec["numWarnings"]) == (0, 0), _issues(spec)
