@@ -13,7 +13,7 @@ from cim.errors import UserError
 from ingest.columns import coerce, plan_columns
 from ingest.read import open_source
 from ingest.provenance import finish_run, load_transaction, operator_name, start_run
-from ingest.report import FileReport, IngestReport, RejectsWriter, sha256_of
+from ingest.report import FileReport, IngestReport, RejectsFiles, sha256_of
 from ingest.specs import LayerSpec
 
 
@@ -22,7 +22,18 @@ def ingest_table(spec: LayerSpec, paths: list[Path], options, engine, progress=N
 
     started = time.perf_counter()
     report = IngestReport(layer=spec.name, mode=options.mode, dry_run=options.dry_run)
-    rejects_dir = options.rejects_dir or (cim_home() / "rejects")
+    rejects = RejectsFiles(options.rejects_dir or (cim_home() / "rejects"))
+    try:
+        _load(spec, paths, options, report, rejects, engine, progress, started)
+    except BaseException:
+        rejects.discard()  # those of a --strict refusal were published first
+        raise
+    rejects.publish()
+    return report
+
+
+def _load(spec: LayerSpec, paths: list[Path], options, report: IngestReport, rejects: RejectsFiles, engine,
+          progress, started: float) -> None:
     with load_transaction(engine, report) as cur:
         start_run(cur, report, operator_name(options.operator), {"map": options.mapping} if options.mapping else {})
         frames = []
@@ -31,7 +42,7 @@ def ingest_table(spec: LayerSpec, paths: list[Path], options, engine, progress=N
             file_report = FileReport(path=str(path), sha256=sha256_of(path), format=source.format, crs=None,
                                      encoding=source.encoding)
             report.files.append(file_report)
-            writer = RejectsWriter(rejects_dir / f"run-{report.run_id}-{path.stem}.rejects.csv")
+            writer = rejects.writer(f"run-{report.run_id}-{path.stem}.rejects.csv")
             plan = None
             for batch in source.batches:
                 plan = plan or plan_columns(spec, list(batch.attributes.columns), options.mapping, str(path))
@@ -53,6 +64,7 @@ def ingest_table(spec: LayerSpec, paths: list[Path], options, engine, progress=N
             report.read += file_report.read
             report.rejected += file_report.rejected
         if options.strict and report.rejected:
+            rejects.publish()  # they are why the load is refused
             raise UserError(f"--strict: {report.rejected} row(s) rejected, nothing loaded")
         data = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=spec.columns)
         if spec.name == "iot-readings":
@@ -62,7 +74,6 @@ def ingest_table(spec: LayerSpec, paths: list[Path], options, engine, progress=N
         report.status = "dry-run" if options.dry_run else "succeeded"
         report.duration_s = round(time.perf_counter() - started, 3)
         finish_run(cur, report)
-    return report
 
 
 def _check_devices(cur, frame: pd.DataFrame, reasons: dict[int, str]) -> None:
