@@ -9,6 +9,7 @@ from sqlalchemy.engine import Engine
 
 from api.problems import not_found
 from cim.bootstrap import BaseSettings, load_settings
+from cim.database import reader_engine
 from cim.registry import Layer, load_layers
 
 LAYER_CACHE_SECONDS = 5.0  # layer versions change with each load; a short cache keeps tiles fresh
@@ -36,6 +37,8 @@ class AppState:
 
 
 def create_state(engine: Engine) -> AppState:
+    # requests read through a pool of their own whose lock waits are bounded (503 instead of a held connection)
+    engine = reader_engine(engine)
     return AppState(engine=engine, settings=load_settings(engine))
 
 

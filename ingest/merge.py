@@ -12,6 +12,8 @@ import io
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from ingest.faults import pause_at
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -133,6 +135,7 @@ def merge(cur, table: str, columns: list[str], mode: str, run_id: int, extra_sel
     counts = MergeCounts()
     cur.execute("CREATE INDEX ON _stage (source_id)")
     cur.execute("ANALYZE _stage")
+    pause_at("index")
     if mode in ("upsert", "replace"):
         cur.execute(f'SELECT count(*) FROM _stage s JOIN "{table}" t ON t.source_id = s.source_id '
                     "AND t.valid_to IS NULL AND t.content_hash = s.content_hash")
@@ -151,8 +154,8 @@ def merge(cur, table: str, columns: list[str], mode: str, run_id: int, extra_sel
     select = ", ".join((extra_select or {}).get(c, f"COALESCE(s.{c}, {defaults[c]})" if c in defaults else f"s.{c}")
                        for c in columns)
     insert_cols = ", ".join(columns)
-    cur.execute("SELECT count(*) FROM _stage")
-    rebuild = defer_indexes(cur, table, cur.fetchone()[0])
+    # The table's indexes stay: dropping them for a large batch (as a load into an empty table does) would
+    # lock out every reader of the layer until the commit, where they must go on reading the last version.
     cur.execute(f'''INSERT INTO "{table}" (feature_id, ingest_run_id, valid_from, {insert_cols})
         SELECT COALESCE(c.feature_id, gen_random_uuid()), %s, now(), {select}
         FROM _stage s LEFT JOIN _closed c ON c.source_id = s.source_id {joins}
@@ -160,7 +163,7 @@ def merge(cur, table: str, columns: list[str], mode: str, run_id: int, extra_sel
           SELECT 1 FROM "{table}" t WHERE t.source_id = s.source_id AND t.valid_to IS NULL)
 ''', (run_id,))  # stage rows are read in COPY order: no sort needed
     counts.inserted = cur.rowcount - counts.updated
-    rebuild_indexes(cur, table, rebuild)
+    pause_at("merge")
     if mode == "replace":
         cur.execute(f'''UPDATE "{table}" t SET valid_to = now() WHERE t.valid_to IS NULL
             AND NOT EXISTS (SELECT 1 FROM _stage s WHERE s.source_id = t.source_id)''')
@@ -172,13 +175,15 @@ BULK_MIN_ROWS = 50_000
 
 
 def defer_indexes(cur, table: str, staged: int) -> list[str]:
-    """For a batch of ``staged`` rows, larger than what the table holds, drop its indexes and foreign keys
-    and return the statements that rebuild them after the INSERT.
+    """For a first batch of ``staged`` rows into a table that holds no row (see :class:`DirectLoad`), drop its
+    indexes and return the statements that rebuild them after the last COPY.
 
     Why: maintaining eight indexes (two of them GiST) row by row costs several times more than building
-    them once, and per-row foreign-key triggers cost as much again. It all stays in the load's
-    transaction, so a failure or a kill restores them; readers wait for the commit instead of
-    seeing a half-loaded table.
+    them once. It all stays in the load's transaction, so a failure or a kill restores them. The cost:
+    DROP INDEX locks the table, so until the commit readers of this layer — which has nothing to show
+    yet — wait (the API's lock timeout answers them 503, see ``cim.database``). Foreign keys are kept:
+    dropping one would lock the *referenced* table (ingest_runs, part_classes) and so stall every other
+    load and reader of it. A table with rows is never treated so (:func:`merge` keeps the indexes).
     """
     cur.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass", (table,))
     present = max(cur.fetchone()[0], 0)
@@ -187,18 +192,14 @@ def defer_indexes(cur, table: str, staged: int) -> list[str]:
     cur.execute("""SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class c
         ON c.oid = i.indexrelid WHERE i.indrelid = %s::regclass AND NOT i.indisprimary""", (table,))
     indexes = cur.fetchall()
-    cur.execute("SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s::regclass "
-                "AND contype = 'f'", (table,))
-    foreign_keys = cur.fetchall()
-    for name, _ in foreign_keys:
-        cur.execute(f'ALTER TABLE "{table}" DROP CONSTRAINT "{name}"')
     for name, _ in indexes:
         cur.execute(f'DROP INDEX "{name}"')
-    return ([definition for _, definition in indexes]
-            + [f'ALTER TABLE "{table}" ADD CONSTRAINT "{name}" {definition}' for name, definition in foreign_keys])
+    return [definition for _, definition in indexes]
 
 
 def rebuild_indexes(cur, table: str, statements: list[str]) -> None:
+    if statements:
+        pause_at("index")
     for statement in statements:
         cur.execute(statement)
     if statements:
@@ -212,8 +213,8 @@ class DirectLoad:
     Nothing there can be unchanged, updated or closed, so staging and merging would only write every
     row twice (measured: the INSERT … SELECT from staging was a sixth of a 1,000,000-point load). Each
     row gets the run id and the defaults the merge would give it; the whole load is still one
-    transaction. A first batch of at least :data:`BULK_MIN_ROWS` drops the indexes and foreign keys
-    until the end, as the merge does for large batches.
+    transaction. A first batch of at least :data:`BULK_MIN_ROWS` drops the indexes until the end
+    (:func:`defer_indexes`).
     """
 
     def __init__(self, cur, table: str, columns: list[str], run_id: int) -> None:
