@@ -68,7 +68,7 @@ def _load(spec: LayerSpec, paths: list[Path], options, report: IngestReport, rej
             raise UserError(f"--strict: {report.rejected} row(s) rejected, nothing loaded")
         data = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=spec.columns)
         if spec.name == "iot-readings":
-            _merge_readings(cur, data, report)
+            _merge_readings(cur, data, report, engine)
         else:
             _merge_responsibility(cur, data, report, options.mode)
         report.status = "dry-run" if options.dry_run else "succeeded"
@@ -85,16 +85,10 @@ def _check_devices(cur, frame: pd.DataFrame, reasons: dict[int, str]) -> None:
             reasons.setdefault(i, f"unknown device {device!r} (load iot-devices first)")
 
 
-def _merge_readings(cur, data: pd.DataFrame, report: IngestReport) -> None:
+def _merge_readings(cur, data: pd.DataFrame, report: IngestReport, engine) -> None:
     if data.empty:
         return
-    times = pd.to_datetime(data["time"], utc=True)
-    # one partition per month, created before the rows arrive (the default partition stays empty)
-    for month in sorted({(t.year, t.month) for t in times}):
-        start = pd.Timestamp(year=month[0], month=month[1], day=1, tz="UTC")
-        end = start + pd.offsets.MonthBegin(1)
-        cur.execute(f"CREATE TABLE IF NOT EXISTS iot_readings_{month[0]:04d}{month[1]:02d} PARTITION OF iot_readings "
-                    f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')")
+    _create_partitions(engine, pd.to_datetime(data["time"], utc=True))
     dupes = data.duplicated(subset=["device_id", "quantity", "time"], keep=False)
     if dupes.any():
         raise UserError(f"{int(dupes.sum())} readings repeat the same device, quantity and time "
@@ -113,6 +107,21 @@ def _merge_readings(cur, data: pd.DataFrame, report: IngestReport) -> None:
         SELECT device_id, time, quantity, value, %s FROM _readings ON CONFLICT DO NOTHING""", (report.run_id,))
     report.inserted = cur.rowcount
     report.unchanged = len(data) - report.inserted - report.updated
+
+
+def _create_partitions(engine, times: pd.Series) -> None:
+    """One partition per month, created before the rows arrive (the default partition stays empty).
+
+    In a short transaction of its own, committed at once: CREATE TABLE … PARTITION OF locks the whole
+    of iot_readings exclusively, which inside the load's transaction would lock every reader of any
+    device's readings out until the load commits. An empty partition outlives a failed load harmlessly.
+    """
+    with engine.begin() as conn:
+        for month in sorted({(t.year, t.month) for t in times}):
+            start = pd.Timestamp(year=month[0], month=month[1], day=1, tz="UTC")
+            end = start + pd.offsets.MonthBegin(1)
+            conn.exec_driver_sql(f"CREATE TABLE IF NOT EXISTS iot_readings_{month[0]:04d}{month[1]:02d} PARTITION OF "
+                                 f"iot_readings FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')")
 
 
 def _merge_responsibility(cur, data: pd.DataFrame, report: IngestReport, mode: str) -> None:
