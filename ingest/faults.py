@@ -60,5 +60,7 @@ def _cause(exc: BaseException) -> tuple[str, str]:
     code = getattr(orig, "pgcode", None) or ""
     if code and not code.startswith(("08", "57")):  # not a connection or shutdown error: e.g. a timeout
         return f"the database cancelled it ({first})", "run it again"
+    if not code and "connection to server" in first:  # libpq could not connect at all
+        return f"the database could not be reached ({first})", "start it ('cim db up') or check CIM_DATABASE_URL"
     return (f"the connection to the database was lost ({first})",
             "run it again once the database is back ('cim db status')")

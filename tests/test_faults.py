@@ -210,6 +210,18 @@ def test_a_killed_backend_is_one_clear_error_and_nothing_is_loaded(city, tmp_pat
     assert not rejects.exists() or list(rejects.iterdir()) == []  # removed, not even a .partial
 
 
+def test_a_database_that_cannot_be_reached_is_one_clear_error(tmp_path):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    delivery = parts_csv(tmp_path / "d.csv", ["UNREACHABLE-1"])
+    proc = run_cim("ingest", "parts", str(delivery), "--x", "x", "--y", "y", "--crs", "EPSG:4326",
+                   db_url=f"postgresql://cim:secret@127.0.0.1:{port}/cim", check=False)
+    err = " ".join(proc.stderr.split())
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    assert "load of parts stopped: the database could not be reached" in err and "cim db up" in err
+
+
 # --- the database stopped mid-load; `cim db up` right after `cim db down` ------------------------------
 
 @pytest.fixture(scope="module")
