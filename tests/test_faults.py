@@ -411,6 +411,12 @@ def test_non_finite_polygon_upload_is_a_rejected_row_not_a_500(city, tmp_path):
     rejects = Path(r.json()["files"][0]["rejects_file"]).read_text(encoding="utf-8")
     assert (r.json()["inserted"], r.json()["rejected"]) == (1, 1), rejects
     assert "non-finite coordinate" in rejects
+    # and one inf in a CSV of parts, as found
+    body = f"source_id,object_code,subclass_code,x,y\nAPI-inf,3101040101888021,0101,inf,{LAT}\n"
+    r = TestClient(create_app(engine_for(city))).post(
+        "/ingest/parts", headers={"X-API-Key": key}, files=[("files", ("p.csv", body.encode()))],
+        data={"x": "x", "y": "y", "crs": "EPSG:4326"})
+    assert r.status_code == 200 and r.json()["rejected"] == 1, r.text
 
 
 GBK_MAPPING = {"subclass_code": "subclass_c", "object_code": "obj_code"}
