@@ -154,8 +154,8 @@ def merge(cur, table: str, columns: list[str], mode: str, run_id: int, extra_sel
     select = ", ".join((extra_select or {}).get(c, f"COALESCE(s.{c}, {defaults[c]})" if c in defaults else f"s.{c}")
                        for c in columns)
     insert_cols = ", ".join(columns)
-    # The table's indexes stay: dropping them for a large batch (as a load into an empty table does) would
-    # lock out every reader of the layer until the commit, where they must go on reading the last version.
+    # The table's indexes stay: dropping them for a large batch would lock every reader of the layer out
+    # until the commit, where they must go on reading the last version (see DirectLoad).
     cur.execute(f'''INSERT INTO "{table}" (feature_id, ingest_run_id, valid_from, {insert_cols})
         SELECT COALESCE(c.feature_id, gen_random_uuid()), %s, now(), {select}
         FROM _stage s LEFT JOIN _closed c ON c.source_id = s.source_id {joins}
@@ -171,41 +171,6 @@ def merge(cur, table: str, columns: list[str], mode: str, run_id: int, extra_sel
     return counts
 
 
-BULK_MIN_ROWS = 50_000
-
-
-def defer_indexes(cur, table: str, staged: int) -> list[str]:
-    """For a first batch of ``staged`` rows into a table that holds no row (see :class:`DirectLoad`), drop its
-    indexes and return the statements that rebuild them after the last COPY.
-
-    Why: maintaining eight indexes (two of them GiST) row by row costs several times more than building
-    them once. It all stays in the load's transaction, so a failure or a kill restores them. The cost:
-    DROP INDEX locks the table, so until the commit readers of this layer — which has nothing to show
-    yet — wait (the API's lock timeout answers them 503, see ``cim.database``). Foreign keys are kept:
-    dropping one would lock the *referenced* table (ingest_runs, part_classes) and so stall every other
-    load and reader of it. A table with rows is never treated so (:func:`merge` keeps the indexes).
-    """
-    cur.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass", (table,))
-    present = max(cur.fetchone()[0], 0)
-    if staged < BULK_MIN_ROWS or staged < present:
-        return []
-    cur.execute("""SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class c
-        ON c.oid = i.indexrelid WHERE i.indrelid = %s::regclass AND NOT i.indisprimary""", (table,))
-    indexes = cur.fetchall()
-    for name, _ in indexes:
-        cur.execute(f'DROP INDEX "{name}"')
-    return [definition for _, definition in indexes]
-
-
-def rebuild_indexes(cur, table: str, statements: list[str]) -> None:
-    if statements:
-        pause_at("index")
-    for statement in statements:
-        cur.execute(statement)
-    if statements:
-        cur.execute(f'ANALYZE "{table}"')
-
-
 class DirectLoad:
     """A load into a table that holds no row at all (no current and no past versions): batches are COPYed
     straight into it.
@@ -213,15 +178,15 @@ class DirectLoad:
     Nothing there can be unchanged, updated or closed, so staging and merging would only write every
     row twice (measured: the INSERT … SELECT from staging was a sixth of a 1,000,000-point load). Each
     row gets the run id and the defaults the merge would give it; the whole load is still one
-    transaction. A first batch of at least :data:`BULK_MIN_ROWS` drops the indexes until the end
-    (:func:`defer_indexes`).
+    transaction. The indexes stay and are maintained as rows arrive: dropping them (ACCESS EXCLUSIVE)
+    would lock every reader of the layer out until the commit, and rebuilding them at the end measured
+    no faster on 200,000 points (the N-D GiST has no sorted build in PostGIS 3.3; see docs/benchmarks.md).
     """
 
     def __init__(self, cur, table: str, columns: list[str], run_id: int) -> None:
         self.cur, self.table, self.run_id = cur, table, run_id
         self.columns = [*columns, "ingest_run_id"]
         self.rows = 0
-        self._rebuild: list[str] | None = None
         self._defaults = {name: _evaluate(cur, default) for name, default in _not_null_defaults(cur, table).items()
                           if name in columns}
 
@@ -231,8 +196,6 @@ class DirectLoad:
         return cur.fetchone()[0]
 
     def copy(self, frame: pd.DataFrame, ewkb: np.ndarray | None) -> None:
-        if self._rebuild is None:
-            self._rebuild = defer_indexes(self.cur, self.table, len(frame))
         frame = frame.assign(ingest_run_id=self.run_id)
         for name, value in self._defaults.items():
             if name in frame and frame[name].isna().any():
@@ -252,7 +215,6 @@ class DirectLoad:
         return removed
 
     def finish(self) -> MergeCounts:
-        rebuild_indexes(self.cur, self.table, self._rebuild or [])
         return MergeCounts(inserted=self.rows)
 
 

@@ -318,6 +318,31 @@ def test_readers_of_a_layer_being_loaded_answer_from_the_last_version(city, tmp_
     assert snapshot(city, "iot_devices")["indexes"] == before["indexes"]
 
 
+def test_readers_of_a_layer_getting_its_first_load_are_not_locked_out(server_url, tmp_path):
+    """A first load (straight into the empty table) of 60,000 parts, paused after its first COPY: no lock
+    keeps readers out — items answer at once with the layer as it was (empty)."""
+    from api.app import create_app
+
+    url = create_database(server_url)
+    run_cim("init", db_url=url)
+    n = 60_000
+    path = tmp_path / "parts.csv"
+    pd.DataFrame({"source_id": [f"P-{i}" for i in range(n)], "object_code": [f"3101040101{i:06d}" for i in range(n)],
+                  "subclass_code": "0101", "x": LON + np.linspace(0, 0.01, n), "y": LAT}).to_csv(path, index=False)
+    client = TestClient(create_app(engine_for(url)))
+    load = PausedLoad(url, "copy", "parts", str(path), "--x", "x", "--y", "y", "--crs", "EPSG:4326")
+    try:
+        loader_backend(url)
+        assert scalar(url, "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                           "WHERE c.relname = 'parts' AND l.mode = 'AccessExclusiveLock'") == 0
+        items = client.get("/collections/parts/items")
+        assert items.status_code == 200 and items.json()["features"] == [], items.text
+    finally:
+        code, _, err = load.resume()
+    assert code == 0, err
+    assert scalar(url, "SELECT count(*) FROM parts") == n
+
+
 def test_readers_of_readings_are_not_locked_out_by_a_load_into_a_new_month(city, tmp_path):
     """A readings load that opens a new month's partition, paused before its commit: the API's reads of
     readings answer (the partition was made in a short transaction of its own, not in the load's)."""
