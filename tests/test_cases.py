@@ -1,0 +1,384 @@
+"""The case loop (issue 11) on a real PostGIS: the sample city (徐汇区, its grids and responsibility
+chains, loaded with the real loader) plus 汾阳路 with its doors written with SQL; intake, machine
+dispatch, the lifecycle, deadlines, escalation, duplicates, racing actions and evaluation.
+
+Times are fixed instants passed in (``now``): nothing here depends on the wall clock.
+"""
+from __future__ import annotations
+
+import threading
+from datetime import date, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from cases.calendar import LOCAL, WorkingCalendar, load_calendar
+from cases.catalogue import all_classes, class_by_code
+from cases.evaluation import evaluate
+from cases.intake import CaseReport, intake
+from cases.lifecycle import Action, act, merge, tick
+from cases.model import case_log, get_case
+from cim.crs import transform_coords
+from cim.errors import ConflictError, ParameterError, UserError
+from cim.grid import lookup_points
+from tests.conftest import PROJECT
+from tests.test_geocode import bump_versions, load_city
+
+SRID = 4549
+# 汾阳路 (徐汇区) runs from 淮海中路 south-east to 岳阳路; doors 1–200, odd east, even west
+FENYANG_ENDS = ((121.4497, 31.2172), (121.4522, 31.2098))
+MONDAY_10 = datetime(2026, 11, 30, 10, 0, tzinfo=LOCAL)  # a Monday
+
+
+def _fenyang_door(n: int) -> tuple[float, float]:
+    (lon0, lat0), (lon1, lat1) = FENYANG_ENDS
+    t = (n - 1) / 199
+    x0, y0, _ = transform_coords(lon0, lat0, None, "EPSG:4326", f"EPSG:{SRID}")
+    x1, y1, _ = transform_coords(lon1, lat1, None, "EPSG:4326", f"EPSG:{SRID}")
+    side = 8.0 if n % 2 else -8.0
+    return float(x0 + (x1 - x0) * t + side), float(y0 + (y1 - y0) * t)
+
+
+def _add_fenyang(conn: sa.Connection) -> None:
+    for n in range(1, 201):
+        x, y = _fenyang_door(n)
+        conn.execute(sa.text(
+            "INSERT INTO addresses (source_id, city, district, road, door_number, door_int, standard_address, "
+            "address_code, district_code, street_code, community_code, grid_code, geom) "
+            "SELECT :sid, '上海市', '徐汇区', '汾阳路', :door, :n, :std, :sid, g.district_code, g.street_code, "
+            "g.community_code, g.grid_code, p.pt FROM (SELECT ST_SetSRID(ST_MakePoint(:x, :y, 0), 4549) AS pt) AS p "
+            "LEFT JOIN LATERAL (SELECT * FROM grids WHERE valid_to IS NULL AND ST_Covers(geom, p.pt) "
+            "ORDER BY grid_code LIMIT 1) AS g ON true"),
+            {"sid": f"FY{n:04d}", "door": str(n), "n": n, "std": f"上海市徐汇区汾阳路{n}号", "x": x, "y": y})
+
+
+@pytest.fixture(scope="module")
+def city(engine):
+    load_city(engine)
+    with engine.begin() as conn:
+        _add_fenyang(conn)
+        bump_versions(conn)
+    return engine
+
+
+def _intake(engine, now=MONDAY_10, **kw):
+    kw.setdefault("channel", "vehicle_patrol")
+    kw.setdefault("class_code", "道路破损")
+    with engine.begin() as conn:
+        return intake(conn, CaseReport(**kw), now=now)
+
+
+def _act(engine, case_id, action, actor="tester", role="department", note=None, now=MONDAY_10, **data):
+    with engine.begin() as conn:
+        return act(conn, case_id, Action(action, actor, role, note, data), now=now)
+
+
+def _log(engine, case_id):
+    with engine.connect() as conn:
+        return case_log(conn, case_id)
+
+
+# --- catalogue ----------------------------------------------------------------------------------
+
+def test_catalogue_follows_gbt_30428_and_keeps_the_part_codes(city):
+    with city.connect() as conn:
+        classes = all_classes(conn)
+        part_codes = set(conn.execute(sa.text("SELECT code FROM part_classes")).scalars())
+    majors = {(c.kind, c.name) for c in classes if c.parent_code is None}
+    for name in ("公用设施", "道路交通", "市容环境", "园林绿化", "房屋土地"):
+        assert ("部件", name) in majors
+    for name in ("市容环境", "宣传广告", "施工管理", "突发事件", "街面秩序", "其他/扩展"):
+        assert ("事件", name) in majors
+    assert {c.code for c in classes if c.is_part} == part_codes
+    names = {c.name for c in classes}
+    assert {"道路破损", "暴露垃圾", "违法搭建", "群租", "道路积水", "幕墙玻璃破损", "井盖缺失"} <= names
+    road = next(c for c in classes if c.name == "道路破损")
+    assert road.department_kind == "道路养护" and road.duplicate_radius_m == 50
+    assert road.limit("emergency")[1] == "24x7" and road.limit("normal") == (40, "working")
+
+
+def test_unknown_class_lists_the_valid_ones(city):
+    with pytest.raises(ParameterError) as exc:
+        _intake(city, class_code="路面有坑", address_text="汾阳路150号")
+    assert exc.value.parameter == "class"
+    assert "unknown case class '路面有坑'" in str(exc.value) and "E0105 道路破损" in str(exc.value)
+    with city.connect() as conn:
+        with pytest.raises(ParameterError, match="names 2 小类|give the code|unknown"):
+            class_by_code(conn, "E01")  # a 大类 is not something a case is filed under
+
+
+# --- the worked example -------------------------------------------------------------------------
+
+def test_worked_example_fenyang_road_crack_end_to_end(city):
+    with city.connect() as conn:
+        x, y = _fenyang_door(150)
+        expected = lookup_points(conn, [x], [y], f"EPSG:{SRID}")[0]
+    assert expected.grid is not None
+    road_posts = [r for r in expected.responsibility if "建管委" in r.department.name]
+    assert road_posts, "the sample grid has a road department"
+
+    got = _intake(city, address_text="汾阳路150号附近", description="汾阳路150号附近路面龟裂",
+                  external_id="VP-20261130-0001")
+    case = got.case
+    assert got.created and case.status == "dispatched"
+    assert case.grid_code == expected.grid.code and case.street_code == expected.street.code
+    assert case.geocode["match_level"] == "door"
+    assert case.department_code == road_posts[0].department.code
+    assert case.post_code == road_posts[0].post.code
+    assert case.person_name in {p.name for p in road_posts[0].persons}
+    assert "道路养护" in case.dispatch_reason and expected.grid.code in case.dispatch_reason
+    # 40 working hours (5 days of 8 h) from Monday 10:00 → the next Monday 10:00
+    assert case.due_at == MONDAY_10 + timedelta(days=7)
+
+    _act(city, case.id, "accept", now=MONDAY_10 + timedelta(hours=1))
+    _act(city, case.id, "handle", note="路面已修补，附照片", now=MONDAY_10 + timedelta(days=3))
+    done = _act(city, case.id, "verify", role="supervisor", now=MONDAY_10 + timedelta(days=4), passed=True)
+    assert done.status == "closed" and done.rework_count == 0 and done.closed_at == MONDAY_10 + timedelta(days=4)
+
+    log = _log(city, case.id)
+    assert [(e.action, e.from_status, e.to_status) for e in log] == [
+        ("report", None, "reported"), ("register", "reported", "registered"),
+        ("dispatch", "registered", "dispatched"), ("accept", "dispatched", "accepted"),
+        ("handle", "accepted", "handled"), ("verify", "handled", "closed")]
+    assert log[0].note == "汾阳路150号附近路面龟裂" and log[2].actor == "machine"
+    assert log[5].role == "supervisor" and log[5].data == {"passed": True}
+
+
+def test_same_external_id_gives_the_same_case(city):
+    first = _intake(city, address_text="汾阳路20号", external_id="12345-0001", channel="hotline_12345")
+    again = _intake(city, address_text="汾阳路20号", external_id="12345-0001", channel="hotline_12345")
+    assert again.case.id == first.case.id and not again.created
+    with city.connect() as conn:
+        n = conn.execute(sa.text("SELECT count(*) FROM cases WHERE external_id = '12345-0001'")).scalar()
+    assert n == 1
+
+
+def test_failed_verification_is_rework(city):
+    case = _intake(city, address_text="汾阳路40号").case
+    _act(city, case.id, "accept")
+    _act(city, case.id, "handle", note="已修")
+    back = _act(city, case.id, "verify", role="supervisor", note="仍有坑洼", passed=False)
+    assert back.status == "accepted" and back.rework_count == 1
+    _act(city, case.id, "handle", note="重新修补")
+    closed = _act(city, case.id, "verify", role="supervisor", passed=True)
+    assert closed.status == "closed" and closed.rework_count == 1
+    verifies = [(e.to_status, e.data.get("rework")) for e in _log(city, case.id) if e.action == "verify"]
+    assert verifies == [("accepted", 1), ("closed", None)]
+
+
+def test_return_goes_back_for_dispatch_to_another_department(city):
+    case = _intake(city, address_text="汾阳路60号").case
+    first = case.department_code
+    returned = _act(city, case.id, "return", note="非本部门职责")
+    assert returned.status == "returned" and returned.returned_departments == [first]
+    again = _act(city, case.id, "dispatch", role="system", actor="machine")
+    # no other road department in this grid's chain: the manual queue, with the reason
+    assert again.status == "returned" and "no department of kind 道路养护" in again.manual_reason
+    assert first in again.manual_reason
+    by_hand = _act(city, case.id, "dispatch", role="platform", actor="张调度", department_code="310104-CGZF")
+    assert by_hand.status == "dispatched" and by_hand.department_code == "310104-CGZF"
+    assert by_hand.manual_reason is None and by_hand.due_at == case.due_at  # 退单 does not reset the clock
+    assert "by hand by 张调度" in by_hand.dispatch_reason
+
+
+# --- bad input and the manual queue ----------------------------------------------------------------
+
+def test_unlocatable_address_goes_to_the_manual_queue(city):
+    got = _intake(city, address_text="火星路999号", description="路面龟裂")
+    case = got.case
+    assert case.status == "registered" and case.grid_code is None
+    assert case.manual_reason.startswith("address not found to a point")
+    assert [e.action for e in _log(city, case.id)] == ["report", "register", "to_manual_queue"]
+
+
+def test_point_outside_every_grid_goes_to_the_manual_queue(city):
+    got = _intake(city, x=121.60, y=31.30, address_text=None)  # 浦东, outside the sample city
+    assert got.case.status == "registered" and got.case.manual_reason.startswith("outside every grid")
+
+
+def test_no_address_at_all_is_still_registered(city):
+    got = _intake(city, channel="hotline_12345", description="来电称路面破损，未说明地点")
+    assert got.case.status == "registered" and got.case.manual_reason == "no address and no point given"
+
+
+def test_bad_channel_and_urgency_name_the_parameter(city):
+    with pytest.raises(ParameterError) as exc:
+        _intake(city, channel="fax", address_text="汾阳路1号")
+    assert exc.value.parameter == "channel" and "hotline_12345" in str(exc.value)
+    with pytest.raises(ParameterError) as exc:
+        _intake(city, urgency="asap", address_text="汾阳路1号")
+    assert exc.value.parameter == "urgency"
+
+
+def test_illegal_transition_and_wrong_role(city):
+    case = _intake(city, address_text="汾阳路80号").case
+    with pytest.raises(ConflictError) as exc:
+        _act(city, case.id, "handle", note="x")  # not accepted yet
+    assert exc.value.status == 409 and "dispatched" in str(exc.value)
+    with pytest.raises(UserError, match="needs role supervisor"):
+        _act(city, case.id, "verify", role="department", passed=True)
+    with pytest.raises(ConflictError, match="version"):
+        with city.begin() as conn:
+            act(conn, case.id, Action("accept", "x", "department", expected_version=case.version - 1))
+    assert _act(city, case.id, "accept").status == "accepted"
+
+
+def test_the_log_is_append_only(city):
+    case = _intake(city, address_text="汾阳路90号").case
+    for sql in ("UPDATE case_events SET note = 'x' WHERE case_id = :id", "DELETE FROM case_events WHERE case_id = :id"):
+        with pytest.raises(sa.exc.DBAPIError, match="append-only"):
+            with city.begin() as conn:
+                conn.execute(sa.text(sql), {"id": case.id})
+    assert len(_log(city, case.id)) == 3
+
+
+def test_two_racing_actions_one_wins_the_other_gets_409(city):
+    case = _intake(city, address_text="汾阳路100号").case
+    barrier = threading.Barrier(2)
+    results: list[object] = []
+
+    def accept(who: str) -> None:
+        barrier.wait()
+        try:
+            results.append(_act(city, case.id, "accept", actor=who).status)
+        except ConflictError as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=accept, args=(w,)) for w in ("甲", "乙")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(type(r).__name__ for r in results) == ["ConflictError", "str"]
+    assert [e.action for e in _log(city, case.id)].count("accept") == 1
+
+
+# --- time limits, escalation --------------------------------------------------------------------------
+
+def test_deadline_across_a_weekend_and_a_holiday(city):
+    cal = WorkingCalendar(holidays=frozenset({date(2026, 12, 7)}))  # the next Monday is a holiday
+    friday_16 = datetime(2026, 12, 4, 16, 0, tzinfo=LOCAL)
+    # 2 h on Friday (16–18), weekend off, Monday off, then 6 h on Tuesday: 9–12, 13–16
+    assert cal.add(friday_16, 8) == datetime(2026, 12, 8, 16, 0, tzinfo=LOCAL)
+    assert cal.add(friday_16, 8, "24x7") == friday_16 + timedelta(hours=8)
+    assert cal.hours_between(friday_16, datetime(2026, 12, 8, 16, 0, tzinfo=LOCAL)) == 8
+    # a make-up working Saturday counts
+    cal2 = WorkingCalendar(workdays=frozenset({date(2026, 12, 5)}))
+    assert cal2.add(friday_16, 8) == datetime(2026, 12, 5, 16, 0, tzinfo=LOCAL)  # 2 h + 3 h + 3 h
+
+    with city.begin() as conn:
+        conn.execute(sa.text("INSERT INTO case_calendar VALUES ('2026-12-07', 'holiday', '测试假日')"))
+    try:
+        case = _intake(city, address_text="汾阳路110号", now=friday_16).case
+        assert case.due_at == cal.add(friday_16, 40)
+        assert case.due_at == datetime(2026, 12, 14, 16, 0, tzinfo=LOCAL)  # + a working week, Monday 7th off
+        urgent = _intake(city, address_text="汾阳路112号", urgency="emergency", now=friday_16).case
+        assert urgent.due_at == friday_16 + timedelta(hours=4)  # emergencies run 24×7
+    finally:
+        with city.begin() as conn:
+            conn.execute(sa.text("DELETE FROM case_calendar WHERE day = '2026-12-07'"))
+            assert load_calendar(conn).holidays == frozenset()
+
+
+def test_overdue_case_escalates_street_district_city(city):
+    start = datetime(2026, 6, 1, 9, 0, tzinfo=LOCAL)  # a Monday
+    case = _intake(city, address_text="汾阳路120号", urgency="emergency", now=start).case
+    assert case.due_at == start + timedelta(hours=4) and case.escalated_to == "street"
+    with city.begin() as conn:
+        report = tick(conn, now=start + timedelta(hours=3))
+    assert case.id not in report.overdue
+    with city.begin() as conn:
+        report = tick(conn, now=start + timedelta(hours=5))
+    assert case.id in report.overdue and (case.id, "district") in report.escalated
+    with city.begin() as conn:
+        again = tick(conn, now=start + timedelta(hours=6))
+    assert case.id not in again.overdue and all(c != case.id for c, _ in again.escalated)
+    with city.begin() as conn:
+        report = tick(conn, now=start + timedelta(hours=8, minutes=1))  # a whole further limit past due
+    assert (case.id, "city") in report.escalated
+    with city.connect() as conn:
+        after = get_case(conn, case.id)
+    assert after.overdue and after.escalated_to == "city"
+    assert [e.action for e in _log(city, case.id)][-3:] == ["overdue", "escalate", "escalate"]
+
+
+def test_extension_moves_the_deadline_and_suspension_stops_the_clock(city):
+    case = _intake(city, address_text="汾阳路130号").case
+    _act(city, case.id, "request_extension", note="需调配材料", hours=8)
+    with pytest.raises(UserError, match="role platform"):
+        _act(city, case.id, "approve_extension")
+    longer = _act(city, case.id, "approve_extension", role="platform")
+    assert longer.extension_count == 1 and longer.due_at == case.due_at + timedelta(days=1)
+    with pytest.raises(ConflictError, match="no extension request"):
+        _act(city, case.id, "approve_extension", role="platform")
+    paused = _act(city, case.id, "suspend", role="platform", note="待产权单位确认")
+    assert paused.status == "suspended" and paused.remaining_hours == 48
+    resumed = _act(city, case.id, "resume", role="platform", now=MONDAY_10 + timedelta(days=7))
+    assert resumed.status == "dispatched" and resumed.due_at == longer.due_at + timedelta(days=7)
+
+
+# --- duplicates ------------------------------------------------------------------------------------------
+
+def test_duplicates_are_suggested_and_merged_into_the_first(city):
+    t0 = datetime(2026, 7, 6, 10, 0, tzinfo=LOCAL)
+    first = _intake(city, address_text="汾阳路170号", now=t0, channel="grid_patrol").case
+    second = _intake(city, address_text="汾阳路172号", now=t0 + timedelta(hours=1),
+                     external_id="12345-DUP", channel="hotline_12345")
+    far = _intake(city, address_text="汾阳路20号", now=t0 + timedelta(hours=1))
+    assert second.duplicates == [first.id] and first.id not in far.duplicates
+    with city.begin() as conn:
+        kept = merge(conn, first.id, [second.case.id], actor="张调度", note="同一处路面")
+    assert kept.id == first.id
+    with city.connect() as conn:
+        merged = get_case(conn, second.case.id)
+    assert merged.status == "merged" and merged.merged_into == first.id
+    assert [e.action for e in _log(city, first.id)][-1] == "merged_from"
+    # the reporter's ticket now leads to the case it was merged into
+    again = _intake(city, address_text="汾阳路172号", external_id="12345-DUP", channel="hotline_12345")
+    assert again.case.id == first.id and not again.created
+    with pytest.raises(ConflictError):
+        _act(city, second.case.id, "accept")
+
+
+# --- evaluation ----------------------------------------------------------------------------------------
+
+def test_indicators_checked_by_hand(city):
+    """Four cases registered in March 2026 in one grid and road department, by hand:
+    A closed on time, B closed late after one rework, C open past its deadline, D open and extended."""
+    t0 = datetime(2026, 3, 2, 9, 0, tzinfo=LOCAL)  # Monday; 40 working hours → due Monday 9th 09:00
+    ids = [_intake(city, address_text=f"汾阳路{n}号", now=t0 + timedelta(minutes=i)).case.id
+           for i, n in enumerate((141, 143, 145, 147))]
+    a, b, c, d = ids
+    _act(city, a, "accept", now=t0 + timedelta(hours=1))
+    _act(city, a, "handle", note="修好", now=t0 + timedelta(hours=20))
+    _act(city, a, "verify", role="supervisor", passed=True, now=t0 + timedelta(hours=24))  # 24 h
+    _act(city, b, "accept", now=t0 + timedelta(hours=1))
+    _act(city, b, "handle", note="修好", now=t0 + timedelta(days=2))
+    _act(city, b, "verify", role="supervisor", note="未修好", passed=False, now=t0 + timedelta(days=3))
+    _act(city, b, "handle", note="再修", now=t0 + timedelta(days=9))
+    _act(city, b, "verify", role="supervisor", passed=True, now=t0 + timedelta(days=10))  # 240 h, late
+    _act(city, d, "request_extension", note="等材料", hours=80, now=t0 + timedelta(hours=2))
+    _act(city, d, "approve_extension", role="platform", now=t0 + timedelta(hours=3))
+    with city.connect() as conn:
+        grid = get_case(conn, a).grid_code
+        rows = evaluate(conn, "grid", datetime(2026, 3, 1, tzinfo=LOCAL), datetime(2026, 4, 1, tzinfo=LOCAL))
+        dept = evaluate(conn, "department", datetime(2026, 3, 1, tzinfo=LOCAL), datetime(2026, 4, 1, tzinfo=LOCAL))
+    (g,) = [r for r in rows if r.key == grid]
+    assert (g.registered, g.closed, g.closed_on_time, g.reworked, g.extended) == (4, 2, 1, 1, 1)
+    assert (g.closure_rate, g.on_time_rate, g.rework_rate, g.extension_rate) == (0.5, 0.25, 0.25, 0.25)
+    assert g.overdue == 3  # B closed late; C open past due; D extended to 23 March, still open on 1 April
+    assert g.mean_hours_to_close == pytest.approx((24 - 0 + 240 - 1 / 60) / 2)
+    # p90 of {24, 239.98} by linear interpolation: 24 + 0.9 × (239.98 − 24)
+    assert g.p90_hours_to_close == pytest.approx(24 + 0.9 * (240 - 1 / 60 - 24))
+    assert [r.registered for r in dept] == [4] and dept[0].name == "区建管委"
+    with city.connect() as conn, pytest.raises(ParameterError, match="valid: department"):
+        evaluate(conn, "planet", datetime(2026, 3, 1, tzinfo=LOCAL), datetime(2026, 4, 1, tzinfo=LOCAL))
+
+
+def test_packaged_catalogue_is_valid():
+    from cases.catalogue import parse_classes
+
+    text = (PROJECT / "cases" / "data" / "case_classes.csv").read_text(encoding="utf-8")
+    assert len(parse_classes(text, "case_classes.csv")) > 60
+    with pytest.raises(UserError, match=r"x.csv, row 2: field kind"):
+        parse_classes("code,kind,name\n01,部,x\n", "x.csv")
