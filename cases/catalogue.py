@@ -75,8 +75,9 @@ def _number(where: str, row: dict[str, str | None], key: str, default: float | N
     return number
 
 
-def parse_classes(text: str, source: str) -> list[CaseClass]:
-    """Rows of a catalogue CSV, checked: every error names the file, row and field."""
+def parse_classes(text: str, source: str, known: frozenset[str] = frozenset()) -> list[CaseClass]:
+    """Rows of a catalogue CSV, checked: every error names the file, row and field. A 小类's 大类
+    is in the file or among ``known`` (the codes already in the base, when extending it)."""
     reader = csv.DictReader(io.StringIO(text))
     missing = [c for c in ("code", "kind", "name") if c not in (reader.fieldnames or [])]
     if missing:
@@ -120,10 +121,11 @@ def parse_classes(text: str, source: str) -> list[CaseClass]:
         if is_sub and (cls.normal_hours is None or cls.emergency_hours is None):
             raise UserError(f"{where}: a 小类 needs emergency_hours and normal_hours")
         out.append(cls)
-    codes = {c.code for c in out}
+    codes = {c.code for c in out} | known
     for n, cls in enumerate(out, start=2):
         if cls.parent_code is not None and cls.parent_code not in codes:
-            raise UserError(f"{source}, row {n}: field parent_code: 大类 {cls.parent_code} is not in the file")
+            raise UserError(f"{source}, row {n}: field parent_code: 大类 {cls.parent_code} is neither in the file "
+                            "nor in the catalogue")
     return out
 
 
@@ -154,7 +156,8 @@ def load_classes_file(conn: Connection, path: Path) -> int:
     except UnicodeDecodeError as exc:
         raise UserError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
     ensure_seeded(conn)
-    return write_classes(conn, parse_classes(text, str(path)))
+    known = frozenset(conn.execute(sa.text("SELECT code FROM case_classes WHERE parent_code IS NULL")).scalars())
+    return write_classes(conn, parse_classes(text, str(path), known))
 
 
 def ensure_seeded(conn: Connection) -> None:

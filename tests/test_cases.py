@@ -6,6 +6,8 @@ Times are fixed instants passed in (``now``): nothing here depends on the wall c
 """
 from __future__ import annotations
 
+import csv
+import json
 import threading
 from datetime import date, datetime, timedelta
 
@@ -21,7 +23,7 @@ from cases.model import case_log, get_case
 from cim.crs import transform_coords
 from cim.errors import ConflictError, ParameterError, UserError
 from cim.grid import lookup_points
-from tests.conftest import PROJECT
+from tests.conftest import PROJECT, run_cim
 from tests.test_geocode import bump_versions, load_city
 
 SRID = 4549
@@ -382,3 +384,79 @@ def test_packaged_catalogue_is_valid():
     assert len(parse_classes(text, "case_classes.csv")) > 60
     with pytest.raises(UserError, match=r"x.csv, row 2: field kind"):
         parse_classes("code,kind,name\n01,部,x\n", "x.csv")
+
+
+def _one_line(text: str) -> str:
+    """The CLI's message without the terminal's line wrapping."""
+    return " ".join(text.split())
+
+
+# --- the command line --------------------------------------------------------------------------------
+
+def test_cli_import_is_idempotent_and_checks_every_row_first(city, db_url, tmp_path):
+    src = tmp_path / "hotline.csv"
+    src.write_text(
+        "channel,class,description,address,x,y,urgency,external_id,reporter_contact,reported_at,工单来源\n"
+        "hotline_12345,道路破损,路面坑洼,汾阳路61号,,,normal,H-1,13912345678,2026-05-04T10:00:00+08:00,市民热线\n"
+        "hotline_12345,暴露垃圾,垃圾无人清运,月球路1号,,,normal,H-2,,2026-05-04T10:05:00+08:00,\n"
+        "iot,E0401,积水传感器报警,,121.4505,31.2150,emergency,H-3,,2026-05-04T10:06:00+08:00,\n",
+        encoding="utf-8")
+    now = ["--now", "2026-05-04T10:10:00+08:00"]
+    first = run_cim("cases", "import", str(src), *now, db_url=db_url)
+    assert "3 read, 3 new, 0 already in, 2 dispatched by machine, 1 in the manual queue" in first.stdout
+    again = run_cim("cases", "import", str(src), *now, db_url=db_url)
+    assert "3 read, 0 new, 3 already in" in again.stdout
+    with city.connect() as conn:
+        attrs = conn.execute(sa.text("SELECT attributes FROM cases WHERE external_id = 'H-1'")).scalar()
+    assert attrs == {"工单来源": "市民热线"}
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("channel,class,address,external_id\nhotline_12345,道路破损,汾阳路3号,B-1\n"
+                   "hotline_12345,路面有坑,汾阳路5号,B-2\n", encoding="utf-8")
+    proc = run_cim("cases", "import", str(bad), db_url=db_url, check=False)
+    assert proc.returncode == 1 and "bad.csv, row 3: field class" in _one_line(proc.stderr)
+    assert "Traceback" not in proc.stderr
+    with city.connect() as conn:  # nothing of the file was written
+        assert conn.execute(sa.text("SELECT count(*) FROM cases WHERE external_id LIKE 'B-%'")).scalar() == 0
+
+
+def test_cli_list_show_act_tick_stats(city, db_url, tmp_path):
+    case = _intake(city, address_text="汾阳路190号", reporter_contact="13812345678", external_id="CLI-1",
+                   now=datetime(2026, 9, 7, 9, 0, tzinfo=LOCAL)).case
+    listed = run_cim("cases", "list", "--status", "dispatched", "--limit", "1000", db_url=db_url).stdout
+    mine = [json.loads(line) for line in listed.splitlines() if json.loads(line)["id"] == case.id]
+    assert mine and mine[0]["reporter_contact"] == "138****5678"
+    run_cim("cases", "act", str(case.id), "accept", "--actor", "李工", "--role", "department", db_url=db_url)
+    refused = run_cim("cases", "act", str(case.id), "accept", "--actor", "李工", "--role", "department",
+                      db_url=db_url, check=False)
+    assert refused.returncode == 1 and f"case {case.id} is accepted" in _one_line(refused.stderr)
+    ticked = run_cim("cases", "tick", "--now", "2026-09-30T09:00:00+08:00", db_url=db_url).stdout
+    assert f"case {case.id} → city" in ticked
+    shown = json.loads(run_cim("cases", "show", str(case.id), db_url=db_url).stdout)
+    assert shown["case"]["escalated_to"] == "city"
+    assert [e["action"] for e in shown["log"]] == ["report", "register", "dispatch", "accept", "overdue", "escalate"]
+    out = tmp_path / "stats.csv"
+    run_cim("cases", "stats", "--by", "street", "--from", "2026-09-01T00:00:00+08:00",
+            "--to", "2026-10-01T00:00:00+08:00", "--csv", str(out), db_url=db_url)
+    rows = list(csv.DictReader(out.open(encoding="utf-8")))
+    (row,) = [r for r in rows if r["key"] == case.street_code]
+    assert (row["registered"], row["closed"], row["overdue"]) == ("1", "0", "1")
+
+
+def test_cli_classes_and_calendar_load(city, db_url, tmp_path):
+    classes = tmp_path / "extra.csv"
+    classes.write_text("code,kind,name,parent_code,emergency_hours,normal_hours,department_kind\n"
+                       "E9904,事件,共享单车堆积,E99,2,8,交通管理\n", encoding="utf-8")
+    assert "1 classes written" in run_cim("cases", "classes", "load", str(classes), db_url=db_url).stdout
+    assert _intake(city, class_code="共享单车堆积", address_text="汾阳路30号").case.class_code == "E9904"
+    wrong = tmp_path / "wrong.csv"
+    wrong.write_text("code,kind,name,parent_code\nE9905,事件,x,E98\n", encoding="utf-8")
+    proc = run_cim("cases", "classes", "load", str(wrong), db_url=db_url, check=False)
+    assert proc.returncode == 1 and "wrong.csv, row 2: field parent_code" in _one_line(proc.stderr)
+    days = tmp_path / "holidays.csv"
+    days.write_text("day,kind,name\n2027-01-01,holiday,元旦\n2027-01-04,workday,调休\n", encoding="utf-8")
+    assert "2 days written" in run_cim("cases", "calendar", "load", str(days), db_url=db_url).stdout
+    with city.begin() as conn:
+        cal = load_calendar(conn)
+        conn.execute(sa.text("DELETE FROM case_calendar WHERE day >= '2027-01-01'"))
+    assert date(2027, 1, 1) in cal.holidays and date(2027, 1, 4) in cal.workdays

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from cim.errors import UserError
 
-EDGE_MODULES = ("ingest.cli", "tiles.cli", "api.cli")
+EDGE_MODULES = ("ingest.cli", "tiles.cli", "cases.cli", "api.cli")
 CORE_MODULES = ("cim.cli.db", "cim.cli.gazetteer", "cim.cli.grid", "cim.cli.keys")
 
 err_console = Console(stderr=True)
