@@ -79,11 +79,13 @@ def list_(status: str | None = typer.Option(None), class_code: str | None = type
 @cases_app.command("show")
 def show(case_id: int = typer.Argument(...)) -> None:
     """One case with its complete log."""
+    from cases.attachments import attachments_of
     from cases.model import case_log, get_case
 
     with _engine().connect() as conn:
         case = get_case(conn, case_id)
-        _print_json({"case": case.to_dict(), "log": [e.to_dict() for e in case_log(conn, case_id)]})
+        _print_json({"case": case.to_dict(), "log": [e.to_dict() for e in case_log(conn, case_id)],
+                     "attachments": [asdict(a) for a in attachments_of(conn, case_id)]})
 
 
 @cases_app.command("act")
@@ -107,6 +109,32 @@ def act_(case_id: int = typer.Argument(...), action: str = typer.Argument(..., h
     with _engine().begin() as conn:
         case = act(conn, case_id, Action(action, actor, role, note, payload, version), _time(now, "now"))
     typer.echo(f"case {case.id}: {case.status} (version {case.version})")
+
+
+@cases_app.command("attach")
+def attach(case_id: int = typer.Argument(...), path: Path = typer.Argument(..., help="A JPEG, PNG, GIF or WebP photo."),
+           actor: str = typer.Option(...), role: str = typer.Option(...),
+           folder: Path | None = typer.Option(None, "--dir", help="Where photos are kept; default "
+                                              "$CIM_CASE_ATTACHMENTS or $CIM_HOME/case-attachments.")) -> None:
+    """Attach a photo to a case (stored once by its content hash; logged)."""
+    import os
+
+    from cases.attachments import add_attachment
+    from cases.lifecycle import ROLES
+
+    if role not in ROLES:
+        raise ParameterError("role", f"--role: {role!r} is not one of {', '.join(ROLES)}")
+    if folder is None:
+        from cim.config import cim_home
+
+        folder = Path(os.environ.get("CIM_CASE_ATTACHMENTS") or cim_home() / "case-attachments")
+    try:
+        content = path.read_bytes()
+    except FileNotFoundError:
+        raise ParameterError("path", f"{path}: no such file") from None
+    with _engine().begin() as conn:
+        att = add_attachment(conn, case_id, content, folder, actor, role)
+    typer.echo(f"case {case_id}: {att.media_type}, {att.size_bytes} bytes, {att.path}")
 
 
 @cases_app.command("stats")

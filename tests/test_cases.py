@@ -7,6 +7,7 @@ Times are fixed instants passed in (``now``): nothing here depends on the wall c
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import threading
 from datetime import date, datetime, timedelta
@@ -14,6 +15,7 @@ from datetime import date, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
+from cases.attachments import UnsupportedMediaTypeError, add_attachment, attachments_of
 from cases.calendar import LOCAL, WorkingCalendar, load_calendar
 from cases.catalogue import all_classes, class_by_code
 from cases.evaluation import evaluate
@@ -21,7 +23,7 @@ from cases.intake import CaseReport, intake
 from cases.lifecycle import Action, act, merge, tick
 from cases.model import case_log, get_case
 from cim.crs import transform_coords
-from cim.errors import ConflictError, ParameterError, UserError
+from cim.errors import ConflictError, ParameterError, PayloadTooLargeError, UserError
 from cim.grid import lookup_points
 from tests.conftest import PROJECT, run_cim
 from tests.test_geocode import bump_versions, load_city
@@ -432,9 +434,15 @@ def test_cli_list_show_act_tick_stats(city, db_url, tmp_path):
     assert refused.returncode == 1 and f"case {case.id} is accepted" in _one_line(refused.stderr)
     ticked = run_cim("cases", "tick", "--now", "2026-09-30T09:00:00+08:00", db_url=db_url).stdout
     assert f"case {case.id} → city" in ticked
+    photo = tmp_path / "crack.png"
+    photo.write_bytes(PNG)
+    run_cim("cases", "attach", str(case.id), str(photo), "--actor", "李工", "--role", "department",
+            "--dir", str(tmp_path / "store"), db_url=db_url)
     shown = json.loads(run_cim("cases", "show", str(case.id), db_url=db_url).stdout)
     assert shown["case"]["escalated_to"] == "city"
-    assert [e["action"] for e in shown["log"]] == ["report", "register", "dispatch", "accept", "overdue", "escalate"]
+    assert [e["action"] for e in shown["log"]] == ["report", "register", "dispatch", "accept", "overdue", "escalate",
+                                                   "attach"]
+    assert shown["attachments"][0]["media_type"] == "image/png"
     out = tmp_path / "stats.csv"
     run_cim("cases", "stats", "--by", "street", "--from", "2026-09-01T00:00:00+08:00",
             "--to", "2026-10-01T00:00:00+08:00", "--csv", str(out), db_url=db_url)
@@ -460,3 +468,27 @@ def test_cli_classes_and_calendar_load(city, db_url, tmp_path):
         cal = load_calendar(conn)
         conn.execute(sa.text("DELETE FROM case_calendar WHERE day >= '2027-01-01'"))
     assert date(2027, 1, 1) in cal.holidays and date(2027, 1, 4) in cal.workdays
+
+
+# --- attachments -----------------------------------------------------------------------------------------
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(17)
+
+
+def test_photos_are_stored_once_by_hash_and_logged(city, tmp_path):
+    case = _intake(city, address_text="汾阳路150号").case
+    with city.begin() as conn:
+        a = add_attachment(conn, case.id, PNG, tmp_path, "张巡查", "reporter")
+        b = add_attachment(conn, case.id, PNG, tmp_path, "李工", "department")
+    assert a.content_hash == b.content_hash == hashlib.sha256(PNG).hexdigest() and a.id != b.id
+    assert a.media_type == "image/png" and (tmp_path / a.path).read_bytes() == PNG
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == [tmp_path / a.path]
+    assert [e.action for e in _log(city, case.id)][-2:] == ["attach", "attach"]
+    with pytest.raises(UnsupportedMediaTypeError) as exc, city.begin() as conn:
+        add_attachment(conn, case.id, b"%PDF-1.7 not a photo", tmp_path, "x", "reporter")
+    assert exc.value.status == 415
+    with pytest.raises(PayloadTooLargeError) as exc, city.begin() as conn:
+        add_attachment(conn, case.id, PNG + bytes(100), tmp_path, "x", "reporter", max_bytes=64)
+    assert exc.value.status == 413
+    with city.connect() as conn:
+        assert len(attachments_of(conn, case.id)) == 2
