@@ -143,8 +143,11 @@ def duplicates_of(conn: Connection, case: Case, cls: CaseClass) -> list[int]:
 
 
 def intake(conn: Connection, report: CaseReport, now: datetime | None = None,
-           calendar: WorkingCalendar | None = None) -> IntakeResult:
-    """Register one report as a case (inside the caller's transaction) and dispatch it by machine."""
+           calendar: WorkingCalendar | None = None, auto_register: bool = True) -> IntakeResult:
+    """Take one report in as a case (inside the caller's transaction). With ``auto_register`` (a
+    channel whose reports meet the 立案条件 by themselves: grid patrols, sensors) the machine
+    registers and dispatches it; without, it waits as ``reported`` for an operator to register
+    (立案) or reject (不予立案) it."""
     _validate(report)
     cls = class_by_code(conn, report.class_code)
     settings = stored_settings(conn)
@@ -167,16 +170,17 @@ def intake(conn: Connection, report: CaseReport, now: datetime | None = None,
         "part_object_code": _part(conn, cls, loc, settings.srid), "reporter_contact": report.reporter_contact,
         "reported_at": report.reported_at or now,
         "attributes": json.dumps(report.attributes, ensure_ascii=False, default=str),
+        "manual_reason": loc.problem,  # why the machine cannot dispatch it: the manual queue's reason
     }
     # ON CONFLICT: two intakes of one ticket racing — the loser reads the winner's case
     case_id = conn.execute(sa.text(
         "INSERT INTO cases (channel, external_id, class_code, urgency, description, address_text, geom, geocode, "
         "district_code, street_code, community_code, grid_code, part_object_code, reporter_contact, status, "
-        "reported_at, attributes) VALUES (:channel, :external_id, :class_code, :urgency, :description, "
+        "reported_at, attributes, manual_reason) VALUES (:channel, :external_id, :class_code, :urgency, :description, "
         ":address_text, CASE WHEN CAST(:x AS float8) IS NULL THEN NULL "
         "ELSE ST_SetSRID(ST_MakePoint(:x, :y, :z), CAST(:srid AS integer)) END, CAST(:geocode AS jsonb), "
         ":district_code, :street_code, :community_code, :grid_code, :part_object_code, :reporter_contact, "
-        "'reported', :reported_at, CAST(:attributes AS jsonb)) "
+        "'reported', :reported_at, CAST(:attributes AS jsonb), :manual_reason) "
         "ON CONFLICT (channel, external_id) WHERE external_id IS NOT NULL DO NOTHING RETURNING id"),
         values).scalar()
     if case_id is None:
@@ -185,14 +189,14 @@ def intake(conn: Connection, report: CaseReport, now: datetime | None = None,
     dups = duplicates_of(conn, case, cls)
     write_event(conn, case_id, now, f"{report.channel}", "reporter", "report", None, "reported",
                 report.description, {"geocode": loc.geocode, "part_object_code": values["part_object_code"],
-                                     "possible_duplicates": dups})
+                                     "possible_duplicates": dups, "manual_reason": loc.problem})
+    if not auto_register:
+        return IntakeResult(get_case(conn, case_id), True, dups)
     calendar = calendar or load_calendar(conn)
     act(conn, case_id, Action("register", MACHINE, "system",
                               f"立案: class {cls.code} {cls.name}; 立案条件: {cls.register_condition or '-'}"),
         now, calendar)
     if loc.problem is not None:
-        conn.execute(sa.text("UPDATE cases SET manual_reason = :r, version = version + 1 WHERE id = :id"),
-                     {"r": loc.problem, "id": case_id})
         write_event(conn, case_id, now, MACHINE, "system", "to_manual_queue", "registered", "registered",
                     loc.problem, {})
     else:

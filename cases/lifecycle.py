@@ -36,6 +36,13 @@ from cases.model import OPEN_STATUSES, Case, get_case, write_event
 ROLES = ("system", "platform", "department", "supervisor", "reporter")
 
 
+class RoleError(UserError):
+    """The action is not one the actor's role may take (HTTP 403)."""
+
+    status = 403
+    title = "Forbidden"
+
+
 @dataclass(frozen=True)
 class Transition:
     sources: tuple[str, ...]
@@ -91,7 +98,7 @@ def _check(case: Case, act: Action) -> Transition:
         raise ParameterError("actor", "actor: who acts must be named")
     rule = TRANSITIONS[act.action]
     if act.role not in rule.roles:
-        raise UserError(f"action {act.action} needs role {' or '.join(rule.roles)}, not {act.role}")
+        raise RoleError(f"action {act.action} needs role {' or '.join(rule.roles)}, not {act.role}")
     if act.expected_version is not None and act.expected_version != case.version:
         raise ConflictError(f"case {case.id} is at version {case.version}, not {act.expected_version}: "
                             "it changed meanwhile; reload it and retry")
@@ -151,8 +158,8 @@ def _dispatch(conn, case, cls, rule, action, now, calendar) -> None:
     if not isinstance(found, Assignment):
         if case.manual_reason != found:
             _update(conn, case, manual_reason=found)
-            write_event(conn, case.id, now, action.actor, action.role, "to_manual_queue", case.status,
-                        case.status, found, {})
+        write_event(conn, case.id, now, action.actor, action.role, "to_manual_queue", case.status,
+                    case.status, found, {})
         return
     values: dict[str, Any] = dict(
         status="dispatched", department_code=found.department_code, department_name=found.department_name,

@@ -20,7 +20,7 @@ from cases.calendar import LOCAL, WorkingCalendar, load_calendar
 from cases.catalogue import all_classes, class_by_code
 from cases.evaluation import evaluate
 from cases.intake import CaseReport, intake
-from cases.lifecycle import Action, act, merge, tick
+from cases.lifecycle import Action, RoleError, act, merge, tick
 from cases.model import case_log, get_case
 from cim.crs import transform_coords
 from cim.errors import ConflictError, ParameterError, PayloadTooLargeError, UserError
@@ -178,11 +178,49 @@ def test_return_goes_back_for_dispatch_to_another_department(city):
     again = _act(city, case.id, "dispatch", role="system", actor="machine")
     # no other road department in this grid's chain: the manual queue, with the reason
     assert again.status == "returned" and "no department of kind 道路养护" in again.manual_reason
-    assert first in again.manual_reason
+    assert first in again.manual_reason and _log(city, case.id)[-1].action == "to_manual_queue"
     by_hand = _act(city, case.id, "dispatch", role="platform", actor="张调度", department_code="310104-CGZF")
     assert by_hand.status == "dispatched" and by_hand.department_code == "310104-CGZF"
     assert by_hand.manual_reason is None and by_hand.due_at == case.due_at  # 退单 does not reset the clock
     assert "by hand by 张调度" in by_hand.dispatch_reason
+
+
+def test_operator_registers_or_rejects_a_reported_case(city):
+    with city.begin() as conn:
+        kept = intake(conn, CaseReport("public", "道路破损", "人行道地砖松动", "汾阳路44号"), now=MONDAY_10,
+                      auto_register=False).case
+        dropped = intake(conn, CaseReport("public", "道路破损", "路面不平", "汾阳路46号"), now=MONDAY_10,
+                         auto_register=False).case
+    assert kept.status == dropped.status == "reported" and kept.due_at is None
+    with pytest.raises(ParameterError, match="needs a note"):
+        _act(city, dropped.id, "reject", role="platform")
+    rejected = _act(city, dropped.id, "reject", role="platform", note="不符合立案条件：路面平整度在允许范围内")
+    assert rejected.status == "not_registered"
+    with pytest.raises(ConflictError):
+        _act(city, dropped.id, "register", role="platform")
+    _act(city, kept.id, "register", role="platform", actor="王受理")
+    sent = _act(city, kept.id, "dispatch", role="platform", actor="王受理")
+    assert sent.status == "dispatched" and sent.department_name == "区建管委"
+    assert [(e.action, e.actor) for e in _log(city, kept.id)][1:] == [("register", "王受理"), ("dispatch", "王受理")]
+
+
+def test_the_same_ticket_racing_in_twice_makes_one_case(city):
+    barrier = threading.Barrier(2)
+    ids: list[int] = []
+
+    def report() -> None:
+        barrier.wait()
+        ids.append(_intake(city, address_text="汾阳路48号", external_id="12345-RACE",
+                           channel="hotline_12345").case.id)
+
+    threads = [threading.Thread(target=report) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(ids) == 2 and ids[0] == ids[1]
+    with city.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM cases WHERE external_id = '12345-RACE'")).scalar() == 1
 
 
 # --- bad input and the manual queue ----------------------------------------------------------------
@@ -219,8 +257,9 @@ def test_illegal_transition_and_wrong_role(city):
     with pytest.raises(ConflictError) as exc:
         _act(city, case.id, "handle", note="x")  # not accepted yet
     assert exc.value.status == 409 and "dispatched" in str(exc.value)
-    with pytest.raises(UserError, match="needs role supervisor"):
+    with pytest.raises(RoleError, match="needs role supervisor") as exc:
         _act(city, case.id, "verify", role="department", passed=True)
+    assert exc.value.status == 403
     with pytest.raises(ConflictError, match="version"):
         with city.begin() as conn:
             act(conn, case.id, Action("accept", "x", "department", expected_version=case.version - 1))
