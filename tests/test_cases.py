@@ -121,6 +121,26 @@ def test_worked_example_fenyang_road_crack_end_to_end(city):
     assert log[5].role == "supervisor" and log[5].data == {"passed": True}
 
 
+def test_a_part_case_is_bound_to_the_nearest_part_of_its_class(city):
+    with city.begin() as conn:
+        x, y = conn.execute(sa.text("SELECT ST_X(geom), ST_Y(geom) FROM addresses WHERE valid_to IS NULL "
+                                    "AND road = '汾阳路' AND door_number = '50'")).one()
+        for code, subclass, dx in (("3101040202000901", "0202", 3.0), ("3101040202000902", "0202", 4.5),
+                                   ("3101040302000901", "0302", 1.0)):
+            conn.execute(sa.text(
+                "INSERT INTO parts (source_id, object_code, part_class, part_subclass, name, geom) "
+                "VALUES (:c, :c, :k, :s, 'test', ST_SetSRID(ST_MakePoint(:x, :y, 0), 4549))"),
+                {"c": code, "k": subclass[:2], "s": subclass, "x": x + dx, "y": y})
+    lamp = _intake(city, class_code="0202", description="路灯不亮", x=x, y=y, crs=f"EPSG:{SRID}").case
+    assert lamp.part_object_code == "3101040202000901"  # the nearest 路灯, not the nearer 垃圾箱
+    assert lamp.status == "dispatched" and lamp.department_name == "区建管委"
+    assert "handles part class 0202" in lamp.dispatch_reason
+    far = _intake(city, class_code="0202", x=x - 10.0, y=y, crs=f"EPSG:{SRID}").case
+    assert far.part_object_code is None  # 13 m away: no part is "the" part
+    event = _intake(city, class_code="道路破损", x=x, y=y, crs=f"EPSG:{SRID}").case
+    assert event.part_object_code is None  # an event class concerns no part
+
+
 def test_same_external_id_gives_the_same_case(city):
     first = _intake(city, address_text="汾阳路20号", external_id="12345-0001", channel="hotline_12345")
     again = _intake(city, address_text="汾阳路20号", external_id="12345-0001", channel="hotline_12345")
