@@ -160,8 +160,21 @@ def load_classes_file(conn: Connection, path: Path) -> int:
     return write_classes(conn, parse_classes(text, str(path), known))
 
 
+_SEEDED = "cases.catalogue.seeded"
+
+
 def ensure_seeded(conn: Connection) -> None:
-    """Seed the packaged catalogue and department kinds into a base that has none yet."""
+    """Seed the packaged catalogue and department kinds into a base that has none yet.
+
+    A database connection that once found both seeded remembers it (``conn.info`` lives with the
+    DBAPI connection), so intake does not ask again for every case; the mark is set only when the
+    rows were there before this transaction, so a rolled-back seeding is never remembered."""
+    if conn.info.get(_SEEDED):
+        return
+    if conn.execute(sa.text("SELECT EXISTS (SELECT 1 FROM case_classes) AND EXISTS (SELECT 1 FROM "
+                            "case_department_kinds)")).scalar():
+        conn.info[_SEEDED] = True
+        return
     if conn.execute(sa.text("SELECT NOT EXISTS (SELECT 1 FROM case_classes)")).scalar():
         # one seeder at a time: two first intakes must not both insert
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(4549011)"))

@@ -195,10 +195,10 @@ def intake(conn: Connection, report: CaseReport, now: datetime | None = None,
     calendar = calendar or load_calendar(conn)
     act(conn, case_id, Action("register", MACHINE, "system",
                               f"立案: class {cls.code} {cls.name}; 立案条件: {cls.register_condition or '-'}"),
-        now, calendar)
+        now, calendar, cls)
     if loc.problem is not None:
         write_event(conn, case_id, now, MACHINE, "system", "to_manual_queue", "registered", "registered",
                     loc.problem, {})
     else:
-        act(conn, case_id, Action("dispatch", MACHINE, "system"), now, calendar)
+        act(conn, case_id, Action("dispatch", MACHINE, "system"), now, calendar, cls)
     return IntakeResult(get_case(conn, case_id), True, dups)

@@ -118,14 +118,16 @@ def _update(conn: Connection, case: Case, **values: Any) -> None:
 
 
 def act(conn: Connection, case_id: int, action: Action, now: datetime | None = None,
-        calendar: WorkingCalendar | None = None) -> Case:
+        calendar: WorkingCalendar | None = None, cls: CaseClass | None = None) -> Case:
     """Carry out one action on a case; returns the case after it. Raises ConflictError (409) for a
-    transition the case's status does not allow or a stale version."""
+    transition the case's status does not allow or a stale version. ``calendar`` and ``cls`` (the
+    case's class) may be passed by a caller that has them, to save their queries."""
     now = now or now_utc()
     case = get_case(conn, case_id, lock=True)
     rule = _check(case, action)
     calendar = calendar or load_calendar(conn)
-    cls = class_by_code(conn, case.class_code)
+    if cls is None or cls.code != case.class_code:
+        cls = class_by_code(conn, case.class_code)
     handler = _HANDLERS.get(action.action, _simple)
     handler(conn, case, cls, rule, action, now, calendar)
     return get_case(conn, case_id)
