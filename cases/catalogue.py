@@ -171,6 +171,8 @@ def ensure_seeded(conn: Connection) -> None:
     rows were there before this transaction, so a rolled-back seeding is never remembered."""
     if conn.info.get(_SEEDED):
         return
+    if conn.execute(sa.text("SELECT to_regclass('case_classes') IS NULL")).scalar():
+        raise UserError("the base has no case tables: run 'cim init' to bring it to the current schema")
     if conn.execute(sa.text("SELECT EXISTS (SELECT 1 FROM case_classes) AND EXISTS (SELECT 1 FROM "
                             "case_department_kinds)")).scalar():
         conn.info[_SEEDED] = True

@@ -22,6 +22,7 @@ from cases.evaluation import evaluate
 from cases.intake import CaseReport, intake
 from cases.lifecycle import Action, RoleError, act, merge, tick
 from cases.model import case_log, get_case
+from cim.database import engine_for
 from cim.errors import ConflictError, ParameterError, PayloadTooLargeError, UserError
 from cim.grid import lookup_points
 from tests.conftest import PROJECT, run_cim
@@ -411,6 +412,14 @@ def test_indicators_checked_by_hand(city):
         evaluate(conn, "planet", datetime(2026, 3, 1, tzinfo=LOCAL), datetime(2026, 4, 1, tzinfo=LOCAL))
 
 
+def test_a_base_without_the_case_tables_says_run_cim_init(server_url):
+    from tests.conftest import create_database
+
+    with engine_for(create_database(server_url)).connect() as conn:  # created, never initialised
+        with pytest.raises(UserError, match="run 'cim init'"):
+            class_by_code(conn, "E0105")
+
+
 def test_packaged_catalogue_is_valid():
     from cases.catalogue import parse_classes
 
@@ -452,6 +461,30 @@ def test_cli_import_is_idempotent_and_checks_every_row_first(city, db_url, tmp_p
     assert "Traceback" not in proc.stderr
     with city.connect() as conn:  # nothing of the file was written
         assert conn.execute(sa.text("SELECT count(*) FROM cases WHERE external_id LIKE 'B-%'")).scalar() == 0
+
+
+def test_json_import_takes_points_in_gcj02(city, tmp_path):
+    from cases.importer import import_cases
+    from cim.crs import wgs84_to_gcj02
+
+    with city.connect() as conn:
+        lon, lat = conn.execute(sa.text(
+            "SELECT ST_X(p), ST_Y(p) FROM (SELECT ST_Transform(geom, 4326) AS p FROM addresses "
+            "WHERE valid_to IS NULL AND road = '汾阳路' AND door_number = '101') AS a")).one()
+    glon, glat = wgs84_to_gcj02(lon, lat)
+    src = tmp_path / "app.json"
+    src.write_text(json.dumps([{"channel": "public", "class": "E0102", "x": float(glon), "y": float(glat),
+                                "crs": "gcj02", "external_id": "APP-1", "description": "垃圾堆放"}]), encoding="utf-8")
+    report = import_cases(city, src, now=MONDAY_10)
+    assert (report.created, report.dispatched) == (1, 1)
+    with city.connect() as conn:
+        case_id = conn.execute(sa.text("SELECT id FROM cases WHERE external_id = 'APP-1'")).scalar()
+        case = get_case(conn, case_id)
+        expected = lookup_points(conn, [lon], [lat], "EPSG:4326")[0]
+    assert case.grid_code == expected.grid.code and case.department_name == "区市容绿化局"
+    src.write_text('[{"channel": "public", "class": "E0102"', encoding="utf-8")
+    with pytest.raises(UserError, match="app.json: not JSON"):
+        import_cases(city, src)
 
 
 def test_cli_list_show_act_tick_stats(city, db_url, tmp_path):
