@@ -124,6 +124,12 @@ def act(conn: Connection, case_id: int, action: Action, now: datetime | None = N
     case's class) may be passed by a caller that has them, to save their queries."""
     now = now or now_utc()
     case = get_case(conn, case_id, lock=True)
+    seen = {case.id}
+    while action.action == "comment" and case.merged_into is not None and case.merged_into not in seen:
+        # a reporter's update of a merged case goes to the case it was merged into
+        case = get_case(conn, case.merged_into, lock=True)
+        seen.add(case.id)
+    case_id = case.id
     rule = _check(case, action)
     calendar = calendar or load_calendar(conn)
     if cls is None or cls.code != case.class_code:

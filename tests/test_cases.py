@@ -375,6 +375,9 @@ def test_duplicates_are_suggested_and_merged_into_the_first(city):
     assert again.case.id == first.id and not again.created
     with pytest.raises(ConflictError):
         _act(city, second.case.id, "accept")
+    # and a reporter's update of the merged case is logged on the first
+    noted = _act(city, second.case.id, "comment", actor="hotline_12345", role="reporter", note="坑越来越大了")
+    assert noted.id == first.id and _log(city, first.id)[-1].note == "坑越来越大了"
 
 
 # --- evaluation ----------------------------------------------------------------------------------------
