@@ -120,6 +120,9 @@ def test_worked_example_fenyang_road_crack_end_to_end(city):
         ("handle", "accepted", "handled"), ("verify", "handled", "closed")]
     assert log[0].note == "汾阳路150号附近路面龟裂" and log[2].actor == "machine"
     assert log[5].role == "supervisor" and log[5].data == {"passed": True}
+    # a hotline operator who pastes the whole sentence as the address gets the same grid and department
+    pasted = _intake(city, address_text="汾阳路150号附近路面龟裂", channel="hotline_12345").case
+    assert (pasted.grid_code, pasted.department_code) == (case.grid_code, case.department_code)
 
 
 def test_a_part_case_is_bound_to_the_nearest_part_of_its_class(city):
