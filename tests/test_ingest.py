@@ -61,7 +61,7 @@ def test_sample_city_loads_every_layer_and_reload_is_a_noop(city):
     counts = {t: scalar(city, f"SELECT count(*) FROM {t} WHERE valid_to IS NULL") for t in
               ("districts", "streets", "communities", "grids", "addresses", "buildings", "curtain_walls", "parts",
                "pipelines", "iot_devices")}
-    assert counts == {"districts": 1, "streets": 13, "communities": 56, "grids": 60, "addresses": 2050,
+    assert counts == {"districts": 1, "streets": 13, "communities": 56, "grids": 60, "addresses": 2129,
                       "buildings": 1500, "curtain_walls": 150, "parts": 5300, "pipelines": 172, "iot_devices": 100}
     assert scalar(city, "SELECT count(*) FROM iot_readings") == 22170
     assert scalar(city, "SELECT count(*) FROM grid_posts") > 60
