@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.problems import Problem, problem_response
 from cim.apikeys import ApiKey, check_role, role_allows, verify_key
+from cim.errors import UnavailableError
 
 READ_KEY_ENV = "CIM_API_READ_KEY_REQUIRED"
 #: always reachable without a key: health checks, metrics scrapes, API docs, the viewer's files
@@ -115,6 +116,11 @@ class ReadAccessMiddleware:
             record = await run_in_threadpool(authenticate, cim_app.state.cim.engine, key)
         except Problem as exc:  # middleware runs outside the exception handlers: answer directly
             response = problem_response(request, exc.status, exc.title, exc.detail, headers=exc.headers)
+            await response(scope, receive, send)
+            return
+        except UnavailableError as exc:  # the keys cannot be checked while the database is down
+            response = problem_response(request, exc.status, exc.title, str(exc),
+                                        headers={"Retry-After": str(exc.retry_after)})
             await response(scope, receive, send)
             return
         scope.setdefault("state", {})["api_key"] = record

@@ -58,6 +58,8 @@ def geocode_one(request: Request,
 
 def _problem(exc: UserError, default: str):
     """A user error as a 400 naming the parameter its message starts with ("column: …")."""
+    if exc.status != 400:  # not the request's fault (the database is down …): mapped as it is
+        return exc
     head = str(exc).split(":", 1)[0].strip()
     parameter = {"rows": "file", "line 1": "file"}.get(head, head if head in _PARAMETERS else default)
     return bad_parameter(parameter, str(exc))

@@ -8,7 +8,7 @@ from fastapi.exceptions import RequestValidationError
 from api.responses import OrjsonResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cim.errors import UserError
+from cim.errors import UnavailableError, UserError
 
 log = logging.getLogger("cim.api")
 PROBLEM = "application/problem+json"
@@ -48,6 +48,13 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(UserError)
     async def _user_error(request: Request, exc: UserError):
         return problem_response(request, 400, "Bad request", str(exc))
+
+    @app.exception_handler(UnavailableError)
+    async def _unavailable(request: Request, exc: UnavailableError):
+        # the database is down or the connection was lost: not the client's fault, worth a retry
+        log.warning("503 on %s: %s", request.url.path, exc)
+        return problem_response(request, exc.status, exc.title, str(exc),
+                                headers={"Retry-After": str(exc.retry_after)})
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):

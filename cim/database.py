@@ -7,11 +7,16 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from cim.config import database_target
-from cim.errors import UserError
+from cim.errors import UnavailableError, UserError
 
 
 class DatabaseError(UserError):
     """The base cannot be reached or is not initialised; the message says what to run."""
+
+
+class DatabaseUnavailableError(UnavailableError):
+    """The database server cannot be reached, or the connection to it was lost: a request or a load
+    cannot be answered now, and may succeed when retried (the API answers 503 with Retry-After)."""
 
 
 def database_url() -> str:
@@ -49,7 +54,39 @@ def engine_for(url: str) -> Engine:
         engine = _ENGINES[url] = sa.create_engine(sqlalchemy_url(url), pool_size=POOL_SIZE, max_overflow=0,
                                                   pool_timeout=60)
         _ping_idle_connections(engine)
+        _unavailable_when_unreachable(engine)
     return engine
+
+
+def _unavailable_when_unreachable(engine: Engine) -> None:
+    """Turn "the server is not there" into :class:`DatabaseUnavailableError`, in this one place.
+
+    A failed connect (refused, server starting up or shutting down) and a connection lost mid-
+    statement are not the request's fault and not a bug: callers (the API, the loader, the CLI)
+    get one error that says so, instead of a driver exception each would have to recognise. Other
+    database errors (bad SQL, constraint violations, timeouts) pass through unchanged. The pool's
+    own pings are left alone, so that it can still replace a dropped connection and retry.
+    """
+    @sa.event.listens_for(engine, "handle_error")
+    def _translate(context: sa.engine.ExceptionContext) -> Exception | None:
+        if context.is_pre_ping:
+            return None
+        error = context.original_exception
+        dbapi_error = getattr(engine.dialect.loaded_dbapi, "Error", ())
+        connecting = context.connection is None  # no Connection yet: the error came from connect()
+        if not isinstance(error, dbapi_error) or not (connecting or context.is_disconnect):
+            return None
+        if connecting and not isinstance(error, getattr(engine.dialect.loaded_dbapi, "OperationalError", ())):
+            return None
+        what = "not reachable" if connecting else "no longer reachable (connection lost)"
+        return DatabaseUnavailableError(f"the database is {what}: {_first_line(error)}; try again shortly")
+
+
+def _first_line(error: BaseException) -> str:
+    """The driver's reason without its multi-line hints, and without the server's address."""
+    line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    head, sep, reason = line.partition(" failed: ")  # 'connection to server at "host", port N failed: …'
+    return (reason if sep and head.startswith("connection to server") else line).strip() or type(error).__name__
 
 
 def _ping_idle_connections(engine: Engine) -> None:
