@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from api.responses import OrjsonResponse
 from sqlalchemy.engine import Engine
 
-from api import problems
+from api import limits, problems
 from api.deps import create_state
 
 ROUTER_MODULES = ("api.ops", "api.auth", "api.features", "api.grid", "api.nearby", "api.iot", "api.ingest_upload",
@@ -30,6 +30,7 @@ def create_app(engine: Engine | None = None) -> FastAPI:
                               "geocoding and tiles.")
     app.state.cim = create_state(engine or get_engine())
     problems.install(app)
+    limits.install(app)  # first: innermost, so metrics and access control count its 413s
     for module_name in ROUTER_MODULES:
         try:
             module = importlib.import_module(module_name)

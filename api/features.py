@@ -35,6 +35,9 @@ from fastapi import FastAPI, Path, Query, Request
 from fastapi.responses import Response
 
 from api.deps import AppState, get_state
+from api.limits import (
+    MAX_BBOX_CHARS, MAX_CRS_CHARS, MAX_DATETIME_CHARS, MAX_FILTER_CHARS, MAX_LIST_CHARS, MAX_NAME_CHARS,
+)
 from api.problems import Problem, bad_parameter, not_found
 from api.responses import OrjsonResponse
 from cim.cql import CRS84_URI, ParameterError, crs_ref, crs_uri, supported_crs
@@ -49,6 +52,10 @@ JSON = "application/json"
 SCHEMA_JSON = "application/schema+json"
 OPENAPI_30 = "application/vnd.oai.openapi+json;version=3.0"
 OGC_REL = "http://www.opengis.net/def/rel/ogc/1.0/"
+#: the deepest page offered by offset: PostgreSQL reads and throws away every skipped row, so an
+#: offset of 2^63 was a full scan of the layer for an empty page. Deeper than this, narrow the
+#: selection (bbox, filter, datetime, a queryable) or sort it (sortby) instead; beyond it is a 400.
+MAX_OFFSET = 1_000_000
 EXTENT_CACHE_SECONDS = 300.0  # layer versions change with loads, not with hand edits: re-check now and then
 
 _F1 = "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/"
@@ -110,6 +117,8 @@ def _check_parameters(request: Request, layer: Layer, known: set[str]) -> dict[s
                                       f"/collections/{layer.name}/queryables)")
         if name in equals:
             raise bad_parameter(name, f"{name} is given twice; use filter={name} IN (…) for several values")
+        if len(value) > MAX_FILTER_CHARS:
+            raise bad_parameter(name, f"{name}: at most {MAX_FILTER_CHARS:,} characters, got {len(value):,}")
         equals[name] = value
     return equals
 
@@ -268,13 +277,14 @@ def _install_openapi_30(app: FastAPI) -> None:
 # routes
 # ---------------------------------------------------------------------------------------------
 
-_COLLECTION_ID = Path(..., alias="collectionId", description="collection id, e.g. parts, buildings, iot-devices")
-_BBOX = Query(None, description="minx,miny,maxx,maxy (or 6 numbers with heights), in bbox-crs axis order")
-_BBOX_CRS = Query(None, alias="bbox-crs", description="CRS of bbox (URI); default CRS84")
-_FILTER = Query(None, description="CQL2 filter on the queryables, in filter-lang")
-_FILTER_LANG = Query(None, alias="filter-lang", description="cql2-text (default) or cql2-json")
-_FILTER_CRS = Query(None, alias="filter-crs", description="CRS of geometry literals in filter; default CRS84")
-_DATETIME = Query(None, description="instant or interval (a/b, ../b, a/..): the versions valid then; "
+_COLLECTION_ID = Path(..., alias="collectionId", max_length=MAX_NAME_CHARS,
+                      description="collection id, e.g. parts, buildings, iot-devices")
+_BBOX = Query(None, max_length=MAX_BBOX_CHARS, description="minx,miny,maxx,maxy (or 6 numbers with heights), in bbox-crs axis order")
+_BBOX_CRS = Query(None, alias="bbox-crs", max_length=MAX_CRS_CHARS, description="CRS of bbox (URI); default CRS84")
+_FILTER = Query(None, max_length=MAX_FILTER_CHARS, description="CQL2 filter on the queryables, in filter-lang")
+_FILTER_LANG = Query(None, alias="filter-lang", max_length=MAX_NAME_CHARS, description="cql2-text (default) or cql2-json")
+_FILTER_CRS = Query(None, alias="filter-crs", max_length=MAX_CRS_CHARS, description="CRS of geometry literals in filter; default CRS84")
+_DATETIME = Query(None, max_length=MAX_DATETIME_CHARS, description="instant or interval (a/b, ../b, a/..): the versions valid then; "
                                     "default: current versions")
 
 
@@ -352,16 +362,19 @@ def install(app: FastAPI) -> None:
         collection_id: str = _COLLECTION_ID,
         bbox: str | None = _BBOX,
         bbox_crs: str | None = _BBOX_CRS,
-        crs: str | None = Query(None, description="output CRS (URI); default CRS84"),
+        crs: str | None = Query(None, max_length=MAX_CRS_CHARS, description="output CRS (URI); default CRS84"),
         limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description=f"page size, 1 to {MAX_LIMIT}"),
-        offset: int = Query(0, ge=0, description="features to skip"),
-        properties: str | None = Query(None, description="comma-separated properties to return"),
-        filter_: str | None = Query(None, alias="filter", description=_FILTER.description),
+        offset: int = Query(0, ge=0, le=MAX_OFFSET,
+                            description=f"features to skip, 0 to {MAX_OFFSET:,}; to go deeper narrow the "
+                                        "selection (bbox, filter, datetime) or sort it (sortby)"),
+        properties: str | None = Query(None, max_length=MAX_LIST_CHARS, description="comma-separated properties to return"),
+        filter_: str | None = Query(None, alias="filter", max_length=MAX_FILTER_CHARS, description=_FILTER.description),
         filter_lang: str | None = _FILTER_LANG,
         filter_crs: str | None = _FILTER_CRS,
-        sortby: str | None = Query(None, description="+name,-height: sort keys (queryables)"),
-        datetime_: str | None = Query(None, alias="datetime", description=_DATETIME.description),
-        f: str | None = Query(None, description="json (the only format)"),
+        sortby: str | None = Query(None, max_length=MAX_LIST_CHARS, description="+name,-height: sort keys (queryables)"),
+        datetime_: str | None = Query(None, alias="datetime", max_length=MAX_DATETIME_CHARS,
+                                       description=_DATETIME.description),
+        f: str | None = Query(None, max_length=MAX_NAME_CHARS, description="json (the only format)"),
     ):
         state = get_state(request)
         layer = state.layer(collection_id)
@@ -392,10 +405,11 @@ def install(app: FastAPI) -> None:
     def item(
         request: Request,
         collection_id: str = _COLLECTION_ID,
-        feature_id: str = Path(..., alias="featureId", description="the feature's stable feature_id (UUID)"),
-        crs: str | None = Query(None, description="output CRS (URI); default CRS84"),
-        datetime_: str | None = Query(None, alias="datetime", description="an instant: the version valid then"),
-        f: str | None = Query(None, description="json (the only format)"),
+        feature_id: str = Path(..., alias="featureId", max_length=MAX_NAME_CHARS, description="the feature's stable feature_id (UUID)"),
+        crs: str | None = Query(None, max_length=MAX_CRS_CHARS, description="output CRS (URI); default CRS84"),
+        datetime_: str | None = Query(None, alias="datetime", max_length=MAX_DATETIME_CHARS,
+                                       description="an instant: the version valid then"),
+        f: str | None = Query(None, max_length=MAX_NAME_CHARS, description="json (the only format)"),
     ):
         state = get_state(request)
         layer = state.layer(collection_id)
@@ -431,15 +445,16 @@ def install(app: FastAPI) -> None:
     def stats(
         request: Request,
         collection_id: str = _COLLECTION_ID,
-        group_by: str = Query(..., description="district, street, community or grid"),
-        sum_: str | None = Query(None, alias="sum", description="a numeric queryable to sum per group"),
+        group_by: str = Query(..., max_length=MAX_NAME_CHARS, description="district, street, community or grid"),
+        sum_: str | None = Query(None, alias="sum", max_length=MAX_NAME_CHARS, description="a numeric queryable to sum per group"),
         bbox: str | None = _BBOX,
         bbox_crs: str | None = _BBOX_CRS,
-        filter_: str | None = Query(None, alias="filter", description=_FILTER.description),
+        filter_: str | None = Query(None, alias="filter", max_length=MAX_FILTER_CHARS, description=_FILTER.description),
         filter_lang: str | None = _FILTER_LANG,
         filter_crs: str | None = _FILTER_CRS,
-        datetime_: str | None = Query(None, alias="datetime", description=_DATETIME.description),
-        f: str | None = Query(None, description="json (the only format)"),
+        datetime_: str | None = Query(None, alias="datetime", max_length=MAX_DATETIME_CHARS,
+                                       description=_DATETIME.description),
+        f: str | None = Query(None, max_length=MAX_NAME_CHARS, description="json (the only format)"),
     ):
         state = get_state(request)
         layer = state.layer(collection_id)

@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.limits import MAX_BBOX_CHARS, MAX_FILTER_CHARS, MAX_LIST_CHARS, MAX_NAME_CHARS
 from api.problems import Problem, bad_parameter, not_found
 from api.responses import OrjsonResponse
 from cim.config import cim_home
@@ -89,9 +90,9 @@ def _base(request: Request) -> str:
     return str(request.base_url).rstrip("/")
 
 
-BboxQ = Annotated[str | None, Query(description="minlon,minlat,maxlon,maxlat (CRS84)")]
-FilterQ = Annotated[str | None, Query(description="CQL2 filter on the layer's queryables")]
-FilterLangQ = Annotated[str, Query(alias="filter-lang", description="cql2-text or cql2-json")]
+BboxQ = Annotated[str | None, Query(max_length=MAX_BBOX_CHARS, description="minlon,minlat,maxlon,maxlat (CRS84)")]
+FilterQ = Annotated[str | None, Query(max_length=MAX_FILTER_CHARS, description="CQL2 filter on the layer's queryables")]
+FilterLangQ = Annotated[str, Query(alias="filter-lang", max_length=MAX_NAME_CHARS, description="cql2-text or cql2-json")]
 
 
 # --- 3D Tiles ---------------------------------------------------------------------------------
@@ -239,7 +240,7 @@ async def collection_tile(request: Request, collectionId: str, tileMatrixSetId: 
                           tileRow: Annotated[int, Path(description="row (y), from the north")],
                           tileCol: Annotated[int, Path(description="column (x), from the west")],
                           bbox: BboxQ = None, filter: FilterQ = None, filter_lang: FilterLangQ = "cql2-text",
-                          properties: Annotated[str | None, Query(
+                          properties: Annotated[str | None, Query(max_length=MAX_LIST_CHARS,
                               description="comma-separated properties to include (default: all)")] = None,
                           v: Annotated[int | None, Query(
                               description="the layer version the tile is asked for (TileJSON's URLs carry it): "
