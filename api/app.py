@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from api.responses import OrjsonResponse
 from sqlalchemy.engine import Engine
 
-from api import limits, problems
+from api import limits, openapi_errors, problems
 from api.deps import create_state
 
 ROUTER_MODULES = ("api.ops", "api.auth", "api.features", "api.grid", "api.nearby", "api.iot", "api.ingest_upload",
@@ -39,4 +39,5 @@ def create_app(engine: Engine | None = None) -> FastAPI:
                 raise
             continue
         module.install(app)
+    openapi_errors.install(app)  # after the routers: the document says 400 + problem, not FastAPI's 422
     return app

@@ -86,6 +86,12 @@ _ROLES = {"valid_from": "primary-interval-start", "valid_to": "primary-interval-
 _extent_cache: dict[tuple[str, str, int], tuple[float, Extent]] = {}
 
 
+class SchemaJsonResponse(OrjsonResponse):
+    """A JSON Schema document (the queryables), served and documented as ``application/schema+json``."""
+
+    media_type = SCHEMA_JSON
+
+
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
@@ -329,7 +335,7 @@ def install(app: FastAPI) -> None:
         return _collection(request, state, state.layer(collection_id))
 
     @app.get("/collections/{collectionId}/queryables", tags=["OGC API – Features"],
-             summary="Queryable properties (JSON Schema)")
+             summary="Queryable properties (JSON Schema)", response_class=SchemaJsonResponse)
     def queryables(request: Request, collection_id: str = _COLLECTION_ID):
         state = get_state(request)
         layer = state.layer(collection_id)
@@ -353,7 +359,7 @@ def install(app: FastAPI) -> None:
             "properties": props,
             "additionalProperties": False,
         }
-        return OrjsonResponse(body, media_type=SCHEMA_JSON)
+        return SchemaJsonResponse(body)
 
     @app.get("/collections/{collectionId}/items", tags=["OGC API – Features"], summary="Features",
              response_class=Response, responses={200: {"content": {GEOJSON: {}}}})

@@ -145,7 +145,9 @@ _BATCH_BODY = {
 
 
 @router.post("/geocode/batch", summary=f"Geocode up to {MAX_BATCH_ROWS:,} addresses (JSON list or CSV)",
-             openapi_extra=_BATCH_BODY)
+             openapi_extra=_BATCH_BODY,
+             responses={200: {"content": {"application/json": {}, "text/csv": {"schema": {"type": "string"}}},
+                              "description": "JSON for a JSON body, CSV for a CSV one"}})
 async def geocode_batch(
     request: Request,
     crs: str | None = Query(None, max_length=MAX_CRS_CHARS, description=_OUT_CRS_HELP + " JSON answers only; CSV answers are WGS84."),

@@ -56,7 +56,8 @@ class MetricsMiddleware:
 def install(app: FastAPI) -> None:
     app.add_middleware(MetricsMiddleware)
 
-    @app.get("/healthz", tags=["ops"], summary="Database reachable")
+    @app.get("/healthz", tags=["ops"], summary="Database reachable",
+             responses={503: {"description": "The database is not reachable.", "content": {"application/json": {}}}})
     def healthz(request: Request):
         try:
             with request.app.state.cim.engine.connect() as conn:

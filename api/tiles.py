@@ -123,7 +123,8 @@ def _model_check(layer: Layer) -> None:
     model_for(layer.name)
 
 
-@router.get("/3dtiles/{layer}/{version}/{tile}.glb", summary="One tile's binary glTF")
+@router.get("/3dtiles/{layer}/{version}/{tile}.glb", summary="One tile's binary glTF", response_class=Response,
+            responses={200: {"content": {GLB_TYPE: {}}}})
 async def tile_content(request: Request, layer: str, version: str, tile: str, bbox: BboxQ = None,
                        filter: FilterQ = None, filter_lang: FilterLangQ = "cql2-text",
                        max_features: Annotated[int, Query(alias="max-features", ge=1, le=100_000)] = DEFAULT_MAX_FEATURES):
