@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlencode
 
 import orjson
@@ -283,12 +283,14 @@ def _install_openapi_30(app: FastAPI) -> None:
 # routes
 # ---------------------------------------------------------------------------------------------
 
+#: the filter languages of OGC API – Features Part 3 this API reads
+FilterLang = Literal["cql2-text", "cql2-json"]
 _COLLECTION_ID = Path(..., alias="collectionId", max_length=MAX_NAME_CHARS,
                       description="collection id, e.g. parts, buildings, iot-devices")
 _BBOX = Query(None, max_length=MAX_BBOX_CHARS, description="minx,miny,maxx,maxy (or 6 numbers with heights), in bbox-crs axis order")
 _BBOX_CRS = Query(None, alias="bbox-crs", max_length=MAX_CRS_CHARS, description="CRS of bbox (URI); default CRS84")
 _FILTER = Query(None, max_length=MAX_FILTER_CHARS, description="CQL2 filter on the queryables, in filter-lang")
-_FILTER_LANG = Query(None, alias="filter-lang", max_length=MAX_NAME_CHARS, description="cql2-text (default) or cql2-json")
+_FILTER_LANG = Query(None, alias="filter-lang", description="cql2-text (default) or cql2-json")
 _FILTER_CRS = Query(None, alias="filter-crs", max_length=MAX_CRS_CHARS, description="CRS of geometry literals in filter; default CRS84")
 _DATETIME = Query(None, max_length=MAX_DATETIME_CHARS, description="instant or interval (a/b, ../b, a/..): the versions valid then; "
                                     "default: current versions")
@@ -375,7 +377,7 @@ def install(app: FastAPI) -> None:
                                         "selection (bbox, filter, datetime) or sort it (sortby)"),
         properties: str | None = Query(None, max_length=MAX_LIST_CHARS, description="comma-separated properties to return"),
         filter_: str | None = Query(None, alias="filter", max_length=MAX_FILTER_CHARS, description=_FILTER.description),
-        filter_lang: str | None = _FILTER_LANG,
+        filter_lang: FilterLang | None = _FILTER_LANG,
         filter_crs: str | None = _FILTER_CRS,
         sortby: str | None = Query(None, max_length=MAX_LIST_CHARS, description="+name,-height: sort keys (queryables)"),
         datetime_: str | None = Query(None, alias="datetime", max_length=MAX_DATETIME_CHARS,
@@ -451,12 +453,13 @@ def install(app: FastAPI) -> None:
     def stats(
         request: Request,
         collection_id: str = _COLLECTION_ID,
-        group_by: str = Query(..., max_length=MAX_NAME_CHARS, description="district, street, community or grid"),
+        group_by: Literal["district", "street", "community", "grid"] = Query(
+            ..., description="district, street, community or grid"),
         sum_: str | None = Query(None, alias="sum", max_length=MAX_NAME_CHARS, description="a numeric queryable to sum per group"),
         bbox: str | None = _BBOX,
         bbox_crs: str | None = _BBOX_CRS,
         filter_: str | None = Query(None, alias="filter", max_length=MAX_FILTER_CHARS, description=_FILTER.description),
-        filter_lang: str | None = _FILTER_LANG,
+        filter_lang: FilterLang | None = _FILTER_LANG,
         filter_crs: str | None = _FILTER_CRS,
         datetime_: str | None = Query(None, alias="datetime", max_length=MAX_DATETIME_CHARS,
                                        description=_DATETIME.description),

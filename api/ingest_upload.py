@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path as FsPath
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Path, Request, UploadFile
 
@@ -62,7 +62,7 @@ def ingest_upload(
     files: list[UploadFile] = File(..., description="The file(s) to load; a Shapefile with all its parts."),
     crs: str | None = Form(None, max_length=MAX_CRS_CHARS, description="CRS of the data when the files do not say (EPSG code, gcj02, bd09)."),
     encoding: str | None = Form(None, max_length=MAX_NAME_CHARS, description="Text encoding when the files do not say (e.g. gbk)."),
-    mode: str | None = Form(None, max_length=MAX_NAME_CHARS, description="upsert (by source id, default) | append | replace (also closes "
+    mode: Literal["upsert", "append", "replace"] | None = Form(None, description="upsert (by source id, default) | append | replace (also closes "
                                               "features absent from the delivery)."),
     layer_name: str | None = Form(None, max_length=MAX_NAME_CHARS, description="Layer inside a multi-layer file (GeoPackage)."),
     x: str | None = Form(None, max_length=MAX_NAME_CHARS, description="CSV column holding x / longitude."),

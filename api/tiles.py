@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Callable
+from typing import Annotated, Any, Callable, Literal
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, FastAPI, Path, Query, Request
@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.limits import MAX_BBOX_CHARS, MAX_FILTER_CHARS, MAX_LIST_CHARS, MAX_NAME_CHARS
+from api.limits import MAX_BBOX_CHARS, MAX_FILTER_CHARS, MAX_LIST_CHARS
 from api.problems import Problem, bad_parameter, not_found
 from api.responses import OrjsonResponse
 from cim.config import cim_home
@@ -92,7 +92,7 @@ def _base(request: Request) -> str:
 
 BboxQ = Annotated[str | None, Query(max_length=MAX_BBOX_CHARS, description="minlon,minlat,maxlon,maxlat (CRS84)")]
 FilterQ = Annotated[str | None, Query(max_length=MAX_FILTER_CHARS, description="CQL2 filter on the layer's queryables")]
-FilterLangQ = Annotated[str, Query(alias="filter-lang", max_length=MAX_NAME_CHARS, description="cql2-text or cql2-json")]
+FilterLangQ = Annotated[Literal["cql2-text", "cql2-json"], Query(alias="filter-lang", description="cql2-text or cql2-json")]
 
 
 # --- 3D Tiles ---------------------------------------------------------------------------------

@@ -109,6 +109,8 @@ def test_every_operation_answers_as_documented_and_never_with_a_server_error(fuz
                 _fuzz(operation, mode, key, anchors)
             except Unsatisfiable:
                 pass  # nothing in this operation can be made invalid (e.g. only free-text parameters)
-            except Exception as exc:  # noqa: BLE001 - collect every operation's failure, then report
-                failures.append(f"{operation.label} ({mode.value}): {exc}")
+            except (Exception, BaseExceptionGroup) as exc:  # noqa: BLE001 - collect every operation's
+                # failure, then report (schemathesis raises its findings as a BaseExceptionGroup)
+                found = exc.exceptions if isinstance(exc, BaseExceptionGroup) else (exc,)
+                failures.append(f"{operation.label} ({mode.value}): " + "\n".join(map(str, found)))
     assert not failures, "\n\n".join(failures)
