@@ -125,3 +125,15 @@ def test_read_key_middleware_answers_503_too(stopped_base, monkeypatch):
     monkeypatch.setattr(app.state, "read_key_required", True)
     r = TestClient(app, raise_server_exceptions=False).get("/collections", headers={"X-API-Key": key})
     assert r.status_code == 503 and r.headers["retry-after"] and r.json()["status"] == 503
+
+
+def test_a_connection_lost_mid_request_is_unavailable_too(engine):
+    """The server ends a connection in use (a restart, a failover): the same error, and the pool recovers."""
+    with engine.connect() as victim:
+        pid = victim.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+        with engine.connect() as other:
+            other.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        with pytest.raises(DatabaseUnavailableError, match="connection lost"):
+            victim.execute(sa.text("SELECT 1"))
+    with engine.connect() as conn:  # the lost connection was discarded, not handed out again
+        assert conn.execute(sa.text("SELECT 1")).scalar() == 1
