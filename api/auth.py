@@ -13,12 +13,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from fastapi import FastAPI, Request, Security
+from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.problems import Problem, problem_response
@@ -84,13 +87,42 @@ def require_role(role: str) -> Callable[..., ApiKey]:
         key = key_from_headers(x_api_key, f"Bearer {bearer.credentials}" if bearer else None)
         record = authenticate(request.app.state.cim.engine, key)
         if not role_allows(record.role, role):
-            raise Problem(403, "Forbidden", f"this needs a key with role {role} or higher; "
-                                            f"the key presented has role {record.role}")
+            raise _forbidden(role, record)
         request.state.api_key = record
         return record
 
     dependency.__name__ = f"require_{role}"
     return dependency
+
+
+def _forbidden(role: str, record: ApiKey) -> Problem:
+    return Problem(403, "Forbidden", f"this needs a key with role {role} or higher; "
+                                     f"the key presented has role {record.role}")
+
+
+def key_first_route(role: str) -> type[APIRoute]:
+    """A route class that checks the key (at least ``role``) before the request's body is read.
+
+    FastAPI reads a body — for an upload, writes its files to disk — before it solves a route's
+    dependencies, so :func:`require_role` alone answered an upload without a key only after
+    receiving all of it. Routes that take large bodies use this class as well as the dependency.
+    """
+    check_role(role)
+
+    class KeyFirstRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
+
+            async def key_checked(request: Request) -> Response:
+                key = key_from_headers(request.headers.get("x-api-key"), request.headers.get("authorization"))
+                record = await run_in_threadpool(authenticate, request.app.state.cim.engine, key)
+                if not role_allows(record.role, role):
+                    raise _forbidden(role, record)
+                return await handler(request)
+
+            return key_checked
+
+    return KeyFirstRoute
 
 
 def _is_open(path: str) -> bool:

@@ -183,7 +183,8 @@ class BodyLimitMiddleware:
         received = 0
         exceeded: BodyTooLarge | None = None
         started = False
-        body_complete = False
+        # a request without a body has nothing to read; one with a body may be answered before it is read
+        body_complete = not declared and not _is_chunked(scope)
 
         async def guarded_receive() -> Message:
             nonlocal received, exceeded, body_complete
@@ -202,6 +203,10 @@ class BodyLimitMiddleware:
                 return  # whatever the app made of the broken body, the answer is the 413 below
             if message["type"] == "http.response.start":
                 started = True
+                if not body_complete:
+                    # answered without reading the body (a 401 before an upload, say): read and drop the rest
+                    # first, so that a client still sending reads this answer instead of a connection reset
+                    await _drain(receive, DRAIN_MAX_BYTES)
             await send(message)
 
         try:
@@ -213,6 +218,10 @@ class BodyLimitMiddleware:
             if not body_complete:
                 await _drain(receive, DRAIN_MAX_BYTES)
             await _refuse(scope, receive, send, exceeded, None)
+
+
+def _is_chunked(scope: Scope) -> bool:
+    return any(name == b"transfer-encoding" and b"chunked" in value.lower() for name, value in scope["headers"])
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -226,3 +226,35 @@ def test_memory_stays_bounded_under_a_stream_of_50_mb_bodies(server, city):
         assert after["VmHWM"] - before < 200 * 1024, (before, after)
         assert after["VmRSS"] - before < 100 * 1024, (before, after)
         assert http.get("/grid/lookup", params={"lon": lon, "lat": lat}).status_code == 200
+
+
+def test_an_upload_without_a_key_is_refused_before_its_body_is_read(client):
+    """FastAPI reads a body before a route's dependencies run: the key is checked first, by the route."""
+    import asyncio
+    from contextlib import AsyncExitStack
+
+    from api.problems import Problem
+
+    app = client.app
+    reads = 0
+
+    async def receive():
+        nonlocal reads
+        reads += 1
+        return {"type": "http.request", "body": b"x" * 65_536, "more_body": reads < 10}
+
+    async def send(message):
+        raise AssertionError(f"nothing is sent before the error is mapped: {message}")
+
+    scope = {"type": "http", "method": "POST", "path": "/ingest/parts", "root_path": "", "query_string": b"",
+             "headers": [(b"content-type", b"multipart/form-data; boundary=b")], "app": app,
+             "http_version": "1.1", "scheme": "http", "server": ("test", 80), "client": ("test", 1)}
+    async def route() -> None:
+        async with AsyncExitStack() as stack:  # what FastAPI's own middleware gives every request
+            scope["fastapi_middleware_astack"] = stack
+            await app.router(scope, receive, send)
+
+    with pytest.raises(Exception) as refused:  # the router alone: the app's handlers would map it to a 401
+        asyncio.run(route())
+    assert isinstance(refused.value, Problem), refused.value
+    assert refused.value.status == 401 and reads == 0
