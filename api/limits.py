@@ -67,8 +67,8 @@ class TooManyItems(ParameterError):
 
 
 def load_json_list(raw: bytes, max_items: int, parameter: str, key: str | None = None) -> Any:
-    """The JSON document of ``raw`` whose list (the document, or its member ``key``) may hold at
-    most ``max_items`` items: :class:`TooManyItems` as soon as the parser passes that many.
+    """The JSON document of ``raw`` whose list of scalars (the document, or its member ``key``) may
+    hold at most ``max_items`` items: :class:`TooManyItems` as soon as the parser passes that many.
 
     A list of n items has at least n - 1 commas, so a body with fewer commas than the cap is
     parsed whole and fast (orjson); only one that might hold more is parsed an item at a time,
@@ -106,6 +106,7 @@ def _capped_list(decoder: json.JSONDecoder, text: str, i: int, max_items: int,
     if text.startswith("]", i):
         return items, i + 1
     while True:
+        _refuse_container(text, i, f"{parameter}.{len(items)}")
         value, i = decoder.raw_decode(text, i)
         items.append(value)
         if len(items) > max_items:
@@ -116,6 +117,13 @@ def _capped_list(decoder: json.JSONDecoder, text: str, i: int, max_items: int,
         if not text.startswith(",", i):
             raise ValueError(f"expected ',' or ']' at character {i}")
         i = _skip(text, i + 1)
+
+
+def _refuse_container(text: str, i: int, parameter: str) -> None:
+    """In a body this large only the capped list's items are read, and they are scalars: a nested
+    list or object could hold millions of items of its own."""
+    if text.startswith(("[", "{"), i):
+        raise ParameterError(parameter, f"{parameter}: a list or object is not accepted here")
 
 
 def _object_with_capped_list(decoder: json.JSONDecoder, text: str, i: int, key: str, max_items: int,
@@ -136,6 +144,7 @@ def _object_with_capped_list(decoder: json.JSONDecoder, text: str, i: int, key: 
         if name == key and text.startswith("[", i):
             document[name], i = _capped_list(decoder, text, i, max_items, parameter)
         else:
+            _refuse_container(text, i, name)
             document[name], i = decoder.raw_decode(text, i)
         i = _skip(text, i)
         if text.startswith("}", i):

@@ -20,7 +20,7 @@ from api.app import create_app
 from api.features import MAX_OFFSET
 from api.limits import (
     GEOCODE_BATCH_MAX_BODY_BYTES, GRID_LOOKUP_MAX_BODY_BYTES, MAX_CRS_CHARS, MAX_DETAIL_CHARS,
-    UPLOAD_MAX_BODY_BYTES, body_limit,
+    UPLOAD_MAX_BODY_BYTES, TooManyItems, body_limit, load_json_list,
 )
 from cim.apikeys import create_key
 from cim.gazetteer.geocode import MAX_QUERY_CHARS
@@ -95,6 +95,24 @@ def test_geocode_batch_limits(client):
     wrapped = b'{"addresses": ' + many + b"}"
     _problem(client.post("/geocode/batch", content=wrapped, headers={"content-type": "application/json"}),
              400, "addresses")
+
+
+def test_a_json_list_is_counted_while_it_is_parsed():
+    from cim.errors import ParameterError
+
+    many = b"[" + b",".join([b'"a,b"'] * 50) + b"]"  # commas inside strings are not items
+    assert load_json_list(many, 50, "addresses") == ["a,b"] * 50
+    assert load_json_list(b'{"addresses": ' + many + b', "n": 1}', 50, "addresses", key="addresses")["n"] == 1
+    with pytest.raises(TooManyItems, match="at most 50"):
+        load_json_list(b"[" + b",".join([b"null"] * 51) + b"]", 50, "addresses")
+    # a nested list could hold millions of items of its own: refused, not parsed
+    for body, parameter in ((b"[[" + b",".join([b"0"] * 100) + b"]]", "addresses.0"),
+                            (b'{"x": [' + b",".join([b"0"] * 100) + b'], "addresses": []}', "x")):
+        with pytest.raises(ParameterError) as refused:
+            load_json_list(body, 50, "addresses", key="addresses")
+        assert refused.value.parameter == parameter
+    with pytest.raises(ValueError):
+        load_json_list(b"[" + b",".join([b"1"] * 60) + b"] trailing", 100, "addresses")
 
 
 def test_the_upload_route_takes_more_than_the_others(engine, client):
