@@ -137,3 +137,18 @@ def test_a_connection_lost_mid_request_is_unavailable_too(engine):
             victim.execute(sa.text("SELECT 1"))
     with engine.connect() as conn:  # the lost connection was discarded, not handed out again
         assert conn.execute(sa.text("SELECT 1")).scalar() == 1
+
+
+def test_cli_status_still_says_what_to_run_when_the_database_is_down():
+    """The CLI gets the same error from the engine and keeps its hint, in one line."""
+    import socket
+
+    from tests.conftest import run_cim
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = run_cim("db", "status", db_url=f"postgresql://cim:x@127.0.0.1:{port}/cim", check=False)
+    assert proc.returncode != 0
+    assert "database not reachable" in proc.stdout + proc.stderr and "cim db up" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
