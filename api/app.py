@@ -12,25 +12,48 @@ from __future__ import annotations
 import importlib
 
 from fastapi import FastAPI
-from api.responses import OrjsonResponse
 from sqlalchemy.engine import Engine
+from starlette.middleware import Middleware
 
-from api import limits, openapi_errors, problems
+from api import openapi_errors, problems
+from api.auth import ReadAccessMiddleware
 from api.deps import create_state
+from api.limits import BodyLimitMiddleware
+from api.ops import MetricsMiddleware
+from api.responses import OrjsonResponse
+from api.tiles import VersionedTileMiddleware
+from cim.config import DeploymentSettings
 
-ROUTER_MODULES = ("api.ops", "api.auth", "api.features", "api.grid", "api.nearby", "api.iot", "api.ingest_upload",
+ROUTER_MODULES = ("api.ops", "api.features", "api.grid", "api.nearby", "api.iot", "api.ingest_upload",
                   "api.geocode", "api.tiles", "api.viewer")
 
+#: Every middleware of the app, outermost first; nothing else adds one. Inside the last of them come
+#: Starlette's exception handlers (api.problems) and the routes.
+MIDDLEWARE: tuple[Middleware, ...] = (
+    # Outermost, so every answer is counted and timed: a 401 of access control, a tile of the fast path,
+    # a problem document alike. (Only Starlette's own last-resort 500 handler sits outside it.)
+    Middleware(MetricsMiddleware),
+    # Before anything reads a body: each route's size limit (413), and a body left unread by an early
+    # answer (a 401 of access control) is drained, so the client reads that answer, not a reset.
+    Middleware(BodyLimitMiddleware),
+    # Before anything reads data: when reading needs a key, no request gets further without one.
+    Middleware(ReadAccessMiddleware),
+    # Innermost: serves TileJSON's versioned tile URLs before routing, so it must come after access
+    # control (a locked deployment locks its tiles too) and inside metrics (they are counted).
+    Middleware(VersionedTileMiddleware),
+)
 
-def create_app(engine: Engine | None = None) -> FastAPI:
+
+def create_app(engine: Engine | None = None, deployment: DeploymentSettings | None = None) -> FastAPI:
+    """The app over ``engine`` (default: the configured database), with the deployment settings given
+    or, by default, those of the environment (:func:`cim.config.settings`)."""
     from cim.database import get_engine
 
     app = FastAPI(title="CIM city data platform", version="0.1.0", default_response_class=OrjsonResponse,
                   description="Spatial API over the city base: OGC API – Features, grid lookup, proximity, "
-                              "geocoding and tiles.")
-    app.state.cim = create_state(engine or get_engine())
+                              "geocoding and tiles.", middleware=MIDDLEWARE)
+    app.state.cim = create_state(engine or get_engine(), deployment)
     problems.install(app)
-    limits.install(app)  # first: innermost, so metrics and access control count its 413s
     for module_name in ROUTER_MODULES:
         try:
             module = importlib.import_module(module_name)

@@ -5,18 +5,17 @@
   needs ``loader``). No or an unknown key → 401 with ``WWW-Authenticate``; a key whose role is
   too low → 403.
 - Reading is open by default. A deployment that must not be is started with
-  ``CIM_API_READ_KEY_REQUIRED=1`` (read when the app is created): then every request needs a
-  valid key of any role, except the operational and documentation paths in :data:`OPEN_PATHS`.
-  This is one app-wide middleware, so every router — present or future — is covered without
-  each route having to remember it.
+  ``CIM_API_READ_KEY_REQUIRED=1`` (a deployment setting, read when the app is created): then every
+  request needs a valid key of any role, except the operational and documentation paths in
+  :data:`OPEN_PATHS`. This is one app-wide middleware (placed in ``api.app.MIDDLEWARE``), so every
+  router — present or future — is covered without each route having to remember it.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import FastAPI, Request, Security
+from fastapi import Request, Security
 from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
@@ -24,26 +23,22 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.problems import Problem, problem_response
+from api.problems import Problem, problem_response, user_error_response
 from cim.apikeys import ApiKey, check_role, role_allows, verify_key
-from cim.errors import UnavailableError
+from cim.errors import UserError
 
+#: the deployment setting (:class:`cim.config.DeploymentSettings`) that makes reading need a key
 READ_KEY_ENV = "CIM_API_READ_KEY_REQUIRED"
 #: always reachable without a key: health checks, metrics scrapes, API docs, the viewer's files
 OPEN_PATHS = ("/healthz", "/metrics", "/docs", "/redoc", "/openapi.json", "/viewer")
 # RFC 6750 §3: no error code when no credentials were sent, invalid_token for a bad one
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="cim"'}
 CHALLENGE_INVALID = {"WWW-Authenticate": 'Bearer realm="cim", error="invalid_token"'}
-_TRUE = {"1", "true", "yes", "on"}
 
 # Declared as security schemes so /docs and the OpenAPI document show how to authenticate.
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="ApiKey",
                                description="An API key from 'cim keys create'.")
 _bearer = HTTPBearer(auto_error=False, scheme_name="Bearer", description="The same API key as a bearer token.")
-
-
-def read_key_required() -> bool:
-    return os.environ.get(READ_KEY_ENV, "").strip().lower() in _TRUE
 
 
 def key_from_headers(x_api_key: str | None, authorization: str | None) -> str | None:
@@ -138,7 +133,8 @@ class ReadAccessMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         cim_app = scope.get("app")
-        if (scope["type"] != "http" or not cim_app.state.read_key_required or scope["method"] == "OPTIONS"
+        if (scope["type"] != "http" or not cim_app.state.cim.deployment.api_read_key_required
+                or scope["method"] == "OPTIONS"
                 or _is_open(scope["path"])):
             await self.app(scope, receive, send)
             return
@@ -150,19 +146,8 @@ class ReadAccessMiddleware:
             response = problem_response(request, exc.status, exc.title, exc.detail, headers=exc.headers)
             await response(scope, receive, send)
             return
-        except UnavailableError as exc:  # the keys cannot be checked while the database is down
-            response = problem_response(request, exc.status, exc.title, str(exc),
-                                        headers={"Retry-After": str(exc.retry_after)})
-            await response(scope, receive, send)
+        except UserError as exc:  # the keys cannot be checked while the database is down: a 503
+            await user_error_response(request, exc)(scope, receive, send)
             return
         scope.setdefault("state", {})["api_key"] = record
         await self.app(scope, receive, send)
-
-
-def install(app: FastAPI) -> None:
-    """Install the read-access middleware once (idempotent: several routers call this)."""
-    if getattr(app.state, "cim_auth_installed", False):
-        return
-    app.state.cim_auth_installed = True
-    app.state.read_key_required = read_key_required()
-    app.add_middleware(ReadAccessMiddleware)

@@ -9,20 +9,22 @@ from sqlalchemy.engine import Engine
 
 from api.problems import not_found
 from cim.bootstrap import BaseSettings, load_settings
+from cim.config import DeploymentSettings
+from cim.config import settings as deployment_settings
 from cim.registry import Layer, load_layers
-
-LAYER_CACHE_SECONDS = 5.0  # layer versions change with each load; a short cache keeps tiles fresh
 
 
 @dataclass
 class AppState:
     engine: Engine
-    settings: BaseSettings
+    settings: BaseSettings  # the base's (storage CRS, city); fixed with the data
+    deployment: DeploymentSettings  # this process's (CIM_* variables), read when the app is made
     _layers: dict[str, Layer] = field(default_factory=dict)
     _layers_at: float = 0.0
 
     def layers(self) -> dict[str, Layer]:
-        if time.monotonic() - self._layers_at > LAYER_CACHE_SECONDS:
+        # layer versions change with each load; a short cache (CIM_LAYER_CACHE_S) keeps tiles fresh
+        if time.monotonic() - self._layers_at > self.deployment.layer_cache_s:
             with self.engine.connect() as conn:
                 self._layers = load_layers(conn)
             self._layers_at = time.monotonic()
@@ -35,8 +37,8 @@ class AppState:
         return layer
 
 
-def create_state(engine: Engine) -> AppState:
-    return AppState(engine=engine, settings=load_settings(engine))
+def create_state(engine: Engine, deployment: DeploymentSettings | None = None) -> AppState:
+    return AppState(engine=engine, settings=load_settings(engine), deployment=deployment or deployment_settings())
 
 
 def get_state(request: Request) -> AppState:

@@ -12,10 +12,15 @@ Decisions a client should know:
   ``items?source_id=…`` instead. A malformed or unknown id is a 404.
 - Without ``datetime`` the current versions are served; ``datetime`` selects the versions valid
   at an instant or during an interval (history), also on ``items/{featureId}``.
-- Coordinates follow Part 2: CRS84 is lon/lat; an EPSG CRS is written in its own axis order, so
-  ``EPSG:4326``/``EPSG:4490`` are lat/lon and the Gauss-Krüger storage CRS (EPSG:4549) is
-  northing/easting. ``bbox`` and ``filter`` geometries are read the same way in ``bbox-crs`` /
-  ``filter-crs``. Heights (Z, metres) pass through unchanged in every CRS.
+- Coordinates follow the platform's one CRS rule (:mod:`cim.crs.resolve`), which is Part 2's for
+  the OGC spellings: a CRS URI, URN or safe CURIE is written in its authority's axis order, so
+  ``http://www.opengis.net/def/crs/EPSG/0/4326`` and ``[EPSG:4490]`` are lat/lon and the
+  Gauss-Krüger storage CRS (EPSG:4549) northing/easting; CRS84 and the short names (``EPSG:4326``,
+  ``4326``, ``wgs84``, ``cgcs2000``, ``gcj02``, ``bd09``) are lon/lat (easting/northing). ``bbox``
+  and ``filter`` geometries are read the same way in ``bbox-crs`` / ``filter-crs``. Heights (Z,
+  metres) pass through unchanged in every CRS.
+- ``crs=gcj02``/``bd09`` give the Chinese web-map positions (Amap/Tencent, Baidu). These have no
+  OGC or EPSG identifier, so ``Content-Crs`` then names them ``<gcj02>`` / ``<bd09>``.
 - ``numberMatched`` is an exact count up to :data:`cim.features.EXACT_COUNT_LIMIT` matches; above
   that it is PostgreSQL's planner estimate (``EXPLAIN``), which an exact count of millions of
   rows would not be worth.
@@ -38,13 +43,16 @@ from api.deps import AppState, get_state
 from api.limits import (
     MAX_BBOX_CHARS, MAX_CRS_CHARS, MAX_DATETIME_CHARS, MAX_FILTER_CHARS, MAX_LIST_CHARS, MAX_NAME_CHARS,
 )
-from api.problems import Problem, bad_parameter, not_found
+from api.problems import bad_parameter, not_found
 from api.responses import OrjsonResponse
-from cim.cql import CRS84_URI, ParameterError, crs_ref, crs_uri, supported_crs
+from api.params import parse_equals, parse_properties, parse_sortby
+from cim.crs import CRS84_URI, crs_uri, offered_crs, resolve_offered
+from cim.errors import UserError
 from cim.features import (
     DEFAULT_LIMIT, MAX_LIMIT, Extent, ItemsQuery, Selection, feature_ended_at, feature_table, fetch_feature,
-    fetch_items, group_stats, layer_extent, parse_bbox, parse_datetime, parse_properties, parse_sortby,
+    fetch_items, group_stats, layer_extent,
 )
+from cim.selection import parse_bbox, parse_datetime
 from cim.registry import Layer
 
 GEOJSON = "application/geo+json"
@@ -56,7 +64,6 @@ OGC_REL = "http://www.opengis.net/def/rel/ogc/1.0/"
 #: offset of 2^63 was a full scan of the layer for an empty page. Deeper than this, narrow the
 #: selection (bbox, filter, datetime, a queryable) or sort it (sortby) instead; beyond it is a 400.
 MAX_OFFSET = 1_000_000
-EXTENT_CACHE_SECONDS = 300.0  # layer versions change with loads, not with hand edits: re-check now and then
 
 _F1 = "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/"
 _F3 = "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/"
@@ -107,10 +114,6 @@ def _link(href: str, rel: str, type_: str, title: str | None = None) -> dict[str
     return link
 
 
-def _bad(exc: ParameterError) -> Problem:
-    return bad_parameter(exc.parameter, str(exc))
-
-
 def _check_parameters(request: Request, layer: Layer, known: set[str]) -> dict[str, str]:
     """The property-equality filters of a request; any other unknown parameter is a 400."""
     equals: dict[str, str] = {}
@@ -129,7 +132,7 @@ def _check_parameters(request: Request, layer: Layer, known: set[str]) -> dict[s
     return equals
 
 
-def _selection(request: Request, layer: Layer, known: set[str], bbox: str | None, bbox_crs: str | None,
+def _selection(request: Request, layer: Layer, srid: int, known: set[str], bbox: str | None, bbox_crs: str | None,
                filter_: str | None, filter_lang: str | None, filter_crs: str | None,
                datetime_: str | None) -> Selection:
     equals = _check_parameters(request, layer, known)
@@ -141,27 +144,27 @@ def _selection(request: Request, layer: Layer, known: set[str], bbox: str | None
         raise bad_parameter("bbox-crs", "bbox-crs is given without bbox")
     if filter_crs is not None and filter_ is None:
         raise bad_parameter("filter-crs", "filter-crs is given without filter")
-    return Selection(bbox=parse_bbox(bbox), bbox_crs=bbox_crs, equals=equals, filter=filter_,
+    typed = parse_equals(layer, feature_table(layer, srid), equals) if equals else {}
+    return Selection(bbox=parse_bbox(bbox), bbox_crs=bbox_crs, equals=typed, filter=filter_,
                      filter_lang=filter_lang or "cql2-text", filter_crs=filter_crs,
                      when=parse_datetime(datetime_))
 
 
 def _run(state: AppState, fn, *args, **kwargs):
-    """Run a core query; parameter errors become 400s naming the parameter."""
+    """Run a core query; a value PostgreSQL refuses (e.g. a transform out of range) is the request's fault."""
     try:
         with state.engine.connect() as conn:
             return fn(conn, *args, **kwargs)
-    except ParameterError as exc:
-        raise _bad(exc) from None
-    except sa.exc.DataError as exc:  # a value PostgreSQL refused (e.g. a transform out of range)
+    except sa.exc.DataError as exc:
         message = getattr(getattr(exc.orig, "diag", None), "message_primary", None) or "invalid value"
-        raise Problem(400, "Bad request", f"the database rejected a value of the request: {message}") from None
+        raise UserError(f"the database rejected a value of the request: {message}") from None
 
 
 def _extent(state: AppState, layer: Layer) -> Extent:
     key = (str(state.engine.url), layer.name, layer.version)
     hit = _extent_cache.get(key)
-    if hit and time.monotonic() - hit[0] < EXTENT_CACHE_SECONDS:
+    # layer versions change with loads, not with hand edits: re-check now and then (CIM_EXTENT_CACHE_S)
+    if hit and time.monotonic() - hit[0] < state.deployment.extent_cache_s:
         return hit[1]
     extent = _run(state, layer_extent, layer, state.settings.srid)
     _extent_cache[key] = (time.monotonic(), extent)
@@ -184,7 +187,7 @@ def _collection(request: Request, state: AppState, layer: Layer) -> dict[str, An
             _link(f"{base}/stats?group_by=grid", "describedby", JSON,
                   "counts per grid (also per district, street, community)"),
         ],
-        "crs": [c.uri for c in supported_crs(srid)],
+        "crs": [c.ref for c in offered_crs(srid)],
         "storageCrs": crs_uri(srid),
     }
     ext: dict[str, Any] = {}
@@ -287,12 +290,18 @@ def _install_openapi_30(app: FastAPI) -> None:
 FilterLang = Literal["cql2-text", "cql2-json"]
 _COLLECTION_ID = Path(..., alias="collectionId", max_length=MAX_NAME_CHARS,
                       description="collection id, e.g. parts, buildings, iot-devices")
-_BBOX = Query(None, max_length=MAX_BBOX_CHARS, description="minx,miny,maxx,maxy (or 6 numbers with heights), in bbox-crs axis order")
-_BBOX_CRS = Query(None, alias="bbox-crs", max_length=MAX_CRS_CHARS, description="CRS of bbox (URI); default CRS84")
+_BBOX = Query(None, max_length=MAX_BBOX_CHARS,
+              description="minx,miny,maxx,maxy (or 6 numbers with heights), in bbox-crs axis order")
+_CRS_RULE = ("a CRS URI/URN/[EPSG:n] is read in its authority's axis order (lat/lon for 4326); short names "
+             "(EPSG:4326, 4326, wgs84, cgcs2000, gcj02, bd09, CRS84) lon/lat")
+_BBOX_CRS = Query(None, alias="bbox-crs", max_length=MAX_CRS_CHARS,
+                  description=f"CRS of bbox; default CRS84; {_CRS_RULE}")
 _FILTER = Query(None, max_length=MAX_FILTER_CHARS, description="CQL2 filter on the queryables, in filter-lang")
 _FILTER_LANG = Query(None, alias="filter-lang", description="cql2-text (default) or cql2-json")
-_FILTER_CRS = Query(None, alias="filter-crs", max_length=MAX_CRS_CHARS, description="CRS of geometry literals in filter; default CRS84")
-_DATETIME = Query(None, max_length=MAX_DATETIME_CHARS, description="instant or interval (a/b, ../b, a/..): the versions valid then; "
+_FILTER_CRS = Query(None, alias="filter-crs", max_length=MAX_CRS_CHARS,
+                    description=f"CRS of geometry literals in filter; default CRS84; {_CRS_RULE}")
+_DATETIME = Query(None, max_length=MAX_DATETIME_CHARS,
+                  description="instant or interval (a/b, ../b, a/..): the versions valid then; "
                                     "default: current versions")
 
 
@@ -328,7 +337,7 @@ def install(app: FastAPI) -> None:
         return {
             "links": [_link(f"{_base(request)}/collections", "self", JSON, "the collections")],
             "collections": [_collection(request, state, layer) for layer in state.layers().values()],
-            "crs": [c.uri for c in supported_crs(state.settings.srid)],
+            "crs": [c.ref for c in offered_crs(state.settings.srid)],
         }
 
     @app.get("/collections/{collectionId}", tags=["OGC API – Features"], summary="One collection")
@@ -370,16 +379,19 @@ def install(app: FastAPI) -> None:
         collection_id: str = _COLLECTION_ID,
         bbox: str | None = _BBOX,
         bbox_crs: str | None = _BBOX_CRS,
-        crs: str | None = Query(None, max_length=MAX_CRS_CHARS, description="output CRS (URI); default CRS84"),
+        crs: str | None = Query(None, max_length=MAX_CRS_CHARS, description=f"output CRS; default CRS84; {_CRS_RULE}"),
         limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description=f"page size, 1 to {MAX_LIMIT}"),
         offset: int = Query(0, ge=0, le=MAX_OFFSET,
                             description=f"features to skip, 0 to {MAX_OFFSET:,}; to go deeper narrow the "
                                         "selection (bbox, filter, datetime) or sort it (sortby)"),
-        properties: str | None = Query(None, max_length=MAX_LIST_CHARS, description="comma-separated properties to return"),
-        filter_: str | None = Query(None, alias="filter", max_length=MAX_FILTER_CHARS, description=_FILTER.description),
+        properties: str | None = Query(None, max_length=MAX_LIST_CHARS,
+                                       description="comma-separated properties to return"),
+        filter_: str | None = Query(None, alias="filter", max_length=MAX_FILTER_CHARS,
+                                    description=_FILTER.description),
         filter_lang: FilterLang | None = _FILTER_LANG,
         filter_crs: str | None = _FILTER_CRS,
-        sortby: str | None = Query(None, max_length=MAX_LIST_CHARS, description="+name,-height: sort keys (queryables)"),
+        sortby: str | None = Query(None, max_length=MAX_LIST_CHARS,
+                                   description="+name,-height: sort keys (queryables)"),
         datetime_: str | None = Query(None, alias="datetime", max_length=MAX_DATETIME_CHARS,
                                        description=_DATETIME.description),
         f: str | None = Query(None, max_length=MAX_NAME_CHARS, description="json (the only format)"),
@@ -387,14 +399,11 @@ def install(app: FastAPI) -> None:
         state = get_state(request)
         layer = state.layer(collection_id)
         srid = state.settings.srid
-        try:
-            table = feature_table(layer, srid)
-            selection = _selection(request, layer, ITEMS_PARAMETERS, bbox, bbox_crs, filter_, filter_lang,
-                                   filter_crs, datetime_)
-            query = ItemsQuery(selection=selection, sortby=parse_sortby(sortby, layer, table), limit=limit,
-                               offset=offset, properties=parse_properties(properties, layer, table), crs=crs)
-        except ParameterError as exc:
-            raise _bad(exc) from None
+        table = feature_table(layer, srid)
+        selection = _selection(request, layer, srid, ITEMS_PARAMETERS, bbox, bbox_crs, filter_, filter_lang,
+                               filter_crs, datetime_)
+        query = ItemsQuery(selection=selection, sortby=parse_sortby(sortby, layer, table), limit=limit,
+                           offset=offset, properties=parse_properties(properties, layer, table), crs=crs)
         _check_format(f)
         page = _run(state, fetch_items, layer, srid, query)
         meta = {
@@ -406,15 +415,16 @@ def install(app: FastAPI) -> None:
         }
         head = orjson.dumps(meta)
         body = b"".join((head[:-1], b',"features":[', ",".join(page.features).encode(), b"]}"))
-        return _geojson(body, page.crs.uri)
+        return _geojson(body, page.crs.ref)
 
     @app.get("/collections/{collectionId}/items/{featureId}", tags=["OGC API – Features"], summary="One feature",
              response_class=Response, responses={200: {"content": {GEOJSON: {}}}})
     def item(
         request: Request,
         collection_id: str = _COLLECTION_ID,
-        feature_id: str = Path(..., alias="featureId", max_length=MAX_NAME_CHARS, description="the feature's stable feature_id (UUID)"),
-        crs: str | None = Query(None, max_length=MAX_CRS_CHARS, description="output CRS (URI); default CRS84"),
+        feature_id: str = Path(..., alias="featureId", max_length=MAX_NAME_CHARS,
+                               description="the feature's stable feature_id (UUID)"),
+        crs: str | None = Query(None, max_length=MAX_CRS_CHARS, description=f"output CRS; default CRS84; {_CRS_RULE}"),
         datetime_: str | None = Query(None, alias="datetime", max_length=MAX_DATETIME_CHARS,
                                        description="an instant: the version valid then"),
         f: str | None = Query(None, max_length=MAX_NAME_CHARS, description="json (the only format)"),
@@ -426,11 +436,8 @@ def install(app: FastAPI) -> None:
             if name not in ("crs", "datetime", "f"):
                 raise bad_parameter(name, f"unknown query parameter {name!r} for a single feature")
         _check_format(f)
-        try:
-            when = parse_datetime(datetime_)
-            out = crs_ref(crs, srid, "crs")
-        except ParameterError as exc:
-            raise _bad(exc) from None
+        when = parse_datetime(datetime_)
+        out = resolve_offered(crs, srid, "crs")
         if when is not None and not when.is_instant:
             raise bad_parameter("datetime", "a single feature takes an instant, not an interval or a date")
         text = _run(state, fetch_feature, layer, srid, feature_id, crs, when)
@@ -446,7 +453,7 @@ def install(app: FastAPI) -> None:
                  _link(base, "collection", JSON, layer.title)]
         body = text.encode()
         body = b"".join((body[:-1], b',"links":', orjson.dumps(links), b"}"))
-        return _geojson(body, out.uri)
+        return _geojson(body, out.ref)
 
     @app.get("/collections/{collectionId}/stats", tags=["statistics"],
              summary="Counts (and sums) of the selected features per district, street, community or grid")
@@ -455,10 +462,12 @@ def install(app: FastAPI) -> None:
         collection_id: str = _COLLECTION_ID,
         group_by: Literal["district", "street", "community", "grid"] = Query(
             ..., description="district, street, community or grid"),
-        sum_: str | None = Query(None, alias="sum", max_length=MAX_NAME_CHARS, description="a numeric queryable to sum per group"),
+        sum_: str | None = Query(None, alias="sum", max_length=MAX_NAME_CHARS,
+                                 description="a numeric queryable to sum per group"),
         bbox: str | None = _BBOX,
         bbox_crs: str | None = _BBOX_CRS,
-        filter_: str | None = Query(None, alias="filter", max_length=MAX_FILTER_CHARS, description=_FILTER.description),
+        filter_: str | None = Query(None, alias="filter", max_length=MAX_FILTER_CHARS,
+                                    description=_FILTER.description),
         filter_lang: FilterLang | None = _FILTER_LANG,
         filter_crs: str | None = _FILTER_CRS,
         datetime_: str | None = Query(None, alias="datetime", max_length=MAX_DATETIME_CHARS,
@@ -467,11 +476,8 @@ def install(app: FastAPI) -> None:
     ):
         state = get_state(request)
         layer = state.layer(collection_id)
-        try:
-            selection = _selection(request, layer, STATS_PARAMETERS, bbox, bbox_crs, filter_, filter_lang,
-                                   filter_crs, datetime_)
-        except ParameterError as exc:
-            raise _bad(exc) from None
+        selection = _selection(request, layer, state.settings.srid, STATS_PARAMETERS, bbox, bbox_crs, filter_,
+                               filter_lang, filter_crs, datetime_)
         _check_format(f)
         result = _run(state, group_stats, layer, state.settings.srid, group_by, selection, sum_)
         result["collection"] = layer.name

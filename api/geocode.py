@@ -20,13 +20,11 @@ from fastapi import APIRouter, FastAPI, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import StreamingResponse
 
-from api import auth
 from api.deps import get_state
 from api.grid import check_point, parse_crs
 from api.limits import MAX_CRS_CHARS, MAX_NAME_CHARS, TooManyItems, load_json_list
 from api.problems import bad_parameter
 from cim.crs import CrsSpec
-from cim.errors import UserError
 from cim.gazetteer.batch import BatchSummary, geocode_csv
 from cim.gazetteer.geocode import MAX_QUERY_CHARS, geocode, geocode_many
 from cim.gazetteer.reverse import DEFAULT_RADIUS_M, MAX_RADIUS_M, reverse
@@ -49,23 +47,8 @@ def geocode_one(request: Request,
     spec = parse_crs(crs)
     if not q.strip():
         raise bad_parameter("q", "q: the address is empty")
-    try:
-        with get_state(request).engine.connect() as conn:
-            return geocode(conn, q, spec).to_dict()
-    except UserError as exc:
-        raise _problem(exc, "q") from None
-
-
-def _problem(exc: UserError, default: str):
-    """A user error as a 400 naming the parameter its message starts with ("column: …")."""
-    if exc.status != 400:  # not the request's fault (the database is down …): mapped as it is
-        return exc
-    head = str(exc).split(":", 1)[0].strip()
-    parameter = {"rows": "file", "line 1": "file"}.get(head, head if head in _PARAMETERS else default)
-    return bad_parameter(parameter, str(exc))
-
-
-_PARAMETERS = {"q", "crs", "lon", "lat", "radius", "column", "encoding", "file", "addresses"}
+    with get_state(request).engine.connect() as conn:
+        return geocode(conn, q, spec).to_dict()
 
 
 def _json_batch(request: Request, body: Any, spec: CrsSpec, detail: str) -> dict:
@@ -105,9 +88,9 @@ def _csv_batch(request: Request, raw: BinaryIO, column: str | None, encoding: st
     try:
         with get_state(request).engine.connect() as conn:
             geocode_csv(text, writer, column, conn, chunk_rows=_CHUNK, max_rows=MAX_BATCH_ROWS)
-    except UserError as exc:
+    except BaseException:
         out.close()
-        raise _problem(exc, "file") from None
+        raise
     writer.flush()
     writer.detach()
     text.detach()
@@ -150,11 +133,14 @@ _BATCH_BODY = {
                               "description": "JSON for a JSON body, CSV for a CSV one"}})
 async def geocode_batch(
     request: Request,
-    crs: str | None = Query(None, max_length=MAX_CRS_CHARS, description=_OUT_CRS_HELP + " JSON answers only; CSV answers are WGS84."),
+    crs: str | None = Query(None, max_length=MAX_CRS_CHARS,
+                            description=_OUT_CRS_HELP + " JSON answers only; CSV answers are WGS84."),
     detail: Literal["summary", "full"] = Query("summary",
                         description="JSON answers: 'summary' (flat record per address) or 'full' (as GET /geocode)."),
-    column: str | None = Query(None, max_length=MAX_NAME_CHARS, description="CSV body: the column holding the addresses."),
-    encoding: str = Query("utf-8-sig", max_length=MAX_NAME_CHARS, description="CSV body: its text encoding (e.g. gbk)."),
+    column: str | None = Query(None, max_length=MAX_NAME_CHARS,
+                               description="CSV body: the column holding the addresses."),
+    encoding: str = Query("utf-8-sig", max_length=MAX_NAME_CHARS,
+                          description="CSV body: its text encoding (e.g. gbk)."),
 ) -> Any:
     """JSON in → ``{"summary", "results"}`` in input order; CSV in → CSV out with the input columns
     plus lon, lat (WGS84), match_level, score, standard_address, district/street/community/grid codes."""
@@ -198,13 +184,9 @@ def reverse_one(request: Request,
     """``found`` is false when no address lies within ``radius``; the assignment is given either way."""
     spec = parse_crs(crs)
     check_point(lon, lat, spec)
-    try:
-        with get_state(request).engine.connect() as conn:
-            return reverse(conn, lon, lat, spec, radius).to_dict()
-    except UserError as exc:
-        raise _problem(exc, "lon") from None
+    with get_state(request).engine.connect() as conn:
+        return reverse(conn, lon, lat, spec, radius).to_dict()
 
 
 def install(app: FastAPI) -> None:
-    auth.install(app)
     app.include_router(router)

@@ -10,7 +10,6 @@ import math
 from fastapi import APIRouter, FastAPI, Query, Request
 from pydantic import BaseModel, Field
 
-from api import auth
 from api.deps import get_state
 from api.limits import MAX_CRS_CHARS
 from api.problems import bad_parameter
@@ -20,7 +19,8 @@ from cim.grid import MAX_POINTS, answers_to_dicts, lookup_points
 router = APIRouter(tags=["grid"])
 
 CRS_HELP = ("CRS of lon/lat: an EPSG code ('4326', 'EPSG:4549'), 'gcj02' (Amap/Tencent), 'bd09' (Baidu), "
-            "'CRS84' or a CRS URI; default WGS84. With a projected CRS lon/lat are easting/northing.")
+            "'CRS84' or a CRS URI/URN; default WGS84. lon/lat are named, so they are longitude/latitude (with a "
+            "projected CRS easting/northing) whatever axis order the CRS spelling has.")
 
 
 def parse_crs(value: str | None, parameter: str = "crs") -> CrsSpec:
@@ -84,5 +84,4 @@ def grid_lookup_batch(request: Request, body: LookupRequest) -> dict:
 
 
 def install(app: FastAPI) -> None:
-    auth.install(app)
     app.include_router(router)

@@ -253,14 +253,9 @@ async def _drain(receive: Receive, budget: int) -> None:
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, error: BodyTooLarge, declared: int | None) -> None:
-    from api.problems import problem_response  # api.problems imports the routers' helpers; keep this module light
+    from api.problems import problem_response  # here: api.problems imports this module (MAX_DETAIL_CHARS)
 
     detail = str(error) + (f"; this one declares {declared:,}" if declared is not None else "")
     response = problem_response(Request(scope), error.status, error.title, detail,
                                 headers={"Connection": "close"})
     await response(scope, receive, send)
-
-
-def install(app) -> None:  # noqa: ANN001 (a FastAPI app; typed loosely to keep this module free of FastAPI)
-    """Innermost of the app's own middleware: metrics and access control still see the 413s."""
-    app.add_middleware(BodyLimitMiddleware)

@@ -7,43 +7,34 @@ from __future__ import annotations
 
 import math
 
-import sqlalchemy as sa
 from fastapi import APIRouter, FastAPI, Query, Request
 
-from api import auth
 from api.deps import get_state
 from api.grid import CRS_HELP, check_point, parse_crs
 from api.limits import MAX_CRS_CHARS, MAX_FILTER_CHARS, MAX_NAME_CHARS
 from api.problems import bad_parameter
 from api.responses import GeoJsonResponse
-from cim.errors import UserError
 from cim.cql import compile_filter
-from cim.registry import Layer, layer_table
+from cim.registry import layer_table
 from cim.spatial import DEFAULT_K, DEFAULT_RADIUS_M, MAX_K, MAX_RADIUS_M, nearby, to_storage
 
 router = APIRouter(tags=["proximity"])
-
-
-def _compile_filter(layer: Layer, text: str, srid: int) -> sa.ColumnElement:
-    """CQL2 text → a bound SQL condition via :func:`cim.cql.compile_filter`."""
-    try:
-        return compile_filter(text, "cql2-text", layer, layer_table(layer, srid), srid)
-    except UserError as exc:  # cim.cql's errors name their parameter (filter, filter-crs)
-        raise bad_parameter(getattr(exc, "parameter", "filter"), str(exc)) from None
 
 
 @router.get("/nearby", summary="Features of a layer nearest a point (2D, or 3D with z)",
             response_class=GeoJsonResponse)
 def nearby_features(
     request: Request,
-    layer: str = Query(..., max_length=MAX_NAME_CHARS, description="Collection id, e.g. pipelines, parts, buildings (see /collections)."),
+    layer: str = Query(..., max_length=MAX_NAME_CHARS,
+                       description="Collection id, e.g. pipelines, parts, buildings (see /collections)."),
     lon: float = Query(..., description="Longitude (or easting in a projected crs)."),
     lat: float = Query(..., description="Latitude (or northing in a projected crs)."),
     z: float | None = Query(None, description="Height in metres (negative below ground): makes distances 3D."),
     crs: str | None = Query(None, max_length=MAX_CRS_CHARS, description=CRS_HELP),
     radius: float = Query(DEFAULT_RADIUS_M, gt=0, le=MAX_RADIUS_M, description="Search radius in metres."),
     k: int = Query(DEFAULT_K, ge=1, le=MAX_K, description="At most this many features, nearest first."),
-    filter: str | None = Query(None, max_length=MAX_FILTER_CHARS, description="CQL2 text filter on the layer's queryables."),
+    filter: str | None = Query(None, max_length=MAX_FILTER_CHARS,
+                               description="CQL2 text filter on the layer's queryables."),
 ) -> GeoJsonResponse:
     """A FeatureCollection (geometry in CRS84) nearest first, each with ``distance_m``."""
     state = get_state(request)
@@ -54,7 +45,9 @@ def nearby_features(
     check_point(lon, lat, spec)
     if z is not None and not math.isfinite(z):
         raise bad_parameter("z", f"z must be a finite number of metres, got {z}")
-    where = _compile_filter(found, filter, state.settings.srid) if filter is not None and filter.strip() else None
+    srid = state.settings.srid
+    where = (compile_filter(filter, "cql2-text", found, layer_table(found, srid), srid)
+             if filter is not None and filter.strip() else None)
     xs, ys = to_storage([lon], [lat], spec, state.settings.srid)
     if not (math.isfinite(xs[0]) and math.isfinite(ys[0])):
         raise bad_parameter("lon", f"the point ({lon}, {lat}) cannot be expressed in the storage CRS "
@@ -67,5 +60,4 @@ def nearby_features(
 
 
 def install(app: FastAPI) -> None:
-    auth.install(app)
     app.include_router(router)

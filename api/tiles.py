@@ -17,20 +17,17 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, FastAPI, Path, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
-from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.limits import MAX_BBOX_CHARS, MAX_FILTER_CHARS, MAX_LIST_CHARS
-from api.problems import Problem, bad_parameter, not_found
+from api.problems import not_found
 from api.responses import OrjsonResponse
-from cim.config import cim_home
 from cim.registry import Layer
+from cim.selection import Selection, parse_bbox
 from tiles import mvt
 from tiles.cache import TileCache
-from tiles.mvt import PropertiesError, TileAddressError
-from tiles.selection import Selection, SelectionError, parse_bbox
-from tiles.service import StaleVersionError, TileService, UnknownLayerError
-from tiles.tileset import DEFAULT_MAX_FEATURES, NoTilesError
+from tiles.service import TileService
+from tiles.tileset import DEFAULT_MAX_FEATURES
 
 MVT_TYPE = "application/vnd.mapbox-vector-tile"
 GLB_TYPE = "model/gltf-binary"
@@ -46,24 +43,9 @@ def _service(request: Request) -> TileService:
     return request.app.state.tiles
 
 
-def _problem(exc: Exception) -> Problem:
-    if isinstance(exc, TileAddressError):
-        return Problem(exc.status, "Bad tile address" if exc.status == 400 else "Not found", str(exc), exc.parameter)
-    if isinstance(exc, SelectionError):
-        return bad_parameter(exc.parameter, str(exc))
-    if isinstance(exc, PropertiesError):
-        return bad_parameter("properties", str(exc))
-    if isinstance(exc, (UnknownLayerError, NoTilesError, StaleVersionError)):
-        return not_found(str(exc))
-    raise exc
-
-
 async def _call(fn: Callable, *args: Any) -> Any:
-    try:
-        return await run_in_threadpool(fn, *args)
-    except (TileAddressError, SelectionError, PropertiesError, UnknownLayerError, NoTilesError,
-            StaleVersionError) as exc:
-        raise _problem(exc) from None
+    """Blocking tile work off the event loop; its errors carry their own status (see api.problems)."""
+    return await run_in_threadpool(fn, *args)
 
 
 def _etag(version: str) -> str:
@@ -80,10 +62,7 @@ def _scope_not_modified(scope: Scope, etag: str) -> bool:
 
 
 def _selection(bbox: str | None, filter_: str | None, filter_lang: str) -> Selection:
-    try:
-        return Selection(parse_bbox(bbox), filter_ or None, filter_lang)
-    except SelectionError as exc:
-        raise bad_parameter(exc.parameter, str(exc)) from None
+    return Selection(parse_bbox(bbox), filter_ or None, filter_lang)
 
 
 def _base(request: Request) -> str:
@@ -92,7 +71,8 @@ def _base(request: Request) -> str:
 
 BboxQ = Annotated[str | None, Query(max_length=MAX_BBOX_CHARS, description="minlon,minlat,maxlon,maxlat (CRS84)")]
 FilterQ = Annotated[str | None, Query(max_length=MAX_FILTER_CHARS, description="CQL2 filter on the layer's queryables")]
-FilterLangQ = Annotated[Literal["cql2-text", "cql2-json"], Query(alias="filter-lang", description="cql2-text or cql2-json")]
+FilterLangQ = Annotated[Literal["cql2-text", "cql2-json"], Query(alias="filter-lang",
+                                                                 description="cql2-text or cql2-json")]
 
 
 # --- 3D Tiles ---------------------------------------------------------------------------------
@@ -248,10 +228,7 @@ async def collection_tile(request: Request, collectionId: str, tileMatrixSetId: 
                                           "the answer may then be cached for good")] = None):
     _check_tms(tileMatrixSetId)
     svc = _service(request)
-    try:
-        mvt.check_tile(tileMatrix, tileCol, tileRow)
-    except TileAddressError as exc:
-        raise _problem(exc) from None
+    mvt.check_tile(tileMatrix, tileCol, tileRow)
     selection = _selection(bbox, filter, filter_lang)
     props = [p.strip() for p in properties.split(",") if p.strip()] if properties is not None else None
     # one thread hop and one connection: the layer's version now, then the tile of that version
@@ -358,8 +335,7 @@ def _versioned_tile(scope: Scope) -> tuple[str, int, int, int, int] | None:
 
 def install(app: FastAPI) -> None:
     engine = app.state.cim.engine
-    app.state.tiles = TileService(engine, TileCache(cim_home() / "tiles"), app.state.cim.settings)
+    deployment = app.state.cim.deployment
+    cache = TileCache(deployment.home.resolve() / "tiles", deployment.tile_memory_mb << 20)
+    app.state.tiles = TileService(engine, cache, app.state.cim.settings)
     app.include_router(router)
-    # appended, not add_middleware (which puts a middleware outermost): it must run inside access
-    # control and metrics
-    app.user_middleware.append(Middleware(VersionedTileMiddleware))

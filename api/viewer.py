@@ -6,12 +6,13 @@ The libraries come from npm (``npm ci`` at the repository root installs ``cesium
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
+
+from cim.config import settings
 
 VIEWER_DIR = Path(__file__).with_name("static") / "viewer"
 #: URL prefix → directory inside node_modules
@@ -19,7 +20,7 @@ LIBRARIES = {"cesium": "cesium/Build/Cesium", "maplibre": "maplibre-gl/dist"}
 
 
 def node_modules() -> Path:
-    return Path(os.environ.get("CIM_NODE_MODULES") or Path(__file__).resolve().parents[1] / "node_modules")
+    return settings().node_modules or Path(__file__).resolve().parents[1] / "node_modules"
 
 
 def _missing() -> list[str]:

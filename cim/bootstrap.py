@@ -19,8 +19,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection, Engine
 
-from cim.config import DEFAULT_FLOOR_HEIGHT_M, DEFAULT_STORAGE_SRID, SHANGHAI_BBOX_WGS84
-from cim.errors import UserError
+from cim.config import DEFAULT_FLOOR_HEIGHT_M, DEFAULT_STORAGE_SRID, settings as deployment_settings
+from cim.errors import UnavailableError, UserError
 from cim.layers import LAYERS
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -30,8 +30,18 @@ class InitError(UserError):
     """The base cannot be initialised as asked; the message says why."""
 
 
+class NotInitialisedError(InitError, UnavailableError):
+    """The database has no city base yet: nothing can be answered until ``cim init`` has run (503)."""
+
+    def __init__(self, message: str = "the city base is not initialised: run 'cim init'") -> None:
+        super().__init__(message)
+
+
 @dataclass(frozen=True)
 class BaseSettings:
+    """The settings of one city base, stored in it at ``cim init`` (not the deployment's, see
+    :mod:`cim.config`): storage CRS, city extent and name, floor height."""
+
     srid: int
     city_bbox_wgs84: tuple[float, float, float, float]
     floor_height_m: float
@@ -53,11 +63,12 @@ def stored_settings(conn: Connection) -> BaseSettings | None:
     rows = dict(conn.execute(sa.text("SELECT key, value FROM cim_settings")).all())
     if "srid" not in rows:
         return None
+    defaults = deployment_settings()  # for a base initialised before a setting was stored
     return BaseSettings(
         srid=int(rows["srid"]),
-        city_bbox_wgs84=tuple(rows.get("city_bbox_wgs84", SHANGHAI_BBOX_WGS84)),  # type: ignore[arg-type]
+        city_bbox_wgs84=tuple(rows.get("city_bbox_wgs84", defaults.city_bbox_wgs84)),  # type: ignore[arg-type]
         floor_height_m=float(rows.get("floor_height_m", DEFAULT_FLOOR_HEIGHT_M)),
-        city_name=str(rows.get("city_name", "上海市")),
+        city_name=str(rows.get("city_name", defaults.city_name)),
     )
 
 
@@ -65,7 +76,7 @@ def load_settings(engine: Engine) -> BaseSettings:
     with engine.connect() as conn:
         settings = stored_settings(conn)
     if settings is None:
-        raise InitError("the city base is not initialised: run 'cim init'")
+        raise NotInitialisedError()
     return settings
 
 
@@ -90,8 +101,9 @@ def head_revision() -> str:
 
 def initialise(engine: Engine, srid: int | None = None,
                city_bbox_wgs84: tuple[float, float, float, float] | None = None,
-               floor_height_m: float | None = None) -> tuple[BaseSettings, list[str]]:
-    """Upgrade to head and seed; returns the settings in force and what was changed."""
+               floor_height_m: float | None = None, city_name: str | None = None) -> tuple[BaseSettings, list[str]]:
+    """Upgrade to head and seed; returns the settings in force and what was changed. City extent and
+    name not given keep the base's, or for a new base are the deployment's defaults (``CIM_CITY_*``)."""
     changes: list[str] = []
     with engine.begin() as conn:
         # one init at a time: two concurrent `cim init` must not both create the tables
@@ -109,11 +121,15 @@ def initialise(engine: Engine, srid: int | None = None,
         after = current_revision(conn)
         if before != after:
             changes.append(f"schema {before or 'empty'} -> {after}")
+        defaults = deployment_settings()
+        if city_name is not None and not city_name.strip():
+            raise InitError("the city name must not be empty")
         wanted = {
             "srid": chosen_srid,
-            "city_bbox_wgs84": list(city_bbox_wgs84 or (existing.city_bbox_wgs84 if existing else SHANGHAI_BBOX_WGS84)),
+            "city_bbox_wgs84": list(city_bbox_wgs84 or (existing.city_bbox_wgs84 if existing
+                                                        else defaults.city_bbox_wgs84)),
             "floor_height_m": floor_height_m or (existing.floor_height_m if existing else DEFAULT_FLOOR_HEIGHT_M),
-            "city_name": existing.city_name if existing else "上海市",
+            "city_name": (city_name or "").strip() or (existing.city_name if existing else defaults.city_name),
         }
         for key, value in wanted.items():
             res = conn.execute(sa.text(

@@ -6,15 +6,15 @@ import time
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from cim.config import database_target
-from cim.errors import UnavailableError, UserError
+from cim.config import database_target, settings
+from cim.errors import UnavailableError
 
 
-class DatabaseError(UserError):
+class DatabaseError(UnavailableError):
     """The base cannot be reached or is not initialised; the message says what to run."""
 
 
-class DatabaseUnavailableError(UnavailableError):
+class DatabaseUnavailableError(DatabaseError):
     """The database server cannot be reached, or the connection to it was lost: a request or a load
     cannot be answered now, and may succeed when retried (the API answers 503 with Retry-After)."""
 
@@ -39,21 +39,21 @@ def sqlalchemy_url(url: str) -> str:
     return url
 
 
-POOL_SIZE = 8
-#: a pooled connection idle for longer than this is pinged before it is handed out
-PING_AFTER_IDLE_SECONDS = 2.0
 _ENGINES: dict[str, Engine] = {}
 
 
 def engine_for(url: str) -> Engine:
-    """One pooled engine per URL for the life of the process."""
+    """One pooled engine per URL for the life of the process, sized by the deployment settings in
+    force when it is first asked for (``CIM_DB_POOL_SIZE``, ``CIM_DB_POOL_TIMEOUT_S``,
+    ``CIM_DB_PING_AFTER_IDLE_S``)."""
     engine = _ENGINES.get(url)
     if engine is None:
+        config = settings()
         # A fixed pool: under load, overflow connections are opened and closed per request, which cost
         # the API most of its throughput (measured: items at 32 connections 0.81x -> 1.41x tipg's).
-        engine = _ENGINES[url] = sa.create_engine(sqlalchemy_url(url), pool_size=POOL_SIZE, max_overflow=0,
-                                                  pool_timeout=60)
-        _ping_idle_connections(engine)
+        engine = _ENGINES[url] = sa.create_engine(sqlalchemy_url(url), pool_size=config.db_pool_size,
+                                                  max_overflow=0, pool_timeout=config.db_pool_timeout_s)
+        _ping_idle_connections(engine, config.db_ping_after_idle_s)
         _unavailable_when_unreachable(engine)
     return engine
 
@@ -89,7 +89,7 @@ def _first_line(error: BaseException) -> str:
     return (reason if sep and head.startswith("connection to server") else line).strip() or type(error).__name__
 
 
-def _ping_idle_connections(engine: Engine) -> None:
+def _ping_idle_connections(engine: Engine, ping_after_idle_s: float) -> None:
     """Pessimistic disconnect handling, but only for connections that sat idle.
 
     SQLAlchemy's ``pool_pre_ping`` pings on every checkout: one more round trip for every API request
@@ -104,7 +104,7 @@ def _ping_idle_connections(engine: Engine) -> None:
     @sa.event.listens_for(engine, "checkout")
     def _handed_out(dbapi_connection, record, proxy) -> None:  # noqa: ANN001
         returned_at = record.info.get("returned_at")
-        if returned_at is None or time.monotonic() - returned_at < PING_AFTER_IDLE_SECONDS:
+        if returned_at is None or time.monotonic() - returned_at < ping_after_idle_s:
             return  # new, or in use a moment ago
         try:
             with dbapi_connection.cursor() as cursor:

@@ -26,9 +26,9 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from cim.bootstrap import BaseSettings, stored_settings
+from cim.bootstrap import BaseSettings, NotInitialisedError, stored_settings
 from cim.crs import CrsSpec
-from cim.errors import UserError
+from cim.errors import ParameterError
 from cim.spatial import to_storage
 
 #: most points answered by one statement; callers with more split them (the CLI streams chunks)
@@ -230,7 +230,7 @@ def _settings(conn: Connection, settings: BaseSettings | None) -> BaseSettings:
         return settings
     found = stored_settings(conn)
     if found is None:
-        raise UserError("the city base is not initialised: run 'cim init'")
+        raise NotInitialisedError()
     return found
 
 
@@ -246,7 +246,7 @@ def lookup_points(conn: Connection, xs: Sequence[float] | np.ndarray, ys: Sequen
     transaction (see ``_LOOKUP_SQL``).
     """
     if len(xs) > MAX_POINTS:
-        raise UserError(f"points: at most {MAX_POINTS:,} points per lookup, got {len(xs):,}; split the batch")
+        raise ParameterError("points", f"points: at most {MAX_POINTS:,} points per lookup, got {len(xs):,}; split the batch")
     if len(xs) == 0 and len(ys) == 0:
         return []
     srid = _settings(conn, settings).srid

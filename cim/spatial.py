@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.dialects.postgresql import JSON
 
 from cim.crs import CrsSpec, resolve_crs, transform_coords
-from cim.errors import UserError
+from cim.errors import ParameterError, UserError
 from cim.registry import Layer, layer_table
 
 DEFAULT_RADIUS_M = 100.0
@@ -99,9 +99,9 @@ def nearby(conn: Connection, layer: Layer, x: float, y: float, z: float | None, 
     """Current features of ``layer`` within ``radius_m`` of (x, y[, z]) in the storage CRS
     ``srid``, nearest first, at most ``k``. With ``z`` the distance is true 3D, else 2D."""
     if not 0 < radius_m <= MAX_RADIUS_M:
-        raise UserError(f"radius: must be > 0 and at most {MAX_RADIUS_M:g} metres, got {radius_m:g}")
+        raise ParameterError("radius", f"radius: must be > 0 and at most {MAX_RADIUS_M:g} metres, got {radius_m:g}")
     if not 1 <= k <= MAX_K:
-        raise UserError(f"k: must be between 1 and {MAX_K}, got {k}")
+        raise ParameterError("k", f"k: must be between 1 and {MAX_K}, got {k}")
     rows = conn.execute(nearby_select(layer, srid, x, y, z, radius_m=radius_m, k=k, where=where)).mappings()
     return [NearbyFeature(feature_id=r["_feature_id"], geometry=r["_geometry"], distance_m=float(r["_distance_m"]),
                           properties={name: value for name, value in r.items() if not name.startswith("_")})

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Deterministic generator for the synthetic sample city: 徐汇区 (310104), Shanghai.
 
-    python data_samples/generate.py                 # writes data_samples/{xuhui/,manifest.json,part_classes.csv}
-    python data_samples/generate.py --out /tmp/x    # writes /tmp/x/{xuhui/,manifest.json,part_classes.csv}
+    python data_samples/generate.py                 # writes data_samples/{xuhui/,manifest.json}
+    python data_samples/generate.py --out /tmp/x    # writes /tmp/x/{xuhui/,manifest.json}
 
 Everything is synthetic: the district outline is a hand-drawn approximation placed at the real
 location, the street/town names and 9-digit codes are the real ones, all other geometry,
@@ -10,7 +10,8 @@ names, people and phone numbers are invented from a seeded ``numpy.random.defaul
 
 The script is standalone on purpose (numpy, shapely>=2.1, pyproj, pyogrio, geopandas only; it
 must not import the platform packages), so that the sample data can be regenerated without the
-platform installed.  Output is byte-identical between runs: coordinates are snapped to a fixed
+platform installed (the part-class names are read from the platform's catalogue file,
+cim/data/part_classes.csv, not imported).  Output is byte-identical between runs: coordinates are snapped to a fixed
 grid (1 mm in EPSG:4549, 1e-7 degree in WGS84/GCJ-02), numbers are formatted explicitly, files
 are written in a fixed order, and GDAL's time stamps are pinned (``OGR_CURRENT_DATE`` for
 GeoPackage, ``DBF_DATE_LAST_UPDATE`` for shapefiles).
@@ -204,40 +205,54 @@ COMPOUND_SUFFIX = ["新村", "小区", "花园", "公寓", "苑", "大楼", "坊
 COMPANY_ROOTS = ["汇金", "港汇", "美罗", "东方", "光启", "华鑫", "徐家汇", "漕河泾", "龙华", "滨江", "星扬",
                  "西岸", "云锦", "宏汇", "天钥", "腾飞", "光大", "太平洋", "华亭", "建汇", "百联"]
 
-# Part classes and subclasses (code, name, count in parts.geojson, placement rule).
-PART_CLASSES = [("01", "公用设施"), ("02", "道路交通"), ("03", "市容环境"), ("04", "园林绿化"),
-                ("05", "房屋土地"), ("06", "其他设施")]
-PART_SUBCLASSES = [
-    ("0101", "上水井盖", 300, "pipe:给水"),
-    ("0102", "污水井盖", 350, "pipe:污水"),
-    ("0103", "雨水井盖", 450, "pipe:雨水"),
-    ("0104", "电力井盖", 250, "pipe:电力"),
-    ("0105", "通信井盖", 250, "pipe:通信"),
-    ("0106", "燃气井盖", 150, "pipe:燃气"),
-    ("0110", "消防栓", 200, "curb"),
-    ("0111", "电力设施(变电箱)", 80, "off"),
-    ("0201", "交通信号灯", 120, "junction"),
-    ("0202", "路灯", 800, "run:32"),
-    ("0203", "公交站亭", 60, "curb"),
-    ("0205", "交通标志牌", 200, "curb"),
-    ("0301", "公共厕所", 30, "off"),
-    ("0302", "垃圾箱", 300, "curb"),
-    ("0303", "果壳箱", 250, "curb"),
-    ("0401", "行道树", 785, "run:7"),
-    ("0402", "绿地", 80, "off"),
-    ("0404", "城市雕塑", 15, "off"),
-    ("0405", "街头坐椅", 100, "curb"),
-    ("0501", "宣传栏", 60, "curb"),
-    ("0502", "人防工事", 20, "off"),
-    ("0601", "监控电子眼", 150, "curb"),
+# Part subclasses the sample city has (code, count in parts.geojson, placement rule). Their names
+# come from the one part-class catalogue, cim/data/part_classes.csv, which seeds every base.
+PART_CATALOGUE = Path(__file__).resolve().parents[1] / "cim" / "data" / "part_classes.csv"
+PART_SUBCLASS_PLAN = [
+    ("0101", 300, "pipe:给水"),
+    ("0102", 350, "pipe:污水"),
+    ("0103", 450, "pipe:雨水"),
+    ("0104", 250, "pipe:电力"),
+    ("0105", 250, "pipe:通信"),
+    ("0106", 150, "pipe:燃气"),
+    ("0110", 200, "curb"),
+    ("0111", 80, "off"),
+    ("0201", 120, "junction"),
+    ("0202", 800, "run:32"),
+    ("0203", 60, "curb"),
+    ("0205", 200, "curb"),
+    ("0301", 30, "off"),
+    ("0302", 300, "curb"),
+    ("0303", 250, "curb"),
+    ("0402", 785, "run:7"),
+    ("0405", 80, "off"),
+    ("0406", 15, "off"),
+    ("0407", 100, "curb"),
+    ("0501", 60, "curb"),
+    ("0502", 20, "off"),
+    ("0601", 150, "curb"),
 ]
+
+
+def part_subclasses() -> list[tuple[str, str, int, str]]:
+    """(code, name, count, placement rule) of each planned subclass, named by the catalogue."""
+    with open(PART_CATALOGUE, encoding="utf-8", newline="") as fh:
+        names = {r["code"]: r["name"] for r in csv.DictReader(fh)}
+    missing = [code for code, _, _ in PART_SUBCLASS_PLAN if code not in names or code[:2] not in names]
+    if missing:
+        raise SystemExit(f"{PART_CATALOGUE}: no part class {', '.join(missing)} (the sample city may use only "
+                         "classes of the catalogue)")
+    return [(code, names[code], n, rule) for code, n, rule in PART_SUBCLASS_PLAN]
+
+
+PART_SUBCLASSES = part_subclasses()
 PART_OWNER = {
     "0101": "上海城投水务(集团)有限公司", "0102": "区水务局", "0103": "区水务局",
     "0104": "国网上海市区供电公司", "0105": "中国电信上海分公司", "0106": "上海燃气有限公司",
     "0110": "区消防救援支队", "0111": "国网上海市区供电公司", "0201": "区公安分局交警支队",
     "0202": "区建管委", "0203": "区交通委", "0205": "区公安分局交警支队", "0301": "区市容绿化局",
-    "0302": "区市容绿化局", "0303": "区市容绿化局", "0401": "区市容绿化局", "0402": "区市容绿化局",
-    "0404": "区文旅局", "0405": "区市容绿化局", "0501": "街道办事处", "0502": "区民防办",
+    "0302": "区市容绿化局", "0303": "区市容绿化局", "0402": "区市容绿化局", "0405": "区市容绿化局",
+    "0406": "区文旅局", "0407": "区市容绿化局", "0501": "街道办事处", "0502": "区民防办",
     "0601": "区公安分局",
 }
 PART_MAINTAINER = {
@@ -1403,9 +1418,6 @@ def generate(root: Path, seed: int = SEED):
                   [Point(a, b) for a, b in zip(dlon, dlat)])
     write_csv(out / "iot_readings.csv", ["device_id", "time", "quantity", "value"], make_readings(rng, devices))
 
-    # part classes (seeded by the schema; listed here for reference / tests)
-    write_csv(root / "part_classes.csv", ["code", "name", "parent_code"],
-              [[c, n, ""] for c, n in PART_CLASSES] + [[c, n, c[:2]] for c, n, _, _ in PART_SUBCLASSES])
     write_manifest(root)
     return dict(streets=len(streets), communities=len(communities), grids=len(grids), roads=len(roads),
                 addresses=len(main), addresses_full=len(full), buildings=len(buildings), curtain_walls=len(cw_rows),
@@ -1468,7 +1480,7 @@ def write_manifest(root: Path):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent,
-                    help="root directory: writes OUT/xuhui/*, OUT/manifest.json, OUT/part_classes.csv "
+                    help="root directory: writes OUT/xuhui/* and OUT/manifest.json "
                          "(default: the data_samples directory)")
     ap.add_argument("--seed", type=int, default=SEED)
     args = ap.parse_args(argv)

@@ -13,10 +13,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cim.cli.console import console
 from ingest.columns import parse_mapping
 from ingest.specs import SPECS
 
-console = Console()
 ingest_app = typer.Typer(help="Load survey deliveries into the city base.", no_args_is_help=True,
                          invoke_without_command=False)
 samples_app = typer.Typer(help="The sample city in data_samples/.", no_args_is_help=True)
@@ -54,6 +54,12 @@ def load(
         typer.echo(json.dumps(report.as_dict(), ensure_ascii=False, indent=2))
     else:
         _print_report(report)
+    if report.read and report.rejected >= report.read:
+        # a batch script must notice a delivery that loaded nothing: the summary and rejects are as usual
+        rejects = ", ".join(f.rejects_file for f in report.files if f.rejects_file)
+        typer.echo(f"error: every one of the {report.read:,} row(s) was rejected, nothing loaded (see {rejects})",
+                   err=True)
+        raise typer.Exit(1)
 
 
 def _run_with_progress(layer, paths, options, engine, quiet: bool):

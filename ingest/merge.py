@@ -153,9 +153,16 @@ def merge(cur, table: str, columns: list[str], mode: str, run_id: int, extra_sel
     insert_cols = ", ".join(columns)
     cur.execute("SELECT count(*) FROM _stage")
     rebuild = defer_indexes(cur, table, cur.fetchone()[0])
+    # a source id delivered again after its feature was closed (by a replace, or an edit) is that
+    # feature again: its latest closed version gives the feature id back
+    cur.execute(f'''CREATE TEMP TABLE _returning ON COMMIT DROP AS
+        SELECT DISTINCT ON (t.source_id) t.source_id, t.feature_id FROM "{table}" t
+        WHERE t.valid_to IS NOT NULL AND t.source_id IN (SELECT source_id FROM _stage)
+        ORDER BY t.source_id, t.valid_to DESC, t.fid DESC''')
     cur.execute(f'''INSERT INTO "{table}" (feature_id, ingest_run_id, valid_from, {insert_cols})
-        SELECT COALESCE(c.feature_id, gen_random_uuid()), %s, now(), {select}
-        FROM _stage s LEFT JOIN _closed c ON c.source_id = s.source_id {joins}
+        SELECT COALESCE(c.feature_id, p.feature_id, gen_random_uuid()), %s, now(), {select}
+        FROM _stage s LEFT JOIN _closed c ON c.source_id = s.source_id
+        LEFT JOIN _returning p ON p.source_id = s.source_id {joins}
         WHERE s.source_id IS NULL OR NOT EXISTS (
           SELECT 1 FROM "{table}" t WHERE t.source_id = s.source_id AND t.valid_to IS NULL)
 ''', (run_id,))  # stage rows are read in COPY order: no sort needed

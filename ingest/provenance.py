@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import getpass
 import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from cim.config import settings
 from ingest.report import IngestReport
 
 
 def operator_name(explicit: str | None) -> str:
-    return explicit or os.environ.get("CIM_OPERATOR") or getpass.getuser()
+    """Who ran the load: as given, else ``CIM_OPERATOR``, else the OS user."""
+    return explicit or settings().operator or getpass.getuser()
 
 
 @contextmanager

@@ -3,6 +3,7 @@ coordinate or WKT columns. Yields batches of attributes + shapely geometries + s
 and says which CRS and encoding the file declared."""
 from __future__ import annotations
 
+import codecs
 import csv
 import zipfile
 from collections.abc import Iterator
@@ -15,7 +16,9 @@ import pyogrio
 import shapely
 
 from cim.errors import UserError
-from ingest.encoding import EncodingProblem, repair_column
+from ingest.columns import line_breaks, merged_rows_reason
+from ingest.encoding import BYTES_AS_TEXT, EncodingProblem, decode_column, repair_column
+from ingest.sequence import number_by_line, scan_sequence
 
 BATCH_ROWS = 100_000
 OGR_SUFFIXES = {".geojson", ".json", ".geojsonl", ".geojsons", ".jsonl", ".shp", ".gpkg", ".fgb", ".zip", ".gml", ".kml", ".tab", ".mif", ".sqlite", ".gdb"}
@@ -52,6 +55,7 @@ class Source:
     encoding: str | None
     notes: list[str]
     batches: Iterator[Batch]
+    unreadable: int = 0  # records that could not be read at all (each one a reject with its line number)
 
 
 def open_source(path: Path, options: ReadOptions) -> Source:
@@ -97,27 +101,43 @@ def _open_ogr(path: Path, options: ReadOptions) -> Source:
         raise ReadError(f"{path}: has several layers ({names}); choose one with --layer")
     if layer is not None and layer not in {str(n) for n, _ in layers}:
         raise ReadError(f"{path}: no layer {layer!r} (layers: {', '.join(str(n) for n, _ in layers)})")
+    if options.encoding:
+        try:
+            codecs.lookup(options.encoding)
+        except LookupError as exc:
+            raise ReadError(f"{path}: unknown encoding {options.encoding!r} (e.g. GBK, GB18030, UTF-8)") from exc
     info = pyogrio.read_info(ogr_path, layer=layer, encoding=options.encoding)
     notes: list[str] = []
     cpg = path.with_suffix(".cpg")
     declared_encoding = options.encoding or (cpg.read_text().strip() if cpg.exists() else info.get("encoding"))
+    # an explicit encoding of a DBF is applied by us to the bytes as stored, exactly once: GDAL would
+    # apply it to whatever the file holds, even text already mis-decoded and re-saved as UTF-8
+    explicit = options.encoding if options.encoding and info.get("driver") == "ESRI Shapefile" else None
+    batches = _ogr_batches(ogr_path, layer, options, notes, path, explicit)
+    unreadable = 0
+    if info.get("driver") == "GeoJSONSeq":
+        scan = scan_sequence(path)
+        batches, unreadable = number_by_line(batches, scan, path, Batch), len(scan.unreadable)
     return Source(path=path, format=info.get("driver") or path.suffix.lstrip("."),
                   declared_crs=info.get("crs"), encoding=declared_encoding, notes=notes,
-                  batches=_ogr_batches(ogr_path, layer, options, notes, path))
+                  batches=batches, unreadable=unreadable)
 
 
 def _ogr_batches(ogr_path: str, layer: str | None, options: ReadOptions, notes: list[str],
-                 path: Path) -> Iterator[Batch]:
+                 path: Path, explicit: str | None) -> Iterator[Batch]:
     start = 1
     repaired: dict[str, str] = {}
-    with pyogrio.open_arrow(ogr_path, layer=layer, encoding=options.encoding, use_pyarrow=True,
+    read_as = BYTES_AS_TEXT if explicit else options.encoding
+    with pyogrio.open_arrow(ogr_path, layer=layer, encoding=read_as, use_pyarrow=True,
                             batch_size=options.batch_rows) as (meta, reader):
         geom_col = meta["geometry_name"] or "wkb_geometry"
         for record_batch in reader:
             n = record_batch.num_rows
             columns = [c for c in record_batch.schema.names if c != geom_col]
             frame = record_batch.select(columns).to_pandas() if columns else pd.DataFrame(index=range(n))
-            if options.encoding is None:
+            if explicit:
+                _decode_text(frame, path, explicit, repaired, notes)
+            elif options.encoding is None:
                 _repair_text(frame, path, repaired, notes)
             geometry = None
             if geom_col in record_batch.schema.names:
@@ -126,10 +146,32 @@ def _ogr_batches(ogr_path: str, layer: str | None, options: ReadOptions, notes: 
             start += n
 
 
+def _decode_text(frame: pd.DataFrame, path: Path, encoding: str, peeled: dict[str, str],
+                 notes: list[str]) -> None:
+    try:  # the DBF's field names are in the same encoding as its values
+        names, _ = decode_column(pd.Series(list(frame.columns), dtype=object), "(field names)", encoding)
+    except EncodingProblem as exc:
+        raise ReadError(f"{path}: field name {exc.sample!r} is not valid {encoding}; check --encoding") from exc
+    frame.columns = list(names)
+    for column in _text_columns(frame):
+        try:
+            frame[column], layers = decode_column(frame[column], column, encoding)
+        except EncodingProblem as exc:
+            raise ReadError(f"{path}: column {exc.column!r} is not valid {encoding} (e.g. {exc.sample!r}); "
+                            "check --encoding") from exc
+        if layers and column not in peeled:
+            peeled[column] = encoding
+            notes.append(f"column {column!r}: {encoding} text that had been read as Latin-1 and saved as UTF-8 "
+                         f"({layers}×): undone, then decoded as {encoding}")
+
+
+def _text_columns(frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns
+            if pd.api.types.is_object_dtype(frame[c]) or pd.api.types.is_string_dtype(frame[c])]
+
+
 def _repair_text(frame: pd.DataFrame, path: Path, repaired: dict[str, str], notes: list[str]) -> None:
-    for column in frame.columns:
-        if not (pd.api.types.is_object_dtype(frame[column]) or pd.api.types.is_string_dtype(frame[column])):
-            continue
+    for column in _text_columns(frame):
         try:
             fixed, how = repair_column(frame[column], column)
         except EncodingProblem as exc:
@@ -228,11 +270,15 @@ def _csv_batches(path: Path, encoding: str, options: ReadOptions) -> Iterator[Ba
 
 def _csv_geometry(chunk: pd.DataFrame, options: ReadOptions) -> tuple[np.ndarray | None, dict[int, str]]:
     errors: dict[int, str] = {}
+    for column in (options.x, options.y, options.z, options.wkt):
+        if column:
+            for i in line_breaks(chunk[column]):
+                errors.setdefault(int(i), merged_rows_reason(column))
     if options.wkt:
         text = chunk[options.wkt].to_numpy(dtype=object)
         geometry = shapely.from_wkt(np.where(text == "", None, text), on_invalid="ignore")
         for i in np.flatnonzero(pd.isna(geometry) & (text != "")):
-            errors[int(i)] = f"field {options.wkt!r}: not valid WKT"
+            errors.setdefault(int(i), f"field {options.wkt!r}: not valid WKT")
         return geometry, errors
     if not options.x:
         return None, errors

@@ -76,8 +76,9 @@ class RejectsWriter:
         out.insert(0, "reason", [reasons[i] for i in positions])
         out.insert(0, "row", rows[positions])
         picked = None if geometry is None else geometry[positions]
+        # as read, in the file's own CRS, at full precision: the row can be corrected and delivered again
         out["geometry_wkt"] = "" if picked is None else [
-            "" if g is None else shapely.to_wkt(g, rounding_precision=3) for g in picked]
+            "" if g is None else shapely.to_wkt(g, rounding_precision=-1) for g in picked]
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "w", newline="", encoding="utf-8")

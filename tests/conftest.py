@@ -18,7 +18,8 @@ from cim.bootstrap import initialise
 from cim.database import dispose_engines, engine_for
 
 PROJECT = Path(__file__).resolve().parents[1]
-SHARED_DATA = PROJECT.parent / "shared" / "data"
+SHARED = PROJECT.parent / "shared"  # real data (data/) and vendored tools (vendor/), beside the clone
+SHARED_DATA = SHARED / "data"
 CIM = str(Path(sys.executable).with_name("cim"))
 
 
@@ -82,9 +83,28 @@ def run_cim(*args: str, db_url: str | None = None, env: dict | None = None, chec
     return proc
 
 
-def shared_path(*parts: str) -> Path:
-    """A file of ../shared/data, or skip the test cleanly when it is absent (a user's clone)."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"{path} not present (../shared/data is only in CI and developer workspaces)")
-    return path
+#: set to 1 (``.ci/run`` does) to make a missing file of ../shared a failure, not a skip
+REQUIRE_SHARED_ENV = "CIM_REQUIRE_SHARED"
+
+
+def shared_data_required() -> bool:
+    """Whether a missing ../shared file fails the test: when asked to (CIM_REQUIRE_SHARED=1), or
+    in CI (``CI`` set) while ../shared is there — a skip would then hide a broken path."""
+    if os.environ.get(REQUIRE_SHARED_ENV, "").strip() not in ("", "0"):
+        return True
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false") and SHARED.is_dir()
+
+
+def shared_path(*parts: str, folder: str = "data") -> Path:
+    """A file of ../shared/data (the real Shanghai data; ``folder="vendor"`` for ../shared/vendor),
+    for every test that reads one.
+
+    Absent on a user's clone: the test is skipped, naming the missing file. Where the data must be
+    there (:func:`shared_data_required`) the test fails instead, so CI cannot go green by skipping."""
+    path = SHARED.joinpath(folder, *parts)
+    if path.exists():
+        return path
+    if shared_data_required():
+        pytest.fail(f"{path} is missing, but ../shared is required here "
+                    f"({REQUIRE_SHARED_ENV}=1, or CI with ../shared present)", pytrace=False)
+    pytest.skip(f"{path} not present (../shared is only in CI and developer workspaces)")

@@ -15,10 +15,8 @@ import pytest
 from cim.gazetteer.dictionary import AddressDictionary
 from cim.gazetteer.normalize import normalize
 from cim.gazetteer.parse import parse_address
+from tests.conftest import shared_path
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-ADDRESSES = SHARED / "addresses" / "cpca_addr.csv"
-SUBDISTRICTS = SHARED / "shanghai" / "subdistricts_wgs84.geojson"
 
 DISTRICTS = [
     ("310101", "黄浦区"), ("310104", "徐汇区"), ("310105", "长宁区"), ("310106", "静安区"),
@@ -240,20 +238,18 @@ def test_new_city_is_data_only():
 
 @pytest.fixture(scope="module")
 def real_rows() -> list[str]:
-    if not ADDRESSES.exists():
-        pytest.skip(f"{ADDRESSES} not present")
-    with ADDRESSES.open(encoding="utf-8") as fh:
+    with shared_path("addresses", "cpca_addr.csv").open(encoding="utf-8") as fh:
         return [r["原始地址"] for r in csv.DictReader(fh)]
 
 
 @pytest.fixture(scope="module")
 def real_parsed(real_rows):
-    """16 districts plus, when present, the 229 real streets/towns of the base."""
+    """16 districts plus the 229 real streets/towns of the base."""
     streets = []
-    if SUBDISTRICTS.exists():
-        for f in json.loads(SUBDISTRICTS.read_text(encoding="utf-8"))["features"]:
-            p = f["properties"]
-            streets.append((p["region_id"][:9], p["source_name"], p["region_group"]))
+    subdistricts = shared_path("shanghai", "subdistricts_wgs84.geojson")
+    for f in json.loads(subdistricts.read_text(encoding="utf-8"))["features"]:
+        p = f["properties"]
+        streets.append((p["region_id"][:9], p["source_name"], p["region_group"]))
     dictionary = AddressDictionary.from_rows(districts=DISTRICTS, streets=streets)
     start = time.perf_counter()
     parsed = [parse_address(r, dictionary) for r in real_rows]  # must not raise

@@ -2,20 +2,13 @@
 OWSLib read the sample city from ``cim``'s uvicorn server, and grid lookup over Shanghai's real
 sub-districts agrees with shapely for every metro station.
 
-Each server is ``uvicorn --factory api.app:create_app`` in a subprocess (GDAL holds the GIL while
-it waits for HTTP, so a server thread in this process could not answer), listening on a socket
-bound here on a free 127.0.0.1 port and handed over with ``--fd``, so no other process can take
-the port in between.
+Each server is ``uvicorn --factory api.app:create_app`` in a subprocess, started by
+:func:`tests.servers.serve_app` (GDAL holds the GIL while it waits for HTTP, so a server thread in
+this process could not answer).
 """
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import geopandas as gpd
 import httpx
@@ -31,45 +24,10 @@ from cim.bootstrap import load_settings
 from cim.database import engine_for
 from cim.grid import responsibility_for
 from cim.registry import load_layers
-from tests.conftest import PROJECT, create_database, run_cim, shared_path
+from tests.conftest import create_database, run_cim, shared_path
+from tests.servers import serve_app
 
 OWSLIB = pytest.importorskip("owslib.ogcapi.features")
-
-
-@contextmanager
-def serve(db_url: str) -> Iterator[str]:
-    """A real API server for ``db_url``; yields its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    env = {**os.environ, "CIM_DATABASE_URL": db_url}
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "api.app:create_app",
-                             "--fd", str(sock.fileno()), "--log-level", "warning"],
-                            env=env, cwd=PROJECT, pass_fds=(sock.fileno(),),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    sock.close()  # the server has its own copy
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/conformance", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None:
-                raise AssertionError("the API server exited:\n" + proc.stdout.read().decode(errors="replace"))
-            if time.monotonic() > deadline:
-                raise AssertionError("the API server did not answer within 30 s")
-            time.sleep(0.1)
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,7 +49,7 @@ def sample_engine(sample_url):
 
 @pytest.fixture(scope="module")
 def sample_server(sample_url) -> Iterator[str]:
-    with serve(sample_url) as base:
+    with serve_app(sample_url) as base:
         yield base
 
 
@@ -294,7 +252,7 @@ def test_grid_lookup_agrees_with_shapely_for_every_metro_station(shanghai_url):
     assert sum(c is not None for c in want_street) > len(points) * 0.8  # most stations are in the city
 
     body = {"points": [{"lon": p.x, "lat": p.y} for p in stations.geometry]}  # WGS84, as published
-    with serve(shanghai_url) as base:
+    with serve_app(shanghai_url) as base:
         r = httpx.post(f"{base}/grid/lookup", json=body, timeout=60)
     assert r.status_code == 200, r.text
     results = r.json()["results"]

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
-import sys
 import time
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -19,6 +16,7 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from tests.servers import serve_app
 
 SRID = 4549
 TO_STORAGE = pyproj.Transformer.from_crs("OGC:CRS84", f"EPSG:{SRID}", always_xy=True)
@@ -307,8 +305,11 @@ def test_bbox_crs_storage_is_northing_first(client):
     bbox = f"{min(ys) - 1},{min(xs) - 1},{max(ys) + 1},{max(xs) + 1}"
     doc = get_items(client, "parts", bbox=bbox, **{"bbox-crs": f"http://www.opengis.net/def/crs/EPSG/0/{SRID}"})
     assert source_ids(doc) == expected
+    assert source_ids(get_items(client, "parts", bbox=bbox, **{"bbox-crs": f"[EPSG:{SRID}]"})) == expected
+    # the short name EPSG:4549 is easting first, like every short name
     swapped = f"{min(xs) - 1},{min(ys) - 1},{max(xs) + 1},{max(ys) + 1}"
-    assert get_items(client, "parts", bbox=swapped, **{"bbox-crs": f"EPSG:{SRID}"})["numberMatched"] == 0
+    assert source_ids(get_items(client, "parts", bbox=swapped, **{"bbox-crs": f"EPSG:{SRID}"})) == expected
+    assert get_items(client, "parts", bbox=bbox, **{"bbox-crs": f"EPSG:{SRID}"})["numberMatched"] == 0
 
 
 def test_bbox_crs_4326_is_lat_lon(client):
@@ -642,37 +643,10 @@ def test_number_matched_is_estimated_above_the_limit(engine, city):
 # a real client: GDAL's OGC API driver against a real server
 # ---------------------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(db_url, city):
-    port = _free_port()
-    env = {**__import__("os").environ, "CIM_DATABASE_URL": db_url}
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "api.asgi:app", "--host", "127.0.0.1",
-                             "--port", str(port), "--log-level", "warning"],
-                            env=env, cwd=Path(__file__).resolve().parents[1],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(150):
-            try:
-                if httpx.get(f"{base}/conformance", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None:
-                raise AssertionError(proc.stdout.read().decode(errors="replace"))
-            time.sleep(0.1)
-        else:
-            raise AssertionError("uvicorn did not start")
+    with serve_app(db_url, app="api.asgi:app", factory=False) as base:
         yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @pytest.mark.skipif(shutil.which("ogrinfo") is None, reason="GDAL's ogrinfo is not installed")
@@ -687,3 +661,146 @@ def test_gdal_reads_a_collection(server):
                           capture_output=True, text=True, timeout=120)
     assert full.returncode == 0, full.stderr
     assert full.stdout.count("POINT Z") == N_PARTS
+
+
+# ---------------------------------------------------------------------------------------------
+# one CRS dialect: every accepted spelling means the same on items, /nearby and /grid/lookup
+# ---------------------------------------------------------------------------------------------
+
+#: spelling → (PostGIS SRID, offset, coordinates listed lat/northing first?) — written out here,
+#: not asked of the resolver: the rule of cim.crs.resolve, per spelling
+CRS_SPELLINGS = {
+    None: (4326, None, False),
+    "CRS84": (4326, None, False),
+    "OGC:CRS84": (4326, None, False),
+    "http://www.opengis.net/def/crs/OGC/1.3/CRS84": (4326, None, False),
+    "EPSG:4326": (4326, None, False),
+    "4326": (4326, None, False),
+    "wgs84": (4326, None, False),
+    "http://www.opengis.net/def/crs/EPSG/0/4326": (4326, None, True),
+    "urn:ogc:def:crs:EPSG::4326": (4326, None, True),
+    "[EPSG:4326]": (4326, None, True),
+    "EPSG:4490": (4490, None, False),
+    "cgcs2000": (4490, None, False),
+    "[EPSG:4490]": (4490, None, True),
+    "EPSG:3857": (3857, None, False),
+    "http://www.opengis.net/def/crs/EPSG/0/3857": (3857, None, False),
+    f"EPSG:{SRID}": (SRID, None, False),
+    f"http://www.opengis.net/def/crs/EPSG/0/{SRID}": (SRID, None, True),
+    "gcj02": (4326, "gcj02", False),
+    "GCJ-02": (4326, "gcj02", False),
+    "bd09": (4326, "bd09", False),
+}
+
+
+def _expected_xy(lon: float, lat: float, srid: int, offset: str | None) -> tuple[float, float]:
+    """Where a CRS84 point lies in (srid, offset), x first — computed independently of cim.crs.resolve."""
+    from cim.crs import wgs84_to_bd09, wgs84_to_gcj02
+
+    if offset == "gcj02":
+        return wgs84_to_gcj02(lon, lat)
+    if offset == "bd09":
+        return wgs84_to_bd09(lon, lat)
+    return pyproj.Transformer.from_crs("OGC:CRS84", f"EPSG:{srid}", always_xy=True).transform(lon, lat)
+
+
+@pytest.mark.parametrize("spelling", list(CRS_SPELLINGS), ids=[str(s) for s in CRS_SPELLINGS])
+def test_every_crs_spelling_agrees_on_items_nearby_and_grid_lookup(client, spelling):
+    srid, offset, lat_first = CRS_SPELLINGS[spelling]
+    geographic = srid in (4326, 4490)
+    tol = 1e-7 if geographic else 0.002
+    params = {"source_id": "P013"} | ({"crs": spelling} if spelling else {})
+    r = client.get("/collections/parts/items", params=params)
+    assert r.status_code == 200, r.text
+    feature = r.json()["features"][0]
+    first, second, z = feature["geometry"]["coordinates"]
+    x, y = (second, first) if lat_first else (first, second)
+    # items writes the part where it is, in this CRS and this spelling's axis order
+    ex, ey = _expected_xy(*part_lonlat(13), srid, offset)
+    assert abs(x - ex) < tol and abs(y - ey) < tol, (x, y, ex, ey)
+    assert abs(z - 4.8) < 1e-9
+    # what items wrote, handed back as lon/lat under the same name, finds the same part ...
+    crs_param = {"crs": spelling} if spelling else {}
+    near = client.get("/nearby", params={"layer": "parts", "lon": x, "lat": y, "k": 1, "radius": 5} | crs_param)
+    assert near.status_code == 200, near.text
+    [hit] = near.json()["features"]
+    assert hit["properties"]["source_id"] == "P013" and hit["properties"]["distance_m"] < 0.01
+    # ... and the same grid as the part's own
+    grid = client.get("/grid/lookup", params={"lon": x, "lat": y} | crs_param)
+    assert grid.status_code == 200, grid.text
+    assert grid.json()["results"][0]["grid"]["code"] == feature["properties"]["grid_code"] == "31010400101"
+    # a bbox of it in the same spelling selects it, and filter-crs reads a point literal the same way
+    box = (x - tol * 10, y - tol * 10, x + tol * 10, y + tol * 10)
+    bbox = (box[1], box[0], box[3], box[2]) if lat_first else box
+    bbox_params = {"bbox": ",".join(repr(v) for v in bbox)} | ({"bbox-crs": spelling} if spelling else {})
+    assert source_ids(get_items(client, "parts", **bbox_params)) == {"P013"}
+    point = f"POINT({first!r} {second!r})"
+    filt = {"filter": f"S_DWITHIN(geometry, {point}, 0.01)"} | ({"filter-crs": spelling} if spelling else {})
+    assert source_ids(get_items(client, "parts", **filt)) == {"P013"}
+
+
+def test_items_in_gcj02_give_the_amap_position(client, city):
+    from cim.crs import wgs84_to_bd09, wgs84_to_gcj02
+
+    lon, lat = part_lonlat(7)
+    for name, shift in (("gcj02", wgs84_to_gcj02), ("bd09", wgs84_to_bd09)):
+        r = client.get("/collections/parts/items", params={"crs": name, "source_id": "P007"})
+        assert r.status_code == 200, r.text
+        # no OGC or EPSG identifier exists for the offsets: the header names them
+        assert r.headers["content-crs"] == f"<{name}>"
+        x, y, z = r.json()["features"][0]["geometry"]["coordinates"]
+        gx, gy = shift(lon, lat)
+        assert abs(x - gx) < 1e-7 and abs(y - gy) < 1e-7 and abs(z - 4.2) < 1e-9
+        assert abs(x - lon) > 1e-3  # really shifted, by hundreds of metres in Shanghai
+        one = client.get(f"/collections/parts/items/{city['parts']['P007']}", params={"crs": name})
+        assert one.status_code == 200 and one.headers["content-crs"] == f"<{name}>"
+        assert one.json()["geometry"]["coordinates"] == [x, y, z]
+
+
+def test_offset_output_rewrites_only_the_geometry():
+    # properties are passed through as the database wrote them: a Python round trip of the whole
+    # feature would turn a huge integer into a float and fail on 1e400 (valid in a jsonb number)
+    from cim.crs import resolve_crs, wgs84_to_gcj02
+    from cim.features import _apply_offset
+
+    text = ('{"type" : "Feature", "id" : "x", "geometry" : {"type":"Point","coordinates":[121.47,31.23,4.5]}, '
+            '"properties" : {"geometry" : 1, "n" : 123456789012345678901234567890, "big" : 1e400}}')
+    [moved, empty] = _apply_offset([text, '{"type" : "Feature", "id" : "y", "geometry" : null, "properties" : {}}'],
+                                   resolve_crs("gcj02"))
+    assert moved.endswith('"properties" : {"geometry" : 1, "n" : 123456789012345678901234567890, "big" : 1e400}}')
+    lon, lat, z = json.loads(moved)["geometry"]["coordinates"]
+    assert (lon, lat) == pytest.approx(wgs84_to_gcj02(121.47, 31.23), abs=1e-8) and z == 4.5
+    assert json.loads(empty)["geometry"] is None
+
+
+def test_collections_offer_the_offset_crss(client):
+    doc = client.get("/collections/parts").json()
+    assert {"gcj02", "bd09", "http://www.opengis.net/def/crs/EPSG/0/4490"} <= set(doc["crs"])
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs that used to be 500s (issue 16 item 6)
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00", "9999-12-31",
+                                   "2024-01-01T00:00:00Z/9999-12-31", "../9999-12-31T23:59:59-14:00"])
+def test_unrepresentable_datetime_is_400_naming_it(client, value):
+    body = assert_problem(client.get("/collections/parts/items", params={"datetime": value}), 400, "datetime")
+    assert "outside the supported time range" in body["detail"]
+
+
+@pytest.mark.parametrize("params", [
+    {"filter": "name = 'a\x00b'"},
+    {"filter": "T_INTERSECTS(valid_from, TIMESTAMP('9999-12-31T23:59:59-14:00'))"},
+    {"filter": json.dumps({"op": "=", "args": [{"property": "name"}, "a\x00b"]}), "filter-lang": "cql2-json"},
+])
+def test_filter_literals_that_crashed_are_400_naming_filter(client, params):
+    assert_problem(client.get("/collections/parts/items", params=params), 400, "filter")
+    assert_problem(client.get("/collections/parts/stats", params={"group_by": "grid", **params}), 400, "filter")
+
+
+def test_naive_datetime_equality_is_refused_like_datetime(client):
+    body = assert_problem(client.get("/collections/parts/items", params={"valid_from": "2024-01-01T00:00:00"}),
+                          400, "valid_from")
+    assert "no UTC offset" in body["detail"]
+    assert_problem(client.get("/collections/parts/items", params={"name": "a\x00b"}), 400, "name")

@@ -14,7 +14,9 @@ from api.app import create_app
 from api.auth import READ_KEY_ENV
 from api.iot import MAX_READINGS
 from cim.apikeys import create_key, revoke_key, verify_key
-from tests.conftest import run_cim
+from cim.config import override_settings
+from cim.database import engine_for
+from tests.conftest import create_database, run_cim
 from tests.spatial_data import build_features, build_hierarchy
 
 T0 = datetime(2024, 5, 1, tzinfo=timezone.utc)
@@ -68,6 +70,55 @@ def test_unknown_route_is_a_problem(client):
     r = client.get("/no/such/route")
     assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json"
     assert r.json()["status"] == 404
+
+
+def _problem(r, status: int, title: str, parameter: str | None = None) -> dict:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    body = r.json()
+    assert body["status"] == status and body["title"] == title and body.get("parameter") == parameter, body
+    return body
+
+
+@pytest.mark.parametrize("path, params, status, title, parameter", [
+    # each core error is mapped by its own meaning (cim.errors), with no router re-wrapping it
+    ("/3dtiles/nope/tileset.json", {}, 404, "Not found", None),  # unknown layer
+    ("/3dtiles/grids/tileset.json", {}, 404, "Not found", None),  # a layer without 3D tiles
+    ("/3dtiles/parts/0/root.glb", {}, 409, "Conflict", None),  # a content URL of a stale version
+    ("/collections/grids/tiles/WebMercatorQuad/1/0/0", {"properties": "nope"}, 400, "Bad request parameter",
+     "properties"),
+    ("/collections/grids/tiles/WebMercatorQuad/25/0/0", {}, 400, "Bad tile address", "tileMatrix"),
+    ("/collections/grids/tiles/WebMercatorQuad/1/5/0", {}, 404, "Not found", "tileRow"),
+    ("/3dtiles/parts/tileset.json", {"bbox": "1,2"}, 400, "Bad request parameter", "bbox"),
+    ("/nearby", {"layer": "parts", "lon": 121.47, "lat": 31.23, "filter": "no_such_property = 1"}, 400,
+     "Bad request parameter", "filter"),
+    ("/reverse", {"lon": "1e400", "lat": 31.2}, 400, "Bad request parameter", "lon"),
+    ("/collections/parts/items", {"bbox": "1,2,3"}, 400, "Bad request parameter", "bbox"),
+    ("/collections/nope/items", {}, 404, "Not found", None),
+])
+def test_core_errors_are_mapped_once_by_their_meaning(client, path, params, status, title, parameter):
+    _problem(client.get(path, params=params), status, title, parameter)
+
+
+def test_a_base_that_is_not_initialised_is_a_503_with_retry_after(server_url):
+    """The base went away under a running app (reset, restored): "run cim init" is the server's state,
+    not the client's mistake, so a 503 that says when to retry, not a 400."""
+    url = create_database(server_url)
+    run_cim("init", db_url=url)
+    app = TestClient(create_app(engine_for(url)))
+    with engine_for(url).begin() as conn:
+        conn.execute(sa.text("DELETE FROM cim_settings"))
+    body = _problem(app.get("/geocode", params={"q": "徐汇区汾阳路150号"}), 503, "Service unavailable")
+    assert "cim init" in body["detail"]
+    assert int(app.get("/geocode", params={"q": "徐汇区汾阳路150号"}).headers["retry-after"]) > 0
+
+
+def test_a_refused_request_is_counted_in_metrics(engine, keys):
+    """Metrics sit outside access control (api.app.MIDDLEWARE): a 401 is counted like any answer."""
+    with override_settings(api_read_key_required=True):
+        locked = TestClient(create_app(engine))
+    assert locked.get("/grid/lookup", params={"lon": 121.47, "lat": 31.23}).status_code == 401
+    assert 'cim_http_requests_total{method="GET",route="unmatched",status="401"}' in locked.get("/metrics").text
 
 
 # --- keys ------------------------------------------------------------------------------------------
@@ -222,12 +273,15 @@ def test_readings_in_a_window(client):
     assert body["readings"][0]["value"] == pytest.approx(20.6)
     assert body["unit"] == "°C" and body["alarm"] == {"alarm_high": 38}
     assert body["device"]["id"] == "dev-2" and body["quantity"] == "temperature" and not body["truncated"]
-    # the same instant written with an offset, and without one (taken as UTC)
+    # the same instant written with another offset; without one it is a 400 (cim.times: never guessed)
     shanghai = _readings(client, "dev-2", quantity="temperature",
                          **{"from": "2024-05-01T09:00:00+08:00", "to": "2024-05-01T10:00:00+08:00"}).json()
+    assert shanghai["readings"] == body["readings"]
     naive = _readings(client, "dev-2", quantity="temperature",
-                      **{"from": "2024-05-01T01:00:00", "to": "2024-05-01T02:00:00"}).json()
-    assert shanghai["readings"] == naive["readings"] == body["readings"]
+                      **{"from": "2024-05-01T01:00:00", "to": "2024-05-01T02:00:00Z"})
+    assert naive.status_code == 400 and "no UTC offset" in naive.text and "from" in naive.text
+    overflow = _readings(client, "dev-2", quantity="temperature", **{"to": "9999-12-31T23:59:59-14:00"})
+    assert overflow.status_code == 400 and "outside the supported time range" in overflow.text
 
 
 def test_readings_default_to_the_last_24_hours_and_feature_id(client, engine):
@@ -270,36 +324,23 @@ def test_readings_errors(client, device, params, status, parameter):
     assert r.json().get("parameter") == parameter
 
 
-def test_serve_with_two_workers_answers_on_a_tcp_nodelay_socket(engine, tmp_path):
+def test_serve_with_two_workers_answers_on_a_tcp_nodelay_socket(db_url):
     """`cim serve --workers 2` shares one socket made with IPPROTO_TCP (so asyncio sets TCP_NODELAY)."""
-    import os
     import socket
-    import subprocess
-    import time
+    from urllib.parse import urlsplit
 
     import httpx
 
     from api.cli import listening_socket
     from tests.conftest import CIM
+    from tests.servers import serve_command
 
     probe = listening_socket("127.0.0.1", 0)
     assert probe.proto == socket.IPPROTO_TCP
-    port = probe.getsockname()[1]
     probe.close()
-    env = {**os.environ, "CIM_DATABASE_URL": str(engine.url.render_as_string(hide_password=False)).replace(
-        "postgresql+psycopg2://", "postgresql://")}
-    server = subprocess.Popen([CIM, "serve", "--port", str(port), "--workers", "2"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline, answer = time.time() + 60, None
-        while time.time() < deadline and answer is None:
-            try:
-                answer = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
-            except httpx.TransportError:
-                time.sleep(0.3)
-        assert answer is not None and answer.status_code == 200 and answer.json()["status"] == "ok"
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with serve_command(lambda port: [CIM, "serve", "--port", str(port), "--workers", "2"], db_url=db_url) as base:
+        answer = httpx.get(f"{base}/healthz", timeout=10)
+        assert answer.status_code == 200 and answer.json()["status"] == "ok"
+        port = urlsplit(base).port
     busy = listening_socket("127.0.0.1", port)  # the port is free again once the workers stop
     busy.close()

@@ -122,7 +122,8 @@ def test_connection_failures_become_one_unavailable_error_in_the_core(stopped_ba
 def test_read_key_middleware_answers_503_too(stopped_base, monkeypatch):
     """With read keys required the key check itself needs the base: it too answers 503, not 500."""
     app, key, _ = stopped_base
-    monkeypatch.setattr(app.state, "read_key_required", True)
+    locked = app.state.cim.deployment.model_copy(update={"api_read_key_required": True})
+    monkeypatch.setattr(app.state.cim, "deployment", locked)
     r = TestClient(app, raise_server_exceptions=False).get("/collections", headers={"X-API-Key": key})
     assert r.status_code == 503 and r.headers["retry-after"] and r.json()["status"] == 503
 

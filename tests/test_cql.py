@@ -11,9 +11,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from cim.cql import (
-    CRS84, FilterError, ParameterError, compile_filter, crs_ref, envelope_literal, geometry_literal, parse_filter,
-)
+from cim.cql import FilterError, ParameterError, compile_filter, envelope_literal, geometry_literal, parse_filter
+from cim.crs import CRS84, resolve_offered, wgs84_to_gcj02
 from cim.features import feature_table
 from cim.registry import load_layers
 
@@ -74,19 +73,23 @@ def evaluate(engine, layer, text: str, lang: str = "cql2-text") -> bool:
 
 @pytest.mark.parametrize("spec,srid,lat_first", [
     (None, 4326, False), ("http://www.opengis.net/def/crs/OGC/1.3/CRS84", 4326, False), ("CRS84", 4326, False),
-    ("http://www.opengis.net/def/crs/EPSG/0/4326", 4326, True), ("EPSG:4490", 4490, True),
+    ("http://www.opengis.net/def/crs/EPSG/0/4326", 4326, True), ("[EPSG:4490]", 4490, True),
     ("[EPSG:3857]", 3857, False), ("urn:ogc:def:crs:EPSG::4549", 4549, True),
     ("https://www.opengis.net/def/crs/EPSG/0/4549", 4549, True),
+    # short names are x-first whatever the authority says
+    ("EPSG:4490", 4490, False), ("EPSG:4326", 4326, False), ("4549", 4549, False), ("wgs84", 4326, False),
+    ("gcj02", 4326, False), ("bd09", 4326, False),
 ])
 def test_crs_references(spec, srid, lat_first):
-    ref = crs_ref(spec, SRID)
+    ref = resolve_offered(spec, SRID, "crs")
     assert (ref.srid, ref.lat_first) == (srid, lat_first)
 
 
-@pytest.mark.parametrize("spec", ["EPSG:2000", "EPSG:abc", "gcj02", "http://example.com/crs/4326", "OGC:CRS27"])
+@pytest.mark.parametrize("spec", ["EPSG:2000", "EPSG:abc", "gcj03", "http://example.com/crs/4326", "OGC:CRS27",
+                                  "EPSG:32651"])
 def test_unsupported_crs_names_the_parameter(spec):
     with pytest.raises(ParameterError) as info:
-        crs_ref(spec, SRID, "bbox-crs")
+        resolve_offered(spec, SRID, "bbox-crs")
     assert info.value.parameter == "bbox-crs" and "CRS84" in str(info.value)
 
 
@@ -95,8 +98,17 @@ def test_geometry_literal_axis_order(engine):
     x, y = TO_STORAGE.transform(lon, lat)
     exprs = {
         "crs84": geometry_literal({"type": "Point", "coordinates": [lon, lat]}, CRS84, SRID),
-        "epsg4326": geometry_literal({"type": "Point", "coordinates": [lat, lon]}, crs_ref("EPSG:4326", SRID), SRID),
-        "storage": geometry_literal({"type": "Point", "coordinates": [y, x]}, crs_ref("EPSG:4549", SRID), SRID),
+        "epsg4326-uri": geometry_literal({"type": "Point", "coordinates": [lat, lon]},
+                                         resolve_offered("urn:ogc:def:crs:EPSG::4326", SRID, "f"), SRID),
+        "epsg4326-short": geometry_literal({"type": "Point", "coordinates": [lon, lat]},
+                                           resolve_offered("EPSG:4326", SRID, "f"), SRID),
+        "storage-urn": geometry_literal({"type": "Point", "coordinates": [y, x]},
+                                        resolve_offered("urn:ogc:def:crs:EPSG::4549", SRID, "f"), SRID),
+        "storage-short": geometry_literal({"type": "Point", "coordinates": [x, y]},
+                                          resolve_offered("EPSG:4549", SRID, "f"), SRID),
+        # GCJ-02 literals are moved back to WGS 84 before they reach the database
+        "gcj02": geometry_literal({"type": "Point", "coordinates": list(wgs84_to_gcj02(lon, lat))},
+                                  resolve_offered("gcj02", SRID, "f"), SRID),
     }
     with engine.connect() as conn:
         for name, expr in exprs.items():
@@ -264,11 +276,48 @@ def test_pygeofilter_forms_still_work(engine, buildings):
     assert [sid for sid, _ in select_ids(engine, buildings, "BBOX(geometry, 121.435, 31.17, 121.46, 31.2)")] == ["b2", "b3"]
 
 
-def test_naive_timestamps_are_utc(engine, buildings):
-    text = "valid_from = TIMESTAMP('2019-01-01T00:00:00')"
-    assert [sid for sid, _ in select_ids(engine, buildings, text)] == ["b1"]
+def test_naive_timestamps_are_refused(engine, buildings):
+    # one rule with the datetime parameter (cim.times): a timestamp needs its UTC offset
+    for text in ("valid_from = TIMESTAMP('2019-01-01T00:00:00')",
+                 "T_INTERSECTS(valid_from, INTERVAL('2019-01-01T00:00:00', '..'))",
+                 "valid_from = '2019-01-01T00:00:00'"):
+        with pytest.raises(FilterError, match="no UTC offset") as info:
+            select_ids(engine, buildings, text)
+        assert info.value.parameter == "filter"
+    with pytest.raises(FilterError, match="no UTC offset"):
+        select_ids(engine, buildings, {"op": "=", "args": [{"property": "valid_from"},
+                                                           {"timestamp": "2019-01-01T00:00:00"}]}, "cql2-json")
     t = datetime(2019, 1, 1, tzinfo=timezone.utc).isoformat()
     assert [sid for sid, _ in select_ids(engine, buildings, f"valid_from = TIMESTAMP('{t}')")] == ["b1"]
+    assert [sid for sid, _ in select_ids(engine, buildings, "valid_from = TIMESTAMP('2019-01-01T08:00:00+08:00')")] \
+        == ["b1"]
+
+
+@pytest.mark.parametrize("text", [
+    "valid_from = TIMESTAMP('9999-12-31T23:59:59-14:00')",
+    "valid_from > TIMESTAMP('0001-01-01T00:00:00+14:00')",
+    "T_INTERSECTS(valid_from, INTERVAL('2019-01-01T00:00:00Z', '9999-12-31T23:59:59-14:00'))",
+    "T_BEFORE(valid_from, DATE('9999-12-31'))",
+    "valid_from = '9999-12-31T23:59:59-14:00'",
+])
+def test_unrepresentable_instants_are_filter_errors(engine, buildings, text):
+    # these overflowed (OverflowError, a 500) or reached pygeofilter's bare ValueError
+    with pytest.raises(FilterError, match="outside the supported time range") as info:
+        select_ids(engine, buildings, text)
+    assert info.value.parameter == "filter"
+
+
+@pytest.mark.parametrize("text,lang", [
+    ("name = 'a\x00b'", "cql2-text"),
+    ("name LIKE '%\x00%'", "cql2-text"),
+    ('{"op": "=", "args": [{"property": "name"}, "a\\u0000b"]}', "cql2-json"),
+    ({"op": "=", "args": [{"property": "name"}, "a\x00b"]}, "cql2-json"),
+])
+def test_nul_in_a_string_literal_is_a_filter_error(engine, buildings, text, lang):
+    # PostgreSQL text cannot hold NUL: the driver raised ValueError, a 500
+    with pytest.raises(FilterError, match="NUL") as info:
+        select_ids(engine, buildings, text, lang)
+    assert info.value.parameter == "filter"
 
 
 def test_unsupported_json_operators_are_named(buildings):

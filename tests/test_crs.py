@@ -64,9 +64,13 @@ def _ref_gcj02_to_bd09(lng: float, lat: float) -> tuple[float, float]:
 
 # --- constants -------------------------------------------------------------------------------
 
-def test_constants():
-    assert C.DEFAULT_STORAGE_SRID == 4549
-    assert C.SHANGHAI_BBOX_WGS84 == (120.85, 30.66, 122.20, 31.88)
+def test_default_storage_crs_and_city_box_fit_together():
+    # the defaults must be usable together: a projected metre CRS whose area of use covers the box
+    crs = C.check_storage_crs(C.DEFAULT_STORAGE_SRID)
+    w, s, e, n = C.SHANGHAI_BBOX_WGS84
+    assert w < PEOPLES_SQUARE[0] < e and s < PEOPLES_SQUARE[1] < n
+    area = crs.area_of_use  # the zone of CM 120°E: the city centre is inside it
+    assert area.west <= PEOPLES_SQUARE[0] <= area.east and area.south <= PEOPLES_SQUARE[1] <= area.north
 
 
 # --- GCJ-02 / BD-09 ----------------------------------------------------------------------------
@@ -245,7 +249,7 @@ def test_resolve_proj_string_and_spec_passthrough():
     x, y, _ = C.transform_coords(*PEOPLES_SQUARE, None, "EPSG:4490", r)
     x2, y2, _ = C.transform_coords(*PEOPLES_SQUARE, None, "EPSG:4490", 4549)
     assert (x, y) == pytest.approx((x2, y2), abs=1e-3)
-    assert C.resolve_crs(r) is r
+    assert r.srid is None and r.uri is None and not r.lat_first  # no EPSG code: not for SQL
 
 
 @pytest.mark.parametrize("bad", ["EPSG:99999999", "not a crs", "", "gcj03", 99999999, True, 3.5])
@@ -314,12 +318,24 @@ def test_transform_with_offset_crs_on_either_side():
     assert np.max(_dist_m(wlon, wlat, lon, lat)) < 0.01
 
 
-def test_transformers_are_cached():
-    C.transform_coords(*PEOPLES_SQUARE, None, 4490, 4549)
-    hits = C._transformer.cache_info().hits
-    C.transform_coords(*PEOPLES_SQUARE, None, 4490, 4549)
-    C.transform_coords(*PEOPLES_SQUARE, None, "EPSG:4490", "epsg:4549")
-    assert C._transformer.cache_info().hits >= hits + 2
+def test_transform_geojson_moves_every_position_and_keeps_z():
+    lon, lat = PEOPLES_SQUARE
+    geoms = [
+        {"type": "Point", "coordinates": [lon, lat, 4.5]},
+        {"type": "MultiPolygon", "coordinates": [[[[lon, lat], [lon + 0.01, lat], [lon, lat + 0.01], [lon, lat]]]]},
+        {"type": "GeometryCollection", "geometries": [{"type": "LineString",
+                                                       "coordinates": [[lon, lat, 1.0], [lon + 0.02, lat, 2.0]]}]},
+        None,
+    ]
+    C.transform_geojson(geoms, "wgs84", "gcj02", digits=8)
+    glon, glat = C.wgs84_to_gcj02(lon, lat)
+    assert geoms[0]["coordinates"] == [round(glon, 8), round(glat, 8), 4.5]
+    ring = geoms[1]["coordinates"][0][0]
+    assert ring[0] == ring[-1] == [round(glon, 8), round(glat, 8)]
+    assert ring[1] == pytest.approx(list(C.wgs84_to_gcj02(lon + 0.01, lat)), abs=1e-8)
+    line = geoms[2]["geometries"][0]["coordinates"]
+    assert [p[2] for p in line] == [1.0, 2.0]
+    assert line[1][:2] == pytest.approx(list(C.wgs84_to_gcj02(lon + 0.02, lat)), abs=1e-8)
 
 
 def test_transform_geometries_preserves_z_and_dimensionality():
@@ -515,8 +531,67 @@ def test_check_extent_custom_bbox(pts):
         C.check_extent(pts["lon"], pts["lat"], 4326, (115.4, 39.4, 117.5, 41.1))
 
 
-@pytest.mark.parametrize("uri,name", [("http://www.opengis.net/def/crs/EPSG/0/4490", "EPSG:4490"),
-                                      ("https://www.opengis.net/def/crs/EPSG/0/4549/", "EPSG:4549"),
-                                      ("http://www.opengis.net/def/crs/OGC/1.3/CRS84", "OGC:CRS84")])
-def test_resolve_ogc_crs_uris(uri, name):
-    assert C.resolve_crs(uri).name == C.resolve_crs(name).name
+# --- the one axis-order rule ------------------------------------------------------------------
+
+_U = "http://www.opengis.net/def/crs/"
+
+
+@pytest.mark.parametrize("spec, name, srid, uri, lat_first, offset", [
+    # OGC URIs, URNs and safe CURIEs: the authority's axis order
+    (_U + "EPSG/0/4326", "EPSG:4326", 4326, _U + "EPSG/0/4326", True, None),
+    ("urn:ogc:def:crs:EPSG::4326", "EPSG:4326", 4326, _U + "EPSG/0/4326", True, None),
+    ("urn:ogc:def:crs:EPSG:9.8:4490", "EPSG:4490", 4490, _U + "EPSG/0/4490", True, None),
+    ("[EPSG:4490]", "EPSG:4490", 4490, _U + "EPSG/0/4490", True, None),
+    ("https://www.opengis.net/def/crs/EPSG/0/4549/", "EPSG:4549", 4549, _U + "EPSG/0/4549", True, None),
+    ("[EPSG:3857]", "EPSG:3857", 3857, _U + "EPSG/0/3857", False, None),  # Web Mercator is east first
+    # CRS84 in any spelling: lon/lat
+    (_U + "OGC/1.3/CRS84", "OGC:CRS84", 4326, _U + "OGC/1.3/CRS84", False, None),
+    ("urn:ogc:def:crs:OGC:1.3:CRS84", "OGC:CRS84", 4326, _U + "OGC/1.3/CRS84", False, None),
+    ("[OGC:CRS84]", "OGC:CRS84", 4326, _U + "OGC/1.3/CRS84", False, None),
+    ("CRS84", "OGC:CRS84", 4326, _U + "OGC/1.3/CRS84", False, None),
+    # short names: always x first
+    ("EPSG:4326", "EPSG:4326", 4326, _U + "EPSG/0/4326", False, None),
+    ("4326", "EPSG:4326", 4326, _U + "EPSG/0/4326", False, None),
+    (4490, "EPSG:4490", 4490, _U + "EPSG/0/4490", False, None),
+    ("wgs84", "EPSG:4326", 4326, _U + "EPSG/0/4326", False, None),
+    ("cgcs2000", "EPSG:4490", 4490, _U + "EPSG/0/4490", False, None),
+    ("EPSG:4549", "EPSG:4549", 4549, _U + "EPSG/0/4549", False, None),
+    (pyproj.CRS.from_epsg(4549).to_wkt(), "EPSG:4549", 4549, _U + "EPSG/0/4549", False, None),
+    # the offsets: WGS 84 plus a shift, lon/lat, no OGC identifier
+    ("gcj02", "gcj02", 4326, None, False, "gcj02"),
+    ("bd09", "bd09", 4326, None, False, "bd09"),
+])
+def test_one_rule_for_every_spelling(spec, name, srid, uri, lat_first, offset):
+    r = C.resolve_crs(spec)
+    assert (r.name, r.srid, r.uri, r.lat_first, r.offset) == (name, srid, uri, lat_first, offset)
+    assert r.ref == (uri or name)
+    # for the OGC spellings that is the order the EPSG database declares (asked of pyproj here)
+    ogc = isinstance(spec, str) and spec.startswith(("http", "urn:", "["))
+    if ogc and "EPSG" in spec:
+        assert lat_first == (pyproj.CRS.from_epsg(srid).axis_info[0].direction == "north")
+
+
+@pytest.mark.parametrize("bad", ["urn:ogc:def:crs:OGC:1.3:CRS27", "[EPSG:abc]", _U + "EPSG/0/99999999"])
+def test_unknown_ogc_spellings_are_crs_errors(bad):
+    with pytest.raises(CrsError, match="unknown CRS"):
+        C.resolve_crs(bad)
+
+
+def test_a_huge_crs_value_is_not_echoed_whole():
+    with pytest.raises(CrsError) as ei:
+        C.resolve_crs("x" * 100_000)
+    assert len(str(ei.value)) < 2_000
+
+
+def test_offered_crs_and_resolve_offered():
+    offered = C.offered_crs(4549)
+    assert offered[0] is C.CRS84
+    assert [o.ref for o in offered][-2:] == ["gcj02", "bd09"]
+    assert {o.srid for o in offered} == {4326, 4490, 3857, 4549}
+    assert C.resolve_offered(None, 4549, "crs") is C.CRS84
+    assert C.resolve_offered("bd09", 4549, "crs").offset == "bd09"
+    from cim.errors import ParameterError
+
+    with pytest.raises(ParameterError) as ei:
+        C.resolve_offered("EPSG:32651", 4549, "bbox-crs")  # a real CRS, but not one the API offers
+    assert ei.value.parameter == "bbox-crs" and "not offered" in str(ei.value) and "gcj02" in str(ei.value)

@@ -703,3 +703,48 @@ def test_never_answers_in_another_district_than_named_even_with_stale_codes(city
     with city.begin() as conn:  # the addresses are current again for any later test
         conn.execute(sa.text("UPDATE layers SET version = version + 1, updated_at = now() + interval '2 seconds' "
                              "WHERE table_name = 'addresses'"))
+
+
+def test_one_rebuild_per_load_however_many_requests_ask(city, monkeypatch):
+    """After a load every request finds the gazetteer stale at once: they wait for one rebuild
+    (under the database's build lock) instead of each reading the whole base again."""
+    import threading
+
+    from cim.config import settings
+    from cim.gazetteer import store
+
+    builds: list[tuple] = []
+    build = store.Gazetteer.__init__
+
+    def counted_build(self, conn, versions):
+        builds.append(versions)
+        build(self, conn, versions)
+
+    monkeypatch.setattr(store.Gazetteer, "__init__", counted_build)
+    with city.begin() as conn:
+        bump_versions(conn)
+    threads = settings().db_pool_size  # one connection each, all held before any asks
+    start = threading.Barrier(threads, timeout=120)
+    answers: list = [None] * threads
+    errors: list[BaseException] = []
+
+    def ask(i: int) -> None:
+        try:
+            with city.connect() as conn:
+                start.wait()
+                answers[i] = store.gazetteer_for(conn)
+                assert geocode_many(conn, ["上海市徐汇区虹桥路1号"])[0].match_level != "none"
+        except BaseException as exc:  # re-raised below, in the test's thread
+            errors.append(exc)
+
+    workers = [threading.Thread(target=ask, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert not errors, errors
+    assert len(builds) == 1, f"{len(builds)} rebuilds for one load"
+    assert all(answer is answers[0] for answer in answers)
+    with city.connect() as conn:  # and the next request uses it as it is
+        assert store.gazetteer_for(conn) is answers[0]
+    assert len(builds) == 1

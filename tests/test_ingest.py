@@ -505,8 +505,12 @@ def test_killed_load_leaves_no_trace(server_url, tmp_path):
 
 
 def test_bad_cli_input_is_a_clear_error(city, tmp_path):
-    proc = run_cim("ingest", "parts", str(tmp_path / "missing.geojson"), db_url=city, check=False)
-    assert proc.returncode == 1 and "no such file" in proc.stderr and "Traceback" not in proc.stderr
+    # a path long enough that an 80-column wrap would split the message: output that is not a terminal
+    # is never wrapped, so the error is one line a script can grep
+    missing = tmp_path / ("a-long-directory-name-" * 4) / "missing.geojson"
+    proc = run_cim("ingest", "parts", str(missing), db_url=city, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"{missing}: no such file" in proc.stderr.splitlines()[-1]
     proc = run_cim("ingest", "parts", str(SAMPLES / "xuhui" / "parts.geojson"), "--map", "nonsense", db_url=city,
                    check=False)
     assert proc.returncode == 1 and "FIELD=COLUMN" in proc.stderr
@@ -518,6 +522,14 @@ def test_bad_cli_input_is_a_clear_error(city, tmp_path):
     proc = run_cim("ingest", "parts", str(gbk), "--x", "x", "--y", "y", "--crs", "EPSG:4326", "--encoding", "GBK",
                    "--json", db_url=city)
     assert json.loads(proc.stdout)["inserted"] == 1
+
+
+def test_a_usage_error_into_a_pipe_is_one_plain_line():
+    """typer's usage errors too: no 80-column box when stderr is not a terminal."""
+    option = "--no-such-option-" + "x" * 90
+    proc = run_cim("ingest", "parts", option, check=False)
+    assert proc.returncode == 2 and "╭" not in proc.stderr
+    assert any(f"No such option: {option}" in line for line in proc.stderr.splitlines())
 
 
 def test_every_pipeline_kind_the_schema_accepts_has_a_default_depth():

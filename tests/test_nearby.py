@@ -140,6 +140,8 @@ def test_nearby_route_geojson(client, city):
     ({"z": "inf"}, "z"),
     ({"lat": "95"}, "lat"),
     ({"crs": "not-a-crs"}, "crs"),
+    ({"filter": "name = 'a\x00b'"}, "filter"),  # NUL in a CQL2 literal: was the driver's ValueError, a 500
+    ({"filter": "valid_from > TIMESTAMP('9999-12-31T23:59:59-14:00')"}, "filter"),  # was an OverflowError
 ])
 def test_nearby_bad_parameters(client, params, parameter):
     query = {"layer": "parts", "lon": "121.47", "lat": "31.23", **params}

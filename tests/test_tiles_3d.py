@@ -448,8 +448,8 @@ def test_api_tileset_resolves_and_follows_edits(client, city):
     assert client.get(base + r2.json()["root"]["content"]["uri"]).content != first.content
     # the old version's content was cached: a client midway through loading still gets it
     assert client.get(base + uri).content == first.content
-    gone = client.get(f"{base}{etag.strip(chr(34))}/r0123.glb")
-    assert gone.status_code == 404 and gone.headers["content-type"] == "application/problem+json"
+    gone = client.get(f"{base}{etag.strip(chr(34))}/r0123.glb")  # an old version's tile not cached: reload
+    assert gone.status_code == 409 and gone.headers["content-type"] == "application/problem+json"
     assert len(glbs) == 1
 
 
@@ -457,7 +457,7 @@ def test_api_errors_are_problems(client):
     for path, status in [("/3dtiles/grids/tileset.json", 404), ("/3dtiles/nope/tileset.json", 404),
                          ("/3dtiles/buildings/tileset.json?bbox=1,2,3", 400),
                          ("/3dtiles/buildings/tileset.json?max-features=0", 400),
-                         ("/3dtiles/buildings/999/r.glb", 404)]:
+                         ("/3dtiles/buildings/999/r.glb", 409)]:  # a stale version: reload the tileset
         r = client.get(path)
         assert r.status_code == status, (path, r.text)
         assert r.headers["content-type"] == "application/problem+json"

@@ -107,6 +107,18 @@ def test_filter_selects_features(client):
     assert bad.status_code == 400 and bad.json()["parameter"] == "filter"
 
 
+@pytest.mark.parametrize("params", [
+    {"filter": "grid_code = 'a\x00b'"},  # NUL: the driver's ValueError was a 500
+    {"filter": "valid_from > TIMESTAMP('9999-12-31T23:59:59-14:00')"},  # OverflowError, a 500
+    {"bbox": "121.5,31.3,121.4,31.2"},  # lower corner above the upper: now refused like items' bbox
+    {"bbox": "121.4,31.2,inf,31.3"},
+])
+def test_tile_selections_that_crashed_or_passed_unchecked_are_400s(client, params):
+    r = client.get(url("grids", tile_at(14)), params=params)
+    assert r.status_code == 400, r.text
+    assert r.json()["parameter"] == next(iter(params))
+
+
 @pytest.mark.parametrize("path,status,parameter", [
     ("/collections/grids/tiles/WebMercatorQuad/25/0/0", 400, "tileMatrix"),
     ("/collections/grids/tiles/WebMercatorQuad/-1/0/0", 400, "tileMatrix"),

@@ -13,14 +13,16 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
+from cim.config import settings
+
 Key = tuple[str, str, str, str, str]  # kind, layer, version, variant, name
 _SAFE = re.compile(r"^[A-Za-z0-9_.\-/]+$")
 
 
 class TileCache:
-    def __init__(self, root: Path | None, max_bytes: int = 256 * 1024 * 1024) -> None:
+    def __init__(self, root: Path | None, max_bytes: int | None = None) -> None:
         self.root = root
-        self.max_bytes = max_bytes
+        self.max_bytes = settings().tile_memory_mb << 20 if max_bytes is None else max_bytes
         self._memory: OrderedDict[Key, bytes] = OrderedDict()
         self._size = 0
         self._lock = threading.Lock()

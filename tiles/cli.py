@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
-console = Console()
+from cim.cli.console import console
+
 tiles_app = typer.Typer(help="3D Tiles and vector tiles of the city base, as static files.", no_args_is_help=True)
 
 
@@ -22,7 +22,7 @@ def _service():
 
 
 def _selection(bbox: Optional[str], filter_: Optional[str], filter_lang: str):
-    from tiles.selection import Selection, parse_bbox
+    from cim.selection import Selection, parse_bbox
 
     return Selection(parse_bbox(bbox), filter_, filter_lang)
 

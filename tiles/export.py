@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cim.errors import UserError
 from tiles import mvt
-from tiles.selection import Selection
+from cim.selection import Selection
 from tiles.service import TileService
 from tiles.tileset import DEFAULT_MAX_FEATURES
 

@@ -15,10 +15,10 @@ import morecantile
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from cim.errors import UserError
+from cim.errors import ParameterError
 from cim.registry import Layer
 from cim.schema import tables_for
-from tiles.selection import Selection
+from cim.selection import Selection
 
 TMS = morecantile.tms.get("WebMercatorQuad")
 TMS_ID = "WebMercatorQuad"
@@ -31,13 +31,14 @@ ZOOM_LIMITS: tuple[tuple[int, int], ...] = ((6, 1_000), (9, 3_000), (12, 10_000)
 HIDDEN = {"valid_to"}
 
 
-class TileAddressError(UserError):
+class TileAddressError(ParameterError):
     """A tile address outside the tile matrix set; ``parameter`` names the part, ``status`` is
     400 for a matrix that does not exist and 404 for a row/column outside an existing matrix."""
 
     def __init__(self, parameter: str, message: str, status: int) -> None:
-        super().__init__(message)
-        self.parameter, self.status = parameter, status
+        super().__init__(parameter, message)
+        self.status = status
+        self.title = "Bad tile address" if status == 400 else "Not found"
 
 
 def check_tile(z: int, x: int, y: int) -> None:
@@ -71,8 +72,11 @@ def property_names(layer: Layer, requested: list[str] | None) -> list[str]:
     return list(dict.fromkeys(requested))
 
 
-class PropertiesError(UserError):
-    parameter = "properties"
+class PropertiesError(ParameterError):
+    """Properties asked for that the layer does not have (400 naming ``properties``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("properties", message)
 
 
 def _column(layer: Layer, table: sa.Table, name: str) -> sa.ColumnElement:

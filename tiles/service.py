@@ -14,11 +14,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from cim.bootstrap import BaseSettings, load_settings
-from cim.errors import UserError
+from cim.config import settings as deployment_settings
+from cim.errors import ConflictError, NotFoundError
 from cim.registry import Layer, load_layers
 from tiles import mvt
 from tiles.cache import TileCache
-from tiles.selection import Selection
+from cim.selection import Selection
 from tiles.tileset import DEFAULT_MAX_FEATURES, Plan, content_version, plan_layer, tile_glb, tileset_json
 
 
@@ -28,20 +29,20 @@ _LAYER_STAMP = sa.text("SELECT version, md5(concat_ws('|', title, description, t
                        "queryables::text)) FROM layers WHERE name = :name")
 
 
-#: a vector tile is also written to the disk cache only when building it took at least this long. Most
-#: tiles of a street-level view build in a few milliseconds, about what writing one costs (measured: the
-#: write was a fifth of an uncached z14–16 tile's Python time); low-zoom tiles of big layers take far
-#: longer, and those are worth keeping across restarts and sharing between workers. Wall time, so a busy
-#: server stretches it: 0.1 s stays above a street-level tile's time under load.
-PERSIST_AFTER_SECONDS = 0.1
+# A vector tile is also written to the disk cache only when building it took at least
+# CIM_TILE_PERSIST_AFTER_S (0.1 s). Most tiles of a street-level view build in a few milliseconds, about
+# what writing one costs (measured: the write was a fifth of an uncached z14–16 tile's Python time);
+# low-zoom tiles of big layers take far longer, and those are worth keeping across restarts and sharing
+# between workers. Wall time, so a busy server stretches it: 0.1 s stays above a street-level tile's time
+# under load.
 
 
-class UnknownLayerError(UserError):
-    pass
+class UnknownLayerError(NotFoundError):
+    """No such layer, or no such tile in a layer's tileset (404)."""
 
 
-class StaleVersionError(UserError):
-    """A content URL of a version that is no longer current and no longer cached."""
+class StaleVersionError(ConflictError):
+    """A content URL of a version that is no longer current and no longer cached (409: reload the tileset)."""
 
 
 @dataclass
@@ -178,7 +179,7 @@ class TileService:
             return cached
         started = time.perf_counter()
         data = mvt.tile(conn, layer, self.settings.srid, z, x, y, selection, props)
-        slow = time.perf_counter() - started >= PERSIST_AFTER_SECONDS
+        slow = time.perf_counter() - started >= deployment_settings().tile_persist_after_s
         self.cache.put(key, data, persist=slow and selection.is_all and properties is None)
         return data
 

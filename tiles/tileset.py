@@ -16,14 +16,14 @@ import shapely
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from cim.errors import UserError
+from cim.errors import ConflictError, NotFoundError, ParameterError
 from cim.registry import Layer
 from tiles.geodesy import LocalFrame, lonlath_to_ecef, pad_radians, storage_to_lonlat
 from tiles.gltf import write_glb
 from tiles.models import MODELS, REGION_MARGIN_M, Model
 from tiles.plan import ERROR_DIVISOR, Features, Tile, build_tree
 from cim.schema import tables_for
-from tiles.selection import Selection
+from cim.selection import Selection
 
 DEFAULT_MAX_FEATURES = 500
 #: which tables each 3D layer's content is made from: the cache version covers all of them
@@ -33,7 +33,7 @@ DEPENDS_ON: dict[str, tuple[str, ...]] = {
 }
 
 
-class NoTilesError(UserError):
+class NoTilesError(NotFoundError):
     """The layer has no 3D representation."""
 
 
@@ -94,7 +94,7 @@ def plan_layer(conn: Connection, layer: Layer, srid: int, storey_height: float,
                max_features: int = DEFAULT_MAX_FEATURES, version: str | None = None) -> Plan:
     """Read the features' extents and build the tile tree."""
     if max_features < 1:
-        raise UserError(f"max-features must be at least 1, got {max_features}")
+        raise ParameterError("max-features", f"max-features must be at least 1, got {max_features}")
     model = model_for(layer.name)
     q = model.query(tables_for(srid), storey_height)
     stmt = (sa.select(q.table.c.fid.label("fid"),
@@ -193,7 +193,7 @@ def tile_glb(conn: Connection, plan: Plan, tile: Tile) -> bytes:
     for fid in tile.fids:
         r = found.get(int(fid))
         if r is None:
-            raise UserError(f"feature fid {fid} of tile {tile.id} is gone; reload tileset.json")
+            raise ConflictError(f"feature fid {fid} of tile {tile.id} is gone; reload tileset.json")
         row = {k: v for k, v in r.items() if not k.startswith("_")}
         row["geom"] = shapely.from_wkb(bytes(r["_wkb"]))
         rows.append(row)

@@ -5,12 +5,11 @@ from typing import Optional
 
 import sqlalchemy as sa
 import typer
-from rich.console import Console
 
+from cim.cli.console import console
 from cim.config import database_target
 from cim.errors import UserError
 
-console = Console()
 db_app = typer.Typer(help="The embedded PostgreSQL + PostGIS cluster (or CIM_DATABASE_URL).", no_args_is_help=True)
 
 
@@ -94,7 +93,9 @@ def init(
     srid: Optional[int] = typer.Option(None, help="Storage CRS (EPSG code of a metric projected CRS); "
                                                    "default 4549, fixed after the first init."),
     bbox: Optional[str] = typer.Option(None, help="City extent in WGS84 'minlon,minlat,maxlon,maxlat' "
-                                                  "(default: Shanghai)."),
+                                                  "(default: CIM_CITY_BBOX_WGS84, Shanghai)."),
+    city_name: Optional[str] = typer.Option(None, "--city-name", help="The city's name as written in front of "
+                                                                      "addresses (default: CIM_CITY_NAME, 上海市)."),
     floor_height: Optional[float] = typer.Option(None, help="Metres per floor when a building has floors but "
                                                             "no height (default 3.0)."),
 ) -> None:
@@ -111,7 +112,8 @@ def init(
         if len(parts) != 4 or not (parts[0] < parts[2] and parts[1] < parts[3]):
             raise InitError(f"--bbox must be 'minlon,minlat,maxlon,maxlat' with min < max, got {bbox!r}")
         city_bbox = parts  # type: ignore[assignment]
-    settings, changes = initialise(get_engine(), srid=srid, city_bbox_wgs84=city_bbox, floor_height_m=floor_height)
+    settings, changes = initialise(get_engine(), srid=srid, city_bbox_wgs84=city_bbox, floor_height_m=floor_height,
+                                   city_name=city_name)
     for change in changes:
         console.print(f"  {change}")
     console.print(f"city base ready: storage CRS EPSG:{settings.srid}"

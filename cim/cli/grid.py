@@ -8,11 +8,10 @@ import math
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
+from cim.cli.console import err_console
 from cim.errors import UserError
 
-err_console = Console(stderr=True)
 grid_app = typer.Typer(help="Grid management units: which grid a point lies in and who answers for it.",
                        no_args_is_help=True)
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-console = Console()
-err_console = Console(stderr=True)
+from cim.cli.console import console, err_console
+
 keys_app = typer.Typer(help="API keys: reader (read when keys are required), loader (upload data), admin.",
                        no_args_is_help=True)
 

@@ -9,19 +9,19 @@ import importlib
 import sys
 
 import typer
-from rich.console import Console
-
+from cim.cli.console import err_console
 from cim.errors import UserError
 
 EDGE_MODULES = ("ingest.cli", "tiles.cli", "api.cli")
 CORE_MODULES = ("cim.cli.db", "cim.cli.gazetteer", "cim.cli.grid", "cim.cli.keys")
 
-err_console = Console(stderr=True)
-
 
 def build_app() -> typer.Typer:
+    # typer draws usage errors and help in rich panels 80 columns wide even into a pipe; output that is
+    # not a terminal gets click's plain, unwrapped lines instead (see cim.cli.console)
     app = typer.Typer(name="cim", help="CIM city data platform: PostGIS 3D base, loaders, gazetteer, API, tiles.",
-                      no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+                      no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+                      rich_markup_mode="rich" if err_console.is_terminal else None)
     for module_name in CORE_MODULES + EDGE_MODULES:
         try:
             module = importlib.import_module(module_name)

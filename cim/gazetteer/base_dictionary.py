@@ -26,7 +26,7 @@ def dictionary_from_base(conn: Connection) -> AddressDictionary:
                    "WHERE valid_to IS NULL AND road IS NOT NULL AND district_code IS NOT NULL"),
         compounds=rows("SELECT DISTINCT compound, district_code FROM addresses "
                        "WHERE valid_to IS NULL AND compound IS NOT NULL AND district_code IS NOT NULL"),
-        city_name=city or "上海市",
+        city_name=city,  # None (a base from before city_name was stored): the default city
     )
 
 

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from sqlalchemy.engine import Connection
 
-from cim.errors import UserError
+from cim.errors import ParameterError
 from cim.gazetteer.geocode import MATCH_LEVELS, GeocodeResult, geocode_many
 
 #: columns added to every row, after the input's own (lon/lat are WGS84)
@@ -66,13 +66,13 @@ def _rows(reader: Any, width: int, max_rows: int | None) -> Iterator[list[str]]:
                 continue  # a blank line is not a row
             n += 1
             if max_rows is not None and n > max_rows:
-                raise UserError(f"rows: at most {max_rows:,} rows per batch; split the file")
+                raise ParameterError("file", f"rows: at most {max_rows:,} rows per batch; split the file")
             if len(row) > width:
-                raise UserError(f"line {reader.line_num}: {len(row)} fields but the header has {width}; "
+                raise ParameterError("file", f"line {reader.line_num}: {len(row)} fields but the header has {width}; "
                                 "is a field with a comma not quoted?")
             yield row + [""] * (width - len(row))
     except csv.Error as exc:
-        raise UserError(f"line {reader.line_num}: malformed CSV ({exc})") from None
+        raise ParameterError("file", f"line {reader.line_num}: malformed CSV ({exc})") from None
 
 
 def read_header(reader: Any, column: str) -> tuple[list[str], int]:
@@ -80,13 +80,13 @@ def read_header(reader: Any, column: str) -> tuple[list[str], int]:
     try:
         header = next(reader)
     except StopIteration:
-        raise UserError("the CSV file is empty: it has no header row") from None
+        raise ParameterError("file", "the CSV file is empty: it has no header row") from None
     except csv.Error as exc:
-        raise UserError(f"line 1: malformed CSV header ({exc})") from None
+        raise ParameterError("file", f"line 1: malformed CSV header ({exc})") from None
     if header:
         header[0] = header[0].lstrip("\ufeff")  # a UTF-8 BOM read as text
     if column not in header:
-        raise UserError(f"column: {column!r} is not a column of the file (columns: {', '.join(header) or 'none'})")
+        raise ParameterError("column", f"column: {column!r} is not a column of the file (columns: {', '.join(header) or 'none'})")
     return header, header.index(column)
 
 
@@ -94,10 +94,10 @@ def geocode_csv(src: TextIO, dst: TextIO, column: str, conn: Connection, *,
                 chunk_rows: int = DEFAULT_CHUNK_ROWS, max_rows: int | None = None,
                 progress: Progress | None = None) -> BatchSummary:
     """Read CSV text from ``src`` (header row; addresses in ``column``), write it to ``dst`` with
-    :data:`ADDED_COLUMNS` appended. Raises :class:`UserError` for a missing column, malformed CSV
+    :data:`ADDED_COLUMNS` appended. Raises :class:`ParameterError` for a missing column, malformed CSV
     (naming the line) or more than ``max_rows`` rows."""
     if chunk_rows < 1:
-        raise UserError(f"chunk_rows: must be at least 1, got {chunk_rows}")
+        raise ParameterError("chunk_rows", f"chunk_rows: must be at least 1, got {chunk_rows}")
     started = time.perf_counter()
     reader = csv.reader(src, strict=True)
     summary = BatchSummary()
@@ -115,7 +115,7 @@ def geocode_csv(src: TextIO, dst: TextIO, column: str, conn: Connection, *,
             if progress:
                 progress(len(chunk))
     except UnicodeDecodeError as exc:
-        raise UserError(f"encoding: the file is not {exc.encoding} ({exc.reason} near line {reader.line_num + 1}); "
+        raise ParameterError("encoding", f"encoding: the file is not {exc.encoding} ({exc.reason} near line {reader.line_num + 1}); "
                         "give the right encoding, e.g. gbk") from None
     summary.seconds = time.perf_counter() - started
     return summary

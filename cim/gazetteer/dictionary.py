@@ -18,6 +18,8 @@ from functools import cached_property, lru_cache
 from importlib import resources
 from typing import Iterable, NamedTuple
 
+from cim.config import settings
+
 # Suffixes dropped to get the short form people actually write ("徐汇", "浦东").
 _DISTRICT_SUFFIX = re.compile(r"(?:新区|区|县)$")
 _STREET_SUFFIX = re.compile(r"(?:街道|新镇|镇|乡)$")
@@ -97,8 +99,8 @@ class AddressDictionary:
     roads: dict[str, list[str]] = field(default_factory=dict)
     # compound (小区/大厦…) name -> district codes
     compounds: dict[str, list[str]] = field(default_factory=dict)
-    city_name: str = "上海市"
-    province_name: str = "上海市"
+    city_name: str = field(default_factory=lambda: settings().city_name)
+    province_name: str = field(default_factory=lambda: settings().city_name)
     # district code -> official name
     district_names: dict[str, str] = field(default_factory=dict)
     # historical district name (full and short) -> rename record
@@ -121,12 +123,13 @@ class AddressDictionary:
         roads: Iterable[tuple[str, str]] = (),
         compounds: Iterable[tuple[str, str]] = (),
         *,
-        city_name: str = "上海市",
+        city_name: str | None = None,
         province_name: str | None = None,
     ) -> "AddressDictionary":
         """Build from base rows: districts (code, name), streets (code, name,
         district_code), communities (code, name, street_code), roads and
         compounds (name, district_code)."""
+        city_name = city_name or settings().city_name  # a new base's default city (CIM_CITY_NAME)
         d = cls(city_name=city_name, province_name=province_name or city_name)
         d._load_regions()
         for code, name in districts:
@@ -234,8 +237,13 @@ class AddressDictionary:
         return next((r.new_name for r in self.renames.values() if r.new_code == code), None)
 
 
-@lru_cache(maxsize=None)
-def names_only(city_name: str = "上海市") -> AddressDictionary:
+def names_only(city_name: str | None = None) -> AddressDictionary:
     """A dictionary with no base rows: only the CSV tables (city forms,
-    provinces, renames). Used when text is normalised without a base."""
+    provinces, renames). Used when text is normalised without a base; the
+    city is the deployment's default city (CIM_CITY_NAME) unless named."""
+    return _names_only(city_name or settings().city_name)
+
+
+@lru_cache(maxsize=None)
+def _names_only(city_name: str) -> AddressDictionary:
     return AddressDictionary.from_rows(city_name=city_name)

@@ -15,8 +15,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from cim.crs import CrsSpec, resolve_crs, transform_coords
-from cim.errors import UserError
-from cim.gazetteer.geocode import ENTRY_COLUMNS, Entry, _entry, _xy, gazetteer_for
+from cim.errors import ParameterError
+from cim.gazetteer.index import ENTRY_COLUMNS, Entry, entry_from_row
+from cim.gazetteer.results import xy_fields
+from cim.gazetteer.store import gazetteer_for
 from cim.gazetteer.parse import ParsedAddress
 from cim.grid import GridAnswer, lookup_points
 from cim.spatial import to_storage
@@ -53,7 +55,7 @@ class NearestAddress:
     def to_dict(self, geographic: bool) -> dict[str, Any]:
         e = self.entry
         return {"standard_address": self.building_address, "distance_m": round(self.distance_m, 2),
-                **_xy(self.x, self.y, geographic),
+                **xy_fields(self.x, self.y, geographic),
                 "entry": {"feature_id": e.feature_id, "address_code": e.address_code,
                           "standard_address": e.standard_address},
                 "road": e.road, "door_number": e.door_number, "lane": e.lane, "building": e.building,
@@ -74,7 +76,7 @@ class ReverseResult:
     assignment: GridAnswer = field(default_factory=GridAnswer)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"query": {**_xy(self.x, self.y, self.geographic), "crs": self.crs, "radius_m": self.radius_m},
+        return {"query": {**xy_fields(self.x, self.y, self.geographic), "crs": self.crs, "radius_m": self.radius_m},
                 "found": self.address is not None,
                 "address": self.address.to_dict(self.geographic) if self.address else None,
                 "assignment": self.assignment.to_dict()}
@@ -82,7 +84,7 @@ class ReverseResult:
 
 def check_radius(radius_m: float) -> float:
     if not (isinstance(radius_m, (int, float)) and math.isfinite(radius_m) and 0 < radius_m <= MAX_RADIUS_M):
-        raise UserError(f"radius: must be more than 0 and at most {MAX_RADIUS_M:g} metres, got {radius_m}")
+        raise ParameterError("radius", f"radius: must be more than 0 and at most {MAX_RADIUS_M:g} metres, got {radius_m}")
     return float(radius_m)
 
 
@@ -94,22 +96,23 @@ def reverse(conn: Connection, x: float, y: float, crs: CrsSpec | str | int = "EP
     radius = check_radius(radius_m)
     for name, value in (("lon", x), ("lat", y)):
         if not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise UserError(f"{name}: must be a finite number, got {value}")
-    g = gazetteer_for(conn)
-    srid = g.settings.srid
+            raise ParameterError(name, f"{name}: must be a finite number, got {value}")
+    gazetteer = gazetteer_for(conn)
+    srid = gazetteer.settings.srid
     sx, sy = to_storage([x], [y], spec, srid)
     if not (math.isfinite(sx[0]) and math.isfinite(sy[0])):
-        raise UserError(f"lon: the point ({x}, {y}) in {spec.name} cannot be expressed in the storage CRS "
+        raise ParameterError("lon", f"lon: the point ({x}, {y}) in {spec.name} cannot be expressed in the storage CRS "
                         f"EPSG:{srid}")
     params = {"x": float(sx[0]), "y": float(sy[0]), "srid": srid, "radius": radius}
     row = conn.execute(sa.text(_NEAREST_SQL), params).first()
-    assignment = lookup_points(conn, [float(sx[0])], [float(sy[0])], f"EPSG:{srid}", g.settings)[0]
+    assignment = lookup_points(conn, [float(sx[0])], [float(sy[0])], f"EPSG:{srid}", gazetteer.settings)[0]
     address = None
     if row is not None:
-        entry = _entry(row[:ENTRY_COLUMNS])
+        entry = entry_from_row(row[:ENTRY_COLUMNS])
         ox, oy, _ = transform_coords(entry.x, entry.y, None, f"EPSG:{srid}", spec)
-        d = g.dictionary
-        building = ParsedAddress(raw="", city=d.city_name, district=d.district_name(entry.district_code),
+        dictionary = gazetteer.dictionary
+        building = ParsedAddress(raw="", city=dictionary.city_name,
+                                 district=dictionary.district_name(entry.district_code),
                                  road=entry.road, door_number=entry.door_number, lane=entry.lane,
                                  building=entry.building, building_kind="号" if entry.lane else None,
                                  compound=entry.compound)
