@@ -5,10 +5,6 @@ whose memory is measured under a stream of 50 MB bodies."""
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -24,7 +20,7 @@ from api.limits import (
 )
 from cim.apikeys import create_key
 from cim.gazetteer.geocode import MAX_QUERY_CHARS
-from tests.conftest import PROJECT
+from tests.servers import serve_app
 from tests.spatial_data import build_features, build_hierarchy
 
 MB = 1 << 20
@@ -169,12 +165,6 @@ def test_offsets_are_capped_and_documented(client):
 
 # --- a real server's memory under 50 MB bodies ------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _memory_kib(pid: int) -> dict[str, int]:
     fields = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -184,37 +174,39 @@ def _memory_kib(pid: int) -> dict[str, int]:
     return fields
 
 
+def _server_pid() -> int:
+    """The uvicorn that :func:`tests.servers.serve_app` started: this process's newest uvicorn child."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        if int(fields[1]) == os.getpid() and b"uvicorn" in command:
+            children.append((int(fields[19]), int(entry.name)))  # (start time, pid)
+    assert children, "no uvicorn child process"
+    return max(children)[1]
+
+
 @pytest.fixture(scope="module")
 def server(db_url, city, tmp_path_factory):
-    port = _free_port()
-    env = {**os.environ, "CIM_DATABASE_URL": db_url, "CIM_HOME": str(tmp_path_factory.mktemp("cim-home"))}
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "api.asgi:app", "--host", "127.0.0.1",
-                             "--port", str(port), "--log-level", "warning"],
-                            cwd=PROJECT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            if proc.poll() is not None:
-                raise AssertionError(f"uvicorn exited: {proc.stderr.read().decode()[-2000:]}")
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        yield proc, base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with serve_app(db_url, env={"CIM_HOME": str(tmp_path_factory.mktemp("cim-home"))}) as base:
+        yield _server_pid(), base
 
 
 def test_memory_stays_bounded_under_a_stream_of_50_mb_bodies(server, city):
-    proc, base = server
+    pid, base = server
     lon, lat = city.lonlat(200, 150)
     with httpx.Client(base_url=base, timeout=120) as http:
         for _ in range(3):  # warm up: imports, pools, caches
             http.get("/grid/lookup", params={"lon": lon, "lat": lat})
             http.post("/geocode/batch", json=["上海市黄浦区南京东路1号"])
-        before = _memory_kib(proc.pid)["VmRSS"]
+        before = _memory_kib(pid)["VmRSS"]
+        assert before > 50 * 1024, before  # the server with the app loaded, not some other child
         fifty = b"x" * (50 * MB)
         crs_body = b'{"points": [{"lon": 121.4, "lat": 31.2}], "crs": "' + b"9" * (50 * MB) + b'"}'
         points = b'{"points": [' + b",".join([b'{"lon":1,"lat":1}'] * 2_700_000) + b"]}"  # 50 MB of points
@@ -239,7 +231,7 @@ def test_memory_stays_bounded_under_a_stream_of_50_mb_bodies(server, city):
         # an upload needs a key; without one the answer is 401, and the files went to disk, not memory
         r = http.post("/ingest/parts", files={"files": ("p.csv", fifty, "text/csv")})
         assert r.status_code == 401
-        after = _memory_kib(proc.pid)
+        after = _memory_kib(pid)
         # before the limits one such body took 3 GB; the bound is generous, but far below one body's cost
         assert after["VmHWM"] - before < 200 * 1024, (before, after)
         assert after["VmRSS"] - before < 100 * 1024, (before, after)
