@@ -6,6 +6,9 @@
 - ``/geocode``, ``/reverse`` → :mod:`api.geocode`
 - ``/3dtiles/…``, ``/collections/{id}/tiles/…`` → :mod:`api.tiles`;  ``/viewer`` → :mod:`api.viewer`
 - ``/healthz``, ``/metrics`` → :mod:`api.ops`
+
+Before any route: the body limits of :mod:`api.limits`. The OpenAPI document's error answers are
+written by :mod:`api.openapi_errors`.
 """
 from __future__ import annotations
 
