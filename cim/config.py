@@ -61,6 +61,8 @@ class DeploymentSettings(_PydanticSettings):
     extent_cache_s: float = Field(300.0, ge=0, description="seconds the API keeps a collection's extent")
     # --- tiles and the gazetteer ----------------------------------------------------------------
     tile_memory_mb: int = Field(256, ge=0, description="megabytes of generated tiles kept in memory per process")
+    tile_plan_cache: int = Field(32, ge=1, description="tile plans (one per layer version, bbox and filter) kept in "
+                                                       "memory per process; least recently used dropped first")
     tile_persist_after_s: float = Field(0.1, ge=0, description="a vector tile that took at least this long to build "
                                                               "is also written to the disk cache")
     geocode_road_cache: int = Field(5_000, ge=1, description="roads whose address index the gazetteer keeps in memory")
