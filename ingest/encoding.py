@@ -123,3 +123,35 @@ def _decode_distinct(raw_text: list[str], column: str, encoding: str, depth: int
         except UnicodeDecodeError as exc:
             raise EncodingProblem(column, value) from exc
     return out, 0
+
+
+#: how much of a .dbf's records is read to tell its text encoding
+DBF_SAMPLE_BYTES = 4 << 20
+
+
+def guess_dbf_encoding(dbf: bytes) -> str | None:
+    """The encoding of a Shapefile's attribute text when nothing declares it (no .cpg, no --encoding).
+
+    GDAL then hands the DBF's bytes over undecoded, and GBK bytes are not UTF-8 (pyarrow refuses them).
+    Returns ``"GBK"`` (or ``"GB18030"``) when the records are not UTF-8 but decode as such and hold
+    Chinese text; None when they are UTF-8/ASCII or nothing fits (the reader then says which option to pass).
+    """
+    if len(dbf) < 32:
+        return None
+    header_length = int.from_bytes(dbf[8:10], "little")
+    record_length = max(int.from_bytes(dbf[10:12], "little"), 1)
+    records = dbf[header_length:header_length + DBF_SAMPLE_BYTES]
+    records = records[:len(records) - len(records) % record_length]  # whole records only
+    try:
+        records.decode("utf-8")
+        return None
+    except UnicodeDecodeError:
+        pass
+    for candidate in ("GBK", "GB18030"):
+        try:
+            text = records.decode(candidate)
+        except UnicodeDecodeError:
+            continue
+        if _CJK.search(text):
+            return candidate
+    return None

@@ -7,17 +7,19 @@ import codecs
 import csv
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyogrio
 import shapely
 
 from cim.errors import UserError
 from ingest.columns import line_breaks, merged_rows_reason
-from ingest.encoding import BYTES_AS_TEXT, EncodingProblem, decode_column, repair_column
+from ingest.encoding import (BYTES_AS_TEXT, DBF_SAMPLE_BYTES, EncodingProblem, decode_column, guess_dbf_encoding,
+                             repair_column)
 from ingest.sequence import number_by_line, scan_sequence
 
 BATCH_ROWS = 100_000
@@ -106,8 +108,13 @@ def _open_ogr(path: Path, options: ReadOptions) -> Source:
             codecs.lookup(options.encoding)
         except LookupError as exc:
             raise ReadError(f"{path}: unknown encoding {options.encoding!r} (e.g. GBK, GB18030, UTF-8)") from exc
-    info = pyogrio.read_info(ogr_path, layer=layer, encoding=options.encoding)
     notes: list[str] = []
+    guessed = None if options.encoding else _undeclared_shapefile_encoding(path, ogr_path)
+    if guessed:
+        options = replace(options, encoding=guessed)
+        notes.append(f"no .cpg says how the text is encoded; it decodes as {guessed}, so it was read as {guessed} "
+                     "(pass --encoding to choose another)")
+    info = pyogrio.read_info(ogr_path, layer=layer, encoding=options.encoding)
     cpg = path.with_suffix(".cpg")
     declared_encoding = options.encoding or (cpg.read_text().strip() if cpg.exists() else info.get("encoding"))
     # an explicit encoding of a DBF is applied by us to the bytes as stored, exactly once: GDAL would
@@ -123,6 +130,29 @@ def _open_ogr(path: Path, options: ReadOptions) -> Source:
                   batches=batches, unreadable=unreadable)
 
 
+def _undeclared_shapefile_encoding(path: Path, ogr_path: str) -> str | None:
+    """For a Shapefile (plain or zipped) that has no .cpg: the encoding its .dbf's text decodes as, if not UTF-8."""
+    if not ogr_path.lower().endswith(".shp"):
+        return None
+    if ogr_path.startswith("/vsizip/"):
+        member = ogr_path[len(f"/vsizip/{path}/"):]
+        with zipfile.ZipFile(path) as archive:
+            names = {n.lower(): n for n in archive.namelist()}
+            stem = member[:-4].lower()
+            dbf = names.get(stem + ".dbf")
+            if stem + ".cpg" in names or dbf is None:
+                return None
+            with archive.open(dbf) as f:
+                return guess_dbf_encoding(f.read(DBF_SAMPLE_BYTES + 65536))
+    if path.with_suffix(".cpg").exists() or path.with_suffix(".CPG").exists():
+        return None
+    dbf = next((p for p in (path.with_suffix(".dbf"), path.with_suffix(".DBF")) if p.exists()), None)
+    if dbf is None:
+        return None
+    with open(dbf, "rb") as f:
+        return guess_dbf_encoding(f.read(DBF_SAMPLE_BYTES + 65536))
+
+
 def _ogr_batches(ogr_path: str, layer: str | None, options: ReadOptions, notes: list[str],
                  path: Path, explicit: str | None) -> Iterator[Batch]:
     start = 1
@@ -134,11 +164,15 @@ def _ogr_batches(ogr_path: str, layer: str | None, options: ReadOptions, notes: 
         for record_batch in reader:
             n = record_batch.num_rows
             columns = [c for c in record_batch.schema.names if c != geom_col]
-            frame = record_batch.select(columns).to_pandas() if columns else pd.DataFrame(index=range(n))
-            if explicit:
-                _decode_text(frame, path, explicit, repaired, notes)
-            elif options.encoding is None:
-                _repair_text(frame, path, repaired, notes)
+            try:
+                frame = record_batch.select(columns).to_pandas() if columns else pd.DataFrame(index=range(n))
+                if explicit:
+                    _decode_text(frame, path, explicit, repaired, notes)
+                elif options.encoding is None:
+                    _repair_text(frame, path, repaired, notes)
+            except (pa.ArrowInvalid, UnicodeDecodeError) as exc:  # undecoded bytes of an undeclared code page
+                raise ReadError(f"{path}: text near row {start} is not UTF-8 and nothing declares its encoding "
+                                f"({exc}); pass it with --encoding (e.g. --encoding gbk)") from None
             geometry = None
             if geom_col in record_batch.schema.names:
                 geometry = shapely.from_wkb(record_batch.column(geom_col).to_numpy(zero_copy_only=False))
@@ -289,7 +323,9 @@ def _csv_geometry(chunk: pd.DataFrame, options: ReadOptions) -> tuple[np.ndarray
         values = pd.to_numeric(chunk[column].str.strip(), errors="coerce").to_numpy(dtype=float)
         for i in np.flatnonzero(np.isnan(values) & (chunk[column].str.strip() != "").to_numpy()):
             errors.setdefault(int(i), f"field {column!r}: {chunk[column].iat[int(i)]!r} is not a number")
-        coords[axis] = values
+        for i in np.flatnonzero(np.isinf(values)):  # "inf", "-Infinity", "1e999": no place on Earth
+            errors.setdefault(int(i), f"field {column!r}: {chunk[column].iat[int(i)]!r} is not a finite number")
+        coords[axis] = np.where(np.isinf(values), np.nan, values)
     ok = ~(np.isnan(coords["x"]) | np.isnan(coords["y"]))
     geometry = np.full(len(chunk), None, dtype=object)
     if "z" in coords:

@@ -28,7 +28,8 @@ from ingest import merge, prepare
 from ingest.columns import coerce, plan_columns
 from ingest.read import Batch, ReadOptions, open_source
 from ingest.provenance import finish_run, load_transaction, operator_name, record_failure, start_run
-from ingest.report import FileReport, IngestReport, RejectsWriter, sha256_of
+from ingest.faults import database_faults, pause_at
+from ingest.report import FileReport, IngestReport, RejectsFiles, sha256_of
 from ingest.specs import SPECS, LayerSpec
 
 MODES = ("upsert", "append", "replace")
@@ -80,11 +81,12 @@ def ingest_files(layer: str, paths: list[Path], options: IngestOptions, engine: 
     for path in paths:
         if not Path(path).exists():
             raise IngestError(f"{path}: no such file")
-    if spec.table is None:
-        from ingest import tables  # readings and responsibility are not feature tables
+    with database_faults(spec.name):
+        if spec.table is None:
+            from ingest import tables  # readings and responsibility are not feature tables
 
-        return tables.ingest_table(spec, [Path(p) for p in paths], options, engine, progress)
-    return FeatureLoad(spec, [Path(p) for p in paths], options, engine, progress).run()
+            return tables.ingest_table(spec, [Path(p) for p in paths], options, engine, progress)
+        return FeatureLoad(spec, [Path(p) for p in paths], options, engine, progress).run()
 
 
 class FeatureLoad:
@@ -98,6 +100,7 @@ class FeatureLoad:
         self.seen_ids: dict[str, int] = {}  # source id -> row number of its first occurrence
         self.duplicate_ids: set[str] = set()
         self.rejects_dir = options.rejects_dir or (cim_home() / "rejects")
+        self.rejects = RejectsFiles(self.rejects_dir)
 
     # --- context read once per run -------------------------------------------------------------
     def _context(self) -> tuple[prepare.Context, GridIndex | None]:
@@ -124,10 +127,15 @@ class FeatureLoad:
                     cur.finish(check=False)  # the COPY in flight ends before the rollback
                     raise
         except StrictRefusal as exc:
+            self.rejects.publish()  # they are why the load was refused
             r.status, r.message = "failed", str(exc)
             r.duration_s = round(time.perf_counter() - started, 3)
             record_failure(self.engine, r, self._operator())
             raise
+        except BaseException:
+            self.rejects.discard()
+            raise
+        self.rejects.publish()
         return r
 
     def _load(self, cur, started: float) -> None:
@@ -178,10 +186,11 @@ class FeatureLoad:
         if self.options.crs and source.declared_crs and crs and resolve_crs(source.declared_crs).name != crs.name:
             file_report.notes.append(f"--crs {crs.name} overrides the file's declared {source.declared_crs}")
         self.report.files.append(file_report)
-        rejects = RejectsWriter(self.rejects_dir / f"run-{self.report.run_id}-{path.stem}.rejects.csv")
+        rejects = self.rejects.writer(f"run-{self.report.run_id}-{path.stem}.rejects.csv")
         plan = None
         try:
             for batch in source.batches:
+                pause_at("reading")
                 if plan is None:
                     plan = plan_columns(self.spec, list(batch.attributes.columns), self._mapping(), str(path))
                     self._check_key(plan, path)
@@ -251,6 +260,7 @@ class FeatureLoad:
         else:
             frame["row_no"] = batch.rows[keep]
             merge.copy_rows(cur, frame, ewkb, [*self.columns, "row_no"])
+        pause_at("copy")
         return reasons
 
     def _geometry(self, batch: Batch, crs: CrsSpec | None, path: Path,
@@ -330,7 +340,7 @@ class FeatureLoad:
             cur.execute("DELETE FROM _stage WHERE source_id = ANY(%s) RETURNING row_no, source_id",
                         (list(self.duplicate_ids),))
             taken = cur.fetchall()
-        writer = RejectsWriter(self.rejects_dir / f"run-{self.report.run_id}-duplicates.rejects.csv")
+        writer = self.rejects.writer(f"run-{self.report.run_id}-duplicates.rejects.csv")
         for row_no, key in taken:
             writer.write_plain(row_no, f"duplicate source id {key!r} (first occurrence; repeated later in the file)")
         path = writer.close()
