@@ -6,6 +6,9 @@
 - ``/geocode``, ``/reverse`` → :mod:`api.geocode`
 - ``/3dtiles/…``, ``/collections/{id}/tiles/…`` → :mod:`api.tiles` (a package);  ``/viewer`` → :mod:`api.viewer`
 - ``/healthz``, ``/metrics`` → :mod:`api.ops`
+
+Before any route: the body limits of :mod:`api.limits`. The OpenAPI document's error answers are
+written by :mod:`api.openapi_errors`.
 """
 from __future__ import annotations
 
@@ -15,9 +18,10 @@ from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 from starlette.middleware import Middleware
 
-from api import problems
+from api import openapi_errors, problems
 from api.auth import ReadAccessMiddleware
 from api.deps import create_state
+from api.limits import BodyLimitMiddleware
 from api.ops import MetricsMiddleware
 from api.responses import OrjsonResponse
 from api.tiles import VersionedTileMiddleware
@@ -32,6 +36,9 @@ MIDDLEWARE: tuple[Middleware, ...] = (
     # Outermost, so every answer is counted and timed: a 401 of access control, a tile of the fast path,
     # a problem document alike. (Only Starlette's own last-resort 500 handler sits outside it.)
     Middleware(MetricsMiddleware),
+    # Before anything reads a body: each route's size limit (413), and a body left unread by an early
+    # answer (a 401 of access control) is drained, so the client reads that answer, not a reset.
+    Middleware(BodyLimitMiddleware),
     # Before anything reads data: when reading needs a key, no request gets further without one.
     Middleware(ReadAccessMiddleware),
     # Innermost: serves TileJSON's versioned tile URLs before routing, so it must come after access
@@ -58,4 +65,5 @@ def create_app(engine: Engine | None = None, deployment: DeploymentSettings | No
                 raise
             continue
         module.install(app)
+    openapi_errors.install(app)  # after the routers: the document says 400 + problem, not FastAPI's 422
     return app

@@ -12,16 +12,20 @@
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from fastapi import Request, Security
+from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.problems import Problem, problem_response
+from api.problems import Problem, problem_response, user_error_response
 from cim.apikeys import ApiKey, check_role, role_allows, verify_key
+from cim.errors import UserError
 
 #: the deployment setting (:class:`cim.config.DeploymentSettings`) that makes reading need a key
 READ_KEY_ENV = "CIM_API_READ_KEY_REQUIRED"
@@ -78,13 +82,42 @@ def require_role(role: str) -> Callable[..., ApiKey]:
         key = key_from_headers(x_api_key, f"Bearer {bearer.credentials}" if bearer else None)
         record = authenticate(request.app.state.cim.engine, key)
         if not role_allows(record.role, role):
-            raise Problem(403, "Forbidden", f"this needs a key with role {role} or higher; "
-                                            f"the key presented has role {record.role}")
+            raise _forbidden(role, record)
         request.state.api_key = record
         return record
 
     dependency.__name__ = f"require_{role}"
     return dependency
+
+
+def _forbidden(role: str, record: ApiKey) -> Problem:
+    return Problem(403, "Forbidden", f"this needs a key with role {role} or higher; "
+                                     f"the key presented has role {record.role}")
+
+
+def key_first_route(role: str) -> type[APIRoute]:
+    """A route class that checks the key (at least ``role``) before the request's body is read.
+
+    FastAPI reads a body — for an upload, writes its files to disk — before it solves a route's
+    dependencies, so :func:`require_role` alone answered an upload without a key only after
+    receiving all of it. Routes that take large bodies use this class as well as the dependency.
+    """
+    check_role(role)
+
+    class KeyFirstRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
+
+            async def key_checked(request: Request) -> Response:
+                key = key_from_headers(request.headers.get("x-api-key"), request.headers.get("authorization"))
+                record = await run_in_threadpool(authenticate, request.app.state.cim.engine, key)
+                if not role_allows(record.role, role):
+                    raise _forbidden(role, record)
+                return await handler(request)
+
+            return key_checked
+
+    return KeyFirstRoute
 
 
 def _is_open(path: str) -> bool:
@@ -112,6 +145,9 @@ class ReadAccessMiddleware:
         except Problem as exc:  # middleware runs outside the exception handlers: answer directly
             response = problem_response(request, exc.status, exc.title, exc.detail, headers=exc.headers)
             await response(scope, receive, send)
+            return
+        except UserError as exc:  # the keys cannot be checked while the database is down: a 503
+            await user_error_response(request, exc)(scope, receive, send)
             return
         scope.setdefault("state", {})["api_key"] = record
         await self.app(scope, receive, send)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlencode
 
 import orjson
@@ -40,6 +40,9 @@ from fastapi import FastAPI, Path, Query, Request
 from fastapi.responses import Response
 
 from api.deps import AppState, get_state
+from api.limits import (
+    MAX_BBOX_CHARS, MAX_CRS_CHARS, MAX_DATETIME_CHARS, MAX_FILTER_CHARS, MAX_LIST_CHARS, MAX_NAME_CHARS,
+)
 from api.problems import bad_parameter, not_found
 from api.responses import OrjsonResponse
 from api.params import parse_equals, parse_properties, parse_sortby
@@ -57,6 +60,10 @@ JSON = "application/json"
 SCHEMA_JSON = "application/schema+json"
 OPENAPI_30 = "application/vnd.oai.openapi+json;version=3.0"
 OGC_REL = "http://www.opengis.net/def/rel/ogc/1.0/"
+#: the deepest page offered by offset: PostgreSQL reads and throws away every skipped row, so an
+#: offset of 2^63 was a full scan of the layer for an empty page. Deeper than this, narrow the
+#: selection (bbox, filter, datetime, a queryable) or sort it (sortby) instead; beyond it is a 400.
+MAX_OFFSET = 1_000_000
 
 _F1 = "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/"
 _F3 = "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/"
@@ -86,6 +93,12 @@ _ROLES = {"valid_from": "primary-interval-start", "valid_to": "primary-interval-
 _extent_cache: dict[tuple[str, str, int], tuple[float, Extent]] = {}
 
 
+class SchemaJsonResponse(OrjsonResponse):
+    """A JSON Schema document (the queryables), served and documented as ``application/schema+json``."""
+
+    media_type = SCHEMA_JSON
+
+
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
@@ -113,6 +126,8 @@ def _check_parameters(request: Request, layer: Layer, known: set[str]) -> dict[s
                                       f"/collections/{layer.name}/queryables)")
         if name in equals:
             raise bad_parameter(name, f"{name} is given twice; use filter={name} IN (…) for several values")
+        if len(value) > MAX_FILTER_CHARS:
+            raise bad_parameter(name, f"{name}: at most {MAX_FILTER_CHARS:,} characters, got {len(value):,}")
         equals[name] = value
     return equals
 
@@ -271,16 +286,22 @@ def _install_openapi_30(app: FastAPI) -> None:
 # routes
 # ---------------------------------------------------------------------------------------------
 
-_COLLECTION_ID = Path(..., alias="collectionId", description="collection id, e.g. parts, buildings, iot-devices")
-_BBOX = Query(None, description="minx,miny,maxx,maxy (or 6 numbers with heights), in bbox-crs axis order")
+#: the filter languages of OGC API – Features Part 3 this API reads
+FilterLang = Literal["cql2-text", "cql2-json"]
+_COLLECTION_ID = Path(..., alias="collectionId", max_length=MAX_NAME_CHARS,
+                      description="collection id, e.g. parts, buildings, iot-devices")
+_BBOX = Query(None, max_length=MAX_BBOX_CHARS,
+              description="minx,miny,maxx,maxy (or 6 numbers with heights), in bbox-crs axis order")
 _CRS_RULE = ("a CRS URI/URN/[EPSG:n] is read in its authority's axis order (lat/lon for 4326); short names "
              "(EPSG:4326, 4326, wgs84, cgcs2000, gcj02, bd09, CRS84) lon/lat")
-_BBOX_CRS = Query(None, alias="bbox-crs", description=f"CRS of bbox; default CRS84; {_CRS_RULE}")
-_FILTER = Query(None, description="CQL2 filter on the queryables, in filter-lang")
+_BBOX_CRS = Query(None, alias="bbox-crs", max_length=MAX_CRS_CHARS,
+                  description=f"CRS of bbox; default CRS84; {_CRS_RULE}")
+_FILTER = Query(None, max_length=MAX_FILTER_CHARS, description="CQL2 filter on the queryables, in filter-lang")
 _FILTER_LANG = Query(None, alias="filter-lang", description="cql2-text (default) or cql2-json")
-_FILTER_CRS = Query(None, alias="filter-crs",
+_FILTER_CRS = Query(None, alias="filter-crs", max_length=MAX_CRS_CHARS,
                     description=f"CRS of geometry literals in filter; default CRS84; {_CRS_RULE}")
-_DATETIME = Query(None, description="instant or interval (a/b, ../b, a/..): the versions valid then; "
+_DATETIME = Query(None, max_length=MAX_DATETIME_CHARS,
+                  description="instant or interval (a/b, ../b, a/..): the versions valid then; "
                                     "default: current versions")
 
 
@@ -325,7 +346,7 @@ def install(app: FastAPI) -> None:
         return _collection(request, state, state.layer(collection_id))
 
     @app.get("/collections/{collectionId}/queryables", tags=["OGC API – Features"],
-             summary="Queryable properties (JSON Schema)")
+             summary="Queryable properties (JSON Schema)", response_class=SchemaJsonResponse)
     def queryables(request: Request, collection_id: str = _COLLECTION_ID):
         state = get_state(request)
         layer = state.layer(collection_id)
@@ -349,7 +370,7 @@ def install(app: FastAPI) -> None:
             "properties": props,
             "additionalProperties": False,
         }
-        return OrjsonResponse(body, media_type=SCHEMA_JSON)
+        return SchemaJsonResponse(body)
 
     @app.get("/collections/{collectionId}/items", tags=["OGC API – Features"], summary="Features",
              response_class=Response, responses={200: {"content": {GEOJSON: {}}}})
@@ -358,16 +379,22 @@ def install(app: FastAPI) -> None:
         collection_id: str = _COLLECTION_ID,
         bbox: str | None = _BBOX,
         bbox_crs: str | None = _BBOX_CRS,
-        crs: str | None = Query(None, description=f"output CRS; default CRS84; {_CRS_RULE}"),
+        crs: str | None = Query(None, max_length=MAX_CRS_CHARS, description=f"output CRS; default CRS84; {_CRS_RULE}"),
         limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description=f"page size, 1 to {MAX_LIMIT}"),
-        offset: int = Query(0, ge=0, description="features to skip"),
-        properties: str | None = Query(None, description="comma-separated properties to return"),
-        filter_: str | None = Query(None, alias="filter", description=_FILTER.description),
-        filter_lang: str | None = _FILTER_LANG,
+        offset: int = Query(0, ge=0, le=MAX_OFFSET,
+                            description=f"features to skip, 0 to {MAX_OFFSET:,}; to go deeper narrow the "
+                                        "selection (bbox, filter, datetime) or sort it (sortby)"),
+        properties: str | None = Query(None, max_length=MAX_LIST_CHARS,
+                                       description="comma-separated properties to return"),
+        filter_: str | None = Query(None, alias="filter", max_length=MAX_FILTER_CHARS,
+                                    description=_FILTER.description),
+        filter_lang: FilterLang | None = _FILTER_LANG,
         filter_crs: str | None = _FILTER_CRS,
-        sortby: str | None = Query(None, description="+name,-height: sort keys (queryables)"),
-        datetime_: str | None = Query(None, alias="datetime", description=_DATETIME.description),
-        f: str | None = Query(None, description="json (the only format)"),
+        sortby: str | None = Query(None, max_length=MAX_LIST_CHARS,
+                                   description="+name,-height: sort keys (queryables)"),
+        datetime_: str | None = Query(None, alias="datetime", max_length=MAX_DATETIME_CHARS,
+                                       description=_DATETIME.description),
+        f: str | None = Query(None, max_length=MAX_NAME_CHARS, description="json (the only format)"),
     ):
         state = get_state(request)
         layer = state.layer(collection_id)
@@ -395,10 +422,12 @@ def install(app: FastAPI) -> None:
     def item(
         request: Request,
         collection_id: str = _COLLECTION_ID,
-        feature_id: str = Path(..., alias="featureId", description="the feature's stable feature_id (UUID)"),
-        crs: str | None = Query(None, description=f"output CRS; default CRS84; {_CRS_RULE}"),
-        datetime_: str | None = Query(None, alias="datetime", description="an instant: the version valid then"),
-        f: str | None = Query(None, description="json (the only format)"),
+        feature_id: str = Path(..., alias="featureId", max_length=MAX_NAME_CHARS,
+                               description="the feature's stable feature_id (UUID)"),
+        crs: str | None = Query(None, max_length=MAX_CRS_CHARS, description=f"output CRS; default CRS84; {_CRS_RULE}"),
+        datetime_: str | None = Query(None, alias="datetime", max_length=MAX_DATETIME_CHARS,
+                                       description="an instant: the version valid then"),
+        f: str | None = Query(None, max_length=MAX_NAME_CHARS, description="json (the only format)"),
     ):
         state = get_state(request)
         layer = state.layer(collection_id)
@@ -431,15 +460,19 @@ def install(app: FastAPI) -> None:
     def stats(
         request: Request,
         collection_id: str = _COLLECTION_ID,
-        group_by: str = Query(..., description="district, street, community or grid"),
-        sum_: str | None = Query(None, alias="sum", description="a numeric queryable to sum per group"),
+        group_by: Literal["district", "street", "community", "grid"] = Query(
+            ..., description="district, street, community or grid"),
+        sum_: str | None = Query(None, alias="sum", max_length=MAX_NAME_CHARS,
+                                 description="a numeric queryable to sum per group"),
         bbox: str | None = _BBOX,
         bbox_crs: str | None = _BBOX_CRS,
-        filter_: str | None = Query(None, alias="filter", description=_FILTER.description),
-        filter_lang: str | None = _FILTER_LANG,
+        filter_: str | None = Query(None, alias="filter", max_length=MAX_FILTER_CHARS,
+                                    description=_FILTER.description),
+        filter_lang: FilterLang | None = _FILTER_LANG,
         filter_crs: str | None = _FILTER_CRS,
-        datetime_: str | None = Query(None, alias="datetime", description=_DATETIME.description),
-        f: str | None = Query(None, description="json (the only format)"),
+        datetime_: str | None = Query(None, alias="datetime", max_length=MAX_DATETIME_CHARS,
+                                       description=_DATETIME.description),
+        f: str | None = Query(None, max_length=MAX_NAME_CHARS, description="json (the only format)"),
     ):
         state = get_state(request)
         layer = state.layer(collection_id)

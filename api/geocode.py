@@ -14,15 +14,15 @@ from __future__ import annotations
 import io
 import tempfile
 from collections.abc import Iterator
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
-import orjson
 from fastapi import APIRouter, FastAPI, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import StreamingResponse
 
 from api.deps import get_state
 from api.grid import check_point, parse_crs
+from api.limits import MAX_CRS_CHARS, MAX_NAME_CHARS, TooManyItems, load_json_list
 from api.problems import bad_parameter
 from cim.crs import CrsSpec
 from cim.gazetteer.batch import BatchSummary, geocode_csv
@@ -41,7 +41,7 @@ _OUT_CRS_HELP = ("CRS of the answer's point: EPSG:4326 (default), EPSG:4490, the
 def geocode_one(request: Request,
                 q: str = Query(..., description="The address, free text (e.g. 上海徐汇区汾阳路150号).",
                                max_length=MAX_QUERY_CHARS),
-                crs: str | None = Query(None, description=_OUT_CRS_HELP)) -> dict:
+                crs: str | None = Query(None, max_length=MAX_CRS_CHARS, description=_OUT_CRS_HELP)) -> dict:
     """``match_level`` is one of door, interpolated, road, community, street, district, none;
     ``ambiguous`` answers list ``candidates`` (one per district)."""
     spec = parse_crs(crs)
@@ -62,6 +62,9 @@ def _json_batch(request: Request, body: Any, spec: CrsSpec, detail: str) -> dict
     for i, item in enumerate(body):
         if item is not None and not isinstance(item, str):
             raise bad_parameter(f"addresses.{i}", f"addresses.{i} must be a string, got {type(item).__name__}")
+        if item is not None and len(item) > MAX_QUERY_CHARS:  # as GET /geocode's q
+            raise bad_parameter(f"addresses.{i}", f"addresses.{i}: at most {MAX_QUERY_CHARS} characters, "
+                                                  f"got {len(item):,}")
     results = []
     with get_state(request).engine.connect() as conn:
         for start in range(0, len(body), _CHUNK):
@@ -103,14 +106,15 @@ def _stream(out: tempfile.SpooledTemporaryFile) -> Iterator[bytes]:
         out.close()
 
 
+_ADDRESS = {"type": "string", "maxLength": MAX_QUERY_CHARS, "nullable": True}
 _BATCH_BODY = {
     "requestBody": {
         "required": True,
         "content": {
             "application/json": {"schema": {"oneOf": [
-                {"type": "array", "items": {"type": "string"}, "maxItems": MAX_BATCH_ROWS},
+                {"type": "array", "items": _ADDRESS, "maxItems": MAX_BATCH_ROWS},
                 {"type": "object", "required": ["addresses"], "properties": {
-                    "addresses": {"type": "array", "items": {"type": "string"}, "maxItems": MAX_BATCH_ROWS}}},
+                    "addresses": {"type": "array", "items": _ADDRESS, "maxItems": MAX_BATCH_ROWS}}},
             ]}},
             "multipart/form-data": {"schema": {"type": "object", "required": ["file", "column"], "properties": {
                 "file": {"type": "string", "format": "binary", "description": "CSV file with a header row."},
@@ -124,14 +128,19 @@ _BATCH_BODY = {
 
 
 @router.post("/geocode/batch", summary=f"Geocode up to {MAX_BATCH_ROWS:,} addresses (JSON list or CSV)",
-             openapi_extra=_BATCH_BODY)
+             openapi_extra=_BATCH_BODY,
+             responses={200: {"content": {"application/json": {}, "text/csv": {"schema": {"type": "string"}}},
+                              "description": "JSON for a JSON body, CSV for a CSV one"}})
 async def geocode_batch(
     request: Request,
-    crs: str | None = Query(None, description=_OUT_CRS_HELP + " JSON answers only; CSV answers are WGS84."),
-    detail: str = Query("summary", pattern="^(summary|full)$",
+    crs: str | None = Query(None, max_length=MAX_CRS_CHARS,
+                            description=_OUT_CRS_HELP + " JSON answers only; CSV answers are WGS84."),
+    detail: Literal["summary", "full"] = Query("summary",
                         description="JSON answers: 'summary' (flat record per address) or 'full' (as GET /geocode)."),
-    column: str | None = Query(None, description="CSV body: the column holding the addresses."),
-    encoding: str = Query("utf-8-sig", description="CSV body: its text encoding (e.g. gbk)."),
+    column: str | None = Query(None, max_length=MAX_NAME_CHARS,
+                               description="CSV body: the column holding the addresses."),
+    encoding: str = Query("utf-8-sig", max_length=MAX_NAME_CHARS,
+                          description="CSV body: its text encoding (e.g. gbk)."),
 ) -> Any:
     """JSON in → ``{"summary", "results"}`` in input order; CSV in → CSV out with the input columns
     plus lon, lat (WGS84), match_level, score, standard_address, district/street/community/grid codes."""
@@ -154,8 +163,10 @@ async def geocode_batch(
     spec = parse_crs(crs)
     raw = await request.body()
     try:
-        payload = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
+        payload = load_json_list(raw, MAX_BATCH_ROWS, "addresses", key="addresses")
+    except TooManyItems as exc:
+        raise bad_parameter(exc.parameter, str(exc)) from None
+    except ValueError as exc:  # orjson's JSONDecodeError, json's, and UnicodeDecodeError are all ValueErrors
         raise bad_parameter("addresses", f"the body is not valid JSON ({exc}); send a JSON list of addresses "
                                          "or a CSV file") from None
     return await run_in_threadpool(_json_batch, request, payload, spec, detail)
@@ -165,7 +176,8 @@ async def geocode_batch(
 def reverse_one(request: Request,
                 lon: float = Query(..., description="Longitude (or easting in a projected crs)."),
                 lat: float = Query(..., description="Latitude (or northing in a projected crs)."),
-                crs: str | None = Query(None, description="CRS of lon/lat and of the answer's point; default WGS84. "
+                crs: str | None = Query(None, max_length=MAX_CRS_CHARS,
+                                        description="CRS of lon/lat and of the answer's point; default WGS84. "
                                                           + _OUT_CRS_HELP),
                 radius: float = Query(DEFAULT_RADIUS_M, gt=0, le=MAX_RADIUS_M,
                                       description="Search radius in metres.")) -> dict:

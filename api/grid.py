@@ -11,6 +11,7 @@ from fastapi import APIRouter, FastAPI, Query, Request
 from pydantic import BaseModel, Field
 
 from api.deps import get_state
+from api.limits import MAX_CRS_CHARS
 from api.problems import bad_parameter
 from cim.crs import CrsError, CrsSpec, resolve_crs
 from cim.grid import MAX_POINTS, answers_to_dicts, lookup_points
@@ -51,7 +52,7 @@ class LookupPoint(BaseModel):
 
 class LookupRequest(BaseModel):
     points: list[LookupPoint] = Field(max_length=MAX_POINTS, description=f"At most {MAX_POINTS:,} points.")
-    crs: str | None = Field(None, description=CRS_HELP)
+    crs: str | None = Field(None, max_length=MAX_CRS_CHARS, description=CRS_HELP)
 
 
 def _answer(request: Request, lons: list[float], lats: list[float], crs: CrsSpec) -> dict:
@@ -65,7 +66,7 @@ def _answer(request: Request, lons: list[float], lats: list[float], crs: CrsSpec
 def grid_lookup(request: Request,
                 lon: float = Query(..., description="Longitude (or easting in a projected crs)."),
                 lat: float = Query(..., description="Latitude (or northing in a projected crs)."),
-                crs: str | None = Query(None, description=CRS_HELP)) -> dict:
+                crs: str | None = Query(None, max_length=MAX_CRS_CHARS, description=CRS_HELP)) -> dict:
     """``{"results": [answer]}``; ``level`` is the finest unit found (grid, community, street,
     district) or ``none``. A point on a shared boundary gets the unit with the smallest code."""
     spec = parse_crs(crs)

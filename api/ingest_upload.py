@@ -11,19 +11,20 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path as FsPath
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Path, Request, UploadFile
 
 from api import auth
 from api.deps import get_state
+from api.limits import MAX_CRS_CHARS, MAX_NAME_CHARS
 from api.problems import bad_parameter, not_found
 from cim.apikeys import ApiKey
 from ingest.columns import parse_mapping
 from ingest.run import IngestOptions, ingest_files
 from ingest.specs import SPECS
 
-router = APIRouter(tags=["ingest"])
+router = APIRouter(tags=["ingest"], route_class=auth.key_first_route("loader"))  # no key: refused before the upload
 _CHUNK = 1 << 20
 
 
@@ -56,18 +57,24 @@ def _primary_files(paths: list[FsPath]) -> list[FsPath]:
 @router.post("/ingest/{layer}", summary="Upload and load files into a layer (role loader)")
 def ingest_upload(
     request: Request,
-    layer: str = Path(..., description="Layer to load, as for 'cim ingest' (e.g. buildings, parts, pipelines)."),
+    layer: str = Path(..., max_length=MAX_NAME_CHARS,
+                      description="Layer to load, as for 'cim ingest' (e.g. buildings, parts, pipelines)."),
     files: list[UploadFile] = File(..., description="The file(s) to load; a Shapefile with all its parts."),
-    crs: str | None = Form(None, description="CRS of the data when the files do not say (EPSG code, gcj02, bd09)."),
-    encoding: str | None = Form(None, description="Text encoding when the files do not say (e.g. gbk)."),
-    mode: str | None = Form(None, description="upsert (by source id, default) | append | replace (also closes "
-                                              "features absent from the delivery)."),
-    layer_name: str | None = Form(None, description="Layer inside a multi-layer file (GeoPackage)."),
-    x: str | None = Form(None, description="CSV column holding x / longitude."),
-    y: str | None = Form(None, description="CSV column holding y / latitude."),
-    z: str | None = Form(None, description="CSV column holding z / height."),
-    wkt: str | None = Form(None, description="CSV column holding WKT geometry."),
-    address_column: str | None = Form(None, description="addresses: one full-address column, parsed on load."),
+    crs: str | None = Form(None, max_length=MAX_CRS_CHARS,
+                           description="CRS of the data when the files do not say (EPSG code, gcj02, bd09)."),
+    encoding: str | None = Form(None, max_length=MAX_NAME_CHARS,
+                                description="Text encoding when the files do not say (e.g. gbk)."),
+    mode: Literal["upsert", "append", "replace"] | None = Form(
+        None, description="upsert (by source id, default) | append | replace (also closes features absent from "
+                          "the delivery)."),
+    layer_name: str | None = Form(None, max_length=MAX_NAME_CHARS,
+                                  description="Layer inside a multi-layer file (GeoPackage)."),
+    x: str | None = Form(None, max_length=MAX_NAME_CHARS, description="CSV column holding x / longitude."),
+    y: str | None = Form(None, max_length=MAX_NAME_CHARS, description="CSV column holding y / latitude."),
+    z: str | None = Form(None, max_length=MAX_NAME_CHARS, description="CSV column holding z / height."),
+    wkt: str | None = Form(None, max_length=MAX_NAME_CHARS, description="CSV column holding WKT geometry."),
+    address_column: str | None = Form(None, max_length=MAX_NAME_CHARS,
+                                      description="addresses: one full-address column, parsed on load."),
     map: list[str] = Form([], description="Column mapping 'FIELD=COLUMN', repeatable."),
     strict: bool = Form(False, description="Reject the whole file on any error."),
     dry_run: bool = Form(False, description="Validate and report; write nothing."),

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, FastAPI, Path, Query, Request
 
 from api.deps import get_state
+from api.limits import MAX_DATETIME_CHARS, MAX_NAME_CHARS
 from api.problems import bad_parameter, not_found
 from cim.errors import ParameterError
 from cim.times import day_start, parse_instant
@@ -82,10 +83,12 @@ def _measured(conn: sa.Connection, source_id: str) -> list[str]:
 @router.get("/iot/devices/{device_id}/readings", summary="Readings of one IoT device over a time window")
 def device_readings(
     request: Request,
-    device_id: str = Path(..., description="The device's source id or feature id."),
-    from_: str | None = Query(None, alias="from", description="Start (ISO 8601, inclusive); default to - 24 h."),
-    to: str | None = Query(None, description="End (ISO 8601, exclusive); default now."),
-    quantity: str | None = Query(None, description="Measured quantity; may be omitted when the device has one."),
+    device_id: str = Path(..., max_length=MAX_NAME_CHARS, description="The device's source id or feature id."),
+    from_: str | None = Query(None, alias="from", max_length=MAX_DATETIME_CHARS,
+                              description="Start (ISO 8601, inclusive); default to - 24 h."),
+    to: str | None = Query(None, max_length=MAX_DATETIME_CHARS, description="End (ISO 8601, exclusive); default now."),
+    quantity: str | None = Query(None, max_length=MAX_NAME_CHARS,
+                                 description="Measured quantity; may be omitted when the device has one."),
 ) -> dict:
     start, end = parse_time(from_, "from"), parse_time(to, "to")
     end = end or datetime.now(timezone.utc)

@@ -11,6 +11,7 @@ from fastapi import APIRouter, FastAPI, Query, Request
 
 from api.deps import get_state
 from api.grid import CRS_HELP, check_point, parse_crs
+from api.limits import MAX_CRS_CHARS, MAX_FILTER_CHARS, MAX_NAME_CHARS
 from api.problems import bad_parameter
 from api.responses import GeoJsonResponse
 from cim.cql import compile_filter
@@ -24,14 +25,16 @@ router = APIRouter(tags=["proximity"])
             response_class=GeoJsonResponse)
 def nearby_features(
     request: Request,
-    layer: str = Query(..., description="Collection id, e.g. pipelines, parts, buildings (see /collections)."),
+    layer: str = Query(..., max_length=MAX_NAME_CHARS,
+                       description="Collection id, e.g. pipelines, parts, buildings (see /collections)."),
     lon: float = Query(..., description="Longitude (or easting in a projected crs)."),
     lat: float = Query(..., description="Latitude (or northing in a projected crs)."),
     z: float | None = Query(None, description="Height in metres (negative below ground): makes distances 3D."),
-    crs: str | None = Query(None, description=CRS_HELP),
+    crs: str | None = Query(None, max_length=MAX_CRS_CHARS, description=CRS_HELP),
     radius: float = Query(DEFAULT_RADIUS_M, gt=0, le=MAX_RADIUS_M, description="Search radius in metres."),
     k: int = Query(DEFAULT_K, ge=1, le=MAX_K, description="At most this many features, nearest first."),
-    filter: str | None = Query(None, description="CQL2 text filter on the layer's queryables."),
+    filter: str | None = Query(None, max_length=MAX_FILTER_CHARS,
+                               description="CQL2 text filter on the layer's queryables."),
 ) -> GeoJsonResponse:
     """A FeatureCollection (geometry in CRS84) nearest first, each with ``distance_m``."""
     state = get_state(request)

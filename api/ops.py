@@ -16,6 +16,7 @@ from prometheus_client import (
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.responses import OrjsonResponse
+from cim.errors import UnavailableError
 
 REGISTRY = CollectorRegistry()
 REQUESTS = Counter("cim_http_requests_total", "HTTP requests", ["route", "method", "status"], registry=REGISTRY)
@@ -53,12 +54,13 @@ class MetricsMiddleware:
 
 
 def install(app: FastAPI) -> None:
-    @app.get("/healthz", tags=["ops"], summary="Database reachable")
+    @app.get("/healthz", tags=["ops"], summary="Database reachable",
+             responses={503: {"description": "The database is not reachable.", "content": {"application/json": {}}}})
     def healthz(request: Request):
         try:
             with request.app.state.cim.engine.connect() as conn:
                 postgis = conn.execute(sa.text("SELECT postgis_lib_version()")).scalar()
-        except sa.exc.SQLAlchemyError as exc:
+        except (sa.exc.SQLAlchemyError, UnavailableError) as exc:
             return OrjsonResponse({"status": "unavailable", "detail": str(exc.__class__.__name__)}, status_code=503)
         return {"status": "ok", "postgis": postgis}
 

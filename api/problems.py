@@ -5,6 +5,7 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from api.limits import MAX_DETAIL_CHARS
 from api.responses import OrjsonResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -42,6 +43,8 @@ def user_error_response(request: Request, exc: UserError) -> OrjsonResponse:
 
 def problem_response(request: Request, status: int, title: str, detail: str, parameter: str | None = None,
               headers: dict[str, str] | None = None) -> OrjsonResponse:
+    if len(detail) > MAX_DETAIL_CHARS:  # a message quoting a huge input must not become a huge answer
+        detail = f"{detail[:MAX_DETAIL_CHARS]}… (cut at {MAX_DETAIL_CHARS:,} characters)"
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail,
             "instance": str(request.url.path)}
     if parameter:

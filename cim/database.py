@@ -14,6 +14,11 @@ class DatabaseError(UnavailableError):
     """The base cannot be reached or is not initialised; the message says what to run."""
 
 
+class DatabaseUnavailableError(DatabaseError):
+    """The database server cannot be reached, or the connection to it was lost: a request or a load
+    cannot be answered now, and may succeed when retried (the API answers 503 with Retry-After)."""
+
+
 def database_url() -> str:
     """``CIM_DATABASE_URL`` when set, else the embedded cluster's URL (which must be up)."""
     target = database_target()
@@ -51,9 +56,41 @@ def engine_for(url: str, *, lock_timeout_ms: int | None = None) -> Engine:
             sqlalchemy_url(url), pool_size=config.db_pool_size, max_overflow=0,
             pool_timeout=config.db_pool_timeout_s, connect_args=connect_args)
         _ping_idle_connections(engine, config.db_ping_after_idle_s)
+        _unavailable_when_unreachable(engine)
         if lock_timeout_ms is not None:
             _lock_waits_are_unavailable(engine)
     return engine
+
+
+def _unavailable_when_unreachable(engine: Engine) -> None:
+    """Turn "the server is not there" into :class:`DatabaseUnavailableError`, in this one place.
+
+    A failed connect (refused, server starting up or shutting down) and a connection lost mid-
+    statement are not the request's fault and not a bug: callers (the API, the loader, the CLI)
+    get one error that says so, instead of a driver exception each would have to recognise. Other
+    database errors (bad SQL, constraint violations, timeouts) pass through unchanged. The pool's
+    own pings are left alone, so that it can still replace a dropped connection and retry.
+    """
+    @sa.event.listens_for(engine, "handle_error")
+    def _translate(context: sa.engine.ExceptionContext) -> Exception | None:
+        if context.is_pre_ping:
+            return None
+        error = context.original_exception
+        dbapi_error = getattr(engine.dialect.loaded_dbapi, "Error", ())
+        connecting = context.connection is None  # no Connection yet: the error came from connect()
+        if not isinstance(error, dbapi_error) or not (connecting or context.is_disconnect):
+            return None
+        if connecting and not isinstance(error, getattr(engine.dialect.loaded_dbapi, "OperationalError", ())):
+            return None
+        what = "not reachable" if connecting else "no longer reachable (connection lost)"
+        return DatabaseUnavailableError(f"the database is {what}: {_first_line(error)}; try again shortly")
+
+
+def _first_line(error: BaseException) -> str:
+    """The driver's reason without its multi-line hints, and without the server's address."""
+    line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    head, sep, reason = line.partition(" failed: ")  # 'connection to server at "host", port N failed: …'
+    return (reason if sep and head.startswith("connection to server") else line).strip() or type(error).__name__
 
 
 def reader_engine(engine: Engine) -> Engine:

@@ -19,6 +19,7 @@ import psycopg2
 import sqlalchemy as sa
 
 from cim.config import settings
+from cim.database import DatabaseUnavailableError
 from cim.errors import UnavailableError
 
 #: reading the first batch · COPY of the first batch sent · staging indexed / indexes rebuilt ·
@@ -46,7 +47,7 @@ def database_faults(layer: str) -> Iterator[None]:
     try:
         yield
     except (psycopg2.OperationalError, psycopg2.InterfaceError, sa.exc.OperationalError,
-            sa.exc.InterfaceError) as exc:
+            sa.exc.InterfaceError, DatabaseUnavailableError) as exc:
         what, then = _cause(exc)
         raise LoadInterrupted(f"load of {layer} stopped: {what}; nothing of this load was committed — {then}") from exc
 
@@ -54,7 +55,8 @@ def database_faults(layer: str) -> Iterator[None]:
 def _cause(exc: BaseException) -> tuple[str, str]:
     """What happened, with the server's own first line (e.g. 'terminating connection due to administrator
     command') or what the client saw; and what to do."""
-    orig = getattr(exc, "orig", None) or exc
+    # a DatabaseUnavailableError (the engine's word for a lost connection) carries the driver's error as its cause
+    orig = getattr(exc, "orig", None) or exc.__cause__ or exc
     first = next((line.strip() for line in str(orig).splitlines() if line.strip()), type(orig).__name__)
     code = getattr(orig, "pgcode", None) or ""
     if code and not code.startswith(("08", "57")):  # not a connection or shutdown error: e.g. a timeout

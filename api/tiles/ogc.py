@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 
+from api.limits import MAX_LIST_CHARS
 from api.problems import PROBLEM, not_found
 from api.responses import OrjsonResponse
 from api.tiles.shared import (IMMUTABLE, MVT_TYPE, REVALIDATE, BboxQ, FilterLangQ, FilterQ, base_url, call, etag,
@@ -137,6 +138,7 @@ async def collection_tile(request: Request, collectionId: str, tileMatrixSetId: 
                           tileMatrix: TileMatrixP, tileRow: TileRowP, tileCol: TileColP,
                           bbox: BboxQ = None, filter: FilterQ = None, filter_lang: FilterLangQ = "cql2-text",
                           properties: Annotated[str | None, Query(
+                              max_length=MAX_LIST_CHARS,
                               description="comma-separated properties to include (default: all)")] = None,
                           v: Annotated[int | None, Query(
                               description="the layer version the tile is asked for (TileJSON's URLs carry it): "

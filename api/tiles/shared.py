@@ -7,6 +7,7 @@ from fastapi import Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Scope
 
+from api.limits import MAX_BBOX_CHARS, MAX_FILTER_CHARS
 from cim.selection import Selection, parse_bbox
 from tiles.service import TileService
 
@@ -47,7 +48,8 @@ def base_url(request: Request) -> str:
     return str(request.base_url).rstrip("/")
 
 
-BboxQ = Annotated[str | None, Query(description="minlon,minlat,maxlon,maxlat (CRS84)")]
-FilterQ = Annotated[str | None, Query(description="CQL2 filter on the layer's queryables")]
+BboxQ = Annotated[str | None, Query(max_length=MAX_BBOX_CHARS, description="minlon,minlat,maxlon,maxlat (CRS84)")]
+FilterQ = Annotated[str | None, Query(max_length=MAX_FILTER_CHARS,
+                                      description="CQL2 filter on the layer's queryables")]
 FilterLangQ = Annotated[Literal["cql2-text", "cql2-json"], Query(alias="filter-lang",
                                                                  description="the language of filter")]

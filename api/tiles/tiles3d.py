@@ -50,8 +50,8 @@ def _model_check(layer: Layer) -> None:
     model_for(layer.name)
 
 
-@router.get("/3dtiles/{layer}/{version}/{tile}.glb", summary="One tile's binary glTF",
-            responses={**_NOT_MODIFIED, **_NO_CONTENT})
+@router.get("/3dtiles/{layer}/{version}/{tile}.glb", summary="One tile's binary glTF", response_class=Response,
+            responses={200: {"content": {GLB_TYPE: {}}}, **_NOT_MODIFIED, **_NO_CONTENT})
 async def tile_content(request: Request, layer: str, version: str, tile: str, bbox: BboxQ = None,
                        filter: FilterQ = None, filter_lang: FilterLangQ = "cql2-text",
                        max_features: MaxFeaturesQ = DEFAULT_MAX_FEATURES):

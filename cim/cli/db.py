@@ -59,7 +59,7 @@ def url() -> None:
 def status() -> None:
     """Server, PostgreSQL and PostGIS versions, schema revision, storage CRS, feature counts."""
     from cim.bootstrap import current_revision, head_revision, stored_settings
-    from cim.database import get_engine
+    from cim.database import DatabaseUnavailableError, get_engine
 
     engine = get_engine()
     try:
@@ -74,10 +74,11 @@ def status() -> None:
                 for name, table in conn.execute(sa.text("SELECT name, table_name FROM layers ORDER BY name")):
                     counts[name] = conn.execute(sa.text(
                         f'SELECT count(*) FROM "{table}" WHERE valid_to IS NULL')).scalar()
-    except sa.exc.OperationalError as exc:
+    except (sa.exc.OperationalError, DatabaseUnavailableError) as exc:
         from cim.database import DatabaseError
 
-        raise DatabaseError(f"database not reachable ({exc.orig}); run 'cim db up'") from exc
+        cause = getattr(exc, "orig", None) or exc  # the engine words a failed connect as DatabaseUnavailableError
+        raise DatabaseError(f"database not reachable ({cause}); run 'cim db up'") from exc
     where = "CIM_DATABASE_URL" if database_target().is_external else "embedded cluster"
     console.print(f"server: {where}  PostgreSQL {pg}")
     console.print(f"PostGIS: {postgis or 'not installed in this database (run cim init)'}")
