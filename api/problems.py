@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 
+import sqlalchemy as sa
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from api.limits import MAX_DETAIL_CHARS
@@ -60,6 +62,13 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(UserError)
     async def _user_error(request: Request, exc: UserError):
         return user_error_response(request, exc)
+
+    @app.exception_handler(sa.exc.TimeoutError)
+    async def _pool_exhausted(request: Request, exc: sa.exc.TimeoutError):
+        # The pool raises this on checkout, outside any statement, so the engines' error listeners
+        # (cim.database) never see it: every pooled connection stayed busy for CIM_DB_POOL_TIMEOUT_S.
+        busy = UnavailableError("every database connection of this server is busy; try again in a moment")
+        return user_error_response(request, busy)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):

@@ -153,3 +153,24 @@ def test_cli_status_still_says_what_to_run_when_the_database_is_down():
     assert proc.returncode != 0
     assert "database not reachable" in proc.stdout + proc.stderr and "cim db up" in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_a_pool_with_every_connection_busy_is_a_503_not_a_500(server_url):
+    """The pool's checkout timeout is raised outside any statement, so no engine listener sees it:
+    the API maps it once, as 'unavailable, retry'."""
+    from cim.config import override_settings
+    from cim.database import reader_engine
+    from tests.conftest import create_database
+
+    url = create_database(server_url)  # a URL of its own: its engines are made under these settings
+    initialise(engine_for(url))
+    with override_settings(db_pool_size=1, db_pool_timeout_s=0.2):
+        client = TestClient(create_app(engine_for(url)))
+        held = reader_engine(engine_for(url)).connect()  # the API's only reading connection
+        try:
+            r = client.get("/collections/parts/items")
+        finally:
+            held.close()
+        assert r.status_code == 503 and r.headers["content-type"] == "application/problem+json", r.text
+        assert "busy" in r.json()["detail"] and int(r.headers["Retry-After"]) > 0
+        assert client.get("/collections/parts/items").status_code == 200  # the connection is back
