@@ -12,8 +12,8 @@ String parameters carry a ``maxLength`` in the OpenAPI document (the constants b
 oversized value is a 400 before it reaches a parser; and no problem document's detail is longer
 than :data:`MAX_DETAIL_CHARS`.
 
-Candidates for settings (``cim.config``): :data:`UPLOAD_MAX_BODY_BYTES` first (deployments load
-files of very different sizes), then :data:`GEOCODE_BATCH_MAX_BODY_BYTES`.
+The upload limit is a deployment setting (``CIM_UPLOAD_MAX_MB``): deployments load files of very
+different sizes. The others follow from the routes' own caps and stay constants.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ import orjson
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cim.config import settings
 from cim.errors import ParameterError, PayloadTooLargeError
 
 KIB, MIB = 1 << 10, 1 << 20
@@ -34,17 +35,17 @@ DEFAULT_MAX_BODY_BYTES = 64 * KIB
 GRID_LOOKUP_MAX_BODY_BYTES = 2 * MIB
 #: ``POST /geocode/batch``: 100,000 addresses as JSON with \u escapes (6 bytes a character), or a CSV
 GEOCODE_BATCH_MAX_BODY_BYTES = 32 * MIB
-#: ``POST /ingest/{layer}``: uploaded files (spooled to disk while they stream in, not held in memory)
-UPLOAD_MAX_BODY_BYTES = 2 << 30
 #: a body refused for its declared size is still read and thrown away up to this many bytes, so that
 #: the client (still sending) reads the 413 instead of a connection reset; larger ones are cut off
 DRAIN_MAX_BYTES = 64 * MIB
 
 #: ``(method, path pattern, limit)``: the first match wins
-ROUTE_BODY_LIMITS: tuple[tuple[str, re.Pattern[str], int], ...] = (
+ROUTE_BODY_LIMITS: tuple[tuple[str, re.Pattern[str], int | None], ...] = (
     ("POST", re.compile(r"^/grid/lookup/?$"), GRID_LOOKUP_MAX_BODY_BYTES),
     ("POST", re.compile(r"^/geocode/batch/?$"), GEOCODE_BATCH_MAX_BODY_BYTES),
-    ("POST", re.compile(r"^/ingest/[^/]+/?$"), UPLOAD_MAX_BODY_BYTES),
+    # ``POST /ingest/{layer}``: uploaded files, spooled to disk while they stream in (not held in
+    # memory); None: the deployment setting CIM_UPLOAD_MAX_MB
+    ("POST", re.compile(r"^/ingest/[^/]+/?$"), None),
 )
 
 # --- string parameters (OpenAPI maxLength) ----------------------------------------------------------
@@ -158,7 +159,7 @@ def body_limit(method: str, path: str) -> int:
     """The largest body, in bytes, the route for ``method path`` accepts."""
     for route_method, pattern, limit in ROUTE_BODY_LIMITS:
         if method == route_method and pattern.match(path):
-            return limit
+            return limit if limit is not None else settings().upload_max_mb * MIB
     return DEFAULT_MAX_BODY_BYTES
 
 

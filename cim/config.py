@@ -61,6 +61,8 @@ class DeploymentSettings(_PydanticSettings):
     api_read_key_required: bool = Field(False, description="reading the API also needs an API key")
     layer_cache_s: float = Field(5.0, ge=0, description="seconds the API keeps the layer registry before re-reading")
     extent_cache_s: float = Field(300.0, ge=0, description="seconds the API keeps a collection's extent")
+    upload_max_mb: int = Field(2048, ge=1, description="megabytes one upload to POST /ingest/{layer} may send "
+                                                        "(spooled to disk while it streams in)")
     # --- tiles and the gazetteer ----------------------------------------------------------------
     tile_memory_mb: int = Field(256, ge=0, description="megabytes of generated tiles kept in memory per process")
     tile_plan_cache: int = Field(32, ge=1, description="tile plans (one per layer version, bbox and filter) kept in "

@@ -16,9 +16,10 @@ from api.app import create_app
 from api.features import MAX_OFFSET
 from api.limits import (
     GEOCODE_BATCH_MAX_BODY_BYTES, GRID_LOOKUP_MAX_BODY_BYTES, MAX_CRS_CHARS, MAX_DETAIL_CHARS,
-    UPLOAD_MAX_BODY_BYTES, TooManyItems, body_limit, load_json_list,
+    TooManyItems, body_limit, load_json_list,
 )
 from cim.apikeys import create_key
+from cim.config import override_settings
 from cim.gazetteer.geocode import MAX_QUERY_CHARS
 from tests.servers import serve_app
 from tests.spatial_data import build_features, build_hierarchy
@@ -53,7 +54,9 @@ def _problem(r: httpx.Response, status: int, parameter: str | None = None) -> di
 def test_routes_have_their_own_body_limits():
     assert body_limit("POST", "/grid/lookup") == GRID_LOOKUP_MAX_BODY_BYTES < 50 * MB
     assert body_limit("POST", "/geocode/batch") == GEOCODE_BATCH_MAX_BODY_BYTES < 50 * MB
-    assert body_limit("POST", "/ingest/buildings") == UPLOAD_MAX_BODY_BYTES > GEOCODE_BATCH_MAX_BODY_BYTES
+    assert body_limit("POST", "/ingest/buildings") == 2048 * MB > GEOCODE_BATCH_MAX_BODY_BYTES
+    with override_settings(upload_max_mb=5):  # a deployment's own upload limit
+        assert body_limit("POST", "/ingest/buildings") == 5 * MB
     assert body_limit("GET", "/collections") < GRID_LOOKUP_MAX_BODY_BYTES
 
 
