@@ -3,12 +3,15 @@
 - ``/``, ``/conformance``, ``/collections…`` → :mod:`api.features` (OGC API – Features 1–3)
 - ``/grid/lookup`` → :mod:`api.grid`;  ``/nearby`` → :mod:`api.nearby`
 - ``/iot/…`` → :mod:`api.iot`;  ``/ingest/{layer}`` → :mod:`api.ingest_upload`
-- ``/geocode``, ``/reverse`` → :mod:`api.geocode`
-- ``/3dtiles/…``, ``/collections/{id}/tiles/…`` → :mod:`api.tiles` (a package);  ``/viewer`` → :mod:`api.viewer`
-- ``/healthz``, ``/metrics`` → :mod:`api.ops`
+- ``/geocode``, ``/geocode/batch``, ``/reverse`` → :mod:`api.geocode`
+- ``/3dtiles/…``, ``/collections/{id}/tiles/…``, ``/tileMatrixSets…`` → :mod:`api.tiles` (a package)
+- ``/viewer`` → :mod:`api.viewer`;  ``/healthz``, ``/metrics`` → :mod:`api.ops`
 
-Before any route: the body limits of :mod:`api.limits`. The OpenAPI document's error answers are
-written by :mod:`api.openapi_errors`.
+Before any route, the middleware of :data:`MIDDLEWARE` (one list, outermost first: metrics, the body limits of
+:mod:`api.limits`, access control, the tile fast path); TileJSON's versioned
+vector-tile URLs are answered there, by :class:`api.tiles.VersionedTileMiddleware`. Every error becomes a
+problem document in one place, :mod:`api.problems`. The OpenAPI
+document's error answers are written by :mod:`api.openapi_errors`.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What every route needs: the engine, the base's settings, the layer registry."""
+"""What every route needs: the reader engine, the base's and the deployment's settings, the layer registry."""
 from __future__ import annotations
 
 import time

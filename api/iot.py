@@ -19,7 +19,6 @@ from fastapi import APIRouter, FastAPI, Path, Query, Request
 from api.deps import get_state
 from api.limits import MAX_DATETIME_CHARS, MAX_NAME_CHARS
 from api.problems import bad_parameter, not_found
-from cim.errors import ParameterError
 from cim.times import day_start, parse_instant
 
 router = APIRouter(tags=["iot"])
@@ -34,10 +33,7 @@ def parse_time(value: str | None, parameter: str) -> datetime | None:
     """An RFC 3339 time with offset, or a date (its midnight UTC), by :mod:`cim.times`' one rule."""
     if value is None or not value.strip():
         return None
-    try:
-        parsed = parse_instant(value, parameter)
-    except ParameterError as exc:
-        raise bad_parameter(parameter, str(exc)) from None
+    parsed = parse_instant(value, parameter)  # a ParameterError naming ``parameter``, mapped by api.problems
     return parsed if isinstance(parsed, datetime) else day_start(parsed)
 
 

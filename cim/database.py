@@ -1,4 +1,4 @@
-"""Connections to the city base: one SQLAlchemy engine per URL, raw psycopg2 for COPY."""
+"""Connections to the city base: one pooled engine per URL, the API's reader engine, raw psycopg2 for COPY."""
 from __future__ import annotations
 
 import time

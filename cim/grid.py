@@ -4,8 +4,9 @@ for that grid (grid → post → department → persons).
 One batch of up to :data:`MAX_POINTS` points is answered by ONE SQL statement: the points go in
 as two float arrays (unnested WITH ORDINALITY so the order survives), each level is a LATERAL
 join on the level's GiST index, and the responsibility chain is aggregated per distinct grid in
-the same statement and sent once per grid (the points of a grid share one chain object). Coordinates are transformed to the storage CRS in Python first (vectorised,
-and the only place that knows GCJ-02/BD-09).
+the same statement and sent once per grid (the points of a grid share one chain object).
+Coordinates are transformed to the storage CRS in Python first (vectorised, by
+:func:`cim.spatial.to_storage`, so GCJ-02/BD-09 points work too, which PostGIS does not know).
 
 Boundary rule (documented, tested): a point exactly on an edge shared by two polygons of a level
 is *covered* by both (``ST_Covers`` counts the boundary, ``ST_Contains`` would drop it). Each

@@ -22,7 +22,7 @@ from cim.config import settings
 from cim.database import DatabaseUnavailableError
 from cim.errors import UnavailableError
 
-#: reading the first batch · COPY of the first batch sent · staging indexed / indexes rebuilt ·
+#: reading the first batch · COPY of the first batch sent · staging table indexed ·
 #: merge statements run · about to commit
 PHASES = ("reading", "copy", "index", "merge", "commit")
 _paused: set[str] = set()

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import time
 import zipfile
-from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
@@ -21,30 +20,14 @@ import sqlalchemy as sa
 from cim.crs import wgs84_to_gcj02
 from cim.database import engine_for
 from cim.errors import UserError
-from ingest.run import IngestOptions, ingest_files
-from tests.conftest import CIM, PROJECT, create_database, run_cim, shared_path
-
-SAMPLES = PROJECT / "data_samples"
-# a few points inside the sample district (徐汇), WGS84
-LONLAT = [(121.437, 31.190), (121.440, 31.195), (121.445, 31.200), (121.450, 31.185), (121.430, 31.180)]
+from tests.conftest import CIM, create_database, run_cim, shared_path
+from tests.sample_city import LONLAT, SAMPLES, load, sample_city_base, scalar
 
 
 @pytest.fixture(scope="module")
 def city(server_url) -> str:
     """A base with the whole sample city loaded through `cim samples load`."""
-    url = create_database(server_url)
-    run_cim("init", db_url=url)
-    run_cim("samples", "load", "--json", db_url=url)
-    return url
-
-
-def scalar(url: str, sql: str, **params):
-    with engine_for(url).connect() as conn:
-        return conn.execute(sa.text(sql), params).scalar()
-
-
-def load(url: str, layer: str, *paths: Path, **options) -> "IngestReport":  # noqa: F821
-    return ingest_files(layer, list(paths), IngestOptions(**options), engine_for(url))
+    return sample_city_base(server_url)
 
 
 def parts_frame(n: int = 5, prefix: str = "T", subclass: str = "0101") -> gpd.GeoDataFrame:

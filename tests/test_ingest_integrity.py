@@ -12,31 +12,14 @@ import sqlalchemy as sa
 
 from cim.database import engine_for
 from cim.errors import UserError
-from ingest.run import IngestOptions, ingest_files
-from tests.conftest import PROJECT, create_database, run_cim, shared_path
-
-SAMPLES = PROJECT / "data_samples"
-
-# points inside the sample district (徐汇), WGS84
-LONLAT = [(121.437, 31.190), (121.440, 31.195), (121.445, 31.200), (121.450, 31.185), (121.430, 31.180)]
+from tests.conftest import create_database, run_cim, shared_path
+from tests.sample_city import LONLAT, SAMPLES, load, sample_city_base, scalar
 
 
 @pytest.fixture(scope="module")
 def city(server_url) -> str:
     """A base with the sample city loaded (its districts give parts their object codes)."""
-    url = create_database(server_url)
-    run_cim("init", db_url=url)
-    run_cim("samples", "load", "--json", db_url=url)
-    return url
-
-
-def scalar(url: str, sql: str, **params):
-    with engine_for(url).connect() as conn:
-        return conn.execute(sa.text(sql), params).scalar()
-
-
-def load(url: str, layer: str, *paths: Path, **options):
-    return ingest_files(layer, list(paths), IngestOptions(**options), engine_for(url))
+    return sample_city_base(server_url)
 
 
 def rejects_of(report) -> dict[int, dict[str, str]]:

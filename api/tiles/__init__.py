@@ -9,7 +9,7 @@
   empty), plus ``/tileMatrixSets[/WebMercatorQuad]``.
 - :mod:`api.tiles.fast_path` — :class:`VersionedTileMiddleware`, which answers TileJSON's versioned
   vector-tile URLs before routing.
-- :mod:`api.tiles.shared` — what the routes share: parameters, errors as problems, ETags, cache headers.
+- :mod:`api.tiles.shared` — what the routes share: parameters, the thread hop, ETags, cache headers.
 """
 from __future__ import annotations
 

@@ -64,24 +64,24 @@ class _Period:
     end_open: bool  # half-open [start, end): validity intervals and whole days
 
 
+# What a column holds, as filters and query parameters treat it, and what a literal is, in the same
+# words; the first matching type wins, so subclasses come first (bool before int, datetime before date).
+_Kinds = tuple[tuple[type | tuple[type, ...], str], ...]
+_COLUMN_KINDS: _Kinds = (
+    (Geometry, "geometry"), (UUID, "uuid"), (JSONB, "json"), (sa.Boolean, "boolean"),
+    ((sa.Integer, sa.Float, sa.Numeric), "number"), (sa.DateTime, "datetime"), (sa.Date, "date"))
+_LITERAL_KINDS: _Kinds = (
+    (type(None), "null"), (bool, "boolean"), ((int, float), "number"), (datetime, "datetime"),
+    (date, "date"), (str, "string"))
+
+
+def _kind_of(value: Any, kinds: _Kinds) -> str | None:
+    return next((kind for types, kind in kinds if isinstance(value, types)), None)
+
+
 def column_kind(column: sa.ColumnElement) -> str:
     """What a column holds, as filters and query parameters treat it."""
-    t = column.type
-    if isinstance(t, Geometry):
-        return "geometry"
-    if isinstance(t, UUID):
-        return "uuid"
-    if isinstance(t, JSONB):
-        return "json"
-    if isinstance(t, sa.Boolean):
-        return "boolean"
-    if isinstance(t, (sa.Integer, sa.Float, sa.Numeric)):
-        return "number"
-    if isinstance(t, sa.DateTime):
-        return "datetime"
-    if isinstance(t, sa.Date):
-        return "date"
-    return "string"
+    return _kind_of(column.type, _COLUMN_KINDS) or "string"
 
 
 _KIND_WORDS = {"string": "text", "number": "a number", "boolean": "a boolean", "date": "a date",
@@ -89,19 +89,7 @@ _KIND_WORDS = {"string": "text", "number": "a number", "boolean": "a boolean", "
 
 
 def _literal_kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, datetime):
-        return "datetime"
-    if isinstance(value, date):
-        return "date"
-    if isinstance(value, str):
-        return "string"
-    return type(value).__name__
+    return _kind_of(value, _LITERAL_KINDS) or type(value).__name__
 
 
 class _Compiler:
