@@ -5,6 +5,7 @@
 - ``/iot/…`` → :mod:`api.iot`;  ``/ingest/{layer}`` → :mod:`api.ingest_upload`
 - ``/geocode``, ``/reverse`` → :mod:`api.geocode`
 - ``/3dtiles/…``, ``/collections/{id}/tiles/…`` → :mod:`api.tiles`;  ``/viewer`` → :mod:`api.viewer`
+- ``/cases…`` → :mod:`api.cases` (the case loop of :mod:`cases`)
 - ``/healthz``, ``/metrics`` → :mod:`api.ops`
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ from api import problems
 from api.deps import create_state
 
 ROUTER_MODULES = ("api.ops", "api.auth", "api.features", "api.grid", "api.nearby", "api.iot", "api.ingest_upload",
-                  "api.geocode", "api.tiles", "api.viewer")
+                  "api.geocode", "api.tiles", "api.viewer", "api.cases")
 
 
 def create_app(engine: Engine | None = None) -> FastAPI:

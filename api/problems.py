@@ -8,14 +8,15 @@ from fastapi.exceptions import RequestValidationError
 from api.responses import OrjsonResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cim.errors import UserError
+from cim.errors import NotFoundError, ParameterError, UnavailableError, UserError
 
 log = logging.getLogger("cim.api")
 PROBLEM = "application/problem+json"
 
 
 class Problem(Exception):
-    """Raise from any route: becomes a problem+json response naming the parameter at fault."""
+    """An HTTP-only answer that no core error stands for (401 and 403 of access control). Everything
+    else is a :class:`cim.errors.UserError`, mapped by its own ``status``/``title``/``parameter``."""
 
     def __init__(self, status: int, title: str, detail: str, parameter: str | None = None,
                  headers: dict[str, str] | None = None) -> None:
@@ -23,12 +24,20 @@ class Problem(Exception):
         self.status, self.title, self.detail, self.parameter, self.headers = status, title, detail, parameter, headers
 
 
-def bad_parameter(parameter: str, detail: str) -> Problem:
-    return Problem(400, "Bad request parameter", detail, parameter)
+def bad_parameter(parameter: str, detail: str) -> ParameterError:
+    """A route's own check of a parameter: the same error the core raises, so one mapping words both."""
+    return ParameterError(parameter, detail)
 
 
-def not_found(detail: str) -> Problem:
-    return Problem(404, "Not found", detail)
+def not_found(detail: str) -> NotFoundError:
+    return NotFoundError(detail)
+
+
+def user_error_response(request: Request, exc: UserError) -> OrjsonResponse:
+    """The one mapping of a core error to a problem document: its status, title and parameter as it
+    declares them (:mod:`cim.errors`); a 503 also says when to retry."""
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, UnavailableError) else None
+    return problem_response(request, exc.status, exc.title, str(exc), exc.parameter, headers)
 
 
 def problem_response(request: Request, status: int, title: str, detail: str, parameter: str | None = None,
@@ -47,7 +56,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(UserError)
     async def _user_error(request: Request, exc: UserError):
-        return problem_response(request, 400, "Bad request", str(exc))
+        return user_error_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
