@@ -6,6 +6,7 @@
 - ``/geocode``, ``/reverse`` → :mod:`api.geocode`
 - ``/3dtiles/…``, ``/collections/{id}/tiles/…`` → :mod:`api.tiles`;  ``/viewer`` → :mod:`api.viewer`
 - ``/cases…`` → :mod:`api.cases` (the case loop of :mod:`cases`)
+- ``/open311/v2/…`` → :mod:`api.open311` (GeoReport v2 over the case loop)
 - ``/healthz``, ``/metrics`` → :mod:`api.ops`
 """
 from __future__ import annotations
@@ -20,7 +21,8 @@ from api import problems
 from api.deps import create_state
 
 ROUTER_MODULES = ("api.ops", "api.auth", "api.features", "api.grid", "api.nearby", "api.iot", "api.ingest_upload",
-                  "api.geocode", "api.tiles", "api.viewer", "api.cases")
+                  "api.geocode", "api.tiles", "api.viewer", "api.cases",
+                  "api.open311")
 
 
 def create_app(engine: Engine | None = None) -> FastAPI:
