@@ -153,6 +153,28 @@ def stats(by: str = typer.Option("department", help="department, district, stree
     typer.echo(f"{out}: {len(rows)} rows", err=True)
 
 
+@cases_app.command("simulate")
+def simulate_(days: int = typer.Option(1, min=1, help="Days to simulate."),
+              seed: int = typer.Option(1, help="Random seed: the same seed on the same base gives the same run."),
+              per_day: int = typer.Option(200, "--per-day", min=1, help="Reports per day."),
+              start: str | None = typer.Option(None, help="First day (YYYY-MM-DD, local time); default: "
+                                                          "DAYS days before today.")) -> None:
+    """A realistic synthetic stream over the loaded city, run through the whole lifecycle by
+    simulated handlers (for the demo and the benchmark)."""
+    from datetime import date
+
+    from cases.simulate import simulate
+
+    first = None
+    if start is not None:
+        try:
+            first = date.fromisoformat(start)
+        except ValueError:
+            raise ParameterError("start", f"--start: {start!r} is not a date (YYYY-MM-DD)") from None
+    report = simulate(_engine(), days, seed, first, per_day)
+    _print_json(report.as_dict())
+
+
 @cases_app.command("tick")
 def tick_(now: str | None = typer.Option(None, help="Time to judge deadlines at; default now.")) -> None:
     """Mark overdue cases and escalate them (street → district → city)."""

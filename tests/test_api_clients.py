@@ -35,15 +35,12 @@ OWSLIB = pytest.importorskip("owslib.ogcapi.features")
 # ---------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def sample_url(server_url, tmp_path_factory) -> str:
+def sample_url(server_url) -> str:
     url = create_database(server_url)
     run_cim("init", db_url=url)
     run_cim("samples", "load", db_url=url)
-    # a few cases, so the cases collection has features too
-    reports = tmp_path_factory.mktemp("cases") / "cases.csv"
-    reports.write_text("channel,class,address,external_id\n" + "".join(
-        f"hotline_12345,道路破损,汾阳路{door}号,T-{door}\n" for door in (100, 150, 200)), encoding="utf-8")
-    run_cim("cases", "import", str(reports), db_url=url)
+    # cases as `make demo` makes them, so the cases collection has features too
+    run_cim("cases", "simulate", "--days", "1", "--per-day", "20", "--start", "2026-11-23", db_url=url)
     return url
 
 
