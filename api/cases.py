@@ -2,7 +2,8 @@
 
 - ``POST /cases`` — a report (JSON, or multipart/form-data with ``photos``) → the located,
   registered, machine-dispatched case (201; 200 with the same case when its external id is known).
-- ``GET /cases`` — filtered, paged list (reporter contact masked); ``GET /cases/{id}`` with its log.
+- ``GET /cases`` — filtered, paged list (reporter contact masked); ``GET /cases/{id}`` with its log
+  (contact masked too, unless the request carries a ``loader`` or ``admin`` key).
 - ``POST /cases/{id}/actions`` — one lifecycle action as a case role.
 - ``GET /cases/stats`` — the evaluation indicators (综合评价), JSON or CSV.
 
@@ -36,7 +37,7 @@ from cases.evaluation import UNITS, evaluate, to_csv
 from cases.intake import CaseReport, IntakeResult, intake
 from cases.lifecycle import ROLES, Action, act
 from cases.model import Case, CaseFilter, case_log, get_case, list_cases
-from cim.apikeys import ApiKey, role_allows
+from cim.apikeys import ApiKey, role_allows, verify_key
 from cim.crs import transform_coords
 from cim.errors import ParameterError, PayloadTooLargeError, UserError
 from cim.features import parse_datetime
@@ -254,14 +255,24 @@ def get_stats(request: Request,
                            "indicators": [r.__dict__ for r in rows]})
 
 
+def _is_staff(request: Request, conn: Connection) -> bool:
+    """Whether the request carries a key of a handler (loader or higher): only they see a reporter's
+    contact unmasked (reading is open by default)."""
+    key = auth.key_from_headers(request.headers.get("x-api-key"), request.headers.get("authorization"))
+    record = verify_key(conn, key) if key else None
+    return record is not None and role_allows(record.role, KEY_ROLE_FOR_CASE_ROLE["department"])
+
+
 @router.get("/cases/{case_id}", summary="One case with its complete log and attachments")
 def get_one(request: Request, case_id: int) -> dict[str, Any]:
+    """The reporter's contact is masked unless the request carries a loader or admin key."""
     state = get_state(request)
     with state.engine.connect() as conn:
         case = get_case(conn, case_id)
         log = case_log(conn, case_id)
         atts = attachments_of(conn, case_id)
-    return {**case_json(case, state.settings.srid), "log": [e.to_dict() for e in log],
+        staff = _is_staff(request, conn)
+    return {**case_json(case, state.settings.srid, mask_contact=not staff), "log": [e.to_dict() for e in log],
             "attachments": [_attachment_json(a) for a in atts]}
 
 
