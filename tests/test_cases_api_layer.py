@@ -8,6 +8,7 @@ import math
 
 import mapbox_vector_tile
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from api.app import create_app
@@ -93,9 +94,19 @@ def test_cases_vector_tiles_follow_the_cases(client, keys, reported):
     etag = first.headers["etag"]
     before = client.get("/collections/cases/tiles/WebMercatorQuad/tilejson.json").json()["version"]
 
+    engine = client.app.state.cim.engine
+    version = "SELECT version FROM layers WHERE name = 'cases'"
+    with engine.connect() as conn:
+        v0 = conn.execute(sa.text(version)).scalar()
     r = client.post(f"/cases/{ids[1]}/actions", json={"action": "accept", "role": "department"},
                     headers=keys["loader"])
     assert r.status_code == 200
+    with engine.connect() as conn:
+        assert conn.execute(sa.text(version)).scalar() == v0 + 1
+    # an intake changes its case in several statements (insert, register, dispatch): still one bump
+    client.post("/cases", json={"class": "道路破损", "address": "汾阳路120号"}, headers=keys["reader"])
+    with engine.connect() as conn:
+        assert conn.execute(sa.text(version)).scalar() == v0 + 2
     # the layer's version moved with the case (the app re-reads the registry after a few seconds:
     # a fresh app reads it at once)
     fresh = TestClient(create_app(client.app.state.cim.engine))

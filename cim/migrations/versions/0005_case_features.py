@@ -3,8 +3,8 @@
 ``valid_from`` = reported, never ended), so the OGC API and the vector tiles serve it like any
 other layer. The reporter's contact and the person are left out: the layer is for maps.
 
-Tiles and ETags key on ``layers.version``: a trigger bumps the layer's version with every
-statement that changes ``cases``, so a map never shows a stale case.
+Tiles and ETags key on ``layers.version``: a trigger bumps the layer's version once in every
+transaction that changes ``cases`` (at its commit), so a map never shows a stale case.
 
 Revision ID: 0005_case_features
 Revises: 0004_cases
@@ -34,15 +34,23 @@ SELECT c.id::bigint AS fid,
 FROM cases c LEFT JOIN case_classes cc ON cc.code = c.class_code
 WHERE c.geom IS NOT NULL
 """)
+    # Bumped once per transaction, at its commit (a deferred constraint trigger; a transaction-local
+    # setting remembers it was done): an intake changes its case in several statements, and taking
+    # the layers row's lock at the first of them would serialise concurrent intakes for their whole
+    # length instead of for the instant of their commits.
     op.execute("""
 CREATE FUNCTION case_features_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    IF current_setting('cim.case_features_bumped', true) = '1' THEN
+        RETURN NULL;
+    END IF;
+    PERFORM set_config('cim.case_features_bumped', '1', true);
     UPDATE layers SET version = version + 1, updated_at = now() WHERE table_name = 'case_features';
     RETURN NULL;
 END $$
 """)
-    op.execute("CREATE TRIGGER cases_bump_layer_version AFTER INSERT OR UPDATE OR DELETE ON cases "
-               "FOR EACH STATEMENT EXECUTE FUNCTION case_features_changed()")
+    op.execute("CREATE CONSTRAINT TRIGGER cases_bump_layer_version AFTER INSERT OR UPDATE OR DELETE ON cases "
+               "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION case_features_changed()")
 
 
 def downgrade() -> None:
