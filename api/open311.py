@@ -167,6 +167,11 @@ async def post_request(request: Request) -> OrjsonResponse:
     has_point = fields.get("lat") and fields.get("long")
     if not has_point and not fields.get("address_string"):
         raise ParameterError("lat", "lat & long, or address_string: a location is required")
+    for name in ("lat", "long") if has_point else ():
+        try:
+            float(fields[name])
+        except ValueError:
+            raise ParameterError(name, f"{name}: {fields[name]!r} is not a number (WGS84 degrees)") from None
     names = " ".join(v for v in (fields.get("first_name"), fields.get("last_name")) if v)
     attributes = {k: v for k, v in fields.items() if k.startswith("attribute[")}
     attributes.update({k: fields[k] for k in ("media_url", "device_id", "account_id", "email") if fields.get(k)})

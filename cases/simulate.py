@@ -41,8 +41,8 @@ CHANNEL_SHARES = {"grid_patrol": 0.34, "hotline_12345": 0.30, "vehicle_patrol": 
 #: channels whose reports carry a point (a patrol's handset, a sensor) rather than an address text
 POINT_CHANNELS = {"grid_patrol", "iot", "vehicle_patrol"}
 #: the everyday 小类, reported more often than the rest
-COMMON = {"暴露垃圾": 8, "道路破损": 6, "乱堆物堆料": 6, "占道经营": 6, "违法搭建": 3, "道路积水": 3,
-          "井盖缺失": 3, "群租": 2, "乱张贴": 4, "非机动车乱停放": 4}
+COMMON = {"暴露垃圾": 8, "道路破损": 6, "占道堆物": 6, "店外经营": 6, "违法搭建": 3, "道路积水": 3,
+          "井盖缺失": 3, "群租": 2, "非法小广告": 4, "非机动车乱停放": 4}
 UNPLACEABLE = ("老西门附近", "小区门口", "菜场后面那条弄堂", "火星路1号")
 PLATFORM, SUPERVISOR = "区网格化管理中心", "网格监督员"
 

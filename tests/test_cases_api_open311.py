@@ -116,6 +116,8 @@ def test_errors_in_the_spec_format(http, api_key):
         "api_key": api_key, "service_code": "nope", "address_string": "汾阳路150号"}), 400)
     assert "service_code" in error(http.post("/requests.json", data={"api_key": api_key, "lat": "31.2"}), 400)
     assert "location" in error(http.post("/requests.json", data={"api_key": api_key, "service_code": "E0105"}), 400)
+    assert "long" in error(http.post("/requests.json", data={"api_key": api_key, "service_code": "E0105",
+                                                             "lat": "31.2", "long": "east"}), 400)
     error(http.get("/requests/99999999.json"), 404)
     error(http.get("/requests/abc.json"), 400)
     assert "open or closed" in error(http.get("/requests.json", params={"status": "pending"}), 400)

@@ -10,7 +10,8 @@ from datetime import date
 import pytest
 import sqlalchemy as sa
 
-from cases.simulate import simulate
+from cases.catalogue import all_classes
+from cases.simulate import COMMON, simulate
 from cim.database import engine_for
 from tests.conftest import create_database, run_cim
 from tests.test_geocode import load_city
@@ -33,6 +34,11 @@ def _history(engine, seed: int) -> list[tuple]:
             "(SELECT string_agg(e.action || ':' || e.at::text, ',' ORDER BY e.id) FROM case_events e "
             " WHERE e.case_id = c.id) FROM cases c WHERE c.external_id LIKE :p "
             "ORDER BY split_part(c.external_id, '-', 3)::int"), {"p": f"SIM-{seed}-%"})]
+
+
+def test_the_everyday_classes_are_in_the_catalogue(city):
+    with city.connect() as conn:
+        assert set(COMMON) <= {c.name for c in all_classes(conn) if c.parent_code is not None}
 
 
 def test_a_simulated_week_runs_the_whole_loop(city):
