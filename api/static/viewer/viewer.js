@@ -144,6 +144,8 @@ for (const [status, colour] of [...Object.entries(CASE_COLOURS).filter(([k]) => 
 }
 
 const casePanel = document.getElementById("case-panel");
+// times as the city reads them (the API answers in UTC)
+const cityTime = (iso) => new Date(iso).toLocaleString("zh-CN", {timeZone: "Asia/Shanghai", hour12: false});
 async function showCase(id) {
   info.hidden = true;
   const r = await fetch(new URL(`cases/${encodeURIComponent(id)}`, API));
@@ -152,14 +154,14 @@ async function showCase(id) {
   document.getElementById("case-title").textContent = `案件 #${c.id} · ${c.class_code} · ${c.status}` +
     (c.overdue ? " · 超期 overdue" : "");
   document.getElementById("case-summary").textContent = [c.description, c.address_text, c.department_name,
-    c.due_at && `时限 due ${c.due_at.slice(0, 16).replace("T", " ")}`].filter(Boolean).join(" · ");
+    c.due_at && `时限 due ${cityTime(c.due_at)}`].filter(Boolean).join(" · ");
   const list = document.getElementById("case-timeline");
   list.replaceChildren();
   for (const e of c.log) {
     const li = document.createElement("li");
     const when = document.createElement("time");
     when.dateTime = e.at;
-    when.textContent = e.at.slice(0, 19).replace("T", " ");
+    when.textContent = cityTime(e.at);
     const move = e.from_status && e.from_status !== e.to_status ? ` ${e.from_status} → ${e.to_status}` : "";
     li.append(when, `${e.action}${move} · ${e.actor} (${e.role})${e.note ? ` — ${e.note}` : ""}`);
     list.append(li);
