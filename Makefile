@@ -37,6 +37,8 @@ demo: setup
 	$(BIN)/cim db up
 	$(BIN)/cim init
 	$(BIN)/cim samples load
+	# a week of city-management cases up to today: the viewer's 2D tab shows open and closed ones
+	$(BIN)/cim cases simulate --days 7 --per-day 150 --seed 1
 	$(BIN)/cim db status
 	@echo "serving the API on http://127.0.0.1:8000 (Ctrl-C to stop)"
 	$(BIN)/cim serve --host 127.0.0.1 --port 8000

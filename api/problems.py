@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import sqlalchemy as sa
 
@@ -43,10 +44,23 @@ def user_error_response(request: Request, exc: UserError) -> OrjsonResponse:
     return problem_response(request, exc.status, exc.title, str(exc), exc.parameter, headers)
 
 
+#: path prefix → how errors are written there, for a facade whose standard has its own error format
+#: (Open311's ``[{"code": …, "description": …}]``); the status still comes from the one mapping here
+ErrorFormat = Callable[[int, str, str, "str | None", "dict[str, str] | None"], OrjsonResponse]
+_ERROR_FORMATS: dict[str, ErrorFormat] = {}
+
+
+def register_error_format(path_prefix: str, render: ErrorFormat) -> None:
+    _ERROR_FORMATS[path_prefix] = render
+
+
 def problem_response(request: Request, status: int, title: str, detail: str, parameter: str | None = None,
               headers: dict[str, str] | None = None) -> OrjsonResponse:
     if len(detail) > MAX_DETAIL_CHARS:  # a message quoting a huge input must not become a huge answer
         detail = f"{detail[:MAX_DETAIL_CHARS]}… (cut at {MAX_DETAIL_CHARS:,} characters)"
+    for prefix, render in _ERROR_FORMATS.items():
+        if request.url.path.startswith(prefix):
+            return render(status, title, detail, parameter, headers)
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail,
             "instance": str(request.url.path)}
     if parameter:

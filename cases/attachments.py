@@ -49,6 +49,13 @@ class Attachment:
     path: str
 
 
+def default_root() -> Path:
+    """Where photos are kept unless a caller says: ``$CIM_CASE_ATTACHMENTS`` or ``$CIM_HOME/case-attachments``."""
+    from cim.config import cim_home
+
+    return Path(os.environ.get("CIM_CASE_ATTACHMENTS") or cim_home() / "case-attachments")
+
+
 def sniff(content: bytes) -> tuple[str, str]:
     """(media type, extension) of an image, from its first bytes."""
     for magic, media_type, ext in _SIGNATURES:

@@ -2,7 +2,6 @@
 working calendar. Registered by ``cim.cli.main`` by name (the core never imports this edge)."""
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from dataclasses import asdict
@@ -117,7 +116,6 @@ def attach(case_id: int = typer.Argument(...), path: Path = typer.Argument(..., 
            folder: Path | None = typer.Option(None, "--dir", help="Where photos are kept; default "
                                               "$CIM_CASE_ATTACHMENTS or $CIM_HOME/case-attachments.")) -> None:
     """Attach a photo to a case (stored once by its content hash; logged)."""
-    import os
 
     from cases.attachments import add_attachment
     from cases.lifecycle import ROLES
@@ -125,9 +123,9 @@ def attach(case_id: int = typer.Argument(...), path: Path = typer.Argument(..., 
     if role not in ROLES:
         raise ParameterError("role", f"--role: {role!r} is not one of {', '.join(ROLES)}")
     if folder is None:
-        from cim.config import cim_home
+        from cases.attachments import default_root
 
-        folder = Path(os.environ.get("CIM_CASE_ATTACHMENTS") or cim_home() / "case-attachments")
+        folder = default_root()
     try:
         content = path.read_bytes()
     except FileNotFoundError:
@@ -143,7 +141,7 @@ def stats(by: str = typer.Option("department", help="department, district, stree
           end: str = typer.Option(..., "--to", help="Period end (exclusive)."),
           out: Path | None = typer.Option(None, "--csv", help="Write CSV here instead of JSON lines.")) -> None:
     """Evaluation indicators (综合评价) per unit for cases registered in the period."""
-    from cases.evaluation import Indicators, evaluate
+    from cases.evaluation import evaluate, to_csv
 
     with _engine().connect() as conn:
         rows = evaluate(conn, by, _time(start, "from"), _time(end, "to"))  # type: ignore[arg-type]
@@ -151,11 +149,30 @@ def stats(by: str = typer.Option("department", help="department, district, stree
         for r in rows:
             typer.echo(json.dumps(asdict(r), ensure_ascii=False))
         return
-    with out.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, list(Indicators.__dataclass_fields__))
-        writer.writeheader()
-        writer.writerows(asdict(r) for r in rows)
+    out.write_text(to_csv(rows), encoding="utf-8")
     typer.echo(f"{out}: {len(rows)} rows", err=True)
+
+
+@cases_app.command("simulate")
+def simulate_(days: int = typer.Option(1, min=1, help="Days to simulate."),
+              seed: int = typer.Option(1, help="Random seed: the same seed on the same base gives the same run."),
+              per_day: int = typer.Option(200, "--per-day", min=1, help="Reports per day."),
+              start: str | None = typer.Option(None, help="First day (YYYY-MM-DD, local time); default: "
+                                                          "DAYS days before today.")) -> None:
+    """A realistic synthetic stream over the loaded city, run through the whole lifecycle by
+    simulated handlers (for the demo and the benchmark)."""
+    from datetime import date
+
+    from cases.simulate import simulate
+
+    first = None
+    if start is not None:
+        try:
+            first = date.fromisoformat(start)
+        except ValueError:
+            raise ParameterError("start", f"--start: {start!r} is not a date (YYYY-MM-DD)") from None
+    report = simulate(_engine(), days, seed, first, per_day)
+    _print_json(report.as_dict())
 
 
 @cases_app.command("tick")

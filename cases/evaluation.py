@@ -14,7 +14,9 @@ out; each indicator counts what had happened by ``end``:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import csv
+import io
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -89,3 +91,12 @@ def evaluate(conn: Connection, unit: str, start: datetime, end: datetime) -> lis
     key, name = UNITS[unit]
     rows = conn.execute(sa.text(_SQL.format(key=key, name=name)), {"start": start, "end": end})
     return [Indicators(unit=unit, **r._asdict()) for r in rows]
+
+
+def to_csv(rows: list[Indicators]) -> str:
+    """The indicators as CSV (header: the field names of :class:`Indicators`), for the CLI and the API."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, [f.name for f in fields(Indicators)], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(asdict(r) for r in rows)
+    return out.getvalue()

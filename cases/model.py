@@ -164,6 +164,13 @@ class CaseFilter:
     overdue: bool | None = None
     reported_from: datetime | None = None
     reported_to: datetime | None = None
+    #: (xmin, ymin, xmax, ymax) in ``bbox_srid`` (the storage CRS: an API transforms a WGS84 box first)
+    bbox: tuple[float, float, float, float] | None = None
+    bbox_srid: int | None = None
+    #: any of these (an Open311 client asks for several ids, classes or statuses at once)
+    ids: tuple[int, ...] | None = None
+    statuses: tuple[str, ...] | None = None
+    class_codes: tuple[str, ...] | None = None
 
 
 def list_cases(conn: Connection, where: CaseFilter = CaseFilter(), limit: int = 100, offset: int = 0) -> list[Case]:
@@ -185,6 +192,14 @@ def list_cases(conn: Connection, where: CaseFilter = CaseFilter(), limit: int = 
     if where.reported_to is not None:
         clauses.append("c.reported_at < :rt")
         params["rt"] = where.reported_to
+    for name, column in (("ids", "id"), ("statuses", "status"), ("class_codes", "class_code")):
+        values = getattr(where, name)
+        if values is not None:
+            clauses.append(f"c.{column} = ANY(:{name})")
+            params[name] = list(values)
+    if where.bbox is not None:
+        clauses.append("c.geom && ST_MakeEnvelope(:b0, :b1, :b2, :b3, CAST(:bsrid AS integer))")
+        params.update({f"b{i}": float(v) for i, v in enumerate(where.bbox)}, bsrid=where.bbox_srid)
     sql = _SELECT + (" WHERE " + " AND ".join(clauses) if clauses else "") + \
         " ORDER BY c.reported_at DESC, c.id DESC LIMIT :limit OFFSET :offset"
     return [_case(r) for r in conn.execute(sa.text(sql), params)]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cim.schema import FEATURE_TABLES
+from cim.schema import FEATURE_TABLES, VIEW_LAYERS
 
 _GRID_QUERYABLES = [
     ("district_code", "string", "区代码"), ("street_code", "string", "街镇代码"),
@@ -30,7 +30,7 @@ class LayerDef:
 
     @property
     def geometry_type(self) -> str:
-        return FEATURE_TABLES[self.table]
+        return FEATURE_TABLES.get(self.table) or VIEW_LAYERS[self.table]
 
     def queryables(self) -> list[dict[str, str]]:
         props = self.properties + (_GRID_QUERYABLES if self.enriched else []) + _HISTORY_QUERYABLES
@@ -76,6 +76,14 @@ LAYERS: list[LayerDef] = [
     LayerDef("iot-devices", "iot_devices", "物联感知设备", "IoT sensors with measured quantities",
              [("device_type", "string", "设备类型"), ("name", "string", "名称"),
               ("linked_feature", "string", "关联要素")]),
+    # the case loop's cases as a map layer (a view over the cases table, migration 0005): read-only
+    LayerDef("cases", "case_features", "城市管理案件", "City-management cases (部件/事件): status, class, "
+             "department, deadline; see /cases for the full case and its log",
+             [("channel", "string", "来源渠道"), ("class_code", "string", "小类代码"), ("class_name", "string", "小类"),
+              ("urgency", "string", "紧急程度"), ("status", "string", "状态"), ("overdue", "boolean", "超期"),
+              ("escalation_level", "integer", "升级层级"), ("department_name", "string", "处置部门"),
+              ("reported_at", "datetime", "上报时间"), ("due_at", "datetime", "处置时限"),
+              ("closed_at", "datetime", "结案时间"), ("address_text", "string", "地址")]),
 ]
 
 LAYERS_BY_NAME: dict[str, LayerDef] = {layer.name: layer for layer in LAYERS}

@@ -293,7 +293,34 @@ def build_metadata(srid: int) -> sa.MetaData:
     return md
 
 
+#: read-only views published as layers, with their geometry type; a migration writes each (they
+#: are not in :func:`build_metadata`, whose ``create_all`` would make them tables)
+VIEW_LAYERS: dict[str, str] = {"case_features": "POINTZ"}
+
+
+def build_views(srid: int) -> sa.MetaData:
+    """The published views as SQLAlchemy tables to query: the layer columns every feature table has,
+    then their own (``case_features``: migration 0005, over the ``cases`` table of 0004)."""
+    md = sa.MetaData()
+    sa.Table(
+        "case_features", md,
+        sa.Column("fid", sa.BigInteger, primary_key=True), sa.Column("feature_id", UUID(as_uuid=False)),
+        sa.Column("source_id", sa.Text), sa.Column("valid_from", sa.DateTime(timezone=True)),
+        sa.Column("valid_to", sa.DateTime(timezone=True)), sa.Column("ingest_run_id", sa.Integer),
+        sa.Column("content_hash", sa.Text), sa.Column("attributes", JSONB),
+        sa.Column("channel", sa.Text), sa.Column("class_code", sa.Text), sa.Column("class_name", sa.Text),
+        sa.Column("urgency", sa.Text), sa.Column("status", sa.Text), sa.Column("overdue", sa.Boolean),
+        sa.Column("escalation_level", sa.Integer), sa.Column("department_name", sa.Text),
+        sa.Column("reported_at", sa.DateTime(timezone=True)), sa.Column("due_at", sa.DateTime(timezone=True)),
+        sa.Column("closed_at", sa.DateTime(timezone=True)), sa.Column("address_text", sa.Text),
+        sa.Column("description", sa.Text), *_grid_columns(),
+        sa.Column("geom", Geometry(VIEW_LAYERS["case_features"], srid=srid, dimension=3, spatial_index=False)),
+    )
+    return md
+
+
 @functools.lru_cache(maxsize=4)
 def tables_for(srid: int) -> Mapping[str, sa.Table]:
-    """The base's tables for a storage SRID, built once per process: queries take identifiers from here."""
-    return build_metadata(srid).tables
+    """The base's tables and published views for a storage SRID, built once per process: queries
+    take identifiers from here."""
+    return {**build_metadata(srid).tables, **build_views(srid).tables}

@@ -39,6 +39,8 @@ def sample_url(server_url) -> str:
     url = create_database(server_url)
     run_cim("init", db_url=url)
     run_cim("samples", "load", db_url=url)
+    # cases as `make demo` makes them, so the cases collection has features too
+    run_cim("cases", "simulate", "--days", "1", "--per-day", "20", "--start", "2026-11-23", db_url=url)
     return url
 
 

@@ -36,6 +36,12 @@ def city(engine):
                              "('p1', '3101010101000001', '01', '0101', ST_GeomFromText(:g, 4549))"),
                      {"g": f"POINT Z ({X0 - 10} {Y0 - 10} 0)"})
         conn.execute(sa.text("UPDATE layers SET version = version + 1 WHERE table_name IN ('buildings', 'grids', 'parts')"))
+    from cases.intake import CaseReport, intake
+    from cases.lifecycle import Action, act
+
+    with engine.begin() as conn:  # an open case in the grid (no chain there: registered, manual queue)
+        case = intake(conn, CaseReport("grid_patrol", "道路破损", "路面龟裂", x=X0 + 5, y=Y0 + 5, crs="EPSG:4549")).case
+        act(conn, case.id, Action("comment", "巡查员", "reporter", "裂缝约两米"))
     return engine
 
 
@@ -122,7 +128,20 @@ PICK_BUILDING = """(() => {
   const f = v.scene.pick(at);
   return !!(f && f.getProperty && f.getProperty('name') === '测试楼' && f.getProperty('height') === 60);
 })()"""
-MAP_IDLE = "document.getElementById('status').textContent === '2D: grids, streets, parts'"
+MAP_IDLE = "document.getElementById('status').textContent === '2D: grids, streets, parts, cases'"
+#: true once an open case is drawn and a click on it has shown its timeline (report, register, …)
+CASE_TIMELINE = """(() => {
+  const m = window.cimMap; if (!m || !m.loaded()) return false;
+  const hits = m.queryRenderedFeatures({layers: ['cases-open']}); if (!hits.length) return false;
+  if (!window.caseClicked) {
+    const p = m.project(hits[0].geometry.coordinates);
+    m.fire('click', {point: p, lngLat: m.unproject(p)}); window.caseClicked = true; return false;
+  }
+  const items = [...document.querySelectorAll('#case-timeline li')].map(li => li.textContent);
+  return !document.getElementById('case-panel').hidden && items.length >= 3
+    && items[0].includes('report') && items.some(t => t.includes('裂缝约两米'))
+    && document.getElementById('case-title').textContent.includes('registered');
+})()"""
 
 
 def _free_port() -> int:
@@ -197,6 +216,15 @@ def test_viewer_renders_2d_in_a_browser(server, tmp_path):
     _needs_libraries()
     shot = tmp_path / "viewer-2d.png"
     result = _browser(f"{server}/viewer#2d", MAP_IDLE, shot)
+    assert result["ok"], result
+    assert not result["errors"], result["errors"]
+    print(f"screenshot: {shot}")
+
+
+def test_viewer_cases_panel_in_a_browser(server, tmp_path):
+    _needs_libraries()
+    shot = tmp_path / "viewer-cases.png"
+    result = _browser(f"{server}/viewer#cases", CASE_TIMELINE, shot)
     assert result["ok"], result
     assert not result["errors"], result["errors"]
     print(f"screenshot: {shot}")

@@ -121,6 +121,55 @@ const LAYERS_2D = {
                      "04", "#3cc83c", "05", "#b45ac8", "#969696"]}}],
 };
 
+// cases: open ones coloured by status, an overdue one ringed red; closed ones on request
+const CASE_COLOURS = {registered: "#f2c14e", reported: "#f2c14e", dispatched: "#1e78ff", accepted: "#00b3b3",
+                      returned: "#b45ac8", handled: "#3cc83c", suspended: "#8a8a8a"};
+const CASE_OPEN = Object.keys(CASE_COLOURS);
+const caseColour = ["match", ["get", "status"], ...Object.entries(CASE_COLOURS).flat(), "#969696"];
+LAYERS_2D.cases = [{id: "cases-open", type: "circle", filter: ["in", ["get", "status"], ["literal", CASE_OPEN]],
+  paint: {"circle-radius": 6, "circle-color": caseColour,
+          "circle-stroke-color": ["case", ["==", ["get", "overdue"], true], "#ff3030", "#ffffff"],
+          "circle-stroke-width": ["case", ["==", ["get", "overdue"], true], 3, 1]}}];
+const CASES_CLOSED = {id: "cases-closed", type: "circle", source: "cases", "source-layer": "cases",
+  filter: ["!", ["in", ["get", "status"], ["literal", CASE_OPEN]]], layout: {visibility: "none"},
+  paint: {"circle-radius": 4, "circle-color": "#5d6b78", "circle-stroke-color": "#c0c8d0", "circle-stroke-width": 1}};
+const legend = document.getElementById("case-legend");
+for (const [status, colour] of [...Object.entries(CASE_COLOURS).filter(([k]) => k !== "reported"),
+                                ["overdue 超期", "transparent"], ["closed 已结案", "#5d6b78"]]) {
+  const li = document.createElement("li");
+  li.textContent = status;
+  li.style.setProperty("--c", colour);
+  if (status.startsWith("overdue")) li.style.setProperty("--s", "#ff3030");
+  legend.append(li);
+}
+
+const casePanel = document.getElementById("case-panel");
+// times as the city reads them (the API answers in UTC)
+const cityTime = (iso) => new Date(iso).toLocaleString("zh-CN", {timeZone: "Asia/Shanghai", hour12: false});
+async function showCase(id) {
+  info.hidden = true;
+  const r = await fetch(new URL(`cases/${encodeURIComponent(id)}`, API));
+  if (!r.ok) { status.textContent = `case ${id}: HTTP ${r.status}`; return; }
+  const c = await r.json();
+  document.getElementById("case-title").textContent = `案件 #${c.id} · ${c.class_code} · ${c.status}` +
+    (c.overdue ? " · 超期 overdue" : "");
+  document.getElementById("case-summary").textContent = [c.description, c.address_text, c.department_name,
+    c.due_at && `时限 due ${cityTime(c.due_at)}`].filter(Boolean).join(" · ");
+  const list = document.getElementById("case-timeline");
+  list.replaceChildren();
+  for (const e of c.log) {
+    const li = document.createElement("li");
+    const when = document.createElement("time");
+    when.dateTime = e.at;
+    when.textContent = cityTime(e.at);
+    const move = e.from_status && e.from_status !== e.to_status ? ` ${e.from_status} → ${e.to_status}` : "";
+    li.append(when, `${e.action}${move} · ${e.actor} (${e.role})${e.note ? ` — ${e.note}` : ""}`);
+    list.append(li);
+  }
+  casePanel.hidden = false;
+}
+window.cimShowCase = showCase;
+
 async function showMap() {
   if (map) { map.resize(); return; }
   status.textContent = "2D: loading…";
@@ -132,6 +181,7 @@ async function showMap() {
                      url: new URL(`collections/${name}/tiles/WebMercatorQuad/tilejson.json`, API).href};
     for (const s of styles) layers.push({...s, source: name, "source-layer": name});
   }
+  layers.push(CASES_CLOSED);
   map = new maplibregl.Map({container: "map", style: {version: 8, sources, layers}, center: [121.47, 31.23], zoom: 11,
                             attributionControl: false});
   window.cimMap = map;
@@ -144,11 +194,17 @@ async function showMap() {
   });
   map.on("click", (e) => {
     const hits = map.queryRenderedFeatures(e.point);
-    if (!hits.length) { info.hidden = true; return; }
+    if (!hits.length) { info.hidden = true; casePanel.hidden = true; return; }
     const f = hits[0];
+    if (f.sourceLayer === "cases") { showCase(f.properties.source_id); return; }
+    casePanel.hidden = true;
     showInfo(f.properties.name || f.properties.grid_code || f.properties.object_code || f.sourceLayer, f.properties);
   });
   document.getElementById("layers-2d").addEventListener("change", (ev) => {
+    if (ev.target.name === "cases-closed") {
+      map.setLayoutProperty("cases-closed", "visibility", ev.target.checked ? "visible" : "none");
+      return;
+    }
     for (const s of LAYERS_2D[ev.target.name] || []) map.setLayoutProperty(s.id, "visibility", ev.target.checked ? "visible" : "none");
   });
 }
@@ -159,11 +215,12 @@ function selectTab(which) {
     document.getElementById(`view-${t}`).hidden = t !== which;
   }
   info.hidden = true;
+  casePanel.hidden = true;
   if (which === "2d") showMap();
 }
 document.getElementById("tab-3d").addEventListener("click", () => selectTab("3d"));
 document.getElementById("tab-2d").addEventListener("click", () => selectTab("2d"));
-if (location.hash === "#2d") selectTab("2d");
+if (location.hash === "#2d" || location.hash === "#cases") selectTab("2d");
 if (location.hash === "#underground") {
   document.querySelector("#layers-3d [name=underground]").checked = true;
   setUnderground(true);

@@ -1,0 +1,345 @@
+"""``/cases``: the city-management case loop over HTTP, a thin adapter over :mod:`cases`.
+
+- ``POST /cases`` — a report (JSON, or multipart/form-data with ``photos``) → the located,
+  registered, machine-dispatched case (201; 200 with the same case when its external id is known).
+- ``GET /cases`` — filtered, paged list (reporter contact masked); ``GET /cases/{id}`` with its log
+  (contact masked too, unless the request carries a ``loader`` or ``admin`` key).
+- ``POST /cases/{id}/actions`` — one lifecycle action as a case role.
+- ``GET /cases/stats`` — the evaluation indicators (综合评价), JSON or CSV.
+
+Who may do what. Per-user jurisdiction is a later issue; today the API key's role bounds the case
+role a caller may act in (:data:`KEY_ROLE_FOR_CASE_ROLE`): any valid key (``reader``) may report a
+case and comment as a ``reporter``; a ``loader`` key is a field key, for the handling department
+(``department``) and the grid's supervisor (``supervisor``); an ``admin`` key is the platform's
+(``platform``: 立案, 派遣, extensions, merge) and the machine's (``system``). Whether the case role
+may take the action at all is the core's rule (a wrong role is its ``RoleError``, 403).
+
+Errors are the core's (``cim.errors`` and subclasses), mapped once by :mod:`api.problems`.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.responses import Response
+from sqlalchemy.engine import Connection
+from starlette.concurrency import run_in_threadpool
+
+from api import auth
+from api.deps import get_state
+from api.responses import OrjsonResponse
+from cases.attachments import MAX_BYTES, Attachment, add_attachment, attachments_of, default_root
+from cases.catalogue import class_by_code
+from cases.evaluation import UNITS, evaluate, to_csv
+from cases.intake import CaseReport, IntakeResult, intake
+from cases.lifecycle import ROLES, Action, act
+from cases.model import Case, CaseFilter, case_log, get_case, list_cases
+from cim.apikeys import ApiKey, role_allows, verify_key
+from cim.crs import transform_coords
+from cim.errors import ParameterError, PayloadTooLargeError, UserError
+from cim.features import parse_datetime
+from cim.spatial import to_storage
+
+router = APIRouter(tags=["cases"])
+
+#: the least API-key role that may act in each case role (see the module's docstring)
+KEY_ROLE_FOR_CASE_ROLE = {"reporter": "reader", "department": "loader", "supervisor": "loader",
+                          "platform": "admin", "system": "admin"}
+MAX_LIMIT = 1000
+_EPSILON = timedelta(microseconds=1)
+#: report fields and the names a client may use for them (JSON keys or form fields)
+_TEXT_FIELDS = {"channel": ("channel",), "class_code": ("class", "class_code"), "description": ("description",),
+                "address_text": ("address", "address_text"), "crs": ("crs",), "urgency": ("urgency",),
+                "external_id": ("external_id",), "reporter_contact": ("reporter_contact", "contact")}
+_NUMBER_FIELDS = {"x": ("lon", "x"), "y": ("lat", "y"), "z": ("z", "height")}
+
+
+def actor_of(key: ApiKey) -> str:
+    return key.name or f"api key {key.id}"
+
+
+def _pick(data: Mapping[str, Any], names: tuple[str, ...]) -> Any:
+    for name in names:
+        value = data.get(name)
+        if value is not None and value != "":
+            return value
+    return None
+
+
+def report_from(data: Mapping[str, Any], default_channel: str = "public") -> CaseReport:
+    """A :class:`CaseReport` from JSON keys or form fields, each wrong one named."""
+    values: dict[str, Any] = {}
+    for field, names in _TEXT_FIELDS.items():
+        value = _pick(data, names)
+        if value is not None:
+            if not isinstance(value, str):
+                raise ParameterError(names[0], f"{names[0]}: expected text, got {type(value).__name__}")
+            values[field] = value
+    for field, names in _NUMBER_FIELDS.items():
+        value = _pick(data, names)
+        if value is not None:
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise ParameterError(names[0], f"{names[0]}: {value!r} is not a number") from None
+            if isinstance(value, bool) or number != number or number in (float("inf"), float("-inf")):
+                raise ParameterError(names[0], f"{names[0]}: {value!r} is not a finite number")
+            values[field] = number
+    if "class_code" not in values:
+        raise ParameterError("class", "class: the case class (小类 code or name) is required")
+    values.setdefault("channel", default_channel)
+    reported = _pick(data, ("reported_at",))
+    if reported is not None:
+        when = parse_datetime(str(reported))
+        if when is None or when.start is None or when.start != when.end:
+            raise ParameterError("reported_at", f"reported_at: {reported!r} is not one RFC 3339 date-time")
+        values["reported_at"] = when.start
+    attributes = data.get("attributes")
+    if attributes is not None and not isinstance(attributes, dict):
+        raise ParameterError("attributes", "attributes: expected a JSON object")
+    return CaseReport(**values, attributes=attributes or {})
+
+
+def case_json(case: Case, srid: int, mask_contact: bool = False) -> dict[str, Any]:
+    """A case for the API: its fields, and its point as lon/lat (WGS84) beside the storage x/y."""
+    out = case.to_dict(mask_contact=mask_contact)
+    out["lon"] = out["lat"] = None
+    if case.x is not None and case.y is not None:
+        lon, lat, _ = transform_coords([case.x], [case.y], None, f"EPSG:{srid}", "EPSG:4326")
+        out["lon"], out["lat"] = round(float(lon[0]), 7), round(float(lat[0]), 7)
+    return out
+
+
+def _attachment_json(att: Attachment) -> dict[str, Any]:
+    return {"id": att.id, "content_hash": att.content_hash, "media_type": att.media_type,
+            "size_bytes": att.size_bytes}
+
+
+def create_case(conn: Connection, report: CaseReport, photos: list[bytes], key: ApiKey,
+                role: str = "reporter") -> tuple[IntakeResult, list[Attachment]]:
+    """Intake and the photos in one transaction: a refused photo (413/415) leaves no case behind."""
+    result = intake(conn, report)
+    added = [add_attachment(conn, result.case.id, photo, default_root(), actor_of(key), role)
+             for photo in photos] if result.created else []
+    return result, added
+
+
+async def _read_photo(upload: Any) -> bytes:
+    """At most one byte more than the limit: enough to know it is too large without reading it all."""
+    content = await upload.read(MAX_BYTES + 1)
+    if len(content) > MAX_BYTES:
+        raise PayloadTooLargeError(f"photos: {upload.filename or 'a photo'} is larger than {MAX_BYTES:,} bytes")
+    return content
+
+
+async def report_and_photos(request: Request) -> tuple[dict[str, Any], list[bytes]]:
+    """The request's fields (JSON object or form) and its photos (multipart ``photos`` parts)."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data" or ctype == "application/x-www-form-urlencoded":
+        form = await request.form()
+        fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+        photos = [await _read_photo(v) for k, v in form.multi_items() if k in ("photos", "photo", "media")
+                  and not isinstance(v, str)]
+        return fields, photos
+    if ctype not in ("application/json", ""):
+        raise ParameterError("Content-Type", f"Content-Type: {ctype!r}; send application/json or "
+                                             "multipart/form-data")
+    try:
+        data = await request.json()
+    except ValueError:
+        raise ParameterError("body", "body: not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ParameterError("body", "body: expected a JSON object")
+    return data, []
+
+
+@router.post("/cases", status_code=201, summary="Report a case (JSON, or multipart with photos)")
+async def post_case(request: Request, key: ApiKey = Depends(auth.require_role("reader"))) -> Response:
+    """The case as located and dispatched, with ``created`` and ``duplicates`` (merge candidates).
+    The same ``external_id`` on the same channel again answers 200 with the case it opened."""
+    data, photos = await report_and_photos(request)
+    report = report_from(data)
+    state = get_state(request)
+
+    def run() -> tuple[IntakeResult, list[Attachment]]:
+        with state.engine.begin() as conn:
+            return create_case(conn, report, photos, key)
+
+    result, added = await run_in_threadpool(run)
+    body = {**case_json(result.case, state.settings.srid), "created": result.created,
+            "duplicates": result.duplicates, "attachments": [_attachment_json(a) for a in added]}
+    return OrjsonResponse(body, status_code=201 if result.created else 200,
+                          headers={"Location": f"/cases/{result.case.id}"})
+
+
+def _bbox(text: str, srid: int) -> tuple[float, float, float, float]:
+    parts = text.split(",")
+    try:
+        numbers = [float(p) for p in parts]
+    except ValueError:
+        numbers = []
+    if len(numbers) != 4 or numbers[0] > numbers[2] or numbers[1] > numbers[3]:
+        raise ParameterError("bbox", f"bbox: {text!r} is not minlon,minlat,maxlon,maxlat (WGS84)")
+    xs, ys = to_storage([numbers[0], numbers[2], numbers[0], numbers[2]],
+                        [numbers[1], numbers[1], numbers[3], numbers[3]], "EPSG:4326", srid)
+    return float(min(xs)), float(min(ys)), float(max(xs)), float(max(ys))
+
+
+def _page_link(request: Request, rel: str, offset: int) -> dict[str, str]:
+    params = [(k, v) for k, v in request.query_params.multi_items() if k != "offset"] + [("offset", str(offset))]
+    return {"rel": rel, "href": f"{request.url.path}?{urlencode(params)}", "type": "application/json"}
+
+
+@router.get("/cases", summary="Cases, filtered and paged (reporter contact masked)")
+def get_cases(request: Request,
+              status: str | None = Query(None, description="reported, registered, dispatched, accepted, returned, "
+                                                           "handled, suspended, closed, not_registered, merged"),
+              class_: str | None = Query(None, alias="class", description="小类 code or name."),
+              channel: str | None = Query(None), grid: str | None = Query(None, description="Unit grid code."),
+              street: str | None = Query(None, description="Street code."),
+              district: str | None = Query(None, description="District code."),
+              department: str | None = Query(None, description="Department code of the assignee."),
+              manual: bool | None = Query(None, description="Only cases in (true) or out of (false) the manual "
+                                                            "queue."),
+              overdue: bool | None = Query(None),
+              bbox: str | None = Query(None, description="minlon,minlat,maxlon,maxlat (WGS84)."),
+              datetime_: str | None = Query(None, alias="datetime",
+                                            description="Reported at: an RFC 3339 instant or interval a/b."),
+              limit: int = Query(100, ge=1, le=MAX_LIMIT), offset: int = Query(0, ge=0)) -> dict[str, Any]:
+    state = get_state(request)
+    srid = state.settings.srid
+    when = parse_datetime(datetime_)
+    reported_from = when.start if when else None
+    reported_to = None
+    if when is not None and when.end is not None:
+        # an instant selects that instant; the store's filter is [from, to)
+        reported_to = when.end if when.end_exclusive else when.end + _EPSILON
+    box = _bbox(bbox, srid) if bbox else None
+    with state.engine.connect() as conn:
+        class_code = class_by_code(conn, class_).code if class_ else None
+        where = CaseFilter(status=status, class_code=class_code, channel=channel, district_code=district,
+                           street_code=street, grid_code=grid, department_code=department, manual=manual,
+                           overdue=overdue, reported_from=reported_from, reported_to=reported_to,
+                           bbox=box, bbox_srid=srid if box else None)
+        found = list_cases(conn, where, limit + 1, offset)
+    page = found[:limit]
+    links = [_page_link(request, "self", offset)]
+    if len(found) > limit:
+        links.append(_page_link(request, "next", offset + limit))
+    if offset > 0:
+        links.append(_page_link(request, "prev", max(offset - limit, 0)))
+    return {"cases": [case_json(c, srid, mask_contact=True) for c in page], "numberReturned": len(page),
+            "links": links}
+
+
+@router.get("/cases/stats", summary="Evaluation indicators (综合评价) per unit, JSON or CSV")
+def get_stats(request: Request,
+              by: str = Query("department", description=f"One of {', '.join(UNITS)}."),
+              datetime_: str = Query(..., alias="datetime",
+                                     description="The period: cases registered in start/end (RFC 3339)."),
+              f: str = Query("json", description="json or csv.")) -> Response:
+    when = parse_datetime(datetime_)
+    if when is None or when.start is None or when.end is None or when.start == when.end:
+        raise ParameterError("datetime", f"datetime: {datetime_!r} must be a closed interval start/end")
+    if f not in ("json", "csv"):
+        raise ParameterError("f", f"f: {f!r} is not json or csv")
+    with get_state(request).engine.connect() as conn:
+        rows = evaluate(conn, by, when.start, when.end)
+    if f == "csv":
+        return Response(to_csv(rows), media_type="text/csv; charset=utf-8",
+                        headers={"Content-Disposition": f'attachment; filename="cases-stats-{by}.csv"'})
+    return OrjsonResponse({"by": by, "from": when.start.isoformat(), "to": when.end.isoformat(),
+                           "indicators": [r.__dict__ for r in rows]})
+
+
+def _is_staff(request: Request, conn: Connection) -> bool:
+    """Whether the request carries a key of a handler (loader or higher): only they see a reporter's
+    contact unmasked (reading is open by default)."""
+    key = auth.key_from_headers(request.headers.get("x-api-key"), request.headers.get("authorization"))
+    record = verify_key(conn, key) if key else None
+    return record is not None and role_allows(record.role, KEY_ROLE_FOR_CASE_ROLE["department"])
+
+
+@router.get("/cases/{case_id}", summary="One case with its complete log and attachments")
+def get_one(request: Request, case_id: int) -> dict[str, Any]:
+    """The reporter's contact is masked unless the request carries a loader or admin key."""
+    state = get_state(request)
+    with state.engine.connect() as conn:
+        case = get_case(conn, case_id)
+        log = case_log(conn, case_id)
+        atts = attachments_of(conn, case_id)
+        staff = _is_staff(request, conn)
+    return {**case_json(case, state.settings.srid, mask_contact=not staff), "log": [e.to_dict() for e in log],
+            "attachments": [_attachment_json(a) for a in atts]}
+
+
+def check_case_role(key: ApiKey, role: str) -> None:
+    """403 when the key's role may not act in this case role; an unknown role is a 400."""
+    if role not in KEY_ROLE_FOR_CASE_ROLE:
+        raise ParameterError("role", f"role: unknown role {role!r}; valid: {', '.join(ROLES)}")
+    needed = KEY_ROLE_FOR_CASE_ROLE[role]
+    if not role_allows(key.role, needed):
+        raise CaseRoleForbidden(f"acting as {role} needs an API key with role {needed} or higher; "
+                                f"this key has role {key.role}")
+
+
+class CaseRoleForbidden(UserError):
+    """The API key may not act in the case role it claims (HTTP 403)."""
+
+    status = 403
+    title = "Forbidden"
+
+
+def action_from(data: Any, key: ApiKey) -> Action:
+    if not isinstance(data, dict):
+        raise ParameterError("body", "body: expected a JSON object")
+    name = data.get("action")
+    if not isinstance(name, str) or not name:
+        raise ParameterError("action", "action: which action to take is required")
+    role = data.get("role")
+    if not isinstance(role, str):
+        raise ParameterError("role", f"role: the case role to act in is required; one of {', '.join(ROLES)}")
+    check_case_role(key, role)
+    payload = data.get("data") or {}
+    if not isinstance(payload, dict):
+        raise ParameterError("data", "data: expected a JSON object")
+    version = data.get("version")
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
+        raise ParameterError("version", "version: expected an integer (the case's version you acted on)")
+    note = data.get("note")
+    if note is not None and not isinstance(note, str):
+        raise ParameterError("note", "note: expected text")
+    actor = data.get("actor") or actor_of(key)
+    if not isinstance(actor, str):
+        raise ParameterError("actor", "actor: expected text")
+    return Action(name, actor, role, note, payload, version)
+
+
+@router.post("/cases/{case_id}/actions", summary="Take one lifecycle action on a case")
+async def post_action(request: Request, case_id: int,
+                      key: ApiKey = Depends(auth.require_role("reader"))) -> dict[str, Any]:
+    """Body ``{"action": "accept", "role": "department", "note": …, "data": {…}, "version": n}``.
+    An action the case's status does not allow (or a stale ``version``) is a 409; a role that may not
+    take it a 403. Answers the case after the action with its log."""
+    try:
+        data = await request.json()
+    except ValueError:
+        raise ParameterError("body", "body: not valid JSON") from None
+    action = action_from(data, key)
+    state = get_state(request)
+
+    def run() -> tuple[Case, list]:
+        with state.engine.begin() as conn:
+            case = act(conn, case_id, action)
+            return case, case_log(conn, case_id)
+
+    case, log = await run_in_threadpool(run)
+    return {**case_json(case, state.settings.srid), "log": [e.to_dict() for e in log]}
+
+
+def install(app: FastAPI) -> None:
+    auth.install(app)
+    app.include_router(router)
