@@ -341,5 +341,4 @@ async def post_action(request: Request, case_id: int,
 
 
 def install(app: FastAPI) -> None:
-    auth.install(app)
     app.include_router(router)

@@ -197,6 +197,5 @@ async def post_request(request: Request) -> OrjsonResponse:
 
 
 def install(app: FastAPI) -> None:
-    auth.install(app)
     register_error_format(PREFIX + "/", error_list)
     app.include_router(router)
