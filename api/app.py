@@ -24,7 +24,7 @@ from api.tiles import VersionedTileMiddleware
 from cim.config import DeploymentSettings
 
 ROUTER_MODULES = ("api.ops", "api.features", "api.grid", "api.nearby", "api.iot", "api.ingest_upload",
-                  "api.geocode", "api.tiles", "api.viewer")
+                  "api.geocode", "api.tiles", "api.viewer", "api.sensing")
 
 #: Every middleware of the app, outermost first; nothing else adds one. Inside the last of them come
 #: Starlette's exception handlers (api.problems) and the routes.

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from cim.errors import UserError
+from cim.readings import advance_latest, ensure_month_partitions
 from ingest.columns import coerce, plan_columns
 from ingest.read import open_source
 from ingest.provenance import finish_run, load_transaction, operator_name, start_run
@@ -78,12 +79,7 @@ def _merge_readings(cur, data: pd.DataFrame, report: IngestReport) -> None:
     if data.empty:
         return
     times = pd.to_datetime(data["time"], utc=True)
-    # one partition per month, created before the rows arrive (the default partition stays empty)
-    for month in sorted({(t.year, t.month) for t in times}):
-        start = pd.Timestamp(year=month[0], month=month[1], day=1, tz="UTC")
-        end = start + pd.offsets.MonthBegin(1)
-        cur.execute(f"CREATE TABLE IF NOT EXISTS iot_readings_{month[0]:04d}{month[1]:02d} PARTITION OF iot_readings "
-                    f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')")
+    ensure_month_partitions(cur, {(t.year, t.month) for t in times})
     dupes = data.duplicated(subset=["device_id", "quantity", "time"], keep=False)
     if dupes.any():
         raise UserError(f"{int(dupes.sum())} readings repeat the same device, quantity and time "
@@ -102,6 +98,7 @@ def _merge_readings(cur, data: pd.DataFrame, report: IngestReport) -> None:
         SELECT device_id, time, quantity, value, %s FROM _readings ON CONFLICT DO NOTHING""", (report.run_id,))
     report.inserted = cur.rowcount
     report.unchanged = len(data) - report.inserted - report.updated
+    advance_latest(cur, "_readings")
 
 
 def _merge_responsibility(cur, data: pd.DataFrame, report: IngestReport, mode: str) -> None:
