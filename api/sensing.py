@@ -5,15 +5,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Body, Depends, FastAPI, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from api import auth
 from api.deps import get_state
 from cim.apikeys import ApiKey
 from cim.errors import PayloadTooLargeError
+from sensing.alerts import acknowledge, get_alert, list_alerts
 from sensing.intake import store_batch
 from sensing.parse import format_of, parse_batch
+from sensing.rules import RuleSpec, add_rule, check_rules, list_rules, remove_rule
 
 router = APIRouter(tags=["sensing"])
 
@@ -41,6 +43,59 @@ async def post_readings(request: Request, key: ApiKey = Depends(auth.require_rol
                                    f"send this one as several batches")
     fmt = format_of(request.headers.get("content-type"), body)
     return await run_in_threadpool(_store, get_state(request).engine, body, fmt)
+
+
+@router.get("/iot/rules", summary="Threshold rules")
+def get_rules(request: Request) -> Any:
+    with get_state(request).engine.connect() as conn:
+        return {"rules": list_rules(conn)}
+
+
+@router.post("/iot/rules", status_code=201, summary="Add a threshold rule (role loader)")
+def post_rule(request: Request, rule: dict[str, Any] = Body(..., examples=[{
+        "name": "积水", "device_type": "水位计", "quantity": "water_level", "direction": "above", "warning": 1.0,
+        "alarm": 1.5, "hysteresis": 0.2, "duration_s": 0, "case_class": "道路积水"}]),
+        key: ApiKey = Depends(auth.require_role("loader"))) -> Any:
+    spec = RuleSpec.from_mapping(rule)
+    with get_state(request).engine.begin() as conn:
+        return add_rule(conn, spec)
+
+
+@router.get("/iot/rules/check", summary="Rules that would fire on every reading, match no device, or are reversed")
+def get_rules_check(request: Request) -> Any:
+    with get_state(request).engine.connect() as conn:
+        return {"findings": check_rules(conn)}
+
+
+@router.delete("/iot/rules/{rule_id}", summary="Remove a rule; its active alerts clear (role loader)")
+def delete_rule(request: Request, rule_id: int = Path(...),
+                key: ApiKey = Depends(auth.require_role("loader"))) -> Any:
+    with get_state(request).engine.begin() as conn:
+        return {"removed": rule_id, "alerts_cleared": remove_rule(conn, rule_id)}
+
+
+@router.get("/alerts", summary="Alerts, newest first")
+def get_alerts(request: Request,
+               state: str | None = Query(None, description="open | acknowledged | cleared | active (not cleared)"),
+               device: str | None = Query(None, description="A device's source id."),
+               level: str | None = Query(None, description="warning | alarm"),
+               limit: int = Query(100, ge=1, le=10_000)) -> Any:
+    with get_state(request).engine.connect() as conn:
+        alerts = list_alerts(conn, state=state, device_id=device, level=level, limit=limit)
+    return {"alerts": alerts, "count": len(alerts)}
+
+
+@router.get("/alerts/{alert_id}", summary="One alert")
+def get_one_alert(request: Request, alert_id: int = Path(...)) -> Any:
+    with get_state(request).engine.connect() as conn:
+        return get_alert(conn, alert_id)
+
+
+@router.post("/alerts/{alert_id}/ack", summary="Acknowledge an alert (role loader)")
+def post_ack(request: Request, alert_id: int = Path(...),
+             key: ApiKey = Depends(auth.require_role("loader"))) -> Any:
+    with get_state(request).engine.begin() as conn:
+        return acknowledge(conn, alert_id, key.name or f"key {key.id}")
 
 
 def install(app: FastAPI) -> None:

@@ -84,7 +84,7 @@ def _evaluate_levels(cur, writer: "AlertWriter") -> None:  # noqa: ANN001
     history = _history(cur, matched)
     frame = matched.drop(columns=["lo", "hi"]).merge(history, on=["device_id", "quantity"])
     frame = frame.sort_values(["rule_id", "device_id", "time"], kind="stable").reset_index(drop=True)
-    group = pd.factorize(list(zip(frame["rule_id"], frame["device_id"])))[0]
+    group = frame.groupby(["rule_id", "device_id"], sort=False).ngroup().to_numpy()
     times = pd.to_datetime(frame["time"], utc=True)
     value = frame["value"].astype(float)
     minutes = times.groupby(group).diff().dt.total_seconds() / 60.0
