@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,10 +82,11 @@ def check_rows(cur, frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:  # n
     n = len(frame)
     reason = pd.Series([None] * n, dtype=object)
 
-    def reject(mask: np.ndarray | pd.Series, why: pd.Series | str) -> None:
+    def reject(mask: np.ndarray | pd.Series, why: Callable[[np.ndarray], pd.Series] | str) -> None:
+        """Give the rows of ``mask`` that have no reason yet this one (a text, or built for those rows only)."""
         mask = np.asarray(mask, dtype=bool) & reason.isna().to_numpy()
         if mask.any():
-            reason[mask] = why[mask] if isinstance(why, pd.Series) else why
+            reason[mask] = why if isinstance(why, str) else why(mask).to_numpy()
 
     device, quantity, unit = _text(frame["device_id"]), _text(frame["quantity"]), _text(frame["unit"])
     for name, column in (("device_id", device), ("quantity", quantity)):
@@ -92,31 +94,35 @@ def check_rows(cur, frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:  # n
     raw_time = frame["time"]
     reject(raw_time.isna() | (raw_time.astype("string").str.strip() == "").fillna(True), "missing time")
     times, bad_time = parse_instants(raw_time.astype("string"))
-    reject(bad_time, "time " + raw_time.astype(str).str.slice(0, 60).map(repr)
+    reject(bad_time, lambda m: "time " + raw_time[m].astype(str).str.slice(0, 60).map(repr)
            + " is not an RFC 3339 date-time with offset (e.g. 2026-11-24T14:40:00+08:00)")
     raw_value = frame["value"]
-    is_bool = raw_value.map(lambda v: isinstance(v, bool)).to_numpy(dtype=bool) if raw_value.dtype == object \
-        else np.zeros(n, dtype=bool)
+    # JSON true/false are not numbers; only a column that is not all text or all numbers can hold one
+    kind = pd.api.types.infer_dtype(raw_value, skipna=True)
+    is_bool = raw_value.map(lambda v: isinstance(v, bool)).to_numpy(dtype=bool) \
+        if kind not in ("string", "floating", "integer", "empty") else np.zeros(n, dtype=bool)
     values = pd.to_numeric(raw_value.where(~is_bool), errors="coerce").astype("float64")
     reject(raw_value.isna() & ~is_bool, "missing value")
-    reject(~np.isfinite(values.to_numpy()), "value " + raw_value.astype(str).str.slice(0, 40).map(repr)
+    reject(~np.isfinite(values.to_numpy()), lambda m: "value " + raw_value[m].astype(str).str.slice(0, 40).map(repr)
            + " is not a finite number")
 
     known = _devices(cur, sorted(set(device.dropna())))
     reject(device.notna() & ~device.isin(list(known)),
-           "unknown device " + device.fillna("").map(repr) + " (not a current IoT device)")
+           lambda m: "unknown device " + device[m].map(repr) + " (not a current IoT device)")
     # a quantity the device declares, in the device's unit (when both sides name one)
-    spec_unit = {(d, q): str(s.get("unit")).strip() for d, specs in known.items() for q, s in specs.items()
-                 if s.get("unit") not in (None, "")}
-    declared = {(d, q) for d, specs in known.items() for q in specs}
-    declares_any = {d for d, specs in known.items() if specs}
-    pairs = list(zip(device.fillna(""), quantity.fillna("")))
-    undeclared = np.array([d in declares_any and (d, q) not in declared for d, q in pairs], dtype=bool)
-    reject(undeclared, "device " + device.fillna("").map(repr) + " does not measure " + quantity.fillna("").map(repr))
-    expected = pd.Series([spec_unit.get(p) for p in pairs], dtype=object)
-    mismatch = unit.notna().to_numpy() & expected.notna().to_numpy() & (unit.fillna("").to_numpy() != expected.fillna("").to_numpy())
-    reject(mismatch, "unit " + unit.fillna("").map(repr) + " does not match " + quantity.fillna("").map(repr)
-           + " of device " + device.fillna("").map(repr) + ", measured in " + expected.fillna("").map(repr))
+    declared = pd.DataFrame([(d, q, str(spec["unit"]).strip() if spec.get("unit") not in (None, "") else None)
+                             for d, specs in known.items() for q, spec in specs.items()],
+                            columns=["device_id", "quantity", "declared_unit"], dtype=object)
+    keyed = pd.DataFrame({"device_id": device.astype(object), "quantity": quantity.astype(object)}).merge(
+        declared, how="left", on=["device_id", "quantity"], indicator=True)  # a left merge keeps row order
+    declares_any = device.isin([d for d, specs in known.items() if specs]).to_numpy()
+    undeclared = declares_any & (keyed["_merge"] == "left_only").to_numpy()
+    reject(undeclared, lambda m: "device " + device[m].map(repr) + " does not measure " + quantity[m].map(repr))
+    expected = keyed["declared_unit"]
+    mismatch = (unit.notna().to_numpy() & expected.notna().to_numpy()
+                & (unit.fillna("").to_numpy() != expected.fillna("").to_numpy()))
+    reject(mismatch, lambda m: "unit " + unit[m].map(repr) + " does not match " + quantity[m].map(repr)
+           + " of device " + device[m].map(repr) + ", measured in " + expected[m].map(repr))
     typed = pd.DataFrame({"device_id": device, "quantity": quantity, "time": times, "value": values})
     return typed, reason
 
