@@ -22,12 +22,25 @@ def month_of(time: datetime) -> tuple[int, int]:
 
 
 def ensure_month_partitions(cur, months: Iterable[tuple[int, int]]) -> None:  # noqa: ANN001 (a DB-API cursor)
-    """Create the partition of each (year, month) that does not exist yet."""
+    """Create the partition of each (year, month) that does not exist yet.
+
+    Two writers may meet a new month at once: the second's CREATE waits for the first's transaction
+    and then fails on the name; inside a savepoint, that failure only means "made meanwhile"."""
+    from psycopg2 import errors
+
     for year, month in sorted(set(months)):
+        name = f"iot_readings_{year:04d}{month:02d}"
+        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (name,))
+        if cur.fetchone()[0]:
+            continue
         start = f"{year:04d}-{month:02d}-01T00:00:00+00:00"
         end = f"{year + (month == 12):04d}-{month % 12 + 1:02d}-01T00:00:00+00:00"
-        cur.execute(f"CREATE TABLE IF NOT EXISTS iot_readings_{year:04d}{month:02d} PARTITION OF iot_readings "
-                    f"FOR VALUES FROM ('{start}') TO ('{end}')")
+        cur.execute("SAVEPOINT cim_partition")
+        try:
+            cur.execute(f"CREATE TABLE {name} PARTITION OF iot_readings FOR VALUES FROM ('{start}') TO ('{end}')")
+        except (errors.DuplicateTable, errors.UniqueViolation):
+            cur.execute("ROLLBACK TO SAVEPOINT cim_partition")
+        cur.execute("RELEASE SAVEPOINT cim_partition")
 
 
 def advance_latest(cur, source: str) -> None:  # noqa: ANN001 (a DB-API cursor)

@@ -27,13 +27,24 @@ from sensing.alerts import AlertWriter
 from sensing.rules import MATCH_DEVICE_SQL
 
 LEVELS = {1: "warning", 2: "alarm"}
+#: first key of the advisory locks that serialise rule evaluation per device
+LOCK_SPACE = 1313
 
 
 def evaluate_stored(conn, report) -> None:  # noqa: ANN001 (SQLAlchemy connection, IntakeReport)
     cur = conn.connection.dbapi_connection.cursor()
+    lock_devices(cur, "SELECT DISTINCT device_id FROM _stored")
     writer = AlertWriter(conn, report)
     _evaluate_levels(cur, writer)
     evaluate_offline_gaps(cur, writer)
+
+
+def lock_devices(cur, devices_sql: str, params: tuple = ()) -> None:  # noqa: ANN001
+    """Serialise rule evaluation per device until commit: two batches of one device evaluated at once
+    would both see no alert and both open one. Locks are taken in device order, so two batches
+    sharing devices wait for each other instead of deadlocking."""
+    cur.execute(f"SELECT count(pg_advisory_xact_lock({LOCK_SPACE}, hashtext(device_id))) FROM "
+                f"(SELECT device_id FROM ({devices_sql}) d ORDER BY device_id) ordered", params)
 
 
 def _matches(cur, kinds: tuple[str, ...]) -> pd.DataFrame:  # noqa: ANN001

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 
 from sensing.alerts import AlertWriter
+from sensing.evaluate import lock_devices
 from sensing.intake import IntakeReport
 from sensing.rules import MATCH_DEVICE_SQL
 
@@ -30,7 +31,18 @@ def sweep_offline(conn: sa.Connection, now: datetime) -> IntakeReport:
                           AND a.cleared_at IS NULL)
         GROUP BY r.id, d.source_id, r.offline_level, r.offline_minutes, d.grid_code
         HAVING max(l.time) + make_interval(mins => r.offline_minutes) < %s""", (now,))
-    for rule_id, device_id, level, minutes, grid_code, last_seen in cur.fetchall():
+    due = cur.fetchall()
+    lock_devices(cur, "SELECT unnest(%s::text[]) AS device_id", ([d[1] for d in due],))
+    for rule_id, device_id, level, minutes, grid_code, last_seen in due:
+        # readings may have arrived, or another sweep opened it, while this one waited for the lock
+        cur.execute("""SELECT (SELECT max(time) FROM iot_latest WHERE device_id = %s
+                                 AND (quantity = (SELECT quantity FROM iot_rules WHERE id = %s)
+                                      OR (SELECT quantity FROM iot_rules WHERE id = %s) IS NULL)) > %s
+                            OR EXISTS (SELECT 1 FROM iot_alerts WHERE rule_id = %s AND device_id = %s
+                                       AND cleared_at IS NULL)""",
+                    (device_id, rule_id, rule_id, last_seen, rule_id, device_id))
+        if cur.fetchone()[0]:
+            continue
         opened_at = last_seen + timedelta(minutes=minutes)
         alert_id = writer.open(rule_id, device_id, None, level, opened_at, None, grid_code)
         cur.execute("UPDATE iot_alerts SET last_time = %s WHERE id = %s", (last_seen, alert_id))

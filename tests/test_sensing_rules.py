@@ -216,3 +216,39 @@ def test_rules_and_alerts_over_http(base):
         removed = client.delete(f"/iot/rules/{rid}", headers=headers).json()
         assert removed["alerts_cleared"] == 1
         assert client.post(f"/alerts/{alert_id}/ack", headers=headers).status_code == 409
+
+
+def test_two_batches_of_one_device_at_once_open_one_alert(base):
+    """The second transaction waits for the first (per-device lock) and then sees its alert; without
+    the lock both would open one and the second would fail on the unique index."""
+    import threading
+
+    rid = rule(base, name="race IOT-0045", device_id="IOT-0045", **PONDING)
+    send(base, "IOT-0046", (0, 0.1))  # the month's partition exists: the race is over the alert alone
+    engine = engine_for(base)
+    first = engine.connect()
+    tx = first.begin()
+    body = lambda m, v: orjson.dumps([{"device_id": "IOT-0045", "quantity": "water_level", "value": v,  # noqa: E731
+                                       "time": at(m).isoformat()}])
+    assert store_batch(first, parse_batch(body(0, 1.6), "json")).alerts_opened == 1
+    outcome: dict = {}
+
+    def second() -> None:
+        try:
+            with engine.begin() as conn:
+                outcome["report"] = store_batch(conn, parse_batch(body(10, 1.7), "json"))
+        except Exception as exc:  # noqa: BLE001 (reported below)
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    from tests.sensing_fixtures import wait_until
+
+    wait_until(lambda: scalar(base, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                    "AND datname = current_database()"), 30, "the second batch to wait")
+    tx.commit()
+    first.close()
+    thread.join(timeout=60)
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["report"].alerts_opened == 0
+    assert len(alerts(base, rid)) == 1
