@@ -4,7 +4,7 @@
 - ``/grid/lookup`` → :mod:`api.grid`;  ``/nearby`` → :mod:`api.nearby`
 - ``/iot/…`` → :mod:`api.iot`;  ``/ingest/{layer}`` → :mod:`api.ingest_upload`
 - ``/geocode``, ``/reverse`` → :mod:`api.geocode`
-- ``/3dtiles/…``, ``/collections/{id}/tiles/…`` → :mod:`api.tiles`;  ``/viewer`` → :mod:`api.viewer`
+- ``/3dtiles/…``, ``/collections/{id}/tiles/…`` → :mod:`api.tiles` (a package);  ``/viewer`` → :mod:`api.viewer`
 - ``/healthz``, ``/metrics`` → :mod:`api.ops`
 """
 from __future__ import annotations

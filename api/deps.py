@@ -11,6 +11,7 @@ from api.problems import not_found
 from cim.bootstrap import BaseSettings, load_settings
 from cim.config import DeploymentSettings
 from cim.config import settings as deployment_settings
+from cim.database import reader_engine
 from cim.registry import Layer, load_layers
 
 
@@ -38,6 +39,8 @@ class AppState:
 
 
 def create_state(engine: Engine, deployment: DeploymentSettings | None = None) -> AppState:
+    # requests read through a pool of their own whose lock waits are bounded (503 instead of a held connection)
+    engine = reader_engine(engine)
     return AppState(engine=engine, settings=load_settings(engine), deployment=deployment or deployment_settings())
 
 

@@ -96,11 +96,10 @@ def csv_bytes(frame: pd.DataFrame) -> bytes:
 def plain_copy(url: str, frame: pd.DataFrame) -> float:
     body = frame[["device_id", "time", "quantity", "value"]].to_csv(index=False, header=False)
     months = {(t.year, t.month) for t in pd.to_datetime(frame["time"].iloc[[0, -1]], utc=True)}
+    ensure_month_partitions(engine_for(url), months)
     raw = engine_for(url).raw_connection()
     try:
         cur = raw.cursor()
-        ensure_month_partitions(cur, months)
-        raw.commit()
         started = time.perf_counter()
         cur.copy_expert("COPY iot_readings (device_id, time, quantity, value) FROM STDIN WITH (FORMAT csv)",
                         io.StringIO(body))

@@ -227,7 +227,7 @@ def bench_3d(server: str, n: int, reload: bool) -> list[str]:
     shutil.rmtree(ours, ignore_errors=True)
     cim_s = timed([CIM, "tiles", "export-3d", "buildings", str(ours)], cim_env(url, WORK / "tilesbench-home"))
     tileset = json.loads((ours / "tileset.json").read_text())
-    assert tileset["properties"]["featureCount"] == n, tileset["properties"]
+    assert tileset["metadata"]["properties"]["featureCount"] == n, tileset["metadata"]
     cim_tiles, cim_bytes = tree_size(ours, "*.glb")
     cim_valid = validate([p.read_bytes() for p in sample(list(ours.rglob("*.glb")))])
     print(f"cim tiles export-3d: {cim_s:.1f} s, {cim_tiles} glb, {cim_bytes / 1e6:.0f} MB; {cim_valid}", flush=True)

@@ -186,9 +186,9 @@ class Cluster:
             self.initialise()
         if not self.is_running():
             st = self._state()
-            # the port recorded at initdb may have been taken meanwhile by someone else
+            # the port recorded at initdb may have been taken meanwhile by someone else: move to a free one
             if not _port_is_free(st["port"]):
-                raise ClusterError(f"port {st['port']} recorded in {self.statefile} is in use by another process")
+                st = self._move_to_port(_free_port())
             bindir = Path(st["bindir"])
             self.logfile.touch()
             self._give_to_service_user(self.logfile)
@@ -196,6 +196,16 @@ class Cluster:
                           "-w", "-t", "60", "start"])
         self._ensure_database()
         return self.url()
+
+    def _move_to_port(self, port: int) -> dict:
+        """Listen on ``port`` from now on (the server's own setting and the URL we hand out); the new state."""
+        conf = self.datadir / "postgresql.auto.conf"
+        lines = [line for line in conf.read_text().splitlines() if not line.strip().startswith("port =")]
+        conf.write_text("\n".join([*lines, f"port = {port}"]) + "\n")
+        st = {**self._state(), "port": port}
+        self.statefile.write_text(json.dumps(st))
+        os.chmod(self.statefile, 0o600)
+        return st
 
     def _ensure_database(self) -> None:
         import psycopg2
@@ -235,7 +245,11 @@ class Cluster:
 
 
 def _port_is_free(port: int) -> bool:
+    """Whether a server could listen on ``port`` now. PostgreSQL binds with SO_REUSEADDR, so the
+    connections of a server stopped moments ago (TIME_WAIT, about a minute) do not keep it from
+    listening again; only another listener does — so the probe binds the same way."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
             return True

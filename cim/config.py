@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings as _PydanticSettings, NoDecode, SettingsConfigDict
@@ -53,6 +53,8 @@ class DeploymentSettings(_PydanticSettings):
     # --- the database pool ----------------------------------------------------------------------
     db_pool_size: int = Field(8, ge=1, le=1000, description="pooled connections per process (fixed: no overflow)")
     db_pool_timeout_s: float = Field(60.0, gt=0, description="seconds a request waits for a free pooled connection")
+    db_reader_lock_timeout_ms: int = Field(2000, ge=1, description="milliseconds an API read waits for a lock "
+                                           "before it is answered 503 (a load or maintenance holds it)")
     db_ping_after_idle_s: float = Field(2.0, ge=0, description="a pooled connection idle longer than this is "
                                                                "pinged before use")
     # --- the API --------------------------------------------------------------------------------
@@ -61,18 +63,23 @@ class DeploymentSettings(_PydanticSettings):
     extent_cache_s: float = Field(300.0, ge=0, description="seconds the API keeps a collection's extent")
     # --- tiles and the gazetteer ----------------------------------------------------------------
     tile_memory_mb: int = Field(256, ge=0, description="megabytes of generated tiles kept in memory per process")
+    tile_plan_cache: int = Field(32, ge=1, description="tile plans (one per layer version, bbox and filter) kept in "
+                                                       "memory per process; least recently used dropped first")
     tile_persist_after_s: float = Field(0.1, ge=0, description="a vector tile that took at least this long to build "
                                                               "is also written to the disk cache")
     geocode_road_cache: int = Field(5_000, ge=1, description="roads whose address index the gazetteer keeps in memory")
     geocode_parse_cache: int = Field(200_000, ge=1, description="parsed addresses the gazetteer keeps in memory")
     # --- loads ----------------------------------------------------------------------------------
     operator: str | None = Field(None, description="the operator recorded on ingest runs (default: the OS user)")
+    fault_pause_at: Literal["reading", "copy", "index", "merge", "commit"] | None = Field(
+        None, description="tests only: a load stops at this phase, prints 'CIM_FAULT_PAUSED PHASE' on stderr and "
+                          "waits for a line on stdin (fault-injection tests, see ingest/faults.py)")
     # --- defaults for a new base (``cim init``); afterwards the base's stored values rule --------
     city_name: str = Field("上海市", min_length=1, description="the city's name as written in front of addresses")
     city_bbox_wgs84: Annotated[BBox, NoDecode] = Field(
         SHANGHAI_BBOX_WGS84, description="the city's extent in WGS84, 'minlon,minlat,maxlon,maxlat'")
 
-    @field_validator("database_url", "operator", "node_modules", mode="before")
+    @field_validator("database_url", "operator", "node_modules", "fault_pause_at", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value

@@ -34,22 +34,52 @@ def sqlalchemy_url(url: str) -> str:
     return url
 
 
-_ENGINES: dict[str, Engine] = {}
+_ENGINES: dict[tuple[str, int | None], Engine] = {}
 
 
-def engine_for(url: str) -> Engine:
-    """One pooled engine per URL for the life of the process, sized by the deployment settings in
-    force when it is first asked for (``CIM_DB_POOL_SIZE``, ``CIM_DB_POOL_TIMEOUT_S``,
-    ``CIM_DB_PING_AFTER_IDLE_S``)."""
-    engine = _ENGINES.get(url)
+def engine_for(url: str, *, lock_timeout_ms: int | None = None) -> Engine:
+    """One pooled engine per URL (and lock timeout) for the life of the process, sized by the
+    deployment settings in force when it is first asked for (``CIM_DB_POOL_SIZE``,
+    ``CIM_DB_POOL_TIMEOUT_S``, ``CIM_DB_PING_AFTER_IDLE_S``)."""
+    engine = _ENGINES.get((url, lock_timeout_ms))
     if engine is None:
         config = settings()
+        connect_args = {} if lock_timeout_ms is None else {"options": f"-c lock_timeout={int(lock_timeout_ms)}"}
         # A fixed pool: under load, overflow connections are opened and closed per request, which cost
         # the API most of its throughput (measured: items at 32 connections 0.81x -> 1.41x tipg's).
-        engine = _ENGINES[url] = sa.create_engine(sqlalchemy_url(url), pool_size=config.db_pool_size,
-                                                  max_overflow=0, pool_timeout=config.db_pool_timeout_s)
+        engine = _ENGINES[(url, lock_timeout_ms)] = sa.create_engine(
+            sqlalchemy_url(url), pool_size=config.db_pool_size, max_overflow=0,
+            pool_timeout=config.db_pool_timeout_s, connect_args=connect_args)
         _ping_idle_connections(engine, config.db_ping_after_idle_s)
+        if lock_timeout_ms is not None:
+            _lock_waits_are_unavailable(engine)
     return engine
+
+
+def reader_engine(engine: Engine) -> Engine:
+    """The engine the API reads through: the same server, a pool of its own, and no statement that waits
+    longer than ``CIM_DB_READER_LOCK_TIMEOUT_MS`` for a lock (it raises :class:`~cim.errors.UnavailableError`).
+
+    Loads never lock readers out of a layer that has rows (see ``ingest.merge``); this bounds what any
+    other lock (a first load, a migration, an operator's ``LOCK TABLE``) can cost: one request each,
+    briefly, instead of the whole pool for as long as the lock is held.
+    """
+    return engine_for(engine.url.render_as_string(hide_password=False),
+                      lock_timeout_ms=settings().db_reader_lock_timeout_ms)
+
+
+class LockedOut(UnavailableError):
+    """A statement waited longer than the reader's lock timeout: what it reads is being changed."""
+
+    retry_after = 2
+
+
+def _lock_waits_are_unavailable(engine: Engine) -> None:
+    @sa.event.listens_for(engine, "handle_error")
+    def _lock_timeout(context) -> None:  # noqa: ANN001 (SQLAlchemy's event signature)
+        if getattr(context.original_exception, "pgcode", None) == "55P03":  # lock_not_available
+            raise LockedOut("the data asked for is being changed (a load or maintenance holds a lock on it); "
+                            "try again in a moment") from context.original_exception
 
 
 def _ping_idle_connections(engine: Engine, ping_after_idle_s: float) -> None:

@@ -10,6 +10,9 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
 
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
 __all__ = ["QUANTITY_NAME_KEYS", "advance_latest", "ensure_month_partitions", "month_of", "quantity_specs"]
 
 QUANTITY_NAME_KEYS = ("name", "quantity", "code", "id")  # how a quantity entry of a device may name itself
@@ -21,26 +24,40 @@ def month_of(time: datetime) -> tuple[int, int]:
     return utc.year, utc.month
 
 
-def ensure_month_partitions(cur, months: Iterable[tuple[int, int]]) -> None:  # noqa: ANN001 (a DB-API cursor)
+def ensure_month_partitions(engine: Engine, months: Iterable[tuple[int, int]]) -> None:
     """Create the partition of each (year, month) that does not exist yet.
 
-    Two writers may meet a new month at once: the second's CREATE waits for the first's transaction
-    and then fails on the name; inside a savepoint, that failure only means "made meanwhile"."""
+    In a short transaction of its own, committed at once: CREATE TABLE … PARTITION OF locks the whole
+    of iot_readings exclusively, which inside a load's transaction would lock every reader of any
+    device's readings out until the load commits. An empty partition outlives a failed load harmlessly.
+    Call it before the writing transaction touches ``iot_readings`` (it would wait for itself).
+    Two writers meeting a new month at once: the second's CREATE fails on the name once the first
+    committed, which only means the partition is there.
+    """
     from psycopg2 import errors
 
-    for year, month in sorted(set(months)):
-        name = f"iot_readings_{year:04d}{month:02d}"
-        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (name,))
-        if cur.fetchone()[0]:
+    wanted = sorted(set(months))
+    if not wanted:
+        return
+    names = {f"iot_readings_{year:04d}{month:02d}": (year, month) for year, month in wanted}
+    with engine.connect() as conn:
+        present = set(conn.execute(sa.text("SELECT n FROM unnest(CAST(:names AS text[])) AS n "
+                                           "WHERE to_regclass(n) IS NOT NULL"), {"names": list(names)}).scalars())
+    for name, (year, month) in names.items():
+        if name in present:
             continue
         start = f"{year:04d}-{month:02d}-01T00:00:00+00:00"
         end = f"{year + (month == 12):04d}-{month % 12 + 1:02d}-01T00:00:00+00:00"
-        cur.execute("SAVEPOINT cim_partition")
         try:
-            cur.execute(f"CREATE TABLE {name} PARTITION OF iot_readings FOR VALUES FROM ('{start}') TO ('{end}')")
-        except (errors.DuplicateTable, errors.UniqueViolation):
-            cur.execute("ROLLBACK TO SAVEPOINT cim_partition")
-        cur.execute("RELEASE SAVEPOINT cim_partition")
+            with engine.begin() as conn:
+                conn.exec_driver_sql(f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF iot_readings "
+                                     f"FOR VALUES FROM ('{start}') TO ('{end}')")
+        except sa.exc.ProgrammingError as exc:
+            if not isinstance(exc.orig, (errors.DuplicateTable, errors.UniqueViolation)):
+                raise
+        except sa.exc.IntegrityError as exc:
+            if not isinstance(exc.orig, errors.UniqueViolation):
+                raise
 
 
 def advance_latest(cur, source: str) -> None:  # noqa: ANN001 (a DB-API cursor)

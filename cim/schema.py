@@ -247,7 +247,8 @@ def build_metadata(srid: int) -> sa.MetaData:
         sa.Column("owner_department", sa.Text), sa.Column("maintainer", sa.Text),
         sa.CheckConstraint("object_code ~ '^[0-9]{16}$'", name="ck_parts_object_code"),
     )
-    sa.Index("ix_parts_object_code", parts.c.object_code)
+    # one current part per code (versions of a feature share it): revision 0003
+    sa.Index("ix_parts_object_code", parts.c.object_code, unique=True, postgresql_where=parts.c.valid_to.is_(None))
     sa.Index("ix_parts_subclass", parts.c.part_subclass)
     _feature_table(
         md, "pipelines", srid,

@@ -190,6 +190,9 @@ ROADS = [
     ("老沪闵路", [(121.4400, 31.1600), (121.4300, 31.1420), (121.4200, 31.1240)], 12.0),
     ("东安路", [(121.4560, 31.2050), (121.4555, 31.1930), (121.4550, 31.1800)], 10.0),
 ]
+# 汾阳路, the road of issue 11's worked example (a road crack near 汾阳路150号), from 淮海中路 to 岳阳路.
+# It is drawn with a generator of its own after the others, so adding it changed no other feature.
+FENYANG = ("汾阳路", [(121.4490, 31.2176), (121.4528, 31.2110)], 8.0)
 HISTORIC_ROADS = {"衡山路", "武康路", "岳阳路", "天平路", "建国西路", "淮海中路"}
 CITY_CENTRE = (121.475, 31.232)  # 人民广场: door numbers start at the road end nearer to it
 XUJIAHUI = (121.4370, 31.1975)
@@ -530,6 +533,32 @@ def make_roads(rng, district):
             line = line.reverse()
         roads.append({"name": name, "road_code": f"R{DISTRICT_CODE}{i:03d}", "half_width": hw, "geom": snap(line)})
     return roads
+
+
+def make_fenyang(seed, district, admin, district_inner):
+    """汾阳路 and its doors (1, 2, 5, 6, 9, 10 … up to 160; odd on the left): the road and address rows."""
+    rng = np.random.default_rng(seed + 1)
+    name, pts, hw = FENYANG
+    line = largest(to_proj(LineString(pts)).intersection(district.buffer(-5.0)))
+    centre = to_proj(Point(CITY_CENTRE))
+    if Point(line.coords[-1]).distance(centre) < Point(line.coords[0]).distance(centre):
+        line = line.reverse()
+    line = snap(line)
+    road = {"name": name, "road_code": f"R{DISTRICT_CODE}{len(ROADS) + 1:03d}", "half_width": hw, "geom": line}
+    rows = []
+    for n in range(1, 161):
+        if n % 4 not in (1, 2):
+            continue
+        p, t, nv = road_frame(line, 15.0 + (n - 1) / 159 * (line.length - 30.0))
+        xy = np.round(p + nv * (1.0 if n % 2 else -1.0) * (hw + float(rng.uniform(6.0, 14.0))), 3)
+        loc = admin.locate(xy) if district_inner.contains(Point(xy)) else None
+        if loc is None:
+            continue
+        rows.append(dict(xy=xy, road=name, door_number=str(n), lane="", building_no="", unit="", floor="", room="",
+                         compound="", street=loc[0]["name"], community=loc[1]["name"]))
+    if not any(r["door_number"] == "150" for r in rows):
+        raise RuntimeError("汾阳路150号 fell on a community boundary: move FENYANG")
+    return road, rows
 
 
 def road_frame(line, s):
@@ -1294,6 +1323,7 @@ def generate(root: Path, seed: int = SEED):
     admin = AdminIndex(streets, communities)
     roads = make_roads(rng, district)
     district_inner = district.buffer(-3.0)
+    fenyang_road, fenyang_doors = make_fenyang(seed, district, admin, district_inner)
 
     # 1. district
     write_geojson(out / "district.geojson", "district", [{"code": DISTRICT_CODE, "name": DISTRICT_NAME}],
@@ -1310,14 +1340,16 @@ def generate(root: Path, seed: int = SEED):
                                    "community_code": [g["community_code"] for g in grids]},
               [g["geom"] for g in grids], "grids", "GPKG", geometry_type="Polygon")
     # 6. roads
-    write_geojson(out / "roads.geojson", "roads", [{"name": r["name"], "road_code": r["road_code"]} for r in roads],
-                  [to_geo(r["geom"]) for r in roads])
+    write_geojson(out / "roads.geojson", "roads",
+                  [{"name": r["name"], "road_code": r["road_code"]} for r in roads + [fenyang_road]],
+                  [to_geo(r["geom"]) for r in roads + [fenyang_road]])
     # 5. responsibility chain
     write_csv(out / "responsibility.csv",
               ["grid_code", "post_code", "post_name", "department_code", "department_name", "person_name",
                "person_contact", "handles"], make_responsibility(rng, streets, grids))
     # 7. addresses
     main, full = make_addresses(rng, roads, admin, district_inner)
+    main = main + fenyang_doors
     xy = np.array([r["xy"] for r in main])
     lon, lat = _TO_GEO.transform(xy[:, 0], xy[:, 1])
     glon, glat = wgs84_to_gcj02(lon, lat)
@@ -1419,7 +1451,7 @@ def generate(root: Path, seed: int = SEED):
     write_csv(out / "iot_readings.csv", ["device_id", "time", "quantity", "value"], make_readings(rng, devices))
 
     write_manifest(root)
-    return dict(streets=len(streets), communities=len(communities), grids=len(grids), roads=len(roads),
+    return dict(streets=len(streets), communities=len(communities), grids=len(grids), roads=len(roads) + 1,
                 addresses=len(main), addresses_full=len(full), buildings=len(buildings), curtain_walls=len(cw_rows),
                 parts=len(parts), parts_nocode=len(nocode), pipelines=len(pipes),
                 pipeline_km=round(sum(p["geom"].length for p in pipes) / 1000, 2), iot_devices=len(devices))

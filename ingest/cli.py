@@ -54,6 +54,12 @@ def load(
         typer.echo(json.dumps(report.as_dict(), ensure_ascii=False, indent=2))
     else:
         _print_report(report)
+    if report.read and report.rejected >= report.read:
+        # a batch script must notice a delivery that loaded nothing: the summary and rejects are as usual
+        rejects = ", ".join(f.rejects_file for f in report.files if f.rejects_file)
+        typer.echo(f"error: every one of the {report.read:,} row(s) was rejected, nothing loaded (see {rejects})",
+                   err=True)
+        raise typer.Exit(1)
 
 
 def _run_with_progress(layer, paths, options, engine, quiet: bool):

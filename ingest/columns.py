@@ -60,10 +60,34 @@ def plan_columns(spec: LayerSpec, source_columns: list[str], explicit: dict[str,
     return ColumnPlan(mapped=mapped, extra=extra)
 
 
+def is_free_text(spec: LayerSpec, target: str) -> bool:
+    """Whether a field may hold line breaks: text and JSON may; ids, codes, numbers and dates may not."""
+    kind = spec.fields[target]
+    if kind == "json":
+        return True
+    return kind == "str" and not (target == "source_id" or target.endswith("code") or target.endswith("_id"))
+
+
+def line_breaks(values: pd.Series) -> np.ndarray:
+    """Positions of values holding a line break."""
+    if not (pd.api.types.is_object_dtype(values) or pd.api.types.is_string_dtype(values)):
+        return np.zeros(0, dtype=int)
+    return np.flatnonzero(values.astype("string").str.contains(r"[\r\n]", regex=True).fillna(False).to_numpy())
+
+
+def merged_rows_reason(column: str) -> str:
+    return (f"field {column!r} holds a line break, which it cannot: an unbalanced quote in the file has "
+            "probably merged the following rows into this one")
+
+
 def coerce(frame: pd.DataFrame, spec: LayerSpec, plan: ColumnPlan) -> tuple[pd.DataFrame, dict[int, str]]:
     """Canonical columns with their types (missing ones are null), and per-row errors."""
     out = pd.DataFrame(index=frame.index)
     errors: dict[int, str] = {}
+    for target, source in plan.mapped.items():  # first: such a row's other values are not its own either
+        if not is_free_text(spec, target):
+            for i in line_breaks(frame[source]):
+                errors.setdefault(int(i), merged_rows_reason(source))
     for target, kind in spec.fields.items():
         source = plan.mapped.get(target)
         if source is None:

@@ -74,3 +74,84 @@ def repair_column(values: pd.Series, column: str) -> tuple[pd.Series, str | None
     fixed = values.astype(object).copy()
     fixed[flagged.to_numpy()] = [good[v][0] for v in text[flagged]]
     return fixed, "Latin-1 → " + " → ".join(s.upper() for s in chain)
+
+
+#: pyogrio/GDAL name of the code page that maps each byte to one character (Python's "latin-1" is not
+#: understood by GDAL, which then passes the bytes through as if they were UTF-8)
+BYTES_AS_TEXT = "ISO-8859-1"
+_LATIN1_ONLY = re.compile(r"[\x00-\xff]*")
+
+
+def decode_column(values: pd.Series, column: str, encoding: str) -> tuple[pd.Series, int]:
+    """Text read byte for byte (each byte one Latin-1 character, see :data:`BYTES_AS_TEXT`) decoded once
+    with the ``encoding`` the user named; returns (values, mis-decoding layers undone).
+
+    Files re-saved after a wrong decoding hold UTF-8 of Latin-1 mojibake (GBK bytes read as Latin-1,
+    written as UTF-8). When every value of the column is such UTF-8, that layer is undone first, so
+    the named encoding applies to the bytes it was meant for; otherwise the bytes are decoded as named.
+    Raises :class:`EncodingProblem` when a value is not valid in ``encoding``.
+    """
+    text = values.astype("string")
+    flagged = text.str.contains(_HIGH_LATIN1.pattern, regex=True, na=False)
+    if not flagged.any():
+        return values, 0
+    decoded, layers = _decode_distinct(list(text[flagged].unique()), column, encoding, 0)
+    fixed = values.astype(object).copy()
+    fixed[flagged.to_numpy()] = [decoded[v] for v in text[flagged]]
+    return fixed, layers
+
+
+def _decode_distinct(raw_text: list[str], column: str, encoding: str, depth: int) -> tuple[dict[str, str], int]:
+    as_utf8 = {}
+    for value in raw_text:
+        try:
+            as_utf8[value] = value.encode("latin-1").decode("utf-8")
+        except UnicodeDecodeError:
+            break
+    wrapped = (depth < MAX_LAYERS and len(as_utf8) == len(raw_text)
+               and all(_LATIN1_ONLY.fullmatch(u) and _HIGH_LATIN1.search(u) for u in as_utf8.values()))
+    if wrapped:
+        try:
+            inner, layers = _decode_distinct(list(set(as_utf8.values())), column, encoding, depth + 1)
+            return {v: inner[u] for v, u in as_utf8.items()}, layers + 1
+        except EncodingProblem:
+            pass  # not a mis-decoding after all: decode the bytes as named
+    out = {}
+    for value in raw_text:
+        try:
+            out[value] = value.encode("latin-1").decode(encoding)
+        except UnicodeDecodeError as exc:
+            raise EncodingProblem(column, value) from exc
+    return out, 0
+
+
+#: how much of a .dbf's records is read to tell its text encoding
+DBF_SAMPLE_BYTES = 4 << 20
+
+
+def guess_dbf_encoding(dbf: bytes) -> str | None:
+    """The encoding of a Shapefile's attribute text when nothing declares it (no .cpg, no --encoding).
+
+    GDAL then hands the DBF's bytes over undecoded, and GBK bytes are not UTF-8 (pyarrow refuses them).
+    Returns ``"GBK"`` (or ``"GB18030"``) when the records are not UTF-8 but decode as such and hold
+    Chinese text; None when they are UTF-8/ASCII or nothing fits (the reader then says which option to pass).
+    """
+    if len(dbf) < 32:
+        return None
+    header_length = int.from_bytes(dbf[8:10], "little")
+    record_length = max(int.from_bytes(dbf[10:12], "little"), 1)
+    records = dbf[header_length:header_length + DBF_SAMPLE_BYTES]
+    records = records[:len(records) - len(records) % record_length]  # whole records only
+    try:
+        records.decode("utf-8")
+        return None
+    except UnicodeDecodeError:
+        pass
+    for candidate in ("GBK", "GB18030"):
+        try:
+            text = records.decode(candidate)
+        except UnicodeDecodeError:
+            continue
+        if _CJK.search(text):
+            return candidate
+    return None

@@ -32,7 +32,11 @@ def check_types(geoms: np.ndarray, kind: str) -> tuple[np.ndarray, dict[int, str
     wrong = present & ~np.isin(type_names, list(allowed))
     for i in np.flatnonzero(wrong):
         rejects[int(i)] = f"wrong geometry type {type_names[i]} (layer takes {kind}s)"
-    ok = present & ~wrong
+    # GEOS cannot validate, repair or transform inf/NaN coordinates (make_valid raises): reject them first
+    non_finite = present & ~wrong & ~_finite(np.where(present & ~wrong, geoms, None))
+    for i in np.flatnonzero(non_finite):
+        rejects[int(i)] = "geometry has a non-finite coordinate (inf or NaN)"
+    ok = present & ~wrong & ~non_finite
     if kind == "line":
         multi = ok & (type_names == "MultiLineString")
         if multi.any():
@@ -64,6 +68,17 @@ def check_types(geoms: np.ndarray, kind: str) -> tuple[np.ndarray, dict[int, str
         if len(idx):
             out[idx] = shapely.multipolygons(out[idx], indices=np.arange(len(idx)))
     return out, rejects, notes
+
+
+def _finite(geoms: np.ndarray) -> np.ndarray:
+    """Per geometry: every coordinate (x, y and z when present) is finite; True for missing entries."""
+    coords, index = shapely.get_coordinates(geoms, include_z=True, return_index=True)
+    bad = ~np.isfinite(coords[:, :2]).all(axis=1)
+    has_z = shapely.has_z(geoms)
+    bad |= has_z[index] & ~np.isfinite(coords[:, 2])
+    out = np.ones(len(geoms), dtype=bool)
+    out[np.unique(index[bad])] = False
+    return out
 
 
 def _polygonal(geom):

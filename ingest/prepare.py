@@ -5,13 +5,22 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import shapely
 
 from ingest import geometry as geo
-from ingest.specs import DEFAULT_DEPTH_M, MAX_BUILDING_HEIGHT_M, MAX_DEPTH_M
+
+if TYPE_CHECKING:
+    from ingest.addresses import AddressParser
+
+#: default burial depth (m) per pipeline kind when a delivery gives none (typical Shanghai practice)
+DEFAULT_DEPTH_M = {"给水": 1.2, "排水": 2.5, "雨水": 2.0, "污水": 3.0, "燃气": 1.2, "电力": 1.0,
+                   "通信": 0.8, "热力": 1.5, "工业": 1.5}
+MAX_BUILDING_HEIGHT_M = 700.0
+MAX_DEPTH_M = 100.0
 
 PIPE_KIND_SYNONYMS = {"上水": "给水", "供水": "给水", "自来水": "给水", "煤气": "燃气", "天然气": "燃气",
                       "电信": "通信", "通讯": "通信", "供电": "电力", "路灯": "电力", "雨污合流": "排水",
@@ -26,6 +35,9 @@ class Context:
     floor_height_m: float
     part_classes: set[str]  # 2- and 4-digit codes
     next_sequence: dict[str, int] = field(default_factory=dict)  # 10-digit code prefix -> last used sequence
+    object_code_rows: dict[str, int] = field(default_factory=dict)  # code -> source row that took it in this run
+    cur: Any = None  # the load's cursor, inside its transaction (rules that look at the base use it)
+    address_parser: AddressParser | None = None
 
 
 @dataclass
@@ -34,6 +46,17 @@ class Prepared:
     geometry: np.ndarray | None
     rejects: dict[int, str]
     notes: dict[int, str]
+
+
+def with_placeholders(geoms: np.ndarray, valid: np.ndarray, kind: str = "polygon") -> np.ndarray:
+    """Rejected rows carry a placeholder (a ``kind``: point, line or polygon) so vectorised rules run
+    over the whole batch."""
+    out = geoms.copy()
+    placeholder = (shapely.Point(0, 0) if kind == "point" else shapely.LineString([(0, 0), (1, 0)])
+                   if kind == "line" else shapely.MultiPolygon([shapely.box(0, 0, 1, 1)]))
+    out[~valid] = placeholder
+    out[pd.isna(out)] = placeholder
+    return out
 
 
 def _reject_where(rejects: dict[int, str], mask: np.ndarray, reason) -> None:
@@ -99,7 +122,10 @@ def prepare_parts(frame: pd.DataFrame, geoms: np.ndarray, ctx: Context, district
         ctx.part_classes).fillna(False) & part_subclass.astype("string").str.fullmatch(r"\d{4}").fillna(False)
     _reject_where(rejects, (part_subclass.notna() & ~known).to_numpy(dtype=bool),
                   lambda i: f"unknown part class {part_subclass.iat[i]!r}")
-    # parts without an object code get: district adcode + class + subclass + next sequence
+    # parts without an object code get: district adcode + class + subclass + next sequence (after any
+    # code this delivery gives explicitly, so a generated code never repeats a given one)
+    for code in text[given & well_formed].dropna():
+        ctx.next_sequence[code[:10]] = max(ctx.next_sequence.get(code[:10], 0), int(code[10:]))
     codes = codes.to_numpy(dtype=object).copy()
     subclasses = part_subclass.to_numpy(dtype=object).copy()
     for i in np.flatnonzero(pd.isna(codes)):

@@ -7,10 +7,12 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import psycopg2
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from cim.config import settings
+from ingest.faults import pause_at
 from ingest.report import IngestReport
 
 
@@ -25,13 +27,19 @@ def load_transaction(engine: Engine, report: IngestReport) -> Iterator:
     raw = engine.raw_connection()
     try:
         yield raw.cursor()
+        pause_at("commit")
         if report.dry_run:
             raw.rollback()
             report.run_id = None
         else:
             raw.commit()
     except BaseException:
-        raw.rollback()
+        try:
+            raw.rollback()
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            # the connection is gone, and the server rolled the transaction back with it: the error
+            # that is on its way says why, this one ('connection already closed') would only hide it
+            raw.invalidate()
         raise
     finally:
         raw.close()

@@ -3,19 +3,24 @@ coordinate or WKT columns. Yields batches of attributes + shapely geometries + s
 and says which CRS and encoding the file declared."""
 from __future__ import annotations
 
+import codecs
 import csv
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyogrio
 import shapely
 
 from cim.errors import UserError
-from ingest.encoding import EncodingProblem, repair_column
+from ingest.columns import line_breaks, merged_rows_reason
+from ingest.encoding import (BYTES_AS_TEXT, DBF_SAMPLE_BYTES, EncodingProblem, decode_column, guess_dbf_encoding,
+                             repair_column)
+from ingest.sequence import number_by_line, scan_sequence
 
 BATCH_ROWS = 100_000
 OGR_SUFFIXES = {".geojson", ".json", ".geojsonl", ".geojsons", ".jsonl", ".shp", ".gpkg", ".fgb", ".zip", ".gml", ".kml", ".tab", ".mif", ".sqlite", ".gdb"}
@@ -52,6 +57,7 @@ class Source:
     encoding: str | None
     notes: list[str]
     batches: Iterator[Batch]
+    unreadable: int = 0  # records that could not be read at all (each one a reject with its line number)
 
 
 def open_source(path: Path, options: ReadOptions) -> Source:
@@ -97,28 +103,76 @@ def _open_ogr(path: Path, options: ReadOptions) -> Source:
         raise ReadError(f"{path}: has several layers ({names}); choose one with --layer")
     if layer is not None and layer not in {str(n) for n, _ in layers}:
         raise ReadError(f"{path}: no layer {layer!r} (layers: {', '.join(str(n) for n, _ in layers)})")
-    info = pyogrio.read_info(ogr_path, layer=layer, encoding=options.encoding)
+    if options.encoding:
+        try:
+            codecs.lookup(options.encoding)
+        except LookupError as exc:
+            raise ReadError(f"{path}: unknown encoding {options.encoding!r} (e.g. GBK, GB18030, UTF-8)") from exc
     notes: list[str] = []
+    guessed = None if options.encoding else _undeclared_shapefile_encoding(path, ogr_path)
+    if guessed:
+        options = replace(options, encoding=guessed)
+        notes.append(f"no .cpg says how the text is encoded; it decodes as {guessed}, so it was read as {guessed} "
+                     "(pass --encoding to choose another)")
+    info = pyogrio.read_info(ogr_path, layer=layer, encoding=options.encoding)
     cpg = path.with_suffix(".cpg")
     declared_encoding = options.encoding or (cpg.read_text().strip() if cpg.exists() else info.get("encoding"))
+    # an explicit encoding of a DBF is applied by us to the bytes as stored, exactly once: GDAL would
+    # apply it to whatever the file holds, even text already mis-decoded and re-saved as UTF-8
+    explicit = options.encoding if options.encoding and info.get("driver") == "ESRI Shapefile" else None
+    batches = _ogr_batches(ogr_path, layer, options, notes, path, explicit)
+    unreadable = 0
+    if info.get("driver") == "GeoJSONSeq":
+        scan = scan_sequence(path)
+        batches, unreadable = number_by_line(batches, scan, path, Batch), len(scan.unreadable)
     return Source(path=path, format=info.get("driver") or path.suffix.lstrip("."),
                   declared_crs=info.get("crs"), encoding=declared_encoding, notes=notes,
-                  batches=_ogr_batches(ogr_path, layer, options, notes, path))
+                  batches=batches, unreadable=unreadable)
+
+
+def _undeclared_shapefile_encoding(path: Path, ogr_path: str) -> str | None:
+    """For a Shapefile (plain or zipped) that has no .cpg: the encoding its .dbf's text decodes as, if not UTF-8."""
+    if not ogr_path.lower().endswith(".shp"):
+        return None
+    if ogr_path.startswith("/vsizip/"):
+        member = ogr_path[len(f"/vsizip/{path}/"):]
+        with zipfile.ZipFile(path) as archive:
+            names = {n.lower(): n for n in archive.namelist()}
+            stem = member[:-4].lower()
+            dbf = names.get(stem + ".dbf")
+            if stem + ".cpg" in names or dbf is None:
+                return None
+            with archive.open(dbf) as f:
+                return guess_dbf_encoding(f.read(DBF_SAMPLE_BYTES + 65536))
+    if path.with_suffix(".cpg").exists() or path.with_suffix(".CPG").exists():
+        return None
+    dbf = next((p for p in (path.with_suffix(".dbf"), path.with_suffix(".DBF")) if p.exists()), None)
+    if dbf is None:
+        return None
+    with open(dbf, "rb") as f:
+        return guess_dbf_encoding(f.read(DBF_SAMPLE_BYTES + 65536))
 
 
 def _ogr_batches(ogr_path: str, layer: str | None, options: ReadOptions, notes: list[str],
-                 path: Path) -> Iterator[Batch]:
+                 path: Path, explicit: str | None) -> Iterator[Batch]:
     start = 1
     repaired: dict[str, str] = {}
-    with pyogrio.open_arrow(ogr_path, layer=layer, encoding=options.encoding, use_pyarrow=True,
+    read_as = BYTES_AS_TEXT if explicit else options.encoding
+    with pyogrio.open_arrow(ogr_path, layer=layer, encoding=read_as, use_pyarrow=True,
                             batch_size=options.batch_rows) as (meta, reader):
         geom_col = meta["geometry_name"] or "wkb_geometry"
         for record_batch in reader:
             n = record_batch.num_rows
             columns = [c for c in record_batch.schema.names if c != geom_col]
-            frame = record_batch.select(columns).to_pandas() if columns else pd.DataFrame(index=range(n))
-            if options.encoding is None:
-                _repair_text(frame, path, repaired, notes)
+            try:
+                frame = record_batch.select(columns).to_pandas() if columns else pd.DataFrame(index=range(n))
+                if explicit:
+                    _decode_text(frame, path, explicit, repaired, notes)
+                elif options.encoding is None:
+                    _repair_text(frame, path, repaired, notes)
+            except (pa.ArrowInvalid, UnicodeDecodeError) as exc:  # undecoded bytes of an undeclared code page
+                raise ReadError(f"{path}: text near row {start} is not UTF-8 and nothing declares its encoding "
+                                f"({exc}); pass it with --encoding (e.g. --encoding gbk)") from None
             geometry = None
             if geom_col in record_batch.schema.names:
                 geometry = shapely.from_wkb(record_batch.column(geom_col).to_numpy(zero_copy_only=False))
@@ -126,10 +180,32 @@ def _ogr_batches(ogr_path: str, layer: str | None, options: ReadOptions, notes: 
             start += n
 
 
+def _decode_text(frame: pd.DataFrame, path: Path, encoding: str, peeled: dict[str, str],
+                 notes: list[str]) -> None:
+    try:  # the DBF's field names are in the same encoding as its values
+        names, _ = decode_column(pd.Series(list(frame.columns), dtype=object), "(field names)", encoding)
+    except EncodingProblem as exc:
+        raise ReadError(f"{path}: field name {exc.sample!r} is not valid {encoding}; check --encoding") from exc
+    frame.columns = list(names)
+    for column in _text_columns(frame):
+        try:
+            frame[column], layers = decode_column(frame[column], column, encoding)
+        except EncodingProblem as exc:
+            raise ReadError(f"{path}: column {exc.column!r} is not valid {encoding} (e.g. {exc.sample!r}); "
+                            "check --encoding") from exc
+        if layers and column not in peeled:
+            peeled[column] = encoding
+            notes.append(f"column {column!r}: {encoding} text that had been read as Latin-1 and saved as UTF-8 "
+                         f"({layers}×): undone, then decoded as {encoding}")
+
+
+def _text_columns(frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns
+            if pd.api.types.is_object_dtype(frame[c]) or pd.api.types.is_string_dtype(frame[c])]
+
+
 def _repair_text(frame: pd.DataFrame, path: Path, repaired: dict[str, str], notes: list[str]) -> None:
-    for column in frame.columns:
-        if not (pd.api.types.is_object_dtype(frame[column]) or pd.api.types.is_string_dtype(frame[column])):
-            continue
+    for column in _text_columns(frame):
         try:
             fixed, how = repair_column(frame[column], column)
         except EncodingProblem as exc:
@@ -228,11 +304,15 @@ def _csv_batches(path: Path, encoding: str, options: ReadOptions) -> Iterator[Ba
 
 def _csv_geometry(chunk: pd.DataFrame, options: ReadOptions) -> tuple[np.ndarray | None, dict[int, str]]:
     errors: dict[int, str] = {}
+    for column in (options.x, options.y, options.z, options.wkt):
+        if column:
+            for i in line_breaks(chunk[column]):
+                errors.setdefault(int(i), merged_rows_reason(column))
     if options.wkt:
         text = chunk[options.wkt].to_numpy(dtype=object)
         geometry = shapely.from_wkt(np.where(text == "", None, text), on_invalid="ignore")
         for i in np.flatnonzero(pd.isna(geometry) & (text != "")):
-            errors[int(i)] = f"field {options.wkt!r}: not valid WKT"
+            errors.setdefault(int(i), f"field {options.wkt!r}: not valid WKT")
         return geometry, errors
     if not options.x:
         return None, errors
@@ -243,7 +323,9 @@ def _csv_geometry(chunk: pd.DataFrame, options: ReadOptions) -> tuple[np.ndarray
         values = pd.to_numeric(chunk[column].str.strip(), errors="coerce").to_numpy(dtype=float)
         for i in np.flatnonzero(np.isnan(values) & (chunk[column].str.strip() != "").to_numpy()):
             errors.setdefault(int(i), f"field {column!r}: {chunk[column].iat[int(i)]!r} is not a number")
-        coords[axis] = values
+        for i in np.flatnonzero(np.isinf(values)):  # "inf", "-Infinity", "1e999": no place on Earth
+            errors.setdefault(int(i), f"field {column!r}: {chunk[column].iat[int(i)]!r} is not a finite number")
+        coords[axis] = np.where(np.isinf(values), np.nan, values)
     ok = ~(np.isnan(coords["x"]) | np.isnan(coords["y"]))
     geometry = np.full(len(chunk), None, dtype=object)
     if "z" in coords:

@@ -59,10 +59,13 @@ def sha256_of(path: Path) -> str:
 
 
 class RejectsWriter:
-    """Rejected rows of one file as CSV: row number, reason, then the row as it came in (+ WKT)."""
+    """Rejected rows of one file as CSV: row number, reason, then the row as it came in (+ WKT).
+
+    Written under ``PATH.partial`` until :meth:`RejectsFiles.publish` gives it its own name."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.partial = path.with_name(path.name + PARTIAL_SUFFIX)
         self._file = None
         self._writer = None
         self.count = 0
@@ -76,11 +79,12 @@ class RejectsWriter:
         out.insert(0, "reason", [reasons[i] for i in positions])
         out.insert(0, "row", rows[positions])
         picked = None if geometry is None else geometry[positions]
+        # as read, in the file's own CRS, at full precision: the row can be corrected and delivered again
         out["geometry_wkt"] = "" if picked is None else [
-            "" if g is None else shapely.to_wkt(g, rounding_precision=3) for g in picked]
+            "" if g is None else shapely.to_wkt(g, rounding_precision=-1) for g in picked]
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "w", newline="", encoding="utf-8")
+            self._file = open(self.partial, "w", newline="", encoding="utf-8")
             out.to_csv(self._file, index=False)
             self._writer = csv.writer(self._file)
         else:
@@ -90,14 +94,45 @@ class RejectsWriter:
     def write_plain(self, row: int, reason: str) -> None:
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "w", newline="", encoding="utf-8")
+            self._file = open(self.partial, "w", newline="", encoding="utf-8")
             self._writer = csv.writer(self._file)
             self._writer.writerow(["row", "reason"])
         self._writer.writerow([row, reason])
         self.count += 1
 
     def close(self) -> str | None:
+        """The path the file will have once published (None when nothing was rejected)."""
         if self._file:
             self._file.close()
             return str(self.path)
         return None
+
+
+PARTIAL_SUFFIX = ".partial"
+
+
+class RejectsFiles:
+    """The rejects files of one load. They take their own names only when the load ends with an outcome
+    the report describes (committed, dry run, refused under --strict); a load that fails otherwise
+    removes them, and one killed outright leaves them marked ``.partial``: no rejects file ever
+    describes rows of a load that never happened."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._writers: list[RejectsWriter] = []
+
+    def writer(self, name: str) -> RejectsWriter:
+        writer = RejectsWriter(self.directory / name)
+        self._writers.append(writer)
+        return writer
+
+    def publish(self) -> None:
+        for writer in self._writers:
+            writer.close()
+            if writer.partial.exists():
+                writer.partial.replace(writer.path)
+
+    def discard(self) -> None:
+        for writer in self._writers:
+            writer.close()
+            writer.partial.unlink(missing_ok=True)

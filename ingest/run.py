@@ -23,14 +23,13 @@ from cim.crs import CrsSpec, check_extent, resolve_crs, transform_geometries
 from cim.errors import UserError
 from cim.gridindex import GridIndex, representative_points
 from cim.registry import bump_version
-from cim.schema import CURTAIN_WALL_SUPPORT_TYPES as SUPPORT_TYPES
 from ingest import geometry as geo
-from ingest.addresses import AddressParser
 from ingest import merge, prepare
 from ingest.columns import coerce, plan_columns
 from ingest.read import Batch, ReadOptions, open_source
 from ingest.provenance import finish_run, load_transaction, operator_name, record_failure, start_run
-from ingest.report import FileReport, IngestReport, RejectsWriter, sha256_of
+from ingest.faults import database_faults, pause_at
+from ingest.report import FileReport, IngestReport, RejectsFiles, sha256_of
 from ingest.specs import SPECS, LayerSpec
 
 MODES = ("upsert", "append", "replace")
@@ -82,11 +81,12 @@ def ingest_files(layer: str, paths: list[Path], options: IngestOptions, engine: 
     for path in paths:
         if not Path(path).exists():
             raise IngestError(f"{path}: no such file")
-    if spec.table is None:
-        from ingest import tables  # readings and responsibility are not feature tables
+    with database_faults(spec.name):
+        if spec.table is None:
+            from ingest import tables  # readings and responsibility are not feature tables
 
-        return tables.ingest_table(spec, [Path(p) for p in paths], options, engine, progress)
-    return FeatureLoad(spec, [Path(p) for p in paths], options, engine, progress).run()
+            return tables.ingest_table(spec, [Path(p) for p in paths], options, engine, progress)
+        return FeatureLoad(spec, [Path(p) for p in paths], options, engine, progress).run()
 
 
 class FeatureLoad:
@@ -100,25 +100,22 @@ class FeatureLoad:
         self.seen_ids: dict[str, int] = {}  # source id -> row number of its first occurrence
         self.duplicate_ids: set[str] = set()
         self.rejects_dir = options.rejects_dir or (cim_home() / "rejects")
+        self.rejects = RejectsFiles(self.rejects_dir)
 
     # --- context read once per run -------------------------------------------------------------
-    def _context(self) -> tuple[prepare.Context, GridIndex | None, AddressParser | None]:
+    def _context(self) -> tuple[prepare.Context, GridIndex | None]:
         with self.engine.connect() as conn:
             classes = {r[0] for r in conn.execute(sa.text("SELECT code FROM part_classes"))}
             ctx = prepare.Context(srid=self.settings.srid, floor_height_m=self.settings.floor_height_m,
                                   part_classes=classes)
-            if self.spec.table == "parts":
-                ctx.next_sequence = dict(conn.execute(sa.text(
-                    "SELECT left(object_code, 10), max(right(object_code, 6)::int) FROM parts GROUP BY 1")).all())
+            if self.spec.read_context:
+                self.spec.read_context(conn, ctx)
             grid_index = GridIndex.load(conn) if self.spec.enrich else None
-            parser = None
-            if self.spec.table == "addresses":
-                parser = AddressParser.load(conn)
-        return ctx, grid_index, parser
+        return ctx, grid_index
 
     def run(self) -> IngestReport:
         started = time.perf_counter()
-        self.ctx, self.grid_index, self.parser = self._context()
+        self.ctx, self.grid_index = self._context()
         r = self.report
         try:
             with load_transaction(self.engine, r) as raw_cursor:
@@ -130,10 +127,15 @@ class FeatureLoad:
                     cur.finish(check=False)  # the COPY in flight ends before the rollback
                     raise
         except StrictRefusal as exc:
+            self.rejects.publish()  # they are why the load was refused
             r.status, r.message = "failed", str(exc)
             r.duration_s = round(time.perf_counter() - started, 3)
             record_failure(self.engine, r, self._operator())
             raise
+        except BaseException:
+            self.rejects.discard()
+            raise
+        self.rejects.publish()
         return r
 
     def _load(self, cur, started: float) -> None:
@@ -142,11 +144,13 @@ class FeatureLoad:
         # one load of a layer at a time (a second waits here); readers go on reading the committed base
         cur.execute(f'LOCK TABLE "{self.spec.table}" IN SHARE ROW EXCLUSIVE MODE')
         start_run(cur, r, self._operator(), self._options_json())
-        self.cur = cur
+        self.ctx.cur = cur
+        if self.spec.begin:
+            self.spec.begin(cur, self.ctx)  # after the lock: what it reads cannot change until the commit
         self.columns = merge.table_columns(cur, self.spec.table)
         # links to other layers are made by the merge's SQL: those layers always go through staging
         self.direct = (merge.DirectLoad(cur, self.spec.table, self.columns, r.run_id)
-                       if not self._merge_sql() and merge.DirectLoad.applies(cur, self.spec.table) else None)
+                       if not self.spec.merge_sql and merge.DirectLoad.applies(cur, self.spec.table) else None)
         if self.direct is None:
             merge.create_stage(cur, self.spec.table, self.columns)
         for path in self.paths:
@@ -159,7 +163,7 @@ class FeatureLoad:
             counts = self.direct.finish()
         else:
             counts = merge.merge(cur, self.spec.table, self.columns, self.options.mode, r.run_id,
-                                 **self._merge_sql())
+                                 **self.spec.merge_sql)
         r.inserted, r.updated, r.unchanged, r.closed = (counts.inserted, counts.updated, counts.unchanged,
                                                         counts.closed)
         r.duration_s = round(time.perf_counter() - started, 3)
@@ -171,16 +175,22 @@ class FeatureLoad:
     # --- one file ---------------------------------------------------------------------------------
     def _load_file(self, cur, path: Path) -> None:
         source = open_source(path, self.options.read_options())
+        if source.unreadable and self.options.mode == "replace":
+            # replace closes every feature the delivery does not hold: one whose line is unreadable would go
+            raise IngestError(f"{path}: {source.unreadable} line(s) cannot be read, so --mode replace would close "
+                              "the features on them; repair the file, or load it with --mode upsert (the "
+                              "unreadable lines are then listed as rejects)")
         crs = self._crs_for(source.declared_crs, path)
         file_report = FileReport(path=str(path), sha256=sha256_of(path), format=source.format,
                                  crs=crs.name if crs else None, encoding=source.encoding)
         if self.options.crs and source.declared_crs and crs and resolve_crs(source.declared_crs).name != crs.name:
             file_report.notes.append(f"--crs {crs.name} overrides the file's declared {source.declared_crs}")
         self.report.files.append(file_report)
-        rejects = RejectsWriter(self.rejects_dir / f"run-{self.report.run_id}-{path.stem}.rejects.csv")
+        rejects = self.rejects.writer(f"run-{self.report.run_id}-{path.stem}.rejects.csv")
         plan = None
         try:
             for batch in source.batches:
+                pause_at("reading")
                 if plan is None:
                     plan = plan_columns(self.spec, list(batch.attributes.columns), self._mapping(), str(path))
                     self._check_key(plan, path)
@@ -199,14 +209,14 @@ class FeatureLoad:
         self.report.rejected += file_report.rejected
 
     def _crs_for(self, declared: str | None, path: Path) -> CrsSpec | None:
-        if self.spec.geometry is None and self.spec.table != "curtain_walls":
+        if self.spec.geometry is None and not self.spec.geometry_from_link:
             return None
         if self.options.crs:
             return resolve_crs(self.options.crs)
         if declared:
             return resolve_crs(declared)
-        if self.spec.table == "curtain_walls":
-            return None  # geometry comes from the linked building
+        if self.spec.geometry_from_link:
+            return None  # geometry comes from the linked feature
         raise IngestError(f"{path}: the file declares no coordinate system (no .prj / crs member / SRS) and no "
                           "--crs was given; pass e.g. --crs EPSG:4490, --crs EPSG:4549, --crs gcj02 or --crs bd09")
 
@@ -230,14 +240,14 @@ class FeatureLoad:
         frame = frame.reset_index(drop=True)
         if "source_id" in frame and self.spec.key_fallback:
             frame["source_id"] = frame["source_id"].fillna(frame[self.spec.key_fallback])
-        geoms = self._geometry(batch, crs, path, reasons)
-        prepared = self._apply_rules(frame, geoms, reasons)
+        geoms, geometry_notes = self._geometry(batch, crs, path, reasons)
+        prepared = self._apply_rules(frame, geoms, reasons, geometry_notes)
         frame, geoms = prepared.frame, prepared.geometry
         reasons.update({k: v for k, v in prepared.rejects.items() if k not in reasons})
-        if self.spec.table == "curtain_walls":
-            self._check_curtain_walls(cur, frame, reasons)
-        self.report.repaired += sum(1 for k in prepared.notes if k not in reasons and "make_valid" in prepared.notes[k])
         self._check_keys(frame, batch.rows, reasons)
+        if self.spec.check:  # after the keys: a repeated source id is reported as such, whatever else it repeats
+            self.spec.check(cur, frame, batch.rows, reasons, self.ctx)
+        self.report.repaired += sum(1 for k in prepared.notes if k not in reasons and "make_valid" in prepared.notes[k])
         keep = np.array([i not in reasons for i in range(len(frame))], dtype=bool)
         if not keep.any():
             return reasons
@@ -250,12 +260,15 @@ class FeatureLoad:
         else:
             frame["row_no"] = batch.rows[keep]
             merge.copy_rows(cur, frame, ewkb, [*self.columns, "row_no"])
+        pause_at("copy")
         return reasons
 
-    def _geometry(self, batch: Batch, crs: CrsSpec | None, path: Path, reasons: dict[int, str]) -> np.ndarray | None:
+    def _geometry(self, batch: Batch, crs: CrsSpec | None, path: Path,
+                  reasons: dict[int, str]) -> tuple[np.ndarray | None, dict[int, str]]:
+        """This batch's geometry in the storage CRS, and its repair notes by batch position."""
         if self.spec.geometry is None and (batch.geometry is None or crs is None
                                            or pd.isna(batch.geometry).all()):
-            return None
+            return None, {}
         if batch.geometry is None:
             raise IngestError(f"{path}: layer {self.spec.name} needs geometry; give --x/--y or --wkt for CSV")
         kind = self.spec.geometry or "polygon"
@@ -272,11 +285,10 @@ class FeatureLoad:
                 raise IngestError(f"{path}: {exc}") from exc
             geoms = geoms.copy()
             geoms[present] = transform_geometries(geoms[present], crs, f"EPSG:{self.settings.srid}")
-        self._geometry_notes = notes
-        return geoms
+        return geoms, notes
 
-    def _apply_rules(self, frame: pd.DataFrame, geoms: np.ndarray | None, reasons: dict[int, str]) -> prepare.Prepared:
-        table = self.spec.table
+    def _apply_rules(self, frame: pd.DataFrame, geoms: np.ndarray | None, reasons: dict[int, str],
+                     geometry_notes: dict[int, str]) -> prepare.Prepared:
         valid = np.array([i not in reasons for i in range(len(frame))], dtype=bool)
         codes = self._enrich(geoms, valid)
         if codes:
@@ -287,39 +299,11 @@ class FeatureLoad:
         if geoms is not None:
             safe = geoms.copy()
             safe[~valid] = None
-        notes = getattr(self, "_geometry_notes", {})
-        if table == "buildings":
-            result = prepare.prepare_buildings(frame, _filled(safe, valid), self.ctx)
-        elif table == "parts":
-            result = prepare.prepare_parts(frame, _filled(safe, valid, point=True), self.ctx,
-                                           codes.get("district_code", np.full(len(frame), None, dtype=object)),
-                                           self._existing_object_codes(frame))
-        elif table == "pipelines":
-            result = prepare.prepare_pipelines(frame, _filled(safe, valid, line=True), self.ctx)
-        elif table in ("addresses", "iot_devices"):
-            result = prepare.prepare_points(frame, _filled(safe, valid, point=True), self.ctx)
-            if table == "addresses":
-                result = self.parser.prepare(result)
-        elif table in ("districts", "streets", "communities", "grids"):
-            result = prepare.Prepared(prepare.parent_codes(frame, table),
-                                      None if safe is None else geo.with_constant_z(_filled(safe, valid),
-                                                                                   np.zeros(len(frame))), {}, {})
-        else:  # curtain walls: geometry optional
-            result = prepare.Prepared(frame, None if safe is None else geo.with_constant_z(
-                _filled(safe, valid), np.zeros(len(frame))), {}, {})
+        result = self.spec.rules(frame, safe, valid, self.ctx)
         if result.geometry is not None:
             result.geometry[~valid] = None
-        result.notes.update(notes)
+        result.notes.update(geometry_notes)
         return result
-
-    def _existing_object_codes(self, frame: pd.DataFrame) -> dict[str, str]:
-        """Codes the base already gave these parts, so a re-delivery without codes keeps them."""
-        ids = frame.loc[frame["object_code"].isna(), "source_id"].dropna().tolist()
-        if not ids:
-            return {}
-        self.cur.execute("SELECT source_id, object_code FROM parts WHERE valid_to IS NULL AND source_id = ANY(%s)",
-                         (ids,))
-        return dict(self.cur.fetchall())
 
     def _enrich(self, geoms: np.ndarray | None, valid: np.ndarray) -> dict[str, np.ndarray]:
         if self.grid_index is None or geoms is None or self.grid_index.is_empty:
@@ -331,17 +315,6 @@ class FeatureLoad:
             for column, values in self.grid_index.assign(points).items():
                 out[column][valid] = values
         return out
-
-    def _check_curtain_walls(self, cur, frame: pd.DataFrame, reasons: dict[int, str]) -> None:
-        support = frame["support_type"].to_numpy(dtype=object)
-        for i in np.flatnonzero(pd.notna(support) & ~np.isin(support, SUPPORT_TYPES)):
-            reasons.setdefault(int(i), f"unknown support type {support[i]!r} (one of {'、'.join(SUPPORT_TYPES)})")
-        wanted = sorted({b for b in frame["building_source_id"] if b is not None})
-        cur.execute("SELECT source_id FROM buildings WHERE valid_to IS NULL AND source_id = ANY(%s)", (wanted,))
-        known = {r[0] for r in cur.fetchall()}
-        for i, building in enumerate(frame["building_source_id"]):
-            if building not in known:
-                reasons.setdefault(i, f"unknown building {building!r} (load buildings first)")
 
     def _check_keys(self, frame: pd.DataFrame, rows: np.ndarray, reasons: dict[int, str]) -> None:
         if self.options.mode == "append" or "source_id" not in frame:
@@ -367,7 +340,7 @@ class FeatureLoad:
             cur.execute("DELETE FROM _stage WHERE source_id = ANY(%s) RETURNING row_no, source_id",
                         (list(self.duplicate_ids),))
             taken = cur.fetchall()
-        writer = RejectsWriter(self.rejects_dir / f"run-{self.report.run_id}-duplicates.rejects.csv")
+        writer = self.rejects.writer(f"run-{self.report.run_id}-duplicates.rejects.csv")
         for row_no, key in taken:
             writer.write_plain(row_no, f"duplicate source id {key!r} (first occurrence; repeated later in the file)")
         path = writer.close()
@@ -375,24 +348,6 @@ class FeatureLoad:
         if self.report.files:
             self.report.files[-1].rejected += len(taken)
             self.report.files[-1].notes.append(f"{len(taken)} first occurrence(s) of duplicated ids in {path}")
-
-    def _merge_sql(self) -> dict:
-        table = self.spec.table
-        if table == "curtain_walls":
-            return {"extra_select": {
-                "geom": "COALESCE(s.geom, b.geom)", "building_feature_id": "b.feature_id",
-                **{c: f"COALESCE(s.{c}, b.{c})" for c in ("district_code", "street_code", "community_code",
-                                                          "grid_code")}},
-                "joins": "LEFT JOIN buildings b ON b.source_id = s.building_source_id AND b.valid_to IS NULL"}
-        if table == "buildings":
-            return {"extra_select": {"address_feature_id": (
-                "(SELECT a.feature_id FROM addresses a WHERE a.valid_to IS NULL AND ST_Covers(s.geom, a.geom) "
-                "ORDER BY a.door_int NULLS LAST, a.standard_address LIMIT 1)")}}
-        if table == "addresses":
-            return {"extra_select": {"building_feature_id": (
-                "(SELECT b.feature_id FROM buildings b WHERE b.valid_to IS NULL AND ST_Covers(b.geom, s.geom) "
-                "ORDER BY b.source_id LIMIT 1)")}}
-        return {}
 
     # --- provenance -----------------------------------------------------------------------------
     def _operator(self) -> str:
@@ -404,12 +359,3 @@ class FeatureLoad:
                                   "z": o.z, "wkt": o.wkt, "map": o.mapping or None, "strict": o.strict,
                                   "address_column": o.address_column}.items() if v}
 
-
-def _filled(geoms: np.ndarray, valid: np.ndarray, point: bool = False, line: bool = False) -> np.ndarray:
-    """Rejected rows carry a placeholder so vectorised rules run over the whole batch."""
-    out = geoms.copy()
-    placeholder = (shapely.Point(0, 0) if point else shapely.LineString([(0, 0), (1, 0)]) if line
-                   else shapely.MultiPolygon([shapely.box(0, 0, 1, 1)]))
-    out[~valid] = placeholder
-    out[pd.isna(out)] = placeholder
-    return out

@@ -14,7 +14,7 @@ from cim.readings import advance_latest, ensure_month_partitions
 from ingest.columns import coerce, plan_columns
 from ingest.read import open_source
 from ingest.provenance import finish_run, load_transaction, operator_name, start_run
-from ingest.report import FileReport, IngestReport, RejectsWriter, sha256_of
+from ingest.report import FileReport, IngestReport, RejectsFiles, sha256_of
 from ingest.specs import LayerSpec
 
 
@@ -23,7 +23,18 @@ def ingest_table(spec: LayerSpec, paths: list[Path], options, engine, progress=N
 
     started = time.perf_counter()
     report = IngestReport(layer=spec.name, mode=options.mode, dry_run=options.dry_run)
-    rejects_dir = options.rejects_dir or (cim_home() / "rejects")
+    rejects = RejectsFiles(options.rejects_dir or (cim_home() / "rejects"))
+    try:
+        _load(spec, paths, options, report, rejects, engine, progress, started)
+    except BaseException:
+        rejects.discard()  # those of a --strict refusal were published first
+        raise
+    rejects.publish()
+    return report
+
+
+def _load(spec: LayerSpec, paths: list[Path], options, report: IngestReport, rejects: RejectsFiles, engine,
+          progress, started: float) -> None:
     with load_transaction(engine, report) as cur:
         start_run(cur, report, operator_name(options.operator), {"map": options.mapping} if options.mapping else {})
         frames = []
@@ -32,7 +43,7 @@ def ingest_table(spec: LayerSpec, paths: list[Path], options, engine, progress=N
             file_report = FileReport(path=str(path), sha256=sha256_of(path), format=source.format, crs=None,
                                      encoding=source.encoding)
             report.files.append(file_report)
-            writer = RejectsWriter(rejects_dir / f"run-{report.run_id}-{path.stem}.rejects.csv")
+            writer = rejects.writer(f"run-{report.run_id}-{path.stem}.rejects.csv")
             plan = None
             for batch in source.batches:
                 plan = plan or plan_columns(spec, list(batch.attributes.columns), options.mapping, str(path))
@@ -54,16 +65,16 @@ def ingest_table(spec: LayerSpec, paths: list[Path], options, engine, progress=N
             report.read += file_report.read
             report.rejected += file_report.rejected
         if options.strict and report.rejected:
+            rejects.publish()  # they are why the load is refused
             raise UserError(f"--strict: {report.rejected} row(s) rejected, nothing loaded")
         data = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=spec.columns)
         if spec.name == "iot-readings":
-            _merge_readings(cur, data, report)
+            _merge_readings(cur, data, report, engine)
         else:
             _merge_responsibility(cur, data, report, options.mode)
         report.status = "dry-run" if options.dry_run else "succeeded"
         report.duration_s = round(time.perf_counter() - started, 3)
         finish_run(cur, report)
-    return report
 
 
 def _check_devices(cur, frame: pd.DataFrame, reasons: dict[int, str]) -> None:
@@ -75,11 +86,10 @@ def _check_devices(cur, frame: pd.DataFrame, reasons: dict[int, str]) -> None:
             reasons.setdefault(i, f"unknown device {device!r} (load iot-devices first)")
 
 
-def _merge_readings(cur, data: pd.DataFrame, report: IngestReport) -> None:
+def _merge_readings(cur, data: pd.DataFrame, report: IngestReport, engine) -> None:
     if data.empty:
         return
-    times = pd.to_datetime(data["time"], utc=True)
-    ensure_month_partitions(cur, {(t.year, t.month) for t in times})
+    ensure_month_partitions(engine, {(t.year, t.month) for t in pd.to_datetime(data["time"], utc=True)})
     dupes = data.duplicated(subset=["device_id", "quantity", "time"], keep=False)
     if dupes.any():
         raise UserError(f"{int(dupes.sum())} readings repeat the same device, quantity and time "

@@ -146,7 +146,7 @@ def store_batch(conn, frame: pd.DataFrame, *, evaluate: bool = True) -> IntakeRe
     report.duplicates = int(repeated.sum())
     if good.empty:
         return report
-    ensure_month_partitions(cur, zip(good["time"].dt.year, good["time"].dt.month))
+    ensure_month_partitions(conn.engine, zip(good["time"].dt.year, good["time"].dt.month))
     cur.execute("CREATE TEMP TABLE IF NOT EXISTS _intake (device_id text, quantity text, time timestamptz, "
                 "value float8) ON COMMIT DELETE ROWS")
     cur.execute("CREATE TEMP TABLE IF NOT EXISTS _stored (device_id text, quantity text, time timestamptz, "

@@ -87,7 +87,7 @@ def _problem(r, status: int, title: str, parameter: str | None = None) -> dict:
     ("/3dtiles/parts/0/root.glb", {}, 409, "Conflict", None),  # a content URL of a stale version
     ("/collections/grids/tiles/WebMercatorQuad/1/0/0", {"properties": "nope"}, 400, "Bad request parameter",
      "properties"),
-    ("/collections/grids/tiles/WebMercatorQuad/25/0/0", {}, 400, "Bad tile address", "tileMatrix"),
+    ("/collections/grids/tiles/WebMercatorQuad/25/0/0", {}, 400, "Bad request parameter", "tileMatrix"),  # the schema
     ("/collections/grids/tiles/WebMercatorQuad/1/5/0", {}, 404, "Not found", "tileRow"),
     ("/3dtiles/parts/tileset.json", {"bbox": "1,2"}, 400, "Bad request parameter", "bbox"),
     ("/nearby", {"layer": "parts", "lon": 121.47, "lat": 31.23, "filter": "no_such_property = 1"}, 400,

@@ -1,6 +1,6 @@
 """Geocoding cascade, reverse geocoding, batch and CLI (issue 4) on a real PostGIS.
 
-The base is the sample city (徐汇区: 13 streets, 56 communities, 60 grids with their posts, 2,050
+The base is the sample city (徐汇区: 13 streets, 56 communities, 60 grids with their posts, 2,129
 addresses, loaded with the real loader), plus two small districts written with SQL so that a road
 exists in two districts (虹桥路 in 徐汇区 and 长宁区) and an old district name has a target
 (闸北区 → 静安区, with 共和新路). Expected answers come from the loaded data, not from constants.
@@ -349,10 +349,10 @@ def test_area_fallback_is_inside_the_area(city, level, table, column):
 
 
 def test_unknown_road_falls_back_to_the_district(city):
-    a = _gc(city, "上海徐汇区汾阳路150号")  # 汾阳路 is not in the sample
+    a = _gc(city, "上海徐汇区太原路150号")  # 太原路 is not in the sample
     assert (a.match_level, a.score) == ("district", 0.3)
     assert _covering(city, "districts", "code", a.x, a.y) == ["310104"]
-    assert any("汾阳路 is not in the gazetteer" in n for n in a.notes)
+    assert any("太原路 is not in the gazetteer" in n for n in a.notes)
     assert a.assignment.district.code == "310104" and a.assignment.grid is None
 
 

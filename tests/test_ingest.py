@@ -61,7 +61,7 @@ def test_sample_city_loads_every_layer_and_reload_is_a_noop(city):
     counts = {t: scalar(city, f"SELECT count(*) FROM {t} WHERE valid_to IS NULL") for t in
               ("districts", "streets", "communities", "grids", "addresses", "buildings", "curtain_walls", "parts",
                "pipelines", "iot_devices")}
-    assert counts == {"districts": 1, "streets": 13, "communities": 56, "grids": 60, "addresses": 2050,
+    assert counts == {"districts": 1, "streets": 13, "communities": 56, "grids": 60, "addresses": 2129,
                       "buildings": 1500, "curtain_walls": 150, "parts": 5300, "pipelines": 172, "iot_devices": 100}
     assert scalar(city, "SELECT count(*) FROM iot_readings") == 22170
     assert scalar(city, "SELECT count(*) FROM grid_posts") > 60
@@ -395,13 +395,11 @@ def test_upsert_history_and_replace(city, tmp_path):
     run_cim("samples", "load", db_url=city)
 
 
-def test_first_load_into_an_empty_table_copies_straight_in(server_url, tmp_path, monkeypatch):
+def test_first_load_into_an_empty_table_copies_straight_in(server_url, tmp_path):
     """A table that never held a row is loaded without staging: the rows carry the run, the defaults,
     codes and grid enrichment as a merge would give them; first occurrences of ids repeated in a later
-    batch are taken back out (deleted, not terminated); indexes dropped for a bulk batch are back; and
+    batch are taken back out (deleted, not terminated); the indexes are all there; and
     loading the same file again (now through staging and the merge) changes nothing."""
-    from ingest import merge
-
     url = create_database(server_url)
     run_cim("init", db_url=url)
     load(url, "districts", SAMPLES / "xuhui" / "district.geojson", crs="EPSG:4326")
@@ -412,7 +410,6 @@ def test_first_load_into_an_empty_table_copies_straight_in(server_url, tmp_path,
     frame.to_file(path, driver="GPKG")
     with engine_for(url).connect() as conn:
         indexes = set(conn.execute(sa.text("SELECT indexdef FROM pg_indexes WHERE tablename = 'parts'")).scalars())
-    monkeypatch.setattr(merge, "BULK_MIN_ROWS", 2)  # the first batch of 4 counts as a bulk load
     report = load(url, "parts", path, batch_rows=4, rejects_dir=tmp_path)
     assert (report.inserted, report.rejected) == (10, 2), _rejects(report)
     with engine_for(url).connect() as conn:

@@ -32,7 +32,7 @@ STREETS = {
 # feature counts documented in data_samples/README.md
 COUNTS = {
     "district.geojson": 1, "streets.shp": 13, "admin.gpkg:communities": 56, "admin.gpkg:grids": 60,
-    "roads.geojson": 30, "addresses_gcj02.csv": 2000, "addresses_full.csv": 50, "buildings.gpkg:buildings": 1500,
+    "roads.geojson": 31, "addresses_gcj02.csv": 2079, "addresses_full.csv": 50, "buildings.gpkg:buildings": 1500,
     "curtain_walls.csv": 150, "parts.geojson": 5000, "parts_nocode.csv": 300, "pipelines.shp": 172,
     "iot_devices.geojson": 100, "iot_readings.csv": 22170, "responsibility.csv": 1116,
 }

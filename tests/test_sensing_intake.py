@@ -147,34 +147,20 @@ def test_thousands_of_readings_in_one_request(base, client, loader_key):
     assert latest[0] == 20 and latest[1] == latest[2]
 
 
-def test_two_batches_meeting_a_new_month_at_once_both_load(base):
-    """The second waits for the first's new partition and then uses it, instead of failing on its name."""
-    import threading
-
-    from tests.sensing_fixtures import wait_until
-
+def test_a_batch_in_a_new_month_locks_out_neither_readers_nor_other_batches(base):
+    """The month's partition is made and committed apart from the batch's transaction: while a batch
+    that made one is still open, readings can be read and another batch of that month loads."""
     engine = engine_for(base)
     body = lambda device: orjson.dumps([{"device_id": device, "quantity": "water_level", "value": 0.2,  # noqa: E731
                                          "time": "2027-03-01T00:00:00Z"}])
-    first = engine.connect()
-    tx = first.begin()
-    assert store_batch(first, parse_batch(body("IOT-0047"), "json")).stored == 1
-    outcome: dict = {}
-
-    def second() -> None:
-        try:
-            with engine.begin() as conn:
-                outcome["report"] = store_batch(conn, parse_batch(body("IOT-0048"), "json"))
-        except Exception as exc:  # noqa: BLE001 (reported below)
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=second)
-    thread.start()
-    wait_until(lambda: scalar(base, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                                    "AND datname = current_database()"), 30, "the second batch to wait")
-    tx.commit()
-    first.close()
-    thread.join(timeout=60)
-    assert "error" not in outcome, outcome.get("error")
-    assert outcome["report"].stored == 1
+    with engine.connect() as first:
+        tx = first.begin()
+        assert store_batch(first, parse_batch(body("IOT-0047"), "json")).stored == 1
+        with engine.connect() as reader:
+            reader.execute(sa.text("SET lock_timeout = '5s'"))
+            assert reader.execute(sa.text("SELECT count(*) FROM iot_readings WHERE device_id = 'IOT-0041'")).scalar()
+            reader.commit()
+            with reader.begin():
+                assert store_batch(reader, parse_batch(body("IOT-0048"), "json")).stored == 1
+        tx.commit()
     assert scalar(base, "SELECT count(*) FROM iot_readings_202703") == 2

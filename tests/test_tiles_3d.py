@@ -1,13 +1,18 @@
-"""3D Tiles: every glb passes the Khronos glTF validator, every tileset is consistent (regions nest
-and contain their content, geometric error falls, URIs resolve, metadata matches the features),
-and the geometry is right for a courtyard building, the 590 m Shanghai Tower and a pipe at -5 m."""
+"""3D Tiles: every glb passes the Khronos glTF validator and every layer's tileset the CesiumGS 3D Tiles
+validator, every tileset is consistent (regions nest and contain their content, geometric error falls,
+URIs resolve, metadata matches the features), the geometry is right for a courtyard building, the 590 m
+Shanghai Tower and a pipe at -5 m, and concurrent requests plan each tileset once without racing."""
 from __future__ import annotations
 
+import collections
 import json
 import os
 import shutil
 import subprocess
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyogrio
@@ -16,8 +21,10 @@ import shapely
 import sqlalchemy as sa
 
 from cim.crs import transform_geometries
-from tests.conftest import PROJECT, run_cim, shared_path
+from tests.conftest import PROJECT, SHARED_DATA, run_cim, shared_path
 from tiles.gltf import read_glb
+from tiles.models import MODELS
+from tiles.tileset import DEFAULT_MAX_FEATURES
 from tiles.metadata import decode_table
 
 X0, Y0 = 642900.0, 3458000.0  # EPSG:4549, near the Bund
@@ -86,12 +93,15 @@ def city(engine):
         conn.execute(sa.text("INSERT INTO pipelines (source_id, kind, diameter_mm, geom) VALUES "
                              "('g1', '燃气', 50, ST_GeomFromText(:w, 4549))"),
                      {"w": f"LINESTRING Z ({X0} {Y0 - 30} -1.2, {X0 + 100} {Y0 - 30} -1.5)"})
+        conn.execute(sa.text("INSERT INTO iot_devices (source_id, device_type, name, linked_feature, geom) VALUES "
+                             "('d1', 'water_level', '外滩水位计', 'w1', ST_GeomFromText(:w, 4549))"),
+                     {"w": f"POINT Z ({X0 + 50} {Y0 - 20} -2)"})
         for i, (cls, sub) in enumerate([("01", "0101"), ("01", "0110"), ("02", "0201")]):
             conn.execute(sa.text(
                 "INSERT INTO parts (source_id, object_code, part_class, part_subclass, geom) "
                 "VALUES (:s, :o, :c, :sc, ST_GeomFromText(:w, 4549))"),
                 {"s": f"p{i}", "o": f"310101{sub}{i:06d}", "c": cls, "sc": sub, "w": f"POINT Z ({X0 + 10 * i} {Y0 - 10} 0)"})
-        _bump(conn, "buildings", "curtain_walls", "pipelines", "parts", "addresses")
+        _bump(conn, "buildings", "curtain_walls", "pipelines", "parts", "addresses", "iot_devices")
     return engine
 
 
@@ -175,6 +185,48 @@ def validate_glbs(paths: list[Path]) -> dict:
     return json.loads(proc.stdout)
 
 
+#: the CesiumGS 3D Tiles validator, built from ../shared/vendor by scripts/build-tiles-validator.sh
+TILES_VALIDATOR_VERSION = "0.6.1"
+TILES_VALIDATOR = PROJECT / ".cache" / f"3d-tiles-validator-{TILES_VALIDATOR_VERSION}"
+TILES_VALIDATOR_SOURCE = SHARED_DATA.parent / "vendor" / f"3d-tiles-validator-{TILES_VALIDATOR_VERSION}.tar.gz"
+
+
+def tiles_validator() -> Path:
+    """The validator's entry point, built now if ``make setup`` has not built it yet; skips (saying why)
+    when its source archive is absent (a user's clone)."""
+    main = TILES_VALIDATOR / "build" / "main.js"
+    if not (TILES_VALIDATOR / ".built").exists():
+        if not TILES_VALIDATOR_SOURCE.exists():
+            pytest.skip(f"{TILES_VALIDATOR_SOURCE} not present (../shared/vendor is only in CI and developer "
+                        "workspaces): the 3D Tiles validator cannot be built")
+        if shutil.which("npm") is None:
+            pytest.skip("npm missing: the 3D Tiles validator cannot be built")
+        proc = subprocess.run([str(PROJECT / "scripts" / "build-tiles-validator.sh")], capture_output=True,
+                              text=True, timeout=1800, check=False)
+        assert proc.returncode == 0, f"building the 3D Tiles validator failed:\n{proc.stdout}\n{proc.stderr}"
+    return main
+
+
+def validate_tileset(tileset_file: Path) -> dict:
+    """The 3D Tiles validator's report on a tileset and all its content (glb included)."""
+    main = tiles_validator()
+    report_file = tileset_file.parent / "validation-report.json"
+    proc = subprocess.run([shutil.which("node") or "node", str(main), "--tilesetFile", str(tileset_file),
+                           "--reportFile", str(report_file)],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert report_file.exists(), f"the 3D Tiles validator wrote no report:\n{proc.stdout}\n{proc.stderr}"
+    return json.loads(report_file.read_text())
+
+
+def _issues(report: dict) -> list[str]:
+    """Every issue of a report, nested content issues included, as one line each."""
+    out = []
+    for issue in report.get("issues", []):
+        out.append(f"{issue.get('severity')} {issue.get('type')} {issue.get('path')}: {issue.get('message')}")
+        out.extend(_issues({"issues": issue.get("causes", [])}))
+    return out
+
+
 def check_tileset(tileset: dict, content: callable) -> dict[str, Glb]:
     """Check a tileset's structure and every content; returns the glbs by URI."""
     assert tileset["asset"]["version"] == "1.1"
@@ -204,7 +256,9 @@ def check_tileset(tileset: dict, content: callable) -> dict[str, Glb]:
             meta = glb.doc["extensions"]["EXT_structural_metadata"]
             table = meta["propertyTables"][0]
             cls = meta["schema"]["classes"][table["class"]]
-            assert set(table["properties"]) == set(cls["properties"])
+            # a property may be left out only where every feature has no value (an all-empty string column)
+            assert set(table["properties"]) <= set(cls["properties"])
+            assert all(cls["properties"][p]["type"] == "STRING" for p in set(cls["properties"]) - set(table["properties"]))
             rows = glb.rows
             assert len(rows) == table["count"] > 0
             used: set[int] = set()
@@ -228,7 +282,7 @@ def check_tileset(tileset: dict, content: callable) -> dict[str, Glb]:
             visit(child, tile)
 
     visit(root, None)
-    assert total == tileset["properties"]["featureCount"]
+    assert total == tileset["metadata"]["properties"]["featureCount"]
     return glbs
 
 
@@ -239,6 +293,9 @@ def export(layer: str, out: Path, db_url: str, *args: str) -> tuple[dict, dict[s
     report = validate_glbs(sorted(out.rglob("*.glb")))
     bad = {k: v for k, v in report.items() if v["errors"]}
     assert not bad, bad
+    spec = validate_tileset(out / "tileset.json")  # the tileset, and each glb against the 3D Tiles extensions
+    assert spec["numErrors"] == 0, _issues(spec)
+    assert spec["numWarnings"] == 0, _issues(spec)
     return tileset, glbs
 
 
@@ -277,7 +334,7 @@ def test_buildings_tileset_splits_into_a_valid_quadtree(buildings, city):
     tileset, glbs = buildings
     with city.connect() as conn:
         n = conn.execute(sa.text("SELECT count(*) FROM buildings WHERE valid_to IS NULL")).scalar()
-    assert tileset["properties"]["featureCount"] == n
+    assert tileset["metadata"]["properties"]["featureCount"] == n
     assert len(glbs) > 4 and tileset["root"].get("children"), "more features than --max-features must split"
     assert all(len(g.rows) <= 20 for g in glbs.values())
     # the root frame is east-north-up at the centre: its up column is the ellipsoid normal there
@@ -299,6 +356,14 @@ def test_solids_are_closed_with_outward_normals(buildings):
             agree = np.einsum("ij,ij->i", face, normals.sum(axis=1))[visible]
             assert (agree > 0).all(), f"{row['name']}: a triangle faces against its normals"
             assert signed_volume(tris) > 0, f"{row['name']}: solid is inside out"
+
+
+@pytest.mark.parametrize("layer", sorted(MODELS))
+def test_every_3d_layer_passes_the_3d_tiles_validator(layer, city, db_url, tmp_path):
+    """Every layer that ``cim tiles export-3d`` supports, split over several tiles: the CesiumGS
+    validator checks the tileset against the 3D Tiles 1.1 schema and each glb's metadata against it."""
+    tileset, glbs = export(layer, tmp_path / layer, db_url, "--max-features", "2")  # asserts 0 errors, 0 warnings
+    assert glbs and tileset["metadata"]["properties"]["featureCount"] == sum(len(g.rows) for g in glbs.values())
 
 
 def test_courtyard_building_keeps_its_hole(buildings):
@@ -392,6 +457,138 @@ def _subclass(engine, code: str) -> str:
         return conn.execute(sa.text("SELECT name FROM part_classes WHERE code = :c"), {"c": code}).scalar_one()
 
 
+# --- concurrent requests ---------------------------------------------------------------------
+
+def in_threads(calls: list[Callable[[], Any]]) -> list[Any]:
+    """Each call in a thread of its own, all released at once; their results in order (the first
+    exception any of them raised is raised here)."""
+    barrier = threading.Barrier(len(calls))
+    results: list[Any] = [None] * len(calls)
+    errors: list[BaseException] = []
+
+    def run(i: int, call: Callable[[], Any]) -> None:
+        barrier.wait()
+        try:
+            results[i] = call()
+        except BaseException as exc:  # noqa: BLE001 — handed to the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i, call)) for i, call in enumerate(calls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+def _boxes(n: int) -> list[str]:
+    """n different bboxes around the Bund (each a selection, so a plan, of its own)."""
+    return [f"{121.48 + i * 0.002},31.22,{121.52 + i * 0.002},31.25" for i in range(n)]
+
+
+def _counting_plans(monkeypatch) -> collections.Counter:
+    """Counts the real plan builds of a TileService by key (layer, version, selection, max features)."""
+    from tiles import service as service_module
+
+    builds: collections.Counter = collections.Counter()
+    real = service_module.plan_layer
+
+    def plan_layer(conn, layer, srid, storey, city_bbox, selection, max_features, version):
+        builds[(layer.name, version, selection.key, max_features)] += 1
+        return real(conn, layer, srid, storey, city_bbox, selection, max_features, version)
+
+    monkeypatch.setattr(service_module, "plan_layer", plan_layer)
+    return builds
+
+
+def test_concurrent_plans_of_one_key_build_once(city, monkeypatch):
+    from tiles.cache import TileCache
+    from cim.selection import Selection, parse_bbox
+    from tiles.service import TileService
+
+    builds = _counting_plans(monkeypatch)
+    svc = TileService(city, TileCache(None), plan_cache_size=64)
+    layers = {name: svc.layer(name) for name in ("buildings", "pipelines")}
+    keys = [(name, Selection(parse_bbox(box))) for name in layers for box in _boxes(6)]
+    asked = [key for key in keys for _ in range(4)]  # every key by four requests at once
+    plans = in_threads([lambda n=name, s=sel: svc.plan(layers[n], s) for name, sel in asked])
+    assert len(builds) == len(keys) and set(builds.values()) == {1}, builds
+    for (name, selection), plan in zip(asked, plans):
+        assert plan.layer.name == name and plan.selection == selection
+        assert plan is plans[asked.index((name, selection))], "requests of one key share its one plan"
+    assert len(svc.plans) == len(keys) and svc.plans.building == 0
+
+
+def test_concurrent_plans_of_many_keys_stay_bounded(city, monkeypatch):
+    """Many bboxes at once, then many versions at once while each new version drops the older ones'
+    plans: no request sees another's dict change under it, every one gets the plan it asked for, and
+    no more plans (or build locks) are kept than the cache holds."""
+    from tiles.cache import TileCache
+    from cim.selection import Selection, parse_bbox
+    from tiles.service import TileService
+
+    builds = _counting_plans(monkeypatch)
+    svc = TileService(city, TileCache(None), plan_cache_size=4)
+    layers = {name: svc.layer(name) for name in ("buildings", "pipelines", "parts")}
+    for keys in ([(name, "v1", Selection(parse_bbox(box))) for name in layers for box in _boxes(8)],
+                 [(name, version, Selection(parse_bbox(box)))
+                  for name in layers for version in ("v2", "v3", "v4") for box in _boxes(3)]):
+        asked = keys * 2
+        plans = in_threads([lambda n=name, v=version, s=sel: svc.plan(layers[n], s, version=v)
+                            for name, version, sel in asked])
+        for (name, version, selection), plan in zip(asked, plans):
+            assert (plan.layer.name, plan.version, plan.selection) == (name, version, selection)
+        assert {(n, v, s.key, DEFAULT_MAX_FEATURES) for n, v, s in keys} <= set(builds)
+        assert len(svc.plans) <= 4 and svc.plans.building == 0
+
+
+def test_built_once_is_an_lru_that_retries_a_failed_build():
+    from tiles.builds import BuiltOnce
+
+    built: list[str] = []
+
+    def build(key: str) -> Callable[[], str]:
+        def run() -> str:
+            built.append(key)
+            if key == "bad":
+                raise ValueError("no plan")
+            return key.upper()
+        return run
+
+    cache: BuiltOnce[str, str] = BuiltOnce(2)
+    assert [cache.get(k, build(k)) for k in ("a", "b", "a", "c")] == ["A", "B", "A", "C"]
+    assert len(cache) == 2 and built == ["a", "b", "c"]  # "b" was the least recently used
+    assert cache.get("b", build("b")) == "B" and built[-1] == "b"
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            cache.get("bad", build("bad"))
+    assert built.count("bad") == 2 and cache.building == 0, "a failed build is tried again and leaves no lock"
+    versions: BuiltOnce[str, str] = BuiltOnce(10)  # a new version's value drops the older versions' ones
+    for key in ("v1", "w1", "v2"):
+        versions.get(key, build(key), supersedes=lambda k, new=key: k[0] == new[0])
+    assert len(versions) == 2 and versions.get("w1", build("w1")) == "W1" and built.count("w1") == 1
+    versions.get("v1", build("v1"))
+    assert built.count("v1") == 2
+    with pytest.raises(ValueError):
+        BuiltOnce(0)
+
+
+def test_concurrent_tile_writes_of_a_new_version_prune_the_old_ones_once(tmp_path):
+    """Many threads write the first tiles of a new version at once: each prunes or skips without
+    tripping over another's removal, and the disk keeps the new version and the one before."""
+    from tiles.cache import TileCache
+
+    cache = TileCache(tmp_path, max_bytes=64 * 1024)
+    for version in ("1", "2", "3"):
+        cache.put(("mvt", "grids", version, "all", "0/0/0.pbf"), b"old")
+    in_threads([lambda i=i: cache.put(("mvt", "grids", "4", "all", f"12/{i}/{i}.pbf"), b"x" * 1000)
+                for i in range(32)])
+    assert sorted(p.name for p in (tmp_path / "mvt" / "grids").iterdir()) == ["3", "4"]
+    assert all(cache.get(("mvt", "grids", "4", "all", f"12/{i}/{i}.pbf")) == b"x" * 1000 for i in range(32))
+
+
 # --- over HTTP --------------------------------------------------------------------------------
 
 def api_client(engine, home: Path):
@@ -469,7 +666,7 @@ def test_api_filter_and_bbox_select_features(client, city):
         tall = conn.execute(sa.text("SELECT count(*) FROM buildings WHERE valid_to IS NULL AND height > 100")).scalar()
     r = _get_tileset(client, "buildings", filter="height > 100")
     doc = r.json()
-    assert doc["properties"]["featureCount"] == tall >= 2
+    assert doc["metadata"]["properties"]["featureCount"] == tall >= 2
     glbs = check_tileset(doc, lambda uri: client.get("/3dtiles/buildings/" + uri).content)
     assert all(row["height"] > 100 for g in glbs.values() for row in g.rows)
     assert "filter=" in doc["root"]["content"]["uri"]
@@ -567,5 +764,8 @@ def test_an_ingest_run_that_changes_a_height_shows_in_the_next_tileset(loaded_ur
             path = tmp_path / "v2" / uri.split("?")[0]
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(c.get(base + uri).content)
+        (tmp_path / "v2" / "tileset.json").write_bytes(r2.content)
     report = validate_glbs(sorted((tmp_path / "v2").rglob("*.glb")))
     assert not {k: v for k, v in report.items() if v["errors"]}
+    spec = validate_tileset(tmp_path / "v2" / "tileset.json")  # the tileset as the API serves it
+    assert (spec["numErrors"], spec["numWarnings"]) == (0, 0), _issues(spec)

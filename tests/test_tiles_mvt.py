@@ -124,7 +124,8 @@ def test_tile_selections_that_crashed_or_passed_unchecked_are_400s(client, param
     ("/collections/grids/tiles/WebMercatorQuad/-1/0/0", 400, "tileMatrix"),
     ("/collections/grids/tiles/WebMercatorQuad/3/8/0", 404, "tileRow"),
     ("/collections/grids/tiles/WebMercatorQuad/3/0/8", 404, "tileCol"),
-    ("/collections/grids/tiles/WebMercatorQuad/3/0/-1", 404, "tileCol"),
+    ("/collections/grids/tiles/WebMercatorQuad/3/0/-1", 400, "tileCol"),
+    ("/collections/grids/tiles/WebMercatorQuad/3/-1/0", 400, "tileRow"),
     ("/collections/grids/tiles/WebMercatorQuad/x/0/0", 400, "tileMatrix"),
     ("/collections/grids/tiles/WorldCRS84Quad/3/0/0", 404, None),
     ("/collections/nope/tiles/WebMercatorQuad/3/0/0", 404, None),
@@ -135,6 +136,33 @@ def test_bad_tile_addresses_are_problems(client, path, status, parameter):
     assert r.headers["content-type"] == "application/problem+json"
     if parameter:
         assert r.json()["parameter"] == parameter
+
+
+TILE_ROUTE = "/collections/{collectionId}/tiles/{tileMatrixSetId}/{tileMatrix}/{tileRow}/{tileCol}"
+
+
+def test_tile_route_documents_what_it_serves(client):
+    """The OpenAPI document bounds the tile address as the route does: every documented tileMatrix is
+    served, the largest documented row and column exist, and what the schema rules out is a 400 naming
+    the parameter (a schema-valid address is never refused as a bad request)."""
+    op = client.get("/openapi.json").json()["paths"][TILE_ROUTE]["get"]
+    schema = {p["name"]: p["schema"] for p in op["parameters"]}
+    lowest, deepest = schema["tileMatrix"]["minimum"], schema["tileMatrix"]["maximum"]
+    assert (lowest, deepest) == (TMS.minzoom, TMS.maxzoom)
+    assert all(schema[p]["minimum"] == 0 and schema[p]["maximum"] == 2 ** deepest - 1 for p in ("tileRow", "tileCol"))
+    assert schema["tileMatrixSetId"]["enum"] == ["WebMercatorQuad"]
+    assert set(schema["filter-lang"]["enum"]) == {"cql2-text", "cql2-json"}
+    for z in range(lowest, deepest + 1):
+        assert client.get(url("grids", tile_at(z))).status_code in (200, 204), z
+    last = schema["tileRow"]["maximum"]
+    assert client.get(f"/collections/grids/tiles/WebMercatorQuad/{deepest}/{last}/{last}").status_code == 204
+    for path, parameter in [(f"{deepest + 1}/0/0", "tileMatrix"), (f"{lowest - 1}/0/0", "tileMatrix"),
+                            (f"{deepest}/{last + 1}/0", "tileRow"), (f"{deepest}/0/{last + 1}", "tileCol")]:
+        r = client.get(f"/collections/grids/tiles/WebMercatorQuad/{path}")
+        assert r.status_code == 400 and r.json()["parameter"] == parameter, (path, r.text)
+    r = client.get(url("grids", tile_at(14)), params={"filter": "grid_code = 'x'", "filter-lang": "cql2-xml"})
+    assert r.status_code == 400 and r.json()["parameter"] == "filter-lang"
+    assert {"204", "304", "404"} <= set(op["responses"])
 
 
 def test_tile_changes_after_a_load(client, city):

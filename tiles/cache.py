@@ -17,6 +17,9 @@ from cim.config import settings
 
 Key = tuple[str, str, str, str, str]  # kind, layer, version, variant, name
 _SAFE = re.compile(r"^[A-Za-z0-9_.\-/]+$")
+#: folders remembered as existing (saves a makedirs per tile); forgotten all at once beyond this many,
+#: since a vector-tile layer has a folder per zoom and column
+MAX_KNOWN_DIRS = 4096
 
 
 class TileCache:
@@ -27,7 +30,7 @@ class TileCache:
         self._size = 0
         self._lock = threading.Lock()
         self._dirs: set[str] = set()  # directories known to exist (this process made or saw them)
-        self._pruned: set[tuple[str, str, str]] = set()  # (kind, layer, version) already pruned for
+        self._pruned: dict[tuple[str, str], str] = {}  # (kind, layer) → the version last pruned for
 
     def _path(self, key: Key) -> str | None:
         # plain strings, not pathlib: building paths was a tenth of an uncached tile's Python time
@@ -66,16 +69,25 @@ class TileCache:
             try:
                 if folder not in self._dirs:
                     os.makedirs(folder, exist_ok=True)
-                    self._dirs.add(folder)
+                    self._known(folder)
                 self._write(tmp, data)
-            except FileNotFoundError:  # another process pruned the folder meanwhile
+            except FileNotFoundError:  # another thread or process pruned the folder meanwhile
                 os.makedirs(folder, exist_ok=True)
                 self._write(tmp, data)
             os.replace(tmp, path)  # readers never see half a tile
-            if key[:3] not in self._pruned:  # once per version: the first tile of a new one
-                self._pruned.add(key[:3])
-                self._dirs.clear()  # forget the folders of older versions (they are about to go)
+            with self._lock:  # once per version (the first tile of a new one), however many threads put
+                first = self._pruned.get(key[:2]) != key[2]
+                if first:
+                    self._pruned[key[:2]] = key[2]
+                    self._dirs.clear()  # forget the folders of older versions (they are about to go)
+            if first:
                 self._prune(key)
+
+    def _known(self, folder: str) -> None:
+        with self._lock:
+            if len(self._dirs) >= MAX_KNOWN_DIRS:
+                self._dirs.clear()
+            self._dirs.add(folder)
 
     @staticmethod
     def _write(path: str, data: bytes) -> None:
@@ -96,7 +108,12 @@ class TileCache:
         """Drop older versions of this layer on disk (keep the previous one for clients mid-load)."""
         kind, layer, version, *_ = key
         layer_dir = Path(self.root, kind, layer)  # type: ignore[arg-type]
-        versions = sorted((p for p in layer_dir.iterdir() if p.is_dir() and p.name != version),
-                          key=lambda p: p.stat().st_mtime)
-        for old in versions[:-1]:
+        versions = []
+        for p in layer_dir.iterdir():
+            try:
+                if p.is_dir() and p.name != version:
+                    versions.append((p.stat().st_mtime, p))
+            except FileNotFoundError:  # another process removed it meanwhile
+                continue
+        for _, old in sorted(versions)[:-1]:
             shutil.rmtree(old, ignore_errors=True)

@@ -103,9 +103,9 @@ class _Writer:
         for prop in cls.properties:
             entry: dict[str, Any] = {}
             for part, data in encode_column(prop, [r.get(prop.name) for r in rows]):
-                # a column of empty strings has no bytes, but a buffer view may not be empty; the
-                # string offsets (all 0) say that the padding byte belongs to no value
-                entry[part] = self.view(data or b"\0")
+                entry[part] = self.view(data)
+            if not entry:  # no value to store: the property reads as its noData for every feature
+                continue
             if "stringOffsets" in entry:
                 entry["stringOffsetType"] = "UINT32"
             properties[prop.name] = entry

@@ -69,9 +69,14 @@ def _text(value: Any) -> str:
 
 
 def encode_column(prop: Property, values: list[Any]) -> list[tuple[str, bytes]]:
-    """The binary arrays of one property (``values`` and, for strings, ``stringOffsets``)."""
+    """The binary arrays of one property (``values`` and, for strings, ``stringOffsets``); none for a
+    column of empty strings, which the property table then omits: a property that is not required may
+    be left out, and reads as its ``noData`` ("") for every feature. Written out, its values would be
+    0 bytes, but a glTF buffer view may not be empty, and a padded one contradicts the offsets."""
     if prop.type == "STRING":
         encoded = [_text(v).encode("utf-8") for v in values]
+        if not any(encoded):
+            return []
         offsets = np.zeros(len(encoded) + 1, np.uint32)
         offsets[1:] = np.cumsum([len(b) for b in encoded])
         return [("values", b"".join(encoded)), ("stringOffsets", offsets.tobytes())]
@@ -100,7 +105,9 @@ def decode_table(gltf_json: dict[str, Any], blob: bytes) -> list[dict[str, Any]]
         return blob[start:start + v["byteLength"]]
 
     count = table["count"]
-    rows: list[dict[str, Any]] = [{} for _ in range(count)]
+    # a property the table omits has its noData value for every feature
+    rows: list[dict[str, Any]] = [{name: kind["noData"] for name, kind in cls.items()
+                                   if name not in table["properties"] and "noData" in kind} for _ in range(count)]
     for name, spec in table["properties"].items():
         kind = cls[name]
         values = view(spec["values"])

@@ -18,6 +18,7 @@ from cim.config import settings as deployment_settings
 from cim.errors import ConflictError, NotFoundError
 from cim.registry import Layer, load_layers
 from tiles import mvt
+from tiles.builds import BuiltOnce
 from tiles.cache import TileCache
 from cim.selection import Selection
 from tiles.tileset import DEFAULT_MAX_FEATURES, Plan, content_version, plan_layer, tile_glb, tileset_json
@@ -36,6 +37,11 @@ _LAYER_STAMP = sa.text("SELECT version, md5(concat_ws('|', title, description, t
 # between workers. Wall time, so a busy server stretches it: 0.1 s stays above a street-level tile's time
 # under load.
 
+# Tile plans kept in memory: the deployment setting CIM_TILE_PLAN_CACHE (least recently used dropped
+# first). Every bbox or filter asked for is a plan of its own; a plan of a big layer holds a few arrays
+# per feature (~100 bytes each), so 32 plans of 100,000 buildings are some 300 MB at most, and a
+# client's tiles ask for one plan over and over.
+
 
 class UnknownLayerError(NotFoundError):
     """No such layer, or no such tile in a layer's tileset (404)."""
@@ -50,18 +56,16 @@ class TileService:
     engine: Engine
     cache: TileCache
     settings: BaseSettings | None = None
-    _plans: dict[tuple, Plan] = field(default_factory=dict)
+    plan_cache_size: int | None = None  # None: the deployment setting
     _layers: dict[str, tuple[tuple, Layer]] = field(default_factory=dict)  # name → (stamp, layer)
-    _locks: dict[tuple, threading.Lock] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         if self.settings is None:
             self.settings = load_settings(self.engine)
-
-    def _lock(self, key: tuple) -> threading.Lock:
-        with self._guard:
-            return self._locks.setdefault(key, threading.Lock())
+        # (layer, version, selection key, max features) → plan
+        size = self.plan_cache_size or deployment_settings().tile_plan_cache
+        self.plans: BuiltOnce[tuple[str, str, str, int], Plan] = BuiltOnce(size)
 
     def layer(self, name: str) -> Layer:
         """The layer as it is now: its version is read on every call (tiles must follow each load at
@@ -93,19 +97,15 @@ class TileService:
              max_features: int = DEFAULT_MAX_FEATURES, version: str | None = None) -> Plan:
         version = version or self.version_3d(layer)
         key = (layer.name, version, selection.key, max_features)
-        if key in self._plans:
-            return self._plans[key]
-        with self._lock(key):
-            if key not in self._plans:
-                s = self.settings
-                with self.engine.connect() as conn:
-                    plan = plan_layer(conn, layer, s.srid, s.floor_height_m, s.city_bbox_wgs84, selection,
-                                      max_features, version)
-                # older versions' plans are never asked for again (their content is cached or stale)
-                for old in [k for k in self._plans if k[0] == layer.name and k[1] != version]:
-                    del self._plans[old]
-                self._plans[key] = plan
-        return self._plans[key]
+
+        def build() -> Plan:
+            s = self.settings
+            with self.engine.connect() as conn:
+                return plan_layer(conn, layer, s.srid, s.floor_height_m, s.city_bbox_wgs84, selection,
+                                  max_features, version)
+
+        # older versions' plans are never asked for again (their content is cached or stale)
+        return self.plans.get(key, build, lambda old: old[0] == layer.name and old[1] != version)
 
     def _variant(self, selection: Selection, max_features: int) -> str:
         return selection.key if max_features == DEFAULT_MAX_FEATURES else f"{selection.key}-n{max_features}"

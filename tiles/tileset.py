@@ -26,6 +26,17 @@ from cim.schema import tables_for
 from cim.selection import Selection
 
 DEFAULT_MAX_FEATURES = 500
+#: the tileset's own metadata (3D Tiles 1.1 ``schema`` + ``metadata``). The top-level ``properties`` of a
+#: tileset is no place for it: there each entry is a per-feature property's ``minimum``/``maximum``
+TILESET_SCHEMA: dict[str, Any] = {
+    "id": "cim_tileset",
+    "classes": {"tileset": {
+        "name": "CIM layer tileset",
+        "properties": {"featureCount": {
+            "type": "SCALAR", "componentType": "UINT32", "required": True,
+            "description": "features of the layer (and selection) in this tileset"}},
+    }},
+}
 #: which tables each 3D layer's content is made from: the cache version covers all of them
 DEPENDS_ON: dict[str, tuple[str, ...]] = {
     "buildings": ("buildings", "curtain_walls", "addresses"),
@@ -160,7 +171,8 @@ def tileset_json(plan: Plan, uri: Callable[[Tile], str] | None = None) -> dict[s
     root["transform"] = plan.frame.transform()
     return {
         "asset": {"version": "1.1", "tilesetVersion": plan.version, "generator": "cim-platform tiles"},
-        "properties": {"featureCount": plan.feature_count},
+        "schema": TILESET_SCHEMA,
+        "metadata": {"class": "tileset", "properties": {"featureCount": plan.feature_count}},
         "extras": {"layer": plan.layer.name, "title": plan.layer.title, "featureClass": plan.model.feature_class.name},
         "geometricError": error,
         "root": root,

@@ -12,13 +12,13 @@
   rule and device is active (not cleared): a partial unique index says so to every writer.
   ``case_id`` is the case opened for its alarm through the case loop (see ``sensing.case_link``).
 
-Revision ID: 0005
-Revises: 0002
+Revision ID: 0005_sensing
+Revises: 0004_cases
 """
 from alembic import op
 
-revision = "0005"
-down_revision = "0002"
+revision = "0005_sensing"
+down_revision = "0004_cases"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,207 @@
+"""``cim cases …``: import, list, show, act, stats, tick, and loading the class catalogue and the
+working calendar. Registered by ``cim.cli.main`` by name (the core never imports this edge)."""
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+
+import typer
+
+from cim.errors import ParameterError
+
+cases_app = typer.Typer(help="City-management cases (部件/事件): intake, dispatch, lifecycle, evaluation.",
+                        no_args_is_help=True)
+classes_app = typer.Typer(help="The case class catalogue (大类/小类).", no_args_is_help=True)
+calendar_app = typer.Typer(help="The working calendar (holidays, make-up working days).", no_args_is_help=True)
+cases_app.add_typer(classes_app, name="classes")
+cases_app.add_typer(calendar_app, name="calendar")
+
+
+def _engine():
+    from cim.database import get_engine
+
+    return get_engine()
+
+
+def _time(text: str | None, name: str) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise ParameterError(name, f"--{name}: {text!r} is not an ISO 8601 time") from None
+    if value.tzinfo is None:
+        raise ParameterError(name, f"--{name}: {text!r} needs a time zone, e.g. +08:00")
+    return value
+
+
+def _print_json(obj: object) -> None:
+    typer.echo(json.dumps(obj, ensure_ascii=False, indent=2, default=str))
+
+
+@cases_app.command("import")
+def import_(path: Path = typer.Argument(..., help="CSV (header: channel,class,description,address,x,y,z,crs,"
+                                                  "urgency,external_id,reporter_contact,reported_at) or JSON array."),
+            now: str | None = typer.Option(None, help="Intake time (ISO 8601 with zone); default: now.")) -> None:
+    """Take in a hotline system's export as cases (idempotent on external ids)."""
+    from cases.importer import import_cases
+
+    report = import_cases(_engine(), path, _time(now, "now"))
+    typer.echo(f"{path}: {report.read} read, {report.created} new, {report.known} already in, "
+               f"{report.dispatched} dispatched by machine, {report.manual} in the manual queue")
+
+
+@cases_app.command("list")
+def list_(status: str | None = typer.Option(None), class_code: str | None = typer.Option(None, "--class"),
+          grid: str | None = typer.Option(None), street: str | None = typer.Option(None),
+          department: str | None = typer.Option(None),
+          manual: bool = typer.Option(False, "--manual", help="Only the manual queue."),
+          overdue: bool = typer.Option(False, "--overdue", help="Only overdue cases."),
+          limit: int = typer.Option(50, min=1, max=10_000)) -> None:
+    """Cases, newest first, one JSON object a line (reporter contacts masked)."""
+    from cases.model import CaseFilter, list_cases
+
+    where = CaseFilter(status=status, class_code=class_code, grid_code=grid, street_code=street,
+                       department_code=department, manual=True if manual else None, overdue=True if overdue else None)
+    with _engine().connect() as conn:
+        for case in list_cases(conn, where, limit=limit):
+            d = case.to_dict(mask_contact=True)
+            keep = ("id", "status", "class_code", "channel", "urgency", "grid_code", "department_code",
+                    "person_name", "due_at", "overdue", "escalated_to", "manual_reason", "reporter_contact",
+                    "description")
+            typer.echo(json.dumps({k: d[k] for k in keep}, ensure_ascii=False))
+
+
+@cases_app.command("show")
+def show(case_id: int = typer.Argument(...)) -> None:
+    """One case with its complete log."""
+    from cases.attachments import attachments_of
+    from cases.model import case_log, get_case
+
+    with _engine().connect() as conn:
+        case = get_case(conn, case_id)
+        _print_json({"case": case.to_dict(), "log": [e.to_dict() for e in case_log(conn, case_id)],
+                     "attachments": [asdict(a) for a in attachments_of(conn, case_id)]})
+
+
+@cases_app.command("act")
+def act_(case_id: int = typer.Argument(...), action: str = typer.Argument(..., help="register, dispatch, accept, "
+                                                                           "return, handle, verify, …"),
+         actor: str = typer.Option(..., help="Who acts (name or id)."),
+         role: str = typer.Option(..., help="system, platform, department, supervisor or reporter."),
+         note: str | None = typer.Option(None, help="Reason or evidence."),
+         data: str = typer.Option("{}", help='JSON, e.g. {"passed": true} or {"hours": 8}.'),
+         version: int | None = typer.Option(None, help="Act only if the case is at this version."),
+         now: str | None = typer.Option(None, help="Time of the action (ISO 8601 with zone); default now.")) -> None:
+    """Carry out one lifecycle action; an illegal one is refused (exit 1)."""
+    from cases.lifecycle import Action, act
+
+    try:
+        payload = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise ParameterError("data", f"--data: not JSON ({exc.msg})") from None
+    if not isinstance(payload, dict):
+        raise ParameterError("data", "--data: expected a JSON object")
+    with _engine().begin() as conn:
+        case = act(conn, case_id, Action(action, actor, role, note, payload, version), _time(now, "now"))
+    typer.echo(f"case {case.id}: {case.status} (version {case.version})")
+
+
+@cases_app.command("attach")
+def attach(case_id: int = typer.Argument(...), path: Path = typer.Argument(..., help="A JPEG, PNG, GIF or WebP photo."),
+           actor: str = typer.Option(...), role: str = typer.Option(...),
+           folder: Path | None = typer.Option(None, "--dir", help="Where photos are kept; default "
+                                              "$CIM_CASE_ATTACHMENTS or $CIM_HOME/case-attachments.")) -> None:
+    """Attach a photo to a case (stored once by its content hash; logged)."""
+    import os
+
+    from cases.attachments import add_attachment
+    from cases.lifecycle import ROLES
+
+    if role not in ROLES:
+        raise ParameterError("role", f"--role: {role!r} is not one of {', '.join(ROLES)}")
+    if folder is None:
+        from cim.config import cim_home
+
+        folder = Path(os.environ.get("CIM_CASE_ATTACHMENTS") or cim_home() / "case-attachments")
+    try:
+        content = path.read_bytes()
+    except FileNotFoundError:
+        raise ParameterError("path", f"{path}: no such file") from None
+    with _engine().begin() as conn:
+        att = add_attachment(conn, case_id, content, folder, actor, role)
+    typer.echo(f"case {case_id}: {att.media_type}, {att.size_bytes} bytes, {att.path}")
+
+
+@cases_app.command("stats")
+def stats(by: str = typer.Option("department", help="department, district, street, grid or person."),
+          start: str = typer.Option(..., "--from", help="Period start, ISO 8601 with zone."),
+          end: str = typer.Option(..., "--to", help="Period end (exclusive)."),
+          out: Path | None = typer.Option(None, "--csv", help="Write CSV here instead of JSON lines.")) -> None:
+    """Evaluation indicators (综合评价) per unit for cases registered in the period."""
+    from cases.evaluation import Indicators, evaluate
+
+    with _engine().connect() as conn:
+        rows = evaluate(conn, by, _time(start, "from"), _time(end, "to"))  # type: ignore[arg-type]
+    if out is None:
+        for r in rows:
+            typer.echo(json.dumps(asdict(r), ensure_ascii=False))
+        return
+    with out.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, list(Indicators.__dataclass_fields__))
+        writer.writeheader()
+        writer.writerows(asdict(r) for r in rows)
+    typer.echo(f"{out}: {len(rows)} rows", err=True)
+
+
+@cases_app.command("tick")
+def tick_(now: str | None = typer.Option(None, help="Time to judge deadlines at; default now.")) -> None:
+    """Mark overdue cases and escalate them (street → district → city)."""
+    from cases.lifecycle import tick
+
+    with _engine().begin() as conn:
+        report = tick(conn, _time(now, "now"))
+    typer.echo(f"{len(report.overdue)} newly overdue, {len(report.escalated)} escalated")
+    for case_id, level in report.escalated:
+        typer.echo(f"case {case_id} → {level}")
+
+
+@classes_app.command("load")
+def classes_load(path: Path = typer.Argument(..., help="CSV with the columns of cases/data/case_classes.csv.")) -> None:
+    """Replace or extend the class catalogue."""
+    from cases.catalogue import load_classes_file
+
+    with _engine().begin() as conn:
+        n = load_classes_file(conn, path)
+    typer.echo(f"{path}: {n} classes written")
+
+
+@classes_app.command("list")
+def classes_list() -> None:
+    """The catalogue, one JSON object a line."""
+    from cases.catalogue import all_classes
+
+    with _engine().begin() as conn:
+        for cls in all_classes(conn):
+            sys.stdout.write(json.dumps(asdict(cls), ensure_ascii=False) + "\n")
+
+
+@calendar_app.command("load")
+def calendar_load(path: Path = typer.Argument(..., help="CSV day,kind,name (kind: holiday | workday).")) -> None:
+    """Load public holidays and make-up working days."""
+    from cases.calendar import load_calendar_file
+
+    with _engine().begin() as conn:
+        n = load_calendar_file(conn, path)
+    typer.echo(f"{path}: {n} days written")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(cases_app, name="cases")
+
+
+__all__ = ["register"]

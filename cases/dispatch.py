@@ -1,0 +1,89 @@
+"""Machine dispatch (机器派单): from a case's class and its grid's responsibility chain to one
+department, post and person — with the reason in words — or to the manual queue with the reason
+no rule could decide.
+
+The rule, in order:
+
+1. the class names a department kind (道路养护, 市容环卫 …); a post of the grid's chain whose
+   department's name the kind's pattern recognises is a candidate;
+2. for a 部件 class, a post whose department ``handles`` the part's 小类 (or its 大类) is a
+   candidate too; a post matching both (1) and (2) comes first, then (1), then (2);
+3. departments the case was returned from (退单) are left out, and so is the grid platform
+   itself (网格化管理中心: it dispatches, it does not handle);
+4. among equals the chain's order (post code) decides; the person is one of the post's holders,
+   taken in turn by case id so a post's cases spread over its people.
+
+Pure: no database access; callers pass the chain (:func:`cim.grid.lookup_points`) and the kind
+patterns (:func:`cases.catalogue.department_kinds`).
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cim.grid import Responsibility
+
+from cases.catalogue import CaseClass
+
+#: the grid platform's own departments: they watch and verify, they are never dispatched to
+PLATFORM_DEPARTMENT = re.compile(r"网格化管理中心|城运中心|城市运行管理中心")
+
+
+@dataclass(frozen=True)
+class Assignment:
+    department_code: str
+    department_name: str
+    post_code: str
+    person_name: str | None
+    person_contact: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class NoDecision:
+    reason: str
+
+
+def _handles(resp: Responsibility, code: str) -> bool:
+    return any(code == h or (len(h) == 2 and code.startswith(h)) for h in resp.department.handles)
+
+
+def choose(case_id: int, cls: CaseClass, grid_code: str, chain: Sequence[Responsibility],
+           kinds: dict[str, re.Pattern[str]], excluded: Sequence[str] = ()) -> Assignment | NoDecision:
+    """The department, post and person for a case of ``cls`` in ``grid_code``, or why none."""
+    pattern = kinds.get(cls.department_kind or "")
+    ranked: list[tuple[int, int, Responsibility, str]] = []
+    for order, resp in enumerate(chain):
+        dept = resp.department
+        if dept.code in excluded or PLATFORM_DEPARTMENT.search(dept.name):
+            continue
+        by_kind = bool(pattern and pattern.search(dept.name))
+        by_part = cls.is_part and _handles(resp, cls.code)
+        if not (by_kind or by_part):
+            continue
+        why = " and ".join(w for w, ok in (
+            (f"its name matches department kind {cls.department_kind} (/{pattern.pattern if pattern else ''}/)",
+             by_kind), (f"it handles part class {cls.code}", by_part)) if ok)
+        ranked.append((0 if by_kind and by_part else 1 if by_kind else 2, order, resp, why))
+    subject = f"class {cls.code} {cls.name}"
+    if not ranked:
+        if not cls.department_kind and not cls.is_part:
+            return NoDecision(f"{subject} names no department kind")
+        kind = f"kind {cls.department_kind}" if cls.department_kind else "a department"
+        if cls.department_kind and pattern is None:
+            return NoDecision(f"{subject}: department kind {cls.department_kind} has no name pattern "
+                              "(case_department_kinds)")
+        left_out = f" (returned by: {', '.join(excluded)})" if excluded else ""
+        return NoDecision(f"no department of {kind} for {subject} in the responsibility chain of grid "
+                          f"{grid_code}{left_out}")
+    ranked.sort(key=lambda r: (r[0], r[1]))
+    _, _, resp, why = ranked[0]
+    persons = resp.persons
+    person = persons[case_id % len(persons)] if persons else None
+    who = (f"person {person.name} (holder {case_id % len(persons) + 1} of {len(persons)}, in turn by case id)"
+           if person else "no person holds the post: the department assigns one")
+    reason = (f"{subject} → grid {grid_code} → post {resp.post.code} {resp.post.name} of department "
+              f"{resp.department.code} {resp.department.name}, because {why}; {who}")
+    return Assignment(resp.department.code, resp.department.name, resp.post.code,
+                      person.name if person else None, person.contact if person else None, reason)

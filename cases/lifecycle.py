@@ -1,0 +1,344 @@
+"""The case lifecycle as an explicit state machine (GB/T 30428: 立案 → 派遣 → 处置 → 核查 → 结案).
+
+::
+
+    reported ─register→ registered ─dispatch→ dispatched ─accept→ accepted ─handle→ handled
+        │                    ▲  ▲                 │                  │                │
+        └reject→ not_registered │                 └──────return──────┴→ returned ─────┘verify
+                                └──────────── dispatch (again, 退单 departments left out) ◀┘
+    handled ─verify passed→ closed          handled ─verify failed→ accepted (返工, rework + 1)
+    registered/dispatched/accepted/returned ─suspend→ suspended ─resume→ (where it was)
+    any open ─merge→ merged (into the first of its duplicates)
+
+Extensions (延期) are requested by the department and approved or refused by the platform; they
+move the deadline, not the status. Every action needs its role, takes the case's row lock (two
+actions racing on one case: the second sees the first's result and, if its transition is no
+longer legal, gets a 409; a stale ``expected_version`` is a 409 too), and writes its log row in the
+same transaction as the change.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from cim.errors import ConflictError, ParameterError, UserError
+from cim.grid import responsibility_for
+
+from cases.calendar import WorkingCalendar, load_calendar
+from cases.catalogue import CaseClass, class_by_code, department_kinds
+from cases.dispatch import Assignment, choose
+from cases.model import OPEN_STATUSES, Case, get_case, write_event
+
+ROLES = ("system", "platform", "department", "supervisor", "reporter")
+
+
+class RoleError(UserError):
+    """The action is not one the actor's role may take (HTTP 403)."""
+
+    status = 403
+    title = "Forbidden"
+
+
+@dataclass(frozen=True)
+class Transition:
+    sources: tuple[str, ...]
+    target: str | None  # None: the status does not change
+    roles: tuple[str, ...]
+    needs_note: bool = False
+
+
+TRANSITIONS: dict[str, Transition] = {
+    "register": Transition(("reported",), "registered", ("system", "platform")),
+    "reject": Transition(("reported",), "not_registered", ("system", "platform"), needs_note=True),
+    "dispatch": Transition(("registered", "returned"), "dispatched", ("system", "platform")),
+    "accept": Transition(("dispatched",), "accepted", ("department",)),
+    "return": Transition(("dispatched", "accepted"), "returned", ("department",), needs_note=True),
+    "handle": Transition(("accepted",), "handled", ("department",), needs_note=True),
+    "verify": Transition(("handled",), None, ("supervisor",)),  # closed or back to accepted
+    "request_extension": Transition(("dispatched", "accepted"), None, ("department",), needs_note=True),
+    "approve_extension": Transition(("dispatched", "accepted"), None, ("platform",)),
+    "refuse_extension": Transition(("dispatched", "accepted"), None, ("platform",)),
+    "suspend": Transition(("registered", "dispatched", "accepted", "returned"), "suspended", ("platform",),
+                          needs_note=True),
+    "resume": Transition(("suspended",), None, ("platform",)),
+    "merge": Transition(tuple(s for s in OPEN_STATUSES if s != "handled"), "merged", ("system", "platform")),
+    "comment": Transition(OPEN_STATUSES + ("closed", "not_registered", "merged"), None, ROLES),
+}
+ACTIONS = tuple(TRANSITIONS)
+#: statuses whose deadline runs: the case is with a department or waits for (re-)dispatch
+CLOCK_STATUSES = ("dispatched", "accepted", "returned")
+
+
+@dataclass(frozen=True)
+class Action:
+    """One action on a case, as an API or the CLI receives it."""
+
+    action: str
+    actor: str
+    role: str
+    note: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    expected_version: int | None = None
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _check(case: Case, act: Action) -> Transition:
+    if act.action not in TRANSITIONS:
+        raise ParameterError("action", f"action: unknown action {act.action!r}; valid: {', '.join(ACTIONS)}")
+    if act.role not in ROLES:
+        raise ParameterError("role", f"role: unknown role {act.role!r}; valid: {', '.join(ROLES)}")
+    if not act.actor or not act.actor.strip():
+        raise ParameterError("actor", "actor: who acts must be named")
+    rule = TRANSITIONS[act.action]
+    if act.role not in rule.roles:
+        raise RoleError(f"action {act.action} needs role {' or '.join(rule.roles)}, not {act.role}")
+    if act.expected_version is not None and act.expected_version != case.version:
+        raise ConflictError(f"case {case.id} is at version {case.version}, not {act.expected_version}: "
+                            "it changed meanwhile; reload it and retry")
+    if case.status not in rule.sources:
+        raise ConflictError(f"case {case.id} is {case.status}: action {act.action} needs it "
+                            f"{' or '.join(rule.sources)}")
+    if rule.needs_note and not (act.note and act.note.strip()):
+        raise ParameterError("note", f"note: action {act.action} needs a note (reason or evidence)")
+    return rule
+
+
+def _update(conn: Connection, case: Case, **values: Any) -> None:
+    """Change a case's row and bump its version (the caller holds the row lock)."""
+    sets = ", ".join(f"{k} = :{k}" for k in values)
+    conn.execute(sa.text(f"UPDATE cases SET {sets}{', ' if sets else ''}version = version + 1 WHERE id = :_id"),
+                 {**values, "_id": case.id})
+
+
+def act(conn: Connection, case_id: int, action: Action, now: datetime | None = None,
+        calendar: WorkingCalendar | None = None, cls: CaseClass | None = None) -> Case:
+    """Carry out one action on a case; returns the case after it. Raises ConflictError (409) for a
+    transition the case's status does not allow or a stale version. ``calendar`` and ``cls`` (the
+    case's class) may be passed by a caller that has them, to save their queries."""
+    now = now or now_utc()
+    case = get_case(conn, case_id, lock=True)
+    seen = {case.id}
+    while action.action == "comment" and case.merged_into is not None and case.merged_into not in seen:
+        # a reporter's update of a merged case goes to the case it was merged into
+        case = get_case(conn, case.merged_into, lock=True)
+        seen.add(case.id)
+    case_id = case.id
+    rule = _check(case, action)
+    calendar = calendar or load_calendar(conn)
+    if cls is None or cls.code != case.class_code:
+        cls = class_by_code(conn, case.class_code)
+    handler = _HANDLERS.get(action.action, _simple)
+    handler(conn, case, cls, rule, action, now, calendar)
+    return get_case(conn, case_id)
+
+
+def _log(conn: Connection, case: Case, action: Action, now: datetime, to_status: str | None,
+         note: str | None = None, **data: Any) -> int:
+    return write_event(conn, case.id, now, action.actor, action.role, action.action, case.status,
+                       to_status or case.status, note if note is not None else action.note,
+                       {**action.data, **data})
+
+
+def _simple(conn, case, cls, rule, action, now, calendar) -> None:
+    target = rule.target or case.status
+    values: dict[str, Any] = {}
+    if action.action == "register":
+        values["registered_at"] = now
+    if target != case.status:
+        values["status"] = target
+    _update(conn, case, **values)
+    _log(conn, case, action, now, target)
+
+
+def _dispatch(conn, case, cls, rule, action, now, calendar) -> None:
+    dept = action.data.get("department_code")
+    if dept:
+        found = _manual_assignment(conn, case, str(dept), action)
+    else:
+        found = machine_assignment(conn, case, cls)
+    if not isinstance(found, Assignment):
+        if case.manual_reason != found:
+            _update(conn, case, manual_reason=found)
+        write_event(conn, case.id, now, action.actor, action.role, "to_manual_queue", case.status,
+                    case.status, found, {})
+        return
+    values: dict[str, Any] = dict(
+        status="dispatched", department_code=found.department_code, department_name=found.department_name,
+        post_code=found.post_code, person_name=found.person_name, person_contact=found.person_contact,
+        dispatch_reason=found.reason, manual_reason=None, dispatched_at=now)
+    if case.due_at is None:  # the handling clock starts at the first dispatch; a 退单 does not reset it
+        hours, kind = cls.limit(case.urgency)
+        values["due_at"] = calendar.add(now, hours or 0, kind)
+    _update(conn, case, **values)
+    _log(conn, case, action, now, "dispatched", note=action.note or found.reason,
+         department_code=found.department_code, post_code=found.post_code, person_name=found.person_name,
+         due_at=values.get("due_at", case.due_at))
+
+
+def machine_assignment(conn: Connection, case: Case, cls: CaseClass) -> Assignment | str:
+    """The machine's choice for a case, or the reason it has none (for the manual queue)."""
+    if case.grid_code is None:
+        return case.manual_reason or "the case lies in no grid"
+    chain = responsibility_for(conn, [case.grid_code])[case.grid_code]
+    found = choose(case.id, cls, case.grid_code, chain, department_kinds(conn), case.returned_departments)
+    return found if isinstance(found, Assignment) else found.reason
+
+
+def _manual_assignment(conn: Connection, case: Case, department_code: str, action: Action) -> Assignment:
+    """A dispatcher's explicit choice: the department's post in the case's grid chain if it has one
+    there, else its first post; the person named in ``data.person_name`` or the post's first."""
+    row = conn.execute(sa.text(
+        "SELECT d.code, d.name, p.code AS post_code, pe.name AS person_name, pe.contact "
+        "FROM departments d JOIN posts p ON p.department_id = d.id "
+        "LEFT JOIN post_persons pp ON pp.post_id = p.id LEFT JOIN persons pe ON pe.id = pp.person_id "
+        "WHERE d.code = :d AND (CAST(:person AS text) IS NULL OR pe.name = :person) "
+        "ORDER BY EXISTS (SELECT 1 FROM grid_posts gp WHERE gp.post_id = p.id AND gp.grid_code = :g) DESC, "
+        "p.code, pe.name LIMIT 1"),
+        {"d": department_code, "g": case.grid_code, "person": action.data.get("person_name")}).one_or_none()
+    if row is None:
+        raise ParameterError("department_code", f"department_code: no department {department_code!r} with a post"
+                             + (f" held by {action.data['person_name']}" if action.data.get("person_name") else ""))
+    return Assignment(row.code, row.name, row.post_code, row.person_name, row.contact,
+                      f"dispatched by hand by {action.actor} to {row.code} {row.name}, post {row.post_code}")
+
+
+def _return(conn, case, cls, rule, action, now, calendar) -> None:
+    returned = list(case.returned_departments) + ([case.department_code] if case.department_code else [])
+    _update(conn, case, status="returned", returned_departments=returned)
+    _log(conn, case, action, now, "returned", department_code=case.department_code)
+
+
+def _handle(conn, case, cls, rule, action, now, calendar) -> None:
+    _update(conn, case, status="handled", handled_at=now)
+    _log(conn, case, action, now, "handled")
+
+
+def _verify(conn, case, cls, rule, action, now, calendar) -> None:
+    passed = action.data.get("passed")
+    if not isinstance(passed, bool):
+        raise ParameterError("passed", "passed: verify needs data.passed true (结案) or false (返工)")
+    if passed:
+        _update(conn, case, status="closed", closed_at=now)
+        _log(conn, case, action, now, "closed")
+    else:
+        if not (action.note and action.note.strip()):
+            raise ParameterError("note", "note: a failed verification needs a note saying what is wrong")
+        _update(conn, case, status="accepted", rework_count=case.rework_count + 1, handled_at=None)
+        _log(conn, case, action, now, "accepted", rework=case.rework_count + 1)
+
+
+def _request_extension(conn, case, cls, rule, action, now, calendar) -> None:
+    hours = action.data.get("hours")
+    if not isinstance(hours, int | float) or isinstance(hours, bool) or hours <= 0:
+        raise ParameterError("hours", "hours: an extension request needs data.hours > 0")
+    if case.extension_requested_hours is not None:
+        raise ConflictError(f"case {case.id} already has an extension request pending")
+    _update(conn, case, extension_requested_hours=float(hours))
+    _log(conn, case, action, now, None)
+
+
+def _decide_extension(conn, case, cls, rule, action, now, calendar) -> None:
+    if case.extension_requested_hours is None:
+        raise ConflictError(f"case {case.id} has no extension request to decide")
+    if action.action == "refuse_extension":
+        _update(conn, case, extension_requested_hours=None)
+        _log(conn, case, action, now, None)
+        return
+    _, kind = cls.limit(case.urgency)
+    due = calendar.add(case.due_at or now, case.extension_requested_hours, kind)
+    _update(conn, case, extension_requested_hours=None, extension_count=case.extension_count + 1, due_at=due,
+            overdue=due < now)
+    _log(conn, case, action, now, None, hours=case.extension_requested_hours, due_at=due)
+
+
+def _suspend(conn, case, cls, rule, action, now, calendar) -> None:
+    _, kind = cls.limit(case.urgency)
+    remaining = calendar.hours_between(now, case.due_at, kind) if case.due_at else None
+    _update(conn, case, status="suspended", suspended_status=case.status, remaining_hours=remaining)
+    _log(conn, case, action, now, "suspended", remaining_hours=remaining)
+
+
+def _resume(conn, case, cls, rule, action, now, calendar) -> None:
+    # the clock stood still while suspended: the deadline moves by the time it was stopped
+    _, kind = cls.limit(case.urgency)
+    due = case.due_at
+    if case.remaining_hours is not None:
+        due = calendar.add(now, case.remaining_hours, kind) if case.remaining_hours > 0 else case.due_at
+    target = case.suspended_status or "registered"
+    _update(conn, case, status=target, suspended_status=None, remaining_hours=None, due_at=due)
+    _log(conn, case, action, now, target, due_at=due)
+
+
+def _merge(conn, case, cls, rule, action, now, calendar) -> None:
+    into = action.data.get("into")
+    if not isinstance(into, int) or isinstance(into, bool) or into == case.id:
+        raise ParameterError("into", "into: merge needs data.into, the id of another case")
+    keep = get_case(conn, into)
+    if keep.status in ("merged", "not_registered"):
+        raise ConflictError(f"case {into} is {keep.status}: merge into the case it leads to instead")
+    if keep.class_code != case.class_code:
+        raise ConflictError(f"case {into} is of class {keep.class_code}, case {case.id} of {case.class_code}")
+    _update(conn, case, status="merged", merged_into=into)
+    _log(conn, case, action, now, "merged")
+    write_event(conn, into, now, action.actor, action.role, "merged_from", keep.status, keep.status,
+                action.note, {"case_id": case.id})
+
+
+_HANDLERS = {"dispatch": _dispatch, "return": _return, "handle": _handle, "verify": _verify,
+             "request_extension": _request_extension, "approve_extension": _decide_extension,
+             "refuse_extension": _decide_extension, "suspend": _suspend, "resume": _resume, "merge": _merge}
+
+
+def merge(conn: Connection, keep_id: int, duplicate_ids: list[int], actor: str, role: str = "platform",
+          note: str | None = None, now: datetime | None = None) -> Case:
+    """Merge duplicates into the first case: each duplicate becomes ``merged`` and links to it."""
+    for dup in duplicate_ids:
+        act(conn, dup, Action("merge", actor, role, note, {"into": keep_id}), now)
+    return get_case(conn, keep_id)
+
+
+@dataclass(frozen=True)
+class TickReport:
+    overdue: list[int]
+    escalated: list[tuple[int, str]]
+
+
+def tick(conn: Connection, now: datetime | None = None) -> TickReport:
+    """Mark cases past their deadline overdue and escalate them: at the deadline from the street
+    platform to the district, and when a whole further time limit has passed, to the city."""
+    now = now or now_utc()
+    calendar = load_calendar(conn)
+    rows = conn.execute(sa.text(
+        "SELECT id FROM cases WHERE status = ANY(:s) AND due_at < :now AND escalation_level < 2 "
+        "ORDER BY due_at, id FOR UPDATE SKIP LOCKED"), {"s": list(CLOCK_STATUSES), "now": now}).scalars().all()
+    overdue, escalated = [], []
+    classes: dict[str, CaseClass] = {}
+    for case_id in rows:
+        case = get_case(conn, case_id)
+        cls = classes.setdefault(case.class_code, class_by_code(conn, case.class_code))
+        level = case.escalation_level
+        if level == 0:
+            level = 1
+        hours, kind = cls.limit(case.urgency)
+        if level == 1 and case.due_at is not None and calendar.add(case.due_at, hours or 0, kind) <= now:
+            level = 2
+        sysact = Action("escalate", "tick", "system")
+        if not case.overdue:
+            overdue.append(case.id)
+            write_event(conn, case.id, now, "tick", "system", "overdue", case.status, case.status,
+                        f"deadline {case.due_at.isoformat() if case.due_at else '-'} passed", {})
+        if level != case.escalation_level:
+            escalated.append((case.id, ("street", "district", "city")[level]))
+            write_event(conn, case.id, now, sysact.actor, sysact.role, "escalate", case.status, case.status,
+                        f"escalated to the {('street', 'district', 'city')[level]} platform",
+                        {"from_level": case.escalation_level, "to_level": level})
+        if not case.overdue or level != case.escalation_level:
+            _update(conn, case, overdue=True, escalation_level=level)
+    return TickReport(overdue, escalated)

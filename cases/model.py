@@ -1,0 +1,190 @@
+"""Cases and their log as typed values, read from the base; the one place that writes a log row.
+
+Every function takes a SQLAlchemy :class:`Connection` inside the caller's transaction, so an API
+layer is a thin adapter: it opens the transaction, calls, and serialises the dataclasses.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from cim.errors import NotFoundError
+
+#: statuses in which a case still waits for someone
+OPEN_STATUSES = ("reported", "registered", "dispatched", "accepted", "returned", "handled", "suspended")
+TERMINAL_STATUSES = ("not_registered", "closed", "merged")
+
+_CASE_COLUMNS = (
+    "id", "channel", "external_id", "class_code", "urgency", "description", "address_text",
+    "geocode", "district_code", "street_code", "community_code", "grid_code", "part_object_code",
+    "reporter_contact", "status", "suspended_status", "reported_at", "registered_at", "dispatched_at",
+    "handled_at", "closed_at", "due_at", "remaining_hours", "overdue", "escalation_level",
+    "department_code", "department_name", "post_code", "person_name", "person_contact", "dispatch_reason",
+    "manual_reason", "returned_departments", "rework_count", "extension_count", "extension_requested_hours",
+    "merged_into", "version", "attributes")
+ESCALATION_LEVELS = ("street", "district", "city")
+
+
+@dataclass(frozen=True)
+class Case:
+    id: int
+    channel: str
+    external_id: str | None
+    class_code: str
+    urgency: str
+    description: str | None
+    address_text: str | None
+    geocode: dict[str, Any] | None
+    district_code: str | None
+    street_code: str | None
+    community_code: str | None
+    grid_code: str | None
+    part_object_code: str | None
+    reporter_contact: str | None
+    status: str
+    suspended_status: str | None
+    reported_at: datetime
+    registered_at: datetime | None
+    dispatched_at: datetime | None
+    handled_at: datetime | None
+    closed_at: datetime | None
+    due_at: datetime | None
+    remaining_hours: float | None
+    overdue: bool
+    escalation_level: int
+    department_code: str | None
+    department_name: str | None
+    post_code: str | None
+    person_name: str | None
+    person_contact: str | None
+    dispatch_reason: str | None
+    manual_reason: str | None
+    returned_departments: list[str]
+    rework_count: int
+    extension_count: int
+    extension_requested_hours: float | None
+    merged_into: int | None
+    version: int
+    attributes: dict[str, Any]
+    x: float | None = None  # storage CRS
+    y: float | None = None
+    z: float | None = None
+
+    @property
+    def escalated_to(self) -> str:
+        return ESCALATION_LEVELS[self.escalation_level]
+
+    def to_dict(self, mask_contact: bool = False) -> dict[str, Any]:
+        out = asdict(self)
+        for key, value in out.items():
+            if isinstance(value, datetime):
+                out[key] = value.isoformat()
+        out["escalated_to"] = self.escalated_to
+        if mask_contact:
+            out["reporter_contact"] = mask(self.reporter_contact)
+        return out
+
+
+@dataclass(frozen=True)
+class CaseEvent:
+    id: int
+    case_id: int
+    at: datetime
+    actor: str
+    role: str
+    action: str
+    from_status: str | None
+    to_status: str | None
+    note: str | None
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "at": self.at.isoformat()}
+
+
+def mask(contact: str | None) -> str | None:
+    """A reporter's contact as lists show it: 139****5678."""
+    if not contact:
+        return contact
+    keep = 3 if len(contact) >= 10 else 1
+    return contact[:keep] + "*" * max(len(contact) - keep - 4, 1) + contact[-4:] if len(contact) > 5 else "*" * len(contact)
+
+
+_SELECT = (f"SELECT {', '.join('c.' + c for c in _CASE_COLUMNS)}, ST_X(c.geom) AS x, ST_Y(c.geom) AS y, "
+           "ST_Z(c.geom) AS z FROM cases c")
+
+
+def _case(row: sa.Row) -> Case:
+    return Case(**row._asdict())
+
+
+def get_case(conn: Connection, case_id: int, lock: bool = False) -> Case:
+    """One case; ``lock`` takes its row lock until the transaction ends (actions serialise on it)."""
+    row = conn.execute(sa.text(_SELECT + " WHERE c.id = :id" + (" FOR UPDATE" if lock else "")),
+                       {"id": case_id}).one_or_none()
+    if row is None:
+        raise NotFoundError(f"case {case_id} does not exist")
+    return _case(row)
+
+
+def case_log(conn: Connection, case_id: int) -> list[CaseEvent]:
+    rows = conn.execute(sa.text("SELECT id, case_id, at, actor, role, action, from_status, to_status, note, data "
+                                "FROM case_events WHERE case_id = :id ORDER BY id"), {"id": case_id})
+    return [CaseEvent(**r._asdict()) for r in rows]
+
+
+def write_event(conn: Connection, case_id: int, at: datetime, actor: str, role: str, action: str,
+                from_status: str | None, to_status: str | None, note: str | None = None,
+                data: dict[str, Any] | None = None) -> int:
+    """Append one row to the case's log (the table refuses anything but INSERT)."""
+    return conn.execute(sa.text(
+        "INSERT INTO case_events (case_id, at, actor, role, action, from_status, to_status, note, data) "
+        "VALUES (:case_id, :at, :actor, :role, :action, :from_status, :to_status, :note, CAST(:data AS jsonb)) "
+        "RETURNING id"),
+        {"case_id": case_id, "at": at, "actor": actor, "role": role, "action": action, "from_status": from_status,
+         "to_status": to_status, "note": note,
+         "data": json.dumps(data or {}, ensure_ascii=False, default=str)}).scalar_one()
+
+
+@dataclass(frozen=True)
+class CaseFilter:
+    status: str | None = None
+    class_code: str | None = None
+    channel: str | None = None
+    district_code: str | None = None
+    street_code: str | None = None
+    grid_code: str | None = None
+    department_code: str | None = None
+    manual: bool | None = None  # only cases in (True) or out of (False) the manual queue
+    overdue: bool | None = None
+    reported_from: datetime | None = None
+    reported_to: datetime | None = None
+
+
+def list_cases(conn: Connection, where: CaseFilter = CaseFilter(), limit: int = 100, offset: int = 0) -> list[Case]:
+    """Cases matching every given filter, newest first."""
+    clauses, params = [], {"limit": limit, "offset": offset}
+    for name in ("status", "class_code", "channel", "district_code", "street_code", "grid_code", "department_code"):
+        value = getattr(where, name)
+        if value is not None:
+            clauses.append(f"c.{name} = :{name}")
+            params[name] = value
+    if where.manual is not None:
+        clauses.append("c.manual_reason IS " + ("NOT NULL" if where.manual else "NULL"))
+    if where.overdue is not None:
+        clauses.append("c.overdue = :overdue")
+        params["overdue"] = where.overdue
+    if where.reported_from is not None:
+        clauses.append("c.reported_at >= :rf")
+        params["rf"] = where.reported_from
+    if where.reported_to is not None:
+        clauses.append("c.reported_at < :rt")
+        params["rt"] = where.reported_to
+    sql = _SELECT + (" WHERE " + " AND ".join(clauses) if clauses else "") + \
+        " ORDER BY c.reported_at DESC, c.id DESC LIMIT :limit OFFSET :offset"
+    return [_case(r) for r in conn.execute(sa.text(sql), params)]

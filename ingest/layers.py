@@ -1,0 +1,140 @@
+"""What each feature layer does beyond its columns, as the hooks its :class:`ingest.specs.LayerSpec`
+names: the rules run over a batch, checks against the base, what is read before or at the start
+of a load, and the links the merge makes. The loader itself (``ingest.run``) is layer-neutral."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy.engine import Connection
+
+from cim.schema import CURTAIN_WALL_SUPPORT_TYPES as SUPPORT_TYPES
+from ingest import geometry as geo
+from ingest import prepare
+from ingest.prepare import Context, Prepared, with_placeholders
+
+#: rules over one batch: (coerced frame, geometry in the storage CRS with rejected rows None or None
+#: for no geometry, which rows are still valid, the run's context) -> the prepared batch
+Rules = Callable[[pd.DataFrame, "np.ndarray | None", np.ndarray, Context], Prepared]
+#: per-batch check against the base, inside the load's transaction: (cursor, prepared frame, source row
+#: numbers, rejects by batch position to add to, the run's context)
+Check = Callable[[Any, pd.DataFrame, np.ndarray, dict[int, str], Context], None]
+
+
+# --- rules -----------------------------------------------------------------------------------------
+
+def flat_rules(frame: pd.DataFrame, geoms: np.ndarray | None, valid: np.ndarray, ctx: Context) -> Prepared:
+    """Features on the ground (z = 0) with no rule of their own (curtain walls given their own outline)."""
+    return Prepared(frame, _on_ground(geoms, valid), {}, {})
+
+
+def hierarchy_rules(frame: pd.DataFrame, geoms: np.ndarray | None, valid: np.ndarray, ctx: Context,
+                    layer: str) -> Prepared:
+    return Prepared(prepare.parent_codes(frame, layer), _on_ground(geoms, valid), {}, {})
+
+
+def building_rules(frame: pd.DataFrame, geoms: np.ndarray | None, valid: np.ndarray, ctx: Context) -> Prepared:
+    return prepare.prepare_buildings(frame, with_placeholders(geoms, valid), ctx)
+
+
+def pipeline_rules(frame: pd.DataFrame, geoms: np.ndarray | None, valid: np.ndarray, ctx: Context) -> Prepared:
+    return prepare.prepare_pipelines(frame, with_placeholders(geoms, valid, "line"), ctx)
+
+
+def point_rules(frame: pd.DataFrame, geoms: np.ndarray | None, valid: np.ndarray, ctx: Context) -> Prepared:
+    return prepare.prepare_points(frame, with_placeholders(geoms, valid, "point"), ctx)
+
+
+def address_rules(frame: pd.DataFrame, geoms: np.ndarray | None, valid: np.ndarray, ctx: Context) -> Prepared:
+    assert ctx.address_parser is not None, "read_address_parser runs before the load"
+    return ctx.address_parser.prepare(point_rules(frame, geoms, valid, ctx))
+
+
+def part_rules(frame: pd.DataFrame, geoms: np.ndarray | None, valid: np.ndarray, ctx: Context) -> Prepared:
+    district_codes = (frame["district_code"].to_numpy(dtype=object) if "district_code" in frame
+                      else np.full(len(frame), None, dtype=object))
+    return prepare.prepare_parts(frame, with_placeholders(geoms, valid, "point"), ctx, district_codes,
+                                 _existing_object_codes(ctx.cur, frame))
+
+
+def _on_ground(geoms: np.ndarray | None, valid: np.ndarray) -> np.ndarray | None:
+    if geoms is None:
+        return None
+    return geo.with_constant_z(with_placeholders(geoms, valid), np.zeros(len(geoms)))
+
+
+def _existing_object_codes(cur, frame: pd.DataFrame) -> dict[str, str]:
+    """Codes the base already gave these parts (the current version's, or the latest one's of a closed
+    part delivered again), so a re-delivery without codes keeps them."""
+    ids = frame.loc[frame["object_code"].isna(), "source_id"].dropna().tolist()
+    if not ids:
+        return {}
+    cur.execute("SELECT DISTINCT ON (source_id) source_id, object_code FROM parts WHERE source_id = ANY(%s) "
+                "ORDER BY source_id, valid_to DESC NULLS FIRST, fid DESC", (ids,))
+    return dict(cur.fetchall())
+
+
+# --- read once per run ----------------------------------------------------------------------------
+
+def read_address_parser(conn: Connection, ctx: Context) -> None:
+    from ingest.addresses import AddressParser  # the gazetteer is only needed by address loads
+
+    ctx.address_parser = AddressParser.load(conn)
+
+
+def read_part_sequences(cur, ctx: Context) -> None:
+    """The last object-code sequence per 10-digit prefix, over every version ever stored (a closed
+    feature keeps its code: it may be delivered again). Read after the load's lock, so two loads
+    never hand out the same codes."""
+    cur.execute("SELECT left(object_code, 10), max(right(object_code, 6)::int) FROM parts GROUP BY 1")
+    ctx.next_sequence = dict(cur.fetchall())
+
+
+# --- checks against the base ----------------------------------------------------------------------
+
+def check_object_codes(cur, frame: pd.DataFrame, rows: np.ndarray, reasons: dict[int, str], ctx: Context) -> None:
+    """An object code names one current part: not two rows of a load, nor a part of another source id."""
+    codes = frame["object_code"].to_numpy(dtype=object)
+    sources = frame["source_id"].to_numpy(dtype=object)
+    wanted = sorted({c for i, c in enumerate(codes) if i not in reasons and c is not None})
+    cur.execute("SELECT object_code, source_id FROM parts WHERE valid_to IS NULL AND object_code = ANY(%s)",
+                (wanted,))
+    holders = dict(cur.fetchall())
+    for i, code in enumerate(codes):
+        if i in reasons or code is None:
+            continue
+        if code in holders and (holders[code] is None or holders[code] != sources[i]):
+            reasons[i] = f"object code {code} already belongs to part {holders[code]!r}"
+            continue
+        first = ctx.object_code_rows.setdefault(code, int(rows[i]))
+        if first != int(rows[i]):
+            reasons[i] = f"object code {code} repeated (also at row {first})"
+
+
+def check_curtain_walls(cur, frame: pd.DataFrame, rows: np.ndarray, reasons: dict[int, str], ctx: Context) -> None:
+    support = frame["support_type"].to_numpy(dtype=object)
+    for i in np.flatnonzero(pd.notna(support) & ~np.isin(support, SUPPORT_TYPES)):
+        reasons.setdefault(int(i), f"unknown support type {support[i]!r} (one of {'、'.join(SUPPORT_TYPES)})")
+    wanted = sorted({b for b in frame["building_source_id"] if b is not None})
+    cur.execute("SELECT source_id FROM buildings WHERE valid_to IS NULL AND source_id = ANY(%s)", (wanted,))
+    known = {r[0] for r in cur.fetchall()}
+    for i, building in enumerate(frame["building_source_id"]):
+        if building not in known:
+            reasons.setdefault(i, f"unknown building {building!r} (load buildings first)")
+
+
+# --- links made by the merge (see ingest.merge.merge: extra_select and joins) ---------------------
+
+CURTAIN_WALL_MERGE = {
+    "extra_select": {
+        "geom": "COALESCE(s.geom, b.geom)", "building_feature_id": "b.feature_id",
+        **{c: f"COALESCE(s.{c}, b.{c})" for c in ("district_code", "street_code", "community_code", "grid_code")}},
+    "joins": "LEFT JOIN buildings b ON b.source_id = s.building_source_id AND b.valid_to IS NULL"}
+BUILDING_MERGE = {"extra_select": {"address_feature_id": (
+    "(SELECT a.feature_id FROM addresses a WHERE a.valid_to IS NULL AND ST_Covers(s.geom, a.geom) "
+    "ORDER BY a.door_int NULLS LAST, a.standard_address LIMIT 1)")}}
+ADDRESS_MERGE = {"extra_select": {"building_feature_id": (
+    "(SELECT b.feature_id FROM buildings b WHERE b.valid_to IS NULL AND ST_Covers(b.geom, s.geom) "
+    "ORDER BY b.source_id LIMIT 1)")}}
