@@ -67,7 +67,7 @@ class AlertWriter:
         row = self.cur.fetchone()
         if row:
             self.report.alerts_cleared += 1
-            note_alert_cleared(self.conn, row[0], row[1], at)
+            note_alert_cleared(self.conn, row[0], row[1], at, reason)
         return row is not None
 
     def touch(self, rule_ids: list, device_ids: list, times: list, values: list) -> None:

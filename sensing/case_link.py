@@ -1,25 +1,33 @@
-"""The one seam between alerts and the case loop: an alarm opens a case, a clearing adds a note.
+"""The one seam between alerts and the case loop (:mod:`cases`): an alarm opens a case, a clearing
+adds a note to it. Nothing else in :mod:`sensing` knows that cases exist.
 
-Every alarm (an alert opened at level alarm, or escalated to it) is handed to
-:func:`open_case_for_alarm` and every clearing of such an alert to :func:`note_alert_cleared`;
-nothing else in :mod:`sensing` knows that cases exist. The case loop is the ``cases`` package;
-where it is not installed (this build predates it) no case is opened, the alert's ``case_id``
-stays NULL and the alert itself is the record — nothing pretends a case exists.
+* Every alarm — an alert opened at level alarm, or escalated to it — whose rule names a case class
+  (``case_class``, code or name, e.g. ``道路积水``) becomes a report on channel ``iot`` at the device's
+  point, through :func:`cases.intake.intake`: located in the device's grid, registered and
+  dispatched by machine like any sensor report. The case's id is kept on the alert (``case_id``);
+  the alert's id is the report's external id, so asking twice gives the same case.
+* Clearing an alert that opened a case adds a ``comment`` to the case's log (the case stays with
+  its department: the water going down is not the work being verified).
+* A rule without a case class raises alerts only.
 """
 from __future__ import annotations
 
-import importlib.util
-import logging
 from dataclasses import dataclass
 from datetime import datetime
 
+import sqlalchemy as sa
+
+from cases.catalogue import class_by_code
+from cases.intake import CaseReport, intake
+from cases.lifecycle import Action, act
+
 CASE_CHANNEL = "iot"
-log = logging.getLogger(__name__)
+ACTOR = "sensing"
 
 
 @dataclass(frozen=True)
 class AlarmForCase:
-    """What the case loop needs of an alarm: where (device, its grid), what (rule, its class), when."""
+    """What the case loop needs of an alarm: where (device), what (rule, its class), when, how much."""
     alert_id: int
     rule_id: int
     rule_name: str
@@ -31,26 +39,34 @@ class AlarmForCase:
     time: datetime
 
 
-def _warn_unwired() -> None:
-    # the case loop landed after this seam was written: say so in the log rather than failing intake
-    log.warning("package 'cases' is installed but sensing.case_link does not open cases through it yet")
+def check_case_class(conn: sa.Connection, case_class: str) -> str:
+    """The class's code (a rule may name it by code or name); a ParameterError naming ``case_class``
+    when the catalogue has no such class."""
+    return class_by_code(conn, case_class, "case_class").code
 
 
-def case_loop_available() -> bool:
-    return importlib.util.find_spec("cases") is not None
-
-
-def open_case_for_alarm(conn, alarm: AlarmForCase) -> int | None:  # noqa: ANN001 (a SQLAlchemy connection)
-    """Open the case of ``alarm`` in its device's grid (channel ``iot``) and record its id on the
-    alert; returns the case id, or None when this build has no case loop."""
-    if not case_loop_available():
+def open_case_for_alarm(conn: sa.Connection, alarm: AlarmForCase) -> int | None:
+    """Open (or find) the case of ``alarm``; returns its id, or None when the rule names no class."""
+    if not alarm.case_class:
         return None
-    _warn_unwired()
-    return None
+    point = conn.execute(sa.text("""SELECT ST_X(geom), ST_Y(geom), ST_Z(geom), ST_SRID(geom), name, device_type
+        FROM iot_devices WHERE source_id = :d AND valid_to IS NULL"""), {"d": alarm.device_id}).one()
+    x, y, z, srid, name, device_type = point
+    what = f"{alarm.quantity} {alarm.value:g}" if alarm.value is not None else "no readings"
+    report = CaseReport(
+        channel=CASE_CHANNEL, class_code=alarm.case_class, external_id=f"iot-alert-{alarm.alert_id}",
+        description=f"{alarm.rule_name}: {device_type} {name or ''} ({alarm.device_id}) {what} "
+                    f"at {alarm.time.isoformat()}",
+        x=x, y=y, z=z, crs=f"EPSG:{srid}", urgency="emergency", reported_at=alarm.time,
+        attributes={"alert_id": alarm.alert_id, "rule_id": alarm.rule_id, "device_id": alarm.device_id,
+                    "quantity": alarm.quantity, "value": alarm.value})
+    return intake(conn, report).case.id
 
 
-def note_alert_cleared(conn, alert_id: int, case_id: int | None, cleared_at: datetime) -> None:  # noqa: ANN001
-    """Add a note to the alarm's case that the alert cleared (nothing when it opened none)."""
-    if case_id is None or not case_loop_available():
+def note_alert_cleared(conn: sa.Connection, alert_id: int, case_id: int | None, cleared_at: datetime,
+                       reason: str) -> None:
+    """Add a note to the alarm's case that its alert cleared (nothing when it opened none)."""
+    if case_id is None:
         return
-    _warn_unwired()
+    act(conn, case_id, Action("comment", ACTOR, "system", f"alert {alert_id} cleared at "
+                                                         f"{cleared_at.isoformat()}: {reason}"))

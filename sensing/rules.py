@@ -20,6 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from cim.errors import ConflictError, NotFoundError, ParameterError
+from sensing.case_link import check_case_class, note_alert_cleared
 
 KINDS = ("level", "rate", "offline")
 DIRECTIONS = ("above", "below")
@@ -101,6 +102,8 @@ def add_rule(conn: sa.Connection, spec: RuleSpec) -> dict[str, Any]:
                          {"n": spec.name}).scalar()
     if taken is not None:
         raise ConflictError(f"a rule named {spec.name!r} exists already (id {taken}); remove it first")
+    if spec.case_class:
+        spec.case_class = check_case_class(conn, spec.case_class)
     values = asdict(spec)
     columns = ", ".join(values)
     rule_id = conn.execute(sa.text(f"INSERT INTO iot_rules ({columns}) VALUES "
@@ -128,8 +131,12 @@ def remove_rule(conn: sa.Connection, rule_id: int) -> int:
     """Remove a rule (its alerts stay, pointing at it); its active alerts clear. Returns how many cleared."""
     get_rule(conn, rule_id)
     conn.execute(sa.text("UPDATE iot_rules SET removed_at = now() WHERE id = :id"), {"id": rule_id})
-    return conn.execute(sa.text("UPDATE iot_alerts SET cleared_at = now(), cleared_reason = 'rule removed' "
-                                "WHERE rule_id = :id AND cleared_at IS NULL"), {"id": rule_id}).rowcount
+    cleared = conn.execute(sa.text("UPDATE iot_alerts SET cleared_at = now(), cleared_reason = 'rule removed' "
+                                   "WHERE rule_id = :id AND cleared_at IS NULL RETURNING id, case_id, cleared_at"),
+                           {"id": rule_id}).all()
+    for alert_id, case_id, cleared_at in cleared:
+        note_alert_cleared(conn, alert_id, case_id, cleared_at, "rule removed")
+    return len(cleared)
 
 
 def check_rules(conn: sa.Connection) -> list[dict[str, Any]]:

@@ -29,7 +29,7 @@ T0 = datetime(2026, 12, 20, 8, 0, tzinfo=timezone.utc)
 def base(server_url) -> str:
     url = create_database(server_url)
     initialise(engine_for(url))
-    load_sample_layers(url, "districts", "streets", "communities", "grids", "iot-devices")
+    load_sample_layers(url, "districts", "streets", "communities", "grids", "responsibility", "iot-devices")
     return url
 
 
@@ -74,7 +74,7 @@ def test_warning_then_alarm_is_one_alert_escalated_and_cleared_below_the_hystere
     (alert,) = alerts(base, rid)
     assert (alert["level"], alert["escalated_at"], alert["cleared_at"]) == ("alarm", at(20), at(60))
     assert alert["first_value"] == 1.1 and alert["last_value"] == 0.9
-    assert alert["case_id"] is None  # no case loop in this build (see sensing.case_link)
+    assert alert["case_id"] is not None  # the alarm opened a case (see test_an_alarm_opens_one_case…)
     # rising again later opens a new alert: the one before is cleared
     send(base, "IOT-0031", (70, 1.2))
     assert [a["cleared_at"] is None for a in alerts(base, rid)] == [False, True]
@@ -252,3 +252,36 @@ def test_two_batches_of_one_device_at_once_open_one_alert(base):
     assert "error" not in outcome, outcome.get("error")
     assert outcome["report"].alerts_opened == 0
     assert len(alerts(base, rid)) == 1
+
+
+def cases_of(url: str, alert_case: int) -> list[dict]:
+    with engine_for(url).connect() as conn:
+        return [dict(r) for r in conn.execute(sa.text("SELECT * FROM cases WHERE id = :id"),
+                                              {"id": alert_case}).mappings()]
+
+
+def test_an_alarm_opens_exactly_one_case_in_the_devices_grid_and_clearing_notes_it(base):
+    rid = rule(base, name="ponding IOT-0049", device_id="IOT-0049", **PONDING)
+    before = scalar(base, "SELECT count(*) FROM cases")
+    send(base, "IOT-0049", (0, 1.1))  # warning: an alert, no case
+    assert scalar(base, "SELECT count(*) FROM cases") == before
+    assert alerts(base, rid)[0]["case_id"] is None
+    send(base, "IOT-0049", (10, 1.6), (20, 1.9))  # alarm, and staying there
+    send(base, "IOT-0049", (30, 2.1))
+    assert scalar(base, "SELECT count(*) FROM cases") == before + 1
+    (alert,) = alerts(base, rid)
+    case = cases_of(base, alert["case_id"])[0]
+    device_grid = scalar(base, "SELECT grid_code FROM iot_devices WHERE source_id = 'IOT-0049' AND valid_to IS NULL")
+    assert device_grid is not None
+    assert (case["channel"], case["grid_code"], case["class_code"]) == ("iot", device_grid, "E0401")
+    assert case["external_id"] == f"iot-alert-{alert['id']}" and case["status"] != "reported"
+    send(base, "IOT-0049", (40, 0.5))  # cleared: a note on the case, still one case
+    assert scalar(base, "SELECT count(*) FROM cases") == before + 1
+    notes = scalar(base, "SELECT string_agg(note, ' | ') FROM case_events WHERE case_id = :c AND action = 'comment'",
+                   c=alert["case_id"])
+    assert f"alert {alert['id']} cleared" in notes and "back to normal" in notes
+
+
+def test_a_rule_naming_an_unknown_case_class_is_refused(base):
+    with pytest.raises(Exception, match="case_class"):
+        rule(base, name="bad class", device_id="IOT-0050", **{**PONDING, "case_class": "不存在的类"})

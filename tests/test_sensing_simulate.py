@@ -43,6 +43,13 @@ def test_a_rainstorm_drives_water_levels_over_their_thresholds_and_back(base):
     assert all(r.device_type == "水位计" for r in rows)
     assert any(r.level == "alarm" for r in rows)
     assert all(r.cleared_at is not None for r in rows), "the storm recedes within the 12 hours"
+    # each alarm opened one case of its rule's class (道路积水) on the iot channel, in the device's grid
+    with engine_for(base).connect() as conn:
+        linked = conn.execute(sa.text("""SELECT a.level, c.channel, c.class_code, c.grid_code = d.grid_code
+            FROM iot_alerts a JOIN iot_devices d ON d.source_id = a.device_id AND d.valid_to IS NULL
+            LEFT JOIN cases c ON c.id = a.case_id""")).all()
+    assert all((row[1], row[2], row[3]) == ("iot", "E0401", True) for row in linked if row[0] == "alarm")
+    assert all(row[1] is None for row in linked if row[0] == "warning")
     # the storm's peak is at 06:00 +08:00 = 22:00 UTC the day before; every alert opened around it
     assert all(r.opened_at.hour in (20, 21, 22) for r in rows)
 
