@@ -10,7 +10,7 @@ levels with hysteresis, and an offline rule):
 * **store_batch** — :func:`sensing.intake.store_batch` in this process, batches of ``--batch``
   readings: parsing, row checks, COPY, duplicates, latest value, rules and alerts;
 * **HTTP** — `POST /iot/readings` (CSV bodies of ``--batch`` readings) against `cim serve` (uvicorn,
-  ``--workers``) on a loopback port, from 1 and from 2 client threads.
+  ``--workers``) on a loopback port, from 1 and from 2 client threads (each its own devices).
 
 Needs a database server: CIM_DATABASE_URL, or the embedded cluster (`cim db up` with CIM_HOME set).
 Prints a Markdown section (also written to benchmarks/work/sensing_intake.md).
@@ -80,6 +80,7 @@ def build_template(server: str) -> str:
         if entry["layer"] in ("districts", "streets", "communities", "grids", "iot-devices"):
             ingest_files(entry["layer"], [ROOT / "data_samples" / entry["path"]],
                          IngestOptions(crs=entry.get("crs"), encoding=entry.get("encoding"), z=entry.get("z"),
+                                       layer_name=entry.get("layer_name"),
                                        mapping=entry.get("map") or {}), engine_for(url))
     with engine_for(url).begin() as conn:
         add_rule(conn, RuleSpec(name="积水", device_type="水位计", quantity="water_level", warning=1.2, alarm=1.5,
@@ -150,9 +151,13 @@ def over_http(url: str, frame: pd.DataFrame, batch: int, clients: int, workers: 
             if time.monotonic() > deadline or server.poll() is not None:
                 raise SystemExit(f"cim serve did not come up; see {WORK / 'sensing_serve.log'}")
             time.sleep(0.3)
-        # time order per device matters for rules: each client takes whole time slices in order
-        bodies = [csv_bytes(frame.iloc[i:i + batch]) for i in range(0, len(frame), batch)]
-        lanes = [bodies[i::clients] for i in range(clients)]
+        # as gateways would: each client sends its own devices, in time order (two clients sending one
+        # device's readings out of order would make late readings and offline gaps, not a faster intake)
+        devices = sorted(frame["device_id"].unique())
+        lanes = []
+        for i in range(clients):
+            mine = frame[frame["device_id"].isin(devices[i::clients])]
+            lanes.append([csv_bytes(mine.iloc[j:j + batch]) for j in range(0, len(mine), batch)])
         totals = {"stored": 0, "opened": 0, "errors": 0}
         lock = threading.Lock()
 

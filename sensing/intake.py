@@ -24,6 +24,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+from psycopg2 import errors
 
 from cim.readings import advance_latest, ensure_month_partitions, quantity_specs
 from cim.times import parse_instants
@@ -152,17 +155,27 @@ def store_batch(conn, frame: pd.DataFrame, *, evaluate: bool = True) -> IntakeRe
     cur.execute("CREATE TEMP TABLE IF NOT EXISTS _stored (device_id text, quantity text, time timestamptz, "
                 "value float8) ON COMMIT DELETE ROWS")
     cur.execute("TRUNCATE _intake, _stored")
-    buffer = io.StringIO()
-    good.to_csv(buffer, index=False, header=False, date_format="%Y-%m-%dT%H:%M:%S.%f%z",
-                float_format="%.17g", columns=["device_id", "quantity", "time", "value"])
-    buffer.seek(0)
-    cur.copy_expert("COPY _intake (device_id, quantity, time, value) FROM STDIN WITH (FORMAT csv)", buffer)
-    cur.execute("""WITH stored AS (
-            INSERT INTO iot_readings (device_id, time, quantity, value)
-            SELECT device_id, time, quantity, value FROM _intake ON CONFLICT DO NOTHING
-            RETURNING device_id, quantity, time, value)
-        INSERT INTO _stored SELECT * FROM stored""")
-    report.stored = cur.rowcount
+    cur.copy_expert("COPY _stored (device_id, quantity, time, value) FROM STDIN WITH (FORMAT csv)",
+                    _csv_for_copy(good))
+    # Fast path: a plain INSERT costs half of one with ON CONFLICT … RETURNING (measured), and fresh
+    # readings rarely repeat stored ones. When some do, the savepoint undoes it and the rows go the
+    # careful way, which keeps in _stored exactly the rows that were new.
+    cur.execute("SAVEPOINT cim_intake")
+    try:
+        cur.execute("INSERT INTO iot_readings (device_id, time, quantity, value) "
+                    "SELECT device_id, time, quantity, value FROM _stored")
+        report.stored = cur.rowcount
+        cur.execute("RELEASE SAVEPOINT cim_intake")
+    except errors.UniqueViolation:
+        cur.execute("ROLLBACK TO SAVEPOINT cim_intake")
+        cur.execute("INSERT INTO _intake SELECT * FROM _stored")
+        cur.execute("TRUNCATE _stored")
+        cur.execute("""WITH stored AS (
+                INSERT INTO iot_readings (device_id, time, quantity, value)
+                SELECT device_id, time, quantity, value FROM _intake ON CONFLICT DO NOTHING
+                RETURNING device_id, quantity, time, value)
+            INSERT INTO _stored SELECT * FROM stored""")
+        report.stored = cur.rowcount
     report.duplicates += len(good) - report.stored
     cur.execute("""SELECT count(*) FROM _stored s JOIN iot_latest l USING (device_id, quantity)
         WHERE s.time < l.time""")
@@ -173,6 +186,18 @@ def store_batch(conn, frame: pd.DataFrame, *, evaluate: bool = True) -> IntakeRe
         evaluate_stored(conn, report)
     advance_latest(cur, "_stored")
     return report
+
+
+def _csv_for_copy(good: pd.DataFrame) -> io.BytesIO:
+    """The rows as CSV for COPY, written by Arrow (pandas' writer formats times and floats one by one
+    in Python, which cost more than the COPY itself); floats round-trip exactly."""
+    table = pa.table({"device_id": pa.array(good["device_id"].astype(object), pa.string()),
+                      "quantity": pa.array(good["quantity"].astype(object), pa.string()),
+                      "time": pa.array(good["time"]), "value": pa.array(good["value"], pa.float64())})
+    sink = io.BytesIO()
+    pa_csv.write_csv(table, sink, pa_csv.WriteOptions(include_header=False))
+    sink.seek(0)
+    return sink
 
 
 def _reason_kind(reason: str) -> str:
