@@ -68,7 +68,7 @@ def get_rules_check(request: Request) -> Any:
 
 
 @router.delete("/iot/rules/{rule_id}", summary="Remove a rule; its active alerts clear (role loader)")
-def delete_rule(request: Request, rule_id: int = Path(...),
+def delete_rule(request: Request, rule_id: int = Path(..., ge=1, le=2**31 - 1),
                 key: ApiKey = Depends(auth.require_role("loader"))) -> Any:
     with get_state(request).engine.begin() as conn:
         return {"removed": rule_id, "alerts_cleared": remove_rule(conn, rule_id)}
@@ -86,13 +86,13 @@ def get_alerts(request: Request,
 
 
 @router.get("/alerts/{alert_id}", summary="One alert")
-def get_one_alert(request: Request, alert_id: int = Path(...)) -> Any:
+def get_one_alert(request: Request, alert_id: int = Path(..., ge=1, le=2**63 - 1)) -> Any:
     with get_state(request).engine.connect() as conn:
         return get_alert(conn, alert_id)
 
 
 @router.post("/alerts/{alert_id}/ack", summary="Acknowledge an alert (role loader)")
-def post_ack(request: Request, alert_id: int = Path(...),
+def post_ack(request: Request, alert_id: int = Path(..., ge=1, le=2**63 - 1),
              key: ApiKey = Depends(auth.require_role("loader"))) -> Any:
     with get_state(request).engine.begin() as conn:
         return acknowledge(conn, alert_id, key.name or f"key {key.id}")

@@ -123,6 +123,8 @@ def list_alerts(conn: sa.Connection, state: str | None = None, device_id: str | 
         raise ParameterError("state", f"state must be one of {', '.join(STATES)}, got {state!r}")
     if level is not None and level not in _LEVEL_CODE:
         raise ParameterError("level", f"level must be warning or alarm, got {level!r}")
+    if device_id is not None and "\x00" in device_id:
+        raise ParameterError("device", "device contains a NUL character")
     where = {"open": "a.cleared_at IS NULL AND a.acknowledged_at IS NULL",
              "acknowledged": "a.cleared_at IS NULL AND a.acknowledged_at IS NOT NULL",
              "cleared": "a.cleared_at IS NOT NULL", "active": "a.cleared_at IS NULL", None: "true"}[state]

@@ -94,6 +94,8 @@ def check_rows(cur, frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:  # n
     device, quantity, unit = _text(frame["device_id"]), _text(frame["quantity"]), _text(frame["unit"])
     for name, column in (("device_id", device), ("quantity", quantity)):
         reject(column.isna(), f"missing {name}")
+    for name, column in (("device_id", device), ("quantity", quantity), ("unit", unit)):
+        reject(column.str.contains("\x00", regex=False).fillna(False), f"{name} contains a NUL character")
     raw_time = frame["time"]
     reject(raw_time.isna() | (raw_time.astype("string").str.strip() == "").fillna(True), "missing time")
     times, bad_time = parse_instants(raw_time.astype("string"))
@@ -109,7 +111,7 @@ def check_rows(cur, frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:  # n
     reject(~np.isfinite(values.to_numpy()), lambda m: "value " + raw_value[m].astype(str).str.slice(0, 40).map(repr)
            + " is not a finite number")
 
-    known = _devices(cur, sorted(set(device.dropna())))
+    known = _devices(cur, sorted(set(device[reason.isna().to_numpy()].dropna())))
     reject(device.notna() & ~device.isin(list(known)),
            lambda m: "unknown device " + device[m].map(repr) + " (not a current IoT device)")
     # a quantity the device declares, in the device's unit (when both sides name one)

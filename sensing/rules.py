@@ -67,6 +67,17 @@ class RuleSpec:
             if not ok:
                 raise ParameterError(parameter, message)
 
+        for name in ("name", "kind", "quantity", "device_type", "device_id", "area_level", "area_code", "direction",
+                     "offline_level", "case_class"):
+            value = getattr(self, name)
+            need(value is None or isinstance(value, str), name, f"{name} must be text, got {value!r}")
+            need(value is None or "\x00" not in value, name, f"{name} contains a NUL character")
+        for name in ("duration_s", "offline_minutes"):
+            value = getattr(self, name)
+            need(value is None or (isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**31),
+                 name, f"{name} must be a whole number, got {value!r}")
+        for name in ("warning", "alarm", "hysteresis"):
+            need(not isinstance(getattr(self, name), bool), name, f"{name} must be a number, not true/false")
         need(self.kind in KINDS, "kind", f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         need(self.direction in DIRECTIONS, "direction", f"direction must be above or below, got {self.direction!r}")
         need((self.area_level is None) == (self.area_code is None), "area_code",

@@ -164,3 +164,11 @@ def test_a_batch_in_a_new_month_locks_out_neither_readers_nor_other_batches(base
                 assert store_batch(reader, parse_batch(body("IOT-0048"), "json")).stored == 1
         tx.commit()
     assert scalar(base, "SELECT count(*) FROM iot_readings_202703") == 2
+
+
+def test_a_nul_character_is_a_rejected_row_not_a_server_error(base):
+    report = store(base, b'[{"device_id":"IOT-0041\\u0000","time":"2026-12-06T00:00:00Z","quantity":"water_level",'
+                         b'"value":0.1},{"device_id":"IOT-0041","time":"2026-12-06T00:00:00Z","quantity":"water_level",'
+                         b'"value":0.1}]', "json")
+    assert (report.stored, report.rejected) == (1, 1)
+    assert report.rejects[0]["reason"] == "device_id contains a NUL character"

@@ -198,6 +198,13 @@ def test_rules_and_alerts_over_http(base):
         assert r.status_code == 201, r.text
         rid = r.json()["id"]
         assert client.post("/iot/rules", json={"name": "x", "kind": "level"}, headers=headers).status_code == 400
+        for bad in ({"quantity": {"a": 1}}, {"duration_s": True}, {"warning": True}, {"device_type": "a\x00b"},
+                    {"duration_s": 2**40}, {"colour": "red"}):
+            r = client.post("/iot/rules", json={"name": "typed", "quantity": "water_level", "warning": 1.0, **bad},
+                            headers=headers)
+            assert r.status_code == 400, (bad, r.text)
+        assert client.get("/alerts", params={"device": "a\x00b"}).status_code == 400
+        assert client.get(f"/alerts/{2**70}").status_code in (400, 422)
         assert client.post("/iot/rules", json={"name": "ponding IOT-0040", **PONDING},
                            headers=headers).status_code == 409
         assert any(x["id"] == rid for x in client.get("/iot/rules").json()["rules"])
