@@ -33,7 +33,7 @@ from api.tiles import VersionedTileMiddleware
 from cim.config import DeploymentSettings
 
 ROUTER_MODULES = ("api.ops", "api.features", "api.grid", "api.nearby", "api.iot", "api.ingest_upload",
-                  "api.geocode", "api.tiles", "api.viewer", "api.cases", "api.open311")
+                  "api.geocode", "api.tiles", "api.viewer", "api.cases", "api.open311", "api.sensing")
 
 #: Every middleware of the app, outermost first; nothing else adds one. Inside the last of them come
 #: Starlette's exception handlers (api.problems) and the routes.

@@ -18,6 +18,7 @@ from fastapi import APIRouter, FastAPI, Path, Query, Request
 
 from api.deps import get_state
 from api.limits import MAX_DATETIME_CHARS, MAX_NAME_CHARS
+from cim.readings import QUANTITY_NAME_KEYS, quantity_specs
 from api.problems import bad_parameter, not_found
 from cim.times import day_start, parse_instant
 
@@ -25,8 +26,7 @@ router = APIRouter(tags=["iot"])
 
 MAX_READINGS = 100_000
 DEFAULT_WINDOW = timedelta(hours=24)
-_NAME_KEYS = ("name", "quantity", "code", "id")  # how a quantity entry may name itself
-_NOT_THRESHOLDS = set(_NAME_KEYS) | {"unit", "label", "title", "description"}
+_NOT_THRESHOLDS = set(QUANTITY_NAME_KEYS) | {"unit", "label", "title", "description"}
 
 
 def parse_time(value: str | None, parameter: str) -> datetime | None:
@@ -35,24 +35,6 @@ def parse_time(value: str | None, parameter: str) -> datetime | None:
         return None
     parsed = parse_instant(value, parameter)  # a ParameterError naming ``parameter``, mapped by api.problems
     return parsed if isinstance(parsed, datetime) else day_start(parsed)
-
-
-def quantity_specs(quantities: Any) -> dict[str, dict[str, Any]]:
-    """The device's ``quantities`` JSON as {name: entry}; accepts a list of names, a list of
-    objects naming themselves by name/quantity/code/id, or an object keyed by name."""
-    specs: dict[str, dict[str, Any]] = {}
-    if isinstance(quantities, dict):
-        for key, entry in quantities.items():
-            specs[str(key)] = entry if isinstance(entry, dict) else {"unit": entry}
-    elif isinstance(quantities, list):
-        for entry in quantities:
-            if isinstance(entry, str):
-                specs[entry] = {}
-            elif isinstance(entry, dict):
-                name = next((entry[k] for k in _NAME_KEYS if entry.get(k) not in (None, "")), None)
-                if name is not None:
-                    specs[str(name)] = entry
-    return specs
 
 
 def _find_device(conn: sa.Connection, device_id: str) -> dict[str, Any] | None:

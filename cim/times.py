@@ -77,3 +77,18 @@ def next_day(day: date, parameter: str) -> date:
         return day + timedelta(days=1)
     except OverflowError:
         raise _out_of_range(day.isoformat(), parameter) from None
+
+
+def parse_instants(texts: "pd.Series") -> "tuple[pd.Series, pd.Series]":  # noqa: F821 (pandas, imported lazily)
+    """Many timestamps at once by the same rule as :func:`parse_instant` (offset required): returns
+    (times in UTC, ``NaT`` where refused; a boolean mask of the refused). For bulk intake, where a
+    Python call per value would cost more than storing it. Dates alone are refused: a reading has
+    an instant, not a day."""
+    import pandas as pd
+
+    text = texts.astype("string").str.strip()
+    shaped = text.str.fullmatch(_TIMESTAMP.pattern).fillna(False) & text.str.contains(r"(?:[Zz]|[+-]\d{2}:?\d{2})$",
+                                                                                     regex=True).fillna(False)
+    normalised = text.where(shaped).str.replace(" ", "T", regex=False)
+    times = pd.to_datetime(normalised, utc=True, errors="coerce", format="ISO8601")
+    return times, times.isna().to_numpy()

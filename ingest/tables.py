@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from cim.errors import UserError
+from cim.readings import advance_latest, ensure_month_partitions
 from ingest.columns import coerce, plan_columns
 from ingest.read import open_source
 from ingest.provenance import finish_run, load_transaction, operator_name, start_run
@@ -88,7 +89,7 @@ def _check_devices(cur, frame: pd.DataFrame, reasons: dict[int, str]) -> None:
 def _merge_readings(cur, data: pd.DataFrame, report: IngestReport, engine) -> None:
     if data.empty:
         return
-    _create_partitions(engine, pd.to_datetime(data["time"], utc=True))
+    ensure_month_partitions(engine, {(t.year, t.month) for t in pd.to_datetime(data["time"], utc=True)})
     dupes = data.duplicated(subset=["device_id", "quantity", "time"], keep=False)
     if dupes.any():
         raise UserError(f"{int(dupes.sum())} readings repeat the same device, quantity and time "
@@ -107,21 +108,7 @@ def _merge_readings(cur, data: pd.DataFrame, report: IngestReport, engine) -> No
         SELECT device_id, time, quantity, value, %s FROM _readings ON CONFLICT DO NOTHING""", (report.run_id,))
     report.inserted = cur.rowcount
     report.unchanged = len(data) - report.inserted - report.updated
-
-
-def _create_partitions(engine, times: pd.Series) -> None:
-    """One partition per month, created before the rows arrive (the default partition stays empty).
-
-    In a short transaction of its own, committed at once: CREATE TABLE … PARTITION OF locks the whole
-    of iot_readings exclusively, which inside the load's transaction would lock every reader of any
-    device's readings out until the load commits. An empty partition outlives a failed load harmlessly.
-    """
-    with engine.begin() as conn:
-        for month in sorted({(t.year, t.month) for t in times}):
-            start = pd.Timestamp(year=month[0], month=month[1], day=1, tz="UTC")
-            end = start + pd.offsets.MonthBegin(1)
-            conn.exec_driver_sql(f"CREATE TABLE IF NOT EXISTS iot_readings_{month[0]:04d}{month[1]:02d} PARTITION OF "
-                                 f"iot_readings FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')")
+    advance_latest(cur, "_readings")
 
 
 def _merge_responsibility(cur, data: pd.DataFrame, report: IngestReport, mode: str) -> None:

@@ -12,11 +12,13 @@ have_postgis() {
 }
 
 # Optional tools, installed when apt is at hand: ogr2ogr/ogrinfo (GDAL clients for the benchmark and
-# the OGC API interoperability test) and Chromium (the viewer's browser test).
+# the OGC API interoperability test), Chromium (the viewer's browser test) and mosquitto (the MQTT
+# broker of the live-sensing tests).
 optional_missing() {
   local pkgs=()
   command -v ogrinfo >/dev/null 2>&1 || pkgs+=(gdal-bin)
   command -v chromium >/dev/null 2>&1 || pkgs+=(chromium fonts-noto-cjk)
+  command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || pkgs+=(mosquitto)
   echo "${pkgs[@]:-}"
 }
 

@@ -49,8 +49,8 @@ def _package(root: Path, name: str, source: str = "") -> None:
 
 
 def _toy_project(tmp_path: Path, **sources: str) -> Path:
-    """The project's own contract over four toy packages whose ``__init__`` imports are given."""
-    for name in ("cim", "ingest", "tiles", "api"):
+    """The project's own contract over toy root packages whose ``__init__`` imports are given."""
+    for name in _pyproject()["tool"]["importlinter"]["root_packages"]:
         _package(tmp_path, name, sources.get(name, ""))
     importlinter = _pyproject()["tool"]["importlinter"]
     # strings and lists of strings: their JSON form is valid TOML
@@ -80,3 +80,9 @@ def test_the_contract_keeps_the_edges_apart(tmp_path):
     config = _toy_project(tmp_path, tiles="import ingest\n")
     broken = _lint_imports(tmp_path, config)
     assert broken.returncode != 0 and "tiles -> ingest" in broken.stdout, broken.stdout
+
+
+def test_the_contract_keeps_sensing_off_the_loaders(tmp_path):
+    config = _toy_project(tmp_path, sensing="import ingest\n")
+    broken = _lint_imports(tmp_path, config)
+    assert broken.returncode != 0 and "sensing -> ingest" in broken.stdout, broken.stdout
