@@ -35,6 +35,9 @@ DEFAULT_MAX_BODY_BYTES = 64 * KIB
 GRID_LOOKUP_MAX_BODY_BYTES = 2 * MIB
 #: ``POST /geocode/batch``: 100,000 addresses as JSON with \u escapes (6 bytes a character), or a CSV
 GEOCODE_BATCH_MAX_BODY_BYTES = 32 * MIB
+#: ``POST /iot/readings``: a batch of readings (~100 bytes each as JSON: some 600,000 readings); a bigger
+#: feed is sent as several batches
+READINGS_MAX_BODY_BYTES = 64 * MIB
 #: a body refused for its declared size is still read and thrown away up to this many bytes, so that
 #: the client (still sending) reads the 413 instead of a connection reset; larger ones are cut off
 DRAIN_MAX_BYTES = 64 * MIB
@@ -43,6 +46,7 @@ DRAIN_MAX_BYTES = 64 * MIB
 ROUTE_BODY_LIMITS: tuple[tuple[str, re.Pattern[str], int | None], ...] = (
     ("POST", re.compile(r"^/grid/lookup/?$"), GRID_LOOKUP_MAX_BODY_BYTES),
     ("POST", re.compile(r"^/geocode/batch/?$"), GEOCODE_BATCH_MAX_BODY_BYTES),
+    ("POST", re.compile(r"^/iot/readings/?$"), READINGS_MAX_BODY_BYTES),
     # ``POST /ingest/{layer}``: uploaded files, spooled to disk while they stream in (not held in
     # memory); None: the deployment setting CIM_UPLOAD_MAX_MB
     ("POST", re.compile(r"^/ingest/[^/]+/?$"), None),

@@ -11,17 +11,12 @@ from starlette.concurrency import run_in_threadpool
 from api import auth
 from api.deps import get_state
 from cim.apikeys import ApiKey
-from cim.errors import PayloadTooLargeError
 from sensing.alerts import acknowledge, get_alert, list_alerts
 from sensing.intake import store_batch
 from sensing.parse import format_of, parse_batch
 from sensing.rules import RuleSpec, add_rule, check_rules, list_rules, remove_rule
 
 router = APIRouter(tags=["sensing"])
-
-#: largest batch body accepted; a bigger feed is sent as several batches
-MAX_BATCH_BYTES = 64 << 20
-
 
 def _store(engine, body: bytes, fmt: str) -> dict[str, Any]:  # noqa: ANN001
     frame = parse_batch(body, fmt, where="request body")
@@ -37,10 +32,7 @@ def _store(engine, body: bytes, fmt: str) -> dict[str, Any]:  # noqa: ANN001
 async def post_readings(request: Request, key: ApiKey = Depends(auth.require_role("loader"))) -> Any:
     """Each reading: ``device_id``, ``time`` (RFC 3339 with offset), ``quantity``, ``value``, optional
     ``unit``. Rejected rows are listed with their row number and reason; the rest are stored."""
-    body = await request.body()
-    if len(body) > MAX_BATCH_BYTES:
-        raise PayloadTooLargeError(f"a batch of readings is at most {MAX_BATCH_BYTES >> 20} MiB; "
-                                   f"send this one as several batches")
+    body = await request.body()  # at most api.limits.READINGS_MAX_BODY_BYTES: the body-limit middleware
     fmt = format_of(request.headers.get("content-type"), body)
     return await run_in_threadpool(_store, get_state(request).engine, body, fmt)
 
