@@ -17,7 +17,8 @@ All inside the caller's transaction: a chunk is in whole or not at all.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -56,6 +57,12 @@ class BatchOutcome:
 def _dumps(value: Any) -> str:
     # the serialisation write_event uses, so a batch log row equals a single intake's
     return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _number(value: float | None) -> float | str | None:
+    """A coordinate for the JSON document: JSON has no infinity (a point that could not be
+    transformed), PostgreSQL's float8 reads it from text."""
+    return value if value is None or math.isfinite(value) else repr(value)
 
 
 def _known(conn: Connection, reports: Sequence[CaseReport]) -> dict[tuple[str, str], int]:
@@ -124,17 +131,17 @@ def _ids(conn: Connection, n: int) -> list[int]:
 
 _CASE_FIELDS = (
     ("id", "bigint"), ("channel", "text"), ("external_id", "text"), ("class_code", "text"), ("urgency", "text"),
-    ("description", "text"), ("address_text", "text"), ("geocode", "text"), ("district_code", "text"),
+    ("description", "text"), ("address_text", "text"), ("geocode", "jsonb"), ("district_code", "text"),
     ("street_code", "text"), ("community_code", "text"), ("grid_code", "text"), ("part_object_code", "text"),
     ("reporter_contact", "text"), ("status", "text"), ("reported_at", "timestamptz"),
     ("registered_at", "timestamptz"), ("dispatched_at", "timestamptz"), ("due_at", "timestamptz"),
     ("department_code", "text"), ("department_name", "text"), ("post_code", "text"), ("person_name", "text"),
-    ("person_contact", "text"), ("dispatch_reason", "text"), ("manual_reason", "text"), ("attributes", "text"),
+    ("person_contact", "text"), ("dispatch_reason", "text"), ("manual_reason", "text"), ("attributes", "jsonb"),
     ("version", "integer"), ("x", "float8"), ("y", "float8"), ("z", "float8"))
 _COLUMNS = [name for name, _ in _CASE_FIELDS if name not in ("x", "y", "z")]
 _INSERT_CASES = (
     f"INSERT INTO cases ({', '.join(_COLUMNS)}, geom) OVERRIDING SYSTEM VALUE "
-    f"SELECT {', '.join('CAST(r.' + c + ' AS jsonb)' if c in ('geocode', 'attributes') else 'r.' + c for c in _COLUMNS)}, "
+    f"SELECT {', '.join('r.' + c for c in _COLUMNS)}, "
     "CASE WHEN r.x IS NULL THEN NULL ELSE ST_SetSRID(ST_MakePoint(r.x, r.y, r.z), CAST(:srid AS integer)) END "
     f"FROM json_to_recordset(CAST(:rows AS json)) AS r({', '.join(f'{n} {t}' for n, t in _CASE_FIELDS)}) "
     "ORDER BY r.id ON CONFLICT (channel, external_id) WHERE external_id IS NOT NULL DO NOTHING RETURNING id")
@@ -154,10 +161,13 @@ _INSERT_EVENTS = (
 
 
 def intake_batch(conn: Connection, reports: Sequence[CaseReport], now: datetime | None = None,
-                 calendar: WorkingCalendar | None = None) -> list[BatchOutcome]:
+                 calendar: WorkingCalendar | None = None,
+                 classes: Mapping[str, CaseClass] | None = None) -> list[BatchOutcome]:
     """Take a chunk of reports in as cases, registered and dispatched by machine (or put in the
-    manual queue), inside the caller's transaction; one outcome per report, in order. Raises
-    :class:`TicketRaced` if another intake took one of the chunk's tickets in meanwhile."""
+    manual queue), inside the caller's transaction; one outcome per report, in order. ``classes``
+    (a report's class code or name → its class, as :func:`class_by_code` resolves it) may be
+    passed by a caller that has them. Raises :class:`TicketRaced` if another intake took one of
+    the chunk's tickets in meanwhile."""
     for report in reports:
         _validate(report)
     settings = stored_settings(conn)
@@ -166,7 +176,7 @@ def intake_batch(conn: Connection, reports: Sequence[CaseReport], now: datetime 
     srid = settings.srid
     now = now or now_utc()
     calendar = calendar or load_calendar(conn)
-    classes: dict[str, CaseClass] = {}
+    classes = dict(classes or {})
     for report in reports:
         if report.class_code not in classes:
             classes[report.class_code] = class_by_code(conn, report.class_code)
@@ -198,14 +208,14 @@ def intake_batch(conn: Connection, reports: Sequence[CaseReport], now: datetime 
         row: dict[str, Any] = {
             "id": case_id, "channel": r.channel, "external_id": r.external_id or None, "class_code": cls.code,
             "urgency": r.urgency, "description": r.description, "address_text": r.address_text,
-            "x": loc.x, "y": loc.y, "z": loc.z if loc.x is not None else None,
-            "geocode": None if loc.geocode is None else _dumps(loc.geocode),
+            "x": _number(loc.x), "y": _number(loc.y), "z": _number(loc.z) if loc.x is not None else None,
+            "geocode": loc.geocode,
             "district_code": a.district.code if a.district else None,
             "street_code": a.street.code if a.street else None,
             "community_code": a.community.code if a.community else None,
             "grid_code": a.grid.code if a.grid else None, "part_object_code": parts.get(j),
             "reporter_contact": r.reporter_contact, "reported_at": r.reported_at or now,
-            "registered_at": now, "attributes": _dumps(r.attributes), "status": "registered",
+            "registered_at": now, "attributes": r.attributes, "status": "registered",
             "manual_reason": loc.problem, "version": 2}
         if loc.problem is None:
             grid = row["grid_code"]
@@ -263,7 +273,7 @@ def _events(case_rows: list[dict[str, Any]], reports: Sequence[CaseReport], locs
     def event(case_id: int, actor: str, role: str, action: str, frm: str | None, to: str, note: str | None,
               data: dict[str, Any]) -> None:
         out.append({"n": len(out), "case_id": case_id, "at": now, "actor": actor, "role": role, "action": action,
-                    "from_status": frm, "to_status": to, "note": note, "data": json.loads(_dumps(data))})
+                    "from_status": frm, "to_status": to, "note": note, "data": data})
 
     for row, r, loc in zip(case_rows, reports, locs):
         case_id, cls = row["id"], classes[r.class_code]

@@ -23,7 +23,7 @@ from cim.errors import UserError
 
 from cases.batch import TicketRaced, intake_batch
 from cases.calendar import load_calendar
-from cases.catalogue import class_by_code
+from cases.catalogue import CaseClass, class_by_code
 from cases.intake import CHANNELS, URGENCIES, CaseReport, intake
 
 FIELDS = ("channel", "class", "description", "address", "x", "y", "z", "crs", "urgency", "external_id",
@@ -109,14 +109,16 @@ def import_cases(engine: Engine, path: Path, now: datetime | None = None, chunk:
     if chunk < 1:
         raise UserError(f"chunk: {chunk} is not a positive number of rows")
     reports: list[CaseReport] = []
+    classes: dict[str, CaseClass] = {}  # class code or name → class: one query per distinct one
     with engine.connect() as conn:
         for n, row in _rows(path):
             where = f"{path}, row {n}"
             report = to_report(where, row)
-            try:
-                class_by_code(conn, report.class_code, parameter="class")
-            except UserError as exc:
-                raise UserError(f"{where}: field {exc}") from None
+            if report.class_code not in classes:
+                try:
+                    classes[report.class_code] = class_by_code(conn, report.class_code, parameter="class")
+                except UserError as exc:
+                    raise UserError(f"{where}: field {exc}") from None
             reports.append(report)
         conn.commit()  # the catalogue may have been seeded on first use
     created = known = dispatched = manual = 0
@@ -135,7 +137,7 @@ def import_cases(engine: Engine, path: Path, now: datetime | None = None, chunk:
         for attempt in (1, 2):
             try:
                 with engine.begin() as conn:
-                    outcomes = intake_batch(conn, part, now=now)
+                    outcomes = intake_batch(conn, part, now=now, classes=classes)
                 break
             except TicketRaced:  # another intake took one of the chunk's tickets: now it is known
                 if attempt == 2:
