@@ -10,19 +10,21 @@ differs is only how it is computed:
 * the dispatch rule (:func:`cases.dispatch.rank`) runs once per distinct (grid, class), only the
   person (in turn by case id) per case; the case ids are drawn from the sequence first, in input
   order, so the person is the one the single intake would pick;
-* the cases go in with one INSERT and their log rows with another, from a JSON document.
+* the cases and their log rows go in with one COPY each.
 
 All inside the caller's transaction: a chunk is in whole or not at all.
 """
 from __future__ import annotations
 
+import io
 import json
-import math
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import psycopg2.errors
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -57,12 +59,6 @@ class BatchOutcome:
 def _dumps(value: Any) -> str:
     # the serialisation write_event uses, so a batch log row equals a single intake's
     return json.dumps(value, ensure_ascii=False, default=str)
-
-
-def _number(value: float | None) -> float | str | None:
-    """A coordinate for the JSON document: JSON has no infinity (a point that could not be
-    transformed), PostgreSQL's float8 reads it from text."""
-    return value if value is None or math.isfinite(value) else repr(value)
 
 
 def _known(conn: Connection, reports: Sequence[CaseReport]) -> dict[tuple[str, str], int]:
@@ -129,22 +125,13 @@ def _ids(conn: Connection, n: int) -> list[int]:
         {"n": n}).scalars())
 
 
-_CASE_FIELDS = (
-    ("id", "bigint"), ("channel", "text"), ("external_id", "text"), ("class_code", "text"), ("urgency", "text"),
-    ("description", "text"), ("address_text", "text"), ("geocode", "jsonb"), ("district_code", "text"),
-    ("street_code", "text"), ("community_code", "text"), ("grid_code", "text"), ("part_object_code", "text"),
-    ("reporter_contact", "text"), ("status", "text"), ("reported_at", "timestamptz"),
-    ("registered_at", "timestamptz"), ("dispatched_at", "timestamptz"), ("due_at", "timestamptz"),
-    ("department_code", "text"), ("department_name", "text"), ("post_code", "text"), ("person_name", "text"),
-    ("person_contact", "text"), ("dispatch_reason", "text"), ("manual_reason", "text"), ("attributes", "jsonb"),
-    ("version", "integer"), ("x", "float8"), ("y", "float8"), ("z", "float8"))
-_COLUMNS = [name for name, _ in _CASE_FIELDS if name not in ("x", "y", "z")]
-_INSERT_CASES = (
-    f"INSERT INTO cases ({', '.join(_COLUMNS)}, geom) OVERRIDING SYSTEM VALUE "
-    f"SELECT {', '.join('r.' + c for c in _COLUMNS)}, "
-    "CASE WHEN r.x IS NULL THEN NULL ELSE ST_SetSRID(ST_MakePoint(r.x, r.y, r.z), CAST(:srid AS integer)) END "
-    f"FROM json_to_recordset(CAST(:rows AS json)) AS r({', '.join(f'{n} {t}' for n, t in _CASE_FIELDS)}) "
-    "ORDER BY r.id ON CONFLICT (channel, external_id) WHERE external_id IS NOT NULL DO NOTHING RETURNING id")
+#: the columns a new case's row fills (the rest keep their defaults), geom last
+_COLUMNS = (
+    "id", "channel", "external_id", "class_code", "urgency", "description", "address_text", "geocode",
+    "district_code", "street_code", "community_code", "grid_code", "part_object_code", "reporter_contact", "status",
+    "reported_at", "registered_at", "dispatched_at", "due_at", "department_code", "department_name", "post_code",
+    "person_name", "person_contact", "dispatch_reason", "manual_reason", "attributes", "version", "geom")
+_EVENT_COLUMNS = ["case_id", "at", "actor", "role", "action", "from_status", "to_status", "note", "data"]
 #: duplicates_of for every new case at once: the open cases that were in when it came in (lower ids)
 _DUPLICATES = (
     "SELECT q.id, array_agg(o.id ORDER BY o.reported_at, o.id) AS dups "
@@ -153,11 +140,44 @@ _DUPLICATES = (
     "AND o.status NOT IN ('closed', 'not_registered', 'merged') "
     "AND o.reported_at BETWEEN c.reported_at - make_interval(secs => q.w * 3600) AND c.reported_at "
     "AND ST_DWithin(o.geom, c.geom, q.r) GROUP BY q.id")
-_INSERT_EVENTS = (
-    "INSERT INTO case_events (case_id, at, actor, role, action, from_status, to_status, note, data) "
-    "SELECT e.case_id, e.at, e.actor, e.role, e.action, e.from_status, e.to_status, e.note, e.data "
-    "FROM json_to_recordset(CAST(:rows AS json)) AS e(n int, case_id bigint, at timestamptz, actor text, "
-    "role text, action text, from_status text, to_status text, note text, data jsonb) ORDER BY e.n")
+
+
+def _point(x: float | None, y: float | None, z: float | None, srid: int) -> str | None:
+    """The point as hex EWKB (POINT Z with SRID): exact for every float, infinity included."""
+    if x is None or y is None:
+        return None
+    return struct.pack("<BIIddd", 1, 0xA0000001, srid, x, y, z or 0.0).hex()
+
+
+def _field(value: Any) -> str:
+    """One value in COPY's text format."""
+    if value is None:
+        return "\\N"
+    if isinstance(value, dict | list):
+        text = _dumps(value)
+    elif isinstance(value, datetime):
+        text = value.isoformat()
+    elif isinstance(value, float):
+        text = repr(value)
+    else:
+        text = str(value)
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _copy(conn: Connection, table: str, columns: Sequence[str], rows: list[list[Any]]) -> None:
+    """COPY rows into a table (the cheapest way in: a third of a multi-row INSERT's time)."""
+    buf = io.StringIO()
+    for row in rows:
+        buf.write("\t".join(map(_field, row)))
+        buf.write("\n")
+    buf.seek(0)
+    cursor = conn.connection.cursor()
+    try:
+        cursor.copy_expert(f"COPY {table} ({', '.join(columns)}) FROM STDIN", buf)
+    except psycopg2.errors.UniqueViolation as exc:  # a ticket came in meanwhile (cases' unique index)
+        raise TicketRaced(str(exc).splitlines()[0]) from None
+    finally:
+        cursor.close()
 
 
 def intake_batch(conn: Connection, reports: Sequence[CaseReport], now: datetime | None = None,
@@ -208,7 +228,7 @@ def intake_batch(conn: Connection, reports: Sequence[CaseReport], now: datetime 
         row: dict[str, Any] = {
             "id": case_id, "channel": r.channel, "external_id": r.external_id or None, "class_code": cls.code,
             "urgency": r.urgency, "description": r.description, "address_text": r.address_text,
-            "x": _number(loc.x), "y": _number(loc.y), "z": _number(loc.z) if loc.x is not None else None,
+            "x": loc.x, "y": loc.y, "z": loc.z,
             "geocode": loc.geocode,
             "district_code": a.district.code if a.district else None,
             "street_code": a.street.code if a.street else None,
@@ -237,13 +257,13 @@ def intake_batch(conn: Connection, reports: Sequence[CaseReport], now: datetime 
         case_rows.append(row)
 
     if case_rows:
-        inserted = conn.execute(sa.text(_INSERT_CASES), {"rows": _dumps(case_rows), "srid": srid}).scalars().all()
-        if len(inserted) != len(case_rows):
-            raise TicketRaced(f"{len(case_rows) - len(inserted)} ticket(s) of the chunk came in meanwhile")
+        _copy(conn, "cases", _COLUMNS, [[row.get(c) for c in _COLUMNS[:-1]] + [_point(row["x"], row["y"], row["z"], srid)]
+                                        for row in case_rows])
     dups = _duplicates(conn, [(row["id"], classes[r.class_code]) for row, r, loc in zip(case_rows, fresh, locs)
                               if loc.x is not None])
     if case_rows:
-        conn.execute(sa.text(_INSERT_EVENTS), {"rows": _dumps(_events(case_rows, fresh, locs, classes, dups, now))})
+        _copy(conn, "case_events", _EVENT_COLUMNS,
+              [[e[c] for c in _EVENT_COLUMNS] for e in _events(case_rows, fresh, locs, classes, dups, now)])
 
     outcomes: list[BatchOutcome | None] = [None] * len(reports)
     for i, row in zip(new, case_rows):
