@@ -161,3 +161,4 @@ def test_a_killed_import_leaves_whole_chunks(server_url, tmp_path):
     assert 0 < n < len(rows) and n % chunk == 0 and incomplete == 0
     rest = import_cases(engine, src, now=NOW, chunk=chunk)  # the rerun takes the rest in
     assert rest.known == n and rest.created + rest.known == len(rows)
+
