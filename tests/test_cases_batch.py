@@ -162,3 +162,50 @@ def test_a_killed_import_leaves_whole_chunks(server_url, tmp_path):
     rest = import_cases(engine, src, now=NOW, chunk=chunk)  # the rerun takes the rest in
     assert rest.known == n and rest.created + rest.known == len(rows)
 
+
+
+def test_a_chunk_whose_ticket_races_in_meanwhile_is_taken_again(two_cities):
+    """Two intakes of ticket R-1 at once: the second chunk's COPY waits on the first's unique
+    index entry and, when the first commits, fails as TicketRaced (the importer takes the chunk
+    again and finds the ticket known); no second case."""
+    import threading
+
+    from cases.batch import TicketRaced, intake_batch
+    from cases.intake import CaseReport
+
+    _, engine = two_cities[1]
+
+    def report(ticket: str) -> CaseReport:
+        return CaseReport(channel="hotline_12345", class_code="道路破损", address_text="汾阳路61号", external_id=ticket)
+
+    with engine.begin() as warm:  # what is seeded or cached on first use, done beforehand
+        intake_batch(warm, [report("R-0")], now=NOW)
+    first = engine.connect()
+    trans = first.begin()
+    intake_batch(first, [report("R-1")], now=NOW)
+    outcome = {}
+
+    def second() -> None:
+        try:
+            with engine.begin() as conn:
+                intake_batch(conn, [report("R-1")], now=NOW)
+            outcome["result"] = "taken"
+        except TicketRaced:
+            outcome["result"] = "raced"
+    worker = threading.Thread(target=second)
+    worker.start()
+
+    def copy_waits() -> bool:  # a fresh connection each time: pg_stat_activity is a per-transaction snapshot
+        with engine.connect() as watch:
+            return watch.execute(sa.text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'COPY cases%'"
+            )).scalar() > 0
+    try:
+        _wait_for(lambda: not worker.is_alive() or copy_waits(), 30)
+    finally:
+        trans.commit()
+        first.close()
+        worker.join(30)
+    assert outcome == {"result": "raced"}
+    with engine.connect() as check:
+        assert check.execute(sa.text("SELECT count(*) FROM cases WHERE external_id = 'R-1'")).scalar() == 1
