@@ -45,11 +45,14 @@ def _print_json(obj: object) -> None:
 @cases_app.command("import")
 def import_(path: Path = typer.Argument(..., help="CSV (header: channel,class,description,address,x,y,z,crs,"
                                                   "urgency,external_id,reporter_contact,reported_at) or JSON array."),
-            now: str | None = typer.Option(None, help="Intake time (ISO 8601 with zone); default: now.")) -> None:
+            now: str | None = typer.Option(None, help="Intake time (ISO 8601 with zone); default: now."),
+            chunk: int = typer.Option(2000, help="Rows per transaction (a killed import keeps whole chunks)."),
+            one_by_one: bool = typer.Option(False, "--one-by-one",
+                                            help="Take each case in alone (the slow reference path).")) -> None:
     """Take in a hotline system's export as cases (idempotent on external ids)."""
     from cases.importer import import_cases
 
-    report = import_cases(_engine(), path, _time(now, "now"))
+    report = import_cases(_engine(), path, _time(now, "now"), chunk=chunk, one_by_one=one_by_one)
     typer.echo(f"{path}: {report.read} read, {report.created} new, {report.known} already in, "
                f"{report.dispatched} dispatched by machine, {report.manual} in the manual queue")
 

@@ -49,9 +49,20 @@ def _handles(resp: Responsibility, code: str) -> bool:
     return any(code == h or (len(h) == 2 and code.startswith(h)) for h in resp.department.handles)
 
 
-def choose(case_id: int, cls: CaseClass, grid_code: str, chain: Sequence[Responsibility],
-           kinds: dict[str, re.Pattern[str]], excluded: Sequence[str] = ()) -> Assignment | NoDecision:
-    """The department, post and person for a case of ``cls`` in ``grid_code``, or why none."""
+@dataclass(frozen=True)
+class Ranked:
+    """The post the rule picks for a (class, grid, excluded departments): everything of the choice
+    but the person, who depends on the case id — so a batch computes it once per distinct key."""
+
+    subject: str
+    grid_code: str
+    responsibility: Responsibility
+    why: str
+
+
+def rank(cls: CaseClass, grid_code: str, chain: Sequence[Responsibility], kinds: dict[str, re.Pattern[str]],
+         excluded: Sequence[str] = ()) -> Ranked | NoDecision:
+    """Rules 1–4 but the person: the post of ``grid_code``'s chain for a case of ``cls``, or why none."""
     pattern = kinds.get(cls.department_kind or "")
     ranked: list[tuple[int, int, Responsibility, str]] = []
     for order, resp in enumerate(chain):
@@ -79,11 +90,24 @@ def choose(case_id: int, cls: CaseClass, grid_code: str, chain: Sequence[Respons
                           f"{grid_code}{left_out}")
     ranked.sort(key=lambda r: (r[0], r[1]))
     _, _, resp, why = ranked[0]
+    return Ranked(subject, grid_code, resp, why)
+
+
+def assign(case_id: int, ranked: Ranked) -> Assignment:
+    """The person of the ranked post for one case (rule 4: the post's holders in turn by case id)."""
+    resp = ranked.responsibility
     persons = resp.persons
     person = persons[case_id % len(persons)] if persons else None
     who = (f"person {person.name} (holder {case_id % len(persons) + 1} of {len(persons)}, in turn by case id)"
            if person else "no person holds the post: the department assigns one")
-    reason = (f"{subject} → grid {grid_code} → post {resp.post.code} {resp.post.name} of department "
-              f"{resp.department.code} {resp.department.name}, because {why}; {who}")
+    reason = (f"{ranked.subject} → grid {ranked.grid_code} → post {resp.post.code} {resp.post.name} of department "
+              f"{resp.department.code} {resp.department.name}, because {ranked.why}; {who}")
     return Assignment(resp.department.code, resp.department.name, resp.post.code,
                       person.name if person else None, person.contact if person else None, reason)
+
+
+def choose(case_id: int, cls: CaseClass, grid_code: str, chain: Sequence[Responsibility],
+           kinds: dict[str, re.Pattern[str]], excluded: Sequence[str] = ()) -> Assignment | NoDecision:
+    """The department, post and person for a case of ``cls`` in ``grid_code``, or why none."""
+    found = rank(cls, grid_code, chain, kinds, excluded)
+    return assign(case_id, found) if isinstance(found, Ranked) else found

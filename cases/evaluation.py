@@ -53,8 +53,13 @@ class Indicators:
     p90_hours_to_close: float | None
 
 
+# Grouped under the "C" collation (the same groups: equality is bytewise under any deterministic
+# collation) because sorting ~1M text keys under the database's locale costs more than the whole
+# aggregation; the ≤ thousands of result rows are then ordered in the locale. date_part, not
+# extract: extract returns numeric (PostgreSQL ≥ 14), ~3× slower over a million rows.
 _SQL = """
-SELECT {key} AS key, {name} AS name,
+SELECT * FROM (
+SELECT c.k COLLATE "C" AS key, {name} AS name,
        count(*) AS registered,
        count(*) FILTER (WHERE closed) AS closed,
        count(*) FILTER (WHERE closed AND c.closed_at <= c.due_at) AS closed_on_time,
@@ -68,13 +73,13 @@ SELECT {key} AS key, {name} AS name,
        round(count(*) FILTER (WHERE c.extension_count > 0)::numeric / count(*), 4)::float8 AS extension_rate,
        avg(hours) FILTER (WHERE closed) AS mean_hours_to_close,
        percentile_cont(0.9) WITHIN GROUP (ORDER BY hours) FILTER (WHERE closed) AS p90_hours_to_close
-FROM (SELECT c.*, coalesce(c.closed_at < :end, false) AS closed,
-             extract(epoch FROM c.closed_at - c.registered_at)::float8 / 3600 AS hours
+FROM (SELECT c.*, {key} AS k, coalesce(c.closed_at < :end, false) AS closed,
+             date_part('epoch', c.closed_at - c.registered_at) / 3600 AS hours
       FROM cases c
       WHERE c.registered_at >= :start AND c.registered_at < :end
         AND c.status NOT IN ('merged', 'not_registered')) AS c
-GROUP BY 1
-ORDER BY 1 NULLS LAST
+GROUP BY c.k COLLATE "C") AS u
+ORDER BY key COLLATE "default" NULLS LAST
 """
 
 

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection
 
 from cim.bootstrap import stored_settings
 from cim.errors import ParameterError, UserError
-from cim.gazetteer.geocode import MAX_QUERY_CHARS, POINT_LEVELS, geocode_many
+from cim.gazetteer.geocode import MAX_QUERY_CHARS, POINT_LEVELS, GeocodeResult, geocode_many
 from cim.grid import GridAnswer, lookup_points
 from cim.spatial import to_storage
 
@@ -29,6 +29,10 @@ CHANNELS = ("grid_patrol", "vehicle_patrol", "hotline_12345", "police_110", "iot
 URGENCIES = ("normal", "emergency")
 #: a part class case concerns the nearest current part of its 小类 within this distance
 PART_SNAP_M = 5.0
+#: the part a case concerns: the nearest current part of its 小类 within ``:r`` metres of its point
+#: (ties by object code); one text for the single intake and the batch's LATERAL join
+PART_SQL = ("SELECT object_code FROM parts WHERE valid_to IS NULL AND part_subclass = {cls} "
+            "AND ST_DWithin(geom, {point}, :r) ORDER BY ST_Distance(geom, {point}), object_code LIMIT 1")
 #: how the machine acts in the log
 MACHINE = "machine"
 
@@ -80,20 +84,23 @@ def _validate(report: CaseReport) -> None:
         raise ParameterError("reported_at", "reported_at: the time needs a time zone")
 
 
-def _locate(conn: Connection, report: CaseReport, srid: int) -> _Location:
-    storage = f"EPSG:{srid}"
-    if report.x is not None and report.y is not None:
-        sx, sy = to_storage([report.x], [report.y], report.crs, srid)
-        answer = lookup_points(conn, sx, sy, storage)[0]
-        x, y = float(sx[0]), float(sy[0])
-        problem = None if answer.grid else f"outside every grid: the point ({x:.1f}, {y:.1f}) in {storage} lies in no grid"
-        return _Location(x, y, float(report.z or 0.0), answer, None, problem)
-    text = (report.address_text or "").strip()
+def _at_point(x: float, y: float, z: float, answer: GridAnswer, storage: str) -> _Location:
+    """A point in storage coordinates and the grid answer for it."""
+    problem = None if answer.grid else f"outside every grid: the point ({x:.1f}, {y:.1f}) in {storage} lies in no grid"
+    return _Location(x, y, z, answer, None, problem)
+
+
+def _unreadable(text: str) -> _Location | None:
+    """The location of an address text the gazetteer is not even asked about, or None."""
     if not text:
         return _Location(problem="no address and no point given")
     if len(text) > MAX_QUERY_CHARS:
         return _Location(problem=f"address text longer than {MAX_QUERY_CHARS} characters")
-    result = geocode_many(conn, [text], storage)[0]
+    return None
+
+
+def _geocoded(text: str, result: GeocodeResult, z: float) -> _Location:
+    """The location an address text's geocode result gives, or why it gives none."""
     summary = result.summary()
     if result.match_level not in POINT_LEVELS or result.x is None:
         why = result.reason or "nothing of the gazetteer recognised"
@@ -102,7 +109,25 @@ def _locate(conn: Connection, report: CaseReport, srid: int) -> _Location:
     if result.ambiguous:
         return _Location(geocode=summary, problem=f"address ambiguous: {text!r} lies in several districts")
     problem = None if result.assignment.grid else f"outside every grid: {text!r} geocodes to no grid"
-    return _Location(result.x, result.y, float(report.z or 0.0), result.assignment, summary, problem)
+    return _Location(result.x, result.y, z, result.assignment, summary, problem)
+
+
+def _locate(conn: Connection, report: CaseReport, srid: int) -> _Location:
+    storage = f"EPSG:{srid}"
+    if report.x is not None and report.y is not None:
+        sx, sy = to_storage([report.x], [report.y], report.crs, srid)
+        answer = lookup_points(conn, sx, sy, storage)[0]
+        return _at_point(float(sx[0]), float(sy[0]), float(report.z or 0.0), answer, storage)
+    text = (report.address_text or "").strip()
+    early = _unreadable(text)
+    if early is not None:
+        return early
+    return _geocoded(text, geocode_many(conn, [text], storage)[0], float(report.z or 0.0))
+
+
+def register_note(cls: CaseClass) -> str:
+    """The machine's note when it registers (立案) a case of ``cls``."""
+    return f"立案: class {cls.code} {cls.name}; 立案条件: {cls.register_condition or '-'}"
 
 
 def _existing(conn: Connection, channel: str, external_id: str) -> int | None:
@@ -123,11 +148,8 @@ def _leading(conn: Connection, case_id: int) -> Case:
 def _part(conn: Connection, cls: CaseClass, loc: _Location, srid: int) -> str | None:
     if not cls.is_part or loc.x is None:
         return None
-    return conn.execute(sa.text(
-        "SELECT object_code FROM parts WHERE valid_to IS NULL AND part_subclass = :c "
-        "AND ST_DWithin(geom, ST_SetSRID(ST_MakePoint(:x, :y, :z), :srid), :r) "
-        "ORDER BY ST_Distance(geom, ST_SetSRID(ST_MakePoint(:x, :y, :z), :srid)), object_code LIMIT 1"),
-        {"c": cls.code, "x": loc.x, "y": loc.y, "z": loc.z, "srid": srid, "r": PART_SNAP_M}).scalar()
+    return conn.execute(sa.text(PART_SQL.format(cls=":c", point="ST_SetSRID(ST_MakePoint(:x, :y, :z), :srid)")),
+                        {"c": cls.code, "x": loc.x, "y": loc.y, "z": loc.z, "srid": srid, "r": PART_SNAP_M}).scalar()
 
 
 def duplicates_of(conn: Connection, case: Case, cls: CaseClass) -> list[int]:
@@ -193,9 +215,7 @@ def intake(conn: Connection, report: CaseReport, now: datetime | None = None,
     if not auto_register:
         return IntakeResult(get_case(conn, case_id), True, dups)
     calendar = calendar or load_calendar(conn)
-    act(conn, case_id, Action("register", MACHINE, "system",
-                              f"立案: class {cls.code} {cls.name}; 立案条件: {cls.register_condition or '-'}"),
-        now, calendar, cls)
+    act(conn, case_id, Action("register", MACHINE, "system", register_note(cls)), now, calendar, cls)
     if loc.problem is not None:
         write_event(conn, case_id, now, MACHINE, "system", "to_manual_queue", "registered", "registered",
                     loc.problem, {})

@@ -1,0 +1,213 @@
+"""Benchmark of the case loop's intake over HTTP (issue 11; `benchmarks/cases.py` measures the import and
+the indicators): `cim cases import` (cases/s) and `POST /cases` at 32
+connections (req/s, p50/p99) on the sample city — each report geocoded, put in its grid and dispatched by
+machine, in its own transaction (import: in chunks of 500).
+
+Needs a database server: CIM_DATABASE_URL, or the embedded cluster (`cim db up`, with CIM_HOME set). Creates
+a scratch database (dropped at the end unless --keep), runs `cim init` and `cim samples load`, then:
+
+1. writes a CSV of --import-rows hotline reports (address texts of the sample's doors, everyday 小类,
+   4 % unplaceable) and times `cim cases import` on it, end to end (process start included);
+2. starts `cim serve` (1 worker) on a loopback port and sends --requests JSON reports from 32 client
+   threads (a warm-up of 200 first), each on its own keep-alive connection.
+
+Prints a Markdown section for docs/benchmarks.md. Targets of the issue: import ≥ 5,000 cases/s;
+POST /cases ≥ 500 cases/s with p99 ≤ 50 ms at 32 connections.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import queue
+import random
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from cim.apikeys import create_key  # noqa: E402
+from cim.database import database_url, engine_for  # noqa: E402
+
+WORK = ROOT / "benchmarks" / "work"
+CIM = str(Path(sys.executable).with_name("cim"))
+CLASSES = ("暴露垃圾", "道路破损", "占道堆物", "店外经营", "道路积水", "违法搭建", "群租", "井盖缺失")
+UNPLACEABLE = ("老西门附近", "小区门口", "火星路1号")
+
+
+def machine(conn: sa.Connection) -> str:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor() or "?")
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    pg = conn.execute(sa.text("SHOW server_version")).scalar()
+    postgis = conn.execute(sa.text("SELECT extversion FROM pg_extension WHERE extname = 'postgis'")).scalar()
+    return (f"{platform.machine()}, {os.cpu_count()} cores ({model}), {ram:.0f} GiB RAM, Python "
+            f"{platform.python_version()}, PostgreSQL {pg.split()[0]} + PostGIS {postgis}")
+
+
+def admin(server: str) -> sa.Engine:
+    return sa.create_engine(engine_for(server).url, isolation_level="AUTOCOMMIT")
+
+
+def run_cim(url: str, *args: str) -> str:
+    done = subprocess.run([CIM, *args], env={**os.environ, "CIM_DATABASE_URL": url}, cwd=ROOT,
+                          capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise SystemExit(f"cim {' '.join(args)} failed:\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
+def reports(doors: list[str], n: int, seed: int, prefix: str) -> list[dict]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        text = rng.choice(UNPLACEABLE) if rng.random() < 0.04 else rng.choice(doors) + rng.choice(("", "附近"))
+        out.append({"channel": "hotline_12345", "class": rng.choice(CLASSES), "address": text,
+                    "description": "市民来电", "external_id": f"{prefix}-{i}"})
+    return out
+
+
+def post_all(port: int, key: str, bodies: list[dict], concurrency: int) -> tuple[float, list[float], list[int]]:
+    todo: queue.Queue = queue.Queue()
+    for b in bodies:
+        todo.put(json.dumps(b, ensure_ascii=False).encode())
+    latencies: list[float] = []
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        headers = {"Content-Type": "application/json", "X-API-Key": key}
+        while True:
+            try:
+                body = todo.get_nowait()
+            except queue.Empty:
+                break
+            started = time.perf_counter()
+            conn.request("POST", "/cases", body, headers)
+            response = conn.getresponse()
+            response.read()
+            elapsed = time.perf_counter() - started
+            with lock:
+                latencies.append(elapsed)
+                statuses.append(response.status)
+        conn.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - started, latencies, statuses
+
+
+def serve(url: str) -> tuple[subprocess.Popen, int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = (WORK / "cases_serve.log").open("w")
+    server = subprocess.Popen([CIM, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                              env={**os.environ, "CIM_DATABASE_URL": url,
+                                   "CIM_CASE_ATTACHMENTS": str(WORK / "case-photos")},
+                              cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                if r.status == 200:
+                    return server, port
+        except OSError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"cim serve did not come up; see {WORK / 'cases_serve.log'}")
+        time.sleep(0.3)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--import-rows", type=int, default=20_000)
+    parser.add_argument("--requests", type=int, default=3_000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--keep", action="store_true", help="keep the scratch database")
+    args = parser.parse_args()
+    WORK.mkdir(exist_ok=True)
+    server_url = os.environ.get("CIM_DATABASE_URL") or database_url()
+    name = f"casesbench_{uuid.uuid4().hex[:8]}"
+    with admin(server_url).connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = urlunsplit(urlsplit(server_url)._replace(path="/" + name))
+    try:
+        run_cim(url, "init")
+        run_cim(url, "samples", "load")
+        engine = engine_for(url)
+        with engine.begin() as conn:
+            about = machine(conn)
+            doors = [r[0] for r in conn.execute(sa.text(
+                "SELECT road || door_number || '号' FROM addresses WHERE valid_to IS NULL AND road IS NOT NULL "
+                "AND door_number IS NOT NULL AND grid_code IS NOT NULL ORDER BY 1"))]
+            key = create_key(conn, "reader", "benchmark")[1]
+
+        # 1. cim cases import
+        rows = reports(doors, args.import_rows, args.seed, "IMP")
+        csv_path = WORK / "cases_import.csv"
+        with csv_path.open("w", encoding="utf-8") as fh:
+            fh.write("channel,class,address,description,external_id\n")
+            fh.writelines(f"{r['channel']},{r['class']},{r['address']},{r['description']},{r['external_id']}\n"
+                          for r in rows)
+        started = time.perf_counter()
+        out = run_cim(url, "cases", "import", str(csv_path))
+        import_s = time.perf_counter() - started
+
+        # 2. POST /cases at 32 connections
+        server, port = serve(url)
+        try:
+            post_all(port, key, reports(doors, 200, args.seed + 1, "WARM"), args.concurrency)
+            wall, latencies, statuses = post_all(port, key, reports(doors, args.requests, args.seed + 2, "POST"),
+                                                 args.concurrency)
+        finally:
+            server.terminate()
+            server.wait(30)
+        with engine.connect() as conn:
+            share = conn.execute(sa.text(
+                "SELECT count(*) FILTER (WHERE status = 'dispatched')::float / nullif(count(*) FILTER "
+                "(WHERE manual_reason IS NULL OR status = 'dispatched'), 0), count(*) FILTER (WHERE manual_reason "
+                "IS NOT NULL AND status <> 'dispatched') FROM cases")).one()
+        engine.dispose()
+        lat = np.array(latencies) * 1000
+        ok = sum(1 for s in statuses if s in (200, 201))
+        print(f"## Case intake (issue 11)\n\n**Machine:** {about}. **Date:** "
+              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Other processes shared the cores.\n")
+        print("| measurement | result | target |\n|---|---:|---:|")
+        print(f"| `cim cases import` of {len(rows):,} hotline rows (end to end) | {len(rows) / import_s:,.0f} cases/s "
+              f"({import_s:.1f} s) | ≥ 5,000 |")
+        print(f"| `POST /cases`, {args.concurrency} connections, {len(latencies):,} requests | "
+              f"{len(latencies) / wall:,.0f} cases/s | ≥ 500 |")
+        print(f"| `POST /cases` latency p50 / p99 | {np.percentile(lat, 50):.1f} / {np.percentile(lat, 99):.1f} ms "
+              f"| p99 ≤ 50 ms |")
+        print(f"| answers 200/201 | {ok:,} of {len(statuses):,} | all |")
+        print(f"| machine-dispatched share of the located cases | {share[0]:.1%} ({share[1]:,} in the manual queue) "
+              f"| ≥ 95 % |")
+        print(f"\n`cim cases import` said: {out.strip()[:300]}")
+    finally:
+        if not args.keep:
+            with admin(server_url).connect() as conn:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""The set-based import (cases/batch.py) on a real PostGIS: the same file imported one case at a
+time and set-based into two fresh bases gives the same cases, field by field, and the same logs;
+tickets are taken once; a killed import leaves whole chunks only.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from cases.calendar import LOCAL
+from cases.importer import import_cases
+from cases.model import case_log, get_case
+from cim.database import engine_for
+from cim.bootstrap import initialise
+from tests.conftest import CIM, PROJECT, create_database
+from tests.test_geocode import SAMPLES, load_city
+
+NOW = datetime(2026, 11, 27, 16, 30, tzinfo=LOCAL)  # a Friday afternoon: deadlines cross the weekend
+FIELDS = ("channel", "class", "description", "address", "x", "y", "crs", "urgency", "external_id",
+          "reporter_contact", "reported_at")
+
+
+def _load_parts(engine) -> None:
+    """The sample city's parts layer (部件), through the real loader, as load_city loads the rest."""
+    from ingest.run import IngestOptions, ingest_files
+
+    e = next(e for e in json.loads((SAMPLES / "manifest.json").read_text(encoding="utf-8")) if e["layer"] == "parts")
+    options = IngestOptions(crs=e["crs"], encoding=e["encoding"], layer_name=e["layer_name"], x=e["x"], y=e["y"],
+                            z=e["z"], wkt=e["wkt"], address_column=e["address_column"], mapping=e["map"] or {})
+    ingest_files("parts", [SAMPLES / e["path"]], options, engine)
+
+
+def _fresh_city(server_url: str):
+    url = create_database(server_url)
+    engine = engine_for(url)
+    initialise(engine)
+    load_city(engine)
+    _load_parts(engine)
+    return url, engine
+
+
+@pytest.fixture(scope="module")
+def two_cities(server_url):
+    return _fresh_city(server_url), _fresh_city(server_url)
+
+
+def _rows(engine) -> list[dict[str, str]]:
+    """A hotline export over the sample city: doors of its roads, points on its parts (bound to
+    them), repeats near each other (duplicate suggestions), emergencies, tickets given twice, and
+    reports no rule can place (unknown address, a point in 浦东, no place at all)."""
+    with engine.begin() as conn:
+        doors = conn.execute(sa.text(
+            "SELECT road, door_number FROM addresses WHERE valid_to IS NULL AND road IS NOT NULL "
+            "AND door_number IS NOT NULL ORDER BY road, door_number LIMIT 60")).all()
+        parts = conn.execute(sa.text(
+            "SELECT part_subclass, ST_X(p), ST_Y(p) FROM (SELECT part_subclass, ST_Transform(geom, 4326) AS p "
+            "FROM parts WHERE valid_to IS NULL ORDER BY object_code LIMIT 20) AS q")).all()
+    events = ("道路破损", "暴露垃圾", "E0401", "违法搭建", "群租")
+    rows: list[dict[str, str]] = []
+
+    def add(n: int, **kw: str) -> None:
+        rows.append({"channel": "hotline_12345", "external_id": f"T-{n}", "urgency": "normal",
+                     "reported_at": f"2026-11-27T{8 + n % 8:02d}:{n % 60:02d}:00+08:00", **kw})
+
+    for n, (road, door) in enumerate(doors):
+        add(n, **{"class": events[n % len(events)], "address": f"{road}{door}号", "description": f"第{n}号工单",
+                  "urgency": "emergency" if n % 9 == 0 else "normal", "reporter_contact": f"1391234{n:04d}"})
+        if n % 7 == 0:  # the same place again, later: a duplicate candidate, its own ticket
+            add(1000 + n, **{"class": events[n % len(events)], "address": f"{road}{door}号"})
+    for n, (subclass, lon, lat) in enumerate(parts):
+        add(2000 + n, **{"class": subclass, "x": repr(lon), "y": repr(lat), "crs": "EPSG:4326",
+                         "channel": "grid_patrol"})
+    add(3000, **{"class": "道路破损", "address": "火星路999号"})
+    add(3001, **{"class": "暴露垃圾", "x": "121.60", "y": "31.30"})
+    add(3002, **{"class": "道路破损"})
+    rows.append({"channel": "media", "class": "暴露垃圾", "address": "汾阳路61号"})  # no ticket at all
+    rows.append(dict(rows[3]))  # a ticket twice in one file
+    rows.insert(40, dict(rows[30]))  # and twice across chunks
+    return rows
+
+
+def _write(path: Path, rows: list[dict[str, str]]) -> Path:
+    with path.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _state(engine) -> list[tuple[dict, list[dict]]]:
+    with engine.connect() as conn:
+        ids = conn.execute(sa.text("SELECT id FROM cases ORDER BY id")).scalars().all()
+        return [(get_case(conn, i).to_dict(),
+                 [{k: v for k, v in e.to_dict().items() if k != "id"} for e in case_log(conn, i)]) for i in ids]
+
+
+def test_batch_import_equals_the_one_at_a_time_intake(two_cities, tmp_path):
+    (_, single), (_, batch) = two_cities
+    src = _write(tmp_path / "hotline.csv", _rows(single))
+    one = import_cases(single, src, now=NOW, one_by_one=True, chunk=11)
+    many = import_cases(batch, src, now=NOW, chunk=11)
+    assert one == many
+    assert many.known == 2 and many.created == many.read - 2
+    assert many.dispatched > 50 and many.manual >= 3
+    expected, got = _state(single), _state(batch)
+    assert len(got) == many.created
+    for want, have in zip(expected, got):
+        assert have == want
+    cases = [c for c, _ in got]
+    assert any(c["part_object_code"] for c in cases), "no case was bound to a part"
+    assert any(log[0]["data"]["possible_duplicates"] for _, log in got), "no duplicate was suggested"
+    assert {c["urgency"] for c in cases} == {"normal", "emergency"}
+    assert any(c["manual_reason"] and c["manual_reason"].startswith("outside every grid") for c in cases)
+
+    again = import_cases(batch, src, now=NOW, chunk=11)  # a rerun: every ticket is known
+    assert (again.created, again.known) == (1, again.read - 1)  # the row without a ticket comes in again
+
+
+def _wait_for(predicate, seconds: float = 120.0) -> None:
+    end = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError("the import never got that far")
+        time.sleep(0.05)
+
+
+def test_a_killed_import_leaves_whole_chunks(server_url, tmp_path):
+    url, engine = _fresh_city(server_url)
+    base = _rows(engine)
+    unique = list({r.get("external_id", "X"): r for r in base}.values())  # every row opens a case
+    rows = [dict(r, external_id=f"{r.get('external_id', 'X')}-{k}") for k in range(12) for r in unique]
+    src = _write(tmp_path / "big.csv", rows)
+    chunk = 50
+    env = {**os.environ, "CIM_DATABASE_URL": url}
+    proc = subprocess.Popen([CIM, "cases", "import", str(src), "--chunk", str(chunk), "--now", NOW.isoformat()],
+                            env=env, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def count() -> int:
+        with engine.connect() as conn:
+            return conn.execute(sa.text("SELECT count(*) FROM cases")).scalar()
+    try:
+        _wait_for(lambda: count() > 0 or proc.poll() is not None)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the import ended before it could be killed"
+    with engine.connect() as conn:
+        n = conn.execute(sa.text("SELECT count(*) FROM cases")).scalar()
+        incomplete = conn.execute(sa.text(
+            "SELECT count(*) FROM cases c WHERE (SELECT count(*) FROM case_events e WHERE e.case_id = c.id) <> 3"
+        )).scalar()
+    assert 0 < n < len(rows) and n % chunk == 0 and incomplete == 0
+    rest = import_cases(engine, src, now=NOW, chunk=chunk)  # the rerun takes the rest in
+    assert rest.known == n and rest.created + rest.known == len(rows)
+
+
+
+def test_a_chunk_whose_ticket_races_in_meanwhile_is_taken_again(two_cities):
+    """Two intakes of ticket R-1 at once: the second chunk's COPY waits on the first's unique
+    index entry and, when the first commits, fails as TicketRaced (the importer takes the chunk
+    again and finds the ticket known); no second case."""
+    import threading
+
+    from cases.batch import TicketRaced, intake_batch
+    from cases.intake import CaseReport
+
+    _, engine = two_cities[1]
+
+    def report(ticket: str) -> CaseReport:
+        return CaseReport(channel="hotline_12345", class_code="道路破损", address_text="汾阳路61号", external_id=ticket)
+
+    with engine.begin() as warm:  # what is seeded or cached on first use, done beforehand
+        intake_batch(warm, [report("R-0")], now=NOW)
+    first = engine.connect()
+    trans = first.begin()
+    intake_batch(first, [report("R-1")], now=NOW)
+    outcome = {}
+
+    def second() -> None:
+        try:
+            with engine.begin() as conn:
+                intake_batch(conn, [report("R-1")], now=NOW)
+            outcome["result"] = "taken"
+        except TicketRaced:
+            outcome["result"] = "raced"
+    worker = threading.Thread(target=second)
+    worker.start()
+
+    def copy_waits() -> bool:  # a fresh connection each time: pg_stat_activity is a per-transaction snapshot
+        with engine.connect() as watch:
+            return watch.execute(sa.text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'COPY cases%'"
+            )).scalar() > 0
+    try:
+        _wait_for(lambda: not worker.is_alive() or copy_waits(), 30)
+    finally:
+        trans.commit()
+        first.close()
+        worker.join(30)
+    assert outcome == {"result": "raced"}
+    with engine.connect() as check:
+        assert check.execute(sa.text("SELECT count(*) FROM cases WHERE external_id = 'R-1'")).scalar() == 1
