@@ -30,6 +30,8 @@ from starlette.concurrency import run_in_threadpool
 
 from api import auth
 from api.deps import get_state
+from api.features import MAX_OFFSET
+from api.limits import MAX_BBOX_CHARS, MAX_DATETIME_CHARS, MAX_NAME_CHARS, MAX_PHOTOS_PER_REPORT
 from api.responses import OrjsonResponse
 from cases.attachments import MAX_BYTES, Attachment, add_attachment, attachments_of, default_root
 from cases.catalogue import class_by_code
@@ -141,9 +143,11 @@ async def report_and_photos(request: Request) -> tuple[dict[str, Any], list[byte
     if ctype == "multipart/form-data" or ctype == "application/x-www-form-urlencoded":
         form = await request.form()
         fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
-        photos = [await _read_photo(v) for k, v in form.multi_items() if k in ("photos", "photo", "media")
-                  and not isinstance(v, str)]
-        return fields, photos
+        uploads = [v for k, v in form.multi_items() if k in ("photos", "photo", "media") and not isinstance(v, str)]
+        if len(uploads) > MAX_PHOTOS_PER_REPORT:  # the body limit is sized for this many
+            raise ParameterError("photos", f"photos: at most {MAX_PHOTOS_PER_REPORT} per report, "
+                                           f"this one has {len(uploads)}")
+        return fields, [await _read_photo(v) for v in uploads]
     if ctype not in ("application/json", ""):
         raise ParameterError("Content-Type", f"Content-Type: {ctype!r}; send application/json or "
                                              "multipart/form-data")
@@ -195,20 +199,25 @@ def _page_link(request: Request, rel: str, offset: int) -> dict[str, str]:
 
 @router.get("/cases", summary="Cases, filtered and paged (reporter contact masked)")
 def get_cases(request: Request,
-              status: str | None = Query(None, description="reported, registered, dispatched, accepted, returned, "
+              status: str | None = Query(None, max_length=MAX_NAME_CHARS, description="reported, registered, dispatched, accepted, returned, "
                                                            "handled, suspended, closed, not_registered, merged"),
-              class_: str | None = Query(None, alias="class", description="小类 code or name."),
-              channel: str | None = Query(None), grid: str | None = Query(None, description="Unit grid code."),
-              street: str | None = Query(None, description="Street code."),
-              district: str | None = Query(None, description="District code."),
-              department: str | None = Query(None, description="Department code of the assignee."),
+              class_: str | None = Query(None, alias="class", max_length=MAX_NAME_CHARS, description="小类 code or name."),
+              channel: str | None = Query(None, max_length=MAX_NAME_CHARS),
+              grid: str | None = Query(None, max_length=MAX_NAME_CHARS, description="Unit grid code."),
+              street: str | None = Query(None, max_length=MAX_NAME_CHARS, description="Street code."),
+              district: str | None = Query(None, max_length=MAX_NAME_CHARS, description="District code."),
+              department: str | None = Query(None, max_length=MAX_NAME_CHARS,
+                                             description="Department code of the assignee."),
               manual: bool | None = Query(None, description="Only cases in (true) or out of (false) the manual "
                                                             "queue."),
               overdue: bool | None = Query(None),
-              bbox: str | None = Query(None, description="minlon,minlat,maxlon,maxlat (WGS84)."),
-              datetime_: str | None = Query(None, alias="datetime",
+              bbox: str | None = Query(None, max_length=MAX_BBOX_CHARS, description="minlon,minlat,maxlon,maxlat (WGS84)."),
+              datetime_: str | None = Query(None, alias="datetime", max_length=MAX_DATETIME_CHARS,
                                             description="Reported at: an RFC 3339 instant or interval a/b."),
-              limit: int = Query(100, ge=1, le=MAX_LIMIT), offset: int = Query(0, ge=0)) -> dict[str, Any]:
+              limit: int = Query(100, ge=1, le=MAX_LIMIT),
+              offset: int = Query(0, ge=0, le=MAX_OFFSET,
+                                  description=f"Cases to skip, 0 to {MAX_OFFSET:,}; to go deeper narrow the "
+                                              "filters.")) -> dict[str, Any]:
     state = get_state(request)
     srid = state.settings.srid
     when = parse_datetime(datetime_)
@@ -237,10 +246,11 @@ def get_cases(request: Request,
 
 @router.get("/cases/stats", summary="Evaluation indicators (综合评价) per unit, JSON or CSV")
 def get_stats(request: Request,
-              by: str = Query("department", description=f"One of {', '.join(UNITS)}."),
-              datetime_: str = Query(..., alias="datetime",
+              by: str = Query("department", max_length=MAX_NAME_CHARS,
+                              description=f"One of {', '.join(UNITS)}."),
+              datetime_: str = Query(..., alias="datetime", max_length=MAX_DATETIME_CHARS,
                                      description="The period: cases registered in start/end (RFC 3339)."),
-              f: str = Query("json", description="json or csv.")) -> Response:
+              f: str = Query("json", max_length=MAX_NAME_CHARS, description="json or csv.")) -> Response:
     when = parse_datetime(datetime_)
     if when is None or when.start is None or when.end is None or when.start == when.end:
         raise ParameterError("datetime", f"datetime: {datetime_!r} must be a closed interval start/end")

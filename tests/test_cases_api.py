@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from api.limits import CASE_REPORT_MAX_BODY_BYTES, DEFAULT_MAX_BODY_BYTES, MAX_PHOTOS_PER_REPORT, body_limit
 from cases.attachments import MAX_BYTES
 from cim.apikeys import create_key
 from cim.grid import lookup_points
@@ -194,6 +195,33 @@ def test_photos_multipart(client, keys, photos_dir, city):
                     headers=keys["reader"])
     assert r.status_code == 413
     with city.connect() as conn:  # a refused photo leaves no case behind
+        assert conn.execute(sa.text("SELECT count(*) FROM cases")).scalar() == before
+
+
+def test_a_report_takes_a_few_photos_and_no_more(client, keys, city):
+    """POST /cases has its own body limit, sized for MAX_PHOTOS_PER_REPORT photos (the default 64 KiB
+    refused any real photo); the other case routes keep the default."""
+    assert body_limit("POST", "/cases") == CASE_REPORT_MAX_BODY_BYTES >= MAX_PHOTOS_PER_REPORT * MAX_BYTES
+    assert body_limit("POST", "/cases/1/actions") == DEFAULT_MAX_BODY_BYTES
+    assert body_limit("POST", "/open311/v2/requests.json") == DEFAULT_MAX_BODY_BYTES
+    form = {"channel": "grid_patrol", "class": "道路破损", "address": "汾阳路150号", "description": "大照片"}
+    photo = b"\xff\xd8\xff\xe0" + b"\x00" * (1 << 20)  # a 1 MiB JPEG
+    r = client.post("/cases", data=form, files=[("photos", ("big.jpg", photo, "image/jpeg"))], headers=keys["reader"])
+    assert r.status_code == 201, r.text[:300]
+    assert r.json()["attachments"][0]["size_bytes"] == len(photo)
+
+    too_many = [("photos", (f"{i}.png", PNG + bytes([i]), "image/png")) for i in range(MAX_PHOTOS_PER_REPORT + 1)]
+    r = client.post("/cases", data=form, files=too_many, headers=keys["reader"])
+    assert r.status_code == 400 and r.json()["parameter"] == "photos", r.text[:300]
+
+    with city.connect() as conn:
+        before = conn.execute(sa.text("SELECT count(*) FROM cases")).scalar()
+    # not even multipart: were it parsed it would be a 400; refused for its size first, it is a 413
+    oversized = b"x" * (CASE_REPORT_MAX_BODY_BYTES + 1)
+    r = client.post("/cases", content=oversized, headers={**keys["reader"],
+                                                          "content-type": "multipart/form-data; boundary=b"})
+    assert r.status_code == 413 and f"{CASE_REPORT_MAX_BODY_BYTES:,}" in r.json()["detail"], r.text[:300]
+    with city.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM cases")).scalar() == before
 
 
