@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from api.features import MAX_OFFSET
 from api.limits import CASE_REPORT_MAX_BODY_BYTES, DEFAULT_MAX_BODY_BYTES, MAX_PHOTOS_PER_REPORT, body_limit
 from cases.attachments import MAX_BYTES
 from cim.apikeys import create_key
@@ -255,6 +256,17 @@ def test_list_filters_paging_and_masked_contact(client, keys, city):
     assert client.get("/cases", params={"datetime": "2001-01-01/2001-12-31"}).json()["cases"] == []
     assert client.get("/cases", params={"datetime": "yesterday"}).status_code == 400
     assert client.get("/cases", params={"class": "nope"}).json()["parameter"] == "class"
+
+
+def test_offsets_and_strings_are_capped(client):
+    """As on the other routes (issue 16): a deep offset is a 400, not a scan; a huge value a short 400."""
+    r = client.get("/cases", params={"offset": str(MAX_OFFSET + 1)})
+    assert r.status_code == 400 and r.json()["parameter"] == "offset", r.text[:300]
+    assert client.get("/cases", params={"offset": str(MAX_OFFSET)}).json()["numberReturned"] == 0
+    r = client.get("/cases", params={"class": "道" * 1_000})
+    assert r.status_code == 400 and r.json()["parameter"] == "class" and len(r.content) < 3_000, r.text[:300]
+    r = client.get("/cases/stats", params={"datetime": "2026-01-01T00:00:00Z/" * 500})
+    assert r.status_code == 400 and r.json()["parameter"] == "datetime" and len(r.content) < 3_000, r.text[:300]
 
 
 def test_stats_json_and_csv(client, keys):
