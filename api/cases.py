@@ -160,7 +160,31 @@ async def report_and_photos(request: Request) -> tuple[dict[str, Any], list[byte
     return data, []
 
 
-@router.post("/cases", status_code=201, summary="Report a case (JSON, or multipart with photos)")
+_TEXT = {"type": "string", "maxLength": MAX_NAME_CHARS}
+_REPORT_FIELDS: dict[str, Any] = {
+    "class": {**_TEXT, "description": "The case class: 小类 code or name."},
+    "channel": _TEXT, "description": {"type": "string"}, "address": {"type": "string"},
+    "lon": {"type": "number", "description": "With lat: the place, in crs (default WGS84)."},
+    "lat": {"type": "number"}, "z": {"type": "number"}, "crs": _TEXT, "urgency": _TEXT,
+    "external_id": _TEXT, "reporter_contact": _TEXT,
+    "reported_at": {"type": "string", "format": "date-time"},
+}
+#: the body as the route reads it (by hand, to take JSON or a form), so that clients and contract
+#: tests see it
+_REPORT_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"type": "object", "required": ["class"], "properties": {
+        **_REPORT_FIELDS, "attributes": {"type": "object"}}}},
+    "multipart/form-data": {"schema": {"type": "object", "required": ["class"], "properties": {
+        **_REPORT_FIELDS, "photos": {"type": "array", "maxItems": MAX_PHOTOS_PER_REPORT,
+                                     "items": {"type": "string", "format": "binary"}}}}},
+}}}
+_CASE_ANSWER = {"content": {"application/json": {"schema": {"type": "object"}}}}
+
+
+@router.post("/cases", status_code=201, summary="Report a case (JSON, or multipart with photos)",
+             openapi_extra=_REPORT_BODY,
+             responses={200: {**_CASE_ANSWER, "description": "A case with this external_id already exists: it."},
+                        201: {**_CASE_ANSWER, "description": "The case opened."}})
 async def post_case(request: Request, key: ApiKey = Depends(auth.require_role("reader"))) -> Response:
     """The case as located and dispatched, with ``created`` and ``duplicates`` (merge candidates).
     The same ``external_id`` on the same channel again answers 200 with the case it opened."""
@@ -328,7 +352,13 @@ def action_from(data: Any, key: ApiKey) -> Action:
     return Action(name, actor, role, note, payload, version)
 
 
-@router.post("/cases/{case_id}/actions", summary="Take one lifecycle action on a case")
+_ACTION_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "required": ["action", "role"], "properties": {
+        "action": _TEXT, "role": {"type": "string", "enum": list(KEY_ROLE_FOR_CASE_ROLE)},
+        "note": {"type": "string"}, "data": {"type": "object"}, "version": {"type": "integer"}, "actor": _TEXT}}}}}}
+
+
+@router.post("/cases/{case_id}/actions", summary="Take one lifecycle action on a case", openapi_extra=_ACTION_BODY)
 async def post_action(request: Request, case_id: int,
                       key: ApiKey = Depends(auth.require_role("reader"))) -> dict[str, Any]:
     """Body ``{"action": "accept", "role": "department", "note": …, "data": {…}, "version": n}``.

@@ -169,7 +169,18 @@ def _key(request: Request, form_key: str | None) -> ApiKey:
     return record
 
 
-@router.post("/requests.json", status_code=201, summary="Open311: create a service request")
+_FIELD = {"type": "string", "maxLength": MAX_NAME_CHARS}
+#: the spec's form, as the route reads it (by hand: ``attribute[…]`` names are open-ended)
+_REQUEST_FORM = {"requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": {
+    "type": "object", "required": ["service_code"], "properties": {
+        "api_key": _FIELD, "service_code": _FIELD, "lat": {"type": "number"}, "long": {"type": "number"},
+        "address_string": {"type": "string"}, "description": {"type": "string"}, "email": _FIELD, "phone": _FIELD,
+        "first_name": _FIELD, "last_name": _FIELD, "media_url": {"type": "string"}, "device_id": _FIELD,
+        "account_id": _FIELD}}}}}}
+
+
+@router.post("/requests.json", status_code=201, summary="Open311: create a service request",
+             openapi_extra=_REQUEST_FORM)
 async def post_request(request: Request) -> OrjsonResponse:
     form = await request.form()
     fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}

@@ -286,3 +286,18 @@ def test_stats_json_and_csv(client, keys):
     assert len(parsed) == len(rows) and "closure_rate" in parsed[0]
     assert client.get("/cases/stats", params={**period, "by": "planet"}).json()["parameter"] == "by"
     assert client.get("/cases/stats", params={"datetime": "2024-01-01T00:00:00Z"}).status_code == 400
+
+
+def test_the_bodies_read_by_hand_are_documented(client):
+    """The write routes read their bodies themselves (JSON or a form): the document still says what
+    they take, so that clients and schemathesis send real reports, actions and 311 requests."""
+    paths = client.get("/openapi.json").json()["paths"]
+    report = paths["/cases"]["post"]
+    assert set(report["requestBody"]["content"]) == {"application/json", "multipart/form-data"}
+    assert report["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]["photos"]["maxItems"] \
+        == MAX_PHOTOS_PER_REPORT
+    assert {"200", "201"} <= set(report["responses"])  # a known external_id answers 200
+    action = paths["/cases/{case_id}/actions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert action["required"] == ["action", "role"]
+    form = paths["/open311/v2/requests.json"]["post"]["requestBody"]["content"]
+    assert "service_code" in form["application/x-www-form-urlencoded"]["schema"]["required"]
