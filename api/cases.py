@@ -30,6 +30,8 @@ from starlette.concurrency import run_in_threadpool
 
 from api import auth
 from api.deps import get_state
+from api.features import MAX_OFFSET
+from api.limits import MAX_BBOX_CHARS, MAX_DATETIME_CHARS, MAX_NAME_CHARS, MAX_PHOTOS_PER_REPORT
 from api.responses import OrjsonResponse
 from cases.attachments import MAX_BYTES, Attachment, add_attachment, attachments_of, default_root
 from cases.catalogue import class_by_code
@@ -141,9 +143,11 @@ async def report_and_photos(request: Request) -> tuple[dict[str, Any], list[byte
     if ctype == "multipart/form-data" or ctype == "application/x-www-form-urlencoded":
         form = await request.form()
         fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
-        photos = [await _read_photo(v) for k, v in form.multi_items() if k in ("photos", "photo", "media")
-                  and not isinstance(v, str)]
-        return fields, photos
+        uploads = [v for k, v in form.multi_items() if k in ("photos", "photo", "media") and not isinstance(v, str)]
+        if len(uploads) > MAX_PHOTOS_PER_REPORT:  # the body limit is sized for this many
+            raise ParameterError("photos", f"photos: at most {MAX_PHOTOS_PER_REPORT} per report, "
+                                           f"this one has {len(uploads)}")
+        return fields, [await _read_photo(v) for v in uploads]
     if ctype not in ("application/json", ""):
         raise ParameterError("Content-Type", f"Content-Type: {ctype!r}; send application/json or "
                                              "multipart/form-data")
@@ -156,7 +160,31 @@ async def report_and_photos(request: Request) -> tuple[dict[str, Any], list[byte
     return data, []
 
 
-@router.post("/cases", status_code=201, summary="Report a case (JSON, or multipart with photos)")
+_TEXT = {"type": "string", "maxLength": MAX_NAME_CHARS}
+_REPORT_FIELDS: dict[str, Any] = {
+    "class": {**_TEXT, "description": "The case class: 小类 code or name."},
+    "channel": _TEXT, "description": {"type": "string"}, "address": {"type": "string"},
+    "lon": {"type": "number", "description": "With lat: the place, in crs (default WGS84)."},
+    "lat": {"type": "number"}, "z": {"type": "number"}, "crs": _TEXT, "urgency": _TEXT,
+    "external_id": _TEXT, "reporter_contact": _TEXT,
+    "reported_at": {"type": "string", "format": "date-time"},
+}
+#: the body as the route reads it (by hand, to take JSON or a form), so that clients and contract
+#: tests see it
+_REPORT_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"type": "object", "required": ["class"], "properties": {
+        **_REPORT_FIELDS, "attributes": {"type": "object"}}}},
+    "multipart/form-data": {"schema": {"type": "object", "required": ["class"], "properties": {
+        **_REPORT_FIELDS, "photos": {"type": "array", "maxItems": MAX_PHOTOS_PER_REPORT,
+                                     "items": {"type": "string", "format": "binary"}}}}},
+}}}
+_CASE_ANSWER = {"content": {"application/json": {"schema": {"type": "object"}}}}
+
+
+@router.post("/cases", status_code=201, summary="Report a case (JSON, or multipart with photos)",
+             openapi_extra=_REPORT_BODY,
+             responses={200: {**_CASE_ANSWER, "description": "A case with this external_id already exists: it."},
+                        201: {**_CASE_ANSWER, "description": "The case opened."}})
 async def post_case(request: Request, key: ApiKey = Depends(auth.require_role("reader"))) -> Response:
     """The case as located and dispatched, with ``created`` and ``duplicates`` (merge candidates).
     The same ``external_id`` on the same channel again answers 200 with the case it opened."""
@@ -195,20 +223,25 @@ def _page_link(request: Request, rel: str, offset: int) -> dict[str, str]:
 
 @router.get("/cases", summary="Cases, filtered and paged (reporter contact masked)")
 def get_cases(request: Request,
-              status: str | None = Query(None, description="reported, registered, dispatched, accepted, returned, "
+              status: str | None = Query(None, max_length=MAX_NAME_CHARS, description="reported, registered, dispatched, accepted, returned, "
                                                            "handled, suspended, closed, not_registered, merged"),
-              class_: str | None = Query(None, alias="class", description="小类 code or name."),
-              channel: str | None = Query(None), grid: str | None = Query(None, description="Unit grid code."),
-              street: str | None = Query(None, description="Street code."),
-              district: str | None = Query(None, description="District code."),
-              department: str | None = Query(None, description="Department code of the assignee."),
+              class_: str | None = Query(None, alias="class", max_length=MAX_NAME_CHARS, description="小类 code or name."),
+              channel: str | None = Query(None, max_length=MAX_NAME_CHARS),
+              grid: str | None = Query(None, max_length=MAX_NAME_CHARS, description="Unit grid code."),
+              street: str | None = Query(None, max_length=MAX_NAME_CHARS, description="Street code."),
+              district: str | None = Query(None, max_length=MAX_NAME_CHARS, description="District code."),
+              department: str | None = Query(None, max_length=MAX_NAME_CHARS,
+                                             description="Department code of the assignee."),
               manual: bool | None = Query(None, description="Only cases in (true) or out of (false) the manual "
                                                             "queue."),
               overdue: bool | None = Query(None),
-              bbox: str | None = Query(None, description="minlon,minlat,maxlon,maxlat (WGS84)."),
-              datetime_: str | None = Query(None, alias="datetime",
+              bbox: str | None = Query(None, max_length=MAX_BBOX_CHARS, description="minlon,minlat,maxlon,maxlat (WGS84)."),
+              datetime_: str | None = Query(None, alias="datetime", max_length=MAX_DATETIME_CHARS,
                                             description="Reported at: an RFC 3339 instant or interval a/b."),
-              limit: int = Query(100, ge=1, le=MAX_LIMIT), offset: int = Query(0, ge=0)) -> dict[str, Any]:
+              limit: int = Query(100, ge=1, le=MAX_LIMIT),
+              offset: int = Query(0, ge=0, le=MAX_OFFSET,
+                                  description=f"Cases to skip, 0 to {MAX_OFFSET:,}; to go deeper narrow the "
+                                              "filters.")) -> dict[str, Any]:
     state = get_state(request)
     srid = state.settings.srid
     when = parse_datetime(datetime_)
@@ -237,10 +270,11 @@ def get_cases(request: Request,
 
 @router.get("/cases/stats", summary="Evaluation indicators (综合评价) per unit, JSON or CSV")
 def get_stats(request: Request,
-              by: str = Query("department", description=f"One of {', '.join(UNITS)}."),
-              datetime_: str = Query(..., alias="datetime",
+              by: str = Query("department", max_length=MAX_NAME_CHARS,
+                              description=f"One of {', '.join(UNITS)}."),
+              datetime_: str = Query(..., alias="datetime", max_length=MAX_DATETIME_CHARS,
                                      description="The period: cases registered in start/end (RFC 3339)."),
-              f: str = Query("json", description="json or csv.")) -> Response:
+              f: str = Query("json", max_length=MAX_NAME_CHARS, description="json or csv.")) -> Response:
     when = parse_datetime(datetime_)
     if when is None or when.start is None or when.end is None or when.start == when.end:
         raise ParameterError("datetime", f"datetime: {datetime_!r} must be a closed interval start/end")
@@ -318,7 +352,13 @@ def action_from(data: Any, key: ApiKey) -> Action:
     return Action(name, actor, role, note, payload, version)
 
 
-@router.post("/cases/{case_id}/actions", summary="Take one lifecycle action on a case")
+_ACTION_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "required": ["action", "role"], "properties": {
+        "action": _TEXT, "role": {"type": "string", "enum": list(KEY_ROLE_FOR_CASE_ROLE)},
+        "note": {"type": "string"}, "data": {"type": "object"}, "version": {"type": "integer"}, "actor": _TEXT}}}}}}
+
+
+@router.post("/cases/{case_id}/actions", summary="Take one lifecycle action on a case", openapi_extra=_ACTION_BODY)
 async def post_action(request: Request, case_id: int,
                       key: ApiKey = Depends(auth.require_role("reader"))) -> dict[str, Any]:
     """Body ``{"action": "accept", "role": "department", "note": …, "data": {…}, "version": n}``.

@@ -25,6 +25,7 @@ import orjson
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cases.attachments import MAX_BYTES as ATTACHMENT_MAX_BYTES
 from cim.config import settings
 from cim.errors import ParameterError, PayloadTooLargeError
 
@@ -38,6 +39,13 @@ GEOCODE_BATCH_MAX_BODY_BYTES = 32 * MIB
 #: ``POST /iot/readings``: a batch of readings (~100 bytes each as JSON: some 600,000 readings); a bigger
 #: feed is sent as several batches
 READINGS_MAX_BODY_BYTES = 64 * MIB
+#: ``POST /cases``: a report's fields and up to :data:`MAX_PHOTOS_PER_REPORT` photos of at most
+#: ``cases.attachments.MAX_BYTES`` (10 MiB) each, plus 1 MiB for the fields and the multipart framing.
+#: Starlette spools each file part over 1 MiB to disk while parsing, so memory stays small; the other
+#: case routes (``POST /cases/{id}/actions``, a small JSON action, and ``POST /open311/v2/requests.json``,
+#: form fields whose media are a ``media_url``, not bytes) take no photos and keep the default.
+MAX_PHOTOS_PER_REPORT = 4
+CASE_REPORT_MAX_BODY_BYTES = MAX_PHOTOS_PER_REPORT * ATTACHMENT_MAX_BYTES + 1 * MIB
 #: a body refused for its declared size is still read and thrown away up to this many bytes, so that
 #: the client (still sending) reads the 413 instead of a connection reset; larger ones are cut off
 DRAIN_MAX_BYTES = 64 * MIB
@@ -47,6 +55,7 @@ ROUTE_BODY_LIMITS: tuple[tuple[str, re.Pattern[str], int | None], ...] = (
     ("POST", re.compile(r"^/grid/lookup/?$"), GRID_LOOKUP_MAX_BODY_BYTES),
     ("POST", re.compile(r"^/geocode/batch/?$"), GEOCODE_BATCH_MAX_BODY_BYTES),
     ("POST", re.compile(r"^/iot/readings/?$"), READINGS_MAX_BODY_BYTES),
+    ("POST", re.compile(r"^/cases/?$"), CASE_REPORT_MAX_BODY_BYTES),
     # ``POST /ingest/{layer}``: uploaded files, spooled to disk while they stream in (not held in
     # memory); None: the deployment setting CIM_UPLOAD_MAX_MB
     ("POST", re.compile(r"^/ingest/[^/]+/?$"), None),

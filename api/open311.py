@@ -22,14 +22,15 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, FastAPI, Path, Query, Request
 from sqlalchemy.engine import Connection
 from starlette.concurrency import run_in_threadpool
 
 from api import auth
 from api.cases import case_json, create_case, report_from
 from api.deps import get_state
-from api.problems import Problem, register_error_format
+from api.limits import MAX_DATETIME_CHARS, MAX_LIST_CHARS, MAX_NAME_CHARS
+from api.problems import ErrorFormat, Problem, register_error_format
 from api.responses import OrjsonResponse
 from cases.catalogue import all_classes
 from cases.model import OPEN_STATUSES, TERMINAL_STATUSES, Case, CaseFilter, list_cases
@@ -50,8 +51,15 @@ def error_list(status: int, title: str, detail: str, parameter: str | None,
     return OrjsonResponse([{"code": status, "description": detail}], status_code=status, headers=headers)
 
 
+#: the spec's error answer, for the OpenAPI document (:mod:`api.openapi_errors`)
+OPEN311_ERRORS = ErrorFormat(error_list, "application/json", "Open311Errors", {
+    "type": "array", "description": "GeoReport v2 errors (the HTTP status is the code of each).",
+    "items": {"type": "object", "required": ["code", "description"],
+              "properties": {"code": {"type": "integer"}, "description": {"type": "string"}}}})
+
+
 @router.get("/services.json", summary="Open311: the service list (the catalogue's 小类)")
-def services(request: Request, jurisdiction_id: str | None = Query(None)) -> list[dict[str, Any]]:
+def services(request: Request, jurisdiction_id: str | None = Query(None, max_length=MAX_NAME_CHARS)) -> list[dict[str, Any]]:
     with get_state(request).engine.connect() as conn:
         classes = all_classes(conn)
     names = {c.code: c.name for c in classes}
@@ -105,11 +113,15 @@ def _instant(text: str | None, parameter: str) -> datetime | None:
 
 @router.get("/requests.json", summary="Open311: service requests")
 def requests_(request: Request,
-              service_request_id: str | None = Query(None, description="Comma-separated ids."),
-              service_code: str | None = Query(None, description="Comma-separated service codes."),
-              start_date: str | None = Query(None), end_date: str | None = Query(None),
-              status: str | None = Query(None, description="open, closed (comma-separated)."),
-              jurisdiction_id: str | None = Query(None)) -> list[dict[str, Any]]:
+              service_request_id: str | None = Query(None, max_length=MAX_LIST_CHARS,
+                                                     description="Comma-separated ids."),
+              service_code: str | None = Query(None, max_length=MAX_LIST_CHARS,
+                                               description="Comma-separated service codes."),
+              start_date: str | None = Query(None, max_length=MAX_DATETIME_CHARS),
+              end_date: str | None = Query(None, max_length=MAX_DATETIME_CHARS),
+              status: str | None = Query(None, max_length=MAX_NAME_CHARS,
+                                         description="open, closed (comma-separated)."),
+              jurisdiction_id: str | None = Query(None, max_length=MAX_NAME_CHARS)) -> list[dict[str, Any]]:
     ids = _list(service_request_id)
     if ids is not None and not all(i.isdigit() for i in ids):
         raise ParameterError("service_request_id", f"service_request_id: {service_request_id!r} is not a list "
@@ -133,8 +145,8 @@ def requests_(request: Request,
 
 
 @router.get("/requests/{service_request_id}.json", summary="Open311: one service request")
-def one_request(request: Request, service_request_id: str,
-                jurisdiction_id: str | None = Query(None)) -> list[dict[str, Any]]:
+def one_request(request: Request, service_request_id: str = Path(..., max_length=MAX_NAME_CHARS),
+                jurisdiction_id: str | None = Query(None, max_length=MAX_NAME_CHARS)) -> list[dict[str, Any]]:
     if not service_request_id.isdigit():
         raise ParameterError("service_request_id", f"service_request_id: {service_request_id!r} is not a request id")
     state = get_state(request)
@@ -157,7 +169,18 @@ def _key(request: Request, form_key: str | None) -> ApiKey:
     return record
 
 
-@router.post("/requests.json", status_code=201, summary="Open311: create a service request")
+_FIELD = {"type": "string", "maxLength": MAX_NAME_CHARS}
+#: the spec's form, as the route reads it (by hand: ``attribute[…]`` names are open-ended)
+_REQUEST_FORM = {"requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": {
+    "type": "object", "required": ["service_code"], "properties": {
+        "api_key": _FIELD, "service_code": _FIELD, "lat": {"type": "number"}, "long": {"type": "number"},
+        "address_string": {"type": "string"}, "description": {"type": "string"}, "email": _FIELD, "phone": _FIELD,
+        "first_name": _FIELD, "last_name": _FIELD, "media_url": {"type": "string"}, "device_id": _FIELD,
+        "account_id": _FIELD}}}}}}
+
+
+@router.post("/requests.json", status_code=201, summary="Open311: create a service request",
+             openapi_extra=_REQUEST_FORM)
 async def post_request(request: Request) -> OrjsonResponse:
     form = await request.form()
     fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
@@ -197,5 +220,5 @@ async def post_request(request: Request) -> OrjsonResponse:
 
 
 def install(app: FastAPI) -> None:
-    register_error_format(PREFIX + "/", error_list)
+    register_error_format(PREFIX + "/", OPEN311_ERRORS)
     app.include_router(router)

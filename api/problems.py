@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -44,23 +46,45 @@ def user_error_response(request: Request, exc: UserError) -> OrjsonResponse:
     return problem_response(request, exc.status, exc.title, str(exc), exc.parameter, headers)
 
 
-#: path prefix → how errors are written there, for a facade whose standard has its own error format
-#: (Open311's ``[{"code": …, "description": …}]``); the status still comes from the one mapping here
-ErrorFormat = Callable[[int, str, str, "str | None", "dict[str, str] | None"], OrjsonResponse]
+ErrorRenderer = Callable[[int, str, str, "str | None", "dict[str, str] | None"], OrjsonResponse]
+
+
+@dataclass(frozen=True)
+class ErrorFormat:
+    """How errors are written under a path prefix, for a facade whose standard has its own error
+    format (Open311's ``[{"code": …, "description": …}]``); the status still comes from the one
+    mapping here. ``media_type`` and ``schema`` (a JSON schema of the body, named ``schema_name`` in
+    the OpenAPI components) let :mod:`api.openapi_errors` document the answers as they are written."""
+
+    render: ErrorRenderer
+    media_type: str
+    schema_name: str
+    schema: dict[str, Any]
+
+
+#: path prefix → its error format
 _ERROR_FORMATS: dict[str, ErrorFormat] = {}
 
 
-def register_error_format(path_prefix: str, render: ErrorFormat) -> None:
-    _ERROR_FORMATS[path_prefix] = render
+def register_error_format(path_prefix: str, error_format: ErrorFormat) -> None:
+    _ERROR_FORMATS[path_prefix] = error_format
+
+
+def error_format_for(path: str) -> ErrorFormat | None:
+    """The error format of the routes under ``path``, or None for the problem document."""
+    for prefix, error_format in _ERROR_FORMATS.items():
+        if path.startswith(prefix):
+            return error_format
+    return None
 
 
 def problem_response(request: Request, status: int, title: str, detail: str, parameter: str | None = None,
               headers: dict[str, str] | None = None) -> OrjsonResponse:
     if len(detail) > MAX_DETAIL_CHARS:  # a message quoting a huge input must not become a huge answer
         detail = f"{detail[:MAX_DETAIL_CHARS]}… (cut at {MAX_DETAIL_CHARS:,} characters)"
-    for prefix, render in _ERROR_FORMATS.items():
-        if request.url.path.startswith(prefix):
-            return render(status, title, detail, parameter, headers)
+    error_format = error_format_for(request.url.path)
+    if error_format is not None:
+        return error_format.render(status, title, detail, parameter, headers)
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail,
             "instance": str(request.url.path)}
     if parameter:

@@ -17,6 +17,8 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from api.features import MAX_OFFSET
+from api.limits import CASE_REPORT_MAX_BODY_BYTES, DEFAULT_MAX_BODY_BYTES, MAX_PHOTOS_PER_REPORT, body_limit
 from cases.attachments import MAX_BYTES
 from cim.apikeys import create_key
 from cim.grid import lookup_points
@@ -197,6 +199,33 @@ def test_photos_multipart(client, keys, photos_dir, city):
         assert conn.execute(sa.text("SELECT count(*) FROM cases")).scalar() == before
 
 
+def test_a_report_takes_a_few_photos_and_no_more(client, keys, city):
+    """POST /cases has its own body limit, sized for MAX_PHOTOS_PER_REPORT photos (the default 64 KiB
+    refused any real photo); the other case routes keep the default."""
+    assert body_limit("POST", "/cases") == CASE_REPORT_MAX_BODY_BYTES >= MAX_PHOTOS_PER_REPORT * MAX_BYTES
+    assert body_limit("POST", "/cases/1/actions") == DEFAULT_MAX_BODY_BYTES
+    assert body_limit("POST", "/open311/v2/requests.json") == DEFAULT_MAX_BODY_BYTES
+    form = {"channel": "grid_patrol", "class": "道路破损", "address": "汾阳路150号", "description": "大照片"}
+    photo = b"\xff\xd8\xff\xe0" + b"\x00" * (1 << 20)  # a 1 MiB JPEG
+    r = client.post("/cases", data=form, files=[("photos", ("big.jpg", photo, "image/jpeg"))], headers=keys["reader"])
+    assert r.status_code == 201, r.text[:300]
+    assert r.json()["attachments"][0]["size_bytes"] == len(photo)
+
+    too_many = [("photos", (f"{i}.png", PNG + bytes([i]), "image/png")) for i in range(MAX_PHOTOS_PER_REPORT + 1)]
+    r = client.post("/cases", data=form, files=too_many, headers=keys["reader"])
+    assert r.status_code == 400 and r.json()["parameter"] == "photos", r.text[:300]
+
+    with city.connect() as conn:
+        before = conn.execute(sa.text("SELECT count(*) FROM cases")).scalar()
+    # not even multipart: were it parsed it would be a 400; refused for its size first, it is a 413
+    oversized = b"x" * (CASE_REPORT_MAX_BODY_BYTES + 1)
+    r = client.post("/cases", content=oversized, headers={**keys["reader"],
+                                                          "content-type": "multipart/form-data; boundary=b"})
+    assert r.status_code == 413 and f"{CASE_REPORT_MAX_BODY_BYTES:,}" in r.json()["detail"], r.text[:300]
+    with city.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM cases")).scalar() == before
+
+
 def test_list_filters_paging_and_masked_contact(client, keys, city):
     _report(client, keys["reader"], address="汾阳路150号", reporter_contact="13900001111", external_id="L-1")
     expected = _door(city, "汾阳路", "150")
@@ -229,6 +258,17 @@ def test_list_filters_paging_and_masked_contact(client, keys, city):
     assert client.get("/cases", params={"class": "nope"}).json()["parameter"] == "class"
 
 
+def test_offsets_and_strings_are_capped(client):
+    """As on the other routes (issue 16): a deep offset is a 400, not a scan; a huge value a short 400."""
+    r = client.get("/cases", params={"offset": str(MAX_OFFSET + 1)})
+    assert r.status_code == 400 and r.json()["parameter"] == "offset", r.text[:300]
+    assert client.get("/cases", params={"offset": str(MAX_OFFSET)}).json()["numberReturned"] == 0
+    r = client.get("/cases", params={"class": "道" * 1_000})
+    assert r.status_code == 400 and r.json()["parameter"] == "class" and len(r.content) < 3_000, r.text[:300]
+    r = client.get("/cases/stats", params={"datetime": "2026-01-01T00:00:00Z/" * 500})
+    assert r.status_code == 400 and r.json()["parameter"] == "datetime" and len(r.content) < 3_000, r.text[:300]
+
+
 def test_stats_json_and_csv(client, keys):
     period = {"datetime": "2000-01-01T00:00:00Z/2100-01-01T00:00:00Z", "by": "department"}
     r = client.get("/cases/stats", params=period)
@@ -246,3 +286,18 @@ def test_stats_json_and_csv(client, keys):
     assert len(parsed) == len(rows) and "closure_rate" in parsed[0]
     assert client.get("/cases/stats", params={**period, "by": "planet"}).json()["parameter"] == "by"
     assert client.get("/cases/stats", params={"datetime": "2024-01-01T00:00:00Z"}).status_code == 400
+
+
+def test_the_bodies_read_by_hand_are_documented(client):
+    """The write routes read their bodies themselves (JSON or a form): the document still says what
+    they take, so that clients and schemathesis send real reports, actions and 311 requests."""
+    paths = client.get("/openapi.json").json()["paths"]
+    report = paths["/cases"]["post"]
+    assert set(report["requestBody"]["content"]) == {"application/json", "multipart/form-data"}
+    assert report["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]["photos"]["maxItems"] \
+        == MAX_PHOTOS_PER_REPORT
+    assert {"200", "201"} <= set(report["responses"])  # a known external_id answers 200
+    action = paths["/cases/{case_id}/actions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert action["required"] == ["action", "role"]
+    form = paths["/open311/v2/requests.json"]["post"]["requestBody"]["content"]
+    assert "service_code" in form["application/x-www-form-urlencoded"]["schema"]["required"]

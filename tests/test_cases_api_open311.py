@@ -122,3 +122,29 @@ def test_errors_in_the_spec_format(http, api_key):
     error(http.get("/requests/abc.json"), 400)
     assert "open or closed" in error(http.get("/requests.json", params={"status": "pending"}), 400)
     error(http.get("/requests.json", params={"start_date": "last week"}), 400)
+
+
+def test_the_openapi_document_says_errors_come_in_the_spec_format(http, base):
+    """Clients and schemathesis read the document: under /open311 every refusal is documented as the
+    spec's list (application/json, schema Open311Errors), not as a problem document."""
+    document = httpx.get(base.removesuffix("/open311/v2") + "/openapi.json", timeout=60).json()
+    assert document["components"]["schemas"]["Open311Errors"]["items"]["required"] == ["code", "description"]
+    refusals = {}
+    for path, methods in document["paths"].items():
+        for method, operation in methods.items():
+            for status, response in operation["responses"].items():
+                if status == "default" or status[0] in "45":
+                    refusals[(path, method, status)] = response["content"]
+    open311 = {k: v for k, v in refusals.items() if k[0].startswith("/open311/")}
+    assert {("/open311/v2/requests.json", "get", "400"), ("/open311/v2/requests/{service_request_id}.json", "get",
+                                                          "404"), ("/open311/v2/requests.json", "post", "default")} \
+        <= set(open311)
+    assert all(v == {"application/json": {"schema": {"$ref": "#/components/schemas/Open311Errors"}}}
+               for v in open311.values()), open311
+    cases = [v for k, v in refusals.items() if k[0].startswith("/cases")]  # the same loop, the house format
+    assert cases and all(set(v) == {"application/problem+json"} for v in cases), cases
+
+
+def test_an_oversized_parameter_is_a_short_400_in_the_spec_format(http):
+    r = http.get("/requests.json", params={"service_code": "E0105," * 5_000})
+    assert r.status_code == 400 and r.json()[0]["code"] == 400 and len(r.content) < 2_000, r.text[:300]
