@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from cases.textfile import read_text_file
 from cim.errors import UserError
 
 LOCAL = ZoneInfo("Asia/Shanghai")
@@ -98,10 +99,7 @@ def load_calendar(conn: Connection) -> WorkingCalendar:
 
 def load_calendar_file(conn: Connection, path: Path) -> int:
     """``cim cases calendar load FILE``: a CSV ``day,kind,name`` (kind holiday | workday) upserted."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
+    text = read_text_file(path)
     reader = csv.DictReader(io.StringIO(text))
     if not {"day", "kind"} <= set(reader.fieldnames or []):
         raise UserError(f"{path}: needs the columns day,kind[,name]")

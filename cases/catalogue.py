@@ -18,6 +18,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from cases.textfile import read_text_file
 from cim.errors import ParameterError, UserError
 
 KINDS = ("部件", "事件")
@@ -149,12 +150,7 @@ def write_classes(conn: Connection, classes: list[CaseClass]) -> int:
 
 def load_classes_file(conn: Connection, path: Path) -> int:
     """``cim cases classes load FILE``: replace or extend the catalogue from a CSV (UTF-8)."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    text = read_text_file(path)
     ensure_seeded(conn)
     known = frozenset(conn.execute(sa.text("SELECT code FROM case_classes WHERE parent_code IS NULL")).scalars())
     return write_classes(conn, parse_classes(text, str(path), known))

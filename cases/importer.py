@@ -24,6 +24,7 @@ from cim.errors import UserError
 from cases.batch import TicketRaced, intake_batch
 from cases.calendar import load_calendar
 from cases.catalogue import CaseClass, class_by_code
+from cases.textfile import read_text_file
 from cases.intake import CHANNELS, URGENCIES, CaseReport, intake
 
 FIELDS = ("channel", "class", "description", "address", "x", "y", "z", "crs", "urgency", "external_id",
@@ -41,12 +42,7 @@ class ImportReport:
 
 
 def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    text = read_text_file(path)
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(text)

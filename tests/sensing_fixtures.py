@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-import sqlalchemy as sa
-
+from cim.bootstrap import initialise
 from cim.database import engine_for
 from ingest.run import IngestOptions, ingest_files
-from tests.conftest import PROJECT
+from tests.conftest import PROJECT, create_database
+from tests.sample_city import scalar  # noqa: F401 (re-exported for the sensing tests)
 
 SAMPLES = PROJECT / "data_samples"
 
@@ -25,9 +25,12 @@ def load_sample_layers(url: str, *layers: str) -> None:
         ingest_files(entry["layer"], [SAMPLES / entry["path"]], options, engine_for(url))
 
 
-def scalar(url: str, sql: str, **params):  # noqa: ANN201
-    with engine_for(url).connect() as conn:
-        return conn.execute(sa.text(sql), params).scalar()
+def iot_devices_base(server_url: str) -> str:
+    """A new initialised base holding the sample city's IoT devices; returns its URL."""
+    url = create_database(server_url)
+    initialise(engine_for(url))
+    load_sample_layers(url, "iot-devices")
+    return url
 
 
 # --- a real MQTT broker: Debian's mosquitto, on a free loopback port with its own config ------------

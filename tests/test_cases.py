@@ -563,3 +563,13 @@ def test_photos_are_stored_once_by_hash_and_logged(city, tmp_path):
     assert exc.value.status == 413
     with city.connect() as conn:
         assert len(attachments_of(conn, case.id)) == 2
+
+
+def test_a_calendar_file_that_is_not_utf8_is_one_clear_error(tmp_path, engine):
+    """A GBK-saved calendar (as an office suite writes it) is named, not a UnicodeDecodeError traceback."""
+    from cases.calendar import load_calendar_file
+
+    path = tmp_path / "holidays.csv"
+    path.write_bytes("day,kind,name\n2026-10-01,holiday,国庆节\n".encode("gbk"))
+    with pytest.raises(UserError, match="holidays.csv: not UTF-8"), engine.begin() as conn:
+        load_calendar_file(conn, path)

@@ -12,17 +12,12 @@ from cim.apikeys import create_key
 from cim.database import engine_for
 from sensing.intake import store_batch
 from sensing.parse import parse_batch
-from tests.conftest import create_database
-from cim.bootstrap import initialise
-from tests.sensing_fixtures import load_sample_layers, scalar
+from tests.sensing_fixtures import iot_devices_base, scalar
 
 
 @pytest.fixture(scope="module")
 def base(server_url) -> str:
-    url = create_database(server_url)
-    initialise(engine_for(url))
-    load_sample_layers(url, "iot-devices")
-    return url
+    return iot_devices_base(server_url)
 
 
 @pytest.fixture(scope="module")

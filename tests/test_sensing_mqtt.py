@@ -12,20 +12,15 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 
-from cim.bootstrap import initialise
-from cim.database import engine_for
-from tests.conftest import CIM, PROJECT, create_database
-from tests.sensing_fixtures import MOSQUITTO, Mosquitto, load_sample_layers, scalar, wait_until
+from tests.conftest import CIM, PROJECT
+from tests.sensing_fixtures import MOSQUITTO, Mosquitto, iot_devices_base, scalar, wait_until
 
 pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed (scripts/system-deps.sh)")
 
 
 @pytest.fixture(scope="module")
 def base(server_url) -> str:
-    url = create_database(server_url)
-    initialise(engine_for(url))
-    load_sample_layers(url, "iot-devices")
-    return url
+    return iot_devices_base(server_url)
 
 
 @pytest.fixture()
