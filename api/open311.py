@@ -123,7 +123,7 @@ def requests_(request: Request,
                                          description="open, closed (comma-separated)."),
               jurisdiction_id: str | None = Query(None, max_length=MAX_NAME_CHARS)) -> list[dict[str, Any]]:
     ids = _list(service_request_id)
-    if ids is not None and not all(i.isdigit() for i in ids):
+    if ids is not None and not all(i.isascii() and i.isdigit() for i in ids):
         raise ParameterError("service_request_id", f"service_request_id: {service_request_id!r} is not a list "
                                                    "of request ids")
     statuses: tuple[str, ...] | None = None
@@ -147,7 +147,7 @@ def requests_(request: Request,
 @router.get("/requests/{service_request_id}.json", summary="Open311: one service request")
 def one_request(request: Request, service_request_id: str = Path(..., max_length=MAX_NAME_CHARS),
                 jurisdiction_id: str | None = Query(None, max_length=MAX_NAME_CHARS)) -> list[dict[str, Any]]:
-    if not service_request_id.isdigit():
+    if not (service_request_id.isascii() and service_request_id.isdigit()):  # "²" is a digit, not a number
         raise ParameterError("service_request_id", f"service_request_id: {service_request_id!r} is not a request id")
     state = get_state(request)
     with state.engine.connect() as conn:

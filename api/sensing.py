@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api import auth
 from api.deps import get_state
+from api.limits import MAX_NAME_CHARS
 from cim.apikeys import ApiKey
 from sensing.alerts import acknowledge, get_alert, list_alerts
 from sensing.intake import store_batch
@@ -68,9 +69,9 @@ def delete_rule(request: Request, rule_id: int = Path(..., ge=1, le=2**31 - 1),
 
 @router.get("/alerts", summary="Alerts, newest first")
 def get_alerts(request: Request,
-               state: str | None = Query(None, description="open | acknowledged | cleared | active (not cleared)"),
-               device: str | None = Query(None, description="A device's source id."),
-               level: str | None = Query(None, description="warning | alarm"),
+               state: str | None = Query(None, max_length=MAX_NAME_CHARS, description="open | acknowledged | cleared | active (not cleared)"),
+               device: str | None = Query(None, max_length=MAX_NAME_CHARS, description="A device's source id."),
+               level: str | None = Query(None, max_length=MAX_NAME_CHARS, description="warning | alarm"),
                limit: int = Query(100, ge=1, le=10_000)) -> Any:
     with get_state(request).engine.connect() as conn:
         alerts = list_alerts(conn, state=state, device_id=device, level=level, limit=limit)

@@ -56,6 +56,14 @@ def create_database(server_url: str, name: str | None = None) -> str:
     return _with_database(server_url, name)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _pools_closed_after_each_module():
+    """Each module works on databases of its own; their pooled connections (an engine per URL, two with the
+    API's reader pool) are closed when it ends, so the session's server never runs out of connections."""
+    yield
+    dispose_engines()
+
+
 @pytest.fixture(scope="module")
 def db_url(server_url) -> str:
     """A freshly created and initialised city base (default storage CRS) for one test module."""
