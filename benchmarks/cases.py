@@ -25,7 +25,6 @@ import argparse
 import csv
 import io
 import os
-import platform
 import random
 import statistics
 import subprocess
@@ -36,12 +35,12 @@ from collections import defaultdict
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks.scratch import create_database, drop_databases, machine  # noqa: E402
 from cases import batch as batch_module  # noqa: E402
 from cases.calendar import LOCAL  # noqa: E402
 from cases.catalogue import all_classes  # noqa: E402
@@ -64,37 +63,8 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def machine(conn: sa.Connection) -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor() or "?")
-    free = subprocess.run(["free", "-h"], capture_output=True, text=True).stdout.splitlines()
-    mem = next((line.split()[1] for line in free if line.startswith("Mem:")), "?")
-    pg = conn.execute(sa.text("SHOW server_version")).scalar()
-    postgis = conn.execute(sa.text("SELECT extversion FROM pg_extension WHERE extname = 'postgis'")).scalar()
-    return (f"{platform.machine()}, `nproc` {os.cpu_count()} ({model}), `free -h` total {mem}, Python "
-            f"{platform.python_version()}, PostgreSQL {pg.split()[0]} + PostGIS {postgis}")
 
 
-# --- databases ---------------------------------------------------------------------------------
-
-def _admin(server: str) -> sa.Engine:
-    return sa.create_engine(engine_for(server).url, isolation_level="AUTOCOMMIT")
-
-
-def create_database(server: str, name: str, template: str | None = None) -> str:
-    admin = _admin(server)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")))
-    admin.dispose()
-    return urlunsplit(urlsplit(server)._replace(path="/" + name))
-
-
-def drop_databases(server: str, names: list[str]) -> None:
-    admin = _admin(server)
-    with admin.connect() as conn:
-        for name in names:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def run_cim(url: str, *args: str) -> tuple[str, float]:

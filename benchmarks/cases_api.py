@@ -20,7 +20,6 @@ import argparse
 import http.client
 import json
 import os
-import platform
 import queue
 import random
 import socket
@@ -39,6 +38,7 @@ import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks.scratch import admin, machine  # noqa: E402
 from cim.apikeys import create_key  # noqa: E402
 from cim.database import database_url, engine_for  # noqa: E402
 
@@ -46,20 +46,6 @@ WORK = ROOT / "benchmarks" / "work"
 CIM = str(Path(sys.executable).with_name("cim"))
 CLASSES = ("暴露垃圾", "道路破损", "占道堆物", "店外经营", "道路积水", "违法搭建", "群租", "井盖缺失")
 UNPLACEABLE = ("老西门附近", "小区门口", "火星路1号")
-
-
-def machine(conn: sa.Connection) -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor() or "?")
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    pg = conn.execute(sa.text("SHOW server_version")).scalar()
-    postgis = conn.execute(sa.text("SELECT extversion FROM pg_extension WHERE extname = 'postgis'")).scalar()
-    return (f"{platform.machine()}, {os.cpu_count()} cores ({model}), {ram:.0f} GiB RAM, Python "
-            f"{platform.python_version()}, PostgreSQL {pg.split()[0]} + PostGIS {postgis}")
-
-
-def admin(server: str) -> sa.Engine:
-    return sa.create_engine(engine_for(server).url, isolation_level="AUTOCOMMIT")
 
 
 def run_cim(url: str, *args: str) -> str:

@@ -29,7 +29,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import random
 import re
 import socket
@@ -44,7 +43,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import opencc
@@ -52,6 +50,7 @@ import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks.scratch import create_database, drop_databases, machine  # noqa: E402
 from cim.bootstrap import initialise
 from cim.database import database_url, engine_for
 from cim.gazetteer import MATCH_LEVELS, GeocodeResult, geocode_many, parse_address
@@ -77,38 +76,6 @@ DISTRICTS = ("黄浦区", "徐汇区", "长宁区", "静安区", "普陀区", "�
              "浦东新区", "金山区", "松江区", "青浦区", "奉贤区", "崇明区")
 
 
-# --- machine ----------------------------------------------------------------------------------
-
-def machine(conn: sa.Connection) -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor() or "?")
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    pg = conn.execute(sa.text("SHOW server_version")).scalar()
-    postgis = conn.execute(sa.text("SELECT extversion FROM pg_extension WHERE extname = 'postgis'")).scalar()
-    return (f"{platform.machine()}, {os.cpu_count()} cores ({model}), {ram:.0f} GiB RAM, Python "
-            f"{platform.python_version()}, PostgreSQL {pg.split()[0]} + PostGIS {postgis}")
-
-
-# --- databases --------------------------------------------------------------------------------
-
-def _admin(server: str) -> sa.Engine:
-    return sa.create_engine(engine_for(server).url, isolation_level="AUTOCOMMIT")
-
-
-def create_database(server: str, name: str, template: str | None = None) -> str:
-    admin = _admin(server)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")))
-    admin.dispose()
-    return urlunsplit(urlsplit(server)._replace(path="/" + name))
-
-
-def drop_databases(server: str, names: list[str]) -> None:
-    admin = _admin(server)
-    with admin.connect() as conn:
-        for name in names:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def cim_env(url: str) -> dict[str, str]:
