@@ -100,7 +100,20 @@ def shared_data_required() -> bool:
     in CI (``CI`` set) while ../shared is there — a skip would then hide a broken path."""
     if os.environ.get(REQUIRE_SHARED_ENV, "").strip() not in ("", "0"):
         return True
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false") and SHARED.is_dir()
+    return in_ci() and SHARED.is_dir()
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false")
+
+
+def missing_tool(message: str) -> None:
+    """A system tool a test needs is not there (mosquitto, chromium, ogrinfo, npm…): skipped on a
+    developer's machine, naming it, but a failure in CI, whose set-up (make test →
+    scripts/system-deps.sh, npm ci) installs every one of them — a skip there would hide a broken set-up."""
+    if in_ci():
+        pytest.fail(f"{message} (CI installs it through make test: the set-up is broken)", pytrace=False)
+    pytest.skip(message)
 
 
 def shared_path(*parts: str, folder: str = "data") -> Path:

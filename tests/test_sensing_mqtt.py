@@ -12,10 +12,13 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 
-from tests.conftest import CIM, PROJECT
+from tests.conftest import CIM, PROJECT, missing_tool
 from tests.sensing_fixtures import MOSQUITTO, Mosquitto, iot_devices_base, scalar, wait_until
 
-pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed (scripts/system-deps.sh)")
+@pytest.fixture(autouse=True)
+def _broker_installed() -> None:
+    if MOSQUITTO is None:
+        missing_tool("mosquitto is not installed (scripts/system-deps.sh)")
 
 
 @pytest.fixture(scope="module")

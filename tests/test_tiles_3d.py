@@ -21,7 +21,7 @@ import shapely
 import sqlalchemy as sa
 
 from cim.crs import transform_geometries
-from tests.conftest import PROJECT, SHARED_DATA, run_cim, shared_path
+from tests.conftest import PROJECT, SHARED_DATA, missing_tool, run_cim, shared_path
 from tiles.gltf import read_glb
 from tiles.models import MODELS
 from tiles.tileset import DEFAULT_MAX_FEATURES
@@ -176,7 +176,7 @@ def validate_glbs(paths: list[Path]) -> dict:
     node = shutil.which("node")
     validator = NODE_MODULES / "gltf-validator"
     if node is None or not validator.is_dir():
-        pytest.skip("node or node_modules/gltf-validator missing: run 'npm ci' at the repository root")
+        missing_tool("node or node_modules/gltf-validator missing: run 'npm ci' at the repository root")
     script = paths[0].parent / "validate_gltf.js"
     script.write_text(VALIDATE_JS)
     proc = subprocess.run([node, str(script), str(validator), *map(str, paths)], capture_output=True, text=True,
@@ -197,10 +197,10 @@ def tiles_validator() -> Path:
     main = TILES_VALIDATOR / "build" / "main.js"
     if not (TILES_VALIDATOR / ".built").exists():
         if not TILES_VALIDATOR_SOURCE.exists():
-            pytest.skip(f"{TILES_VALIDATOR_SOURCE} not present (../shared/vendor is only in CI and developer "
+            missing_tool(f"{TILES_VALIDATOR_SOURCE} not present (../shared/vendor is only in CI and developer "
                         "workspaces): the 3D Tiles validator cannot be built")
         if shutil.which("npm") is None:
-            pytest.skip("npm missing: the 3D Tiles validator cannot be built")
+            missing_tool("npm missing: the 3D Tiles validator cannot be built")
         proc = subprocess.run([str(PROJECT / "scripts" / "build-tiles-validator.sh")], capture_output=True,
                               text=True, timeout=1800, check=False)
         assert proc.returncode == 0, f"building the 3D Tiles validator failed:\n{proc.stdout}\n{proc.stderr}"

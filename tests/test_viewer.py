@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import PROJECT
+from tests.conftest import PROJECT, missing_tool
 
 X0, Y0 = 642900.0, 3458000.0
 
@@ -57,7 +57,7 @@ def client(city):
 
 def _needs_libraries() -> None:
     if not (PROJECT / "node_modules" / "cesium" / "Build" / "Cesium").is_dir():
-        pytest.skip("node_modules/cesium missing: run 'npm ci' at the repository root")
+        missing_tool("node_modules/cesium missing: run 'npm ci' at the repository root")
 
 
 def test_viewer_page_and_assets_are_served(client):
@@ -174,7 +174,7 @@ def _browser(url: str, condition: str, shot, timeout_ms: int = 90_000) -> dict:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     node = shutil.which("node")
     if not chromium or not node:
-        pytest.skip("chromium or node not installed: the in-browser check is skipped")
+        missing_tool("chromium or node not installed: the in-browser check is skipped")
     work = shot.parent
     script = work / "cdp.js"
     script.write_text(CDP_JS)
@@ -192,7 +192,7 @@ def _browser(url: str, condition: str, shot, timeout_ms: int = 90_000) -> dict:
         browser.terminate()
         browser.wait(10)
     if "WebSocket is not defined" in proc.stderr:
-        pytest.skip("this node has no WebSocket client (needs node >= 20.10)")
+        missing_tool("this node has no WebSocket client (needs node >= 20.10)")
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
