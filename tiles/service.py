@@ -64,7 +64,9 @@ class TileService:
         if self.settings is None:
             self.settings = load_settings(self.engine)
         # (layer, version, selection key, max features) → plan
-        size = self.plan_cache_size or deployment_settings().tile_plan_cache
+        deployment = deployment_settings()  # read once: tile builds are a hot path
+        size = self.plan_cache_size or deployment.tile_plan_cache
+        self._persist_after_s = deployment.tile_persist_after_s
         self.plans: BuiltOnce[tuple[str, str, str, int], Plan] = BuiltOnce(size)
 
     def layer(self, name: str) -> Layer:
@@ -179,7 +181,7 @@ class TileService:
             return cached
         started = time.perf_counter()
         data = mvt.tile(conn, layer, self.settings.srid, z, x, y, selection, props)
-        slow = time.perf_counter() - started >= deployment_settings().tile_persist_after_s
+        slow = time.perf_counter() - started >= self._persist_after_s
         self.cache.put(key, data, persist=slow and selection.is_all and properties is None)
         return data
 
