@@ -21,7 +21,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import StreamingResponse
 
 from api.deps import get_state
-from api.grid import check_point, parse_crs
+from api.grid import check_point
+from cim.crs import resolve_parameter
 from api.limits import MAX_CRS_CHARS, MAX_NAME_CHARS, TooManyItems, load_json_list
 from api.problems import bad_parameter
 from cim.crs import CrsSpec
@@ -44,7 +45,7 @@ def geocode_one(request: Request,
                 crs: str | None = Query(None, max_length=MAX_CRS_CHARS, description=_OUT_CRS_HELP)) -> dict:
     """``match_level`` is one of door, interpolated, road, community, street, district, none;
     ``ambiguous`` answers list ``candidates`` (one per district)."""
-    spec = parse_crs(crs)
+    spec = resolve_parameter(crs, "crs")
     if not q.strip():
         raise bad_parameter("q", "q: the address is empty")
     with get_state(request).engine.connect() as conn:
@@ -160,7 +161,7 @@ async def geocode_batch(
         body = await request.body()
         out = await run_in_threadpool(_csv_batch, request, io.BytesIO(body), column, encoding)
         return StreamingResponse(_stream(out), media_type="text/csv; charset=utf-8")
-    spec = parse_crs(crs)
+    spec = resolve_parameter(crs, "crs")
     raw = await request.body()
     try:
         payload = load_json_list(raw, MAX_BATCH_ROWS, "addresses", key="addresses")
@@ -182,7 +183,7 @@ def reverse_one(request: Request,
                 radius: float = Query(DEFAULT_RADIUS_M, gt=0, le=MAX_RADIUS_M,
                                       description="Search radius in metres.")) -> dict:
     """``found`` is false when no address lies within ``radius``; the assignment is given either way."""
-    spec = parse_crs(crs)
+    spec = resolve_parameter(crs, "crs")
     check_point(lon, lat, spec)
     with get_state(request).engine.connect() as conn:
         return reverse(conn, lon, lat, spec, radius).to_dict()

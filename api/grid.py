@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from api.deps import get_state
 from api.limits import MAX_CRS_CHARS
 from api.problems import bad_parameter
-from cim.crs import CrsError, CrsSpec, resolve_crs
+from cim.crs import CrsSpec, resolve_parameter
 from cim.grid import MAX_POINTS, answers_to_dicts, lookup_points
 
 router = APIRouter(tags=["grid"])
@@ -21,16 +21,6 @@ router = APIRouter(tags=["grid"])
 CRS_HELP = ("CRS of lon/lat: an EPSG code ('4326', 'EPSG:4549'), 'gcj02' (Amap/Tencent), 'bd09' (Baidu), "
             "'CRS84' or a CRS URI/URN; default WGS84. lon/lat are named, so they are longitude/latitude (with a "
             "projected CRS easting/northing) whatever axis order the CRS spelling has.")
-
-
-def parse_crs(value: str | None, parameter: str = "crs") -> CrsSpec:
-    """The CRS a request names (default WGS84), or a 400 naming the parameter."""
-    if value is None or not value.strip():
-        return resolve_crs("EPSG:4326")
-    try:
-        return resolve_crs(value.strip())  # also OGC CRS URIs
-    except CrsError as exc:
-        raise bad_parameter(parameter, str(exc)) from None
 
 
 def check_point(x: float, y: float, crs: CrsSpec, x_name: str = "lon", y_name: str = "lat") -> None:
@@ -69,7 +59,7 @@ def grid_lookup(request: Request,
                 crs: str | None = Query(None, max_length=MAX_CRS_CHARS, description=CRS_HELP)) -> dict:
     """``{"results": [answer]}``; ``level`` is the finest unit found (grid, community, street,
     district) or ``none``. A point on a shared boundary gets the unit with the smallest code."""
-    spec = parse_crs(crs)
+    spec = resolve_parameter(crs, "crs")
     check_point(lon, lat, spec)
     return _answer(request, [lon], [lat], spec)
 
@@ -77,7 +67,7 @@ def grid_lookup(request: Request,
 @router.post("/grid/lookup", summary=f"Grid lookup for up to {MAX_POINTS:,} points")
 def grid_lookup_batch(request: Request, body: LookupRequest) -> dict:
     """``{"results": [...]}`` in the order of ``points``; answered in one database statement."""
-    spec = parse_crs(body.crs)
+    spec = resolve_parameter(body.crs, "crs")
     for i, p in enumerate(body.points):
         check_point(p.lon, p.lat, spec, f"points.{i}.lon", f"points.{i}.lat")
     return _answer(request, [p.lon for p in body.points], [p.lat for p in body.points], spec)

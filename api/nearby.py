@@ -10,7 +10,8 @@ import math
 from fastapi import APIRouter, FastAPI, Query, Request
 
 from api.deps import get_state
-from api.grid import CRS_HELP, check_point, parse_crs
+from api.grid import CRS_HELP, check_point
+from cim.crs import resolve_parameter
 from api.limits import MAX_CRS_CHARS, MAX_FILTER_CHARS, MAX_NAME_CHARS
 from api.problems import bad_parameter
 from api.responses import GeoJsonResponse
@@ -41,7 +42,7 @@ def nearby_features(
     found = state.layers().get(layer)
     if found is None:
         raise bad_parameter("layer", f"unknown layer {layer!r}; one of: {', '.join(sorted(state.layers()))}")
-    spec = parse_crs(crs)
+    spec = resolve_parameter(crs, "crs")
     check_point(lon, lat, spec)
     if z is not None and not math.isfinite(z):
         raise bad_parameter("z", f"z must be a finite number of metres, got {z}")

@@ -595,3 +595,16 @@ def test_offered_crs_and_resolve_offered():
     with pytest.raises(ParameterError) as ei:
         C.resolve_offered("EPSG:32651", 4549, "bbox-crs")  # a real CRS, but not one the API offers
     assert ei.value.parameter == "bbox-crs" and "not offered" in str(ei.value) and "gcj02" in str(ei.value)
+
+
+def test_a_crs_parameter_is_resolved_or_refused_naming_the_parameter():
+    """Endpoints that take any CRS (grid lookup, nearby, geocode) resolve it through the core, which names
+    the parameter at fault itself: no router re-wraps a CRS error."""
+    from cim.crs import resolve_parameter
+    from cim.errors import ParameterError
+
+    assert resolve_parameter(None, "crs").name == "EPSG:4326"
+    assert resolve_parameter(" gcj02 ", "crs").offset == "gcj02"
+    with pytest.raises(ParameterError) as caught:
+        resolve_parameter("EPSG:99999999", "out-crs")
+    assert caught.value.parameter == "out-crs" and "EPSG:99999999" in str(caught.value)

@@ -24,6 +24,7 @@ from cim.crs.offsets import (
 )
 from cim.crs.resolve import (
     CRS84, CRS84_URI, EXTRA_CRS, WGS84, CrsSpec, crs_uri, offered_crs, resolve_crs, resolve_offered,
+    resolve_parameter,
 )
 from cim.crs.transform import transform_coords, transform_geojson, transform_geometries
 
@@ -48,6 +49,7 @@ __all__ = [
     "offered_crs",
     "resolve_crs",
     "resolve_offered",
+    "resolve_parameter",
     "transform_coords",
     "transform_geojson",
     "transform_geometries",

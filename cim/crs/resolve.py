@@ -39,6 +39,7 @@ __all__ = [
     "offered_crs",
     "resolve_crs",
     "resolve_offered",
+    "resolve_parameter",
 ]
 
 CRS84_URI = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
@@ -213,6 +214,17 @@ def offered_crs(storage_srid: int) -> list[CrsSpec]:
     in their OGC spelling (authority axis order), then GCJ-02 and BD-09."""
     srids = dict.fromkeys([*EXTRA_CRS, storage_srid])
     return [CRS84, *(_from_epsg(s, True) for s in srids), resolve_crs("gcj02"), resolve_crs("bd09")]
+
+
+def resolve_parameter(value: str | None, parameter: str, default: str = "EPSG:4326") -> CrsSpec:
+    """The CRS a request names in ``parameter`` (any accepted spelling; ``default`` when absent), or a
+    :class:`~cim.errors.ParameterError` naming that parameter — for endpoints that take any CRS."""
+    if value is None or not value.strip():
+        return resolve_crs(default)
+    try:
+        return resolve_crs(value.strip())
+    except CrsError as exc:
+        raise ParameterError(parameter, str(exc)) from None
 
 
 def resolve_offered(value: str | None, storage_srid: int, parameter: str) -> CrsSpec:
