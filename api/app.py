@@ -7,6 +7,7 @@
 - ``/3dtiles/…``, ``/collections/{id}/tiles/…``, ``/tileMatrixSets…`` → :mod:`api.tiles` (a package)
 - ``/cases…`` → :mod:`api.cases` (the case loop of :mod:`cases`)
 - ``/open311/v2/…`` → :mod:`api.open311` (GeoReport v2 over the case loop)
+- ``/scenarios/…`` → :mod:`api.scenarios` (one router module per scenario)
 - ``/viewer`` → :mod:`api.viewer`;  ``/healthz``, ``/metrics`` → :mod:`api.ops`
 
 Before any route, the middleware of :data:`MIDDLEWARE` (one list, outermost first: metrics, the body limits of
@@ -33,7 +34,8 @@ from api.tiles import VersionedTileMiddleware
 from cim.config import DeploymentSettings
 
 ROUTER_MODULES = ("api.ops", "api.features", "api.grid", "api.nearby", "api.iot", "api.ingest_upload",
-                  "api.geocode", "api.tiles", "api.viewer", "api.cases", "api.open311", "api.sensing")
+                  "api.geocode", "api.tiles", "api.viewer", "api.cases", "api.open311", "api.sensing",
+                  "api.scenarios")
 
 #: Every middleware of the app, outermost first; nothing else adds one. Inside the last of them come
 #: Starlette's exception handlers (api.problems) and the routes.
