@@ -134,10 +134,28 @@ def samples_load(
         typer.echo(json.dumps([r.as_dict() for r in reports], ensure_ascii=False, indent=2))
 
 
+def samples_generate(
+    out: Path = typer.Option(..., "--out", help="Folder to write the city's files and manifest.json into."),
+    scale: str = typer.Option("shanghai", help="'shanghai' (15 M parts, 10 M addresses, 1.5 M buildings …) or a "
+                                                "fraction of it, e.g. 0.01."),
+    seed: int = typer.Option(1, help="Random seed: the same seed and scale give the same files."),
+) -> None:
+    """Write a synthetic city of Shanghai's size (or a fraction) as files for `cim samples load --directory`."""
+    import time
+
+    from ingest.synthetic_city import generate_city, parse_scale
+
+    started = time.perf_counter()
+    report = generate_city(out, parse_scale(scale), seed)
+    typer.echo(json.dumps({**report.as_dict(), "seconds": round(time.perf_counter() - started, 1)},
+                          ensure_ascii=False, indent=2))
+
+
 def register(app: typer.Typer) -> None:
     ingest_app.command("runs")(runs)
     app.add_typer(ingest_app, name="ingest")
     samples_app.command("load")(samples_load)
+    samples_app.command("generate")(samples_generate)
     app.add_typer(samples_app, name="samples")
 
 
