@@ -35,12 +35,20 @@ def export_3d(
     filter_: Optional[str] = typer.Option(None, "--filter", help="CQL2 filter on the layer's queryables."),
     filter_lang: str = typer.Option("cql2-text", "--filter-lang", help="cql2-text or cql2-json."),
     max_features: int = typer.Option(500, "--max-features", help="Most features in one tile."),
+    implicit: bool = typer.Option(False, "--implicit", help="Implicit tiling (a quadtree in subtree files; a "
+                                                            "small tileset.json for layers of millions)."),
+    subtree_levels: int = typer.Option(4, "--subtree-levels", help="With --implicit: levels per subtree file."),
 ) -> None:
     """Write a static 3D Tiles 1.1 tileset (glb content with per-feature metadata)."""
     from tiles.export import export_3d as run
+    from tiles.export import export_3d_implicit
 
     started = time.monotonic()
-    summary = run(_service(), layer, outdir, _selection(bbox, filter_, filter_lang), max_features)
+    selection = _selection(bbox, filter_, filter_lang)
+    if implicit:
+        summary = export_3d_implicit(_service(), layer, outdir, selection, max_features, subtree_levels)
+    else:
+        summary = run(_service(), layer, outdir, selection, max_features)
     console.print(f"{layer}: {summary.features} features in {summary.tiles} tiles → {summary.path / 'tileset.json'} "
                   f"({time.monotonic() - started:.1f} s)")
 

@@ -3,16 +3,20 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import re
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
 from cim.errors import UserError
-from tiles import mvt
 from cim.selection import Selection
+from tiles import implicit, mvt
+from tiles.geodesy import LocalFrame
+from tiles.plan import Tile
 from tiles.service import TileService
-from tiles.tileset import DEFAULT_MAX_FEATURES
+from tiles.tileset import (DEFAULT_MAX_FEATURES, Plan, city_region, content_version, model_for, read_features,
+                           tile_glb, tileset_json)
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,43 @@ def export_3d(service: TileService, layer_name: str, outdir: Path, selection: Se
             n += 1
     (outdir / "tileset.json").write_bytes(doc)
     return ExportSummary(n, plan.feature_count, 0, outdir)
+
+
+def export_3d_implicit(service: TileService, layer_name: str, outdir: Path, selection: Selection = Selection(),
+                       max_features: int = DEFAULT_MAX_FEATURES, subtree_levels: int = 4) -> ExportSummary:
+    """``outdir/tileset.json`` (one root tile with ``implicitTiling``), ``outdir/subtrees/…`` and
+    ``outdir/content/{level}/{x}/{y}.glb``: 3D Tiles 1.1 implicit tiling (see :mod:`tiles.implicit`)."""
+    if not 1 <= subtree_levels <= 10:
+        raise UserError(f"--subtree-levels: must be 1 to 10, got {subtree_levels}")
+    layer = service.layer(layer_name)
+    s = service.settings
+    with service.engine.connect() as conn:
+        version = content_version(conn, layer)
+        features = read_features(conn, layer, s.srid, s.floor_height_m, selection)
+        if features is None:  # nothing to subdivide: the explicit tileset of an empty layer says it
+            return export_3d(service, layer_name, outdir, selection, max_features)
+        tree = implicit.build_implicit(features, max_features, subtree_levels)
+        w, so, e, n = tree.region[:4]
+        frame = LocalFrame(math.degrees((w + e) / 2), math.degrees((so + n) / 2), 0.0)
+        plan = Plan(layer, model_for(layer.name), version, selection, s.srid, s.floor_height_m, frame, None,
+                    len(features), city_region(s.city_bbox_wgs84))
+        n_tiles = 0
+        for level, x, y, fids in tree.contents():
+            tile = Tile(f"{level}/{x}/{y}", level, (0.0, 0.0, 0.0, 0.0), fids, tree.tile_region(level, x, y), 0.0)
+            path = outdir / implicit.CONTENT_URI.format(level=level, x=x, y=y)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(tile_glb(conn, plan, tile))
+            n_tiles += 1
+    for level, x, y in implicit.subtree_roots(tree):
+        path = outdir / implicit.SUBTREE_URI.format(level=level, x=x, y=y)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(implicit.subtree_bytes(tree, level, x, y))
+    explicit = tileset_json(plan)  # the same asset, schema and metadata as the explicit tileset
+    doc = implicit.tileset_json(tree, frame.transform(), explicit["asset"],
+                                {k: explicit[k] for k in ("schema", "metadata", "extras")})
+    (outdir / "tileset.json").write_text(json.dumps(doc, ensure_ascii=False, separators=(",", ":")),
+                                         encoding="utf-8")
+    return ExportSummary(n_tiles, len(features), 0, outdir)
 
 
 def parse_zooms(text: str) -> range:

@@ -100,12 +100,11 @@ def _feature_regions(rows: list[Any], srid: int) -> np.ndarray:
     return np.column_stack([lon.min(1) - dlon, lat.min(1) - dlat, lon.max(1) + dlon, lat.max(1) + dlat, zmin, zmax])
 
 
-def plan_layer(conn: Connection, layer: Layer, srid: int, storey_height: float,
-               city_bbox: tuple[float, float, float, float], selection: Selection = Selection(),
-               max_features: int = DEFAULT_MAX_FEATURES, version: str | None = None) -> Plan:
-    """Read the features' extents and build the tile tree."""
-    if max_features < 1:
-        raise ParameterError("max-features", f"max-features must be at least 1, got {max_features}")
+def read_features(conn: Connection, layer: Layer, srid: int, storey_height: float,
+                  selection: Selection = Selection()) -> Features | None:
+    """One small row per feature of the layer (and selection): id, centroid, region, importance; None when
+    there is none. Both tile trees (the explicit one of :func:`plan_layer` and the implicit one of
+    :mod:`tiles.implicit`) are planned from these."""
     model = model_for(layer.name)
     q = model.query(tables_for(srid), storey_height)
     stmt = (sa.select(q.table.c.fid.label("fid"),
@@ -119,24 +118,41 @@ def plan_layer(conn: Connection, layer: Layer, srid: int, storey_height: float,
             .where(*selection.clauses(layer, q.table, q.geom, srid), q.geom.is_not(None),
                    sa.not_(sa.func.ST_IsEmpty(q.geom)))
             .order_by(q.table.c.fid))
-    version = version or content_version(conn, layer)
     rows = conn.execute(stmt).all()
-    w, s, e, n = city_bbox
-    city_region = [math.radians(w), math.radians(s), math.radians(e), math.radians(n), 0.0, 1.0]
     if not rows:
-        frame = LocalFrame((w + e) / 2, (s + n) / 2, 0.0)
-        return Plan(layer, model, version, selection, srid, storey_height, frame, None, 0, city_region)
-    features = Features(
+        return None
+    return Features(
         fid=np.array([r.fid for r in rows], np.int64),
         cx=np.array([r.cx for r in rows], float), cy=np.array([r.cy for r in rows], float),
         region=_feature_regions(rows, srid),
         importance=np.array([float(r.importance or 0.0) for r in rows]),
     )
+
+
+def city_region(city_bbox: tuple[float, float, float, float]) -> list[float]:
+    w, s, e, n = city_bbox
+    return [math.radians(w), math.radians(s), math.radians(e), math.radians(n), 0.0, 1.0]
+
+
+def plan_layer(conn: Connection, layer: Layer, srid: int, storey_height: float,
+               city_bbox: tuple[float, float, float, float], selection: Selection = Selection(),
+               max_features: int = DEFAULT_MAX_FEATURES, version: str | None = None) -> Plan:
+    """Read the features' extents and build the tile tree."""
+    if max_features < 1:
+        raise ParameterError("max-features", f"max-features must be at least 1, got {max_features}")
+    model = model_for(layer.name)
+    version = version or content_version(conn, layer)
+    features = read_features(conn, layer, srid, storey_height, selection)
+    if features is None:
+        w, s, e, n = city_bbox
+        frame = LocalFrame((w + e) / 2, (s + n) / 2, 0.0)
+        return Plan(layer, model, version, selection, srid, storey_height, frame, None, 0, city_region(city_bbox))
     root = build_tree(features, max_features)
     assert root is not None
     west, south, east, north = root.region[:4]
     frame = LocalFrame(math.degrees((west + east) / 2), math.degrees((south + north) / 2), 0.0)
-    return Plan(layer, model, version, selection, srid, storey_height, frame, root, len(features), city_region)
+    return Plan(layer, model, version, selection, srid, storey_height, frame, root, len(features),
+                city_region(city_bbox))
 
 
 def content_uri(plan: Plan, tile: Tile) -> str:
