@@ -215,13 +215,13 @@ def load_compounds(conn: Connection, path: Path, crs: str | None = None) -> dict
         VALUES (:source_id, :name, :address, :households, ST_SetSRID(ST_GeomFromWKB(:wkb), :srid))
         ON CONFLICT (source_id) DO UPDATE SET name = EXCLUDED.name, address = EXCLUDED.address,
             households = EXCLUDED.households, geom = EXCLUDED.geom, loaded_at = now()"""), rows)
-    # the street and community a compound belongs to: those holding a point inside it
+    # the street and community a compound belongs to: those holding the largest part of it
     conn.execute(sa.text("""UPDATE flood_compounds c SET street_code = s.code, community_code = m.code
         FROM flood_compounds c2
-        LEFT JOIN LATERAL (SELECT code FROM streets WHERE valid_to IS NULL
-            AND ST_Intersects(geom, ST_PointOnSurface(c2.geom)) LIMIT 1) s ON true
-        LEFT JOIN LATERAL (SELECT code FROM communities WHERE valid_to IS NULL
-            AND ST_Intersects(geom, ST_PointOnSurface(c2.geom)) LIMIT 1) m ON true
+        LEFT JOIN LATERAL (SELECT code FROM streets WHERE valid_to IS NULL AND ST_Intersects(geom, c2.geom)
+            ORDER BY ST_Area(ST_Intersection(geom, c2.geom)) DESC, code LIMIT 1) s ON true
+        LEFT JOIN LATERAL (SELECT code FROM communities WHERE valid_to IS NULL AND ST_Intersects(geom, c2.geom)
+            ORDER BY ST_Area(ST_Intersection(geom, c2.geom)) DESC, code LIMIT 1) m ON true
         WHERE c.id = c2.id AND c2.source_id = ANY(:ids)"""), {"ids": [r["source_id"] for r in rows]})
     return {"layer": "compounds", "file": str(path), "compounds": len(rows)}
 

@@ -106,8 +106,12 @@ def _affected(conn: Connection, response_id: int) -> dict[str, Any]:
     centre = f"(SELECT ST_PointOnSurface({area}))"
     compounds = [dict(r) for r in conn.execute(sa.text(f"""SELECT c.source_id, c.name, c.address, c.households,
             c.street_code, c.community_code, round(ST_Area(ST_Intersection(c.geom, a.area))::numeric, 0)::float8
-                AS flooded_m2, ST_X(ST_PointOnSurface(c.geom)) AS x, ST_Y(ST_PointOnSurface(c.geom)) AS y
-        FROM flood_compounds c, flood_responses a WHERE a.id = :id AND ST_Intersects(c.geom, a.area)
+                AS flooded_m2, ST_X(inside.p) AS x, ST_Y(inside.p) AS y
+        FROM flood_compounds c CROSS JOIN flood_responses a
+        -- a point of the compound inside its own street, where that street's case is located
+        CROSS JOIN LATERAL (SELECT coalesce((SELECT ST_PointOnSurface(ST_Intersection(c.geom, s.geom)) FROM streets s
+            WHERE s.valid_to IS NULL AND s.code = c.street_code LIMIT 1), ST_PointOnSurface(c.geom)) AS p) inside
+        WHERE a.id = :id AND ST_Intersects(c.geom, a.area)
         ORDER BY ST_Distance(c.geom, ST_PointOnSurface(a.area)), c.source_id"""), p).mappings()]
     buildings = conn.execute(sa.text(f"""SELECT count(*) OVER () AS n, source_id, name, use, floors
         FROM buildings WHERE valid_to IS NULL AND ST_Intersects(geom, {area})

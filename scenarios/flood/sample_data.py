@@ -37,6 +37,7 @@ TO_GEO = pyproj.Transformer.from_crs("EPSG:4549", "EPSG:4326", always_xy=True).t
 def transform(fn, geom):  # noqa: ANN001, ANN201
     return shapely.transform(geom, lambda x, y: fn(x, y), interleaved=False)
 COMPOUND_MARGIN_M = 20.0
+TRUCKS, TEAMS = 40, 4
 
 PLANS = {
     "道路": "一级响应: 区水务局排水所派泵车强排, 交警设置警示绕行; 街道组织沿线小区防汛队巡查",
@@ -139,12 +140,12 @@ def resources(samples: Path) -> tuple[list[dict], list[list]]:
     rng = np.random.default_rng(SEED + 1)
     devices, rows = [], []
     teams = ["排水所一队", "排水所二队", "排水所三队", "应急抢险队"]
-    for n in range(1, 21):
+    for n in range(1, TRUCKS + TEAMS + 1):
         name, line = roads[int(rng.integers(len(roads)))]
         q = line.interpolate(float(rng.uniform(0.1, 0.9)), normalized=True)
         lon, lat = TO_GEO(q.x, q.y)
-        truck = n <= 16
-        code = f"BC-{n:03d}" if truck else f"DW-{n - 16:03d}"
+        truck = n <= TRUCKS
+        code = f"BC-{n:03d}" if truck else f"DW-{n - TRUCKS:03d}"
         device = f"GPS-{code}"
         label = f"{'泵车' if truck else '抢险队'}{code[-3:]}"
         devices.append({"type": "Feature", "properties": {
