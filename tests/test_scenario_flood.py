@@ -35,7 +35,7 @@ from scenarios.flood.sample_data import generate
 from scenarios.flood.setup import ensure_scenario
 from scenarios.flood.watch import watch
 from sensing.intake import store_batch
-from tests.conftest import PROJECT
+from tests.conftest import PROJECT, run_cim
 from tests.sensing_fixtures import load_sample_layers, wait_until
 
 FLOOD = PROJECT / "data_samples" / "flood"
@@ -250,3 +250,23 @@ def test_bad_files_name_row_and_field_and_load_nothing(city, tmp_path):
     assert "row 1: device_id: 'IOT-9999' is not a current IoT device" in text
     assert "row 2: kind: 'lake'" in text and "row 3: alarm_m: 'abc' is not a number" in text
     assert "row 3: device_id: 'IOT-0002' does not measure water_level" in text
+
+
+def test_cim_scenarios_flood_warn_for_a_grid(city, db_url):
+    grid = "310104008001001"  # 枫林路街道第1网格
+    proc = run_cim("scenarios", "flood", "warn", "--area", f"grid:{grid}", "--level", "暴雨蓝色", "--k", "1", "--json",
+                   db_url=db_url)
+    response = json.loads(proc.stdout)
+    summary = response["summary"]
+    assert response["trigger"] == "warning" and response["title"] == f"暴雨蓝色预警 grid:{grid}"
+    with city.connect() as conn:
+        inside = set(conn.execute(sa.text("""SELECT c.source_id FROM flood_compounds c JOIN grids g
+            ON ST_Intersects(c.geom, g.geom) WHERE g.grid_code = :g AND g.valid_to IS NULL"""), {"g": grid}).scalars())
+    assert inside and {c["source_id"] for c in summary["compounds"]} == inside
+    department, *streets = summary["cases"]
+    assert department["department_code"] == WATER
+    assert ("枫林路街道办事处", FENGLIN) in {(c["department_name"], c["grid_code"][:9]) for c in streets}
+    shown = run_cim("scenarios", "flood", "show", str(response["id"]), db_url=db_url).stdout
+    assert f"response {response['id']}: 暴雨蓝色预警" in shown and "road_network" in shown
+    bad = run_cim("scenarios", "flood", "warn", "--area", "grid:1", db_url=db_url, check=False)
+    assert bad.returncode != 0 and "no current grid with code '1'" in bad.stderr and "Traceback" not in bad.stderr
