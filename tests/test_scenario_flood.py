@@ -270,3 +270,24 @@ def test_cim_scenarios_flood_warn_for_a_grid(city, db_url):
     assert f"response {response['id']}: 暴雨蓝色预警" in shown and "road_network" in shown
     bad = run_cim("scenarios", "flood", "warn", "--area", "grid:1", db_url=db_url, check=False)
     assert bad.returncode != 0 and "no current grid with code '1'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+#: true once the 2D map draws the flood layer: an open ponding area or its compounds, and the trucks
+FLOOD_DRAWN = """(() => {
+  const m = window.cimMap; if (!m || !m.loaded() || !m.getSource('flood')) return false;
+  return m.queryRenderedFeatures({layers: ['flood-area', 'flood-compound']}).length > 0
+      && m.queryRenderedFeatures({layers: ['flood-truck']}).length > 0;
+})()"""
+
+
+def test_the_viewer_draws_the_flood_layer(city, db_url, tmp_path):
+    from tests.servers import serve_app
+    from tests.test_viewer import _browser, _needs_libraries
+
+    _needs_libraries()
+    with city.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM flood_responses WHERE closed_at IS NULL")).scalar() > 0
+    with serve_app(db_url) as base:
+        result = _browser(f"{base}/viewer#2d", FLOOD_DRAWN, tmp_path / "viewer-flood.png")
+    assert result["ok"], result
+    assert not result["errors"], result["errors"]

@@ -1,5 +1,5 @@
 // 防汛 water-logging: the live flood layer on the 2D map — ponding areas of open responses, the compounds
-// in them, and the pump trucks and teams at their latest GPS fix (red: dispatched) — refreshed every 15 s
+// in them, and the pump trucks and teams at their latest GPS fix (red: dispatched, cyan: available) — refreshed every 15 s
 // from /scenarios/flood/layer (GeoJSON). Added to the map viewer.js makes, once it exists.
 const LAYER_URL = new URL("scenarios/flood/layer", new URL(".", document.baseURI)).href;
 const kind = ["get", "kind"];
@@ -9,8 +9,8 @@ const STYLES = [
   {id: "flood-compound", type: "fill", filter: ["==", kind, "compound"],
    paint: {"fill-color": "#ff7f0e", "fill-opacity": 0.5, "fill-outline-color": "#ffd0a0"}},
   {id: "flood-truck", type: "circle", filter: ["in", kind, ["literal", ["pump_truck", "team"]]],
-   paint: {"circle-radius": ["match", kind, "team", 4, 6], "circle-stroke-color": "#fff", "circle-stroke-width": 1,
-           "circle-color": ["match", ["get", "status"], "dispatched", "#ff3030", "available", "#3cc83c", "#8a8a8a"]}},
+   paint: {"circle-radius": ["match", kind, "team", 5, 7], "circle-stroke-color": "#0b1a26", "circle-stroke-width": 2,
+           "circle-color": ["match", ["get", "status"], "dispatched", "#ff3030", "available", "#00d5ff", "#8a8a8a"]}},
 ];
 
 function attach(map) {
