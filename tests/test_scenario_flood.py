@@ -70,7 +70,8 @@ def city(engine):
              for code, (lon, lat) in PLACES.items() for q, v in (("lon", lon), ("lat", lat))]
     assert _store(engine, fixes)["stored"] == 6
     with engine.begin() as conn:
-        conn.execute(sa.text("UPDATE flood_resources SET status = 'maintenance' WHERE code <> ALL(:c)"),
+        conn.execute(sa.text("UPDATE flood_resources SET status = 'maintenance' WHERE kind = 'pump_truck' "
+                             "AND code <> ALL(:c)"),
                      {"c": list(PLACES)})
     return engine
 
@@ -139,6 +140,10 @@ def test_an_alarm_fires_the_response(city, client):
     assert trucks["trucks"][0]["road_m"] == pytest.approx(504, abs=5)
     assert trucks["trucks"][1]["road_m"] == pytest.approx(525, abs=5)
     assert trucks["trucks"][2]["road_m"] == pytest.approx(780, abs=10)
+    teams = summary["teams"]  # the two nearest of the four teams, by road too
+    assert teams["method"] == "road_network" and len(teams["trucks"]) == 2
+    assert {t["kind"] for t in teams["trucks"]} == {"team"}
+    assert [t["code"] for t in teams["trucks"]] == ["DW-002", "DW-004"]  # on 斜土路 ~200 m, on 零陵路 ~500 m
     # the 条: the alarm's own 道路积水 case, at 区水务局, in the gauge's grid
     department, *streets = summary["cases"]
     assert department["id"] == alert_case and department["class_code"] == "E0401"
@@ -151,6 +156,9 @@ def test_an_alarm_fires_the_response(city, client):
         statuses = dict(conn.execute(sa.text("SELECT code, status FROM flood_resources WHERE code = ANY(:c)"),
                                      {"c": list(PLACES)}).all())
     assert set(statuses.values()) == {"dispatched"}
+    with city.connect() as conn:
+        dispatched = set(conn.execute(sa.text("SELECT code FROM flood_resources WHERE status = 'dispatched'")).scalars())
+    assert dispatched == set(PLACES) | {t["code"] for t in teams["trucks"]}
     # asking again gives the same response; HTTP says the same
     with city.begin() as conn:
         assert respond_to_alarm(conn, alert_id)["id"] == response["id"]

@@ -25,12 +25,13 @@ def _brief(response: dict[str, Any]) -> str:
     s = response["summary"]
     trucks = ", ".join(f"{t['code']} {t['road_m'] if t['road_m'] is not None else t['straight_m']:.0f} m"
                        for t in s["pump_trucks"]["trucks"])
+    teams = ", ".join(t["code"] for t in s.get("teams", {}).get("trucks", []))
     cases = ", ".join(f"#{c['id']} {c['class_code']}→{c['department_name'] or c['manual_reason']}" for c in s["cases"])
     return (f"response {response['id']}: {response['title']}; {len(s['compounds'])} compounds "
             f"({s['households']} households), {s['buildings']['count']} buildings, {s['addresses']['count']} "
             f"addresses, {len(s['underground_parts'])} underground parts; trucks by {response['routing']} "
             f"({s['pump_trucks']['why']}): "
-            f"{trucks or 'none available'}; cases: {cases}")
+            f"{trucks or 'none available'}; teams: {teams or 'none available'}; cases: {cases}")
 
 
 def _show(response: dict[str, Any], as_json: bool) -> None:

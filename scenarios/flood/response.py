@@ -4,8 +4,8 @@
    :data:`DEFAULT_RADIUS_M`) or the area given (a polygon, or a district/street/community/grid);
 2. what lies in it: residential compounds (小区), buildings, addresses and underground parts
    (人防工事 and anything stored below ground level);
-3. the ``k`` nearest available pump trucks by road (:mod:`scenarios.flood.routing`), which are then
-   marked dispatched to this response;
+3. the ``k`` nearest available pump trucks by road (:mod:`scenarios.flood.routing`), and the
+   :data:`TEAMS` nearest emergency teams, which are then marked dispatched to this response;
 4. cases through the case loop: one for the department (条: ``E0401 道路积水`` → 水务; an alarm's
    rule has already opened it through sensing, and that case is taken) and one per street concerned
    (块: ``E0409 小区积水`` → the street's 办事处), located so that intake puts each in that street's grid;
@@ -38,6 +38,8 @@ DEFAULT_RADIUS_M = 300.0
 MAX_RADIUS_M = 5000.0
 #: part classes that are underground spaces (GB/T 30428.2: 0502 人防工事)
 UNDERGROUND_SUBCLASSES = ("0502",)
+#: how many emergency teams (抢险队) a response sends besides the pump trucks: the nearest available by road
+TEAMS = 2
 #: how many buildings and addresses a response lists by name (all are counted)
 LISTED = 50
 AREA_LEVELS = {"district": ("districts", "code"), "street": ("streets", "code"),
@@ -203,7 +205,8 @@ def respond(conn: Connection, trigger: Trigger, area_wkb: bytes, centre: tuple[f
                                             "FROM flood_responses WHERE id = :id) s"), {"id": response_id}).one())
     affected = _affected(conn, response_id)
     trucks = nearest_trucks(conn, centre[0], centre[1], k)
-    codes = [t["code"] for t in trucks["trucks"]]
+    teams = nearest_trucks(conn, centre[0], centre[1], TEAMS, kind="team")
+    codes = [t["code"] for t in trucks["trucks"] + teams["trucks"]]
     conn.execute(sa.text("UPDATE flood_resources SET status = 'dispatched', updated_at = now() "
                          "WHERE code = ANY(:codes)"), {"codes": codes})
     cases = _push_cases(conn, response_id, trigger, centre, affected["compounds"], srid)
@@ -212,7 +215,7 @@ def respond(conn: Connection, trigger: Trigger, area_wkb: bytes, centre: tuple[f
                                                                          "srid": srid}).one()
     summary = {"trigger": trigger.kind, "title": trigger.title, "level": trigger.level, "alert_id": trigger.alert_id,
                "point_code": trigger.point_code, "centre": {"lon": round(lon, 7), "lat": round(lat, 7)},
-               **affected, "pump_trucks": trucks, "cases": cases}
+               **affected, "pump_trucks": trucks, "teams": teams, "cases": cases}
     for c in summary["compounds"]:
         c.pop("x"), c.pop("y")
     conn.execute(sa.text("UPDATE flood_responses SET summary = CAST(:s AS jsonb), routing = :routing, "
@@ -319,7 +322,8 @@ def close_response(conn: Connection, response_id: int) -> dict[str, Any]:
     response = get_response(conn, response_id)
     if response["closed_at"] is not None:
         raise ConflictError(f"flood response {response_id} is already closed")
-    codes = [t["code"] for t in response["summary"]["pump_trucks"]["trucks"]]
+    summary = response["summary"]
+    codes = [t["code"] for t in summary["pump_trucks"]["trucks"] + summary.get("teams", {}).get("trucks", [])]
     conn.execute(sa.text("UPDATE flood_resources SET status = 'available', updated_at = now() "
                          "WHERE code = ANY(:codes) AND status = 'dispatched'"), {"codes": codes})
     conn.execute(sa.text("UPDATE flood_responses SET closed_at = now() WHERE id = :id"), {"id": response_id})
