@@ -189,6 +189,24 @@ def test_straight_line_fallback_without_roads(city):
     assert all(t["road_m"] is None for t in straight["trucks"])
 
 
+def test_routing_reads_a_radius_and_widens_it_until_exact(city):
+    """Road distances over the edges near the point only are exact up to the radius: a small least
+    radius gives the same answer; on 古美路, a road that meets no other, no truck is joined by road —
+    the radius widens to the whole network before saying so, and the trucks come by straight line."""
+    x, y = _storage(city, *GAUGE_POINT)
+    with city.connect() as conn:
+        wide = nearest_trucks(conn, x, y, k=3)
+        narrow = nearest_trucks(conn, x, y, k=3, min_radius_m=50)
+        gx, gy = conn.execute(sa.text("SELECT ST_X(p), ST_Y(p) FROM (SELECT ST_LineInterpolatePoint(geom, 0.5) AS p "
+                                      "FROM flood_roads WHERE name = '古美路') s")).one()
+        isolated = nearest_trucks(conn, gx, gy, k=2, min_radius_m=50)
+    assert [(t["code"], t["road_m"]) for t in narrow["trucks"]] == [(t["code"], t["road_m"]) for t in wide["trucks"]]
+    assert [t["code"] for t in wide["trucks"]] == [TRUCK_Z, TRUCK_Y, TRUCK_X]
+    assert isolated["method"] == "road_network" and set(isolated["unreachable_by_road"]) == set(PLACES)
+    assert all(t["road_m"] is None for t in isolated["trucks"])
+    assert [t["straight_m"] for t in isolated["trucks"]] == sorted(t["straight_m"] for t in isolated["trucks"])
+
+
 def _storage(engine, lon: float, lat: float) -> tuple[float, float]:  # noqa: ANN001
     with engine.connect() as conn:
         return tuple(conn.execute(sa.text("SELECT ST_X(p), ST_Y(p) FROM (SELECT ST_Transform(ST_SetSRID("

@@ -11,7 +11,10 @@ distance between the two snapped points is the shortest way through either end o
 by one ``pgr_dijkstraCost`` many-to-many call (or along the edge when both lie on the same one).
 Candidates are taken nearest first by straight line and widened until the k-th road distance is no
 longer than the straight distance of the next candidate (a road is never shorter than the straight
-line), so the answer is exact without routing to every truck. Without roads, or without pgRouting,
+line), so the answer is exact without routing to every truck. Only the edges within a radius of the
+point are routed over (pgRouting reads its whole edge query on every call, and a city's network is
+large): a way no longer than the radius never leaves it, so road distances up to the radius are
+exact, and the radius doubles until the k-th is within it (or covers the whole network). Without roads, or without pgRouting,
 the straight-line order is the answer, and ``method`` says so.
 """
 from __future__ import annotations
@@ -30,6 +33,8 @@ ROAD = "road_network"
 STRAIGHT = "straight_line"
 #: how many straight-line candidates are routed at first, as a multiple of k
 CANDIDATES_PER_K = 3
+#: the least radius around the point whose edges are routed over (a city's network is read only near the point)
+MIN_RADIUS_M = 3000.0
 
 
 @dataclass
@@ -127,17 +132,22 @@ def _snap(conn: Connection, srid: int, points: list[tuple[float, float]]) -> lis
     return [_Snap(r.id, r.source, r.target, r.cost, r.f, r.d) for r in rows]
 
 
-def _road_distances(conn: Connection, srid: int, x: float, y: float, trucks: list[Truck]) -> None:
-    """Set ``road_m`` of each truck (None when the network does not join it to the point)."""
+def _road_distances(conn: Connection, srid: int, x: float, y: float, trucks: list[Truck],
+                    radius: float | None) -> None:
+    """Set ``road_m`` of each truck over the edges within ``radius`` of the point (all when None);
+    None when those edges do not join it to the point."""
     snaps = _snap(conn, srid, [(x, y)] + [(t.x, t.y) for t in trucks])
     goal, starts = snaps[0], snaps[1:]
     start_vids = sorted({v for s in starts for v, _ in s.ends()})
     end_vids = sorted({v for v, _ in goal.ends()})
+    edges = "SELECT id, source, target, cost, reverse_cost FROM flood_road_edges"
+    if radius is not None:  # numbers only: formatted from floats
+        edges += (f" WHERE ST_DWithin(geom, ST_SetSRID(ST_MakePoint({float(x)!r}, {float(y)!r}), {int(srid)}), "
+                  f"{float(radius)!r})")
     # undirected: a pump truck may drive either way in an emergency
     rows = conn.execute(sa.text("""SELECT start_vid, end_vid, agg_cost FROM pgr_dijkstraCost(
-            'SELECT id, source, target, cost, reverse_cost FROM flood_road_edges',
-            CAST(:starts AS bigint[]), CAST(:ends AS bigint[]), false)"""),
-                        {"starts": start_vids, "ends": end_vids}).all()
+            :edges, CAST(:starts AS bigint[]), CAST(:ends AS bigint[]), false)"""),
+                        {"edges": edges, "starts": start_vids, "ends": end_vids}).all()
     network = {(int(a), int(b)): float(c) for a, b, c in rows}
     for v in set(start_vids) & set(end_vids):
         network[(v, v)] = 0.0
@@ -153,9 +163,12 @@ def _road_distances(conn: Connection, srid: int, x: float, y: float, trucks: lis
         truck.road_m = None if math.isinf(best) else best + snap.access + goal.access
 
 
-def nearest_trucks(conn: Connection, x: float, y: float, k: int = 5, kind: str = "pump_truck") -> dict[str, Any]:
+def nearest_trucks(conn: Connection, x: float, y: float, k: int = 5, kind: str = "pump_truck",
+                   min_radius_m: float = MIN_RADIUS_M) -> dict[str, Any]:
     """The ``k`` nearest available resources of ``kind`` to the storage point (x, y): by road when the
-    base can route, else by straight line; the answer says which (``method``) and why."""
+    base can route, else by straight line; the answer says which (``method``) and why. Routing reads
+    only the edges within a radius of the point (at least ``min_radius_m``, twice the farthest
+    candidate), widened until the answer is exact."""
     if kind not in ("pump_truck", "team"):
         raise ParameterError("kind", f"kind must be pump_truck or team, got {kind!r}")
     if not 1 <= k <= 50:
@@ -165,18 +178,37 @@ def nearest_trucks(conn: Connection, x: float, y: float, k: int = 5, kind: str =
     if not can_route:
         trucks = _candidates(conn, srid, x, y, k, kind)
         return {"method": STRAIGHT, "why": why, "trucks": [t.as_dict() for t in trucks]}
-    limit = max(k * CANDIDATES_PER_K, k + 1)
+    limit, reach, radius = max(k * CANDIDATES_PER_K, k + 1), None, float(min_radius_m)
     while True:
         candidates = _candidates(conn, srid, x, y, limit + 1, kind)
         routed, next_one = candidates[:limit], candidates[limit] if len(candidates) > limit else None
+        radius = max(radius, 2.0 * max((t.straight_m for t in routed), default=0.0))
+        whole = reach is not None and radius >= reach
         if routed:
-            _road_distances(conn, srid, x, y, routed)
-        reachable = sorted((t for t in routed if t.road_m is not None), key=lambda t: (t.road_m, t.code))
+            _road_distances(conn, srid, x, y, routed, None if whole else radius)
+        # a way no longer than the radius stays inside it, so it was found; a longer one may not have been
+        exact = [t for t in routed if t.road_m is not None and (whole or t.road_m <= radius)]
+        reachable = sorted(exact, key=lambda t: (t.road_m, t.code))
         kth = reachable[k - 1].road_m if len(reachable) >= k else math.inf
-        if next_one is None or kth <= next_one.straight_m:
+        if kth <= min(next_one.straight_m if next_one else math.inf, math.inf if whole else radius):
             break
-        limit *= 2
-    unreachable = [t for t in routed if t.road_m is None]
+        if next_one is None and whole:
+            break
+        if reach is None:  # how far the network reaches from here: asked once, when the first try is short
+            reach = _reach(conn, srid, x, y)
+            if radius >= reach:
+                continue  # the radius held the whole network: route over it, every answer then final
+        if next_one is not None and kth > next_one.straight_m:
+            limit *= 2
+        if not whole and kth > radius:
+            radius *= 2.0
+    unreachable = [t for t in routed if t.road_m is None] if whole else []
     chosen = (reachable + sorted(unreachable, key=lambda t: (t.straight_m, t.code)))[:k]
     return {"method": ROAD, "why": why, "trucks": [t.as_dict() for t in chosen],
             "unreachable_by_road": [t.code for t in unreachable]}
+
+
+def _reach(conn: Connection, srid: int, x: float, y: float) -> float:
+    """The farthest the road network reaches from (x, y): beyond it, a wider search finds nothing new."""
+    return float(conn.execute(sa.text(f"""SELECT ST_MaxDistance(ST_SetSRID(ST_Extent(geom)::geometry, {srid}),
+            ST_SetSRID(ST_MakePoint(:x, :y), {srid})) FROM flood_road_vertices"""), {"x": x, "y": y}).scalar() or 0.0)
