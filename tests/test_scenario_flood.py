@@ -29,7 +29,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from cim.apikeys import create_key
 from scenarios.flood.loaders import LoadError, load_compounds, load_layer, load_points
-from scenarios.flood.response import close_response, get_response, respond_to_alarm
+from scenarios.flood.response import close_response, respond_to_alarm
 from scenarios.flood.routing import nearest_trucks
 from scenarios.flood.sample_data import generate
 from scenarios.flood.setup import ensure_scenario

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pyproj
 import shapely
-from shapely.geometry import MultiPolygon, Point, mapping, shape
+from shapely.geometry import MultiPolygon, mapping, shape
 
 from cim.crs.offsets import gcj02_to_wgs84
 
