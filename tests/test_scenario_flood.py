@@ -105,7 +105,7 @@ def test_loaded_layers(city):
     assert counts[5] == FENGLIN
 
 
-def test_an_alarm_fires_the_response(city, client):
+def test_an_alarm_fires_the_response(city, client, loader_key):
     """Readings over the gauge's alarm depth → sensing's rule raises an alarm (and its 道路积水 case) →
     the watcher, woken by the alerts table's notice, responds."""
     stop, responses = threading.Event(), []
@@ -162,6 +162,9 @@ def test_an_alarm_fires_the_response(city, client):
     # asking again gives the same response; HTTP says the same
     with city.begin() as conn:
         assert respond_to_alarm(conn, alert_id)["id"] == response["id"]
+    again = client.post(f"/scenarios/flood/alarms/{alert_id}/response", headers=loader_key)
+    assert again.status_code == 200 and again.json()["id"] == response["id"]
+    assert client.post("/scenarios/flood/alarms/999999/response", headers=loader_key).status_code == 404
     r = client.get(f"/scenarios/flood/responses/{response['id']}")
     assert r.status_code == 200 and r.json()["case_ids"] == [c["id"] for c in summary["cases"]]
     assert r.json()["area"]["type"] == "MultiPolygon"
