@@ -39,6 +39,11 @@ demo: setup
 	$(BIN)/cim samples load
 	# a week of city-management cases up to today: the viewer's 2D tab shows open and closed ones
 	$(BIN)/cim cases simulate --days 7 --per-day 150 --seed 1
+	# water-logging (防汛): compounds, roads, pump trucks; a rainstorm peaking half an hour ago, and the
+	# responses to its water-level alarms (compounds hit, nearest trucks by road, cases to 条 and 块)
+	$(BIN)/cim scenarios flood load-samples
+	$(BIN)/cim iot simulate --start $$(date -u -d '-3 hours' +%Y-%m-%dT%H:%M:00Z) --hours 3 --storm-at 2.5 --storm-hours 2 > /dev/null
+	$(BIN)/cim scenarios flood respond --pending --k 3
 	$(BIN)/cim db status
 	@echo "serving the API on http://127.0.0.1:8000 (Ctrl-C to stop)"
 	$(BIN)/cim serve --host 127.0.0.1 --port 8000

@@ -12,13 +12,17 @@ have_postgis() {
 }
 
 # Optional tools, installed when apt is at hand: ogr2ogr/ogrinfo (GDAL clients for the benchmark and
-# the OGC API interoperability test), Chromium (the viewer's browser test) and mosquitto (the MQTT
-# broker of the live-sensing tests).
+# the OGC API interoperability test), Chromium (the viewer's browser test), mosquitto (the MQTT
+# broker of the live-sensing tests) and pgRouting (road distances of the water-logging scenario).
 optional_missing() {
   local pkgs=()
   command -v ogrinfo >/dev/null 2>&1 || pkgs+=(gdal-bin)
   command -v chromium >/dev/null 2>&1 || pkgs+=(chromium fonts-noto-cjk)
   command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || pkgs+=(mosquitto)
+  # pgRouting for the water-logging scenario's road distances (without it: straight-line distances)
+  local v
+  v=$(ls /usr/lib/postgresql 2>/dev/null | sort -rn | head -n1 || true)
+  [ -z "$v" ] || [ -f "/usr/share/postgresql/$v/extension/pgrouting.control" ] || pkgs+=("postgresql-$v-pgrouting")
   echo "${pkgs[@]:-}"
 }
 
