@@ -1,0 +1,15 @@
+"""The day a ranking or schedule is computed for, read through the platform's one time parser."""
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+
+from cim.times import parse_instant
+
+
+def as_of_day(text: str | None, parameter: str = "as_of") -> date:
+    """The scoring day: a date, or the UTC day of an RFC 3339 instant (the platform's one time parser);
+    today (UTC) when not given."""
+    if text is None or not text.strip():
+        return datetime.now(timezone.utc).date()
+    value = parse_instant(text, parameter)
+    return value.date() if isinstance(value, datetime) else value
