@@ -5,6 +5,7 @@ and the glass-breakage cases reported near each building (the case loop). Four s
 """
 from __future__ import annotations
 
+import io
 from datetime import date, timedelta
 
 import pandas as pd
@@ -27,8 +28,7 @@ SELECT r.building_source_id AS building, b.name, b.district_code, b.street_code,
        r.wind_exposure, r.use_below
 FROM curtain_wall_records r
 LEFT JOIN buildings b ON b.source_id = r.building_source_id AND b.valid_to IS NULL
-{where}
-ORDER BY r.building_source_id"""
+{where}"""
 
 # devices watching a building for one of the quantities, and their level/rate alerts alive in the window
 SENSOR_SQL = """
@@ -52,8 +52,33 @@ WHERE c.class_code IN (SELECT code FROM case_classes WHERE code = :cls OR name =
   AND NOT EXISTS (SELECT 1 FROM curtain_wall_pushes p WHERE p.case_id = c.id)
 GROUP BY b.source_id"""
 
+NUMBER_COLUMNS = ("sealant_year", "completion_year", "design_life_years", "breakage_count", "height", "wall_area_m2")
 DATE_COLUMNS = ("last_inspection_date", "last_sealant_sampling_date", "last_breakage_date", "last_storm_date",
                 "last_fire_date", "last_appraisal_date")
+
+
+#: the dossier frame's text and flag columns (the rest are numbers or dates)
+TEXT_COLUMNS = ("building", "name", "district_code", "street_code", "community_code", "grid_code", "owner",
+                "support_type", "glass_type", "sealant_type", "last_inspection_findings", "wind_exposure", "use_below")
+FLAG_COLUMNS = ("building_current", "height_from_building", "completion_from_building")
+
+
+def _dossiers(conn: Connection, buildings: list[str] | None) -> pd.DataFrame:
+    """The dossiers joined with their buildings, through COPY and pandas' CSV reader: parsing 13,000 rows
+    of dates and numbers that way is several times faster than building Python objects row by row."""
+    cur = conn.connection.dbapi_connection.cursor()
+    where = "WHERE r.building_source_id = ANY(%s)" if buildings is not None else ""
+    query = cur.mogrify(RECORDS_SQL.format(where=where), (buildings,) if buildings is not None else None)
+    buffer = io.BytesIO()
+    cur.copy_expert(b"COPY (" + query + b") TO STDOUT WITH (FORMAT csv, HEADER true)", buffer)
+    buffer.seek(0)
+    frame = pd.read_csv(buffer, dtype={c: object for c in TEXT_COLUMNS}, keep_default_na=False,
+                        na_values={c: [""] for c in (*TEXT_COLUMNS, *FLAG_COLUMNS, *NUMBER_COLUMNS, *DATE_COLUMNS)})
+    for column in TEXT_COLUMNS:
+        frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
+    for column in FLAG_COLUMNS:
+        frame[column] = frame[column].eq("t")
+    return frame
 
 
 def read_inputs(conn: Connection, model: Model, as_of: date, buildings: list[str] | None = None,
@@ -61,9 +86,7 @@ def read_inputs(conn: Connection, model: Model, as_of: date, buildings: list[str
     """One row per dossier (optionally only ``buildings``), with the sensed and nearby counts as of the end
     of ``as_of`` (left at 0 without ``counts``: the schedule needs none). ``sensed`` says whether any
     tilt/wind sensor watches the building."""
-    where = "WHERE r.building_source_id = ANY(:ids)" if buildings is not None else ""
-    result = conn.execute(sa.text(RECORDS_SQL.format(where=where)), {"ids": buildings or []})
-    frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+    frame = _dossiers(conn, buildings)
     until = day_start(next_day(as_of, "as_of"))
     frame["sensed"] = False
     frame["sensor_alerts"] = 0
@@ -72,9 +95,9 @@ def read_inputs(conn: Connection, model: Model, as_of: date, buildings: list[str
         since = until - timedelta(days=int(sensors.params["window_days"]))
         rows = conn.execute(sa.text(SENSOR_SQL), {"q": list(sensors.params["quantities"]), "since": since,
                                                   "until": until}).all()
-        counts = {b: n for b, n in rows}
-        frame["sensed"] = frame["building"].isin(counts)
-        frame["sensor_alerts"] = frame["building"].map(counts).fillna(0).astype(int)
+        alerts = dict(rows)
+        frame["sensed"] = frame["building"].isin(alerts)
+        frame["sensor_alerts"] = frame["building"].map(alerts).fillna(0).astype(int)
     frame["breakage_nearby"] = 0
     nearby = model.factor("breakage_nearby")
     if nearby is not None and counts and not frame.empty:
@@ -83,8 +106,7 @@ def read_inputs(conn: Connection, model: Model, as_of: date, buildings: list[str
                                                   "since": since, "until": until}).all()
         frame["breakage_nearby"] = frame["building"].map(dict(rows)).fillna(0).astype(int)
     for column in DATE_COLUMNS:
-        frame[column] = pd.to_datetime(frame[column])
-    for column in ("sealant_year", "completion_year", "design_life_years", "breakage_count", "height",
-                   "wall_area_m2"):
+        frame[column] = pd.to_datetime(frame[column], format="%Y-%m-%d")
+    for column in NUMBER_COLUMNS:
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
     return frame

@@ -8,6 +8,7 @@ a detail in words, largest contribution first, unknown ones last.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -18,16 +19,18 @@ from sqlalchemy.engine import Connection
 
 from scenarios.curtain_wall.inputs import read_inputs
 from scenarios.curtain_wall.model import Model
-from scenarios.curtain_wall.schedule import OBLIGATIONS, due_dates
+from scenarios.curtain_wall.schedule import Dues, due_dates
 
 RISK_CLASSES = ("high", "medium", "low")
+#: the dossier's columns a ranked row shows
+SHOWN = ("building", "name", "grid_code", "street_code", "district_code", "owner")
 
 
 @dataclass(frozen=True)
 class FactorValues:
     values: np.ndarray  # number or category per row (NaN / None when unknown)
     missing: np.ndarray  # bool per row
-    details: np.ndarray | None = None  # text per row, or None
+    detail: Callable[[int], str | None] | None = None  # words for row i, built only for the rows shown
 
 
 def _years_since(as_of: date, years: pd.Series) -> np.ndarray:
@@ -39,57 +42,51 @@ def _category(frame: pd.DataFrame, column: str) -> FactorValues:
     return FactorValues(values, frame[column].isna().to_numpy())
 
 
-def _texts(mask: np.ndarray, text: Any, otherwise: Any = None) -> np.ndarray:
-    return np.where(mask, text, otherwise).astype(object)
+def _year(value: float) -> str:
+    return "?" if np.isnan(value) else str(int(value))
 
 
-def factor_values(frame: pd.DataFrame, dues: pd.DataFrame, as_of: date) -> dict[str, FactorValues]:
+def factor_values(frame: pd.DataFrame, dues: Dues, as_of: date) -> dict[str, FactorValues]:
     """Every factor's value for every row of the inputs (the code's half of the model)."""
     completion = frame["completion_year"]
+    years = completion.to_numpy(dtype=float)
     from_building = frame["completion_from_building"].fillna(False).to_numpy(dtype=bool)
-    completed = "completed " + completion.map(lambda y: "" if pd.isna(y) else str(int(y))).to_numpy(dtype=object)
-    age_detail = np.where(from_building, completed + " (the building's year built)", completed).astype(object)
+    sealant_year = frame["sealant_year"].to_numpy(dtype=float)
     sealant_from = frame["sealant_year"].fillna(completion)
-    sealant_detail = np.where(frame["sealant_year"].isna() & completion.notna(),
-                              "sealant year unknown: counted from completion", None).astype(object)
+    life = frame["design_life_years"].to_numpy(dtype=float)
     end_of_life = completion + frame["design_life_years"]
-    life_detail = ("design life " + frame["design_life_years"].map(lambda v: "" if pd.isna(v) else str(int(v)))
-                   + " years, ends " + end_of_life.map(lambda v: "" if pd.isna(v) else str(int(v)))).to_numpy(dtype=object)
-    # the most overdue obligation, in words
-    late_cols = dues[[f"{n}_days_overdue" for n in OBLIGATIONS]].to_numpy()
-    worst = late_cols.argmax(axis=1) if len(dues) else np.array([], dtype=int)
-    overdue_detail = np.array([
-        None if dues["days_overdue"].iat[i] <= 0 else
-        f"{OBLIGATIONS[w]} due {dues[f'{OBLIGATIONS[w]}_due'].iat[i].date().isoformat()}: "
-        f"{dues[f'{OBLIGATIONS[w]}_rule'].iat[i]}" for i, w in enumerate(worst)], dtype=object)
-    never_inspected = frame["last_inspection_date"].isna().to_numpy()
+    height_from_building = frame["height_from_building"].fillna(False).to_numpy(dtype=bool)
+    inspected = ~frame["last_inspection_date"].isna().to_numpy()
     sensed = frame["sensed"].to_numpy(dtype=bool)
-    last_breakage = frame["last_breakage_date"].dt.strftime("%Y-%m-%d").to_numpy(dtype=object)
+    current = frame["building_current"].fillna(False).to_numpy(dtype=bool)
+    last_breakage = frame["last_breakage_date"].to_numpy(dtype="datetime64[D]")
     return {
-        "building_age": FactorValues(_years_since(as_of, completion), completion.isna().to_numpy(), age_detail),
+        "building_age": FactorValues(
+            _years_since(as_of, completion), completion.isna().to_numpy(),
+            lambda i: f"completed {_year(years[i])}" + (" (the building's year built)" if from_building[i] else "")),
         "support_type": _category(frame, "support_type"),
         "glass_type": _category(frame, "glass_type"),
-        "sealant_age": FactorValues(_years_since(as_of, sealant_from), sealant_from.isna().to_numpy(), sealant_detail),
+        "sealant_age": FactorValues(
+            _years_since(as_of, sealant_from), sealant_from.isna().to_numpy(),
+            lambda i: "sealant year unknown: counted from completion" if np.isnan(sealant_year[i])
+            else f"sealant of {_year(sealant_year[i])}"),
         "height": FactorValues(frame["height"].to_numpy(dtype=float), frame["height"].isna().to_numpy(),
-                               _texts(frame["height_from_building"].fillna(False).to_numpy(dtype=bool),
-                                      "the building's height")),
-        "beyond_design_life": FactorValues(_years_since(as_of, end_of_life), end_of_life.isna().to_numpy(), life_detail),
-        "inspection_overdue": FactorValues(dues["days_overdue"].to_numpy(dtype=float),
-                                           ~dues["schedulable"].to_numpy(dtype=bool), overdue_detail),
+                               lambda i: "the building's height" if height_from_building[i] else None),
+        "beyond_design_life": FactorValues(
+            _years_since(as_of, end_of_life), end_of_life.isna().to_numpy(),
+            lambda i: f"design life {_year(life[i])} years, ends {_year(years[i] + life[i])}"),
+        "inspection_overdue": FactorValues(dues.days_overdue.astype(float), ~dues.schedulable, dues.worst),
         "inspection_findings": FactorValues(frame["last_inspection_findings"].to_numpy(dtype=object),
                                             frame["last_inspection_findings"].isna().to_numpy(),
-                                            _texts(never_inspected, "no inspection on record")),
+                                            lambda i: None if inspected[i] else "no inspection on record"),
         "storm_exposure": _category(frame, "wind_exposure"),
         "sensor_alerts": FactorValues(frame["sensor_alerts"].to_numpy(dtype=float), np.zeros(len(frame), bool),
-                                      _texts(~sensed, "no tilt/wind sensor on the building")),
+                                      lambda i: None if sensed[i] else "no tilt/wind sensor on the building"),
         "own_breakage": FactorValues(frame["breakage_count"].to_numpy(dtype=float),
                                      frame["breakage_count"].isna().to_numpy(),
-                                     np.array([None if v is None or v != v else f"last {v}" for v in last_breakage],
-                                              dtype=object)),
-        "breakage_nearby": FactorValues(frame["breakage_nearby"].to_numpy(dtype=float),
-                                        ~frame["building_current"].to_numpy(dtype=bool),
-                                        _texts(~frame["building_current"].to_numpy(dtype=bool),
-                                               "the building is not in the current base")),
+                                     lambda i: None if np.isnat(last_breakage[i]) else f"last {last_breakage[i]}"),
+        "breakage_nearby": FactorValues(frame["breakage_nearby"].to_numpy(dtype=float), ~current,
+                                        lambda i: None if current[i] else "the building is not in the current base"),
         "use_below": _category(frame, "use_below"),
     }
 
@@ -112,7 +109,7 @@ class Ranking:
     model: Model
     as_of: date
     frame: pd.DataFrame
-    dues: pd.DataFrame
+    dues: Dues
     factors: dict[str, FactorValues]
     levels: np.ndarray  # rows × factors
     points: np.ndarray  # rows × factors
@@ -130,7 +127,7 @@ class Ranking:
         for k, factor in enumerate(self.model.factors):
             fv = self.factors[factor.name]
             missing = bool(fv.missing[i])
-            detail = fv.details[i] if fv.details is not None else None
+            detail = fv.detail(i) if fv.detail is not None else None
             if missing:
                 detail = f"unknown: lowers the confidence by {100 * factor.weight / total:.1f} %"
             out.append({"factor": factor.name, "value": None if missing else _plain(fv.values[i]),
@@ -139,28 +136,33 @@ class Ranking:
         out.sort(key=lambda r: (r["missing"], -r["contribution"], r["factor"]))
         return out
 
+    def __post_init__(self) -> None:
+        # plain arrays of what a row shows: pandas' per-cell access costs far more than the scoring itself
+        self._shown = {c: self.frame[c].to_numpy(dtype=object) for c in SHOWN}
+
     def row(self, i: int, rank: int, with_reasons: bool = True) -> dict[str, Any]:
-        f = self.frame
-        item = {"rank": rank, "building": f.at[i, "building"], "name": f.at[i, "name"],
-                "grid_code": f.at[i, "grid_code"], "street_code": f.at[i, "street_code"],
-                "district_code": f.at[i, "district_code"], "owner": f.at[i, "owner"],
+        item = {"rank": rank, **{c: self._shown[c][i] for c in SHOWN},
                 "score": round(float(self.score[i]), 2), "confidence": round(float(self.confidence[i]), 3),
-                "risk_class": self.risk_class(i), "days_overdue": int(self.dues.at[i, "days_overdue"]),
+                "risk_class": self.risk_class(i), "days_overdue": int(self.dues.days_overdue[i]),
                 "model_version": self.model.version}
         if with_reasons:
             item["reasons"] = self.reasons(i)
         return item
 
+    def classes(self) -> np.ndarray:
+        return np.where(self.score >= self.model.high, "high", np.where(self.score >= self.model.medium, "medium", "low"))
+
     def rows(self, limit: int | None = None, offset: int = 0, risk_class: str | None = None,
              with_reasons: bool = True) -> list[dict[str, Any]]:
-        picked = self.order if risk_class is None else self.order[[self.risk_class(i) == risk_class for i in self.order]]
-        ranks = {int(i): r + 1 for r, i in enumerate(self.order)}
+        ranks = np.empty(len(self.order), dtype=np.int64)
+        ranks[self.order] = np.arange(1, len(self.order) + 1)
+        picked = self.order if risk_class is None else self.order[self.classes()[self.order] == risk_class]
         end = None if limit is None else offset + limit
-        return [self.row(int(i), ranks[int(i)], with_reasons) for i in picked[offset:end]]
+        return [self.row(int(i), int(ranks[i]), with_reasons) for i in picked[offset:end]]
 
     def counts(self) -> dict[str, int]:
-        classes = [self.risk_class(i) for i in range(len(self.score))]
-        return {c: classes.count(c) for c in RISK_CLASSES}
+        classes = self.classes()
+        return {c: int((classes == c).sum()) for c in RISK_CLASSES}
 
 
 def score_frame(frame: pd.DataFrame, model: Model, as_of: date) -> Ranking:
