@@ -39,6 +39,10 @@ demo: setup
 	$(BIN)/cim samples load
 	# a week of city-management cases up to today: the viewer's 2D tab shows open and closed ones
 	$(BIN)/cim cases simulate --days 7 --per-day 150 --seed 1
+	# curtain-wall risk: the sample dossiers (一楼一档), the riskiest towers with their reasons, inspection cases for the top 5
+	$(BIN)/cim scenarios curtain-wall load data_samples/scenarios/curtain_wall_records.csv
+	$(BIN)/cim scenarios curtain-wall rank --top 5
+	$(BIN)/cim scenarios curtain-wall push --top 5
 	$(BIN)/cim db status
 	@echo "serving the API on http://127.0.0.1:8000 (Ctrl-C to stop)"
 	$(BIN)/cim serve --host 127.0.0.1 --port 8000
