@@ -113,8 +113,8 @@ def post_outcome(request: Request, body: dict[str, Any] = Body(..., examples=[
         raise bad_parameter("case_id", f"case_id: a case id, not {case_id!r}")
     for name in ("building", "note", "by"):
         value = body.get(name)
-        if value is not None and (not isinstance(value, str) or len(value) > MAX_NAME_CHARS * 8):
-            raise bad_parameter(name, f"{name}: text of at most {MAX_NAME_CHARS * 8} characters")
+        if value is not None and (not isinstance(value, str) or len(value) > MAX_NAME_CHARS * 8 or "\x00" in value):
+            raise bad_parameter(name, f"{name}: text of at most {MAX_NAME_CHARS * 8} characters, without NUL")
     by = body.get("by") or key.name or f"api key {key.id}"
     with get_state(request).engine.begin() as conn:
         return record_outcome(conn, confirmed, by, case_id=case_id, building=building, note=body.get("note"))

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from psycopg2.extras import execute_values
 from sqlalchemy.engine import Connection
 
 from cim.errors import UserError
@@ -235,18 +236,18 @@ def load_records(conn: Connection, path: Path, replace: bool = False) -> LoadRep
     existing = set(conn.execute(sa.text(
         "SELECT building_source_id FROM curtain_wall_records WHERE building_source_id = ANY(:ids)"),
         {"ids": wanted}).scalars())
-    rows = [{"b": r["building_source_id"], "fid": known[r["building_source_id"]],
-             **{c: r.get(c) for c in _COLUMNS}, "attributes": json.dumps(r["attributes"], ensure_ascii=False),
-             "source_file": path.name} for r in records]
+    rows = [(r["building_source_id"], known[r["building_source_id"]], *(r.get(c) for c in _COLUMNS),
+             json.dumps(r["attributes"], ensure_ascii=False), path.name) for r in records]
     if rows:
+        # one statement per thousand rows (psycopg2's execute_values), not one round trip per row
         cols = ", ".join(_COLUMNS)
-        conn.execute(sa.text(
-            f"INSERT INTO curtain_wall_records (building_source_id, building_feature_id, {cols}, attributes, "
-            f"source_file, loaded_at) VALUES (:b, :fid, {', '.join(':' + c for c in _COLUMNS)}, "
-            f"CAST(:attributes AS jsonb), :source_file, now()) ON CONFLICT (building_source_id) DO UPDATE SET "
-            f"building_feature_id = EXCLUDED.building_feature_id, "
-            + ", ".join(f"{c} = EXCLUDED.{c}" for c in (*_COLUMNS, "attributes", "source_file", "loaded_at"))),
-            rows)
+        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in (*_COLUMNS, "attributes", "source_file", "loaded_at"))
+        cur = conn.connection.dbapi_connection.cursor()
+        execute_values(cur, f"INSERT INTO curtain_wall_records (building_source_id, building_feature_id, {cols}, "
+                            f"attributes, source_file, loaded_at) VALUES %s ON CONFLICT (building_source_id) DO UPDATE "
+                            f"SET building_feature_id = EXCLUDED.building_feature_id, {updates}", rows,
+                       template="(" + ", ".join(["%s"] * (len(_COLUMNS) + 2)) + ", %s::jsonb, %s, now())",
+                       page_size=1000)
     removed = 0
     if replace:
         removed = conn.execute(sa.text("DELETE FROM curtain_wall_records WHERE NOT building_source_id = ANY(:ids)"),
