@@ -260,6 +260,8 @@ def test_bad_api_parameters_name_the_parameter(client, keys):
     assert r.status_code == 400 and r.json()["parameter"] == "class"
     r = client.get("/scenarios/curtain-wall/overdue", params={"as_of": "2026-12-01T08:00:00"})
     assert r.status_code == 400 and r.json()["parameter"] == "as_of"
+    r = client.get("/scenarios/curtain-wall/ranking", params={"as_of": "0001-01-01"})
+    assert r.status_code == 400 and r.json()["parameter"] == "as_of"
     r = client.post("/scenarios/curtain-wall/push", json={"top": 0}, headers=keys["loader"])
     assert r.status_code == 400 and r.json()["parameter"] == "top"
     assert client.post("/scenarios/curtain-wall/push", json={"top": 1}, headers=keys["reader"]).status_code == 403
