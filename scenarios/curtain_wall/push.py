@@ -1,6 +1,6 @@
 """From a suspected risk to an inspection case and back: the top-ranked buildings are pushed to the case
 loop (``cases.intake``: located at a point on the building's footprint, so the case lands in the
-building's grid and is dispatched by the grid's responsibility chain — for 幕墙 classes the 房屋管理
+building's grid and is dispatched by the grid's responsibility chain — for 幕墙 classes its 房屋管理
 department), the inspection's outcome (confirmed or not) is recorded against the push, and the model's
 precision is counted per model version, as the seed counts its 648 confirmed of 904 pushed.
 
