@@ -6,6 +6,7 @@ inspection cases that reach the building's grid and its 房管 department; outco
 Bad input: a records file with bad rows, a scoring file with an unknown factor, bad API parameters."""
 from __future__ import annotations
 
+import json
 from datetime import date, datetime, timezone
 
 import pytest
@@ -58,6 +59,11 @@ RECORDS = "\n".join([
 #      findings ? (never inspected), sheltered 0, 0, 0, 0, enclosed 0                                   = 8.1
 #      confidence 0.9
 EXPECTED = {A: (88.0, 1.0, "high"), B: (45.7, 1.0, "medium"), C: (40.8, 0.73, "medium"), D: (8.1, 0.9, "low")}
+
+
+def _write(path, text: str):
+    path.write_text(text, encoding="utf-8")
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -233,6 +239,18 @@ def test_bad_records_file_is_refused_with_line_and_field(url, engine, tmp_path):
         load_records(conn, unknown)
     with engine.connect() as conn:  # nothing of either file was written
         assert conn.execute(sa.text("SELECT count(*) FROM curtain_wall_records")).scalar() == 4
+    # a good GeoJSON dossier: Shanghai's words read as codes, a column without a field kept in attributes
+    good = tmp_path / "good.geojson"
+    good.write_text(json.dumps({"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": None,
+                                "properties": {"building": D, "support_type": "明框", "glass_type": "夹层玻璃",
+                                               "completion_year": 2024, "sealant_type": "耐候胶", "use_below": "绿地",
+                                               "备注": "新建"}}]}, ensure_ascii=False), encoding="utf-8")
+    with engine.begin() as conn:
+        assert load_records(conn, good).updated == 1
+        row = conn.execute(sa.text("SELECT support_type, glass_type, sealant_type, use_below, height_m, attributes "
+                                   "FROM curtain_wall_records WHERE building_source_id = :b"), {"b": D}).one()
+        assert tuple(row) == ("frame", "laminated", "weatherproof", "enclosed", None, {"备注": "新建"})
+        load_records(conn, _write(tmp_path / "again.csv", RECORDS))  # back to the hand-checked dossiers
 
 
 def test_scoring_file_with_unknown_factor_or_key_is_refused_with_its_line(url, tmp_path):
