@@ -44,6 +44,10 @@ demo: setup
 	$(BIN)/cim scenarios flood load-samples
 	$(BIN)/cim iot simulate --start $$(date -u -d '-3 hours' +%Y-%m-%dT%H:%M:00Z) --hours 3 --storm-at 2.5 --storm-hours 2 > /dev/null
 	$(BIN)/cim scenarios flood respond --pending --k 3
+	# curtain-wall risk: the sample dossiers (一楼一档), the riskiest towers with their reasons, inspection cases for the top 5
+	$(BIN)/cim scenarios curtain-wall load data_samples/scenarios/curtain_wall_records.csv
+	$(BIN)/cim scenarios curtain-wall rank --top 5
+	$(BIN)/cim scenarios curtain-wall push --top 5
 	$(BIN)/cim db status
 	@echo "serving the API on http://127.0.0.1:8000 (Ctrl-C to stop)"
 	$(BIN)/cim serve --host 127.0.0.1 --port 8000
