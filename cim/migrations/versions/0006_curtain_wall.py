@@ -13,12 +13,12 @@
   its outcome at a time (a partial unique index).
 
 Revision ID: 0006_curtain_wall
-Revises: 0005_sensing
+Revises: 0006_flood
 """
 from alembic import op
 
 revision = "0006_curtain_wall"
-down_revision = "0005_sensing"
+down_revision = "0006_flood"
 branch_labels = None
 depends_on = None
 
