@@ -39,6 +39,10 @@ demo: setup
 	$(BIN)/cim samples load
 	# a week of city-management cases up to today: the viewer's 2D tab shows open and closed ones
 	$(BIN)/cim cases simulate --days 7 --per-day 150 --seed 1
+	# illegal construction (docs/scenarios.md): the streets' 拆违办 posts, then a cluster of clues merged by spot
+	$(BIN)/cim ingest responsibility scenarios/illegal_building/sample/responsibility.csv && $(BIN)/cim scenarios illegal-building sample
+	# group rental (docs/scenarios.md): the streets' 平安办 posts, then utility data scored and suspects pushed to them
+	$(BIN)/cim ingest responsibility scenarios/group_rental/sample/responsibility.csv && $(BIN)/cim scenarios group-rental sample
 	$(BIN)/cim db status
 	@echo "serving the API on http://127.0.0.1:8000 (Ctrl-C to stop)"
 	$(BIN)/cim serve --host 127.0.0.1 --port 8000

@@ -15,6 +15,7 @@ Hand-checked expectations, in metres from a point of 田林街道第1网格 (310
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 import sqlalchemy as sa
@@ -31,6 +32,7 @@ from scenarios.illegal_building.clues import spot_of
 from scenarios.illegal_building.hotspots import hotspots
 from scenarios.illegal_building.importer import read_changes, read_clues
 from tests.conftest import PROJECT, run_cim
+from tests.test_dependency_rule import LINT_IMPORTS
 from tests.test_geocode import load_city
 
 SAMPLE = PROJECT / "scenarios" / "illegal_building" / "sample"
@@ -210,3 +212,16 @@ def test_bad_clue_files_name_the_row(tmp_path, city, db_url):
         read_changes(line)
     proc = run_cim("scenarios", "illegal-building", "import", str(csv_file), db_url=db_url, check=False)
     assert proc.returncode == 1 and "row 3: field channel" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_two_scenarios_stand_alone(tmp_path):
+    """Illegal construction and group rental never import each other (nor the API: the layers
+    contract of pyproject.toml). Checked here with a contract of its own, because the toy projects
+    of tests/test_dependency_rule.py copy pyproject's contracts without these subpackages."""
+    config = tmp_path / "scenarios.toml"
+    config.write_text('[tool.importlinter]\nroot_packages = ["scenarios", "cases", "cim"]\n\n'
+                      '[[tool.importlinter.contracts]]\nname = "scenarios stand alone"\ntype = "independence"\n'
+                      'modules = ["scenarios.illegal_building", "scenarios.group_rental"]\n', encoding="utf-8")
+    proc = subprocess.run([LINT_IMPORTS, "--no-cache", "--no-logo", str(config)], cwd=PROJECT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "1 kept" in proc.stdout, proc.stdout + proc.stderr

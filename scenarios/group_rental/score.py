@@ -78,8 +78,9 @@ def _scoring_sql(model: Model) -> tuple[str, dict[str, Any]]:
                 FROM (
                     SELECT address_id, months, w, e, g, r, d, {', '.join(values)}
                     FROM (
-                        SELECT address_id, count(*) AS months, avg(water_m3) AS w, avg(electricity_kwh) AS e,
-                               avg(gas_m3) AS g, avg(registered_population) AS r, avg(deliveries) AS d
+                        SELECT address_id, count(*) AS months, avg(water_m3::float8) AS w,
+                               avg(electricity_kwh::float8) AS e, avg(gas_m3::float8) AS g,
+                               avg(registered_population::float8) AS r, avg(deliveries::float8) AS d
                         FROM rental_observations WHERE month BETWEEN :month_from AND :month_to
                         GROUP BY address_id) AS averages) AS factor_values) AS weighed) AS scored"""
     return sql, params

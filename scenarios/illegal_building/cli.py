@@ -47,7 +47,7 @@ def _summary(results: list) -> dict:
     return {"clues": len(results), "new": sum(r.created for r in results),
             "spots_opened": sum(1 for r in results if r.created and r.merged_into is None),
             "merged": sum(1 for r in results if r.merged_into is not None),
-            "cases": sorted({r.case_id for r in results if r.case_id is not None})}
+            "cases": len({r.case_id for r in results if r.case_id is not None})}
 
 
 @illegal_app.command("import")
