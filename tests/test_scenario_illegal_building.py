@@ -102,6 +102,13 @@ def test_clue_over_http(city):
     assert client.get("/scenarios/illegal-building/clues/999999/spot").status_code == 404
     layer = client.get("/scenarios/illegal-building/structures").json()
     assert {f["id"] for f in layer["features"]} >= {"WJ-REG-0001", "WJ-REG-0002"}
+    assert client.get("/scenarios/illegal-building/structures/WJ-NONE").status_code == 404
+    hot = client.get("/scenarios/illegal-building/hotspots", params={"from": "2026-10", "to": "2026-10", "hot": "true"})
+    assert [g["grid_code"] for g in hot.json()["grid_months"]] == [TIANLIN_GRID]
+    bad_month = client.get("/scenarios/illegal-building/hotspots", params={"from": "2026-13", "to": "2026-10"})
+    assert bad_month.status_code == 400 and "from" in bad_month.json()["detail"]
+    assert client.post("/scenarios/illegal-building/structures/WJ-REG-0002/certificate",
+                       json={"certificate_no": "1"}, headers=key).status_code == 403  # a reader key may not
 
 
 def _verify_case(conn, external_id: str) -> int:

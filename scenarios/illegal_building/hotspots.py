@@ -42,8 +42,10 @@ def poisson_tail(k: int, lam: float) -> float:
 
 def _month(text: str, parameter: str) -> date:
     try:
-        year, month = (int(p) for p in text.split("-")[:2])
-        return date(year, month, 1)
+        parts = text.split("-")
+        if len(parts) != 2:
+            raise ValueError
+        return date(int(parts[0]), int(parts[1]), 1)
     except (ValueError, TypeError):
         raise ParameterError(parameter, f"{parameter}: {text!r} is not a month (YYYY-MM)") from None
 
