@@ -26,7 +26,7 @@ router = APIRouter(prefix="/scenarios/group-rental", tags=["scenarios: group ren
 
 
 @router.get("/scores", summary="Suspicion scores with their reasons, highest first")
-def get_scores(request: Request, run: int | None = Query(None, ge=1), flagged: bool = Query(False),
+def get_scores(request: Request, run: int | None = Query(None, ge=1, le=2**31 - 1), flagged: bool = Query(False),
                limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
     with get_state(request).engine.connect() as conn:
         return {"scores": explain(conn, run, flagged, limit=limit)}

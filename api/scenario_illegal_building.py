@@ -13,6 +13,7 @@ The verification flow itself runs through ``POST /cases/{id}/actions`` (``handle
 """
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import shapely.geometry
@@ -32,12 +33,22 @@ from scenarios.illegal_building.importer import instant
 router = APIRouter(prefix="/scenarios/illegal-building", tags=["scenarios: illegal construction"])
 
 
+def _text(name: str, value: str | None) -> str | None:
+    """A string parameter PostgreSQL can hold (its text has no NUL)."""
+    if value is not None and "\x00" in value:
+        raise ParameterError(name, f"{name} contains a NUL character (U+0000)")
+    return value
+
+
 def _clue(data: Any) -> Clue:
     if not isinstance(data, dict):
         raise ParameterError("body", "body: a JSON object with channel and lon/lat, address or geometry")
     for key in ("channel", "crs", "address", "description", "external_id", "reported_at"):
         if data.get(key) is not None and not isinstance(data[key], str):
             raise ParameterError(key, f"{key}: a string")
+        _text(key, data.get(key))
+    if "\\u0000" in json.dumps(data.get("attributes") or {}):  # jsonb cannot hold it either
+        raise ParameterError("attributes", "attributes contains a NUL character (U+0000)")
     for key in ("lon", "lat"):
         if data.get(key) is not None and (isinstance(data[key], bool) or not isinstance(data[key], int | float)):
             raise ParameterError(key, f"{key}: a number")
@@ -55,7 +66,9 @@ def _clue(data: Any) -> Clue:
                 attributes=data.get("attributes") if isinstance(data.get("attributes"), dict) else {})
 
 
-@router.post("/clues", status_code=201, summary="Take one illegal-building clue in (any of the five channels)")
+@router.post("/clues", status_code=201, summary="Take one illegal-building clue in (any of the five channels)",
+             responses={200: {"description": "A clue with this channel and external_id exists: it."},
+                        201: {"description": "The clue, the spot it joined or opened, and the spot's case."}})
 async def post_clue(request: Request, key: ApiKey = Depends(auth.require_role("reader"))) -> OrjsonResponse:
     try:
         data = await request.json()
@@ -85,7 +98,7 @@ def get_spot(request: Request, clue_id: int) -> dict[str, Any]:
 def get_structures(request: Request, status: str | None = Query(None, max_length=MAX_NAME_CHARS),
                    grid: str | None = Query(None, max_length=MAX_NAME_CHARS)) -> dict[str, Any]:
     with get_state(request).engine.connect() as conn:
-        items = structures.list_structures(conn, status, grid)
+        items = structures.list_structures(conn, _text("status", status), _text("grid", grid))
     return {"type": "FeatureCollection", "features": [
         {"type": "Feature", "id": s["code"], "geometry": s.pop("geometry"), "properties": s} for s in items]}
 
@@ -93,7 +106,7 @@ def get_structures(request: Request, status: str | None = Query(None, max_length
 @router.get("/structures/{code}", summary="One structure of the layer")
 def get_structure(request: Request, code: str) -> dict[str, Any]:
     with get_state(request).engine.connect() as conn:
-        return structures.get_structure(conn, code)
+        return structures.get_structure(conn, _text("code", code) or "")
 
 
 @router.post("/structures/{code}/certificate", status_code=201,
@@ -107,6 +120,8 @@ async def post_certificate(request: Request, code: str,
     number = data.get("certificate_no") if isinstance(data, dict) else None
     if not isinstance(number, str):
         raise ParameterError("certificate_no", "certificate_no: the certificate's number, a string")
+    _text("certificate_no", number)
+    _text("code", code)
     state = get_state(request)
 
     def run() -> int:

@@ -27,7 +27,7 @@ from cases.model import case_log, get_case
 from cim.apikeys import create_key
 from cim.errors import ConflictError, ParameterError, UserError
 from ingest.run import IngestOptions, ingest_files
-from scenarios.illegal_building import flow
+from scenarios.illegal_building import flow, structures
 from scenarios.illegal_building.clues import spot_of
 from scenarios.illegal_building.hotspots import hotspots
 from scenarios.illegal_building.importer import read_changes, read_clues
@@ -45,7 +45,7 @@ def city(engine, db_url):
     load_city(engine)
     ingest_files("responsibility", [SAMPLE / "responsibility.csv"], IngestOptions(), engine)
     summary = json.loads(run_cim("scenarios", "illegal-building", "sample", db_url=db_url).stdout)
-    assert summary["structures"] == {"inserted": 2, "updated": 0}
+    assert summary["structures"] == {"inserted": 2, "updated": 0, "unchanged": 0}
     assert (summary["clues"], summary["spots_opened"], summary["merged"]) == (35, 31, 4)
     return engine
 
@@ -103,6 +103,13 @@ def test_clue_over_http(city):
     layer = client.get("/scenarios/illegal-building/structures").json()
     assert {f["id"] for f in layer["features"]} >= {"WJ-REG-0001", "WJ-REG-0002"}
     assert client.get("/scenarios/illegal-building/structures/WJ-NONE").status_code == 404
+    assert client.get("/scenarios/illegal-building/structures", params={"status": "a\x00"}).status_code == 400
+    nul = client.post("/scenarios/illegal-building/clues", json={**body, "external_id": "X", "description": "a\x00"},
+                      headers=key)
+    assert nul.status_code == 400 and "description" in nul.json()["detail"]
+    nul = client.post("/scenarios/illegal-building/clues", json={**body, "external_id": "Y", "attributes": {"k": "\x00"}},
+                      headers=key)
+    assert nul.status_code == 400 and "attributes" in nul.json()["detail"]
     hot = client.get("/scenarios/illegal-building/hotspots", params={"from": "2026-10", "to": "2026-10", "hot": "true"})
     assert [g["grid_code"] for g in hot.json()["grid_months"]] == [TIANLIN_GRID]
     bad_month = client.get("/scenarios/illegal-building/hotspots", params={"from": "2026-13", "to": "2026-10"})
@@ -189,6 +196,10 @@ def test_property_certificate_rechecks(city):
         _handle(conn, case_id, "legal")
         assert conn.execute(sa.text("SELECT status, certificate_no FROM ib_structures WHERE code = 'WJ-REG-0002'")
                             ).one() == ("legalised", "沪房地徐字2026第001234号")
+        # the register loaded again does not undo what the flow found
+        assert structures.load_register(conn, SAMPLE / "structures.geojson") == \
+            {"inserted": 0, "updated": 0, "unchanged": 2}
+        assert conn.execute(sa.text("SELECT status FROM ib_structures WHERE code = 'WJ-REG-0002'")).scalar() == "legalised"
 
 
 def test_hotspots_by_grid_against_its_baseline(city):

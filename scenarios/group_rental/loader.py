@@ -74,6 +74,8 @@ def load_utilities(conn: Connection, path: Path, rejects_dir: Path | None = None
     rows = []
     for n, row in enumerate(reader, start=2):
         where = f"{path}, row {n}"
+        if "\x00" in (row.get("address") or ""):
+            raise UserError(f"{where}: field address: contains a NUL character (U+0000)")
         rows.append((n, (row.get("address") or "").strip(), _month(where, row.get("month") or ""),
                      *(_value(where, f, row.get(f)) for f in VALUE_COLUMNS)))
     settings = stored_settings(conn)

@@ -43,6 +43,8 @@ def _number(where: str, field: str, value: Any) -> float | None:
 def to_clue(where: str, row: dict[str, Any]) -> Clue:
     def text(key: str) -> str | None:
         value = row.get(key)
+        if value not in (None, "") and "\x00" in str(value):
+            raise UserError(f"{where}: field {key}: contains a NUL character (U+0000)")
         return None if value in (None, "") else str(value).strip()
 
     channel = text("channel") or ""

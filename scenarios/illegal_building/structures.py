@@ -96,16 +96,22 @@ def load_register(conn: Connection, path: Path, crs: str | None = None, code_fie
                      "found": found_at, **_codes(conn, geom, srid)})
     inserted = updated = 0
     for row in rows:
+        # a register loaded again changes what it says; a status the verification flow set (the
+        # structure has cases) is the newer truth and stays
         was = conn.execute(sa.text(
             "INSERT INTO ib_structures (code, status, source, geom, area_m2, district_code, street_code, "
             "community_code, grid_code, found_at) VALUES (:code, :status, 'register', ST_GeomFromWKB(:geom, :srid), "
             "ST_Area(ST_GeomFromWKB(:geom, :srid)), :district, :street, :community, :grid, :found) "
-            "ON CONFLICT (code) DO UPDATE SET status = EXCLUDED.status, geom = EXCLUDED.geom, "
-            "area_m2 = EXCLUDED.area_m2, grid_code = EXCLUDED.grid_code, street_code = EXCLUDED.street_code, "
-            "updated_at = now() RETURNING (xmax = 0) AS inserted"), {**row, "srid": srid}).scalar()
-        inserted += bool(was)
-        updated += not was
-    return {"inserted": inserted, "updated": updated}
+            "ON CONFLICT (code) DO UPDATE SET status = CASE WHEN ib_structures.case_ids = '{}' THEN EXCLUDED.status "
+            "ELSE ib_structures.status END, geom = EXCLUDED.geom, area_m2 = EXCLUDED.area_m2, "
+            "district_code = EXCLUDED.district_code, street_code = EXCLUDED.street_code, "
+            "community_code = EXCLUDED.community_code, grid_code = EXCLUDED.grid_code, updated_at = now() "
+            "WHERE ST_AsBinary(ib_structures.geom) IS DISTINCT FROM ST_AsBinary(EXCLUDED.geom) "
+            "OR (ib_structures.case_ids = '{}' AND ib_structures.status IS DISTINCT FROM EXCLUDED.status) "
+            "RETURNING (xmax = 0) AS inserted"), {**row, "srid": srid}).scalar()
+        inserted += was is True
+        updated += was is False
+    return {"inserted": inserted, "updated": updated, "unchanged": len(rows) - inserted - updated}
 
 
 def spot_geometry(conn: Connection, clue_id: int) -> bytes:
