@@ -35,7 +35,7 @@ CASE_CHANNEL = {"grid_patrol": "grid_patrol", "demolition_patrol": "other", "hot
 #: clues this close (metres; polygons: their edges) are one spot
 MERGE_RADIUS_M = 30.0
 #: a closed verification ends a spot; a clue there later opens a new one
-OPEN_STATUSES_SQL = "('closed', 'not_registered', 'merged')"
+SPOT_ENDED_STATUSES = "('closed', 'not_registered', 'merged')"
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def _spot(conn: Connection, wkb: bytes, srid: int) -> sa.Row | None:
     """The open spot (its first clue) the geometry falls on, nearest first."""
     return conn.execute(sa.text(
         "SELECT l.id, l.case_id FROM ib_clues l LEFT JOIN cases c ON c.id = l.case_id "
-        "WHERE l.merged_into IS NULL AND (c.id IS NULL OR c.status NOT IN " + OPEN_STATUSES_SQL + ") "
+        "WHERE l.merged_into IS NULL AND (c.id IS NULL OR c.status NOT IN " + SPOT_ENDED_STATUSES + ") "
         "AND ST_DWithin(l.geom, ST_GeomFromWKB(:g, :srid), :r) "
         "ORDER BY ST_Distance(l.geom, ST_GeomFromWKB(:g, :srid)), l.id LIMIT 1"),
         {"g": wkb, "srid": srid, "r": MERGE_RADIUS_M}).one_or_none()
