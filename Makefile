@@ -48,6 +48,11 @@ demo: setup
 	$(BIN)/cim scenarios curtain-wall load data_samples/scenarios/curtain_wall_records.csv
 	$(BIN)/cim scenarios curtain-wall rank --top 5
 	$(BIN)/cim scenarios curtain-wall push --top 5
+
+	# illegal construction (docs/scenarios.md): the streets' 拆违办 posts, then a cluster of clues merged by spot
+	$(BIN)/cim ingest responsibility scenarios/illegal_building/sample/responsibility.csv && $(BIN)/cim scenarios illegal-building sample
+	# group rental (docs/scenarios.md): the streets' 平安办 posts, then utility data scored and suspects pushed to them
+	$(BIN)/cim ingest responsibility scenarios/group_rental/sample/responsibility.csv && $(BIN)/cim scenarios group-rental sample
 	$(BIN)/cim db status
 	@echo "serving the API on http://127.0.0.1:8000 (Ctrl-C to stop)"
 	$(BIN)/cim serve --host 127.0.0.1 --port 8000

@@ -7,7 +7,8 @@ import importlib
 from fastapi import FastAPI
 
 #: API modules of the scenarios, each with an ``install(app)`` hook like the other routers.
-SCENARIO_ROUTERS: tuple[str, ...] = ("api.scenario_curtain_wall", "api.scenario_flood")
+SCENARIO_ROUTERS: tuple[str, ...] = ("api.scenario_curtain_wall", "api.scenario_flood", "api.scenario_illegal_building",
+                                     "api.scenario_group_rental")
 
 
 def install(app: FastAPI) -> None:

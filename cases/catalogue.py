@@ -216,3 +216,33 @@ def department_kinds(conn: Connection) -> dict[str, re.Pattern[str]]:
     ensure_seeded(conn)
     rows = conn.execute(sa.text("SELECT kind, name_pattern FROM case_department_kinds")).all()
     return {kind: re.compile(pattern) for kind, pattern in rows}
+
+
+def ensure_extension(conn: Connection, name: str, classes_text: str, kinds_text: str) -> None:
+    """Add an edge's own classes and department kinds (a scenario's data files) to the catalogue,
+    on top of the packaged one, once per database connection: existing rows of other codes and
+    kinds are left alone; the extension's own rows are brought to the file's values."""
+    ensure_seeded(conn)
+    key = f"{_SEEDED}:{name}"
+    if conn.info.get(key):
+        return
+    classes = parse_classes(classes_text, f"{name}: case_classes.csv",
+                            frozenset(conn.execute(sa.text("SELECT code FROM case_classes "
+                                                           "WHERE parent_code IS NULL")).scalars()))
+    kinds = list(csv.DictReader(io.StringIO(kinds_text)))
+    for n, row in enumerate(kinds, start=2):
+        if not (row.get("kind") or "").strip() or not (row.get("name_pattern") or "").strip():
+            raise UserError(f"{name}: department_kinds.csv, row {n}: kind and name_pattern are required")
+        try:
+            re.compile(row["name_pattern"])
+        except re.error as exc:
+            raise UserError(f"{name}: department_kinds.csv, row {n}: field name_pattern: {exc}") from None
+    changed = write_classes(conn, classes)
+    for row in kinds:
+        changed += conn.execute(sa.text(
+            "INSERT INTO case_department_kinds (kind, name_pattern) VALUES (:kind, :name_pattern) "
+            "ON CONFLICT (kind) DO UPDATE SET name_pattern = EXCLUDED.name_pattern "
+            "WHERE case_department_kinds.name_pattern IS DISTINCT FROM EXCLUDED.name_pattern"),
+            {"kind": row["kind"].strip(), "name_pattern": row["name_pattern"].strip()}).rowcount
+    if changed == 0:  # only rows that were there before this transaction are remembered
+        conn.info[key] = True

@@ -18,6 +18,7 @@ same transaction as the change.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -136,7 +137,31 @@ def act(conn: Connection, case_id: int, action: Action, now: datetime | None = N
         cls = class_by_code(conn, case.class_code)
     handler = _HANDLERS.get(action.action, _simple)
     handler(conn, case, cls, rule, action, now, calendar)
+    hooks = _HOOKS.get((case.class_code, action.action), ())
+    for hook in hooks:
+        hook(conn, get_case(conn, case_id), action, now)
     return get_case(conn, case_id)
+
+
+#: What a scenario adds to an action on its own classes: called after the action, in the same
+#: transaction, with the case after it; an error it raises undoes the action too (so a hook may
+#: also refuse an action whose ``data`` its flow cannot use).
+ActionHook = Callable[[Connection, Case, "Action", datetime], None]
+_HOOKS: dict[tuple[str, str], list[ActionHook]] = {}
+
+
+def on_action(class_codes: Iterable[str], actions: Iterable[str], hook: ActionHook) -> None:
+    """Run ``hook`` after each of ``actions`` on a case of one of ``class_codes`` (the one extension
+    point of the state machine: a scenario's flow branches on an action's outcome, e.g. a
+    verification's finding opens the next case, without forking the transitions). Registering the
+    same hook twice is a no-op."""
+    for code in class_codes:
+        for name in actions:
+            if name not in TRANSITIONS:
+                raise ValueError(f"on_action: unknown action {name!r}")
+            hooks = _HOOKS.setdefault((code, name), [])
+            if hook not in hooks:
+                hooks.append(hook)
 
 
 def _log(conn: Connection, case: Case, action: Action, now: datetime, to_status: str | None,

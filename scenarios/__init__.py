@@ -9,4 +9,4 @@ from __future__ import annotations
 
 #: The scenario subpackages, each with a ``cli`` module (a ``register(scenarios_app)`` hook) and, when it
 #: serves HTTP, an ``api`` router module of the outermost layer under ``api.scenarios``.
-SCENARIOS: tuple[str, ...] = ("curtain_wall", "flood")
+SCENARIOS: tuple[str, ...] = ("curtain_wall", "flood", "illegal_building", "group_rental")
