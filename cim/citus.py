@@ -209,10 +209,10 @@ class CitusCluster:
                     cur.execute("SELECT citus_add_node('127.0.0.1', %s)", (port,))
         conn.close()
 
-    def down(self) -> None:
+    def down(self, mode: str = "fast") -> None:
         # workers first: the coordinator is what clients talk to, and it goes last
         for node in reversed(self.nodes):
-            node.down()
+            node.down(mode)
 
     def reset(self) -> str:
         self.down()

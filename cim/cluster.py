@@ -239,10 +239,11 @@ class Cluster:
                 cur.execute(f'CREATE DATABASE "{DATABASE}"')
         conn.close()
 
-    def down(self) -> None:
+    def down(self, mode: str = "fast") -> None:
+        """Stop the server; ``mode`` is pg_ctl's (``immediate`` for a throwaway cluster: no checkpoint)."""
         if self.is_running():
             bindir = Path(self._state()["bindir"])
-            self._run_pg([str(bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "fast", "-w", "stop"])
+            self._run_pg([str(bindir / "pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "stop"])
 
     def reset(self) -> str:
         """Throw the cluster away and start a new empty one."""

@@ -49,9 +49,13 @@ class CitusNode:
     shards: int
 
 
+#: true on a Citus coordinator (the extension is there); for DBAPI cursors too
+IS_CITUS_SQL = "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')"
+
+
 def is_citus(conn: Connection) -> bool:
     """Whether this database is a Citus coordinator (the extension is there)."""
-    return bool(conn.execute(sa.text("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')")).scalar())
+    return bool(conn.execute(sa.text(IS_CITUS_SQL)).scalar())
 
 
 def citus_nodes(conn: Connection) -> list[CitusNode]:
@@ -95,10 +99,11 @@ def distribute(conn: Connection) -> list[str]:
             changes.append(f"citus: {table} is a reference table")
         else:
             _prepare_distributed(conn, table)
-            colocate = DISTRIBUTED_TABLES[0] if table != DISTRIBUTED_TABLES[0] else "none"
+            # the first table sets the shard count; the others join its co-location group
+            placement_of = (f"colocate_with => '{DISTRIBUTED_TABLES[0]}'" if table != DISTRIBUTED_TABLES[0]
+                            else f"colocate_with => 'none', shard_count => {SHARD_COUNT}")
             conn.execute(sa.text(
-                f"SELECT create_distributed_table('{table}', '{DISTRIBUTION_COLUMN}', "
-                f"colocate_with => '{colocate}', shard_count => {SHARD_COUNT})"))
+                f"SELECT create_distributed_table('{table}', '{DISTRIBUTION_COLUMN}', {placement_of})"))
             changes.append(f"citus: {table} distributed on {DISTRIBUTION_COLUMN} ({SHARD_COUNT} shards)")
     for table, name, definition in foreign_keys:
         conn.execute(sa.text(f'ALTER TABLE "{table}" ADD CONSTRAINT "{name}" {definition}'))
