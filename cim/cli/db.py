@@ -77,6 +77,7 @@ def status() -> None:
     """Server, PostgreSQL and PostGIS versions, schema revision, storage CRS, feature counts."""
     from cim.bootstrap import current_revision, head_revision, stored_settings
     from cim.database import DatabaseUnavailableError, get_engine
+    from cim.distribution import citus_nodes
 
     engine = get_engine()
     try:
@@ -85,6 +86,7 @@ def status() -> None:
             postgis = conn.execute(sa.text(
                 "SELECT extversion FROM pg_extension WHERE extname = 'postgis'")).scalar()
             revision = current_revision(conn)
+            nodes = citus_nodes(conn)
             settings = stored_settings(conn)
             counts = {}
             if settings:
@@ -98,7 +100,9 @@ def status() -> None:
         raise DatabaseError(f"database not reachable ({cause}); run 'cim db up'") from exc
     where = "CIM_DATABASE_URL" if database_target().is_external else "embedded cluster"
     console.print(f"server: {where}  PostgreSQL {pg}")
-    _print_citus_nodes(engine)
+    for node in nodes:  # a Citus coordinator: its nodes and the shard placements each holds
+        console.print(f"  citus {node.role:<11} {node.host}:{node.port}  "
+                      f"{'active' if node.active else 'INACTIVE'}  {node.shards} shards")
     console.print(f"PostGIS: {postgis or 'not installed in this database (run cim init)'}")
     console.print(f"schema: {revision or 'empty (run cim init)'} (head {head_revision()})")
     if settings:
@@ -136,17 +140,6 @@ def init(
         console.print(f"  {change}")
     console.print(f"city base ready: storage CRS EPSG:{settings.srid}"
                   + ("" if changes else " (nothing to change)"))
-
-
-def _print_citus_nodes(engine: sa.Engine) -> None:
-    """The Citus nodes and how many shards each holds, when the base is on a Citus cluster."""
-    from cim.distribution import citus_nodes
-
-    with engine.connect() as conn:
-        nodes = citus_nodes(conn)
-    for node in nodes:
-        console.print(f"  citus {node.role:<11} {node.host}:{node.port}  "
-                      f"{'active' if node.active else 'INACTIVE'}  {node.shards} shards")
 
 
 def _redact(url: str) -> str:
