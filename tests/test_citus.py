@@ -90,14 +90,23 @@ def test_a_second_delivery_merges_and_keeps_history(base, tmp_path):
     source["features"] = source["features"][:50]
     source["features"][0]["properties"]["name"] = "改名的部件"
     changed_id = source["features"][0]["properties"]["source_id"]
+    # a part that moves out of 徐汇区 (to 浦东, which this base has no district for): its new version lives
+    # in another shard, and the old one is closed in its own
+    moved = source["features"][1]
+    moved["geometry"]["coordinates"][:2] = [121.80, 31.10]
     path = tmp_path / "parts.geojson"
     path.write_text(json.dumps(source, ensure_ascii=False), encoding="utf-8")
     report = json.loads(run_cim("ingest", "parts", str(path), "--crs", "EPSG:4326", "--json",
                                 env=base.env).stdout)
-    assert (report["updated"], report["unchanged"], report["rejected"]) == (1, 49, 0), report
+    assert (report["updated"], report["unchanged"], report["rejected"]) == (2, 48, 0), report
     versions = _rows(base, "SELECT name, valid_to IS NULL FROM parts WHERE source_id = :s ORDER BY fid",
                      s=changed_id)
     assert len(versions) == 2 and versions[-1] == ("改名的部件", True) and versions[0][1] is False
+    history = _rows(base, "SELECT district_code, valid_to IS NULL, feature_id, "
+                          "get_shard_id_for_distribution_column('parts', district_code) FROM parts "
+                          "WHERE source_id = :s ORDER BY fid", s=moved["properties"]["source_id"])
+    assert [(d, current) for d, current, _, _ in history] == [(XUHUI, False), ("", True)]
+    assert history[0][2] == history[1][2] and history[0][3] != history[1][3]  # one feature, two shards
 
 
 @pytest.fixture(scope="module")
