@@ -111,7 +111,8 @@ def _assemble_overlay(paths: dict[str, Path]) -> Path:
 
 def _node_conf() -> str:
     # citus.enable_statistics_collection: no usage reports (the build has no libcurl anyway);
-    # max_connections: the coordinator opens connections to every worker per parallel query
+    # max_connections: the coordinator opens connections to every worker per parallel query;
+    # shared_buffers: half the single node's (written after it, so it wins): the nodes share one machine
     return ("shared_preload_libraries = 'citus'\n"
             "citus.enable_statistics_collection = off\n"
             "max_connections = 200\n"
