@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup system-deps tiles-validator db-up clean
+.PHONY: demo test setup system-deps tiles-validator citus db-up clean
 
 $(STAMP): pyproject.toml
 	./scripts/system-deps.sh
@@ -25,7 +25,13 @@ $(NODE_STAMP): package.json package-lock.json
 tiles-validator: $(NODE_STAMP)
 	./scripts/build-tiles-validator.sh
 
-setup: $(STAMP) $(NODE_STAMP) tiles-validator
+# Citus (coordinator + workers: `cim db up --workers N`, the `-m citus` tests), built from ../shared/vendor
+# into .cache/citus/ once, never into the system's PostgreSQL; without the archive or the build tools it
+# prints a note and those tests skip (in CI a missing build tool is an error)
+citus:
+	./scripts/build-citus.sh
+
+setup: $(STAMP) $(NODE_STAMP) tiles-validator citus
 
 system-deps:
 	./scripts/system-deps.sh

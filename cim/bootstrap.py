@@ -20,6 +20,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection, Engine
 
 from cim.config import DEFAULT_FLOOR_HEIGHT_M, DEFAULT_STORAGE_SRID, settings as deployment_settings
+from cim.distribution import distribute
 from cim.errors import UnavailableError, UserError
 from cim.layers import LAYERS
 
@@ -121,6 +122,8 @@ def initialise(engine: Engine, srid: int | None = None,
         after = current_revision(conn)
         if before != after:
             changes.append(f"schema {before or 'empty'} -> {after}")
+        # on a Citus coordinator: reference and distributed tables (a no-op on a single node)
+        changes += distribute(conn)
         defaults = deployment_settings()
         if city_name is not None and not city_name.strip():
             raise InitError("the city name must not be empty")

@@ -114,6 +114,14 @@ class Cluster:
             raise ClusterError(f"no embedded cluster under {self.home}: run 'cim db up' first")
         return json.loads(self.statefile.read_text())
 
+    def state(self) -> dict:
+        """Port, password and bindir of the cluster (and ``citus_workers`` for a Citus coordinator)."""
+        return self._state()
+
+    def update_state(self, **values: object) -> None:
+        self.statefile.write_text(json.dumps({**self._state(), **values}))
+        os.chmod(self.statefile, 0o600)
+
     def url(self) -> str:
         st = self._state()
         return f"postgresql://{SUPERUSER}:{st['password']}@127.0.0.1:{st['port']}/{DATABASE}"
@@ -145,10 +153,12 @@ class Cluster:
                 os.chmod(parent, mode | 0o001)
             parent = parent.parent
 
-    def initialise(self) -> None:
-        bindir = find_pg_bindir()
+    def initialise(self, bindir: Path | None = None, extra_conf: str = "", password: str | None = None) -> None:
+        """initdb; ``bindir``, ``extra_conf`` and ``password`` are for the nodes of a Citus cluster
+        (:mod:`cim.citus`: its server, ``shared_preload_libraries``, one password on every node)."""
+        bindir = bindir or find_pg_bindir()
         self.home.mkdir(parents=True, exist_ok=True)
-        password = secrets.token_urlsafe(18)
+        password = password or secrets.token_urlsafe(18)
         port = _free_port()
         pwfile = self.home / "pwfile"
         pwfile.write_text(password + "\n")
@@ -165,7 +175,7 @@ class Cluster:
                 f"listen_addresses = '127.0.0.1'\nport = {port}\n"
                 f"unix_socket_directories = '{self.socketdir}'\n"
                 "fsync = on\nshared_buffers = '256MB'\nmax_wal_size = '2GB'\n"
-                "maintenance_work_mem = '512MB'\nwork_mem = '32MB'\n"
+                "maintenance_work_mem = '512MB'\nwork_mem = '32MB'\n" + extra_conf
             )
         self._give_to_service_user(self.datadir)
         state = {"port": port, "password": password, "bindir": str(bindir)}
@@ -178,12 +188,13 @@ class Cluster:
         bindir = Path(self._state()["bindir"])
         return self._run_pg([str(bindir / "pg_ctl"), "-D", str(self.datadir), "status"], check=False).returncode == 0
 
-    def up(self) -> str:
-        """Create (first time) and start the cluster, make the database with PostGIS; return its URL."""
+    def up(self, bindir: Path | None = None, extra_conf: str = "", password: str | None = None) -> str:
+        """Create (first time) and start the cluster, make the database with PostGIS; return its URL.
+        The arguments are for a new cluster's initdb (see :meth:`initialise`)."""
         if not (self.datadir / "PG_VERSION").exists():
             if self.datadir.exists():
                 shutil.rmtree(self.datadir)
-            self.initialise()
+            self.initialise(bindir, extra_conf, password)
         if not self.is_running():
             st = self._state()
             # the port recorded at initdb may have been taken meanwhile by someone else: move to a free one
@@ -228,20 +239,25 @@ class Cluster:
                 cur.execute(f'CREATE DATABASE "{DATABASE}"')
         conn.close()
 
-    def down(self) -> None:
+    def down(self, mode: str = "fast") -> None:
+        """Stop the server; ``mode`` is pg_ctl's (``immediate`` for a throwaway cluster: no checkpoint)."""
         if self.is_running():
             bindir = Path(self._state()["bindir"])
-            self._run_pg([str(bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "fast", "-w", "stop"])
+            self._run_pg([str(bindir / "pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "stop"])
 
     def reset(self) -> str:
         """Throw the cluster away and start a new empty one."""
         self.down()
+        self.remove()
+        return self.up()
+
+    def remove(self) -> None:
+        """Delete the (stopped) cluster's data, socket directory and state."""
         for path in (self.datadir, self.socketdir, self.statefile):
             if path.is_dir():
                 shutil.rmtree(path)
             elif path.exists():
                 path.unlink()
-        return self.up()
 
 
 def _port_is_free(port: int) -> bool:

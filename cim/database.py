@@ -85,6 +85,20 @@ def _unavailable_when_unreachable(engine: Engine) -> None:
         what = "not reachable" if connecting else "no longer reachable (connection lost)"
         return DatabaseUnavailableError(f"the database is {what}: {_first_line(error)}; try again shortly")
 
+    @sa.event.listens_for(engine, "handle_error")
+    def _node_unreachable(context: sa.engine.ExceptionContext) -> Exception | None:
+        # A Citus coordinator that cannot reach a worker holding the shards a statement needs raises
+        # connection_exception (SQLSTATE class 08) on a connection that is itself fine: the request
+        # cannot be answered now, and will be once the worker is back (docs/citus.md)
+        if context.is_pre_ping or context.connection is None or context.is_disconnect:
+            return None
+        code = getattr(context.original_exception, "pgcode", None) or ""
+        if not code.startswith("08"):
+            return None
+        reason = _first_line(context.original_exception).rpartition("failed with the following error:")[2]
+        return DatabaseUnavailableError(f"a node of the database cluster is not reachable ({reason.strip()}); "
+                                        "try again shortly")
+
 
 def _first_line(error: BaseException) -> str:
     """The driver's reason without its multi-line hints, and without the server's address."""

@@ -127,14 +127,31 @@ def check_curtain_walls(cur, frame: pd.DataFrame, rows: np.ndarray, reasons: dic
 
 # --- links made by the merge (see ingest.merge.merge: extra_select and joins) ---------------------
 
+# Each link is a temp table made by a join of the staged rows (a subquery) with the other layer, keyed by
+# the staged row: on a Citus cluster the other layer is distributed and may be joined only so (a local
+# table is planned as a subquery's result, never correlated with a distributed one: docs/citus.md)
 CURTAIN_WALL_MERGE = {
+    "links": {"_link_building": (
+        "SELECT s.stage_key, b.feature_id, b.geom, b.district_code, b.street_code, b.community_code, b.grid_code "
+        "FROM (SELECT stage_key, building_source_id FROM _stage) s "
+        "JOIN buildings b ON b.source_id = s.building_source_id AND b.valid_to IS NULL")},
     "extra_select": {
         "geom": "COALESCE(s.geom, b.geom)", "building_feature_id": "b.feature_id",
         **{c: f"COALESCE(s.{c}, b.{c})" for c in ("district_code", "street_code", "community_code", "grid_code")}},
-    "joins": "LEFT JOIN buildings b ON b.source_id = s.building_source_id AND b.valid_to IS NULL"}
-BUILDING_MERGE = {"extra_select": {"address_feature_id": (
-    "(SELECT a.feature_id FROM addresses a WHERE a.valid_to IS NULL AND ST_Covers(s.geom, a.geom) "
-    "ORDER BY a.door_int NULLS LAST, a.standard_address LIMIT 1)")}}
-ADDRESS_MERGE = {"extra_select": {"building_feature_id": (
-    "(SELECT b.feature_id FROM buildings b WHERE b.valid_to IS NULL AND ST_Covers(b.geom, s.geom) "
-    "ORDER BY b.source_id LIMIT 1)")}}
+    "joins": "LEFT JOIN _link_building b ON b.stage_key = s.stage_key"}
+BUILDING_MERGE = {
+    "links": {"_link_address": (
+        "SELECT DISTINCT ON (s.stage_key) s.stage_key, a.feature_id "
+        "FROM (SELECT stage_key, geom FROM _stage) s "
+        "JOIN addresses a ON a.valid_to IS NULL AND ST_Covers(s.geom, a.geom) "
+        "ORDER BY s.stage_key, a.door_int NULLS LAST, a.standard_address")},
+    "extra_select": {"address_feature_id": "la.feature_id"},
+    "joins": "LEFT JOIN _link_address la ON la.stage_key = s.stage_key"}
+ADDRESS_MERGE = {
+    "links": {"_link_building": (
+        "SELECT DISTINCT ON (s.stage_key) s.stage_key, b.feature_id "
+        "FROM (SELECT stage_key, geom FROM _stage) s "
+        "JOIN buildings b ON b.valid_to IS NULL AND ST_Covers(b.geom, s.geom) "
+        "ORDER BY s.stage_key, b.source_id")},
+    "extra_select": {"building_feature_id": "lb.feature_id"},
+    "joins": "LEFT JOIN _link_building lb ON lb.stage_key = s.stage_key"}

@@ -130,17 +130,25 @@ def _merge_responsibility(cur, data: pd.DataFrame, report: IngestReport, mode: s
                     (row.post_code, row.post_name, row.department_code))
         changes += cur.rowcount
     links_before = _link_count(cur)
-    for row in data.itertuples(index=False):
-        cur.execute("INSERT INTO grid_posts (grid_code, post_id) SELECT %s, id FROM posts WHERE code = %s "
-                    "ON CONFLICT DO NOTHING", (row.grid_code, row.post_code))
-        if row.person_name:
-            cur.execute("""INSERT INTO persons (name, contact) VALUES (%s, %s)
-                ON CONFLICT (name, contact) DO NOTHING""", (row.person_name, row.person_contact))
-            changes += cur.rowcount
-            cur.execute("""INSERT INTO post_persons (post_id, person_id)
-                SELECT p.id, r.id FROM posts p, persons r WHERE p.code = %s AND r.name = %s
-                AND r.contact IS NOT DISTINCT FROM %s ON CONFLICT DO NOTHING""",
-                        (row.post_code, row.person_name, row.person_contact))
+    # set-based, three statements whatever the number of rows: on a Citus cluster these are reference
+    # tables, and each statement is a round trip to every node (row by row: 33 s for the sample's 1,116)
+    cur.execute("""INSERT INTO grid_posts (grid_code, post_id)
+        SELECT f.grid_code, p.id FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS f(grid_code, post_code, n)
+        JOIN posts p ON p.code = f.post_code ORDER BY f.n ON CONFLICT DO NOTHING""",
+                (data.grid_code.tolist(), data.post_code.tolist()))
+    people = [(row.post_code, row.person_name, row.person_contact) for row in data.itertuples(index=False)
+              if row.person_name]
+    if people:
+        post_codes, names, contacts = (list(column) for column in zip(*people))
+        cur.execute("""INSERT INTO persons (name, contact)
+            SELECT f.name, f.contact FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS f(name, contact, n)
+            ORDER BY f.n ON CONFLICT (name, contact) DO NOTHING""", (names, contacts))
+        changes += cur.rowcount
+        cur.execute("""INSERT INTO post_persons (post_id, person_id)
+            SELECT DISTINCT p.id, r.id FROM unnest(%s::text[], %s::text[], %s::text[]) AS f(post_code, name, contact)
+            JOIN posts p ON p.code = f.post_code
+            JOIN persons r ON r.name = f.name AND r.contact IS NOT DISTINCT FROM f.contact
+            ON CONFLICT DO NOTHING""", (post_codes, names, contacts))
     if mode == "replace":
         cur.execute("""DELETE FROM grid_posts gp WHERE NOT EXISTS (SELECT 1 FROM unnest(%s::text[], %s::text[])
             AS f(grid_code, post_code) JOIN posts p ON p.code = f.post_code

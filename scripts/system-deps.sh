@@ -19,10 +19,18 @@ optional_missing() {
   command -v ogrinfo >/dev/null 2>&1 || pkgs+=(gdal-bin)
   command -v chromium >/dev/null 2>&1 || pkgs+=(chromium fonts-noto-cjk)
   command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || pkgs+=(mosquitto)
-  # pgRouting for the water-logging scenario's road distances (without it: straight-line distances)
   local v
   v=$(ls /usr/lib/postgresql 2>/dev/null | sort -rn | head -n1 || true)
+  # pgRouting for the water-logging scenario's road distances (without it: straight-line distances)
   [ -z "$v" ] || [ -f "/usr/share/postgresql/$v/extension/pgrouting.control" ] || pkgs+=("postgresql-$v-pgrouting")
+  # Citus's build (scripts/build-citus.sh, the -m citus tests): only when its source lies beside the clone
+  if [ -f "$(dirname "$0")/../../shared/vendor/citus-13.2.2.tar.gz" ]; then
+    command -v gcc >/dev/null 2>&1 || pkgs+=(gcc make)
+    [ -z "$v" ] || [ -f "/usr/include/postgresql/$v/server/postgres.h" ] || pkgs+=("postgresql-server-dev-$v")
+    [ -f /usr/include/lz4.h ] || pkgs+=(liblz4-dev)
+    [ -f /usr/include/zstd.h ] || pkgs+=(libzstd-dev)
+    [ -f /usr/include/krb5.h ] || pkgs+=(libkrb5-dev)
+  fi
   echo "${pkgs[@]:-}"
 }
 

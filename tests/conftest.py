@@ -129,3 +129,33 @@ def shared_path(*parts: str, folder: str = "data") -> Path:
         pytest.fail(f"{path} is missing, but ../shared is required here "
                     f"({REQUIRE_SHARED_ENV}=1, or CI with ../shared present)", pytrace=False)
     pytest.skip(f"{path} not present (../shared is only in CI and developer workspaces)")
+
+
+# --- Citus: a coordinator and two workers (issue 15, item 5) -----------------------------------------
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "citus: runs against a Citus coordinator + 2 workers (the citus_home "
+                                       "fixture); select with -m citus, leave out with -m 'not citus'")
+
+
+@pytest.fixture(scope="session")
+def citus_home(tmp_path_factory) -> Path:
+    """``$CIM_HOME`` of a Citus cluster (a coordinator and two workers on loopback) for this session,
+    started through the real ``cim db up --workers 2`` from the build in ``.cache/citus`` (``make
+    setup`` → scripts/build-citus.sh). Without the Citus source beside the clone: skipped (failed where
+    ../shared is required); without the build: skipped on a developer's machine, failed in CI."""
+    from cim.citus import CITUS_VERSION, CitusCluster, CitusUnavailableError, citus_bindir
+
+    shared_path(f"citus-{CITUS_VERSION}.tar.gz", folder="vendor")
+    try:
+        citus_bindir()
+    except CitusUnavailableError as exc:
+        missing_tool(str(exc))
+    home = tmp_path_factory.mktemp("cim-citus")
+    try:
+        run_cim("db", "up", "--workers", "2", env={"CIM_HOME": str(home)})
+        yield home
+    finally:
+        dispose_engines()
+        CitusCluster(home, 2).down("immediate")  # thrown away next: no shutdown checkpoints
+        shutil.rmtree(home, ignore_errors=True)

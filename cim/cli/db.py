@@ -14,12 +14,23 @@ db_app = typer.Typer(help="The embedded PostgreSQL + PostGIS cluster (or CIM_DAT
 
 
 @db_app.command("up")
-def up() -> None:
+def up(workers: Optional[int] = typer.Option(
+        None, "--workers", min=1,
+        help="Start a Citus cluster instead: a coordinator and N worker nodes on loopback (see docs/citus.md); "
+             "a Citus cluster made earlier restarts with its workers without this option.")) -> None:
     """Create (first time) and start the embedded cluster under $CIM_HOME."""
+    from cim.citus import CitusCluster
     from cim.cluster import Cluster
+    from cim.config import cim_home
 
     if database_target().is_external:
         console.print("CIM_DATABASE_URL is set: using that server; nothing to start")
+        return
+    citus = CitusCluster.existing(cim_home())
+    if workers is not None or citus is not None:
+        citus = CitusCluster(cim_home(), workers or citus.workers)  # type: ignore[union-attr]
+        url = citus.up()
+        console.print(f"Citus cluster up: coordinator {_redact(url)}, {citus.workers} worker(s)")
         return
     url = Cluster.default().up()
     console.print(f"embedded PostGIS cluster up: {_redact(url)}")
@@ -27,11 +38,14 @@ def up() -> None:
 
 @db_app.command("down")
 def down() -> None:
-    """Stop the embedded cluster (data is kept)."""
+    """Stop the embedded cluster (data is kept); a Citus cluster's workers too."""
+    from cim.citus import CitusCluster
     from cim.cluster import Cluster
+    from cim.config import cim_home
 
-    Cluster.default().down()
-    console.print("embedded cluster stopped")
+    citus = CitusCluster.existing(cim_home())
+    (citus or Cluster.default()).down()
+    console.print("embedded cluster stopped" + (f" (coordinator and {citus.workers} workers)" if citus else ""))
 
 
 @db_app.command("reset")
@@ -43,7 +57,10 @@ def reset(yes: bool = typer.Option(False, "--yes", help="Do not ask for confirma
         raise UserError("CIM_DATABASE_URL is set: 'cim db reset' only resets the embedded cluster")
     if not yes:
         typer.confirm("Delete all data in the embedded cluster?", abort=True)
-    url = Cluster.default().reset()
+    from cim.citus import CitusCluster
+    from cim.config import cim_home
+
+    url = (CitusCluster.existing(cim_home()) or Cluster.default()).reset()
     console.print(f"embedded cluster reset: {_redact(url)}")
 
 
@@ -60,6 +77,7 @@ def status() -> None:
     """Server, PostgreSQL and PostGIS versions, schema revision, storage CRS, feature counts."""
     from cim.bootstrap import current_revision, head_revision, stored_settings
     from cim.database import DatabaseUnavailableError, get_engine
+    from cim.distribution import citus_nodes
 
     engine = get_engine()
     try:
@@ -68,6 +86,7 @@ def status() -> None:
             postgis = conn.execute(sa.text(
                 "SELECT extversion FROM pg_extension WHERE extname = 'postgis'")).scalar()
             revision = current_revision(conn)
+            nodes = citus_nodes(conn)
             settings = stored_settings(conn)
             counts = {}
             if settings:
@@ -81,6 +100,9 @@ def status() -> None:
         raise DatabaseError(f"database not reachable ({cause}); run 'cim db up'") from exc
     where = "CIM_DATABASE_URL" if database_target().is_external else "embedded cluster"
     console.print(f"server: {where}  PostgreSQL {pg}")
+    for node in nodes:  # a Citus coordinator: its nodes and the shard placements each holds
+        console.print(f"  citus {node.role:<11} {node.host}:{node.port}  "
+                      f"{'active' if node.active else 'INACTIVE'}  {node.shards} shards")
     console.print(f"PostGIS: {postgis or 'not installed in this database (run cim init)'}")
     console.print(f"schema: {revision or 'empty (run cim init)'} (head {head_revision()})")
     if settings:

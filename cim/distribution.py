@@ -1,0 +1,160 @@
+"""Which tables of a base live where on a Citus cluster, and the step of ``cim init`` that puts them there.
+
+Runs after the migrations, only when the database has the ``citus`` extension (a coordinator made by
+``cim db up --workers N``); on a single node nothing here runs and the schema is the migrations' alone.
+Idempotent: a table already placed is left as it is, so ``cim init`` stays safe to run again.
+
+* **Reference tables** (a full copy on every node, joined locally with any shard): administrative units,
+  grids, code lists, responsibility, the provenance of loads — small, read by every query, written rarely.
+* **Distributed tables**, hash-distributed and co-located on ``district_code`` (the jurisdiction: the
+  same column the tables are partitioned on): the big feature layers. Co-location puts all rows of one
+  district of every layer on the same node, so a join between two of them *on the district* runs on
+  the workers; joins between them on anything else (a spatial join of parts to buildings) are not
+  supported by Citus and the platform does not make them (see docs/citus.md).
+* Everything else stays on the coordinator (the case loop, live sensing, keys, the layer registry).
+
+What Citus requires of a distributed table, and how it is met here (the reasons are in docs/citus.md):
+the distribution column is NOT NULL (a feature outside every district gets ``''``), every unique index
+and the primary key include it, foreign keys point only at reference tables, and triggers that write
+to their own table (the history triggers of migration 0002) are not installed on them — the loaders
+keep history themselves.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+#: the distribution column of every distributed table (and the partition key: one jurisdiction column)
+DISTRIBUTION_COLUMN = "district_code"
+#: a feature outside every district: Citus refuses NULL in the distribution column
+NO_DISTRICT = ""
+#: copied to every node, parents before the tables that refer to them
+REFERENCE_TABLES = ("ingest_runs", "part_classes", "admin_aliases", "districts", "streets", "communities", "grids",
+                    "departments", "posts", "persons", "post_persons", "grid_posts", "curtain_walls",
+                    "iot_devices")
+#: hash-distributed on DISTRIBUTION_COLUMN, all co-located with the first
+DISTRIBUTED_TABLES = ("parts", "buildings", "addresses", "pipelines")
+#: shards per distributed table: a multiple of the workers of a 3-machine deployment (docs/citus.md)
+SHARD_COUNT = 32
+
+
+@dataclass(frozen=True)
+class CitusNode:
+    role: str  # coordinator | worker
+    host: str
+    port: int
+    active: bool
+    shards: int
+
+
+#: true on a Citus coordinator (the extension is there); for DBAPI cursors too
+IS_CITUS_SQL = "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')"
+
+
+def is_citus(conn: Connection) -> bool:
+    """Whether this database is a Citus coordinator (the extension is there)."""
+    return bool(conn.execute(sa.text(IS_CITUS_SQL)).scalar())
+
+
+def citus_nodes(conn: Connection) -> list[CitusNode]:
+    """The nodes of the cluster with how many shard placements each holds; [] on a single node."""
+    if not is_citus(conn):
+        return []
+    rows = conn.execute(sa.text(
+        "SELECT CASE WHEN n.groupid = 0 THEN 'coordinator' ELSE 'worker' END, n.nodename, n.nodeport, n.isactive, "
+        "(SELECT count(*) FROM pg_dist_placement p WHERE p.groupid = n.groupid) "
+        "FROM pg_dist_node n ORDER BY n.groupid")).all()
+    return [CitusNode(role, host, int(port), bool(active), int(shards)) for role, host, port, active, shards in rows]
+
+
+def placement(conn: Connection) -> dict[str, str]:
+    """Table → ``distributed`` | ``reference`` | ``local`` for every table Citus manages."""
+    rows = conn.execute(sa.text("SELECT table_name::text, citus_table_type FROM citus_tables")).all()
+    return {name: kind for name, kind in rows}
+
+
+def distribute(conn: Connection) -> list[str]:
+    """Place the base's tables on the Citus cluster (see the module's docstring); what was changed.
+    A no-op (``[]``) on a database without Citus."""
+    if not is_citus(conn):
+        return []
+    placed = placement(conn)
+    wanted = {**{t: "reference" for t in REFERENCE_TABLES}, **{t: "distributed" for t in DISTRIBUTED_TABLES}}
+    todo = [t for t in wanted if placed.get(t) != wanted[t] and _exists(conn, t)]
+    if not todo:
+        return []
+    # DDL and distribution in one transaction: Citus must then talk to each worker over one connection
+    conn.execute(sa.text("SET LOCAL citus.multi_shard_modify_mode TO 'sequential'"))
+    managed = [t for t in wanted if _exists(conn, t)]
+    foreign_keys = _drop_foreign_keys(conn, managed)
+    changes: list[str] = []
+    for table in todo:
+        _drop_history_triggers(conn, table)
+        if placed.get(table) == "local":  # made a Citus local table earlier by a foreign key: start over
+            conn.execute(sa.text(f"SELECT undistribute_table('{table}')"))
+        if wanted[table] == "reference":
+            conn.execute(sa.text(f"SELECT create_reference_table('{table}')"))
+            changes.append(f"citus: {table} is a reference table")
+        else:
+            _prepare_distributed(conn, table)
+            # the first table sets the shard count; the others join its co-location group
+            placement_of = (f"colocate_with => '{DISTRIBUTED_TABLES[0]}'" if table != DISTRIBUTED_TABLES[0]
+                            else f"colocate_with => 'none', shard_count => {SHARD_COUNT}")
+            conn.execute(sa.text(
+                f"SELECT create_distributed_table('{table}', '{DISTRIBUTION_COLUMN}', {placement_of})"))
+            changes.append(f"citus: {table} distributed on {DISTRIBUTION_COLUMN} ({SHARD_COUNT} shards)")
+    for table, name, definition in foreign_keys:
+        conn.execute(sa.text(f'ALTER TABLE "{table}" ADD CONSTRAINT "{name}" {definition}'))
+    return changes
+
+
+def _exists(conn: Connection, table: str) -> bool:
+    return conn.execute(sa.text("SELECT to_regclass(:t) IS NOT NULL"), {"t": table}).scalar()
+
+
+def _drop_foreign_keys(conn: Connection, tables: list[str]) -> list[tuple[str, str, str]]:
+    """Drop the foreign keys from and to ``tables`` (Citus places a table only when its keys point at
+    tables already placed compatibly); their definitions, to add back once every table is placed."""
+    rows = conn.execute(sa.text(
+        "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint "
+        "WHERE contype = 'f' AND (conrelid::regclass::text = ANY(:t) OR confrelid::regclass::text = ANY(:t)) "
+        "ORDER BY conrelid::regclass::text, conname"), {"t": tables}).all()
+    for table, name, _definition in rows:
+        conn.execute(sa.text(f'ALTER TABLE "{table}" DROP CONSTRAINT "{name}"'))
+    return [(t, n, d) for t, n, d in rows]
+
+
+def _drop_history_triggers(conn: Connection, table: str) -> None:
+    # the triggers of migration 0002 write to their own table from inside a shard, which Citus refuses
+    for trigger in (f"{table}_history_update", f"{table}_history_delete"):
+        conn.execute(sa.text(f'DROP TRIGGER IF EXISTS "{trigger}" ON "{table}"'))
+
+
+def _prepare_distributed(conn: Connection, table: str) -> None:
+    """The distribution column NOT NULL, and in the primary key and every unique index."""
+    col = DISTRIBUTION_COLUMN
+    conn.execute(sa.text(f'UPDATE "{table}" SET {col} = :none WHERE {col} IS NULL'), {"none": NO_DISTRICT})
+    conn.execute(sa.text(f"ALTER TABLE \"{table}\" ALTER COLUMN {col} SET DEFAULT '{NO_DISTRICT}', "
+                         f"ALTER COLUMN {col} SET NOT NULL"))
+    pkey = conn.execute(sa.text(
+        "SELECT conname, array_agg(a.attname::text ORDER BY a.attnum) FROM pg_constraint c "
+        "JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY(c.conkey) "
+        "WHERE c.conrelid = CAST(:t AS regclass) AND c.contype = 'p' GROUP BY conname"), {"t": table}).first()
+    if pkey and col not in pkey[1]:
+        conn.execute(sa.text(f'ALTER TABLE "{table}" DROP CONSTRAINT "{pkey[0]}"'))
+        conn.execute(sa.text(f'ALTER TABLE "{table}" ADD CONSTRAINT "{pkey[0]}" '
+                             f'PRIMARY KEY ({", ".join([*pkey[1], col])})'))
+    uniques = conn.execute(sa.text(
+        "SELECT i.relname, pg_get_indexdef(x.indexrelid) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
+        "WHERE x.indrelid = CAST(:t AS regclass) AND x.indisunique AND NOT x.indisprimary"), {"t": table}).all()
+    for name, definition in uniques:
+        if col in definition.split(" WHERE ")[0].split("(", 1)[1]:
+            continue
+        # unique per district: a source id (object code) names one current feature in its district;
+        # the loaders check it city-wide under their table lock (docs/citus.md)
+        head, _, where = definition.partition(" WHERE ")
+        head = head.rstrip(")") + f", {col})"
+        conn.execute(sa.text(f'DROP INDEX "{name}"'))
+        conn.execute(sa.text(head + (f" WHERE {where}" if where else "")))

@@ -1,0 +1,191 @@
+"""Past one node (issue 15, item 5): the city base on a Citus cluster — a coordinator and two workers
+on loopback, started by the real ``cim db up --workers 2`` (conftest ``citus_home``) — through the
+same commands and API as on one node: ``cim init`` places the tables (reference / distributed and
+co-located on the district code), ``cim samples load`` loads the sample city, a second delivery
+merges, the API answers items, grid lookup, nearby and tiles, a case goes through dispatch; a worker
+that is down makes the queries that need its shards 503 until it is back.
+
+Marked ``citus`` (``-m citus`` runs only these; ``make test`` runs them with the rest).
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from cim.citus import CitusCluster, citus_bindir
+from cim.database import dispose_engines, engine_for
+from cim.distribution import DISTRIBUTED_TABLES, REFERENCE_TABLES, placement
+from tests.conftest import PROJECT, run_cim
+
+pytestmark = pytest.mark.citus
+
+SAMPLES = PROJECT / "data_samples"
+XUHUI = "310104"
+FENYANG_150 = (121.4468, 31.2101)  # WGS84, near 汾阳路150号 in the sample district
+
+
+@pytest.fixture(scope="module")
+def base(citus_home: Path) -> SimpleNamespace:
+    """The sample city on the Citus cluster, through the real commands: ``cim init``, ``cim samples load``."""
+    env = {"CIM_HOME": str(citus_home)}
+    init = run_cim("init", env=env).stdout
+    loaded = json.loads(run_cim("samples", "load", "--json", env=env).stdout)
+    cluster = CitusCluster(citus_home, 2)
+    url = cluster.coordinator.url()
+    return SimpleNamespace(home=citus_home, env=env, init=init, loaded=loaded, cluster=cluster, url=url,
+                           engine=engine_for(url))
+
+
+def _rows(base, sql: str, **params) -> list:
+    with base.engine.connect() as conn:
+        return conn.execute(sa.text(sql), params).all()
+
+
+def test_init_makes_reference_and_co_located_distributed_tables(base):
+    assert "citus: parts distributed on district_code" in base.init
+    with base.engine.connect() as conn:
+        placed = placement(conn)
+    assert {t: placed.get(t) for t in REFERENCE_TABLES} == {t: "reference" for t in REFERENCE_TABLES}
+    assert {t: placed.get(t) for t in DISTRIBUTED_TABLES} == {t: "distributed" for t in DISTRIBUTED_TABLES}
+    colocation = _rows(base, "SELECT DISTINCT colocation_id FROM citus_tables WHERE table_name::text = ANY(:t) "
+                             "AND distribution_column = 'district_code'", t=list(DISTRIBUTED_TABLES))
+    assert len(colocation) == 1  # one co-location group: a district's rows of every layer on one node
+    # the case loop stays on the coordinator (docs/citus.md)
+    assert "cases" not in placed or placed["cases"] == "local"
+    # a second init changes nothing
+    assert "nothing to change" in run_cim("init", env=base.env).stdout
+    status = run_cim("db", "status", env=base.env).stdout
+    assert status.count("citus worker") == 2 and "citus coordinator" in status
+
+
+def test_loaded_rows_live_on_the_workers_by_district(base):
+    parts_loaded = sum(r["inserted"] for r in base.loaded if r["layer"] == "parts")
+    assert parts_loaded > 1000
+    assert _rows(base, "SELECT count(*) FROM parts WHERE valid_to IS NULL")[0][0] == parts_loaded
+    # every row is in a shard on a worker (group > 0), none on the coordinator
+    on_shards = _rows(base, "SELECT sum(result::bigint) FROM run_command_on_shards('parts', "
+                            "'SELECT count(*) FROM %s')")[0][0]
+    assert on_shards == parts_loaded
+    nodes = _rows(base, "SELECT DISTINCT n.groupid FROM pg_dist_shard s JOIN pg_dist_placement p USING (shardid) "
+                        "JOIN pg_dist_node n ON n.groupid = p.groupid WHERE s.logicalrelid = 'parts'::regclass")
+    assert {g for (g,) in nodes} and all(g > 0 for (g,) in nodes)
+    assert len(nodes) == 2  # the 32 shards are spread over both workers
+    # co-location: the parts and the buildings of 徐汇区 sit in shards on the same worker
+    same = _rows(base, """
+        SELECT (SELECT nodeport FROM citus_shards WHERE shardid = get_shard_id_for_distribution_column('parts', :d)),
+               (SELECT nodeport FROM citus_shards WHERE shardid = get_shard_id_for_distribution_column('buildings', :d))
+        """, d=XUHUI)[0]
+    assert same[0] == same[1]
+    assert _rows(base, "SELECT count(*) FROM buildings WHERE district_code = :d", d=XUHUI)[0][0] > 0
+
+
+def test_a_second_delivery_merges_and_keeps_history(base, tmp_path):
+    source = json.loads((SAMPLES / "xuhui" / "parts.geojson").read_text(encoding="utf-8"))
+    source["features"] = source["features"][:50]
+    source["features"][0]["properties"]["name"] = "改名的部件"
+    changed_id = source["features"][0]["properties"]["source_id"]
+    # a part that moves out of 徐汇区 (to 浦东, which this base has no district for): its new version lives
+    # in another shard, and the old one is closed in its own
+    moved = source["features"][1]
+    moved["geometry"]["coordinates"][:2] = [121.80, 31.10]
+    path = tmp_path / "parts.geojson"
+    path.write_text(json.dumps(source, ensure_ascii=False), encoding="utf-8")
+    report = json.loads(run_cim("ingest", "parts", str(path), "--crs", "EPSG:4326", "--json",
+                                env=base.env).stdout)
+    assert (report["updated"], report["unchanged"], report["rejected"]) == (2, 48, 0), report
+    versions = _rows(base, "SELECT name, valid_to IS NULL FROM parts WHERE source_id = :s ORDER BY fid",
+                     s=changed_id)
+    assert len(versions) == 2 and versions[-1] == ("改名的部件", True) and versions[0][1] is False
+    history = _rows(base, "SELECT district_code, valid_to IS NULL, feature_id, "
+                          "get_shard_id_for_distribution_column('parts', district_code) FROM parts "
+                          "WHERE source_id = :s ORDER BY fid", s=moved["properties"]["source_id"])
+    assert [(d, current) for d, current, _, _ in history] == [(XUHUI, False), ("", True)]
+    assert history[0][2] == history[1][2] and history[0][3] != history[1][3]  # one feature, two shards
+
+
+@pytest.fixture(scope="module")
+def client(base):
+    from api.app import create_app
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CIM_HOME", str(base.home))
+        with TestClient(create_app(base.engine)) as c:
+            yield c
+
+
+def _bbox_around(lon: float, lat: float, d: float = 0.01) -> str:
+    return f"{lon - d},{lat - d},{lon + d},{lat + d}"
+
+
+def test_api_items_grid_lookup_nearby_and_tiles(base, client):
+    lon, lat = FENYANG_150
+    items = client.get("/collections/parts/items", params={"bbox": _bbox_around(lon, lat), "limit": 100})
+    assert items.status_code == 200, items.text
+    features = items.json()["features"]
+    assert 0 < len(features) <= 100
+    assert {f["properties"]["district_code"] for f in features} == {XUHUI}
+    grid = client.get("/grid/lookup", params={"lon": lon, "lat": lat})
+    assert grid.status_code == 200, grid.text
+    answer = grid.json()["results"][0]
+    assert answer["level"] == "grid" and answer["district"]["code"] == XUHUI
+    near = client.get("/nearby", params={"layer": "parts", "lon": lon, "lat": lat, "k": 10, "radius": 500})
+    assert near.status_code == 200, near.text
+    distances = [f["properties"]["distance_m"] for f in near.json()["features"]]
+    assert len(distances) == 10 and distances == sorted(distances)
+    # the same ten as on one node: the nearest parts by a plain query on the coordinator
+    expected = _rows(base, "SELECT source_id FROM parts WHERE valid_to IS NULL ORDER BY geom <-> "
+                           "ST_Transform(ST_SetSRID(ST_MakePoint(:x, :y), 4326), 4549) LIMIT 10", x=lon, y=lat)
+    assert [f["properties"]["source_id"] for f in near.json()["features"]] == [r[0] for r in expected]
+    tile = client.get("/collections/parts/tiles/WebMercatorQuad/15/13400/27454")
+    assert tile.status_code in (200, 204), tile.text
+    tileset = client.get("/3dtiles/buildings/tileset.json")
+    assert tileset.status_code == 200 and tileset.json()["root"]["children"] is not None
+
+
+def test_a_case_goes_through_dispatch(base):
+    from cases.intake import CaseReport, intake
+
+    with base.engine.begin() as conn:
+        got = intake(conn, CaseReport(channel="vehicle_patrol", class_code="道路破损",
+                                      address_text="汾阳路150号附近", description="路面龟裂"),
+                     now=datetime.fromisoformat("2026-11-30T10:00:00+08:00"))
+    case = got.case
+    assert case.status == "dispatched" and case.district_code == XUHUI
+    assert case.department_code and case.person_name
+
+
+def _worker_of(base, district: str) -> int:
+    port = _rows(base, "SELECT nodeport FROM citus_shards WHERE shardid = "
+                       "get_shard_id_for_distribution_column('parts', :d)", d=district)[0][0]
+    for index in (1, 2):
+        if base.cluster.worker(index).state()["port"] == port:
+            return index
+    raise AssertionError(f"no worker listens on {port}")
+
+
+def test_a_worker_down_is_503_for_its_queries_until_it_is_back(base, client):
+    lon, lat = FENYANG_150
+    worker = base.cluster.worker(_worker_of(base, XUHUI))
+    params = {"bbox": _bbox_around(lon, lat), "limit": 100}
+    worker.down()
+    try:
+        down = client.get("/collections/parts/items", params=params)
+        assert down.status_code == 503, down.text
+        assert down.headers["content-type"].startswith("application/problem+json")
+        assert "Retry-After" in down.headers
+        assert "not reachable" in down.json()["detail"]
+        # a query on reference tables only is answered from the coordinator's copy
+        assert client.get("/grid/lookup", params={"lon": lon, "lat": lat}).status_code == 200
+    finally:
+        worker.up(bindir=citus_bindir())
+    base.cluster.wait_ready()
+    back = client.get("/collections/parts/items", params=params)
+    assert back.status_code == 200, back.text
+    assert len(back.json()["features"]) > 0
+    dispose_engines()
