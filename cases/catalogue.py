@@ -3,7 +3,7 @@ the kind of department that handles them and the duplicate radius/window.
 
 The packaged CSV (``cases/data/case_classes.csv``, after GB/T 30428.2; part classes keep the
 codes of the base's part catalogue) seeds a base on first use; a city replaces or extends it with
-``cim cases classes load FILE``. Department kinds are recognised in department names by the
+``cim ingest case-classes FILE`` (also ``cim cases classes load``). Department kinds are recognised in department names by the
 patterns of ``cases/data/department_kinds.csv`` (the names every responsibility chain carries).
 """
 from __future__ import annotations
