@@ -30,7 +30,7 @@ from cim.grid import responsibility_for
 
 from cases.calendar import WorkingCalendar, load_calendar
 from cases.catalogue import CaseClass, class_by_code, department_kinds
-from cases.dispatch import Assignment, choose
+from cases.dispatch import GRID_WORKER_POST, PLATFORM_DEPARTMENT, Assignment, choose
 from cases.model import OPEN_STATUSES, Case, get_case, write_event
 
 ROLES = ("system", "platform", "department", "supervisor", "reporter")
@@ -220,7 +220,57 @@ def _handle(conn, case, cls, rule, action, now, calendar) -> None:
     _log(conn, case, action, now, "handled")
 
 
+#: who may verify at each escalation level: the case's own grid, then its district, then the city
+_VERIFY_SCOPES = ("grid", "district", "city")
+
+
+def _verify_scope(case: Case) -> tuple[str, str | None]:
+    """(level, code) of the units whose grid workers may verify ``case``: its grid; once escalated
+    to the district platform, any grid worker of its district; at the city, any. A case placed in
+    no grid (dispatched by hand) falls back to its street, then its district, then the city."""
+    level = _VERIFY_SCOPES[min(case.escalation_level, 2)]
+    if level == "grid" and case.grid_code is None:
+        level = "street" if case.street_code else "district"
+    if level == "street":
+        return level, case.street_code
+    if level == "district" and case.district_code is None:
+        level = "city"
+    return level, {"grid": case.grid_code, "district": case.district_code}.get(level)
+
+
+def verifiers(conn: Connection, case: Case) -> list[str]:
+    """The persons who may verify ``case`` (核查): holders of a grid-worker post (网格监督员) of the
+    grid platform in the grids of :func:`_verify_scope`, by name."""
+    level, code = _verify_scope(case)
+    scope = {"grid": "gp.grid_code = :code",
+             "street": "gp.grid_code IN (SELECT grid_code FROM grids WHERE street_code = :code)",
+             "district": "gp.grid_code IN (SELECT grid_code FROM grids WHERE district_code = :code)",
+             "city": "true"}[level]
+    return list(conn.execute(sa.text(
+        "SELECT DISTINCT pe.name FROM grid_posts gp JOIN posts p ON p.id = gp.post_id "
+        "JOIN departments d ON d.id = p.department_id JOIN post_persons pp ON pp.post_id = p.id "
+        "JOIN persons pe ON pe.id = pp.person_id "
+        f"WHERE p.name ~ :post AND d.name ~ :platform AND {scope} ORDER BY 1"),
+        {"post": GRID_WORKER_POST.pattern, "platform": PLATFORM_DEPARTMENT.pattern, "code": code}).scalars())
+
+
+def _check_verifier(conn: Connection, case: Case, action: Action) -> None:
+    """The issue's rule: a handled case is verified by the grid's worker, not by anyone with the
+    supervisor role — or, once the case is escalated, by a grid worker of the escalation level."""
+    level, code = _verify_scope(case)
+    names = verifiers(conn, case)
+    where = f"{level} {code}" if code else "the city"
+    if not names:
+        raise ConflictError(f"case {case.id}: no grid worker (网格监督员) holds a post in {where}, so nobody may "
+                            "verify it yet; load the grid's responsibility chain, or escalate the case")
+    if action.actor not in names:
+        shown = ", ".join(names[:10]) + (f" … ({len(names)} in all)" if len(names) > 10 else "")
+        raise RoleError(f"case {case.id} is verified by a grid worker (网格监督员) of {where} ({shown}), "
+                        f"not by {action.actor}")
+
+
 def _verify(conn, case, cls, rule, action, now, calendar) -> None:
+    _check_verifier(conn, case, action)
     passed = action.data.get("passed")
     if not isinstance(passed, bool):
         raise ParameterError("passed", "passed: verify needs data.passed true (结案) or false (返工)")

@@ -6,7 +6,7 @@ public an address text), classes weighted towards the everyday ones, addresses d
 city's address layer, a few that no gazetteer can place (→ the manual queue) and a few second
 reports of the same problem (→ merged by the platform). The handlers: the department accepts,
 sometimes returns a case that is not its own (→ re-dispatched by machine) or asks for an extension
-(mostly approved), handles it mostly in time and sometimes late; the grid's supervisor verifies and
+(mostly approved), handles it mostly in time and sometimes late; the grid's worker (网格监督员) verifies and
 fails some (→ rework). ``tick`` runs twice a working day, so late cases are marked overdue and
 escalated.
 
@@ -32,7 +32,7 @@ from cim.errors import ConflictError, UserError
 from cases.calendar import LOCAL
 from cases.catalogue import all_classes
 from cases.intake import CaseReport, intake
-from cases.lifecycle import Action, act, merge, tick
+from cases.lifecycle import Action, act, merge, tick, verifiers
 from cases.model import get_case
 
 #: channel → share of the reports (the 12345 hotline and the grid patrols carry most)
@@ -191,8 +191,12 @@ class _Simulation:
             **data: Any) -> bool:
         with self.engine.begin() as conn:
             case = get_case(conn, case_id)
-            actor = {"department": case.person_name or case.department_name or "处置人员",
-                     "supervisor": SUPERVISOR, "platform": PLATFORM}.get(role, role)
+            if role == "supervisor":  # the grid's worker verifies (another one only once escalated)
+                names = verifiers(conn, case)
+                actor = names[case.id % len(names)] if names else SUPERVISOR
+            else:
+                actor = {"department": case.person_name or case.department_name or "处置人员",
+                         "platform": PLATFORM}.get(role, role)
             try:
                 act(conn, case_id, Action(action, actor, role, note, data), now=at)
             except ConflictError:
