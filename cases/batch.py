@@ -37,9 +37,10 @@ from cim.spatial import to_storage
 from cases.calendar import WorkingCalendar, load_calendar
 from cases.catalogue import CaseClass, class_by_code, department_kinds
 from cases.dispatch import NoDecision, Ranked, assign, rank
-from cases.intake import (MACHINE, PART_SNAP_M, PART_SQL, CaseReport, _at_point, _geocoded, _Location,
-                          _unreadable, _validate, register_note)
+from cases.intake import (MACHINE, PART_SNAP_M, PART_SQL, CaseReport, IntakeResult, _at_point, _geocoded,
+                          _Location, _unreadable, _validate, register_note)
 from cases.lifecycle import now_utc
+from cases.model import get_cases
 
 
 class TicketRaced(Exception):
@@ -54,6 +55,7 @@ class BatchOutcome:
     created: bool  # False: its ticket was in already (or earlier in the chunk)
     status: str | None  # of a created case
     manual_reason: str | None
+    duplicates: tuple[int, ...] = ()  # of a created case: open cases of its class nearby (merge candidates)
 
 
 def _dumps(value: Any) -> str:
@@ -267,7 +269,8 @@ def intake_batch(conn: Connection, reports: Sequence[CaseReport], now: datetime 
 
     outcomes: list[BatchOutcome | None] = [None] * len(reports)
     for i, row in zip(new, case_rows):
-        outcomes[i] = BatchOutcome(row["id"], True, row["status"], row["manual_reason"])
+        outcomes[i] = BatchOutcome(row["id"], True, row["status"], row["manual_reason"],
+                                   tuple(dups.get(row["id"], ())))
     for i, r in enumerate(reports):
         if outcomes[i] is None:
             key = (r.channel, r.external_id or "")
@@ -308,3 +311,32 @@ def _events(case_rows: list[dict[str, Any]], reports: Sequence[CaseReport], locs
         else:
             event(case_id, MACHINE, "system", "to_manual_queue", "registered", "registered", row["manual_reason"], {})
     return out
+
+
+def intake_each(conn: Connection, reports: Sequence[CaseReport], now: datetime | None = None) -> list[IntakeResult | UserError]:
+    """Independent reports (concurrent HTTP requests gathered into one transaction) taken in as one
+    batch: per report its :class:`IntakeResult` — as :func:`cases.intake.intake` gives it — or the
+    :class:`UserError` that report alone raises (bad channel, unknown class …), which does not
+    keep the others out. Raises :class:`TicketRaced` like :func:`intake_batch`."""
+    out: list[IntakeResult | UserError | None] = [None] * len(reports)
+    classes: dict[str, CaseClass] = {}
+    refused: dict[str, UserError] = {}  # a class code once refused is refused for every report naming it
+    for i, report in enumerate(reports):
+        try:
+            _validate(report)
+            if report.class_code in refused:
+                raise refused[report.class_code]
+            if report.class_code not in classes:
+                try:
+                    classes[report.class_code] = class_by_code(conn, report.class_code)
+                except UserError as exc:
+                    refused[report.class_code] = exc
+                    raise
+        except UserError as exc:
+            out[i] = exc
+    ok = [i for i, o in enumerate(out) if o is None]
+    outcomes = intake_batch(conn, [reports[i] for i in ok], now, classes=classes) if ok else []
+    cases = get_cases(conn, sorted({o.case_id for o in outcomes}))
+    for i, o in zip(ok, outcomes):
+        out[i] = IntakeResult(cases[o.case_id], o.created, list(o.duplicates))
+    return [o for o in out if o is not None]
