@@ -385,7 +385,7 @@ async def post_action(request: Request, case_id: int,
     return {**case_json(case, state.settings.srid), "log": [e.to_dict() for e in log]}
 
 
-def intake_group(engine: Engine, reports: Sequence[CaseReport]) -> list[IntakeResult | Exception]:
+def intake_group(engine: Engine, reports: Sequence[CaseReport], srid: int | None = None) -> list[IntakeResult | Exception]:
     """Concurrent reports in one transaction through the set-based intake (:func:`intake_each`): one
     geocode pass, one grid lookup, one dispatch per grid and class, one COPY. A report's own error
     (unknown class …) goes to its request only. Should the group fail as a whole — a ticket taken in
@@ -393,7 +393,7 @@ def intake_group(engine: Engine, reports: Sequence[CaseReport]) -> list[IntakeRe
     transaction, so only the report at fault hears of it."""
     try:
         with engine.begin() as conn:
-            return list(intake_each(conn, reports))
+            return list(intake_each(conn, reports, srid=srid))
     except Exception as exc:  # TicketRaced included
         if len(reports) > 1 or isinstance(exc, TicketRaced):
             return [_intake_alone(engine, report) for report in reports]
@@ -409,6 +409,6 @@ def _intake_alone(engine: Engine, report: CaseReport) -> IntakeResult | Exceptio
 
 
 def install(app: FastAPI) -> None:
-    engine = app.state.cim.engine
-    app.state.case_intake = GroupCommit(lambda reports: intake_group(engine, reports))
+    state = app.state.cim
+    app.state.case_intake = GroupCommit(lambda reports: intake_group(state.engine, reports, state.settings.srid))
     app.include_router(router)
