@@ -134,11 +134,13 @@ def get_case(conn: Connection, case_id: int, lock: bool = False) -> Case:
     return _case(row)
 
 
-def get_cases(conn: Connection, case_ids: Sequence[int]) -> dict[int, Case]:
-    """Several cases by id in one statement (ids not found are left out)."""
+def get_cases(conn: Connection, case_ids: Sequence[int], lock: bool = False) -> dict[int, Case]:
+    """Several cases by id in one statement (ids not found are left out); ``lock`` takes their row
+    locks in id order (so two such calls cannot deadlock)."""
     if not case_ids:
         return {}
-    rows = conn.execute(sa.text(_SELECT + " WHERE c.id = ANY(:ids)"), {"ids": list(case_ids)})
+    rows = conn.execute(sa.text(_SELECT + " WHERE c.id = ANY(:ids) ORDER BY c.id" + (" FOR UPDATE" if lock else "")),
+                        {"ids": list(case_ids)})
     return {case.id: case for case in map(_case, rows)}
 
 
