@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -151,11 +152,24 @@ def _point(x: float | None, y: float | None, z: float | None, srid: int) -> str 
     return struct.pack("<BIIddd", 1, 0xA0000001, srid, x, y, z or 0.0).hex()
 
 
+#: what COPY's text format escapes; most values hold none of it, and are sent as they are
+_COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
 def _field(value: Any) -> str:
-    """One value in COPY's text format."""
+    """One value in COPY's text format. By exact type first: this runs for every value of an
+    import (a third of its time, with the isinstance chain and four replaces per value)."""
     if value is None:
         return "\\N"
-    if isinstance(value, dict | list):
+    kind = type(value)
+    if kind is str:
+        text = value
+    elif kind is datetime:
+        text = value.isoformat()
+    elif kind is float:
+        text = repr(value)
+    elif kind is dict or kind is list or isinstance(value, dict | list):
         text = _dumps(value)
     elif isinstance(value, datetime):
         text = value.isoformat()
@@ -163,7 +177,7 @@ def _field(value: Any) -> str:
         text = repr(value)
     else:
         text = str(value)
-    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return text.translate(_COPY_ESCAPES) if _COPY_SPECIAL.search(text) else text
 
 
 def _copy(conn: Connection, table: str, columns: Sequence[str], rows: list[list[Any]]) -> None:

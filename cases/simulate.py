@@ -29,10 +29,10 @@ from sqlalchemy.engine import Engine
 from cim.bootstrap import stored_settings
 from cim.errors import ConflictError, UserError
 
-from cases.calendar import LOCAL
-from cases.catalogue import all_classes
 from cases.batch import intake_batch
 from cases.bulk import BulkItem, act_many
+from cases.calendar import LOCAL, load_calendar
+from cases.catalogue import all_classes
 from cases.intake import CaseReport
 from cases.lifecycle import Action, act, merge, tick, verifiers_by_scope, verify_scope
 from cases.model import Case, get_case, get_cases
@@ -230,8 +230,10 @@ class _Simulation:
                 "platform": PLATFORM}.get(role, role)
 
     def on_merge(self, events: list[tuple[datetime, dict[str, Any]]]) -> None:
-        for at, data in events:  # rare (a second report of a problem): one by one
-            with self.engine.begin() as conn:
+        # a merge reads the case kept: one action at a time, but the window's merges in one transaction
+        # (a refused merge raises before it writes, so the others stand)
+        with self.engine.begin() as conn:
+            for at, data in events:
                 keep = get_case(conn, data["into"])
                 if keep.status in ("merged", "not_registered", "closed", "handled"):
                     continue
@@ -240,7 +242,7 @@ class _Simulation:
                 except ConflictError:
                     self.report.conflicts += 1
                     continue
-            self.report.merged += 1
+                self.report.merged += 1
 
     def on_accept(self, events: list[tuple[datetime, dict[str, Any]]]) -> None:
         rng = self.rng
@@ -266,15 +268,21 @@ class _Simulation:
             self.push(when, "handle", case_id=case_id)
 
     def on_redispatch(self, events: list[tuple[datetime, dict[str, Any]]]) -> None:
-        for at, data in events:  # rare (after a 退单), and the machine looks up the chain: one by one
-            with self.engine.begin() as conn:
+        # the machine looks up the chain for each: one action at a time, the window's in one transaction
+        dispatched = []
+        with self.engine.begin() as conn:
+            calendar = load_calendar(conn)
+            for at, data in events:
                 try:
-                    case = act(conn, data["case_id"], Action("dispatch", PLATFORM, "platform"), now=at)
+                    case = act(conn, data["case_id"], Action("dispatch", PLATFORM, "platform"), now=at,
+                               calendar=calendar)
                 except ConflictError:
                     self.report.conflicts += 1
                     continue
-            if case.status == "dispatched":
-                self.push(at + self.hours(0.3, 3.0), "accept", case_id=case.id)
+                if case.status == "dispatched":
+                    dispatched.append((at, case.id))
+        for at, case_id in dispatched:
+            self.push(at + self.hours(0.3, 3.0), "accept", case_id=case_id)
 
     def on_extension(self, events: list[tuple[datetime, dict[str, Any]]]) -> None:
         done = self.act_all(events, lambda case, at, _: (
