@@ -21,22 +21,23 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from cim.errors import ParameterError, UserError
+from cim.errors import NotFoundError, ParameterError, UserError
 
 from cases.batch import _EVENT_COLUMNS, _copy
 from cases.calendar import WorkingCalendar, load_calendar
 from cases.catalogue import CaseClass, classes_for
-from cases.lifecycle import PLANNERS, Action, _check, log_row, verifier_problem, verifiers_by_scope
+from cases.lifecycle import (PLANNERS, Action, _check, log_row, merge_target, plan_merge, verifier_problem,
+                             verifiers_by_scope)
 from cases.model import Case, get_cases
 
 #: the columns an action's change may set (and so the set-based UPDATE writes)
 _MUTABLE = ("status", "registered_at", "handled_at", "closed_at", "rework_count", "returned_departments",
             "extension_requested_hours", "extension_count", "due_at", "overdue", "suspended_status",
-            "remaining_hours", "version")
+            "remaining_hours", "merged_into", "version")
 _TYPES = {"status": "text", "registered_at": "timestamptz", "handled_at": "timestamptz", "closed_at": "timestamptz",
           "rework_count": "int", "returned_departments": "jsonb", "extension_requested_hours": "float8",
           "extension_count": "int", "due_at": "timestamptz", "overdue": "boolean", "suspended_status": "text",
-          "remaining_hours": "float8", "version": "int"}
+          "remaining_hours": "float8", "merged_into": "bigint", "version": "int"}
 
 
 @dataclass(frozen=True)
@@ -57,17 +58,20 @@ class BulkResult:
 def act_many(conn: Connection, items: Sequence[BulkItem], now: datetime,
              calendar: WorkingCalendar | None = None) -> BulkResult:
     """Carry out many actions at once (see the module's docstring); the actions must be ones with
-    a planner (:data:`cases.lifecycle.PLANNERS`: not dispatch or merge, which look up the chain)."""
+    a planner (:data:`cases.lifecycle.PLANNERS`) or merge — not dispatch, which looks up the chain."""
     out = BulkResult()
     if not items:
         return out
     for item in items:
-        if item.action.action not in PLANNERS:
+        if item.action.action not in PLANNERS and item.action.action != "merge":
             raise ParameterError("action", f"action: {item.action.action} cannot be taken in bulk; valid: "
-                                           f"{', '.join(PLANNERS)}")
+                                           f"{', '.join(PLANNERS)}, merge")
     calendar = calendar or load_calendar(conn)
     ids = sorted({item.case_id for item in items})
-    cases = get_cases(conn, ids, lock=True)
+    kept = {i.action.data.get("into") for i in items if i.action.action == "merge"}
+    # the cases merged into are read (and locked, in the same id order) with the rest
+    cases = get_cases(conn, sorted(set(ids) | {k for k in kept if isinstance(k, int) and not isinstance(k, bool)}),
+                      lock=True)
     classes: dict[str, CaseClass] = {}
     for code, cls in classes_for(conn, sorted({c.class_code for c in cases.values()})).items():
         if isinstance(cls, UserError):
@@ -88,12 +92,24 @@ def act_many(conn: Connection, items: Sequence[BulkItem], now: datetime,
                 problem = verifier_problem(case, item.action, allowed)
                 if problem is not None:
                     raise problem
-            change = PLANNERS[item.action.action](case, classes[case.class_code], rule, item.action, at, calendar)
+            keep = None
+            if item.action.action == "merge":
+                into = merge_target(case, item.action)
+                keep = cases.get(into)
+                if keep is None:
+                    raise NotFoundError(f"case {into} does not exist")
+                change = plan_merge(case, keep, item.action)
+            else:
+                change = PLANNERS[item.action.action](case, classes[case.class_code], rule, item.action, at,
+                                                      calendar)
         except UserError as exc:
             out.errors[n] = exc
             continue
         frm, to, note, data = log_row(case, item.action, change)
         events.append([case.id, at, item.action.actor, item.action.role, item.action.action, frm, to, note, data])
+        if keep is not None:  # as lifecycle's merge: a log row on the case kept, which does not change
+            events.append([keep.id, at, item.action.actor, item.action.role, "merged_from", keep.status,
+                           keep.status, item.action.note, {"case_id": case.id}])
         cases[case.id] = dataclasses.replace(case, **change.values, version=case.version + 1)
     changed = [c for c in cases.values() if c is not before[c.id]]
     if changed:

@@ -361,17 +361,27 @@ def _resume(case, cls, rule, action, now, calendar) -> Change:
                   data={"due_at": due})
 
 
-def _merge(conn, case, cls, rule, action, now, calendar) -> None:
+def merge_target(case: Case, action: Action) -> int:
+    """The id of the case a merge of ``case`` keeps (``data.into``), checked."""
     into = action.data.get("into")
     if not isinstance(into, int) or isinstance(into, bool) or into == case.id:
         raise ParameterError("into", "into: merge needs data.into, the id of another case")
-    keep = get_case(conn, into)
+    return into
+
+
+def plan_merge(case: Case, keep: Case, action: Action) -> Change:
+    """The change a merge of ``case`` into ``keep`` makes (the kept case's log gets ``merged_from``)."""
     if keep.status in ("merged", "not_registered"):
-        raise ConflictError(f"case {into} is {keep.status}: merge into the case it leads to instead")
+        raise ConflictError(f"case {keep.id} is {keep.status}: merge into the case it leads to instead")
     if keep.class_code != case.class_code:
-        raise ConflictError(f"case {into} is of class {keep.class_code}, case {case.id} of {case.class_code}")
-    _apply(conn, case, action, now, Change(dict(status="merged", merged_into=into), "merged"))
-    write_event(conn, into, now, action.actor, action.role, "merged_from", keep.status, keep.status,
+        raise ConflictError(f"case {keep.id} is of class {keep.class_code}, case {case.id} of {case.class_code}")
+    return Change(dict(status="merged", merged_into=keep.id), "merged")
+
+
+def _merge(conn, case, cls, rule, action, now, calendar) -> None:
+    keep = get_case(conn, merge_target(case, action))
+    _apply(conn, case, action, now, plan_merge(case, keep, action))
+    write_event(conn, keep.id, now, action.actor, action.role, "merged_from", keep.status, keep.status,
                 action.note, {"case_id": case.id})
 
 

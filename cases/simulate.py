@@ -34,8 +34,8 @@ from cases.bulk import BulkItem, act_many
 from cases.calendar import LOCAL, load_calendar
 from cases.catalogue import all_classes
 from cases.intake import CaseReport
-from cases.lifecycle import Action, act, merge, tick, verifiers_by_scope, verify_scope
-from cases.model import Case, get_case, get_cases
+from cases.lifecycle import Action, act, tick, verifiers_by_scope, verify_scope
+from cases.model import Case, get_cases
 
 #: channel → share of the reports (the 12345 hotline and the grid patrols carry most)
 CHANNEL_SHARES = {"grid_patrol": 0.34, "hotline_12345": 0.30, "vehicle_patrol": 0.10, "public": 0.09,
@@ -230,19 +230,15 @@ class _Simulation:
                 "platform": PLATFORM}.get(role, role)
 
     def on_merge(self, events: list[tuple[datetime, dict[str, Any]]]) -> None:
-        # a merge reads the case kept: one action at a time, but the window's merges in one transaction
-        # (a refused merge raises before it writes, so the others stand)
         with self.engine.begin() as conn:
-            for at, data in events:
-                keep = get_case(conn, data["into"])
-                if keep.status in ("merged", "not_registered", "closed", "handled"):
-                    continue
-                try:
-                    merge(conn, data["into"], [data["case_id"]], PLATFORM, note="同一问题重复上报，合并", now=at)
-                except ConflictError:
-                    self.report.conflicts += 1
-                    continue
-                self.report.merged += 1
+            keep = get_cases(conn, sorted({d["into"] for _, d in events}))
+            items = [BulkItem(d["case_id"], Action("merge", PLATFORM, "platform", "同一问题重复上报，合并",
+                                                   {"into": d["into"]}), at)
+                     for at, d in events
+                     if keep[d["into"]].status not in ("merged", "not_registered", "closed", "handled")]
+            done = act_many(conn, items, now=events[-1][0])
+        self.report.conflicts += len(done.errors)
+        self.report.merged += len(items) - len(done.errors)
 
     def on_accept(self, events: list[tuple[datetime, dict[str, Any]]]) -> None:
         rng = self.rng

@@ -245,34 +245,46 @@ def test_set_based_actions_equal_the_one_at_a_time_actions(two_cities):
         (1, "verify", "supervisor", worker, "没修好", {"passed": False}, t3),
         (2, "verify", "supervisor", "路人甲", None, {"passed": True}, t3),  # refused: not the grid's worker (403)
         (1, "handle", "department", "处置员", "重修", {}, t3),  # sees the failed verification: accepted again
+        (4, "merge", "platform", "平台", "重复上报", {"into": 3}, t3),  # into: a case number, made an id below
+        (3, "merge", "platform", "平台", "重复上报", {"into": 4}, t3),  # refused: case 4 is merged now (409)
     ]
+
+    def data_of(engine, data):
+        return {**data, "into": ids[engine][data["into"]]} if "into" in data else data
+
     refused_single = []
     for k, (n, action, role, actor, note, data, at) in enumerate(script):
         try:
             with single.begin() as conn:
-                act(conn, ids[single][n], Action(action, actor, role, note, data), now=at)
+                act(conn, ids[single][n], Action(action, actor, role, note, data_of(single, data)), now=at)
         except UserError as exc:
             refused_single.append((k, type(exc)))
     with bulk.begin() as conn:
-        done = act_many(conn, [BulkItem(ids[bulk][n], Action(action, actor, role, note, data), at)
+        done = act_many(conn, [BulkItem(ids[bulk][n], Action(action, actor, role, note, data_of(bulk, data)), at)
                                for n, action, role, actor, note, data, at in script], now=t3)
     assert sorted((k, type(e)) for k, e in done.errors.items()) == refused_single
-    assert [t for _, t in refused_single] == [ConflictError, type(done.errors[14])] and done.errors[14].status == 403
+    assert [t for _, t in refused_single] == [ConflictError, type(done.errors[14]), ConflictError]
+    assert done.errors[14].status == 403
 
     def state(engine):
         """What the actions changed: the cases' lifecycle fields and the log rows after intake's three
         (ids and the person dispatched to may differ between the two bases: earlier tests of the module)."""
         from cases.bulk import _MUTABLE
 
+        number = {case_id: n for n, case_id in enumerate(ids[engine])}  # ids → case numbers, to compare
+
+        def numbered(data):
+            return {k: number.get(v, v) if k in ("into", "case_id", "merged_into") else v for k, v in data.items()}
+
         with engine.connect() as conn:
             out = []
             for case_id in ids[engine]:
                 c = get_case(conn, case_id)
-                out.append(({k: getattr(c, k) for k in _MUTABLE},
-                            [(e.actor, e.role, e.action, e.from_status, e.to_status, e.note, e.data, e.at)
+                out.append((numbered({k: getattr(c, k) for k in _MUTABLE}),
+                            [(e.actor, e.role, e.action, e.from_status, e.to_status, e.note, numbered(e.data), e.at)
                              for e in case_log(conn, case_id)[3:]]))
             return out
 
     assert state(bulk) == state(single)
     assert [c.status for c in (done.cases[i] for i in ids[bulk])] == [
-        "closed", "handled", "handled", "accepted", "accepted", "returned"]
+        "closed", "handled", "handled", "accepted", "merged", "returned"]
