@@ -24,7 +24,7 @@ from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 from starlette.middleware import Middleware
 
-from api import openapi_errors, problems
+from api import openapi_errors, periodic, problems
 from api.auth import ReadAccessMiddleware
 from api.deps import create_state
 from api.limits import BodyLimitMiddleware
@@ -61,7 +61,8 @@ def create_app(engine: Engine | None = None, deployment: DeploymentSettings | No
 
     app = FastAPI(title="CIM city data platform", version="0.1.0", default_response_class=OrjsonResponse,
                   description="Spatial API over the city base: OGC API – Features, grid lookup, proximity, "
-                              "geocoding and tiles.", middleware=MIDDLEWARE)
+                              "geocoding and tiles.", middleware=MIDDLEWARE,
+                  lifespan=periodic.lifespan)  # the periodic jobs (case tick …) when a setting enables them
     app.state.cim = create_state(engine or get_engine(), deployment)
     problems.install(app)
     for module_name in ROUTER_MODULES:

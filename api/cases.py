@@ -18,22 +18,24 @@ Errors are the core's (``cim.errors`` and subclasses), mapped once by :mod:`api.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import Response
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from starlette.concurrency import run_in_threadpool
 
 from api import auth
 from api.deps import get_state
 from api.features import MAX_OFFSET
+from api.group_commit import GroupCommit
 from api.limits import MAX_BBOX_CHARS, MAX_DATETIME_CHARS, MAX_NAME_CHARS, MAX_PHOTOS_PER_REPORT
 from api.responses import OrjsonResponse
 from cases.attachments import MAX_BYTES, Attachment, add_attachment, attachments_of, default_root
+from cases.batch import TicketRaced, intake_each
 from cases.catalogue import class_by_code
 from cases.evaluation import UNITS, evaluate, to_csv
 from cases.intake import CaseReport, IntakeResult, intake
@@ -191,12 +193,15 @@ async def post_case(request: Request, key: ApiKey = Depends(auth.require_role("r
     data, photos = await report_and_photos(request)
     report = report_from(data)
     state = get_state(request)
+    added: list[Attachment] = []
+    if photos:
+        def run() -> tuple[IntakeResult, list[Attachment]]:
+            with state.engine.begin() as conn:
+                return create_case(conn, report, photos, key)
 
-    def run() -> tuple[IntakeResult, list[Attachment]]:
-        with state.engine.begin() as conn:
-            return create_case(conn, report, photos, key)
-
-    result, added = await run_in_threadpool(run)
+        result, added = await run_in_threadpool(run)
+    else:  # the common report: gathered with the concurrent ones into one set-based transaction
+        result = await request.app.state.case_intake.submit(report)
     body = {**case_json(result.case, state.settings.srid), "created": result.created,
             "duplicates": result.duplicates, "attachments": [_attachment_json(a) for a in added]}
     return OrjsonResponse(body, status_code=201 if result.created else 200,
@@ -380,5 +385,30 @@ async def post_action(request: Request, case_id: int,
     return {**case_json(case, state.settings.srid), "log": [e.to_dict() for e in log]}
 
 
+def intake_group(engine: Engine, reports: Sequence[CaseReport], srid: int | None = None) -> list[IntakeResult | Exception]:
+    """Concurrent reports in one transaction through the set-based intake (:func:`intake_each`): one
+    geocode pass, one grid lookup, one dispatch per grid and class, one COPY. A report's own error
+    (unknown class …) goes to its request only. Should the group fail as a whole — a ticket taken in
+    meanwhile by another process, or anything unforeseen — each report is taken in alone, in its own
+    transaction, so only the report at fault hears of it."""
+    try:
+        with engine.begin() as conn:
+            return list(intake_each(conn, reports, srid=srid))
+    except Exception as exc:  # TicketRaced included
+        if len(reports) > 1 or isinstance(exc, TicketRaced):
+            return [_intake_alone(engine, report) for report in reports]
+        return [exc]
+
+
+def _intake_alone(engine: Engine, report: CaseReport) -> IntakeResult | Exception:
+    try:
+        with engine.begin() as conn:
+            return intake(conn, report)  # ON CONFLICT: a ticket racing in gives the winner's case
+    except Exception as exc:
+        return exc
+
+
 def install(app: FastAPI) -> None:
+    state = app.state.cim
+    app.state.case_intake = GroupCommit(lambda reports: intake_group(state.engine, reports, state.settings.srid))
     app.include_router(router)

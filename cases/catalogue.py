@@ -3,7 +3,7 @@ the kind of department that handles them and the duplicate radius/window.
 
 The packaged CSV (``cases/data/case_classes.csv``, after GB/T 30428.2; part classes keep the
 codes of the base's part catalogue) seeds a base on first use; a city replaces or extends it with
-``cim cases classes load FILE``. Department kinds are recognised in department names by the
+``cim ingest case-classes FILE`` (also ``cim cases classes load``). Department kinds are recognised in department names by the
 patterns of ``cases/data/department_kinds.csv`` (the names every responsibility chain carries).
 """
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -209,6 +210,29 @@ def class_by_code(conn: Connection, code_or_name: str, parameter: str = "class")
                                  "ORDER BY kind DESC, code")).scalars().all()
     why = f"{key!r} names {len(rows)} 小类, give the code" if rows else f"unknown case class {key!r}"
     raise ParameterError(parameter, f"{parameter}: {why}; valid 小类: {', '.join(valid)}")
+
+
+def classes_for(conn: Connection, keys: Sequence[str], parameter: str = "class") -> dict[str, CaseClass | UserError]:
+    """:func:`class_by_code` for many keys with one statement: each key → its 小类, or the error
+    :func:`class_by_code` raises for it (unknown, or a name several 小类 share)."""
+    ensure_seeded(conn)
+    rows = conn.execute(sa.text(f"SELECT {', '.join(CLASS_COLUMNS)} FROM case_classes WHERE parent_code IS NOT NULL"))
+    by_key: dict[str, list[CaseClass]] = {}
+    for cls in map(_from_row, rows):
+        by_key.setdefault(cls.code, []).append(cls)
+        if cls.name != cls.code:
+            by_key.setdefault(cls.name, []).append(cls)
+    out: dict[str, CaseClass | UserError] = {}
+    for key in keys:
+        found = by_key.get((key or "").strip(), [])
+        if len(found) == 1:
+            out[key] = found[0]
+            continue
+        try:  # the rare miss: the single lookup words the error (and lists the valid 小类)
+            out[key] = class_by_code(conn, key, parameter)
+        except UserError as exc:
+            out[key] = exc
+    return out
 
 
 def department_kinds(conn: Connection) -> dict[str, re.Pattern[str]]:

@@ -220,8 +220,23 @@ def calendar_load(path: Path = typer.Argument(..., help="CSV day,kind,name (kind
     typer.echo(f"{path}: {n} days written")
 
 
+def _group(app: typer.Typer, name: str) -> typer.Typer | None:
+    """The sub-command group ``name`` another edge registered on ``app``, if it did."""
+    for info in app.registered_groups:
+        if info.name == name and info.typer_instance is not None:
+            return info.typer_instance
+    return None
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(cases_app, name="cases")
+    # the issue names it ``cim ingest case-classes FILE``: the loaders (ingest) may not import the case
+    # loop (same layer, independent), so the case loop adds its one command to their group when both
+    # are installed; ``cim cases classes load`` is the same function
+    ingest_group = _group(app, "ingest")
+    if ingest_group is not None and not any(c.name == "case-classes" for c in ingest_group.registered_commands):
+        ingest_group.command("case-classes", help="Replace or extend the case class catalogue (大类/小类) from a "
+                                                  "CSV with the columns of cases/data/case_classes.csv.")(classes_load)
 
 
 __all__ = ["register"]

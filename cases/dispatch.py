@@ -28,6 +28,10 @@ from cases.catalogue import CaseClass
 
 #: the grid platform's own departments: they watch and verify, they are never dispatched to
 PLATFORM_DEPARTMENT = re.compile(r"网格化管理中心|城运中心|城市运行管理中心")
+#: the grid worker's post (网格监督员) at the grid platform: the one who verifies handled cases (核查);
+#: only together with :data:`PLATFORM_DEPARTMENT`, so a 消防监督员 of the fire brigade is not one.
+#: Both are used as PostgreSQL regular expressions too (plain alternations: the same meaning there).
+GRID_WORKER_POST = re.compile(r"网格监督员|城管监督员|网格员")
 
 
 @dataclass(frozen=True)

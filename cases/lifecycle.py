@@ -18,7 +18,7 @@ same transaction as the change.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -31,7 +31,7 @@ from cim.grid import responsibility_for
 
 from cases.calendar import WorkingCalendar, load_calendar
 from cases.catalogue import CaseClass, class_by_code, department_kinds
-from cases.dispatch import Assignment, choose
+from cases.dispatch import GRID_WORKER_POST, PLATFORM_DEPARTMENT, Assignment, choose
 from cases.model import OPEN_STATUSES, Case, get_case, write_event
 
 ROLES = ("system", "platform", "department", "supervisor", "reporter")
@@ -135,12 +135,17 @@ def act(conn: Connection, case_id: int, action: Action, now: datetime | None = N
     calendar = calendar or load_calendar(conn)
     if cls is None or cls.code != case.class_code:
         cls = class_by_code(conn, case.class_code)
-    handler = _HANDLERS.get(action.action, _simple)
-    handler(conn, case, cls, rule, action, now, calendar)
-    hooks = _HOOKS.get((case.class_code, action.action), ())
-    for hook in hooks:
-        hook(conn, get_case(conn, case_id), action, now)
-    return get_case(conn, case_id)
+    if action.action in PLANNERS:
+        if action.action == "verify":
+            problem = verifier_problem(case, action, verifiers_by_scope(conn, [case]))
+            if problem is not None:
+                raise problem
+        _apply(conn, case, action, now, PLANNERS[action.action](case, cls, rule, action, now, calendar))
+    else:
+        _HANDLERS[action.action](conn, case, cls, rule, action, now, calendar)
+    after = get_case(conn, case_id)
+    run_hooks(conn, after, action, now)
+    return after
 
 
 #: What a scenario adds to an action on its own classes: called after the action, in the same
@@ -164,22 +169,49 @@ def on_action(class_codes: Iterable[str], actions: Iterable[str], hook: ActionHo
                 hooks.append(hook)
 
 
-def _log(conn: Connection, case: Case, action: Action, now: datetime, to_status: str | None,
-         note: str | None = None, **data: Any) -> int:
-    return write_event(conn, case.id, now, action.actor, action.role, action.action, case.status,
-                       to_status or case.status, note if note is not None else action.note,
-                       {**action.data, **data})
+def has_hooks(class_code: str, action: str) -> bool:
+    return bool(_HOOKS.get((class_code, action)))
 
 
-def _simple(conn, case, cls, rule, action, now, calendar) -> None:
+def run_hooks(conn: Connection, case: Case, action: "Action", now: datetime) -> None:
+    """The hooks registered for ``case``'s class and ``action`` (by :func:`act` and, for each case it
+    changed, :func:`cases.bulk.act_many`)."""
+    for hook in _HOOKS.get((case.class_code, action.action), ()):
+        hook(conn, case, action, now)
+
+
+@dataclass(frozen=True)
+class Change:
+    """What an action does to a case, computed without the database (so one action's rule serves
+    :func:`act` and the set-based :func:`cases.bulk.act_many` alike): the columns it sets, the status
+    it leads to, its log row's note (None: the action's) and data (added to the action's)."""
+
+    values: dict[str, Any]
+    to_status: str
+    note: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def log_row(case: Case, action: Action, change: Change) -> tuple[str | None, str, str | None, dict[str, Any]]:
+    """(from status, to status, note, data) of the log row ``change`` of ``case`` writes."""
+    note = change.note if change.note is not None else action.note
+    return case.status, change.to_status, note, {**action.data, **change.data}
+
+
+def _apply(conn: Connection, case: Case, action: Action, now: datetime, change: Change) -> None:
+    _update(conn, case, **change.values)
+    frm, to, note, data = log_row(case, action, change)
+    write_event(conn, case.id, now, action.actor, action.role, action.action, frm, to, note, data)
+
+
+def _simple(case, cls, rule, action, now, calendar) -> Change:
     target = rule.target or case.status
     values: dict[str, Any] = {}
     if action.action == "register":
         values["registered_at"] = now
     if target != case.status:
         values["status"] = target
-    _update(conn, case, **values)
-    _log(conn, case, action, now, target)
+    return Change(values, target)
 
 
 def _dispatch(conn, case, cls, rule, action, now, calendar) -> None:
@@ -201,10 +233,9 @@ def _dispatch(conn, case, cls, rule, action, now, calendar) -> None:
     if case.due_at is None:  # the handling clock starts at the first dispatch; a 退单 does not reset it
         hours, kind = cls.limit(case.urgency)
         values["due_at"] = calendar.add(now, hours or 0, kind)
-    _update(conn, case, **values)
-    _log(conn, case, action, now, "dispatched", note=action.note or found.reason,
-         department_code=found.department_code, post_code=found.post_code, person_name=found.person_name,
-         due_at=values.get("due_at", case.due_at))
+    _apply(conn, case, action, now, Change(values, "dispatched", action.note or found.reason, dict(
+        department_code=found.department_code, post_code=found.post_code, person_name=found.person_name,
+        due_at=values.get("due_at", case.due_at))))
 
 
 def machine_assignment(conn: Connection, case: Case, cls: CaseClass) -> Assignment | str:
@@ -234,91 +265,166 @@ def _manual_assignment(conn: Connection, case: Case, department_code: str, actio
                       f"dispatched by hand by {action.actor} to {row.code} {row.name}, post {row.post_code}")
 
 
-def _return(conn, case, cls, rule, action, now, calendar) -> None:
+def _return(case, cls, rule, action, now, calendar) -> Change:
     returned = list(case.returned_departments) + ([case.department_code] if case.department_code else [])
-    _update(conn, case, status="returned", returned_departments=returned)
-    _log(conn, case, action, now, "returned", department_code=case.department_code)
+    return Change(dict(status="returned", returned_departments=returned), "returned",
+                  data={"department_code": case.department_code})
 
 
-def _handle(conn, case, cls, rule, action, now, calendar) -> None:
-    _update(conn, case, status="handled", handled_at=now)
-    _log(conn, case, action, now, "handled")
+def _handle(case, cls, rule, action, now, calendar) -> Change:
+    return Change(dict(status="handled", handled_at=now), "handled")
 
 
-def _verify(conn, case, cls, rule, action, now, calendar) -> None:
+#: who may verify at each escalation level: the case's own grid, then its district, then the city
+_VERIFY_SCOPES = ("grid", "district", "city")
+
+
+def verify_scope(case: Case) -> tuple[str, str | None]:
+    """(level, code) of the units whose grid workers may verify ``case``: its grid; once escalated
+    to the district platform, any grid worker of its district; at the city, any. A case placed in
+    no grid (dispatched by hand) falls back to its street, then its district, then the city."""
+    level = _VERIFY_SCOPES[min(case.escalation_level, 2)]
+    if level == "grid" and case.grid_code is None:
+        level = "street" if case.street_code else "district"
+    if level == "street":
+        return level, case.street_code
+    if level == "district" and case.district_code is None:
+        level = "city"
+    return level, {"grid": case.grid_code, "district": case.district_code}.get(level)
+
+
+_VERIFIERS_SQL = (
+    "SELECT DISTINCT pe.name FROM grid_posts gp JOIN posts p ON p.id = gp.post_id "
+    "JOIN departments d ON d.id = p.department_id JOIN post_persons pp ON pp.post_id = p.id "
+    "JOIN persons pe ON pe.id = pp.person_id WHERE p.name ~ :post AND d.name ~ :platform AND {scope} ORDER BY 1")
+_SCOPE_SQL = {"grid": "gp.grid_code = :code",
+              "street": "gp.grid_code IN (SELECT grid_code FROM grids WHERE street_code = :code)",
+              "district": "gp.grid_code IN (SELECT grid_code FROM grids WHERE district_code = :code)",
+              "city": "true"}
+
+
+def verifiers_by_scope(conn: Connection, cases: Sequence[Case]) -> dict[tuple[str, str | None], list[str]]:
+    """For each verify scope of ``cases``: the persons holding a grid-worker post (网格监督员) of the
+    grid platform there, by name. One statement for all grid scopes (the common case), one per other."""
+    scopes = {verify_scope(c) for c in cases}
+    out: dict[tuple[str, str | None], list[str]] = {s: [] for s in scopes}
+    params = {"post": GRID_WORKER_POST.pattern, "platform": PLATFORM_DEPARTMENT.pattern}
+    grids = sorted(code for level, code in scopes if level == "grid" and code)
+    if grids:
+        rows = conn.execute(sa.text(_VERIFIERS_SQL.replace("SELECT DISTINCT pe.name", "SELECT DISTINCT gp.grid_code, "
+                                                           "pe.name").format(scope="gp.grid_code = ANY(:codes)")),
+                            {**params, "codes": grids})
+        for grid, name in sorted(rows):
+            out[("grid", grid)].append(name)
+    for level, code in scopes:
+        if level != "grid":
+            out[(level, code)] = list(conn.execute(sa.text(_VERIFIERS_SQL.format(scope=_SCOPE_SQL[level])),
+                                                   {**params, "code": code}).scalars())
+    return out
+
+
+def verifiers(conn: Connection, case: Case) -> list[str]:
+    """The persons who may verify ``case`` (核查), by name (see :func:`verify_scope`)."""
+    return verifiers_by_scope(conn, [case])[verify_scope(case)]
+
+
+def verifier_problem(case: Case, action: Action, allowed: dict[tuple[str, str | None], list[str]]) -> UserError | None:
+    """The issue's rule: a handled case is verified by the grid's worker, not by anyone with the
+    supervisor role — or, once the case is escalated, by a grid worker of the escalation level.
+    None if ``action.actor`` may verify ``case``; else the error (403, or 409 when nobody may)."""
+    level, code = verify_scope(case)
+    names = allowed.get((level, code), [])
+    where = f"{level} {code}" if code else "the city"
+    if not names:
+        return ConflictError(f"case {case.id}: no grid worker (网格监督员) holds a post in {where}, so nobody may "
+                             "verify it yet; load the grid's responsibility chain, or escalate the case")
+    if action.actor not in names:
+        shown = ", ".join(names[:10]) + (f" … ({len(names)} in all)" if len(names) > 10 else "")
+        return RoleError(f"case {case.id} is verified by a grid worker (网格监督员) of {where} ({shown}), "
+                         f"not by {action.actor}")
+    return None
+
+
+def _verify(case, cls, rule, action, now, calendar) -> Change:
     passed = action.data.get("passed")
     if not isinstance(passed, bool):
         raise ParameterError("passed", "passed: verify needs data.passed true (结案) or false (返工)")
     if passed:
-        _update(conn, case, status="closed", closed_at=now)
-        _log(conn, case, action, now, "closed")
-    else:
-        if not (action.note and action.note.strip()):
-            raise ParameterError("note", "note: a failed verification needs a note saying what is wrong")
-        _update(conn, case, status="accepted", rework_count=case.rework_count + 1, handled_at=None)
-        _log(conn, case, action, now, "accepted", rework=case.rework_count + 1)
+        return Change(dict(status="closed", closed_at=now), "closed")
+    if not (action.note and action.note.strip()):
+        raise ParameterError("note", "note: a failed verification needs a note saying what is wrong")
+    return Change(dict(status="accepted", rework_count=case.rework_count + 1, handled_at=None), "accepted",
+                  data={"rework": case.rework_count + 1})
 
 
-def _request_extension(conn, case, cls, rule, action, now, calendar) -> None:
+def _request_extension(case, cls, rule, action, now, calendar) -> Change:
     hours = action.data.get("hours")
     if not isinstance(hours, int | float) or isinstance(hours, bool) or hours <= 0:
         raise ParameterError("hours", "hours: an extension request needs data.hours > 0")
     if case.extension_requested_hours is not None:
         raise ConflictError(f"case {case.id} already has an extension request pending")
-    _update(conn, case, extension_requested_hours=float(hours))
-    _log(conn, case, action, now, None)
+    return Change(dict(extension_requested_hours=float(hours)), case.status)
 
 
-def _decide_extension(conn, case, cls, rule, action, now, calendar) -> None:
+def _decide_extension(case, cls, rule, action, now, calendar) -> Change:
     if case.extension_requested_hours is None:
         raise ConflictError(f"case {case.id} has no extension request to decide")
     if action.action == "refuse_extension":
-        _update(conn, case, extension_requested_hours=None)
-        _log(conn, case, action, now, None)
-        return
+        return Change(dict(extension_requested_hours=None), case.status)
     _, kind = cls.limit(case.urgency)
     due = calendar.add(case.due_at or now, case.extension_requested_hours, kind)
-    _update(conn, case, extension_requested_hours=None, extension_count=case.extension_count + 1, due_at=due,
-            overdue=due < now)
-    _log(conn, case, action, now, None, hours=case.extension_requested_hours, due_at=due)
+    return Change(dict(extension_requested_hours=None, extension_count=case.extension_count + 1, due_at=due,
+                       overdue=due < now), case.status, data={"hours": case.extension_requested_hours, "due_at": due})
 
 
-def _suspend(conn, case, cls, rule, action, now, calendar) -> None:
+def _suspend(case, cls, rule, action, now, calendar) -> Change:
     _, kind = cls.limit(case.urgency)
     remaining = calendar.hours_between(now, case.due_at, kind) if case.due_at else None
-    _update(conn, case, status="suspended", suspended_status=case.status, remaining_hours=remaining)
-    _log(conn, case, action, now, "suspended", remaining_hours=remaining)
+    return Change(dict(status="suspended", suspended_status=case.status, remaining_hours=remaining), "suspended",
+                  data={"remaining_hours": remaining})
 
 
-def _resume(conn, case, cls, rule, action, now, calendar) -> None:
+def _resume(case, cls, rule, action, now, calendar) -> Change:
     # the clock stood still while suspended: the deadline moves by the time it was stopped
     _, kind = cls.limit(case.urgency)
     due = case.due_at
     if case.remaining_hours is not None:
         due = calendar.add(now, case.remaining_hours, kind) if case.remaining_hours > 0 else case.due_at
     target = case.suspended_status or "registered"
-    _update(conn, case, status=target, suspended_status=None, remaining_hours=None, due_at=due)
-    _log(conn, case, action, now, target, due_at=due)
+    return Change(dict(status=target, suspended_status=None, remaining_hours=None, due_at=due), target,
+                  data={"due_at": due})
 
 
-def _merge(conn, case, cls, rule, action, now, calendar) -> None:
+def merge_target(case: Case, action: Action) -> int:
+    """The id of the case a merge of ``case`` keeps (``data.into``), checked."""
     into = action.data.get("into")
     if not isinstance(into, int) or isinstance(into, bool) or into == case.id:
         raise ParameterError("into", "into: merge needs data.into, the id of another case")
-    keep = get_case(conn, into)
+    return into
+
+
+def plan_merge(case: Case, keep: Case, action: Action) -> Change:
+    """The change a merge of ``case`` into ``keep`` makes (the kept case's log gets ``merged_from``)."""
     if keep.status in ("merged", "not_registered"):
-        raise ConflictError(f"case {into} is {keep.status}: merge into the case it leads to instead")
+        raise ConflictError(f"case {keep.id} is {keep.status}: merge into the case it leads to instead")
     if keep.class_code != case.class_code:
-        raise ConflictError(f"case {into} is of class {keep.class_code}, case {case.id} of {case.class_code}")
-    _update(conn, case, status="merged", merged_into=into)
-    _log(conn, case, action, now, "merged")
-    write_event(conn, into, now, action.actor, action.role, "merged_from", keep.status, keep.status,
+        raise ConflictError(f"case {keep.id} is of class {keep.class_code}, case {case.id} of {case.class_code}")
+    return Change(dict(status="merged", merged_into=keep.id), "merged")
+
+
+def _merge(conn, case, cls, rule, action, now, calendar) -> None:
+    keep = get_case(conn, merge_target(case, action))
+    _apply(conn, case, action, now, plan_merge(case, keep, action))
+    write_event(conn, keep.id, now, action.actor, action.role, "merged_from", keep.status, keep.status,
                 action.note, {"case_id": case.id})
 
 
-_HANDLERS = {"dispatch": _dispatch, "return": _return, "handle": _handle, "verify": _verify,
-             "request_extension": _request_extension, "approve_extension": _decide_extension,
-             "refuse_extension": _decide_extension, "suspend": _suspend, "resume": _resume, "merge": _merge}
+#: actions whose change is computed without the database (``act`` and ``cases.bulk.act_many`` share them)
+PLANNERS = {"register": _simple, "reject": _simple, "accept": _simple, "return": _return, "handle": _handle,
+            "verify": _verify, "request_extension": _request_extension, "approve_extension": _decide_extension,
+            "refuse_extension": _decide_extension, "suspend": _suspend, "resume": _resume, "comment": _simple}
+#: actions that look things up (the responsibility chain, the case merged into)
+_HANDLERS = {"dispatch": _dispatch, "merge": _merge}
 
 
 def merge(conn: Connection, keep_id: int, duplicate_ids: list[int], actor: str, role: str = "platform",

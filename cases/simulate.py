@@ -6,7 +6,7 @@ public an address text), classes weighted towards the everyday ones, addresses d
 city's address layer, a few that no gazetteer can place (→ the manual queue) and a few second
 reports of the same problem (→ merged by the platform). The handlers: the department accepts,
 sometimes returns a case that is not its own (→ re-dispatched by machine) or asks for an extension
-(mostly approved), handles it mostly in time and sometimes late; the grid's supervisor verifies and
+(mostly approved), handles it mostly in time and sometimes late; the grid's worker (网格监督员) verifies and
 fails some (→ rework). ``tick`` runs twice a working day, so late cases are marked overdue and
 escalated.
 
@@ -29,11 +29,13 @@ from sqlalchemy.engine import Engine
 from cim.bootstrap import stored_settings
 from cim.errors import ConflictError, UserError
 
-from cases.calendar import LOCAL
+from cases.batch import intake_batch
+from cases.bulk import BulkItem, act_many
+from cases.calendar import LOCAL, load_calendar
 from cases.catalogue import all_classes
-from cases.intake import CaseReport, intake
-from cases.lifecycle import Action, act, merge, tick
-from cases.model import get_case
+from cases.intake import CaseReport
+from cases.lifecycle import Action, act, tick, verifiers_by_scope, verify_scope
+from cases.model import Case, get_cases
 
 #: channel → share of the reports (the 12345 hotline and the grid patrols carry most)
 CHANNEL_SHARES = {"grid_patrol": 0.34, "hotline_12345": 0.30, "vehicle_patrol": 0.10, "public": 0.09,
@@ -45,6 +47,8 @@ COMMON = {"暴露垃圾": 8, "道路破损": 6, "占道堆物": 6, "店外经营
           "井盖缺失": 3, "群租": 2, "非法小广告": 4, "非机动车乱停放": 4}
 UNPLACEABLE = ("老西门附近", "小区门口", "菜场后面那条弄堂", "火星路1号")
 PLATFORM, SUPERVISOR = "区网格化管理中心", "网格监督员"
+#: events due within one window of simulated time are taken together, kind by kind (set-based)
+WINDOW = timedelta(minutes=10)
 
 
 @dataclass
@@ -165,122 +169,182 @@ class _Simulation:
         return CaseReport(channel=channel, class_code=cls.code, urgency=urgency, description=description,
                           address_text=text, external_id=external_id, reporter_contact=contact, reported_at=at)
 
-    # --- the handlers ----------------------------------------------------------------------------
+    # --- the handlers: each takes the events of one kind due in a window, set-based ----------------
 
-    def on_report(self, at: datetime, n: int) -> None:
-        report = self.new_report(n, at)
-        self.report.reported += 1
-        self.report.by_channel[report.channel] = self.report.by_channel.get(report.channel, 0) + 1
+    def on_report(self, events: list[tuple[datetime, dict[str, Any]]]) -> None:
+        reports = [self.new_report(data["n"], at) for at, data in events]
+        for report in reports:
+            self.report.reported += 1
+            self.report.by_channel[report.channel] = self.report.by_channel.get(report.channel, 0) + 1
+        at = events[-1][0]  # the platform registers the window's reports at its last one
         with self.engine.begin() as conn:
-            result = intake(conn, report, now=at)
-        case = result.case
-        self.recent.append((report, case.id))
-        if not result.created:
-            self.report.known += 1
-            return
-        self.report.created += 1
-        if result.duplicates:  # the platform merges a second report into the first
-            self.push(at + self.hours(0.2, 1.0), "merge", case_id=case.id, into=result.duplicates[0])
-        if case.status == "dispatched":
-            self.report.machine_dispatched += 1
-            self.push(at + self.hours(0.3, 4.0), "accept", case_id=case.id)
-        elif case.manual_reason:
-            self.report.manual_queue += 1
+            outcomes = intake_batch(conn, reports, now=at, srid=self.srid)
+        for report, outcome in zip(reports, outcomes):
+            self.recent.append((report, outcome.case_id))
+            if not outcome.created:
+                self.report.known += 1
+                continue
+            self.report.created += 1
+            if outcome.duplicates:  # the platform merges a second report into the first
+                self.push(at + self.hours(0.2, 1.0), "merge", case_id=outcome.case_id, into=outcome.duplicates[0])
+            if outcome.status == "dispatched":
+                self.report.machine_dispatched += 1
+                self.push(at + self.hours(0.3, 4.0), "accept", case_id=outcome.case_id)
+            elif outcome.manual_reason:
+                self.report.manual_queue += 1
+        del self.recent[:-50]
 
-    def act(self, case_id: int, at: datetime, action: str, role: str, note: str | None = None,
-            **data: Any) -> bool:
+    def act_all(self, events: list[tuple[datetime, dict[str, Any]]], decide: Any,
+                verifying: bool = False) -> list[tuple[datetime, int, Case | None]]:
+        """One transaction for a window's actions of one kind: ``decide(case, at, verifiers)`` gives each event's
+        (action, role, note, data) or None to skip it; returns (at, case id, the case after it or None
+        if the rules refused it)."""
+        out: list[tuple[datetime, int, Case | None]] = []
         with self.engine.begin() as conn:
-            case = get_case(conn, case_id)
-            actor = {"department": case.person_name or case.department_name or "处置人员",
-                     "supervisor": SUPERVISOR, "platform": PLATFORM}.get(role, role)
-            try:
-                act(conn, case_id, Action(action, actor, role, note, data), now=at)
-            except ConflictError:
+            cases = get_cases(conn, sorted({d["case_id"] for _, d in events}))
+            allowed = verifiers_by_scope(conn, list(cases.values())) if verifying else {}
+            items, keys = [], []
+            for at, data in events:
+                case = cases[data["case_id"]]
+                decided = decide(case, at, allowed)
+                if decided is None:
+                    continue
+                action, role, note, payload = decided
+                actor = self.actor(case, role, allowed)
+                items.append(BulkItem(case.id, Action(action, actor, role, note, payload), at))
+                keys.append((at, case.id))
+            done = act_many(conn, items, now=events[-1][0])
+        for n, (at, case_id) in enumerate(keys):
+            if n in done.errors:
                 self.report.conflicts += 1
-                return False
-        return True
+                out.append((at, case_id, None))
+            else:
+                out.append((at, case_id, done.cases[case_id]))
+        return out
 
-    def on_merge(self, at: datetime, case_id: int, into: int) -> None:
+    def actor(self, case: Case, role: str, allowed: dict) -> str:
+        if role == "supervisor":  # the grid's worker verifies (another one only once escalated)
+            names = allowed.get(verify_scope(case)) or [SUPERVISOR]
+            return names[case.id % len(names)]
+        return {"department": case.person_name or case.department_name or "处置人员",
+                "platform": PLATFORM}.get(role, role)
+
+    def on_merge(self, events: list[tuple[datetime, dict[str, Any]]]) -> None:
         with self.engine.begin() as conn:
-            keep = get_case(conn, into)
-            if keep.status in ("merged", "not_registered", "closed", "handled"):
-                return
-            try:
-                merge(conn, into, [case_id], PLATFORM, note="同一问题重复上报，合并", now=at)
-            except ConflictError:
-                self.report.conflicts += 1
-                return
-        self.report.merged += 1
+            keep = get_cases(conn, sorted({d["into"] for _, d in events}))
+            items = [BulkItem(d["case_id"], Action("merge", PLATFORM, "platform", "同一问题重复上报，合并",
+                                                   {"into": d["into"]}), at)
+                     for at, d in events
+                     if keep[d["into"]].status not in ("merged", "not_registered", "closed", "handled")]
+            done = act_many(conn, items, now=events[-1][0])
+        self.report.conflicts += len(done.errors)
+        self.report.merged += len(items) - len(done.errors)
 
-    def on_accept(self, at: datetime, case_id: int) -> None:
+    def on_accept(self, events: list[tuple[datetime, dict[str, Any]]]) -> None:
         rng = self.rng
-        if rng.random() < 0.04:
-            if self.act(case_id, at, "return", "department", "不属于本部门职责，退回平台"):
+        by_case = {data["case_id"]: rng.random() < 0.04 for _, data in events}
+        done = self.act_all(events, lambda case, at, _: (
+            ("return", "department", "不属于本部门职责，退回平台", {}) if by_case[case.id] else
+            ("accept", "department", None, {})))
+        for at, case_id, case in done:
+            if case is None:
+                continue
+            if by_case[case_id]:
                 self.report.returned += 1
                 self.push(at + self.hours(0.5, 2.0), "redispatch", case_id=case_id)
-            return
-        if not self.act(case_id, at, "accept", "department"):
-            return
-        self.report.accepted += 1
-        with self.engine.connect() as conn:
-            case = get_case(conn, case_id)
-        due = case.due_at or at + timedelta(days=3)
-        if rng.random() < 0.06:
-            self.push(at + self.hours(0.5, 3.0), "extension", case_id=case_id)
-        span = max((due - at).total_seconds() / 3600, 0.5)
-        # most are handled in time; some late (overdue → tick escalates them)
-        when = at + (self.hours(0.1 * span, 0.9 * span) if rng.random() < 0.86 else
-                     (due - at) + self.hours(2.0, 60.0))
-        self.push(when, "handle", case_id=case_id)
+                continue
+            self.report.accepted += 1
+            due = case.due_at or at + timedelta(days=3)
+            if rng.random() < 0.06:
+                self.push(at + self.hours(0.5, 3.0), "extension", case_id=case_id)
+            span = max((due - at).total_seconds() / 3600, 0.5)
+            # most are handled in time; some late (overdue → tick escalates them)
+            when = at + (self.hours(0.1 * span, 0.9 * span) if rng.random() < 0.86 else
+                         (due - at) + self.hours(2.0, 60.0))
+            self.push(when, "handle", case_id=case_id)
 
-    def on_redispatch(self, at: datetime, case_id: int) -> None:
-        if self.act(case_id, at, "dispatch", "platform"):
-            with self.engine.connect() as conn:
-                if get_case(conn, case_id).status == "dispatched":
-                    self.push(at + self.hours(0.3, 3.0), "accept", case_id=case_id)
-
-    def on_extension(self, at: datetime, case_id: int) -> None:
-        if not self.act(case_id, at, "request_extension", "department", "需协调产权单位，申请延期", hours=16):
-            return
-        self.report.extensions_requested += 1
-        approve = self.rng.random() < 0.8
-        self.push(at + self.hours(0.5, 4.0), "decide_extension", case_id=case_id, approve=approve)
-
-    def on_decide_extension(self, at: datetime, case_id: int, approve: bool) -> None:
-        if self.act(case_id, at, "approve_extension" if approve else "refuse_extension", "platform"):
-            self.report.extensions_approved += approve
-
-    def on_handle(self, at: datetime, case_id: int) -> None:
-        if self.act(case_id, at, "handle", "department", "已处置，附现场照片"):
-            self.report.handled += 1
-            self.push(at + self.hours(0.5, 8.0), "verify", case_id=case_id)
-
-    def on_verify(self, at: datetime, case_id: int) -> None:
-        passed = self.rng.random() >= 0.1
-        note = None if passed else "现场核查未整改到位，返工"
-        if not self.act(case_id, at, "verify", "supervisor", note, passed=passed):
-            return
-        if passed:
-            self.report.verified_passed += 1
-        else:
-            self.report.verified_failed += 1
-            self.push(at + self.hours(2.0, 24.0), "handle", case_id=case_id)
-
-    def on_tick(self, at: datetime) -> None:
+    def on_redispatch(self, events: list[tuple[datetime, dict[str, Any]]]) -> None:
+        # the machine looks up the chain for each: one action at a time, the window's in one transaction
+        dispatched = []
         with self.engine.begin() as conn:
-            done = tick(conn, at)
-        self.report.overdue_marked += len(done.overdue)
-        self.report.escalated += len(done.escalated)
+            calendar = load_calendar(conn)
+            for at, data in events:
+                try:
+                    case = act(conn, data["case_id"], Action("dispatch", PLATFORM, "platform"), now=at,
+                               calendar=calendar)
+                except ConflictError:
+                    self.report.conflicts += 1
+                    continue
+                if case.status == "dispatched":
+                    dispatched.append((at, case.id))
+        for at, case_id in dispatched:
+            self.push(at + self.hours(0.3, 3.0), "accept", case_id=case_id)
+
+    def on_extension(self, events: list[tuple[datetime, dict[str, Any]]]) -> None:
+        done = self.act_all(events, lambda case, at, _: (
+            "request_extension", "department", "需协调产权单位，申请延期", {"hours": 16}))
+        for at, case_id, case in done:
+            if case is None:
+                continue
+            self.report.extensions_requested += 1
+            approve = self.rng.random() < 0.8
+            self.push(at + self.hours(0.5, 4.0), "decide_extension", case_id=case_id, approve=approve)
+
+    def on_decide_extension(self, events: list[tuple[datetime, dict[str, Any]]]) -> None:
+        approve = {data["case_id"]: data["approve"] for _, data in events}
+        done = self.act_all(events, lambda case, at, _: (
+            "approve_extension" if approve[case.id] else "refuse_extension", "platform", None, {}))
+        self.report.extensions_approved += sum(1 for _, case_id, case in done if case is not None and approve[case_id])
+
+    def on_handle(self, events: list[tuple[datetime, dict[str, Any]]]) -> None:
+        done = self.act_all(events, lambda case, at, _: ("handle", "department", "已处置，附现场照片", {}))
+        for at, case_id, case in done:
+            if case is not None:
+                self.report.handled += 1
+                self.push(at + self.hours(0.5, 8.0), "verify", case_id=case_id)
+
+    def on_verify(self, events: list[tuple[datetime, dict[str, Any]]]) -> None:
+        passed = {data["case_id"]: self.rng.random() >= 0.1 for _, data in events}
+        done = self.act_all(events, lambda case, at, _: (
+            "verify", "supervisor", None if passed[case.id] else "现场核查未整改到位，返工",
+            {"passed": passed[case.id]}), verifying=True)
+        for at, case_id, case in done:
+            if case is None:
+                continue
+            if passed[case_id]:
+                self.report.verified_passed += 1
+            else:
+                self.report.verified_failed += 1
+                self.push(at + self.hours(2.0, 24.0), "handle", case_id=case_id)
+
+    def on_tick(self, events: list[tuple[datetime, dict[str, Any]]]) -> None:
+        for at, _ in events:
+            with self.engine.begin() as conn:
+                done = tick(conn, at)
+            self.report.overdue_marked += len(done.overdue)
+            self.report.escalated += len(done.escalated)
 
     def run(self) -> SimulationReport:
+        """Events in time order, taken a window (:data:`WINDOW`) at a time: within a window, the
+        events of one kind go through together (one intake batch, one set-based action each), kinds
+        in the order a case passes them; what an event schedules inside the window follows in the
+        same window."""
         self.schedule_reports()
         handlers = {"report": self.on_report, "merge": self.on_merge, "accept": self.on_accept,
                     "redispatch": self.on_redispatch, "extension": self.on_extension,
                     "decide_extension": self.on_decide_extension, "handle": self.on_handle,
                     "verify": self.on_verify, "tick": self.on_tick}
         while self.queue:
-            at, _, kind, data = heapq.heappop(self.queue)
-            handlers[kind](at, **data)
+            first = self.queue[0][0]
+            window_end = self.start + ((first - self.start) // WINDOW + 1) * WINDOW
+            while self.queue and self.queue[0][0] < window_end:
+                due: dict[str, list[tuple[datetime, dict[str, Any]]]] = {}
+                while self.queue and self.queue[0][0] < window_end:
+                    at, _, kind, data = heapq.heappop(self.queue)
+                    due.setdefault(kind, []).append((at, data))
+                for kind in handlers:
+                    if due.get(kind):
+                        handlers[kind](due[kind])
         with self.engine.connect() as conn:
             self.report.open_at_end = conn.execute(sa.text(
                 "SELECT count(*) FROM cases WHERE external_id LIKE :p AND status NOT IN "

@@ -71,6 +71,9 @@ class DeploymentSettings(_PydanticSettings):
                                                               "is also written to the disk cache")
     geocode_road_cache: int = Field(5_000, ge=1, description="roads whose address index the gazetteer keeps in memory")
     geocode_parse_cache: int = Field(200_000, ge=1, description="parsed addresses the gazetteer keeps in memory")
+    # --- the case loop -------------------------------------------------------------------------
+    cases_tick_s: float = Field(0.0, ge=0, description="seconds between the server's case ticks (mark overdue "
+                                                       "cases, escalate them); 0: off")
     # --- loads ----------------------------------------------------------------------------------
     operator: str | None = Field(None, description="the operator recorded on ingest runs (default: the OS user)")
     fault_pause_at: Literal["reading", "copy", "index", "merge", "commit"] | None = Field(

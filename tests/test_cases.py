@@ -20,7 +20,7 @@ from cases.calendar import LOCAL, WorkingCalendar, load_calendar
 from cases.catalogue import all_classes, class_by_code
 from cases.evaluation import evaluate
 from cases.intake import CaseReport, intake
-from cases.lifecycle import Action, RoleError, act, merge, tick
+from cases.lifecycle import Action, RoleError, act, merge, tick, verifiers
 from cases.model import case_log, get_case
 from cim.database import engine_for
 from cim.errors import ConflictError, ParameterError, PayloadTooLargeError, UserError
@@ -45,8 +45,10 @@ def _intake(engine, now=MONDAY_10, **kw):
         return intake(conn, CaseReport(**kw), now=now)
 
 
-def _act(engine, case_id, action, actor="tester", role="department", note=None, now=MONDAY_10, **data):
+def _act(engine, case_id, action, actor=None, role="department", note=None, now=MONDAY_10, **data):
     with engine.begin() as conn:
+        if actor is None:  # a verification is the grid worker's; anything else anyone's of the role
+            actor = verifiers(conn, get_case(conn, case_id))[0] if action == "verify" else "tester"
         return act(conn, case_id, Action(action, actor, role, note, data), now=now)
 
 
@@ -165,6 +167,45 @@ def test_failed_verification_is_rework(city):
     assert closed.status == "closed" and closed.rework_count == 1
     verifies = [(e.to_status, e.data.get("rework")) for e in _log(city, case.id) if e.action == "verify"]
     assert verifies == [("accepted", 1), ("closed", None)]
+
+
+def test_only_the_grids_worker_verifies_or_after_escalation_the_districts(city):
+    case = _intake(city, address_text="汾阳路60号").case
+    _act(city, case.id, "accept")
+    _act(city, case.id, "handle", note="已修")
+    with city.connect() as conn:
+        own = verifiers(conn, case)
+        others = conn.execute(sa.text(
+            "SELECT DISTINCT pe.name FROM grid_posts gp JOIN posts p ON p.id = gp.post_id "
+            "JOIN post_persons pp ON pp.post_id = p.id JOIN persons pe ON pe.id = pp.person_id "
+            "JOIN grids g ON g.grid_code = gp.grid_code WHERE p.name = '网格监督员' AND g.district_code = :d "
+            "AND gp.grid_code <> :g ORDER BY 1"), {"d": case.district_code, "g": case.grid_code}).scalars().all()
+        fire = conn.execute(sa.text(
+            "SELECT pe.name FROM grid_posts gp JOIN posts p ON p.id = gp.post_id JOIN post_persons pp "
+            "ON pp.post_id = p.id JOIN persons pe ON pe.id = pp.person_id WHERE gp.grid_code = :g "
+            "AND p.name = '消防监督员' LIMIT 1"), {"g": case.grid_code}).scalar_one()
+    stranger = next(n for n in others if n not in own)
+    assert own and fire not in own
+    for who in ("tester", stranger, fire):  # anyone with the role, another grid's worker, a 消防监督员
+        with pytest.raises(RoleError, match="网格监督员") as exc:
+            _act(city, case.id, "verify", actor=who, role="supervisor", passed=True)
+        assert exc.value.status == 403
+    # a grid whose chain has no grid worker: nobody may verify yet (409), the case is not lost
+    with city.connect() as conn, conn.begin() as tx:
+        conn.execute(sa.text("DELETE FROM grid_posts gp USING posts p WHERE p.id = gp.post_id "
+                             "AND gp.grid_code = :g AND p.name = '网格监督员'"), {"g": case.grid_code})
+        with pytest.raises(ConflictError, match="no grid worker"):
+            act(conn, case.id, Action("verify", own[0], "supervisor", None, {"passed": True}), now=MONDAY_10)
+        tx.rollback()
+    # escalated to the district platform: a grid worker of the district may verify it
+    urgent = _intake(city, address_text="汾阳路60号", urgency="emergency").case
+    _act(city, urgent.id, "accept")
+    with city.begin() as conn:
+        assert (urgent.id, "district") in tick(conn, MONDAY_10 + timedelta(hours=5)).escalated
+    _act(city, urgent.id, "handle", note="已修", now=MONDAY_10 + timedelta(hours=6))
+    done = _act(city, urgent.id, "verify", actor=stranger, role="supervisor", passed=True,
+                now=MONDAY_10 + timedelta(hours=7))
+    assert done.status == "closed" and _log(city, urgent.id)[-1].actor == stranger
 
 
 def test_return_goes_back_for_dispatch_to_another_department(city):
@@ -539,6 +580,22 @@ def test_cli_classes_and_calendar_load(city, db_url, tmp_path):
         cal = load_calendar(conn)
         conn.execute(sa.text("DELETE FROM case_calendar WHERE day >= '2027-01-01'"))
     assert date(2027, 1, 1) in cal.holidays and date(2027, 1, 4) in cal.workdays
+
+
+def test_cim_ingest_case_classes_is_the_same_loader(city, db_url, tmp_path):
+    """The issue's spelling, ``cim ingest case-classes FILE``, loads the catalogue like
+    ``cim cases classes load`` (one implementation) and names a bad row the same way."""
+    extra = tmp_path / "more.csv"
+    extra.write_text("code,kind,name,parent_code,emergency_hours,normal_hours,department_kind\n"
+                     "E9906,事件,外卖电动车乱停,E99,2,8,交通管理\n", encoding="utf-8")
+    assert "1 classes written" in run_cim("ingest", "case-classes", str(extra), db_url=db_url).stdout
+    with city.connect() as conn:
+        assert class_by_code(conn, "外卖电动车乱停").code == "E9906"
+    wrong = tmp_path / "bad.csv"
+    wrong.write_text("code,kind,name\nE9907,事件,\n", encoding="utf-8")
+    proc = run_cim("ingest", "case-classes", str(wrong), db_url=db_url, check=False)
+    assert proc.returncode == 1 and "bad.csv, row 2: field name" in _one_line(proc.stderr)
+    assert "case-classes" in run_cim("ingest", "--help").stdout
 
 
 # --- attachments -----------------------------------------------------------------------------------------

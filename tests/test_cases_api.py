@@ -64,6 +64,11 @@ def _act(client, headers, case_id, action, role, **extra):
     return client.post(f"/cases/{case_id}/actions", json={"action": action, "role": role, **extra}, headers=headers)
 
 
+def _grid_worker(answer):
+    """A holder of the grid worker's post (网格监督员) in the grid of a grid-lookup answer."""
+    return next(p.name for r in answer.responsibility if r.post.name == "网格监督员" for p in r.persons)
+
+
 def _door(city, road, number):
     with city.connect() as conn:
         x, y = conn.execute(sa.text("SELECT ST_X(geom), ST_Y(geom) FROM addresses WHERE valid_to IS NULL "
@@ -91,7 +96,11 @@ def test_worked_example_over_http(client, keys, city):
     cid = case["id"]
     assert _act(client, keys["loader"], cid, "accept", "department").json()["status"] == "accepted"
     assert _act(client, keys["loader"], cid, "handle", "department", note="路面已修补").json()["status"] == "handled"
-    done = _act(client, keys["loader"], cid, "verify", "supervisor", data={"passed": True})
+    # only the grid's worker (网格监督员 of the case's grid) verifies, not anyone with the role
+    wrong = _act(client, keys["loader"], cid, "verify", "supervisor", data={"passed": True})
+    assert wrong.status_code == 403 and "网格监督员" in wrong.json()["detail"]
+    done = _act(client, keys["loader"], cid, "verify", "supervisor", data={"passed": True},
+                actor=_grid_worker(expected))
     assert done.status_code == 200 and done.json()["status"] == "closed"
 
     shown = client.get(f"/cases/{cid}").json()
@@ -104,14 +113,15 @@ def test_worked_example_over_http(client, keys, city):
     assert shown["log"][4]["note"] == "路面已修补"
 
 
-def test_failed_verification_is_rework_and_illegal_action_is_409(client, keys):
+def test_failed_verification_is_rework_and_illegal_action_is_409(client, keys, city):
     cid = _report(client, keys["reader"], address="汾阳路150号", description="坑").json()["id"]
     r = _act(client, keys["loader"], cid, "handle", "department", note="修了")
     assert r.status_code == 409 and r.headers["content-type"].startswith("application/problem+json")
     assert "dispatched" in r.json()["detail"] and "accepted" in r.json()["detail"]
     _act(client, keys["loader"], cid, "accept", "department")
     _act(client, keys["loader"], cid, "handle", "department", note="修了")
-    failed = _act(client, keys["loader"], cid, "verify", "supervisor", note="仍有裂缝", data={"passed": False})
+    failed = _act(client, keys["loader"], cid, "verify", "supervisor", note="仍有裂缝", data={"passed": False},
+                  actor=_grid_worker(_door(city, "汾阳路", "150")))
     assert failed.json()["status"] == "accepted" and failed.json()["rework_count"] == 1
     stale = _act(client, keys["loader"], cid, "handle", "department", note="again", version=1)
     assert stale.status_code == 409
@@ -301,3 +311,45 @@ def test_the_bodies_read_by_hand_are_documented(client):
     assert action["required"] == ["action", "role"]
     form = paths["/open311/v2/requests.json"]["post"]["requestBody"]["content"]
     assert "service_code" in form["application/x-www-form-urlencoded"]["schema"]["required"]
+
+
+def test_concurrent_reports_are_taken_in_together_each_gets_its_own_answer(city, keys):
+    """``POST /cases`` gathers concurrent reports into one set-based transaction (group commit):
+    every request still gets its own case, a bad report its own 400, a repeated ticket the same case."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    app = create_app(city)
+    bodies = [{"channel": "hotline_12345", "class": "道路破损", "address": f"汾阳路{2 * n + 1}号",
+               "description": f"group {n}", "external_id": f"GC-{n}"} for n in range(24)]
+    bodies += [{"channel": "hotline_12345", "class": "不存在的类", "address": "汾阳路3号", "description": "bad"},
+               {"channel": "hotline_12345", "class": "道路破损", "address": "汾阳路5号", "description": "again",
+                "external_id": "GC-2"},
+               {"channel": "carrier_pigeon", "class": "道路破损", "description": "bad channel"},
+               {"channel": "grid_patrol", "class": "道路破损", "address": "火星路1号", "description": "nowhere"}]
+    with TestClient(app) as client, ThreadPoolExecutor(len(bodies)) as pool:
+        answers = list(pool.map(lambda b: client.post("/cases", json=b, headers=keys["reader"]), bodies))
+    by_text = {b["description"]: r for b, r in zip(bodies, answers)}
+    good = [by_text[f"group {n}"] for n in range(24)]
+    assert all(r.status_code == 201 for n, r in enumerate(good) if n != 2)
+    ids = {r.json()["id"] for r in good}
+    assert len(ids) == 24  # no two requests got the same (or another's) case
+    for n, r in enumerate(good):
+        case = r.json()
+        assert case["description"] == f"group {n}" and case["address_text"] == f"汾阳路{2 * n + 1}号"
+        assert case["status"] == "dispatched" and "道路养护" in case["dispatch_reason"]
+    bad = by_text["bad"]
+    assert bad.status_code == 400 and "不存在的类" in bad.json()["detail"] and "道路破损" in bad.json()["detail"]
+    assert by_text["bad channel"].status_code == 400 and "carrier_pigeon" in by_text["bad channel"].json()["detail"]
+    again = by_text["again"]  # the same ticket: the same case, whichever of the two came first
+    assert again.status_code in (200, 201) and again.json()["id"] == by_text["group 2"].json()["id"]
+    assert sorted([again.status_code, by_text["group 2"].status_code]) == [200, 201]
+    nowhere = by_text["nowhere"].json()
+    assert by_text["nowhere"].status_code == 201 and nowhere["manual_reason"] and nowhere["status"] == "registered"
+    with city.connect() as conn:  # each created case has its own complete intake log
+        logs = dict(conn.execute(sa.text(
+            "SELECT case_id, array_agg(action ORDER BY id) FROM case_events WHERE case_id = ANY(:ids) "
+            "GROUP BY case_id"), {"ids": sorted(ids)}).all())
+    assert all(log == ["report", "register", "dispatch"] for log in logs.values()) and len(logs) == 24
+    group_commit = app.state.case_intake
+    assert group_commit.items == len(bodies)  # the refused ones too: refused in the group, one by one
+    assert group_commit.groups < group_commit.items  # gathered, not one transaction per request

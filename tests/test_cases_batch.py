@@ -209,3 +209,82 @@ def test_a_chunk_whose_ticket_races_in_meanwhile_is_taken_again(two_cities):
     assert outcome == {"result": "raced"}
     with engine.connect() as check:
         assert check.execute(sa.text("SELECT count(*) FROM cases WHERE external_id = 'R-1'")).scalar() == 1
+
+
+def test_set_based_actions_equal_the_one_at_a_time_actions(two_cities):
+    """``cases.bulk.act_many`` (the simulated day's lifecycle) leaves the cases and their logs as
+    ``act`` one action at a time does, refuses what ``act`` refuses (item by item), and a case named
+    twice sees its first action's result."""
+    from datetime import timedelta
+
+    from cases.batch import intake_batch
+    from cases.bulk import BulkItem, act_many
+    from cases.intake import CaseReport
+    from cases.lifecycle import Action, act, verifiers
+    from cim.errors import ConflictError, UserError
+
+    (_, single), (_, bulk) = two_cities
+    reports = [CaseReport(channel="hotline_12345", class_code="道路破损", address_text=f"汾阳路{n}号",
+                          external_id=f"BULK-{n}") for n in (11, 13, 15, 17, 19, 21)]
+    ids = {}
+    for engine in (single, bulk):
+        with engine.begin() as conn:
+            ids[engine] = [o.case_id for o in intake_batch(conn, reports, now=NOW)]
+    with single.connect() as conn:
+        worker = verifiers(conn, get_case(conn, ids[single][0]))[0]
+    t1, t2, t3 = NOW + timedelta(hours=1), NOW + timedelta(hours=5), NOW + timedelta(days=1)
+    # (case number, action, role, actor, note, data, time)
+    script = [(n, "accept", "department", "处置员", None, {}, t1) for n in range(5)] + [
+        (5, "return", "department", "处置员", "不归我们管", {}, t1),
+        (5, "handle", "department", "处置员", "?", {}, t1),  # refused: returned, not accepted (409)
+        (0, "handle", "department", "处置员", "已修", {}, t2), (1, "handle", "department", "处置员", "已修", {}, t2),
+        (2, "handle", "department", "处置员", "已修", {}, t2),
+        (3, "request_extension", "department", "处置员", "等材料", {"hours": 16}, t2),
+        (3, "approve_extension", "platform", "平台", None, {}, t3),
+        (0, "verify", "supervisor", worker, None, {"passed": True}, t3),
+        (1, "verify", "supervisor", worker, "没修好", {"passed": False}, t3),
+        (2, "verify", "supervisor", "路人甲", None, {"passed": True}, t3),  # refused: not the grid's worker (403)
+        (1, "handle", "department", "处置员", "重修", {}, t3),  # sees the failed verification: accepted again
+        (4, "merge", "platform", "平台", "重复上报", {"into": 3}, t3),  # into: a case number, made an id below
+        (3, "merge", "platform", "平台", "重复上报", {"into": 4}, t3),  # refused: case 4 is merged now (409)
+    ]
+
+    def data_of(engine, data):
+        return {**data, "into": ids[engine][data["into"]]} if "into" in data else data
+
+    refused_single = []
+    for k, (n, action, role, actor, note, data, at) in enumerate(script):
+        try:
+            with single.begin() as conn:
+                act(conn, ids[single][n], Action(action, actor, role, note, data_of(single, data)), now=at)
+        except UserError as exc:
+            refused_single.append((k, type(exc)))
+    with bulk.begin() as conn:
+        done = act_many(conn, [BulkItem(ids[bulk][n], Action(action, actor, role, note, data_of(bulk, data)), at)
+                               for n, action, role, actor, note, data, at in script], now=t3)
+    assert sorted((k, type(e)) for k, e in done.errors.items()) == refused_single
+    assert [t for _, t in refused_single] == [ConflictError, type(done.errors[14]), ConflictError]
+    assert done.errors[14].status == 403
+
+    def state(engine):
+        """What the actions changed: the cases' lifecycle fields and the log rows after intake's three
+        (ids and the person dispatched to may differ between the two bases: earlier tests of the module)."""
+        from cases.bulk import _MUTABLE
+
+        number = {case_id: n for n, case_id in enumerate(ids[engine])}  # ids → case numbers, to compare
+
+        def numbered(data):
+            return {k: number.get(v, v) if k in ("into", "case_id", "merged_into") else v for k, v in data.items()}
+
+        with engine.connect() as conn:
+            out = []
+            for case_id in ids[engine]:
+                c = get_case(conn, case_id)
+                out.append((numbered({k: getattr(c, k) for k in _MUTABLE}),
+                            [(e.actor, e.role, e.action, e.from_status, e.to_status, e.note, numbered(e.data), e.at)
+                             for e in case_log(conn, case_id)[3:]]))
+            return out
+
+    assert state(bulk) == state(single)
+    assert [c.status for c in (done.cases[i] for i in ids[bulk])] == [
+        "closed", "handled", "handled", "accepted", "merged", "returned"]
