@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from cases.lifecycle import verifiers
 from cases.model import get_case
 from cim.errors import UserError
 from ingest.run import IngestOptions, ingest_files
@@ -105,15 +106,17 @@ def test_door_visit_rectification_and_supervision_loop(demo):
         register_case(conn, case_id, "平安办干事")
         assert visit(conn, case_id, "平安办干事", "group_rental", "一套房住12人，隔成6间").status == "accepted"
         assert rectified(conn, case_id, "平安办干事", "已拆除隔断").status == "handled"
-        back = reverify(conn, case_id, "网格监督员", False, "隔断仍在")  # not rectified: 督办
+        # the 复核 is the case loop's 核查: by the grid worker (网格监督员) of the address's grid
+        worker = verifiers(conn, get_case(conn, case_id))[0]
+        back = reverify(conn, case_id, worker, False, "隔断仍在")  # not rectified: 督办
         assert (back.status, back.rework_count) == ("accepted", 1)
         rectified(conn, case_id, "平安办干事", "隔断全部拆除，住户减至3人")
-        assert reverify(conn, case_id, "网格监督员", True, "复核合格").status == "closed"
+        assert reverify(conn, case_id, worker, True, "复核合格").status == "closed"
         # a door visit that finds no group rental is the handling; the 复核 closes it
         other = by_address[G6]
         register_case(conn, other, "平安办干事")
         assert visit(conn, other, "平安办干事", "not_group_rental", "一家三口，开网店").status == "handled"
-        assert reverify(conn, other, "网格监督员", True).status == "closed"
+        assert reverify(conn, other, verifiers(conn, get_case(conn, other))[0], True).status == "closed"
         # a closed case lets the next run open a new one for a still-flagged address
         run = score(conn, load_model())
         assert {c["address"] for c in push(conn, run.id)} == {G1, G6}

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from cases.lifecycle import Action, act
+from cases.lifecycle import Action, act, verifiers
 from cases.model import case_log, get_case
 from cim.apikeys import create_key
 from cim.errors import ConflictError, ParameterError, UserError
@@ -179,7 +179,8 @@ def test_verification_flow_paths(city):
         _handle(conn, recheck_b.id, "not_illegal")
         assert _next(conn, recheck_b.id) == []
         # the verifying case itself closes through the ordinary 核查
-        act(conn, b, Action("verify", "监督员", "supervisor", data={"passed": True}))
+        worker = verifiers(conn, get_case(conn, b))[0]  # the grid worker (网格监督员) of the spot's grid
+        act(conn, b, Action("verify", worker, "supervisor", data={"passed": True}))
         assert get_case(conn, b).status == "closed"
 
 
