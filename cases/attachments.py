@@ -50,10 +50,11 @@ class Attachment:
 
 
 def default_root() -> Path:
-    """Where photos are kept unless a caller says: ``$CIM_CASE_ATTACHMENTS`` or ``$CIM_HOME/case-attachments``."""
-    from cim.config import cim_home
+    """Where photos are kept unless a caller says: the deployment setting ``CIM_CASE_ATTACHMENTS``, or
+    ``case-attachments`` under ``CIM_HOME``."""
+    from cim.config import cim_home, settings
 
-    return Path(os.environ.get("CIM_CASE_ATTACHMENTS") or cim_home() / "case-attachments")
+    return settings().case_attachments or cim_home() / "case-attachments"
 
 
 def sniff(content: bytes) -> tuple[str, str]:

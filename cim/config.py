@@ -72,6 +72,8 @@ class DeploymentSettings(_PydanticSettings):
     geocode_road_cache: int = Field(5_000, ge=1, description="roads whose address index the gazetteer keeps in memory")
     geocode_parse_cache: int = Field(200_000, ge=1, description="parsed addresses the gazetteer keeps in memory")
     # --- the case loop -------------------------------------------------------------------------
+    case_attachments: Path | None = Field(None, description="folder where case photos are kept by content hash "
+                                                            "(default: case-attachments under CIM_HOME)")
     cases_tick_s: float = Field(0.0, ge=0, description="seconds between the server's case ticks (mark overdue "
                                                        "cases, escalate them); 0: off")
     # --- loads ----------------------------------------------------------------------------------
@@ -84,7 +86,7 @@ class DeploymentSettings(_PydanticSettings):
     city_bbox_wgs84: Annotated[BBox, NoDecode] = Field(
         SHANGHAI_BBOX_WGS84, description="the city's extent in WGS84, 'minlon,minlat,maxlon,maxlat'")
 
-    @field_validator("database_url", "operator", "node_modules", "fault_pause_at", mode="before")
+    @field_validator("database_url", "operator", "node_modules", "fault_pause_at", "case_attachments", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value

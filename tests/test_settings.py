@@ -44,7 +44,7 @@ def test_every_setting_is_documented_with_type_default_and_meaning():
 
 def test_no_module_but_the_settings_reads_the_environment():
     root = Path(__file__).resolve().parents[1]
-    readers = [str(p.relative_to(root)) for package in ("cim", "api", "ingest", "tiles")
+    readers = [str(p.relative_to(root)) for package in ("cim", "api", "ingest", "tiles", "cases", "sensing", "scenarios")
                for p in (root / package).rglob("*.py")
                if re.search(r"os\.environ|os\.getenv|getenv\(", p.read_text(encoding="utf-8"))]
     assert readers == ["cim/config.py"]
