@@ -27,7 +27,7 @@ from starlette.middleware import Middleware
 from api import openapi_errors, periodic, problems
 from api.auth import ReadAccessMiddleware
 from api.deps import create_state
-from api.limits import BodyLimitMiddleware
+from api.limits import BodyLimitMiddleware, QueryTextMiddleware
 from api.ops import MetricsMiddleware
 from api.responses import OrjsonResponse
 from api.tiles import VersionedTileMiddleware
@@ -46,6 +46,8 @@ MIDDLEWARE: tuple[Middleware, ...] = (
     # Before anything reads a body: each route's size limit (413), and a body left unread by an early
     # answer (a 401 of access control) is drained, so the client reads that answer, not a reset.
     Middleware(BodyLimitMiddleware),
+    # Before any route parses a query string: a NUL in it (which PostgreSQL text cannot hold) is a 400.
+    Middleware(QueryTextMiddleware),
     # Before anything reads data: when reading needs a key, no request gets further without one.
     Middleware(ReadAccessMiddleware),
     # Innermost: serves TileJSON's versioned tile URLs before routing, so it must come after access

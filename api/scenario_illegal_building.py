@@ -34,7 +34,8 @@ router = APIRouter(prefix="/scenarios/illegal-building", tags=["scenarios: illeg
 
 
 def _text(name: str, value: str | None) -> str | None:
-    """A string parameter PostgreSQL can hold (its text has no NUL)."""
+    """A string field of a JSON body PostgreSQL can hold (no NUL; query strings and paths are checked for
+    every route by :class:`api.limits.QueryTextMiddleware`)."""
     if value is not None and "\x00" in value:
         raise ParameterError(name, f"{name} contains a NUL character (U+0000)")
     return value
@@ -98,7 +99,7 @@ def get_spot(request: Request, clue_id: int) -> dict[str, Any]:
 def get_structures(request: Request, status: str | None = Query(None, max_length=MAX_NAME_CHARS),
                    grid: str | None = Query(None, max_length=MAX_NAME_CHARS)) -> dict[str, Any]:
     with get_state(request).engine.connect() as conn:
-        items = structures.list_structures(conn, _text("status", status), _text("grid", grid))
+        items = structures.list_structures(conn, status, grid)
     return {"type": "FeatureCollection", "features": [
         {"type": "Feature", "id": s["code"], "geometry": s.pop("geometry"), "properties": s} for s in items]}
 
@@ -106,7 +107,7 @@ def get_structures(request: Request, status: str | None = Query(None, max_length
 @router.get("/structures/{code}", summary="One structure of the layer")
 def get_structure(request: Request, code: str) -> dict[str, Any]:
     with get_state(request).engine.connect() as conn:
-        return structures.get_structure(conn, _text("code", code) or "")
+        return structures.get_structure(conn, code)
 
 
 @router.post("/structures/{code}/certificate", status_code=201,
@@ -121,7 +122,6 @@ async def post_certificate(request: Request, code: str,
     if not isinstance(number, str):
         raise ParameterError("certificate_no", "certificate_no: the certificate's number, a string")
     _text("certificate_no", number)
-    _text("code", code)
     state = get_state(request)
 
     def run() -> int:
