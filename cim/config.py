@@ -60,6 +60,8 @@ class DeploymentSettings(_PydanticSettings):
     # --- the API --------------------------------------------------------------------------------
     api_read_key_required: bool = Field(False, description="reading the API also needs an API key")
     layer_cache_s: float = Field(5.0, ge=0, description="seconds the API keeps the layer registry before re-reading")
+    auth_cache_s: float = Field(10.0, ge=0, description="seconds the API keeps a verified API key (a revoked key "
+                                                        "or a disabled user is refused at most this much later)")
     extent_cache_s: float = Field(300.0, ge=0, description="seconds the API keeps a collection's extent")
     upload_max_mb: int = Field(2048, ge=1, description="megabytes one upload to POST /ingest/{layer} may send "
                                                         "(spooled to disk while it streams in)")
