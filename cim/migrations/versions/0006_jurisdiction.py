@@ -22,6 +22,9 @@ from alembic import op
 
 from cim.jurisdiction import API_ROLE, area_tables, protect_sql
 
+#: the functions of PostGIS's && (2D) and &&& (N-D) box operators on geometry
+LEAKPROOF_BOX_TESTS = ("geometry_overlaps(geometry, geometry)", "geometry_overlaps_nd(geometry, geometry)")
+
 revision = "0006_jurisdiction"
 down_revision = "0005_sensing"
 branch_labels = None
@@ -150,6 +153,20 @@ $$""")
     op.execute(f"REVOKE SELECT ON audit_log FROM {API_ROLE}")
     op.execute("REVOKE ALL ON audit_log FROM PUBLIC")
     op.execute("REVOKE EXECUTE ON FUNCTION cim_audit(text, text, jsonb) FROM PUBLIC")
+
+    # Under row-level security a query's own conditions may drive an index only when they are LEAKPROOF
+    # (they run before the policy's); PostGIS does not mark its box operators so, and without it a scoped
+    # caller's bbox query scans the whole table. The box tests compare two boxes and raise nothing: safe
+    # to mark. Only a superuser may; otherwise the migration says what to ask the DBA to run.
+    op.execute(f"""DO $$ BEGIN
+    IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+        {' '.join(f'ALTER FUNCTION {fn} LEAKPROOF;' for fn in LEAKPROOF_BOX_TESTS)}
+    ELSE
+        RAISE WARNING 'cim: not a superuser, so the PostGIS box operators stay non-LEAKPROOF and scoped '
+                      'bbox queries cannot use the spatial index; as a superuser run: %',
+                      '{' '.join(f'ALTER FUNCTION {fn} LEAKPROOF;' for fn in LEAKPROOF_BOX_TESTS)}';
+    END IF;
+END $$""")
 
     # a view runs with its owner's rights unless told otherwise: the case layer must see as the caller
     op.execute("ALTER VIEW case_features SET (security_invoker = true)")
