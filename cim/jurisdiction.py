@@ -199,11 +199,13 @@ def _through(parent: str, parent_key: str, key: str, d: str = "district_code", s
 def area_tables() -> dict[str, tuple[str, str]]:
     """Every protected table with its read and its write policy expression, parents before children."""
     plain = _area("district_code", "street_code", "grid_code")
+    # The administrative frame (districts, streets, communities: names and boundaries) is read by every
+    # scope — the gazetteer parses addresses with it, and a map needs it — and written within the writer's.
+    frame = "true"
     tables: dict[str, tuple[str, str]] = {
-        "districts": _area("code", "NULL", "NULL"),
-        "streets": _area("district_code", "code", "NULL"),
-        "communities": _area("(SELECT s.district_code FROM streets s WHERE s.code = communities.street_code "
-                             "AND s.valid_to IS NULL LIMIT 1)", "street_code", "NULL"),
+        "districts": (frame, _area("code", "NULL", "NULL")[1]),
+        "streets": (frame, _area("district_code", "code", "NULL")[1]),
+        "communities": (frame, _area("NULL", "street_code", "NULL")[1]),
         "grids": plain,
         **{t: plain for t in ("addresses", "buildings", "curtain_walls", "parts", "pipelines", "iot_devices")},
     }
