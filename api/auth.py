@@ -33,6 +33,7 @@ from api.problems import Problem, problem_response, user_error_response
 from cim.apikeys import ApiKey, check_role, hash_key, role_allows, verify_key
 from cim.errors import UserError
 from cim.jurisdiction import PUBLIC, reset_scope, set_scope
+from cim.tokens import InvalidToken, TokenVerifier, looks_like_jwt
 
 #: the deployment setting (:class:`cim.config.DeploymentSettings`) that makes reading need a key
 READ_KEY_ENV = "CIM_API_READ_KEY_REQUIRED"
@@ -69,28 +70,48 @@ class VerifiedKeys:
         self.ttl_s = ttl_s
         self._entries: dict[str, tuple[float, ApiKey]] = {}
 
-    def get(self, engine: Engine, key: str) -> ApiKey | None:
+    def get(self, engine: Engine, key: str, tokens: TokenVerifier | None = None) -> ApiKey | None:
         digest = hash_key(key)
         entry = self._entries.get(digest)
         now = time.monotonic()
         if entry is not None and entry[0] > now:
             return entry[1]
-        with engine.connect() as conn:
-            record = verify_key(conn, key)
+        until = now + self.ttl_s
+        if tokens is not None and looks_like_jwt(key):
+            caller = tokens.verify(key, engine)  # InvalidToken: a 401, by the caller
+            record: ApiKey | None = ApiKey(id=0, name=caller.scope.user, role=caller.key_role, created_at=None,
+                                           revoked_at=None, token_scope=caller.scope)
+            until = min(until, now + caller.expires_at - time.time())  # never kept past its expiry
+        else:
+            with engine.connect() as conn:
+                record = verify_key(conn, key)
         if record is None:
             self._entries.pop(digest, None)
-        elif self.ttl_s > 0:
+        elif until > now:
             if len(self._entries) >= self.MAX_ENTRIES:
                 self._entries.clear()
-            self._entries[digest] = (now + self.ttl_s, record)
+            self._entries[digest] = (until, record)
         return record
 
 
+def _token_verifier(state: Any) -> TokenVerifier | None:
+    deployment = state.deployment
+    if not (deployment.jwt_issuer and deployment.jwt_jwks_url):
+        return None
+    verifier = getattr(state, "token_verifier", None)
+    if verifier is None:
+        verifier = state.token_verifier = TokenVerifier(deployment.jwt_issuer, deployment.jwt_jwks_url,
+                                                        deployment.jwt_audience)
+    return verifier
+
+
 def lookup_key(state: Any, key: str) -> ApiKey | None:
+    """The caller of an API key or (when the deployment accepts them) a bearer JWT, or None when unknown;
+    a JWT that cannot be accepted raises :class:`cim.tokens.InvalidToken`."""
     cache = getattr(state, "verified_keys", None)
     if cache is None:
         cache = state.verified_keys = VerifiedKeys(state.deployment.auth_cache_s)
-    return cache.get(state.engine, key)
+    return cache.get(state.engine, key, _token_verifier(state))
 
 
 def _unauthorized(detail: str, challenge: dict[str, str]) -> Problem:
@@ -103,7 +124,10 @@ def authenticate(state: Any, key: str | None) -> ApiKey:
     if key is None:
         raise _unauthorized("an API key is required: send it as 'X-API-Key: <key>' or "
                             "'Authorization: Bearer <key>' (create one with 'cim keys create')", CHALLENGE)
-    record = lookup_key(state, key)
+    try:
+        record = lookup_key(state, key)
+    except InvalidToken as exc:
+        raise _unauthorized(str(exc), CHALLENGE_INVALID) from None
     if record is None:
         raise _unauthorized("the API key is unknown or revoked, or its user is disabled", CHALLENGE_INVALID)
     return record

@@ -32,6 +32,7 @@ class ApiKey:
     created_at: datetime | None
     revoked_at: datetime | None
     user: User | None = None  # keys made before users existed (or without --user) are city-wide
+    token_scope: Scope | None = None  # a bearer JWT's caller (cim.tokens): no key row, no user row
 
     @property
     def active(self) -> bool:
@@ -41,6 +42,8 @@ class ApiKey:
         """The jurisdiction requests with this key run in: its user's, or the whole city for a key
         without a user (as every key was before users existed); such a key sees personal data when
         it may handle cases (loader or higher), as before."""
+        if self.token_scope is not None:
+            return self.token_scope
         if self.user is not None:
             return self.user.scope(self.id)
         return Scope("city", role=self.role, user=self.name or f"api key {self.id}", key_id=self.id,

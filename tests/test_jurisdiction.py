@@ -438,3 +438,51 @@ def test_owner_level_migrations_still_work_with_rls_on(city, db_url):
     with city.begin() as conn:
         command.upgrade(_alembic_config(conn, SRID), "head")
     assert owner(city, "SELECT count(*) FROM pg_policy WHERE polname = 'cim_read'")[0][0] >= 10
+
+
+# --- bearer JWTs ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def issuer(tmp_path_factory):
+    """An identity provider: an RSA key whose public half is in a JWKS file, and another key nobody trusts."""
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    trusted, forger = (rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(2))
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(trusted.public_key()))
+    path = tmp_path_factory.mktemp("jwks") / "jwks.json"
+    path.write_text(json.dumps({"keys": [{**jwk, "kid": "k1", "use": "sig", "alg": "RS256"}]}))
+    return {"trusted": trusted, "forger": forger, "jwks": path.as_uri(), "iss": "https://idp.example"}
+
+
+def _token(issuer, key="trusted", expires_in=600, **claims) -> dict[str, str]:
+    import time
+
+    import jwt
+
+    body = {"iss": issuer["iss"], "sub": "idp-user", "exp": int(time.time()) + expires_in, **claims}
+    return {"Authorization": "Bearer " + jwt.encode(body, issuer[key], algorithm="RS256", headers={"kid": "k1"})}
+
+
+def test_bearer_jwt_carries_the_jurisdiction_and_bad_tokens_are_401(city, issuer, streets):
+    from cim.config import DeploymentSettings
+
+    a, _ = streets
+    app = create_app(city, DeploymentSettings(jwt_issuer=issuer["iss"], jwt_jwks_url=issuer["jwks"]))
+    client = TestClient(app)
+    good = _token(issuer, cim_role="viewer", cim_street=a)
+    body = client.get("/collections/buildings/items", params={"limit": 10000}, headers=good).json()
+    expected = owner(city, "SELECT count(*) FROM buildings WHERE valid_to IS NULL AND street_code = :s", s=a)[0][0]
+    assert body["numberMatched"] == expected and {f["properties"]["street_code"] for f in body["features"]} == {a}
+    bad = {"expired": _token(issuer, expires_in=-60, cim_role="viewer", cim_street=a),
+           "forged": _token(issuer, key="forger", cim_role="viewer", cim_city=True),
+           "unknown district": _token(issuer, cim_role="viewer", cim_district="319999"),
+           "street outside the district": _token(issuer, cim_role="viewer", cim_district="310105", cim_street=a),
+           "no jurisdiction": _token(issuer, cim_role="viewer"),
+           "unknown role": _token(issuer, cim_role="root", cim_city=True),
+           "other issuer": {"Authorization": _token({**issuer, "iss": "https://evil.example"}, cim_role="admin",
+                                                    cim_city=True)["Authorization"]}}
+    for what, headers in bad.items():
+        r = client.get("/collections/buildings/items", headers=headers)
+        assert r.status_code == 401, what
+        assert r.headers["content-type"].startswith("application/problem+json"), what
