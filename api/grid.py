@@ -49,8 +49,9 @@ class LookupRequest(BaseModel):
     crs: str | None = Field(None, max_length=MAX_CRS_CHARS, description=CRS_HELP)
 
 
-def _masked(answers: list[GridAnswer]) -> list[GridAnswer]:
-    """Responsible persons' contacts masked (139****5678), the chains shared between answers kept shared."""
+def masked(answers: list[GridAnswer]) -> list[GridAnswer]:
+    """Responsible persons' contacts masked (139****5678), the chains shared between answers kept shared
+    (grid lookup and geocoding answers both carry them)."""
     done: dict[int, tuple[Responsibility, ...]] = {}
 
     def chain(rs: tuple[Responsibility, ...]) -> tuple[Responsibility, ...]:
@@ -69,7 +70,7 @@ def _answer(request: Request, lons: list[float], lats: list[float], crs: CrsSpec
     with state.engine.connect() as conn:
         answers = lookup_points(conn, lons, lats, crs, state.settings)
     if not current_scope().personal_data:
-        answers = _masked(answers)
+        answers = masked(answers)
     elif any(p.contact for a in answers for r in a.responsibility for p in r.persons):
         record_unmasked_read(state.engine, "persons", {"grids": sorted({a.grid.code for a in answers if a.grid})})
     return {"results": answers_to_dicts(answers)}

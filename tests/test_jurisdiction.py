@@ -156,6 +156,13 @@ def test_grid_lookup_answers_only_inside_the_jurisdiction(client, keys, city, st
     lon, lat = _lonlat(city, "grids", a)
     own = client.get("/grid/lookup", params={"lon": lon, "lat": lat}, headers=keys["a_viewer"]).json()
     assert own["results"][0]["street"]["code"] == a
+    # responsible persons' phones: masked for a viewer, not for a handler (whose read is audited)
+    masked = [p["contact"] for r in own["results"][0]["responsibility"] for p in r["persons"] if p["contact"]]
+    handler = client.get("/grid/lookup", params={"lon": lon, "lat": lat}, headers=keys["a_handler"]).json()
+    plain = [p["contact"] for r in handler["results"][0]["responsibility"] for p in r["persons"] if p["contact"]]
+    assert masked and len(masked) == len(plain) and all("****" in c for c in masked)
+    assert not any("****" in c for c in plain)
+    assert owner(city, "SELECT actor FROM audit_log WHERE object = 'persons' ORDER BY id DESC LIMIT 1") == [("a_handler",)]
 
 
 def test_geocode_gives_no_foreign_address(client, keys, city, streets):
@@ -167,7 +174,10 @@ def test_geocode_gives_no_foreign_address(client, keys, city, streets):
     assert client.get("/geocode", params={"q": q}, headers=keys["b_viewer"]).json()["match_level"] == "door"
     foreign = client.get("/geocode", params={"q": q}, headers=keys["a_viewer"]).json()
     assert foreign["match_level"] != "door"
-    assert b not in json.dumps(foreign)
+    assert foreign["assignment"]["grid"] is None and foreign["assignment"]["responsibility"] == []
+    own = client.get("/geocode", params={"q": q}, headers=keys["b_viewer"]).json()
+    contacts = [p["contact"] for r in own["assignment"]["responsibility"] for p in r["persons"] if p["contact"]]
+    assert contacts and all("****" in c for c in contacts)
 
 
 def test_iot_readings_of_a_foreign_device_are_404(client, keys, city, streets):

@@ -37,6 +37,8 @@ def upgrade() -> None:
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{API_ROLE}') THEN
         CREATE ROLE {API_ROLE} NOLOGIN;
     END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+    NULL;  -- another base's migration made it at the same moment
 END $$""")
     op.execute(f"GRANT {API_ROLE} TO CURRENT_USER")  # so the owner's connections may switch to it
     op.execute("""
