@@ -63,7 +63,7 @@ def get_all(port: int, headers: dict[str, str], paths: list[str], concurrency: i
             with lock:
                 latencies.append(elapsed)
                 statuses.append(response.status)
-                returned[0] += body.count(b'"type":"Feature"')
+                returned[0] += body.count(b'"type":"Feature"') + body.count(b'"type": "Feature"')
         conn.close()
 
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]

@@ -76,15 +76,6 @@ class Scope:
             return "all"
         return f"d={self.district or ''};s={self.street or ''};g={','.join(self.grids)};dep={self.department or ''}"
 
-    def allows(self, district: str | None, street: str | None, grid: str | None) -> bool:
-        """The rule of ``cim_in_scope`` for rows held in memory (the gazetteer's index): kept in step
-        with the SQL function by tests/test_jurisdiction.py."""
-        if self.kind != "area":
-            return self.kind in ("city", "public", "owner")
-        return ((not self.district or district == self.district)
-                and (not self.street or street == self.street)
-                and (not self.grids or grid in self.grids))
-
     def with_request(self, client: str | None, request: str | None) -> Scope:
         return replace(self, client=client, request=request)
 
@@ -234,9 +225,3 @@ def protect_sql(table: str, read: str, write: str) -> list[str]:
         f"FOR EACH STATEMENT EXECUTE FUNCTION cim_audit_write()",
     ]
 
-
-def scope_of_request_settings(conn: sa.Connection) -> dict[str, str]:
-    """The settings in force on ``conn`` (tests and diagnostics: is this transaction scoped?)."""
-    row = conn.execute(sa.text("SELECT current_user, current_setting('cim.scope', true), "
-                               "current_setting('cim.street', true)")).one()
-    return {"role": row[0], "scope": row[1] or "", "street": row[2] or ""}
