@@ -98,7 +98,7 @@ def _token_verifier(state: Any) -> TokenVerifier | None:
     deployment = state.deployment
     if not (deployment.jwt_issuer and deployment.jwt_jwks_url):
         return None
-    verifier = getattr(state, "token_verifier", None)
+    verifier = state.token_verifier
     if verifier is None:
         verifier = state.token_verifier = TokenVerifier(deployment.jwt_issuer, deployment.jwt_jwks_url,
                                                         deployment.jwt_audience)
@@ -108,7 +108,7 @@ def _token_verifier(state: Any) -> TokenVerifier | None:
 def lookup_key(state: Any, key: str) -> ApiKey | None:
     """The caller of an API key or (when the deployment accepts them) a bearer JWT, or None when unknown;
     a JWT that cannot be accepted raises :class:`cim.tokens.InvalidToken`."""
-    cache = getattr(state, "verified_keys", None)
+    cache = state.verified_keys
     if cache is None:
         cache = state.verified_keys = VerifiedKeys(state.deployment.auth_cache_s)
     return cache.get(state.engine, key, _token_verifier(state))

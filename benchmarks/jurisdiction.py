@@ -63,7 +63,7 @@ def get_all(port: int, headers: dict[str, str], paths: list[str], concurrency: i
             with lock:
                 latencies.append(elapsed)
                 statuses.append(response.status)
-                returned[0] += body.count(b'"type":"Feature"') + body.count(b'"type": "Feature"')
+                returned[0] += body.count(b'"Feature"')
         conn.close()
 
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
@@ -122,9 +122,10 @@ def main() -> None:
         try:
             for headers in callers.values():
                 get_all(port, headers, paths(300), args.concurrency)  # warm-up: pools, caches, plans
-            for _ in range(args.rounds):
+            for i in range(args.rounds):
                 batch = paths(args.requests)
-                for caller, headers in callers.items():
+                # ABBA: the order alternates, so a drift in the shared machine's load falls on both alike
+                for caller, headers in (list(callers.items()) if i % 2 == 0 else list(callers.items())[::-1]):
                     results[caller].append(get_all(port, headers, batch, args.concurrency))
         finally:
             server.terminate()
@@ -134,7 +135,7 @@ def main() -> None:
               f"`cim serve`, 1 worker; the sample city ({n_all:,} buildings, {n_street:,} in street {street}); "
               f"{args.rounds} rounds × {args.requests:,} requests per caller, the same boxes for both, "
               f"{args.concurrency} connections.\n")
-        print("| caller | req/s (best round) | req/s (median round) | p50 / p99 ms | features per answer | "
+        print("| caller | req/s (all rounds) | req/s (best round) | p50 / p99 ms | features per answer | "
               "answers 200 |\n|---|---:|---:|---:|---:|---:|")
         rates = {}
         for caller, runs in results.items():
@@ -143,11 +144,11 @@ def main() -> None:
             ok = sum(sum(1 for s in r[2] if s == 200) for r in runs)
             total = sum(len(r[2]) for r in runs)
             feats = sum(r[3] for r in runs) / total
-            rates[caller] = float(np.median(rps))
-            print(f"| {caller} | {max(rps):,.0f} | {np.median(rps):,.0f} | {np.percentile(lat, 50):.1f} / "
+            rates[caller] = total / sum(r[0] for r in runs)
+            print(f"| {caller} | {rates[caller]:,.0f} | {max(rps):,.0f} | {np.percentile(lat, 50):.1f} / "
                   f"{np.percentile(lat, 99):.1f} | {feats:.1f} | {ok:,} of {total:,} |")
         unscoped, scoped = rates.values()
-        print(f"\n**Ratio** (median rounds): street-scoped / unscoped = **{scoped / unscoped:.2f}** (target ≥ 0.90).")
+        print(f"\n**Ratio** (all rounds): street-scoped / unscoped = **{scoped / unscoped:.2f}** (target ≥ 0.90).")
     finally:
         if not args.keep:
             with admin(server_url).connect() as conn:

@@ -92,17 +92,12 @@ def create_key(conn: Connection, role: str | None = None, name: str | None = Non
     return _row(row, user), key
 
 
-def verify_key(conn: Connection, key: str) -> ApiKey | None:
-    """The active key record for ``key`` with its user, or None when unknown, revoked or its user disabled."""
-    if not key:
-        return None
-    row = conn.execute(sa.text(
-        "SELECT k.id, k.name, k.role, k.created_at, k.revoked_at, k.user_id, u.name AS user_name, u.role AS "
-        "user_role, u.city, u.district_code, u.street_code, u.grid_codes, u.department_code, "
-        "u.created_at AS user_created_at, u.disabled_at FROM api_keys k LEFT JOIN users u ON u.id = k.user_id "
-        "WHERE k.key_hash = :hash AND k.revoked_at IS NULL"), {"hash": hash_key(key)}).mappings().first()
-    if row is None or (row["user_id"] is not None and row["disabled_at"] is not None):
-        return None
+_WITH_USER = ("SELECT k.id, k.name, k.role, k.created_at, k.revoked_at, k.user_id, u.name AS user_name, "
+              "u.role AS user_role, u.city, u.district_code, u.street_code, u.grid_codes, u.department_code, "
+              "u.created_at AS user_created_at, u.disabled_at FROM api_keys k LEFT JOIN users u ON u.id = k.user_id")
+
+
+def _with_user(row: sa.RowMapping) -> ApiKey:
     user = None
     if row["user_id"] is not None:
         user = user_from_row({"id": row["user_id"], "name": row["user_name"], "role": row["user_role"],
@@ -113,10 +108,19 @@ def verify_key(conn: Connection, key: str) -> ApiKey | None:
     return _row(row, user)
 
 
+def verify_key(conn: Connection, key: str) -> ApiKey | None:
+    """The active key record for ``key`` with its user, or None when unknown, revoked or its user disabled."""
+    if not key:
+        return None
+    row = conn.execute(sa.text(_WITH_USER + " WHERE k.key_hash = :hash AND k.revoked_at IS NULL"),
+                       {"hash": hash_key(key)}).mappings().first()
+    if row is None or (row["user_id"] is not None and row["disabled_at"] is not None):
+        return None
+    return _with_user(row)
+
+
 def list_keys(conn: Connection) -> list[ApiKey]:
-    rows = conn.execute(sa.text(
-        "SELECT id, name, role, created_at, revoked_at FROM api_keys ORDER BY id")).mappings()
-    return [_row(r) for r in rows]
+    return [_with_user(r) for r in conn.execute(sa.text(_WITH_USER + " ORDER BY k.id")).mappings()]
 
 
 def revoke_key(conn: Connection, key_id: int) -> ApiKey:

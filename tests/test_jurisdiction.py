@@ -301,6 +301,7 @@ def test_cli_users_keys_audit_and_as(city, db_url, cases, streets):
     assert "cli_street" in listed and a in listed
     key = run_cim("keys", "create", "--user", "cli_street", db_url=db_url).stdout.strip()
     assert key.startswith("cim_")
+    assert f"cli_street (street {a})" in run_cim("keys", "list", db_url=db_url).stdout
     shown = run_cim("--as", "cli_street", "cases", "list", db_url=db_url, check=False)
     everything = run_cim("cases", "list", db_url=db_url, check=False)
     assert shown.returncode == 0, shown.stderr

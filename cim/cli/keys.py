@@ -47,9 +47,10 @@ def list_() -> None:
 
     with get_engine().connect() as conn:
         keys = list_keys(conn)
-    table = Table("id", "name", "role", "created", "revoked")
+    table = Table("id", "name", "role", "user (jurisdiction)", "created", "revoked")
     for k in keys:
-        table.add_row(str(k.id), k.name or "", k.role, f"{k.created_at:%Y-%m-%d %H:%M}" if k.created_at else "",
+        owner = f"{k.user.name} ({k.user.describe()})" if k.user else "(none: city-wide)"
+        table.add_row(str(k.id), k.name or "", k.role, owner, f"{k.created_at:%Y-%m-%d %H:%M}" if k.created_at else "",
                       f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "")
     console.print(table)
 

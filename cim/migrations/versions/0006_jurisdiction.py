@@ -200,4 +200,5 @@ def downgrade() -> None:
     op.execute("DROP FUNCTION IF EXISTS audit_log_append_only()")
     op.execute("ALTER TABLE api_keys DROP COLUMN IF EXISTS user_id")
     op.execute("DROP TABLE IF EXISTS users")
-    # the role is the cluster's and other bases may use it: it stays
+    # the role is the cluster's and other bases may use it: it stays; so does LEAKPROOF on PostGIS's box
+    # tests (true of them whatever the schema, and only a superuser could take it back)
