@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api.problems import Problem, problem_response, user_error_response
 from cim.apikeys import ApiKey, check_role, hash_key, role_allows, verify_key
 from cim.errors import UserError
-from cim.jurisdiction import PUBLIC, reset_scope, set_scope
+from cim.jurisdiction import NOBODY, PUBLIC, reset_scope, set_scope
 from cim.tokens import InvalidToken, TokenVerifier, looks_like_jwt
 
 #: the deployment setting (:class:`cim.config.DeploymentSettings`) that makes reading need a key
@@ -207,19 +207,24 @@ class ReadAccessMiddleware:
         request = Request(scope)
         key = key_from_headers(request.headers.get("x-api-key"), request.headers.get("authorization"))
         caller = PUBLIC
-        if key is not None or (state.deployment.api_read_key_required and scope["method"] != "OPTIONS"
-                               and not _is_open(scope["path"])):
+        required = state.deployment.api_read_key_required and scope["method"] != "OPTIONS"
+        if not _is_open(scope["path"]) and (key is not None or required):
             try:
                 record = await run_in_threadpool(authenticate, state, key)
             except Problem as exc:  # middleware runs outside the exception handlers: answer directly
                 response = problem_response(request, exc.status, exc.title, exc.detail, headers=exc.headers)
                 await response(scope, receive, send)
                 return
-            except UserError as exc:  # the keys cannot be checked while the database is down: a 503
-                await user_error_response(request, exc)(scope, receive, send)
-                return
-            scope.setdefault("state", {})["api_key"] = record
-            caller = record.scope()
+            except UserError as exc:  # the keys cannot be checked while the database is down
+                if required:  # a 503: nothing may be answered without a checked key
+                    await user_error_response(request, exc)(scope, receive, send)
+                    return
+                # reading is open and what needs no database may still be answered; whatever does
+                # reads as nobody (never as the public: the key may be narrower), and 503s anyway now
+                caller = NOBODY
+            else:
+                scope.setdefault("state", {})["api_key"] = record
+                caller = record.scope()
         token = set_scope(caller.with_request(_client(scope), f"{scope['method']} {scope['path']}"))
         try:
             await self.app(scope, receive, send)

@@ -28,7 +28,7 @@ from cim.errors import UserError
 
 #: the database role every API transaction switches to (made by migration 0006_jurisdiction)
 API_ROLE = "cim_api"
-ScopeKind = Literal["city", "area", "public", "owner"]
+ScopeKind = Literal["city", "area", "public", "owner", "none"]
 
 
 class OutsideJurisdiction(UserError):
@@ -55,10 +55,6 @@ class Scope:
     client: str | None = None  # from where (the request's client address)
     request: str | None = None  # what ("GET /cases/4")
 
-    @property
-    def may_write(self) -> bool:
-        return self.kind in ("city", "area", "owner")
-
     def describe(self) -> str:
         """The jurisdiction in words, for audit rows and messages: ``street 310104012``, ``city``."""
         if self.kind != "area":
@@ -74,6 +70,8 @@ class Scope:
         cache key see the same rows. The city and the public see all rows (the public masked)."""
         if self.kind in ("city", "public", "owner"):
             return "all"
+        if self.kind == "none":
+            return "none"
         return f"d={self.district or ''};s={self.street or ''};g={','.join(self.grids)};dep={self.department or ''}"
 
     def with_request(self, client: str | None, request: str | None) -> Scope:
@@ -90,6 +88,8 @@ class Scope:
 
 
 PUBLIC = Scope("public")
+#: a caller whose credentials could not be checked (the database is down): sees and writes nothing
+NOBODY = Scope("none")
 #: the database owner: no role switch (loads, migrations, the ``cim`` command without ``--as``)
 OWNER = Scope("owner", role="admin", personal_data=True)
 
