@@ -335,6 +335,12 @@ def test_vector_tiles_differ_by_scope(client, keys, city, streets):
     assert client.get(path, headers=keys["a_viewer"]).content == a.content
     assert client.get(path).content == public.content
     assert a.headers["etag"] != public.headers["etag"]
+    # TileJSON's versioned URLs are answered from memory before routing: per scope there too
+    template = client.get("/collections/buildings/tiles/WebMercatorQuad/tilejson.json").json()["tiles"][0]
+    versioned = template.split("://", 1)[1].split("/", 1)[1].replace("{z}", str(z)).replace("{y}", str(y))
+    versioned = "/" + versioned.replace("{x}", str(x))
+    assert client.get(versioned).content == public.content  # now in memory, the public's
+    assert client.get(versioned, headers=keys["a_viewer"]).content == a.content
 
 
 def test_3d_tilesets_differ_by_scope(client, keys):
