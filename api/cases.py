@@ -3,7 +3,7 @@
 - ``POST /cases`` — a report (JSON, or multipart/form-data with ``photos``) → the located,
   registered, machine-dispatched case (201; 200 with the same case when its external id is known).
 - ``GET /cases`` — filtered, paged list (reporter contact masked); ``GET /cases/{id}`` with its log
-  (contact masked too, unless the request carries a ``loader`` or ``admin`` key).
+  (contacts masked too, unless the caller's role needs them: the read is then audited).
 - ``POST /cases/{id}/actions`` — one lifecycle action as a case role.
 - ``GET /cases/stats`` — the evaluation indicators (综合评价), JSON or CSV.
 
@@ -40,11 +40,13 @@ from cases.catalogue import class_by_code
 from cases.evaluation import UNITS, evaluate, to_csv
 from cases.intake import CaseReport, IntakeResult, intake
 from cases.lifecycle import ROLES, Action, act
-from cases.model import Case, CaseFilter, case_log, get_case, list_cases
-from cim.apikeys import ApiKey, role_allows, verify_key
+from cases.model import Case, CaseFilter, case_log, get_case, list_cases, mask
+from cim.apikeys import ApiKey, role_allows
+from cim.audit import record_unmasked_read
 from cim.crs import transform_coords
 from cim.errors import ParameterError, PayloadTooLargeError, UserError
 from cim.features import parse_datetime
+from cim.jurisdiction import current_scope
 from cim.spatial import to_storage
 
 router = APIRouter(tags=["cases"])
@@ -110,6 +112,8 @@ def report_from(data: Mapping[str, Any], default_channel: str = "public") -> Cas
 def case_json(case: Case, srid: int, mask_contact: bool = False) -> dict[str, Any]:
     """A case for the API: its fields, and its point as lon/lat (WGS84) beside the storage x/y."""
     out = case.to_dict(mask_contact=mask_contact)
+    if mask_contact:  # the responsible person's phone is personal data too
+        out["person_contact"] = mask(case.person_contact)
     out["lon"] = out["lat"] = None
     if case.x is not None and case.y is not None:
         lon, lat, _ = transform_coords([case.x], [case.y], None, f"EPSG:{srid}", "EPSG:4326")
@@ -294,24 +298,20 @@ def get_stats(request: Request,
                            "indicators": [r.__dict__ for r in rows]})
 
 
-def _is_staff(request: Request, conn: Connection) -> bool:
-    """Whether the request carries a key of a handler (loader or higher): only they see a reporter's
-    contact unmasked (reading is open by default)."""
-    key = auth.key_from_headers(request.headers.get("x-api-key"), request.headers.get("authorization"))
-    record = verify_key(conn, key) if key else None
-    return record is not None and role_allows(record.role, KEY_ROLE_FOR_CASE_ROLE["department"])
-
-
 @router.get("/cases/{case_id}", summary="One case with its complete log and attachments")
 def get_one(request: Request, case_id: int) -> dict[str, Any]:
-    """The reporter's contact is masked unless the request carries a loader or admin key."""
+    """Contacts (reporter's, responsible person's) are masked unless the caller's role needs them
+    (:data:`cim.users.PERSONAL_DATA_ROLES`, or a key without a user of role loader or higher); each
+    unmasked answer is recorded in the audit trail. A case outside the caller's jurisdiction is a 404."""
     state = get_state(request)
     with state.engine.connect() as conn:
         case = get_case(conn, case_id)
         log = case_log(conn, case_id)
         atts = attachments_of(conn, case_id)
-        staff = _is_staff(request, conn)
-    return {**case_json(case, state.settings.srid, mask_contact=not staff), "log": [e.to_dict() for e in log],
+    unmasked = current_scope().personal_data
+    if unmasked and (case.reporter_contact or case.person_contact):
+        record_unmasked_read(state.engine, "cases", {"case": case_id})
+    return {**case_json(case, state.settings.srid, mask_contact=not unmasked), "log": [e.to_dict() for e in log],
             "attachments": [_attachment_json(a) for a in atts]}
 
 

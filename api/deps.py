@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import Request
 from sqlalchemy.engine import Engine
@@ -20,6 +21,9 @@ class AppState:
     engine: Engine
     settings: BaseSettings  # the base's (storage CRS, city); fixed with the data
     deployment: DeploymentSettings  # this process's (CIM_* variables), read when the app is made
+    # api.auth's, made on first use: keys verified lately, and the bearer-token verifier (when configured)
+    verified_keys: Any = None
+    token_verifier: Any = None
     _layers: dict[str, Layer] = field(default_factory=dict)
     _layers_at: float = 0.0
 

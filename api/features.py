@@ -52,6 +52,7 @@ from cim.features import (
     DEFAULT_LIMIT, MAX_LIMIT, Extent, ItemsQuery, Selection, feature_ended_at, feature_table, fetch_feature,
     fetch_items, group_stats, layer_extent,
 )
+from cim.jurisdiction import current_scope
 from cim.selection import parse_bbox, parse_datetime
 from cim.registry import Layer
 
@@ -161,7 +162,8 @@ def _run(state: AppState, fn, *args, **kwargs):
 
 
 def _extent(state: AppState, layer: Layer) -> Extent:
-    key = (str(state.engine.url), layer.name, layer.version)
+    # the extent of the rows the caller may see (row-level security): one per jurisdiction
+    key = (str(state.engine.url), layer.name, layer.version, current_scope().cache_key())
     hit = _extent_cache.get(key)
     # layer versions change with loads, not with hand edits: re-check now and then (CIM_EXTENT_CACHE_S)
     if hit and time.monotonic() - hit[0] < state.deployment.extent_cache_s:

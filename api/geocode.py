@@ -21,14 +21,16 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import StreamingResponse
 
 from api.deps import get_state
-from api.grid import check_point
+from api.grid import check_point, masked
 from cim.crs import resolve_parameter
 from api.limits import MAX_CRS_CHARS, MAX_NAME_CHARS, TooManyItems, load_json_list
 from api.problems import bad_parameter
+from cim.audit import record_unmasked_read
 from cim.crs import CrsSpec
 from cim.gazetteer.batch import BatchSummary, geocode_csv
 from cim.gazetteer.geocode import MAX_QUERY_CHARS, geocode, geocode_many
 from cim.gazetteer.reverse import DEFAULT_RADIUS_M, MAX_RADIUS_M, reverse
+from cim.jurisdiction import current_scope
 
 router = APIRouter(tags=["gazetteer"])
 
@@ -49,7 +51,19 @@ def geocode_one(request: Request,
     if not q.strip():
         raise bad_parameter("q", "q: the address is empty")
     with get_state(request).engine.connect() as conn:
-        return geocode(conn, q, spec).to_dict()
+        result = geocode(conn, q, spec)
+    return _contacts_masked(request, [result])[0].to_dict()
+
+
+def _contacts_masked(request: Request, results: list) -> list:
+    """Responsible persons' contacts in the answers' assignments are masked unless the caller's role needs
+    them (then the read is audited), as in the grid lookup."""
+    if not current_scope().personal_data:
+        for result, answer in zip(results, masked([r.assignment for r in results])):
+            result.assignment = answer
+    elif any(p.contact for r in results for resp in r.assignment.responsibility for p in resp.persons):
+        record_unmasked_read(get_state(request).engine, "persons", {"geocoded": len(results)})
+    return results
 
 
 def _json_batch(request: Request, body: Any, spec: CrsSpec, detail: str) -> dict:
@@ -70,6 +84,8 @@ def _json_batch(request: Request, body: Any, spec: CrsSpec, detail: str) -> dict
     with get_state(request).engine.connect() as conn:
         for start in range(0, len(body), _CHUNK):
             results += geocode_many(conn, body[start:start + _CHUNK], spec)
+    if detail == "full":
+        results = _contacts_masked(request, results)
     summary = BatchSummary(rows=len(results))
     summary.levels.update(r.match_level for r in results)
     summary.ambiguous = sum(r.ambiguous for r in results)
@@ -186,7 +202,8 @@ def reverse_one(request: Request,
     spec = resolve_parameter(crs, "crs")
     check_point(lon, lat, spec)
     with get_state(request).engine.connect() as conn:
-        return reverse(conn, lon, lat, spec, radius).to_dict()
+        result = reverse(conn, lon, lat, spec, radius)
+    return _contacts_masked(request, [result])[0].to_dict()
 
 
 def install(app: FastAPI) -> None:

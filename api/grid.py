@@ -6,6 +6,7 @@ Also holds the point and CRS checks the other point-taking routes (``/nearby``) 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from fastapi import APIRouter, FastAPI, Query, Request
 from pydantic import BaseModel, Field
@@ -14,7 +15,10 @@ from api.deps import get_state
 from api.limits import MAX_CRS_CHARS
 from api.problems import bad_parameter
 from cim.crs import CrsSpec, resolve_parameter
-from cim.grid import MAX_POINTS, answers_to_dicts, lookup_points
+from cases.model import mask
+from cim.audit import record_unmasked_read
+from cim.grid import MAX_POINTS, GridAnswer, Responsibility, answers_to_dicts, lookup_points
+from cim.jurisdiction import current_scope
 
 router = APIRouter(tags=["grid"])
 
@@ -45,10 +49,30 @@ class LookupRequest(BaseModel):
     crs: str | None = Field(None, max_length=MAX_CRS_CHARS, description=CRS_HELP)
 
 
+def masked(answers: list[GridAnswer]) -> list[GridAnswer]:
+    """Responsible persons' contacts masked (139****5678), the chains shared between answers kept shared
+    (grid lookup and geocoding answers both carry them)."""
+    done: dict[int, tuple[Responsibility, ...]] = {}
+
+    def chain(rs: tuple[Responsibility, ...]) -> tuple[Responsibility, ...]:
+        if id(rs) not in done:
+            done[id(rs)] = tuple(replace(r, persons=tuple(replace(p, contact=mask(p.contact)) for p in r.persons))
+                                 for r in rs)
+        return done[id(rs)]
+
+    return [replace(a, responsibility=chain(a.responsibility)) for a in answers]
+
+
 def _answer(request: Request, lons: list[float], lats: list[float], crs: CrsSpec) -> dict:
+    """Other jurisdictions' grids are not seen (row-level security): a point there has no grid. Contacts
+    are masked unless the caller's role needs them; an unmasked answer is audited."""
     state = get_state(request)
     with state.engine.connect() as conn:
         answers = lookup_points(conn, lons, lats, crs, state.settings)
+    if not current_scope().personal_data:
+        answers = masked(answers)
+    elif any(p.contact for a in answers for r in a.responsibility for p in r.persons):
+        record_unmasked_read(state.engine, "persons", {"grids": sorted({a.grid.code for a in answers if a.grid})})
     return {"results": answers_to_dicts(answers)}
 
 

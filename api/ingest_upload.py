@@ -20,6 +20,7 @@ from api.deps import get_state
 from api.limits import MAX_CRS_CHARS, MAX_NAME_CHARS
 from api.problems import bad_parameter, not_found
 from cim.apikeys import ApiKey
+from cim.jurisdiction import as_owner
 from ingest.columns import parse_mapping
 from ingest.run import IngestOptions, ingest_files
 from ingest.specs import SPECS
@@ -90,7 +91,9 @@ def ingest_upload(
     engine = get_state(request).engine
     with tempfile.TemporaryDirectory(prefix="cim-upload-") as tmp:
         paths = _primary_files(_save(files, FsPath(tmp)))
-        report = ingest_files(layer, paths, options, engine)
+        # a load locks, stages and versions a whole layer: the owner's work, for city-wide keys only
+        with as_owner(f"loading layer {layer}"):
+            report = ingest_files(layer, paths, options, engine)
     return report.as_dict()
 
 

@@ -59,7 +59,12 @@ class DeploymentSettings(_PydanticSettings):
                                                                "pinged before use")
     # --- the API --------------------------------------------------------------------------------
     api_read_key_required: bool = Field(False, description="reading the API also needs an API key")
+    jwt_issuer: str | None = Field(None, description="accept bearer JWTs from this issuer (with CIM_JWT_JWKS_URL)")
+    jwt_jwks_url: str | None = Field(None, description="the issuer's JWKS (https:// or file://)")
+    jwt_audience: str | None = Field(None, description="the audience bearer JWTs must name (unset: not checked)")
     layer_cache_s: float = Field(5.0, ge=0, description="seconds the API keeps the layer registry before re-reading")
+    auth_cache_s: float = Field(10.0, ge=0, description="seconds the API keeps a verified API key (a revoked key "
+                                                        "or a disabled user is refused at most this much later)")
     extent_cache_s: float = Field(300.0, ge=0, description="seconds the API keeps a collection's extent")
     upload_max_mb: int = Field(2048, ge=1, description="megabytes one upload to POST /ingest/{layer} may send "
                                                         "(spooled to disk while it streams in)")

@@ -39,26 +39,33 @@ def sqlalchemy_url(url: str) -> str:
     return url
 
 
-_ENGINES: dict[tuple[str, int | None], Engine] = {}
+_ENGINES: dict[tuple[str, int | None, bool], Engine] = {}
 
 
-def engine_for(url: str, *, lock_timeout_ms: int | None = None) -> Engine:
-    """One pooled engine per URL (and lock timeout) for the life of the process, sized by the
-    deployment settings in force when it is first asked for (``CIM_DB_POOL_SIZE``,
-    ``CIM_DB_POOL_TIMEOUT_S``, ``CIM_DB_PING_AFTER_IDLE_S``)."""
-    engine = _ENGINES.get((url, lock_timeout_ms))
+def engine_for(url: str, *, lock_timeout_ms: int | None = None, scoped: bool = False) -> Engine:
+    """One pooled engine per URL (and lock timeout, and whether it is scoped) for the life of the process,
+    sized by the deployment settings in force when it is first asked for (``CIM_DB_POOL_SIZE``,
+    ``CIM_DB_POOL_TIMEOUT_S``, ``CIM_DB_PING_AFTER_IDLE_S``).
+
+    A *scoped* engine begins every transaction in the caller's jurisdiction
+    (:func:`cim.jurisdiction.install_scope_hook`): row-level security decides what it sees."""
+    engine = _ENGINES.get((url, lock_timeout_ms, scoped))
     if engine is None:
         config = settings()
         connect_args = {} if lock_timeout_ms is None else {"options": f"-c lock_timeout={int(lock_timeout_ms)}"}
         # A fixed pool: under load, overflow connections are opened and closed per request, which cost
         # the API most of its throughput (measured: items at 32 connections 0.81x -> 1.41x tipg's).
-        engine = _ENGINES[(url, lock_timeout_ms)] = sa.create_engine(
+        engine = _ENGINES[(url, lock_timeout_ms, scoped)] = sa.create_engine(
             sqlalchemy_url(url), pool_size=config.db_pool_size, max_overflow=0,
             pool_timeout=config.db_pool_timeout_s, connect_args=connect_args)
         _ping_idle_connections(engine, config.db_ping_after_idle_s)
         _unavailable_when_unreachable(engine)
         if lock_timeout_ms is not None:
             _lock_waits_are_unavailable(engine)
+        if scoped:
+            from cim.jurisdiction import install_scope_hook
+
+            install_scope_hook(engine)
     return engine
 
 
@@ -108,7 +115,8 @@ def _first_line(error: BaseException) -> str:
 
 
 def reader_engine(engine: Engine) -> Engine:
-    """The engine the API reads through: the same server, a pool of its own, and no statement that waits
+    """The engine the API reads through: the same server, a pool of its own, every transaction in the
+    caller's jurisdiction (row-level security, :mod:`cim.jurisdiction`), and no statement that waits
     longer than ``CIM_DB_READER_LOCK_TIMEOUT_MS`` for a lock (it raises :class:`~cim.errors.UnavailableError`).
 
     Loads never lock readers out of a layer that has rows (see ``ingest.merge``); this bounds what any
@@ -116,7 +124,7 @@ def reader_engine(engine: Engine) -> Engine:
     briefly, instead of the whole pool for as long as the lock is held.
     """
     return engine_for(engine.url.render_as_string(hide_password=False),
-                      lock_timeout_ms=settings().db_reader_lock_timeout_ms)
+                      lock_timeout_ms=settings().db_reader_lock_timeout_ms, scoped=True)
 
 
 class LockedOut(UnavailableError):
@@ -166,7 +174,10 @@ def dispose_engines() -> None:
 
 
 def get_engine(url: str | None = None) -> Engine:
-    return engine_for(url or database_url())
+    """The base's engine: the owner's, or under ``cim --as USER`` one scoped to that user's jurisdiction."""
+    from cim.jurisdiction import scope_is_set
+
+    return engine_for(url or database_url(), scoped=scope_is_set())
 
 
 def raw_connection(engine: Engine):

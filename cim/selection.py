@@ -204,8 +204,10 @@ def _bbox_clause(geom: sa.ColumnElement, bbox: tuple[float, ...], bbox_crs: str 
     half = len(bbox) // 2
     minx, miny, maxx, maxy = bbox[0], bbox[1], bbox[half], bbox[half + 1]
     box = envelope_literal(minx, miny, maxx, maxy, crs, storage_srid, "bbox")
-    # ST_Intersects starts with the index test geom && box, then checks the exact geometry
-    clause = sa.func.ST_Intersects(geom, box)
+    # The box test is spelled out: ST_Intersects' own index condition comes from its support function, and
+    # under row-level security only a LEAKPROOF operator may drive an index scan (migration
+    # 0006_jurisdiction marks && so), so without it a scoped caller's bbox query would scan the table.
+    clause = sa.and_(geom.op("&&")(box), sa.func.ST_Intersects(geom, box))
     if half == 3:  # heights are metres in every offered CRS: compare them with the z range
         clause = sa.and_(clause, sa.func.ST_ZMax(geom) >= bbox[2], sa.func.ST_ZMin(geom) <= bbox[5])
     return clause

@@ -142,7 +142,8 @@ def test_get_lookup(client, city):
     assert r.status_code == 200
     (result,) = r.json()["results"]
     assert result["level"] == "grid" and result["grid"] == {"code": G2, "name": "网格二"}
-    assert result["responsibility"][0]["persons"][0] == {"name": "张三", "contact": "13800000001"}
+    # without a key the responsible person's phone is masked (issue 12; tests/test_jurisdiction.py)
+    assert result["responsibility"][0]["persons"][0] == {"name": "张三", "contact": "138****0001"}
     glon, glat = wgs84_to_gcj02(lon, lat)
     r = client.get("/grid/lookup", params={"lon": glon, "lat": glat, "crs": "gcj02"})
     assert r.json()["results"][0]["grid"]["code"] == G2

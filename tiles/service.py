@@ -16,6 +16,7 @@ from sqlalchemy.engine import Connection, Engine
 from cim.bootstrap import BaseSettings, load_settings
 from cim.config import settings as deployment_settings
 from cim.errors import ConflictError, NotFoundError
+from cim.jurisdiction import current_scope
 from cim.registry import Layer, load_layers
 from tiles import mvt
 from tiles.builds import BuiltOnce
@@ -98,7 +99,7 @@ class TileService:
     def plan(self, layer: Layer, selection: Selection = Selection(),
              max_features: int = DEFAULT_MAX_FEATURES, version: str | None = None) -> Plan:
         version = version or self.version_3d(layer)
-        key = (layer.name, version, selection.key, max_features)
+        key = (layer.name, version, _scoped(selection.key), max_features)
 
         def build() -> Plan:
             s = self.settings
@@ -110,7 +111,8 @@ class TileService:
         return self.plans.get(key, build, lambda old: old[0] == layer.name and old[1] != version)
 
     def _variant(self, selection: Selection, max_features: int) -> str:
-        return selection.key if max_features == DEFAULT_MAX_FEATURES else f"{selection.key}-n{max_features}"
+        variant = selection.key if max_features == DEFAULT_MAX_FEATURES else f"{selection.key}-n{max_features}"
+        return _scoped(variant)
 
     def tileset(self, layer: Layer, selection: Selection = Selection(),
                 max_features: int = DEFAULT_MAX_FEATURES, query: str = "") -> tuple[str, bytes]:
@@ -137,7 +139,7 @@ class TileService:
             raise UnknownLayerError(f"tile {tile_id!r} is not in the tileset of layer {layer.name!r}")
         with self.engine.connect() as conn:
             data = tile_glb(conn, plan, tile)
-        self.cache.put(key, data, persist=selection.is_all)
+        self.cache.put(key, data, persist=selection.is_all and not _narrowed())
         return data
 
     # --- vector tiles --------------------------------------------------------------------------
@@ -146,7 +148,7 @@ class TileService:
     def _mvt_key(layer_name: str, version: str, z: int, x: int, y: int, selection: Selection,
                  properties: list[str] | None) -> tuple[str, str, str, str, str]:
         variant = selection.key if properties is None else f"{selection.key}-{_digest(properties)}"
-        return ("mvt", layer_name, version, variant, f"{z}/{x}/{y}.pbf")
+        return ("mvt", layer_name, version, _scoped(variant), f"{z}/{x}/{y}.pbf")
 
     def mvt_in_memory(self, layer_name: str, version: str, z: int, x: int, y: int,
                       selection: Selection = Selection()) -> bytes | None:
@@ -182,8 +184,20 @@ class TileService:
         started = time.perf_counter()
         data = mvt.tile(conn, layer, self.settings.srid, z, x, y, selection, props)
         slow = time.perf_counter() - started >= self._persist_after_s
-        self.cache.put(key, data, persist=slow and selection.is_all and properties is None)
+        self.cache.put(key, data, persist=slow and selection.is_all and properties is None and not _narrowed())
         return data
+
+
+def _narrowed() -> bool:
+    """Whether the caller sees fewer rows than the whole city (row-level security, cim.jurisdiction)."""
+    return current_scope().cache_key() != "all"
+
+
+def _scoped(variant: str) -> str:
+    """A cache variant of the caller's jurisdiction: tiles are built from the rows the caller may see, so
+    two jurisdictions never share one (the city and the public see the same rows and do)."""
+    key = current_scope().cache_key()
+    return variant if key == "all" else f"{variant}@{_digest(key)}"
 
 
 def _digest(items: Any) -> str:

@@ -1,6 +1,7 @@
 """What every tile route shares: its query parameters, the thread hop, ETags and cache headers."""
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Any, Callable, Literal
 
 from fastapi import Query, Request
@@ -8,6 +9,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Scope
 
 from api.limits import MAX_BBOX_CHARS, MAX_FILTER_CHARS
+from cim.jurisdiction import current_scope
 from cim.selection import Selection, parse_bbox
 from tiles.service import TileService
 
@@ -28,7 +30,9 @@ async def call(fn: Callable, *args: Any) -> Any:
 
 
 def etag(version: str) -> str:
-    return f'"{version}"'
+    """The tag of a version as the caller sees it: a narrower jurisdiction's tiles are other bytes."""
+    key = current_scope().cache_key()
+    return f'"{version}"' if key == "all" else f'"{version}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"'
 
 
 def not_modified(request: Request, tag: str) -> bool:

@@ -14,18 +14,28 @@ keys_app = typer.Typer(help="API keys: reader (read when keys are required), loa
 
 @keys_app.command("create")
 def create(
-    role: str = typer.Option(..., "--role", help="reader, loader or admin."),
+    role: Optional[str] = typer.Option(None, "--role", help="reader, loader or admin (a key without a user: "
+                                                             "city-wide)."),
     name: Optional[str] = typer.Option(None, "--name", help="Who or what the key is for."),
+    user: Optional[str] = typer.Option(None, "--user", help="The user the key belongs to: its role and "
+                                                             "jurisdiction (see 'cim users')."),
 ) -> None:
     """Create a key; it is printed once on stdout and only its hash is kept."""
     from cim.apikeys import check_role, create_key
     from cim.database import get_engine
+    from cim.errors import UserError
+    from cim.users import get_user
 
-    check_role(role)
+    if role is None and user is None:
+        raise UserError("--role or --user: say which role, or which user the key is for")
+    if role is not None:
+        check_role(role)
     with get_engine().begin() as conn:
-        record, key = create_key(conn, role, name)
-    err_console.print(f"API key {record.id} ({record.role}{', ' + name if name else ''}) created; "
-                      "store it now, it cannot be shown again:")
+        owner = get_user(conn, user) if user else None
+        record, key = create_key(conn, role, name, owner)
+    scope = f", user {owner.name}: {owner.describe()}" if owner else ""
+    err_console.print(f"API key {record.id} ({record.role}{', ' + record.name if record.name else ''}{scope}) "
+                      "created; store it now, it cannot be shown again:")
     typer.echo(key)  # alone on stdout so scripts can capture it
 
 
@@ -37,9 +47,10 @@ def list_() -> None:
 
     with get_engine().connect() as conn:
         keys = list_keys(conn)
-    table = Table("id", "name", "role", "created", "revoked")
+    table = Table("id", "name", "role", "user (jurisdiction)", "created", "revoked")
     for k in keys:
-        table.add_row(str(k.id), k.name or "", k.role, f"{k.created_at:%Y-%m-%d %H:%M}" if k.created_at else "",
+        owner = f"{k.user.name} ({k.user.describe()})" if k.user else "(none: city-wide)"
+        table.add_row(str(k.id), k.name or "", k.role, owner, f"{k.created_at:%Y-%m-%d %H:%M}" if k.created_at else "",
                       f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "")
     console.print(table)
 

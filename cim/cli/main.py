@@ -13,7 +13,16 @@ from cim.cli.console import err_console
 from cim.errors import UserError
 
 EDGE_MODULES = ("ingest.cli", "tiles.cli", "cases.cli", "sensing.cli", "scenarios.cli", "api.cli")
-CORE_MODULES = ("cim.cli.db", "cim.cli.gazetteer", "cim.cli.grid", "cim.cli.keys")
+CORE_MODULES = ("cim.cli.db", "cim.cli.gazetteer", "cim.cli.grid", "cim.cli.keys", "cim.cli.users", "cim.cli.audit")
+
+
+def _root(as_user: str | None = typer.Option(
+        None, "--as", metavar="USER", help="Run the command in this user's jurisdiction (row-level security, as "
+                                           "the API does); without it, commands run as the database owner.")) -> None:
+    if as_user:
+        from cim.cli.users import act_as
+
+        act_as(as_user)
 
 
 def build_app() -> typer.Typer:
@@ -22,6 +31,7 @@ def build_app() -> typer.Typer:
     app = typer.Typer(name="cim", help="CIM city data platform: PostGIS 3D base, loaders, gazetteer, API, tiles.",
                       no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
                       rich_markup_mode="rich" if err_console.is_terminal else None)
+    app.callback()(_root)
     for module_name in CORE_MODULES + EDGE_MODULES:
         try:
             module = importlib.import_module(module_name)

@@ -23,6 +23,7 @@ from cim.gazetteer.dictionary import AddressDictionary
 from cim.gazetteer.index import AddressGroup, AreaPoint, Entry, entry_from_row
 from cim.gazetteer.parse import ParsedAddress, parse_address
 from cim.grid import Area, GridAnswer
+from cim.jurisdiction import current_scope
 
 # How many roads' address indexes and parsed queries are kept in memory per database: deployment
 # settings CIM_GEOCODE_ROAD_CACHE and CIM_GEOCODE_PARSE_CACHE, read when a gazetteer is built.
@@ -209,8 +210,8 @@ class Gazetteer:
 # One gazetteer per database (keyed by its URL without the password). A build reads the whole
 # base, so it happens under that database's build lock: after a load, the many requests that all
 # find the gazetteer stale wait for one rebuild instead of each doing their own.
-_GAZETTEERS: dict[str, Gazetteer] = {}
-_BUILD_LOCKS: dict[str, threading.Lock] = {}
+_GAZETTEERS: dict[tuple[str, str], Gazetteer] = {}
+_BUILD_LOCKS: dict[tuple[str, str], threading.Lock] = {}
 _STATE_LOCK = threading.Lock()  # guards the two dicts, held only for lookups
 
 
@@ -218,7 +219,8 @@ def gazetteer_for(conn: Connection) -> Gazetteer:
     """This database's gazetteer, rebuilt when a load has bumped one of its layers' versions —
     once per database and versions, however many threads ask at the same time."""
     versions = layer_versions(conn)
-    key = conn.engine.url.render_as_string(hide_password=True)
+    # built from the rows the caller may see (row-level security): one per database and jurisdiction
+    key = (conn.engine.url.render_as_string(hide_password=True), current_scope().cache_key())
     with _STATE_LOCK:
         found = _GAZETTEERS.get(key)
         build_lock = _BUILD_LOCKS.setdefault(key, threading.Lock())

@@ -1,0 +1,227 @@
+"""Jurisdiction: whose rows a caller may see and change, enforced by PostgreSQL row-level security.
+
+The pattern is PostgREST's. Each transaction on an engine that carries :func:`install_scope_hook`
+(the API's reader engine; the ``cim`` command's engine under ``--as USER``) begins with one statement
+that switches to the non-owner role :data:`API_ROLE` and sets the caller's jurisdiction as
+transaction-local settings (``cim.scope``, ``cim.district``, ``cim.street``, ``cim.grids``,
+``cim.department``, and who and from where for the audit trail). The policies of migration
+0006_jurisdiction compare indexed code columns with those settings. So no route, tile builder or
+export can forget the check, and a pooled connection cannot carry one caller's scope into the next
+transaction: the settings end with the transaction, and the pool rolls back on check-in.
+
+The caller's scope is a context variable: the API's access middleware sets it for each request (it
+follows the request into the thread pool), ``cim --as USER`` for the command. Without one, a
+transaction runs as :data:`PUBLIC` — anonymous reading, no writing, personal data masked.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from cim.errors import UserError
+
+#: the database role every API transaction switches to (made by migration 0006_jurisdiction)
+API_ROLE = "cim_api"
+ScopeKind = Literal["city", "area", "public", "owner", "none"]
+
+
+class OutsideJurisdiction(UserError):
+    """A write the caller's jurisdiction does not cover (the row it would make is not theirs)."""
+
+    status = 403
+    title = "Forbidden"
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Who is asking and what they may see: the whole city, an area (district, street, grids) and/or a
+    department, or the public. ``owner`` is the database owner itself (no role switch: loads)."""
+
+    kind: ScopeKind
+    role: str = "viewer"  # the user's role (cim.users.USER_ROLES)
+    user: str | None = None
+    key_id: int | None = None
+    district: str | None = None
+    street: str | None = None
+    grids: tuple[str, ...] = ()
+    department: str | None = None
+    personal_data: bool = False  # may read reporters' and responsible persons' contacts unmasked
+    client: str | None = None  # from where (the request's client address)
+    request: str | None = None  # what ("GET /cases/4")
+
+    def describe(self) -> str:
+        """The jurisdiction in words, for audit rows and messages: ``street 310104012``, ``city``."""
+        if self.kind != "area":
+            return self.kind
+        parts = [f"district {self.district}" if self.district and not self.street else "",
+                 f"street {self.street}" if self.street else "",
+                 f"grids {','.join(self.grids)}" if self.grids else "",
+                 f"department {self.department}" if self.department else ""]
+        return "; ".join(p for p in parts if p)
+
+    def cache_key(self) -> str:
+        """What a cache of rows (a tile, a geocoder answer) must be keyed by: two callers with the same
+        cache key see the same rows. The city and the public see all rows (the public masked)."""
+        if self.kind in ("city", "public", "owner"):
+            return "all"
+        if self.kind == "none":
+            return "none"
+        return f"d={self.district or ''};s={self.street or ''};g={','.join(self.grids)};dep={self.department or ''}"
+
+    def with_request(self, client: str | None, request: str | None) -> Scope:
+        return replace(self, client=client, request=request)
+
+    def settings(self) -> dict[str, str]:
+        """The transaction-local settings the policies and the audit trigger read."""
+        return {"cim.scope": self.kind, "cim.district": self.district or "", "cim.street": self.street or "",
+                "cim.grids": ",".join(self.grids), "cim.department": self.department or "",
+                "cim.user": self.user or ("anonymous" if self.kind == "public" else ""),
+                "cim.key": "" if self.key_id is None else str(self.key_id), "cim.role": self.role,
+                "cim.scope_text": self.describe(), "cim.client": self.client or "",
+                "cim.request": self.request or ""}
+
+
+PUBLIC = Scope("public")
+#: a caller whose credentials could not be checked (the database is down): sees and writes nothing
+NOBODY = Scope("none")
+#: the database owner: no role switch (loads, migrations, the ``cim`` command without ``--as``)
+OWNER = Scope("owner", role="admin", personal_data=True)
+
+_current: contextvars.ContextVar[Scope | None] = contextvars.ContextVar("cim_scope", default=None)
+
+
+def current_scope() -> Scope:
+    """The scope of the request or command running now (:data:`PUBLIC` when none was set)."""
+    return _current.get() or PUBLIC
+
+
+def scope_is_set() -> bool:
+    """Whether a caller's scope (other than the owner's) is in force: ``cim --as USER``, an API request."""
+    scope = _current.get()
+    return scope is not None and scope.kind != "owner"
+
+
+def set_scope(scope: Scope) -> contextvars.Token:
+    return _current.set(scope)
+
+
+def reset_scope(token: contextvars.Token) -> None:
+    _current.reset(token)
+
+
+@contextlib.contextmanager
+def acting_as(scope: Scope) -> Iterator[Scope]:
+    """Run the block's database work in ``scope``."""
+    token = _current.set(scope)
+    try:
+        yield scope
+    finally:
+        _current.reset(token)
+
+
+@contextlib.contextmanager
+def as_owner(what: str) -> Iterator[None]:
+    """Bulk work that only a city-wide caller may do (a layer load, a batch of readings) runs as the
+    owner: its staging tables, partitions and table locks are the owner's. The caller stays recorded
+    in the audit trail; any narrower scope is refused here, before anything is read."""
+    scope = current_scope()
+    if scope.kind not in ("city", "owner"):
+        raise OutsideJurisdiction(f"{what} needs a city-wide key; this key's jurisdiction is {scope.describe()}")
+    with acting_as(replace(scope, kind="owner")):
+        yield
+
+
+def _set_statement(scope: Scope) -> tuple[str, dict[str, str]]:
+    settings = scope.settings()
+    names = list(settings)
+    parts = [f"set_config('{name}', %(v{i})s, true)" for i, name in enumerate(names)]
+    params = {f"v{i}": settings[name] for i, name in enumerate(names)}
+    if scope.kind != "owner":
+        parts.insert(0, f"set_config('role', '{API_ROLE}', true)")
+    return "SELECT " + ", ".join(parts), params
+
+
+def install_scope_hook(engine: Engine) -> None:
+    """Every transaction on ``engine`` begins in the current scope (one statement, one round trip)."""
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(conn: sa.Connection) -> None:
+        statement, params = _set_statement(current_scope())
+        conn.exec_driver_sql(statement, params)
+
+    @sa.event.listens_for(engine, "handle_error")
+    def _outside(context) -> None:  # noqa: ANN001 (SQLAlchemy's event signature)
+        error = context.original_exception
+        # 42501 from a WITH CHECK policy: the row written would lie outside the caller's jurisdiction
+        if getattr(error, "pgcode", None) == "42501" and "row-level security" in str(error):
+            raise OutsideJurisdiction(
+                f"this would write a row outside your jurisdiction ({current_scope().describe()})") from error
+
+
+# --- the policies ---------------------------------------------------------------------------------
+
+_AREA = "cim_in_scope({d}, {s}, {g})"
+_AREA_WRITE = "cim_may_write({d}, {s}, {g})"
+
+
+def _area(d: str, s: str, g: str) -> tuple[str, str]:
+    return _AREA.format(d=d, s=s, g=g), _AREA_WRITE.format(d=d, s=s, g=g)
+
+
+def _through(parent: str, parent_key: str, key: str, d: str = "district_code", s: str = "street_code",
+             g: str = "grid_code", current: str = "") -> tuple[str, str]:
+    """Rows that belong to a parent row (a case's log, a device's readings) follow the parent's policy.
+    The city and the public skip the lookup."""
+    alias = "p"
+    where = f"{alias}.{parent_key} = {key}{current}"
+    read = (f"current_setting('cim.scope', true) IN ('city', 'public') OR EXISTS "
+            f"(SELECT 1 FROM {parent} {alias} WHERE {where})")
+    write = (f"current_setting('cim.scope', true) = 'city' OR EXISTS (SELECT 1 FROM {parent} {alias} WHERE {where} "
+             f"AND cim_may_write({alias}.{d}, {alias}.{s}, {alias}.{g}))")
+    return read, write
+
+
+def area_tables() -> dict[str, tuple[str, str]]:
+    """Every protected table with its read and its write policy expression, parents before children."""
+    plain = _area("district_code", "street_code", "grid_code")
+    # The administrative frame (districts, streets, communities: names and boundaries) is read by every
+    # scope — the gazetteer parses addresses with it, and a map needs it — and written within the writer's.
+    frame = "true"
+    tables: dict[str, tuple[str, str]] = {
+        "districts": (frame, _area("code", "NULL", "NULL")[1]),
+        "streets": (frame, _area("district_code", "code", "NULL")[1]),
+        "communities": (frame, _area("NULL", "street_code", "NULL")[1]),
+        "grids": plain,
+        **{t: plain for t in ("addresses", "buildings", "curtain_walls", "parts", "pipelines", "iot_devices")},
+    }
+    read, write = plain
+    tables["cases"] = (f"{read} AND cim_in_department(department_code)",
+                       f"{write} AND cim_in_department(department_code)")
+    for t in ("case_events", "case_attachments"):
+        tables[t] = _through("cases", "id", f"{t}.case_id")
+    for t in ("iot_readings", "iot_latest", "iot_alerts", "iot_rule_progress"):
+        tables[t] = _through("iot_devices", "source_id", f"{t}.device_id", current=" AND p.valid_to IS NULL")
+    tables["grid_posts"] = _through("grids", "grid_code", "grid_posts.grid_code", current=" AND p.valid_to IS NULL")
+    return tables
+
+
+def protect_sql(table: str, read: str, write: str) -> list[str]:
+    """The statements that put ``table`` under jurisdiction: RLS on (not forced: the owner's loads and
+    migrations see everything), one policy per command for the API role, and the audit trigger.
+    A later migration adding a table with area codes runs these for it."""
+    return [
+        f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY",
+        f"CREATE POLICY cim_read ON {table} FOR SELECT TO {API_ROLE} USING ({read})",
+        f"CREATE POLICY cim_insert ON {table} FOR INSERT TO {API_ROLE} WITH CHECK ({write})",
+        f"CREATE POLICY cim_update ON {table} FOR UPDATE TO {API_ROLE} USING ({write}) WITH CHECK ({write})",
+        f"CREATE POLICY cim_delete ON {table} FOR DELETE TO {API_ROLE} USING ({write})",
+        f"CREATE TRIGGER {table}_audit AFTER INSERT OR UPDATE OR DELETE ON {table} "
+        f"FOR EACH STATEMENT EXECUTE FUNCTION cim_audit_write()",
+    ]
+
