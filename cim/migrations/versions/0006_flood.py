@@ -17,12 +17,12 @@ channel ``cim_flood_alarm`` when an alert is (or becomes) an alarm, so ``cim sce
 responds at once; the SQL lives here because ``cim`` never imports the scenario.
 
 Revision ID: 0006_flood
-Revises: 0005_sensing
+Revises: 0006_jurisdiction
 """
 from alembic import op
 
 revision = "0006_flood"
-down_revision = "0005_sensing"
+down_revision = "0006_jurisdiction"
 branch_labels = None
 depends_on = None
 
