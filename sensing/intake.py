@@ -142,8 +142,7 @@ def _devices(cur, ids: list[str]) -> dict[str, dict[str, dict[str, Any]]]:  # no
 def _values(raw: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(float64 values, missing mask, not-a-number mask incl. true/false and text)."""
     n = len(raw)
-    array = raw.array
-    if isinstance(array, pd.arrays.ArrowStringArray) or pd.api.types.is_string_dtype(raw.dtype):
+    if isinstance(raw.dtype, pd.StringDtype):  # CSV: all text
         text = raw.astype(object).to_numpy()
         missing = pd.isna(text)
         values = pd.to_numeric(pd.Series(text), errors="coerce").to_numpy(dtype=float)
