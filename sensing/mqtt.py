@@ -28,7 +28,7 @@ import paho.mqtt.client as mqtt
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from cim.errors import ParameterError, UserError
+from cim.errors import ParameterError, UnavailableError, UserError
 from sensing.intake import IntakeReport, store_batch
 from sensing.offline import sweep_offline
 from sensing.parse import format_of, parse_batch
@@ -166,7 +166,7 @@ class Listener:
                 self.report.merge(batch_report)
                 for reject in batch_report.rejects[:20]:
                     log.warning("rejected reading %s: %s", reject.get("device_id"), reject["reason"])
-        except sa.exc.OperationalError as exc:
+        except (sa.exc.OperationalError, UnavailableError) as exc:
             # not stored, so not acknowledged: kept and retried; the broker keeps them meanwhile
             log.error("database unavailable, %d message(s) kept for retry: %s", len(messages), exc)
             self._stop.wait(2.0)
@@ -184,5 +184,5 @@ class Listener:
         try:
             with self.engine.begin() as conn:
                 self.report.merge(sweep_offline(conn, datetime.now(timezone.utc)))
-        except sa.exc.OperationalError as exc:
+        except (sa.exc.OperationalError, UnavailableError) as exc:
             log.error("offline sweep skipped, database unavailable: %s", exc)
