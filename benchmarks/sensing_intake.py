@@ -27,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -130,9 +131,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def over_http(url: str, frame: pd.DataFrame, batch: int, clients: int, workers: int) -> tuple[float, dict]:
-    with engine_for(url).begin() as conn:
-        key = create_key(conn, "loader", "bench")[1]
+@contextmanager
+def running_server(url: str, workers: int):
+    """`cim serve` on a free loopback port against ``url``: yields its base URL."""
     port = free_port()
     env = {k: v for k, v in os.environ.items()}
     env["CIM_DATABASE_URL"] = url
@@ -151,6 +152,16 @@ def over_http(url: str, frame: pd.DataFrame, batch: int, clients: int, workers: 
             if time.monotonic() > deadline or server.poll() is not None:
                 raise SystemExit(f"cim serve did not come up; see {WORK / 'sensing_serve.log'}")
             time.sleep(0.3)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def over_http(url: str, frame: pd.DataFrame, batch: int, clients: int, workers: int) -> tuple[float, dict]:
+    with engine_for(url).begin() as conn:
+        key = create_key(conn, "loader", "bench")[1]
+    with running_server(url, workers) as api:
         # as gateways would: each client sends its own devices, in time order (two clients sending one
         # device's readings out of order would make late readings and offline gaps, not a faster intake)
         devices = sorted(frame["device_id"].unique())
@@ -164,7 +175,7 @@ def over_http(url: str, frame: pd.DataFrame, batch: int, clients: int, workers: 
         def drive(lane: list[bytes]) -> None:
             with httpx.Client(timeout=120) as client:
                 for body in lane:
-                    r = client.post(f"http://127.0.0.1:{port}/iot/readings", content=body,
+                    r = client.post(f"{api}/iot/readings", content=body,
                                     headers={"X-API-Key": key, "Content-Type": "text/csv"})
                     with lock:
                         if r.status_code != 200:
@@ -180,9 +191,6 @@ def over_http(url: str, frame: pd.DataFrame, batch: int, clients: int, workers: 
         for t in threads:
             t.join()
         return time.perf_counter() - started, totals
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def main() -> None:

@@ -84,6 +84,13 @@ LAYERS: list[LayerDef] = [
               ("escalation_level", "integer", "升级层级"), ("department_name", "string", "处置部门"),
               ("reported_at", "datetime", "上报时间"), ("due_at", "datetime", "处置时限"),
               ("closed_at", "datetime", "结案时间"), ("address_text", "string", "地址")]),
+    # live sensing's alerts at their devices (a view over iot_alerts, migration 0006): current = active
+    LayerDef("alerts", "alert_features", "物联感知告警", "IoT alerts at their devices (warning / alarm); the current "
+             "features are the active alerts, datetime=T those active at T; see /alerts for acknowledging",
+             [("device_id", "string", "设备标识"), ("device_type", "string", "设备类型"),
+              ("rule_name", "string", "规则"), ("quantity", "string", "监测量"), ("level", "string", "告警级别"),
+              ("state", "string", "状态"), ("opened_at", "datetime", "告警时间"), ("last_value", "number", "最新值"),
+              ("case_id", "integer", "案件")]),
 ]
 
 LAYERS_BY_NAME: dict[str, LayerDef] = {layer.name: layer for layer in LAYERS}

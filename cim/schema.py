@@ -295,7 +295,7 @@ def build_metadata(srid: int) -> sa.MetaData:
 
 #: read-only views published as layers, with their geometry type; a migration writes each (they
 #: are not in :func:`build_metadata`, whose ``create_all`` would make them tables)
-VIEW_LAYERS: dict[str, str] = {"case_features": "POINTZ"}
+VIEW_LAYERS: dict[str, str] = {"case_features": "POINTZ", "alert_features": "POINTZ"}
 
 
 def build_views(srid: int) -> sa.MetaData:
@@ -315,6 +315,22 @@ def build_views(srid: int) -> sa.MetaData:
         sa.Column("closed_at", sa.DateTime(timezone=True)), sa.Column("address_text", sa.Text),
         sa.Column("description", sa.Text), *_grid_columns(),
         sa.Column("geom", Geometry(VIEW_LAYERS["case_features"], srid=srid, dimension=3, spatial_index=False)),
+    )
+    # sensing's alerts at their devices (migration 0006_sensing_alerts): current = active
+    sa.Table(
+        "alert_features", md,
+        sa.Column("fid", sa.BigInteger, primary_key=True), sa.Column("feature_id", UUID(as_uuid=False)),
+        sa.Column("source_id", sa.Text), sa.Column("valid_from", sa.DateTime(timezone=True)),
+        sa.Column("valid_to", sa.DateTime(timezone=True)), sa.Column("ingest_run_id", sa.Integer),
+        sa.Column("content_hash", sa.Text), sa.Column("attributes", JSONB),
+        sa.Column("device_id", sa.Text), sa.Column("device_type", sa.Text), sa.Column("device_name", sa.Text),
+        sa.Column("rule_id", sa.Integer), sa.Column("rule_name", sa.Text), sa.Column("rule_kind", sa.Text),
+        sa.Column("quantity", sa.Text), sa.Column("level", sa.Text), sa.Column("state", sa.Text),
+        sa.Column("opened_at", sa.DateTime(timezone=True)), sa.Column("escalated_at", sa.DateTime(timezone=True)),
+        sa.Column("acknowledged_at", sa.DateTime(timezone=True)), sa.Column("cleared_at", sa.DateTime(timezone=True)),
+        sa.Column("last_value", sa.Float), sa.Column("last_time", sa.DateTime(timezone=True)),
+        sa.Column("case_id", sa.BigInteger), *_grid_columns(),
+        sa.Column("geom", Geometry(VIEW_LAYERS["alert_features"], srid=srid, dimension=3, spatial_index=False)),
     )
     return md
 

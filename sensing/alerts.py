@@ -97,15 +97,6 @@ class AlertWriter:
         self.cur.execute("UPDATE iot_alerts SET last_time = %s WHERE id = %s", (last_seen, alert_id))
         self.clear(rule_id, device_id, back_at, "readings again")
 
-    def clear_offline(self, rule_ids: list, device_ids: list) -> None:
-        """Active offline alerts of devices that sent a reading newer than their last one before the silence."""
-        self.cur.execute("""SELECT a.rule_id, a.device_id, min(s.time) FROM iot_alerts a
-            JOIN unnest(%s::int[], %s::text[]) AS x(rule_id, device_id) USING (rule_id, device_id)
-            JOIN _stored s ON s.device_id = a.device_id AND s.time > coalesce(a.last_time, a.opened_at)
-            WHERE a.cleared_at IS NULL GROUP BY 1, 2""", ([int(r) for r in rule_ids], list(device_ids)))
-        for rule_id, device_id, back_at in self.cur.fetchall():
-            self.clear(rule_id, device_id, back_at, "readings again")
-
     def _to_case(self, alert_id: int, at: datetime, value: float | None) -> None:
         self.cur.execute("""SELECT a.rule_id, r.name, r.case_class, a.device_id, a.quantity, a.grid_code
             FROM iot_alerts a JOIN iot_rules r ON r.id = a.rule_id WHERE a.id = %s""", (alert_id,))

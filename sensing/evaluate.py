@@ -1,6 +1,7 @@
 """Threshold rules evaluated as readings arrive, set-wise over a whole batch.
 
-For the readings just stored (temp table ``_stored``) every enabled rule that matches their device
+For the readings just stored (their (device, quantity) pairs in the temp table ``_touched``, their
+rows in memory: :class:`sensing.intake.StoredBatch`) every enabled rule that matches their device
 (kind, device, area) and quantity is evaluated in one pass over all (rule, device) series at once:
 
 * **level** — the signal is the value; **rate** — the change per minute between consecutive
@@ -31,12 +32,13 @@ LEVELS = {1: "warning", 2: "alarm"}
 LOCK_SPACE = 1313
 
 
-def evaluate_stored(conn, report) -> None:  # noqa: ANN001 (SQLAlchemy connection, IntakeReport)
+def evaluate_stored(conn, report, batch) -> None:  # noqa: ANN001 (SQLAlchemy connection, IntakeReport, StoredBatch)
+    """Evaluate the rules over the batch just stored (its pairs in ``_touched``, its rows in ``batch``)."""
     cur = conn.connection.dbapi_connection.cursor()
-    lock_devices(cur, "SELECT DISTINCT device_id FROM _stored")
+    lock_devices(cur, "SELECT DISTINCT device_id FROM _touched")
     writer = AlertWriter(conn, report)
     _evaluate_levels(cur, writer)
-    evaluate_offline_gaps(cur, writer)
+    evaluate_offline_gaps(cur, writer, batch)
 
 
 def lock_devices(cur, devices_sql: str, params: tuple = ()) -> None:  # noqa: ANN001
@@ -48,15 +50,23 @@ def lock_devices(cur, devices_sql: str, params: tuple = ()) -> None:  # noqa: AN
 
 
 def _matches(cur, kinds: tuple[str, ...]) -> pd.DataFrame:  # noqa: ANN001
+    """The (rule, device) series of the pairs the batch touched, with ``can_change``: false when the
+    series has no active alert and none of its new values reaches the rule's lower level, so its
+    state cannot change (only how far it was evaluated moves). Rate rules always can."""
     cur.execute(f"""
         SELECT r.id AS rule_id, r.kind, r.direction, r.warning, r.alarm, r.hysteresis, r.duration_s,
-               s.device_id, s.quantity, s.lo, s.hi, d.grid_code, p.evaluated_until
-        FROM (SELECT device_id, quantity, min(time) AS lo, max(time) AS hi FROM _stored GROUP BY 1, 2) s
+               s.device_id, s.quantity, s.lo, s.time AS hi, d.grid_code, p.evaluated_until,
+               (r.kind = 'rate'
+                OR (r.direction = 'above' AND s.vmax >= least(r.warning, r.alarm))
+                OR (r.direction = 'below' AND s.vmin <= greatest(r.warning, r.alarm))
+                OR EXISTS (SELECT 1 FROM iot_alerts a WHERE a.rule_id = r.id AND a.device_id = s.device_id
+                           AND a.cleared_at IS NULL)) AS can_change
+        FROM _touched s
         JOIN iot_devices d ON d.source_id = s.device_id AND d.valid_to IS NULL
         JOIN iot_rules r ON r.removed_at IS NULL AND r.kind = ANY(%s) AND r.quantity = s.quantity
              AND {MATCH_DEVICE_SQL}
         LEFT JOIN iot_rule_progress p ON p.rule_id = r.id AND p.device_id = s.device_id
-        WHERE p.evaluated_until IS NULL OR s.hi > p.evaluated_until""", (list(kinds),))
+        WHERE p.evaluated_until IS NULL OR s.time > p.evaluated_until""", (list(kinds),))
     columns = [c[0] for c in cur.description]
     return pd.DataFrame(cur.fetchall(), columns=columns)
 
@@ -90,6 +100,12 @@ def _held(above: pd.Series, times: pd.Series, group: np.ndarray, duration: pd.Se
 
 def _evaluate_levels(cur, writer: "AlertWriter") -> None:  # noqa: ANN001
     matched = _matches(cur, ("level", "rate"))
+    if matched.empty:
+        return
+    idle = matched[~matched["can_change"].astype(bool)]
+    if len(idle):
+        writer.progress(idle["rule_id"].tolist(), idle["device_id"].tolist(), idle["hi"].tolist())
+    matched = matched[matched["can_change"].astype(bool)].reset_index(drop=True)
     if matched.empty:
         return
     history = _history(cur, matched)
@@ -140,47 +156,47 @@ def _evaluate_levels(cur, writer: "AlertWriter") -> None:  # noqa: ANN001
                  last["value"].astype(float).tolist())
 
 
-def evaluate_offline_gaps(cur, writer: "AlertWriter") -> None:  # noqa: ANN001
+def evaluate_offline_gaps(cur, writer: "AlertWriter", batch) -> None:  # noqa: ANN001 (cursor, StoredBatch)
     """Offline rules against the batch: a gap longer than the rule's minutes between consecutive
     readings of a device (the newest stored before the batch included) is an offline episode,
     recorded opened and cleared; an active offline alert clears at the device's first new reading."""
     cur.execute(f"""
         SELECT r.id AS rule_id, r.quantity, r.offline_minutes, r.offline_level, s.device_id, d.grid_code,
-               p.evaluated_until
-        FROM (SELECT DISTINCT device_id FROM _stored) s
+               p.evaluated_until,
+               (SELECT max(l.time) FROM iot_latest l WHERE l.device_id = s.device_id
+                  AND (r.quantity IS NULL OR l.quantity = r.quantity)) AS before,
+               (SELECT coalesce(a.last_time, a.opened_at) FROM iot_alerts a WHERE a.rule_id = r.id
+                  AND a.device_id = s.device_id AND a.cleared_at IS NULL) AS silent_since
+        FROM (SELECT DISTINCT device_id FROM _touched) s
         JOIN iot_devices d ON d.source_id = s.device_id AND d.valid_to IS NULL
         JOIN iot_rules r ON r.removed_at IS NULL AND r.kind = 'offline' AND {MATCH_DEVICE_SQL}
         LEFT JOIN iot_rule_progress p ON p.rule_id = r.id AND p.device_id = s.device_id""")
     rules = cur.fetchall()
     if not rules:
         return
-    cur.execute("""
-        WITH m AS (SELECT * FROM unnest(%s::int[], %s::text[], %s::text[], %s::int[], %s::timestamptz[])
-                   AS m(rule_id, device_id, quantity, minutes, since)),
-        t AS (SELECT m.rule_id, m.device_id, m.minutes, m.since, s.time FROM m
-              JOIN _stored s ON s.device_id = m.device_id AND (m.quantity IS NULL OR s.quantity = m.quantity)
-              UNION
-              SELECT m.rule_id, m.device_id, m.minutes, m.since, max(l.time) FROM m
-              JOIN iot_latest l ON l.device_id = m.device_id AND (m.quantity IS NULL OR l.quantity = m.quantity)
-              GROUP BY 1, 2, 3, 4),
-        g AS (SELECT rule_id, device_id, minutes, since, time,
-                     lag(time) OVER (PARTITION BY rule_id, device_id ORDER BY time) AS previous FROM t)
-        SELECT rule_id, device_id, previous, time FROM g
-        WHERE previous IS NOT NULL AND time - previous > make_interval(mins => minutes)
-          AND (since IS NULL OR time > since)
-        ORDER BY 1, 2, 4""",
-                ([r[0] for r in rules], [r[4] for r in rules], [r[1] for r in rules], [r[2] for r in rules],
-                 [r[6] for r in rules]))
-    by_key = {(r[0], r[4]): r for r in rules}
-    for rule_id, device_id, previous, time in cur.fetchall():
-        rule = by_key[(rule_id, device_id)]
-        writer.offline_episode(rule_id, device_id, rule[3], previous, previous + timedelta(minutes=rule[2]),
-                               time, rule[5])
-    writer.clear_offline([r[0] for r in rules], [r[4] for r in rules])
-    cur.execute("""SELECT m.rule_id, m.device_id, max(s.time) FROM unnest(%s::int[], %s::text[], %s::text[])
-        AS m(rule_id, device_id, quantity) JOIN _stored s ON s.device_id = m.device_id
-        AND (m.quantity IS NULL OR s.quantity = m.quantity) GROUP BY 1, 2""",
-                ([r[0] for r in rules], [r[4] for r in rules], [r[1] for r in rules]))
-    done = cur.fetchall()
-    writer.progress([d[0] for d in done], [d[1] for d in done], [d[2] for d in done])
-
+    us = lambda t: int(pd.Timestamp(t).value // 1000)  # noqa: E731 (an aware time as µs since 1970)
+    at = lambda v: pd.Timestamp(int(v), unit="us", tz="UTC").to_pydatetime()  # noqa: E731
+    done_rules, done_devices, done_times = [], [], []
+    for rule_id, quantity, minutes, level, device_id, grid_code, since, before, silent_since in rules:
+        times = batch.times_of(device_id, quantity)
+        if not len(times):
+            continue
+        # the stored readings before the batch were evaluated already: only gaps ending after them count
+        series = np.unique(np.append(times, us(before))) if before is not None else times
+        ends = series[1:]
+        gap = (ends - series[:-1]) > minutes * 60_000_000
+        if since is not None:
+            gap &= ends > us(since)
+        for i in np.flatnonzero(gap):
+            previous = at(series[i])
+            writer.offline_episode(rule_id, device_id, level, previous, previous + timedelta(minutes=minutes),
+                                   at(series[i + 1]), grid_code)
+        if silent_since is not None:
+            back = times[times > us(silent_since)]
+            if len(back):
+                writer.clear(rule_id, device_id, at(back[0]), "readings again")
+        done_rules.append(rule_id)
+        done_devices.append(device_id)
+        done_times.append(at(times[-1]))
+    if done_rules:
+        writer.progress(done_rules, done_devices, done_times)

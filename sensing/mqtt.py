@@ -28,7 +28,7 @@ import paho.mqtt.client as mqtt
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from cim.errors import ParameterError, UserError
+from cim.errors import ParameterError, UnavailableError, UserError
 from sensing.intake import IntakeReport, store_batch
 from sensing.offline import sweep_offline
 from sensing.parse import format_of, parse_batch
@@ -65,7 +65,7 @@ class Listener:
     """Subscribes to ``topics`` on ``broker`` and stores what arrives until :meth:`stop`."""
 
     def __init__(self, engine: Engine, broker: Broker, topics: list[str], client_id: str = "cim-iot-listener",
-                 batch_max: int = 1000, batch_wait_s: float = 0.2, max_backoff_s: int = 30,
+                 batch_max: int = 1000, batch_wait_s: float = 0.02, max_backoff_s: int = 30,
                  offline_every_s: float = 60.0, on_subscribed: "Callable[[], None] | None" = None) -> None:
         self.engine, self.broker, self.topics = engine, broker, topics
         self.batch_max, self.batch_wait_s, self.offline_every_s = batch_max, batch_wait_s, offline_every_s
@@ -132,19 +132,20 @@ class Listener:
         return self.report
 
     def _collect(self, room: int) -> list[_Message]:
-        """Up to ``room`` messages: waits for the first, then takes what comes within the batch wait."""
+        """Up to ``room`` messages: waits for the first, then takes what is queued and what follows within
+        ``batch_wait_s`` of the one before (waiting ten times that at most). A lone alarm is stored at once
+        (latency); under load messages queue up while the batch before is stored, so batches grow by
+        themselves (throughput)."""
         batch: list[_Message] = []
         try:
             batch.append(self._inbox.get(timeout=0.5))
         except queue.Empty:
             return batch
-        deadline = time.monotonic() + self.batch_wait_s
+        deadline = time.monotonic() + 10 * self.batch_wait_s  # a steady trickle still makes a batch soon
         while len(batch) < room:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            try:
-                batch.append(self._inbox.get(timeout=left))
+            left = min(self.batch_wait_s, deadline - time.monotonic())
+            try:  # past the deadline: only what is queued already
+                batch.append(self._inbox.get(timeout=left) if left > 0 else self._inbox.get_nowait())
             except queue.Empty:
                 break
         return batch
@@ -166,7 +167,7 @@ class Listener:
                 self.report.merge(batch_report)
                 for reject in batch_report.rejects[:20]:
                     log.warning("rejected reading %s: %s", reject.get("device_id"), reject["reason"])
-        except sa.exc.OperationalError as exc:
+        except (sa.exc.OperationalError, UnavailableError) as exc:
             # not stored, so not acknowledged: kept and retried; the broker keeps them meanwhile
             log.error("database unavailable, %d message(s) kept for retry: %s", len(messages), exc)
             self._stop.wait(2.0)
@@ -184,5 +185,5 @@ class Listener:
         try:
             with self.engine.begin() as conn:
                 self.report.merge(sweep_offline(conn, datetime.now(timezone.utc)))
-        except sa.exc.OperationalError as exc:
+        except (sa.exc.OperationalError, UnavailableError) as exc:
             log.error("offline sweep skipped, database unavailable: %s", exc)

@@ -6,9 +6,10 @@ never sent a reading are not reported offline: there is no moment their silence 
 """
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 
 from sensing.alerts import AlertWriter
 from sensing.evaluate import lock_devices
@@ -47,3 +48,19 @@ def sweep_offline(conn: sa.Connection, now: datetime) -> IntakeReport:
         alert_id = writer.open(rule_id, device_id, None, level, opened_at, None, grid_code)
         cur.execute("UPDATE iot_alerts SET last_time = %s WHERE id = %s", (last_seen, alert_id))
     return report
+
+
+def check_offline(engine: Engine, now: datetime | None = None) -> int:
+    """The "no data for N minutes" rules against the clock, in a transaction of its own: for the
+    server's periodic runner (and the MQTT listener). Returns how many offline alerts it opened.
+
+    Idempotent: a device that already has an active offline alert of a rule gets no second one, so
+    calling it again — at the same ``now`` or later, from two server workers at once — opens
+    nothing more (the per-device lock and the re-check after it settle a race between two callers).
+    """
+    if now is None:
+        now = datetime.now(timezone.utc)
+    elif now.tzinfo is None:
+        raise ValueError("check_offline needs an aware time (UTC or with an offset)")
+    with engine.begin() as conn:
+        return sweep_offline(conn, now).alerts_opened

@@ -8,8 +8,9 @@ quantity. ``level`` rules compare the value with ``warning`` / ``alarm`` levels 
 fire when a device sent nothing (of ``quantity``, or of anything) for ``offline_minutes``.
 
 :func:`check_rules` finds rules that are accepted but suspicious: ones that match no device,
-have their levels the wrong way round, or would fire on every reading (e.g. a water level
-"above -0.5 m").
+have their levels the wrong way round, would fire on every reading (e.g. a water level
+"above -0.5 m" over the stored readings, or any level at or past the quantity's physical bound in
+``sensing/data/quantity_limits.csv``), or could never fire (a level beyond the physical range).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import sqlalchemy as sa
 
 from cim.errors import ConflictError, NotFoundError, ParameterError
 from sensing.case_link import check_case_class, note_alert_cleared
+from sensing.limits import quantity_limits
 
 KINDS = ("level", "rate", "offline")
 DIRECTIONS = ("above", "below")
@@ -179,6 +181,18 @@ def check_rules(conn: sa.Connection) -> list[dict[str, Any]]:
             if sign * lower <= 0:
                 find(f"a rate {rule['direction']} {lower}/min fires on every steady reading")
             continue
+        limit = quantity_limits().get(rule["quantity"])
+        if limit is not None:
+            bound, far = (limit.low, limit.high) if sign > 0 else (limit.high, limit.low)
+            if sign * lower <= sign * bound:
+                find(f"fires on every possible reading: {rule['quantity']} is never {'below' if sign > 0 else 'above'} "
+                     f"{bound:g} {limit.unit} (its physical range, sensing/data/quantity_limits.csv), and the rule "
+                     f"fires {rule['direction']} {lower:g}")
+                continue
+            if sign * lower > sign * far:
+                find(f"never fires: {rule['quantity']} is never {rule['direction']} {far:g} {limit.unit} "
+                     f"(its physical range), and the rule's lowest level is {lower:g}")
+                continue
         passing, total = conn.execute(sa.text("""SELECT count(*) FILTER (WHERE :sign * value >= :sign * :level),
                 count(*) FROM iot_readings WHERE device_id = ANY(:devices) AND quantity = :quantity"""),
                                       {"sign": sign, "level": lower, "devices": devices,

@@ -41,6 +41,11 @@ def sample_url(server_url) -> str:
     run_cim("samples", "load", db_url=url)
     # cases as `make demo` makes them, so the cases collection has features too
     run_cim("cases", "simulate", "--days", "1", "--per-day", "20", "--start", "2026-11-23", db_url=url)
+    # and a rainstorm over a ponding rule, so the alerts collection has active alerts
+    run_cim("iot", "rules", "add", "积水", "--quantity", "water_level", "--device-type", "水位计", "--warning", "1.0",
+            "--alarm", "1.5", db_url=url)
+    run_cim("iot", "simulate", "--start", "2026-11-30T00:00:00+08:00", "--hours", "3", "--storm-at", "2.5",
+            db_url=url)
     return url
 
 

@@ -52,7 +52,7 @@ def test_part_classes_and_layers_are_seeded(engine):
         "公用设施", "道路交通", "市容环境", "园林绿化", "房屋土地", "其他设施"}
     assert classes["0101"] == "上水井盖" and classes["0102"] == "污水井盖"
     assert layers == {"districts", "streets", "communities", "grids", "addresses", "buildings",
-                      "curtain-walls", "parts", "pipelines", "iot-devices", "cases"}
+                      "curtain-walls", "parts", "pipelines", "iot-devices", "cases", "alerts"}
 
 
 def test_3d_distance_between_pipeline_at_depth_and_point(engine):

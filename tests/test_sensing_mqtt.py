@@ -157,3 +157,47 @@ def test_an_unreadable_message_is_counted_and_the_rest_stored(base, broker):
         totals = listener.stop()
     assert totals["unreadable_messages"] == 1
     assert totals["rejected"] == 1 and totals["reasons"] == {"unknown_device": 1}
+
+
+def test_nothing_is_acknowledged_that_was_not_stored(base, broker):
+    """While the database refuses connections the listener keeps its messages unacknowledged; killed
+    then (no chance to clean up), it has acknowledged none of them, so the broker hands them to the
+    next listener of the session, which stores them all."""
+    import signal
+
+    import sqlalchemy as sa
+
+    from cim.database import engine_for
+    from tests.conftest import _with_database
+
+    name = base.rsplit("/", 1)[1]
+    admin = sa.create_engine(engine_for(_with_database(base, "postgres")).url, isolation_level="AUTOCOMMIT")
+    first = ListenerProcess(base, broker, "cim-test-unstored")
+    try:
+        first.wait_subscribed()
+        before = stored(base)
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
+            conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d "
+                                 "AND pid <> pg_backend_pid()"), {"d": name})
+        publish(broker, 400, messages=3)
+        try:
+            wait_until(lambda: any("database unavailable" in line for line in first.log), 60,
+                       "the listener to fail storing")
+        except AssertionError:
+            print("".join(first.log))
+            raise
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait(timeout=30)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+        admin.dispose()
+        engine_for(base).dispose()  # this test's own pooled connections were terminated too
+    assert stored(base) == before
+    second = ListenerProcess(base, broker, "cim-test-unstored")
+    try:
+        wait_until(lambda: stored(base) == before + 30, 60, "the unacknowledged readings stored")
+    finally:
+        totals = second.stop()
+    assert totals["stored"] == 30 and totals["duplicates"] == 0

@@ -171,6 +171,42 @@ async function showCase(id) {
 }
 window.cimShowCase = showCase;
 
+// IoT devices, and the active alerts on them coloured by level (an alarm blinks): the alerts collection's
+// current features, re-read every 10 s
+const ALERT_COLOURS = {warning: "#ffb000", alarm: "#ff2020"};
+function addAlerts(map) {
+  map.addSource("iot-devices", {type: "vector",
+                                url: new URL("collections/iot-devices/tiles/WebMercatorQuad/tilejson.json", API).href});
+  map.addLayer({id: "iot-devices", type: "circle", source: "iot-devices", "source-layer": "iot-devices",
+                paint: {"circle-radius": 3, "circle-color": "#8fa3b8", "circle-stroke-color": "#1d2733",
+                        "circle-stroke-width": 1}});
+  map.addSource("alerts", {type: "geojson", data: {type: "FeatureCollection", features: []}});
+  map.addLayer({id: "alerts", type: "circle", source: "alerts", paint: {
+    "circle-radius": ["match", ["get", "level"], "alarm", 9, 7],
+    "circle-color": ["match", ["get", "level"], "alarm", ALERT_COLOURS.alarm, ALERT_COLOURS.warning],
+    "circle-stroke-color": "#ffffff", "circle-stroke-width": 1.5}});
+  let alarms = false, bright = true;
+  const refresh = async () => {
+    const r = await fetch(new URL("collections/alerts/items?limit=1000", API)).catch(() => null);
+    if (!r || !r.ok) return;
+    const data = await r.json();
+    map.getSource("alerts").setData(data);
+    alarms = data.features.some((f) => f.properties.level === "alarm");
+    window.cimAlerts = data.features.length;
+  };
+  refresh();
+  setInterval(refresh, 10_000);
+  setInterval(() => {  // blink the alarms only: a still map costs nothing
+    if (!alarms && bright) return;
+    bright = !bright || !alarms;
+    map.setPaintProperty("alerts", "circle-opacity", ["case", ["==", ["get", "level"], "alarm"], bright ? 1 : 0.2, 1]);
+  }, 600);
+  document.getElementById("layers-2d").addEventListener("change", (ev) => {
+    if (ev.target.name !== "alerts") return;
+    for (const id of ["alerts", "iot-devices"]) map.setLayoutProperty(id, "visibility", ev.target.checked ? "visible" : "none");
+  });
+}
+
 async function showMap() {
   if (map) { map.resize(); return; }
   status.textContent = "2D: loading…";
@@ -186,6 +222,7 @@ async function showMap() {
   map = new maplibregl.Map({container: "map", style: {version: 8, sources, layers}, center: [121.47, 31.23], zoom: 11,
                             attributionControl: false});
   window.cimMap = map;
+  map.on("load", () => addAlerts(map));
   map.addControl(new maplibregl.NavigationControl(), "bottom-right");
   map.on("error", (e) => { status.textContent = `2D: ${e.error && e.error.message || e}`; console.warn(e); });
   map.on("idle", () => { status.textContent = `2D: ${Object.keys(LAYERS_2D).join(", ")}`; });
