@@ -61,7 +61,7 @@ demo: setup
 	$(BIN)/cim ingest responsibility scenarios/group_rental/sample/responsibility.csv && $(BIN)/cim scenarios group-rental sample
 	$(BIN)/cim db status
 	@echo "serving the API on http://127.0.0.1:8000 (Ctrl-C to stop)"
-	$(BIN)/cim serve --host 127.0.0.1 --port 8000
+	CIM_CASES_TICK_S=300 CIM_IOT_OFFLINE_CHECK_S=60 $(BIN)/cim serve --host 127.0.0.1 --port 8000
 
 clean:
 	-$(BIN)/cim db down

@@ -1,4 +1,4 @@
-"""Periodic jobs of the server: the case tick (overdue marking and escalation) and, later, others.
+"""Periodic jobs of the server: the case tick (overdue marking and escalation), the offline-device check.
 
 One list, :data:`PERIODIC_JOBS`: a job is a name, the deployment setting that holds its interval in
 seconds (0 = off) and a function ``(engine, now)``. Adding a job is one line there (and its setting
@@ -29,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from cases.lifecycle import tick
 from cim.config import DeploymentSettings
 from cim.database import engine_for
+from sensing.offline import check_offline
 
 log = logging.getLogger("cim.periodic")
 
@@ -52,6 +53,8 @@ def _cases_tick(engine: Engine, now: datetime) -> object:
 
 PERIODIC_JOBS: tuple[PeriodicJob, ...] = (
     PeriodicJob("cases.tick", "cases_tick_s", _cases_tick),
+    # "no data for N minutes" rules hold against the clock, not against arriving readings
+    PeriodicJob("iot.offline", "iot_offline_check_s", check_offline),
 )
 
 

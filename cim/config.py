@@ -81,6 +81,8 @@ class DeploymentSettings(_PydanticSettings):
                                                             "(default: case-attachments under CIM_HOME)")
     cases_tick_s: float = Field(0.0, ge=0, description="seconds between the server's case ticks (mark overdue "
                                                        "cases, escalate them); 0: off")
+    iot_offline_check_s: float = Field(0.0, ge=0, description="seconds between the server's checks of the 'no data "
+                                                              "for N minutes' rules (offline devices); 0: off")
     # --- loads ----------------------------------------------------------------------------------
     operator: str | None = Field(None, description="the operator recorded on ingest runs (default: the OS user)")
     fault_pause_at: Literal["reading", "copy", "index", "merge", "commit"] | None = Field(

@@ -137,6 +137,27 @@ def test_an_offline_rule_fires_after_the_gap_and_clears_when_readings_return(bas
     assert alert["cleared_at"] == at(45)
 
 
+def test_the_server_checks_offline_devices_by_itself(base):
+    """With CIM_IOT_OFFLINE_CHECK_S set, the running server's periodic job (api/periodic.py) opens the
+    offline alert with nobody calling anything; polled, no assertion on time."""
+    import time
+
+    from cim.config import load_settings
+
+    rid = rule(base, name="silent IOT-0038", device_id="IOT-0038", kind="offline", offline_minutes=30)
+    last = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(hours=2)  # silent since, by the clock
+    body = orjson.dumps([{"device_id": "IOT-0038", "quantity": "water_level", "value": 0.4, "time": last.isoformat()}])
+    with engine_for(base).begin() as conn:
+        store_batch(conn, parse_batch(body, "json"))
+    with TestClient(create_app(engine_for(base), load_settings(iot_offline_check_s=0.1))):
+        deadline = time.monotonic() + 60
+        while not alerts(base, rid):
+            assert time.monotonic() < deadline, "the server never opened the offline alert"
+            time.sleep(0.05)
+    (alert,) = alerts(base, rid)
+    assert alert["cleared_at"] is None and alert["last_time"] == last
+
+
 def test_a_gap_inside_a_batch_is_an_offline_episode(base):
     rid = rule(base, name="gap IOT-0037", device_id="IOT-0037", kind="offline", offline_minutes=30,
                offline_level="alarm")
