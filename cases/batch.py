@@ -33,6 +33,7 @@ from cim.bootstrap import stored_settings
 from cim.errors import UserError
 from cim.gazetteer.geocode import geocode_many
 from cim.grid import MAX_POINTS, lookup_points
+from cim.jurisdiction import under_policies
 from cim.spatial import to_storage
 
 from cases.calendar import WorkingCalendar, load_calendar
@@ -181,7 +182,21 @@ def _field(value: Any) -> str:
 
 
 def _copy(conn: Connection, table: str, columns: Sequence[str], rows: list[list[Any]]) -> None:
-    """COPY rows into a table (the cheapest way in: a third of a multi-row INSERT's time)."""
+    """COPY rows into a table (the cheapest way in: a third of a multi-row INSERT's time); under
+    row-level security, where PostgreSQL refuses COPY, one INSERT of all rows from a JSON document
+    (typed by the table's own columns), which the policies check row by row."""
+    if under_policies(conn):
+        body = json.dumps([dict(zip(columns, row)) for row in rows], ensure_ascii=False, default=str)
+        names = ", ".join(columns)
+        try:
+            # the ids were drawn from the sequences beforehand, as for COPY (which takes them as they are)
+            conn.execute(sa.text(f"INSERT INTO {table} ({names}) OVERRIDING SYSTEM VALUE SELECT {names} FROM "
+                                 f"json_populate_recordset(NULL::{table}, CAST(:rows AS json))"), {"rows": body})
+        except sa.exc.IntegrityError as exc:
+            if isinstance(exc.orig, psycopg2.errors.UniqueViolation):
+                raise TicketRaced(str(exc.orig).splitlines()[0]) from None
+            raise
+        return
     buf = io.StringIO()
     for row in rows:
         buf.write("\t".join(map(_field, row)))

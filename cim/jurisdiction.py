@@ -147,13 +147,24 @@ def _set_statement(scope: Scope) -> tuple[str, dict[str, str]]:
     return "SELECT " + ", ".join(parts), params
 
 
+_UNDER_POLICIES = "cim_under_policies"
+
+
+def under_policies(conn: sa.Connection) -> bool:
+    """Whether ``conn``'s transaction runs as the API role, under row-level security — where PostgreSQL
+    refuses ``COPY FROM`` (a writer then inserts with one multi-row statement instead)."""
+    return bool(conn.info.get(_UNDER_POLICIES))
+
+
 def install_scope_hook(engine: Engine) -> None:
     """Every transaction on ``engine`` begins in the current scope (one statement, one round trip)."""
 
     @sa.event.listens_for(engine, "begin")
     def _begin(conn: sa.Connection) -> None:
-        statement, params = _set_statement(current_scope())
+        scope = current_scope()
+        statement, params = _set_statement(scope)
         conn.exec_driver_sql(statement, params)
+        conn.info[_UNDER_POLICIES] = scope.kind != "owner"
 
     @sa.event.listens_for(engine, "handle_error")
     def _outside(context) -> None:  # noqa: ANN001 (SQLAlchemy's event signature)
@@ -170,11 +181,13 @@ _AREA = "cim_in_scope({d}, {s}, {g})"
 _AREA_WRITE = "cim_may_write({d}, {s}, {g})"
 
 
-def _area(d: str, s: str, g: str) -> tuple[str, str]:
+def area_expressions(d: str, s: str, g: str) -> tuple[str, str]:
+    """(read, write) policy expressions of a table whose rows carry district / street / grid code
+    expressions ``d``, ``s``, ``g`` ('NULL' for one it lacks)."""
     return _AREA.format(d=d, s=s, g=g), _AREA_WRITE.format(d=d, s=s, g=g)
 
 
-def _through(parent: str, parent_key: str, key: str, d: str = "district_code", s: str = "street_code",
+def through_expressions(parent: str, parent_key: str, key: str, d: str = "district_code", s: str = "street_code",
              g: str = "grid_code", current: str = "") -> tuple[str, str]:
     """Rows that belong to a parent row (a case's log, a device's readings) follow the parent's policy.
     The city and the public skip the lookup."""
@@ -189,14 +202,14 @@ def _through(parent: str, parent_key: str, key: str, d: str = "district_code", s
 
 def area_tables() -> dict[str, tuple[str, str]]:
     """Every protected table with its read and its write policy expression, parents before children."""
-    plain = _area("district_code", "street_code", "grid_code")
+    plain = area_expressions("district_code", "street_code", "grid_code")
     # The administrative frame (districts, streets, communities: names and boundaries) is read by every
     # scope — the gazetteer parses addresses with it, and a map needs it — and written within the writer's.
     frame = "true"
     tables: dict[str, tuple[str, str]] = {
-        "districts": (frame, _area("code", "NULL", "NULL")[1]),
-        "streets": (frame, _area("district_code", "code", "NULL")[1]),
-        "communities": (frame, _area("NULL", "street_code", "NULL")[1]),
+        "districts": (frame, area_expressions("code", "NULL", "NULL")[1]),
+        "streets": (frame, area_expressions("district_code", "code", "NULL")[1]),
+        "communities": (frame, area_expressions("NULL", "street_code", "NULL")[1]),
         "grids": plain,
         **{t: plain for t in ("addresses", "buildings", "curtain_walls", "parts", "pipelines", "iot_devices")},
     }
@@ -204,10 +217,10 @@ def area_tables() -> dict[str, tuple[str, str]]:
     tables["cases"] = (f"{read} AND cim_in_department(department_code)",
                        f"{write} AND cim_in_department(department_code)")
     for t in ("case_events", "case_attachments"):
-        tables[t] = _through("cases", "id", f"{t}.case_id")
+        tables[t] = through_expressions("cases", "id", f"{t}.case_id")
     for t in ("iot_readings", "iot_latest", "iot_alerts", "iot_rule_progress"):
-        tables[t] = _through("iot_devices", "source_id", f"{t}.device_id", current=" AND p.valid_to IS NULL")
-    tables["grid_posts"] = _through("grids", "grid_code", "grid_posts.grid_code", current=" AND p.valid_to IS NULL")
+        tables[t] = through_expressions("iot_devices", "source_id", f"{t}.device_id", current=" AND p.valid_to IS NULL")
+    tables["grid_posts"] = through_expressions("grids", "grid_code", "grid_posts.grid_code", current=" AND p.valid_to IS NULL")
     return tables
 
 
