@@ -18,9 +18,13 @@ def _echo_json(value) -> None:  # noqa: ANN001
 
 
 def _instant(text: str, parameter: str) -> datetime:
+    from cim.errors import ParameterError, UserError
     from cim.times import day_start, parse_instant
 
-    value = parse_instant(text, parameter)
+    try:
+        value = parse_instant(text, parameter)
+    except ParameterError as exc:  # the core's message names the value; the command line names the option
+        raise UserError(f"{parameter}: {exc}") from None
     return value if isinstance(value, datetime) else day_start(value)
 
 
