@@ -109,7 +109,7 @@ function paintMap() {
 }
 
 async function makeMap() {
-  const maplibregl = await import("../viewer/lib/maplibre/maplibre-gl.mjs");
+  const maplibregl = await import(url("viewer/lib/maplibre/maplibre-gl.mjs").href);  // the viewer serves it
   const sources = {}, layers = [{id: "background", type: "background", paint: {"background-color": "#1d2733"}}];
   for (const [level, spec] of Object.entries(LEVELS)) {
     sources[spec.collection] = {type: "vector",
