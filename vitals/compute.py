@@ -2,10 +2,11 @@
 :func:`compute_vitals`, which the server's periodic job runner calls.
 
 One run is one transaction at one time ``at``: the areas valid then (city, districts, streets, grids,
-with their km²) are put in a temporary table once; then each computed indicator is **one statement**
-that measures every area of every level it is computed at (``GROUPING SETS`` over the district, street
-and grid codes the platform's rows carry, plus the whole city) and writes the values with their status
-(``vital_status``). Areas where a share has no denominator (a street without gas pipelines) get no
+with their km²) are put in a temporary table once; each measure source (the parts, the pipelines, the
+cases open then …) is scanned once for all the indicators that read it, summed per (district, street,
+grid); then each computed indicator is **one statement** that measures every area of every level it is
+computed at (``GROUPING SETS`` over those sums, plus the whole city) and writes the values with their
+status (``vital_status``). Areas where a share has no denominator (a street without gas pipelines) get no
 value rather than a made-up zero. The case-loop rates come from :func:`cases.evaluation.evaluate`, one
 statement per level, shared by the five indicators that read them.
 
@@ -56,15 +57,31 @@ class ComputeReport:
     indicators: int = 0
     values: int = 0
     seconds: float = 0.0
+    #: the scans of the measure sources (each shared by the indicators that read it)
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
     per_indicator: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {"at": self.at, "indicators": self.indicators, "values": self.values,
-                "seconds": round(self.seconds, 3), "per_indicator": self.per_indicator}
+                "seconds": round(self.seconds, 3), "sources": self.sources, "per_indicator": self.per_indicator}
 
 
-def measure_statement(measure: Measure, levels: tuple[str, ...]) -> str:
-    """The one statement that writes ``measure`` for every area of ``levels`` at ``:at``."""
+def _uses_window(measure: Measure) -> bool:
+    return ":window" in measure.source
+
+
+def source_statement(table: str, source: str, measures: list[tuple[str, Measure]]) -> str:
+    """One scan of a measure source for every indicator that reads it: the numerators and denominators of
+    each, summed per (district, street, grid) into the temporary ``table`` (all of them are counts or sums,
+    so the levels above add them up exactly). 15 indicators over the parts read the parts once."""
+    columns = ", ".join(f"CAST({m.num} AS float8) AS n_{i}, CAST({m.den} AS float8) AS d_{i}" for i, m in measures)
+    return (f"CREATE TEMP TABLE {table} ON COMMIT DROP AS SELECT s.district_code, s.street_code, s.grid_code, "
+            f"{columns} FROM ({source}) s GROUP BY 1, 2, 3")
+
+
+def measure_statement(table: str, column: str, kind: str, levels: tuple[str, ...]) -> str:
+    """The one statement that writes an indicator for every area of ``levels`` at ``:at``, from the sums of
+    its source in ``table`` (column ``n_<column>``, ``d_<column>``)."""
     grouped = [lv for lv in levels if lv in LEVEL_COLUMN]
     sets = [f"(s.{LEVEL_COLUMN[lv]})" for lv in grouped] + (["()"] if "city" in levels else [])
     level_case = " ".join(f"WHEN GROUPING(s.{LEVEL_COLUMN[lv]}) = 0 THEN '{lv}'" for lv in grouped)
@@ -73,16 +90,15 @@ def measure_statement(measure: Measure, levels: tuple[str, ...]) -> str:
     code_expr = f"CASE {code_case} ELSE :city END" if grouped else ":city"
     return f"""
 WITH k AS (
-    SELECT {level_expr} AS level, {code_expr} AS area_code,
-           CAST({measure.num} AS float8) AS num, CAST({measure.den} AS float8) AS den
-    FROM ({measure.source}) s
+    SELECT {level_expr} AS level, {code_expr} AS area_code, sum(s.n_{column}) AS num, sum(s.d_{column}) AS den
+    FROM {table} s
     GROUP BY GROUPING SETS ({', '.join(sets)})
 )
 INSERT INTO vital_values (indicator, level, area_code, at, value, status, source)
 SELECT :code, a.level, a.code, :at, v.value, vital_status(v.value, :direction, :yellow, :red), 'computed'
 FROM vital_run_areas a
 LEFT JOIN k ON k.level = a.level AND k.area_code = a.code
-CROSS JOIN LATERAL (SELECT CAST({KINDS[measure.kind]} AS float8) AS value) v
+CROSS JOIN LATERAL (SELECT CAST({KINDS[kind]} AS float8) AS value) v
 WHERE a.level = ANY(CAST(:levels AS text[])) AND v.value IS NOT NULL
 """
 
@@ -156,10 +172,27 @@ def compute(conn: Connection, at: datetime, codes: list[str] | None = None) -> C
                          "AND indicator = ANY(CAST(:codes AS text[]))"),
                  {"at": at, "codes": [i.code for i in catalogue]})
     evaluations: dict[str, list[Indicators]] = {}
+    # the measured indicators, by the source they read (and the window it is read over): one scan each
+    sources: dict[tuple[str, str | None], list[Indicator]] = {}
+    for ind in catalogue:
+        if ind.compute in MEASURES:
+            measure = MEASURES[ind.compute]
+            sources.setdefault((measure.source, _window(ind) if _uses_window(measure) else None), []).append(ind)
+    tables: dict[str, tuple[str, int]] = {}
+    for n, ((source, window), readers) in enumerate(sources.items()):
+        t0 = time.perf_counter()
+        table = f"vital_run_source_{n}"
+        conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+        conn.execute(sa.text(source_statement(table, source, [(i, MEASURES[r.compute]) for i, r in enumerate(readers)])),
+                     {"at": at, "window": window or DEFAULT_WINDOW})
+        for i, r in enumerate(readers):
+            tables[r.code] = (table, i)
+        report.sources[f"{readers[0].compute}{' …' if len(readers) > 1 else ''}"] = {
+            "indicators": len(readers), "seconds": round(time.perf_counter() - t0, 3)}
     for ind in catalogue:
         t0 = time.perf_counter()
         params = {"at": at, "city": CITY_CODE, "code": ind.code, "direction": ind.direction, "yellow": ind.yellow,
-                  "red": ind.red, "levels": list(ind.levels), "window": _window(ind)}
+                  "red": ind.red, "levels": list(ind.levels)}
         if ind.compute in EVALUATION:
             rows = _evaluation_rows(conn, ind, at, _window_delta(_window(ind)), evaluations)
             written = conn.execute(sa.text(
@@ -169,7 +202,9 @@ def compute(conn: Connection, at: datetime, codes: list[str] | None = None) -> C
                 "AS x(level, area_code, value) JOIN vital_run_areas a ON a.level = x.level AND a.code = x.area_code"),
                 {**params, "lv": [r[0] for r in rows], "ac": [r[1] for r in rows], "val": [r[2] for r in rows]}).rowcount
         else:
-            written = conn.execute(sa.text(measure_statement(MEASURES[ind.compute], ind.levels)), params).rowcount
+            table, column = tables[ind.code]
+            written = conn.execute(sa.text(measure_statement(table, str(column), MEASURES[ind.compute].kind,
+                                                             ind.levels)), params).rowcount
         report.indicators += 1
         report.values += written
         report.per_indicator[ind.code] = {"values": written, "seconds": round(time.perf_counter() - t0, 3)}
