@@ -338,6 +338,8 @@ def test_api_values_of_a_level(client, city):
     ({"level": "city", "code": "310104"}, "code"),
     ({"indicator": "no_such"}, "indicator"),
     ({"indicator": " , "}, "indicator"),
+    ({"indicator": "a\x00b"}, "indicator"),
+    ({"level": "street", "code": "3101\x0004003"}, "code"),
     ({"from": "2026-12-01T08:00:00"}, "from"),
     ({"to": "yesterday"}, "to"),
     ({"from": "2026-12-02", "to": "2026-12-01"}, "to"),

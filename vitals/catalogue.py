@@ -204,6 +204,8 @@ def list_indicators(conn: Connection, dimension: str | None = None, source: str 
 
 
 def get_indicator(conn: Connection, code: str, parameter: str = "indicator") -> Indicator:
+    if "\x00" in code:  # PostgreSQL text cannot hold NUL
+        raise ParameterError(parameter, f"{parameter} contains a NUL character (U+0000)")
     ensure_catalogue(conn)
     row = conn.execute(sa.text("SELECT * FROM vital_indicators WHERE code = :c"), {"c": code}).first()
     if row is None:

@@ -40,6 +40,8 @@ def check_level(level: str) -> str:
 
 def check_area(conn: Connection, level: str, code: str) -> None:
     """An area code that the base does not hold (now) is a bad parameter, not an empty answer."""
+    if "\x00" in code:  # PostgreSQL text cannot hold NUL
+        raise ParameterError("code", "code contains a NUL character (U+0000)")
     if level == "city":
         if code != CITY_CODE:
             raise ParameterError("code", f"code: the city level has one area, {CITY_CODE!r}; got {code!r}")
