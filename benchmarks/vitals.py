@@ -168,13 +168,13 @@ def scaled(server: str, scale: float, dbs: list[str]) -> dict:
         "pipelines": f"""INSERT INTO pipelines (source_id, kind, year_laid, start_depth, end_depth, valid_from,
                 district_code, street_code, grid_code, geom)
             SELECT 'L' || k, (ARRAY['给水','排水','雨水','污水','燃气','电力','通信','热力','工业'])[1 + k % 9],
-                   1960 + (k * 7919) % 66, CASE WHEN k % 20 = 0 THEN NULL ELSE 1.2 END,
+                   1960 + (k::bigint * 7919) % 66, CASE WHEN k % 20 = 0 THEN NULL ELSE 1.2 END,
                    CASE WHEN k % 20 = 0 THEN NULL ELSE 1.4 END, {since}, {_codes('x', 'y')},
                    ST_SetSRID(ST_MakeLine(ST_MakePoint({X0} + x, {Y0} + y, 0), ST_MakePoint({X0} + x + 170, {Y0} + y, 0)), 4549)
             FROM (SELECT k, random() * ({extent} - 171) AS x, {ry} AS y FROM generate_series(1, {n['pipelines']}) k) s""",
         "buildings": f"""INSERT INTO buildings (source_id, height, floors, use, year_built, structure, valid_from,
                 district_code, street_code, grid_code, geom)
-            SELECT 'B' || k, 20, 6, (ARRAY['住宅','办公','商业','教育','工业','医疗'])[1 + k % 6], 1930 + (k * 31) % 95,
+            SELECT 'B' || k, 20, 6, (ARRAY['住宅','办公','商业','教育','工业','医疗'])[1 + k % 6], 1930 + (k::bigint * 31) % 95,
                    (ARRAY['钢混','砖混','钢结构'])[1 + k % 3], {since}, {_codes('x', 'y')},
                    ST_Multi(ST_Force3D(ST_MakeEnvelope({X0} + x, {Y0} + y, {X0} + x + 20, {Y0} + y + 20, 4549)))
             FROM (SELECT k, random() * ({extent} - 21) AS x, random() * ({extent} - 21) AS y
