@@ -54,14 +54,15 @@ demo: setup
 	$(BIN)/cim scenarios curtain-wall load data_samples/scenarios/curtain_wall_records.csv
 	$(BIN)/cim scenarios curtain-wall rank --top 5
 	$(BIN)/cim scenarios curtain-wall push --top 5
-
 	# illegal construction (docs/scenarios.md): the streets' 拆违办 posts, then a cluster of clues merged by spot
 	$(BIN)/cim ingest responsibility scenarios/illegal_building/sample/responsibility.csv && $(BIN)/cim scenarios illegal-building sample
 	# group rental (docs/scenarios.md): the streets' 平安办 posts, then utility data scored and suspects pushed to them
 	$(BIN)/cim ingest responsibility scenarios/group_rental/sample/responsibility.csv && $(BIN)/cim scenarios group-rental sample
+	# the city's vital signs now (the server recomputes them every 15 min): /dashboard
+	$(BIN)/cim vitals compute
 	$(BIN)/cim db status
 	@echo "serving the API on http://127.0.0.1:8000 (Ctrl-C to stop)"
-	CIM_CASES_TICK_S=300 CIM_IOT_OFFLINE_CHECK_S=60 $(BIN)/cim serve --host 127.0.0.1 --port 8000
+	CIM_CASES_TICK_S=300 CIM_IOT_OFFLINE_CHECK_S=60 CIM_VITALS_COMPUTE_S=900 $(BIN)/cim serve --host 127.0.0.1 --port 8000
 
 clean:
 	-$(BIN)/cim db down

@@ -8,6 +8,7 @@
 - ``/cases…`` → :mod:`api.cases` (the case loop of :mod:`cases`)
 - ``/open311/v2/…`` → :mod:`api.open311` (GeoReport v2 over the case loop)
 - ``/scenarios/…`` → :mod:`api.scenarios` (one router module per scenario)
+- ``/vitals…`` → :mod:`api.vitals` (the city's vital signs of :mod:`vitals`);  ``/dashboard`` → :mod:`api.dashboard`
 - ``/viewer`` → :mod:`api.viewer`;  ``/healthz``, ``/metrics`` → :mod:`api.ops`
 
 Before any route, the middleware of :data:`MIDDLEWARE` (one list, outermost first: metrics, the body limits of
@@ -35,7 +36,7 @@ from cim.config import DeploymentSettings
 
 ROUTER_MODULES = ("api.ops", "api.features", "api.grid", "api.nearby", "api.iot", "api.ingest_upload",
                   "api.geocode", "api.tiles", "api.viewer", "api.cases", "api.open311", "api.sensing",
-                  "api.scenarios")
+                  "api.scenarios", "api.vitals", "api.dashboard")
 
 #: Every middleware of the app, outermost first; nothing else adds one. Inside the last of them come
 #: Starlette's exception handlers (api.problems) and the routes.

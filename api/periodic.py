@@ -1,4 +1,5 @@
-"""Periodic jobs of the server: the case tick (overdue marking and escalation), the offline-device check.
+"""Periodic jobs of the server: the case tick (overdue marking and escalation), the offline-device check,
+the vital signs.
 
 One list, :data:`PERIODIC_JOBS`: a job is a name, the deployment setting that holds its interval in
 seconds (0 = off) and a function ``(engine, now)``. Adding a job is one line there (and its setting
@@ -30,6 +31,7 @@ from cases.lifecycle import tick
 from cim.config import DeploymentSettings
 from cim.database import engine_for
 from sensing.offline import check_offline
+from vitals.compute import compute_vitals
 
 log = logging.getLogger("cim.periodic")
 
@@ -55,6 +57,8 @@ PERIODIC_JOBS: tuple[PeriodicJob, ...] = (
     PeriodicJob("cases.tick", "cases_tick_s", _cases_tick),
     # "no data for N minutes" rules hold against the clock, not against arriving readings
     PeriodicJob("iot.offline", "iot_offline_check_s", check_offline),
+    # the indicators' time series: one row per indicator, level and area each run
+    PeriodicJob("vitals.compute", "vitals_compute_s", compute_vitals),
 )
 
 

@@ -83,6 +83,8 @@ class DeploymentSettings(_PydanticSettings):
                                                        "cases, escalate them); 0: off")
     iot_offline_check_s: float = Field(0.0, ge=0, description="seconds between the server's checks of the 'no data "
                                                               "for N minutes' rules (offline devices); 0: off")
+    vitals_compute_s: float = Field(0.0, ge=0, description="seconds between the server's computations of the vital "
+                                                           "signs (cim vitals compute); 0: off")
     # --- loads ----------------------------------------------------------------------------------
     operator: str | None = Field(None, description="the operator recorded on ingest runs (default: the OS user)")
     fault_pause_at: Literal["reading", "copy", "index", "merge", "commit"] | None = Field(

@@ -12,7 +12,7 @@ import typer
 from cim.cli.console import err_console
 from cim.errors import UserError
 
-EDGE_MODULES = ("ingest.cli", "tiles.cli", "cases.cli", "sensing.cli", "scenarios.cli", "api.cli")
+EDGE_MODULES = ("ingest.cli", "tiles.cli", "cases.cli", "sensing.cli", "scenarios.cli", "vitals.cli", "api.cli")
 CORE_MODULES = ("cim.cli.db", "cim.cli.gazetteer", "cim.cli.grid", "cim.cli.keys", "cim.cli.users", "cim.cli.audit")
 
 

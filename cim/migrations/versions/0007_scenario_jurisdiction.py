@@ -4,14 +4,14 @@ points and compounds of the flood scenario, the illegal-building clues and struc
 addresses with the utility use and scores that hang off them (personal data: a street sees its own).
 
 Revision ID: 0007_scenario_jurisdiction
-Revises: 0006_sensing_alerts
+Revises: 0006_vitals
 """
 from alembic import op
 
 from cim.jurisdiction import area_expressions, protect_sql, through_expressions
 
 revision = "0007_scenario_jurisdiction"
-down_revision = "0006_sensing_alerts"
+down_revision = "0006_vitals"
 branch_labels = None
 depends_on = None
 
