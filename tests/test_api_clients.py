@@ -20,6 +20,8 @@ import pytest
 import shapely
 import sqlalchemy as sa
 
+from cases.model import mask
+
 from cim.bootstrap import load_settings
 from cim.database import engine_for
 from cim.grid import responsibility_for
@@ -180,6 +182,8 @@ def test_grid_lookup_shares_each_grid_chain(sample_server, sample_engine):
     assert any(chains.values())
     for answer, code in zip(results, codes):
         want = [x.to_dict() for x in chains[code]] if code else []
+        # no key: the responsible persons' phones come masked (issue 12)
+        want = [{**d, "persons": [{**p, "contact": mask(p["contact"])} for p in d["persons"]]} for d in want]
         assert answer["responsibility"] == want, code
 
 

@@ -58,7 +58,7 @@ def _fill(path: str, city) -> str:
     values = {"collectionId": "buildings", "layer": "buildings", "featureId": "00000000-0000-0000-0000-000000000001",
               "device_id": "dev-1", "tileMatrixSetId": "WebMercatorQuad", "tileMatrix": "16", "tileRow": "26790",
               "tileCol": "54906", "version": "1", "tile": "0", "case_id": "1", "service_request_id": "1",
-              "rule_id": "1", "alert_id": "1"}
+              "rule_id": "1", "alert_id": "1", "response_id": "1", "clue_id": "1", "code": "X1", "run_id": "1"}
     return re.sub(r"{(\w+)}", lambda m: values[m.group(1)], path)
 
 

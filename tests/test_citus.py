@@ -148,6 +148,22 @@ def test_api_items_grid_lookup_nearby_and_tiles(base, client):
     assert tileset.status_code == 200 and tileset.json()["root"]["children"] is not None
 
 
+def test_a_narrower_jurisdiction_is_refused_on_citus_never_widened(base, client):
+    """Row-level jurisdiction is not enforced across Citus workers yet: a street-scoped key gets a 501 problem
+    document, not the city's rows; a city-wide caller (here: no key, the public) reads as above."""
+    from cim.apikeys import create_key
+    from cim.users import create_user
+
+    with base.engine.begin() as conn:
+        street = conn.execute(sa.text("SELECT code FROM streets WHERE valid_to IS NULL ORDER BY code LIMIT 1")).scalar()
+        user = create_user(conn, "citus-street", "viewer", street=street)
+        _, key = create_key(conn, user=user)
+    refused = client.get("/collections/parts/items", params={"limit": 5}, headers={"X-API-Key": key})
+    assert refused.status_code == 501, refused.text
+    assert refused.headers["content-type"].startswith("application/problem+json") and "Citus" in refused.json()["detail"]
+    assert client.get("/collections/parts/items", params={"limit": 5}).status_code == 200
+
+
 def test_a_case_goes_through_dispatch(base):
     from cases.intake import CaseReport, intake
 

@@ -50,9 +50,17 @@ def _package(root: Path, name: str, source: str = "") -> None:
 
 def _toy_project(tmp_path: Path, **sources: str) -> Path:
     """The project's own contract over toy root packages whose ``__init__`` imports are given."""
-    for name in _pyproject()["tool"]["importlinter"]["root_packages"]:
-        _package(tmp_path, name, sources.get(name, ""))
     importlinter = _pyproject()["tool"]["importlinter"]
+    for name in importlinter["root_packages"]:
+        _package(tmp_path, name, sources.get(name, ""))
+    # the subpackages a contract names (each scenario of the independence contract)
+    for contract in importlinter["contracts"]:
+        for key in ("modules", "source_modules", "forbidden_modules"):
+            for dotted in contract.get(key, []):
+                if "." in dotted:
+                    path = tmp_path.joinpath(*dotted.split("."))
+                    path.mkdir(parents=True, exist_ok=True)
+                    (path / "__init__.py").write_text(sources.get(dotted, ""), encoding="utf-8")
     # strings and lists of strings: their JSON form is valid TOML
     lines = ["[tool.importlinter]", f"root_packages = {json.dumps(importlinter['root_packages'])}"]
     for contract in importlinter["contracts"]:
@@ -86,3 +94,9 @@ def test_the_contract_keeps_sensing_off_the_loaders(tmp_path):
     config = _toy_project(tmp_path, sensing="import ingest\n")
     broken = _lint_imports(tmp_path, config)
     assert broken.returncode != 0 and "sensing -> ingest" in broken.stdout, broken.stdout
+
+
+def test_the_contract_keeps_each_scenario_to_itself(tmp_path):
+    config = _toy_project(tmp_path, **{"scenarios.flood": "import scenarios.curtain_wall\n"})
+    broken = _lint_imports(tmp_path, config)
+    assert broken.returncode != 0 and "scenarios.flood -> scenarios.curtain_wall" in broken.stdout, broken.stdout
