@@ -176,10 +176,16 @@ def test_packaged_model_is_the_documented_one():
     assert Path(model.source).name == "model.txt"
 
 
-#: true once the 2D map draws the group-rental suspects
+#: true once the 2D map draws the group-rental suspects and a click on one shows its reasons
 GROUP_RENTAL_DRAWN = """(() => {
   const m = window.cimMap; if (!m || !m.loaded() || !m.getSource('group-rental')) return false;
-  return m.queryRenderedFeatures({layers: ['group-rental-suspects']}).length > 0;
+  const hits = m.queryRenderedFeatures({layers: ['group-rental-suspects']});
+  if (!hits.length) return false;
+  const point = m.project(hits[0].geometry.coordinates);
+  m.fire('click', {point, lngLat: m.unproject(point), originalEvent: {}});
+  const info = document.getElementById('info');
+  return !info.hidden && document.getElementById('info-title').textContent.startsWith('群租嫌疑')
+      && info.textContent.includes('reasons') && info.textContent.includes('per_person');
 })()"""
 
 

@@ -246,11 +246,18 @@ def test_the_two_scenarios_stand_alone(tmp_path):
     assert proc.returncode == 0 and "1 kept" in proc.stdout, proc.stdout + proc.stderr
 
 
-#: true once the 2D map draws the illegal-construction layer: hot-spot grids, structures and open clue spots
+#: true once the 2D map draws the illegal-construction layer (hot-spot grids, structures, open clue spots) and a
+#: click on a spot shows its case in the info panel
 ILLEGAL_BUILDING_DRAWN = """(() => {
   const m = window.cimMap; if (!m || !m.loaded() || !m.getSource('illegal-building')) return false;
-  return [['ib-hotspot-fill'], ['ib-structure-fill', 'ib-structure-point'], ['ib-spot']].every(
-    (layers) => m.queryRenderedFeatures({layers}).length > 0);
+  if (![['ib-hotspot-fill'], ['ib-structure-fill', 'ib-structure-point'], ['ib-spot']].every(
+    (layers) => m.queryRenderedFeatures({layers}).length > 0)) return false;
+  const spot = m.queryRenderedFeatures({layers: ['ib-spot']})[0];
+  const point = m.project(spot.geometry.coordinates);
+  m.fire('click', {point, lngLat: m.unproject(point), originalEvent: {}});
+  const info = document.getElementById('info');
+  return !info.hidden && document.getElementById('info-title').textContent.startsWith('违建线索')
+      && info.textContent.includes('case_id') && info.textContent.includes('case_status');
 })()"""
 
 

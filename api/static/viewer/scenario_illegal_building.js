@@ -16,22 +16,39 @@ const STYLES = [
    paint: {"fill-color": statusColour, "fill-opacity": 0.8}},
   {id: "ib-structure-line", type: "line", filter: ["all", ["==", kind, "structure"], ["!=", ["geometry-type"], "Point"]],
    paint: {"line-color": statusColour, "line-width": 2}},
-  // a structure a case added from a point clue (no change polygon) is that point: a marker
+  // a structure a case added from a point clue (no change polygon) is that point; a polygon, a few metres across,
+  // vanishes at city scale, so it gets a marker too, faded out once the polygon itself is big enough to see
   {id: "ib-structure-point", type: "circle", filter: ["all", ["==", kind, "structure"], ["==", ["geometry-type"], "Point"]],
-   paint: {"circle-radius": 6, "circle-color": statusColour, "circle-stroke-color": "#ffffff", "circle-stroke-width": 1}},
+   paint: {"circle-radius": 6, "circle-color": statusColour, "circle-stroke-color": "#ffffff", "circle-stroke-width": 1,
+           "circle-opacity": ["interpolate", ["linear"], ["zoom"], 15, 1, 17, ["case", ["==", ["get", "marker"], true], 0, 1]],
+           "circle-stroke-opacity": ["interpolate", ["linear"], ["zoom"], 15, 1, 17, ["case", ["==", ["get", "marker"], true], 0, 1]]}},
   {id: "ib-spot", type: "circle", filter: ["==", kind, "spot"],
    paint: {"circle-radius": ["min", 10, ["+", 4, ["get", "clues"]]], "circle-color": "#ffe14d",
            "circle-stroke-color": "#7a2e00", "circle-stroke-width": 2}},
 ];
 const CLICKABLE = ["ib-spot", "ib-structure-point", "ib-structure-fill", "ib-hotspot-fill"];
 
+// the middle of a polygon's bounding box: where its marker goes
+function middle(geometry) {
+  const xs = [], ys = [];
+  const walk = (c) => { if (typeof c[0] === "number") { xs.push(c[0]); ys.push(c[1]); } else c.forEach(walk); };
+  walk(geometry.coordinates);
+  return [(Math.min(...xs) + Math.max(...xs)) / 2, (Math.min(...ys) + Math.max(...ys)) / 2];
+}
+
 export async function addIllegalBuildingLayer(map, api, showInfo) {
   const r = await fetch(new URL("scenarios/illegal-building/layer", api)).catch(() => null);
   if (!r || !r.ok) { console.warn("no illegal-building layer:", r && r.status); return; }
   const data = await r.json();
+  const markers = [];
   for (const f of data.features) {  // arrays travel through MapLibre as text: keep the popup's fields flat
     if (Array.isArray(f.properties.case_ids)) f.properties.case_ids = f.properties.case_ids.join(", ");
+    if (f.properties.kind === "structure" && f.geometry && f.geometry.type !== "Point") {
+      markers.push({type: "Feature", geometry: {type: "Point", coordinates: middle(f.geometry)},
+                    properties: {...f.properties, marker: true}});
+    }
   }
+  data.features.push(...markers);
   map.addSource("illegal-building", {type: "geojson", data});
   for (const style of STYLES) map.addLayer({...style, source: "illegal-building"});
   map.on("click", (e) => {
