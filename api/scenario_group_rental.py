@@ -1,6 +1,7 @@
 """``/scenarios/group-rental/…``: a thin adapter over :mod:`scenarios.group_rental`.
 
 - ``GET …/scores`` — a scoring run's scores (default the latest), highest first, with reasons.
+- ``GET …/suspects`` (GeoJSON, WGS84) — the run's flagged addresses as points, with the same fields.
 - ``POST …/runs`` — score with the packaged model over ``from``/``to`` (YYYY-MM; default the
   latest three months); ``POST …/runs/{id}/push`` — flagged addresses → cases at the 平安办.
 
@@ -20,7 +21,7 @@ from cim.apikeys import ApiKey
 from cim.errors import ParameterError
 from scenarios.group_rental.handling import push
 from scenarios.group_rental.model import load_model
-from scenarios.group_rental.score import explain, month_of, score
+from scenarios.group_rental.score import explain, month_of, score, suspects
 
 router = APIRouter(prefix="/scenarios/group-rental", tags=["scenarios: group rental"])
 
@@ -30,6 +31,13 @@ def get_scores(request: Request, run: int | None = Query(None, ge=1, le=2**31 - 
                limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
     with get_state(request).engine.connect() as conn:
         return {"scores": explain(conn, run, flagged, limit=limit)}
+
+
+@router.get("/suspects", summary="A run's flagged addresses as GeoJSON points (WGS84), with their reasons")
+def get_suspects(request: Request, run: int | None = Query(None, ge=1, le=2**31 - 1),
+                 limit: int = Query(1000, ge=1, le=10000)) -> dict[str, Any]:
+    with get_state(request).engine.connect() as conn:
+        return suspects(conn, run, limit)
 
 
 @router.post("/runs", status_code=201, summary="Score every address over a window of months")

@@ -7,6 +7,8 @@
 - ``GET …/structures`` (GeoJSON) and ``…/structures/{code}`` — the illegal-structures layer.
 - ``POST …/structures/{code}/certificate`` — a property certificate: the district's re-check case.
 - ``GET …/hotspots`` — spots per grid per month with baseline and significance.
+- ``GET …/layer`` (GeoJSON, WGS84) — the viewer's layer: the structures (``kind`` structure), the open
+  clue spots (``kind`` spot) and one month's grids with their spot counts and significance (``kind`` hotspot).
 
 The verification flow itself runs through ``POST /cases/{id}/actions`` (``handle`` with
 ``data.finding``): the scenario's hook on the case loop opens the next case.
@@ -27,7 +29,7 @@ from api.responses import OrjsonResponse
 from cim.apikeys import ApiKey
 from cim.errors import NotFoundError, ParameterError
 from scenarios.illegal_building import flow, hotspots, structures
-from scenarios.illegal_building.clues import Clue, add_clue, spot_of
+from scenarios.illegal_building.clues import Clue, add_clue, open_spots, spot_of
 from scenarios.illegal_building.importer import instant
 
 router = APIRouter(prefix="/scenarios/illegal-building", tags=["scenarios: illegal construction"])
@@ -140,6 +142,28 @@ def get_hotspots(request: Request, from_: str = Query(..., alias="from", max_len
     with get_state(request).engine.connect() as conn:
         rows = hotspots.hotspots(conn, from_, to, baseline, alpha, min_count, hot)
     return {"grid_months": [r.to_dict() for r in rows]}
+
+
+def _feature(kind: str, item: dict[str, Any], fid: str) -> dict[str, Any]:
+    geometry = item.pop("geometry")
+    return {"type": "Feature", "id": fid, "geometry": geometry, "properties": {"kind": kind, **item}}
+
+
+@router.get("/layer", summary="The viewer's layer (GeoJSON, WGS84): structures, open clue spots, one month's hot-spot grids")
+def get_layer(request: Request,
+              month: str | None = Query(None, max_length=16, description="YYYY-MM; default the latest clue's month"),
+              baseline: int = Query(12, ge=1, le=120), alpha: float = Query(0.01, gt=0, lt=1),
+              min_count: int = Query(3, ge=1)) -> dict[str, Any]:
+    with get_state(request).engine.connect() as conn:
+        month = month or hotspots.latest_month(conn)
+        grids = hotspots.hotspot_grids(conn, month, baseline, alpha, min_count) if month else []
+        items = structures.list_structures(conn)
+        spots = open_spots(conn)
+    # grids first: the choropleth lies under the structures and spots
+    return {"type": "FeatureCollection", "month": month, "features": [
+        *(_feature("hotspot", g, f"grid-{g['grid_code']}") for g in grids),
+        *(_feature("structure", s, s["code"]) for s in items),
+        *(_feature("spot", s, f"clue-{s['clue_id']}") for s in spots)]}
 
 
 def install(app: FastAPI) -> None:

@@ -174,3 +174,51 @@ def test_packaged_model_is_the_documented_one():
         ("deliveries_per_person", 0.2, 20), ("electricity_total", 0.1, 600), ("deliveries_total", 0.15, 60)]
     assert (model.threshold, model.min_confidence) == (0.5, 0.6)
     assert Path(model.source).name == "model.txt"
+
+
+#: true once the 2D map draws the group-rental suspects and a click on one shows its reasons
+GROUP_RENTAL_DRAWN = """(() => {
+  const m = window.cimMap; if (!m || !m.loaded() || !m.getSource('group-rental')) return false;
+  const hits = m.queryRenderedFeatures({layers: ['group-rental-suspects']});
+  if (!hits.length) return false;
+  const point = m.project(hits[0].geometry.coordinates);
+  m.fire('click', {point, lngLat: m.unproject(point), originalEvent: {}});
+  const info = document.getElementById('info');
+  return !info.hidden && document.getElementById('info-title').textContent.startsWith('群租嫌疑')
+      && info.textContent.includes('reasons') && info.textContent.includes('per_person');
+})()"""
+
+
+def test_suspects_as_geojson(demo):
+    engine, out = demo
+    client = TestClient(create_app(engine))
+    r = client.get("/scenarios/group-rental/suspects", params={"run": out["run"]["id"]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["type"] == "FeatureCollection" and body["run_id"] == out["run"]["id"]
+    suspects = {f["properties"]["address"]: f for f in body["features"]}
+    assert set(suspects) == {G1, G3, G6}
+    with engine.connect() as conn:  # the same fields as GET …/scores, no more (addresses only, no names)
+        assert [f["properties"] for f in body["features"]] == explain(conn, out["run"]["id"], True, limit=1000)
+        latest = conn.execute(sa.text("SELECT max(id) FROM rental_score_runs")).scalar()
+    g3 = suspects[G3]
+    assert g3["geometry"]["type"] == "Point" and g3["properties"]["score"] == 1.0
+    assert "gas_per_person not computed: missing gas_m3 (confidence −0.10)" in g3["properties"]["reasons"]
+    lon, lat = g3["geometry"]["coordinates"]
+    assert 121.3 < lon < 121.6 and 31.1 < lat < 31.3  # WGS84, in 徐汇
+    assert client.get("/scenarios/group-rental/suspects").json()["run_id"] == latest  # default: the latest run
+    assert client.get("/scenarios/group-rental/suspects", params={"run": 999999}).status_code == 404
+    for params, name in (({"run": "0"}, "run"), ({"run": "x"}, "run"), ({"limit": "0"}, "limit")):
+        bad = client.get("/scenarios/group-rental/suspects", params=params)
+        assert bad.status_code == 400 and name in bad.json()["detail"], (params, bad.text)
+
+
+def test_the_viewer_draws_the_group_rental_layer(demo, db_url, tmp_path):
+    from tests.servers import serve_app
+    from tests.test_viewer import _browser, _needs_libraries
+
+    _needs_libraries()
+    with serve_app(db_url) as base:
+        result = _browser(f"{base}/viewer#2d", GROUP_RENTAL_DRAWN, tmp_path / "viewer-group-rental.png")
+    assert result["ok"], result
+    assert not result["errors"], result["errors"]

@@ -244,3 +244,67 @@ def test_the_two_scenarios_stand_alone(tmp_path):
     proc = subprocess.run([LINT_IMPORTS, "--no-cache", "--no-logo", str(config)], cwd=PROJECT,
                           capture_output=True, text=True)
     assert proc.returncode == 0 and "1 kept" in proc.stdout, proc.stdout + proc.stderr
+
+
+#: true once the 2D map draws the illegal-construction layer (hot-spot grids, structures, open clue spots) and a
+#: click on a spot shows its case in the info panel
+ILLEGAL_BUILDING_DRAWN = """(() => {
+  const m = window.cimMap; if (!m || !m.loaded() || !m.getSource('illegal-building')) return false;
+  if (![['ib-hotspot-fill'], ['ib-structure-fill', 'ib-structure-point'], ['ib-spot']].every(
+    (layers) => m.queryRenderedFeatures({layers}).length > 0)) return false;
+  const spot = m.queryRenderedFeatures({layers: ['ib-spot']})[0];
+  const point = m.project(spot.geometry.coordinates);
+  m.fire('click', {point, lngLat: m.unproject(point), originalEvent: {}});
+  const info = document.getElementById('info');
+  return !info.hidden && document.getElementById('info-title').textContent.startsWith('违建线索')
+      && info.textContent.includes('case_id') && info.textContent.includes('case_status');
+})()"""
+
+
+def test_viewer_layer_over_http(city):
+    client = TestClient(create_app(city))
+    r = client.get("/scenarios/illegal-building/layer", params={"month": "2026-10"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["type"] == "FeatureCollection" and body["month"] == "2026-10"
+    by_kind: dict[str, list[dict]] = {}
+    for f in body["features"]:
+        by_kind.setdefault(f["properties"]["kind"], []).append(f)
+    grids = {f["properties"]["grid_code"]: f for f in by_kind["hotspot"]}
+    assert (grids[TIANLIN_GRID]["properties"]["count"], grids[TIANLIN_GRID]["properties"]["hot"]) == (4, True)
+    assert (grids[LONGHUA_GRID]["properties"]["count"], grids[LONGHUA_GRID]["properties"]["hot"]) == (3, False)
+    assert {g["geometry"]["type"] for g in grids.values()} <= {"Polygon", "MultiPolygon"}
+    with city.connect() as conn:
+        layer = {s["code"]: s["status"] for s in structures.list_structures(conn)}
+        open_leads = set(conn.execute(sa.text(
+            "SELECT l.id FROM ib_clues l JOIN cases c ON c.id = l.case_id WHERE l.merged_into IS NULL "
+            "AND c.status NOT IN ('closed', 'not_registered', 'merged')")).scalars())
+        lh1 = _clue(conn, "GP-LH-001")
+    assert {f["id"]: f["properties"]["status"] for f in by_kind["structure"]} == layer and "WJ-REG-0001" in layer
+    # the register's are polygons; one a case added from a point clue is that point
+    assert {f["geometry"]["type"] for f in by_kind["structure"] if f["properties"]["source"] == "register"} == {"Polygon"}
+    assert {f["geometry"]["type"] for f in by_kind["structure"]} <= {"Polygon", "MultiPolygon", "Point"}
+    spots = {f["properties"]["clue_id"]: f for f in by_kind["spot"]}
+    assert set(spots) == open_leads and len(spots) >= 27  # 龙华's 27 clues stay open in this module
+    p = spots[lh1.id]["properties"]
+    assert (p["case_id"], p["clues"], p["grid_code"], spots[lh1.id]["geometry"]["type"]) == \
+        (lh1.case_id, 1, LONGHUA_GRID, "Point")
+    lon, lat = spots[lh1.id]["geometry"]["coordinates"]
+    assert 121.3 < lon < 121.6 and 31.1 < lat < 31.3  # WGS84, in 徐汇
+    # the default month is the latest clue's
+    assert client.get("/scenarios/illegal-building/layer").json()["month"] >= "2026-10"
+    for params, name in (({"month": "2026-13"}, "month"), ({"baseline": "0"}, "baseline"),
+                         ({"alpha": "2"}, "alpha"), ({"min_count": "x"}, "min_count")):
+        bad = client.get("/scenarios/illegal-building/layer", params=params)
+        assert bad.status_code == 400 and name in bad.json()["detail"], (params, bad.text)
+
+
+def test_the_viewer_draws_the_illegal_building_layer(city, db_url, tmp_path):
+    from tests.servers import serve_app
+    from tests.test_viewer import _browser, _needs_libraries
+
+    _needs_libraries()
+    with serve_app(db_url) as base:
+        result = _browser(f"{base}/viewer#2d", ILLEGAL_BUILDING_DRAWN, tmp_path / "viewer-illegal-building.png")
+    assert result["ok"], result
+    assert not result["errors"], result["errors"]

@@ -12,6 +12,7 @@ the exact rules it was made with (:func:`explain`).
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -175,6 +176,21 @@ def explain(conn: Connection, run_id: int | None = None, flagged_only: bool = Fa
              "reasons": reasons(model, r)} for r in rows]
 
 
+def suspects(conn: Connection, run_id: int | None = None, limit: int = 1000) -> dict[str, Any]:
+    """A run's flagged addresses (default the latest run) as GeoJSON points in WGS84, with what
+    :func:`explain` says of each (addresses only: the data hold no names); an address the gazetteer
+    placed nowhere has a null geometry."""
+    run_id = run_id or latest_run(conn)
+    items = explain(conn, run_id, flagged_only=True, limit=limit)
+    points = dict(conn.execute(sa.text(
+        "SELECT id, ST_AsGeoJSON(ST_Transform(geom, 4326), 7) FROM rental_addresses "
+        "WHERE id = ANY(:ids) AND geom IS NOT NULL"), {"ids": [i["address_id"] for i in items]}).all())
+    return {"type": "FeatureCollection", "run_id": run_id, "features": [
+        {"type": "Feature", "id": i["address_id"],
+         "geometry": json.loads(points[i["address_id"]]) if i["address_id"] in points else None,
+         "properties": i} for i in items]}
+
+
 def verdict(model: Model, row: Any) -> str:
     """Why the address is (not) flagged, in one sentence."""
     score_ok, conf_ok = row.score >= model.threshold, row.confidence >= model.min_confidence - 1e-9
@@ -184,4 +200,4 @@ def verdict(model: Model, row: Any) -> str:
     return ("flagged: " if row.flagged else "not flagged: ") + " and ".join(parts)
 
 
-__all__ = ["Run", "explain", "month_of", "reasons", "score", "verdict"]
+__all__ = ["Run", "explain", "month_of", "reasons", "score", "suspects", "verdict"]

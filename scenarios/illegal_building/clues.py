@@ -183,3 +183,19 @@ def spot_of(conn: Connection, clue_id: int) -> list[int]:
                         {"id": clue_id}).scalar()
     return list(conn.execute(sa.text("SELECT id FROM ib_clues WHERE id = :l OR merged_into = :l ORDER BY id"),
                              {"l": lead}).scalars())
+
+
+def open_spots(conn: Connection) -> list[dict[str, Any]]:
+    """The spots still being verified (their verification case not ended), for the viewer: each spot's
+    first clue, as a WGS84 point (a change polygon by a point on it), with its case, its status and
+    how many clues it merged."""
+    rows = conn.execute(sa.text(
+        "SELECT l.id AS clue_id, l.channel, l.external_id, l.reported_at, l.grid_code, l.street_code, "
+        "l.case_id, c.status AS case_status, "
+        "(SELECT count(*) FROM ib_clues m WHERE m.merged_into = l.id) + 1 AS clues, "
+        "ST_AsGeoJSON(ST_Transform(ST_PointOnSurface(l.geom), 4326), 7) AS geometry "
+        "FROM ib_clues l LEFT JOIN cases c ON c.id = l.case_id "
+        "WHERE l.merged_into IS NULL AND (c.id IS NULL OR c.status NOT IN " + SPOT_ENDED_STATUSES + ") "
+        "ORDER BY l.id")).all()
+    return [{**r._asdict(), "reported_at": r.reported_at.isoformat(), "geometry": json.loads(r.geometry)}
+            for r in rows]

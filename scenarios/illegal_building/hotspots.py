@@ -7,6 +7,7 @@ spot "infinitely" significant. A grid-month is hot when p < ``alpha`` and count 
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
 from datetime import date
@@ -91,3 +92,23 @@ def hotspots(conn: Connection, month_from: str, month_to: str, baseline_months: 
             out.append(GridMonth(r.grid_code, r.street_code, r.month, int(r.n), float(r.before) / baseline_months,
                                  p, hot))
     return out
+
+
+def latest_month(conn: Connection) -> str | None:
+    """The month (YYYY-MM, city time) of the latest clue: what the viewer shows by default."""
+    month = conn.execute(sa.text(
+        "SELECT to_char(max(reported_at) AT TIME ZONE 'Asia/Shanghai', 'YYYY-MM') FROM ib_clues")).scalar()
+    return month
+
+
+def hotspot_grids(conn: Connection, month: str, baseline_months: int = 12, alpha: float = 0.01,
+                  min_count: int = 3) -> list[dict[str, Any]]:
+    """One month's grid-months (see :func:`hotspots`) with their grid's current outline (WGS84 GeoJSON),
+    for a choropleth; a grid with no current outline has ``geometry`` None."""
+    _month(month, "month")  # the parameter's own name in the error, not hotspots' "from"
+    rows = hotspots(conn, month, month, baseline_months, alpha, min_count)
+    outlines = dict(conn.execute(sa.text(
+        "SELECT grid_code, ST_AsGeoJSON(ST_Transform(geom, 4326), 7) FROM grids "
+        "WHERE grid_code = ANY(:g) AND valid_to IS NULL"), {"g": [r.grid_code for r in rows]}).all())
+    return [{**r.to_dict(), "geometry": json.loads(outlines[r.grid_code]) if r.grid_code in outlines else None}
+            for r in rows]

@@ -1,6 +1,8 @@
 // CIM viewer: CesiumJS (3D Tiles of buildings, pipelines, parts) and MapLibre GL (vector tiles).
 // No imagery, no terrain service and no Cesium ion: a plain globe and the platform's own tiles.
 import {addCurtainWallLayer} from "./scenario_curtain_wall.js";
+import {addIllegalBuildingLayer} from "./scenario_illegal_building.js";
+import {addGroupRentalLayer} from "./scenario_group_rental.js";
 const API = new URL(".", document.baseURI);  // the API root (/viewer → /)
 const status = document.getElementById("status");
 const info = document.getElementById("info");
@@ -230,13 +232,16 @@ async function showMap() {
     const tj = await (await fetch(sources.parts.url)).json().catch(() => null);
     if (tj && tj.bounds) map.fitBounds([[tj.bounds[0], tj.bounds[1]], [tj.bounds[2], tj.bounds[3]]], {padding: 40, maxZoom: 16});
     addCurtainWallLayer(map, API, showInfo);
+    addIllegalBuildingLayer(map, API, showInfo);
+    addGroupRentalLayer(map, API, showInfo);
   });
   map.on("click", (e) => {
     const hits = map.queryRenderedFeatures(e.point);
     if (!hits.length) { info.hidden = true; casePanel.hidden = true; return; }
     const f = hits[0];
     if (f.sourceLayer === "cases") { showCase(f.properties.source_id); return; }
-    if (f.source === "curtain-wall-risk") return;  // its own click handler shows the risk and reasons
+    // the scenario layers' own click handlers show their popups
+    if (["curtain-wall-risk", "illegal-building", "group-rental"].includes(f.source)) return;
     casePanel.hidden = true;
     showInfo(f.properties.name || f.properties.grid_code || f.properties.object_code || f.sourceLayer, f.properties);
   });
