@@ -101,6 +101,9 @@ const fs = require('fs');
   ws.onmessage = (m) => { const d = JSON.parse(m.data);
     if (d.id && pending.has(d.id)) { pending.get(d.id)(d.result || d.error); pending.delete(d.id); }
     if (d.method === 'Runtime.exceptionThrown') errors.push(JSON.stringify(d.params.exceptionDetails).slice(0, 300));
+    // console.error() of the page's own scripts counts as an error too ("no console errors")
+    if (d.method === 'Runtime.consoleAPICalled' && d.params.type === 'error')
+      errors.push('console.error: ' + JSON.stringify(d.params.args.map(a => a.value ?? a.description)).slice(0, 300));
   };
   await new Promise(r => ws.onopen = r);
   await send('Runtime.enable'); await send('Page.enable');
