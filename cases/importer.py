@@ -59,7 +59,9 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     yield from ((i, r) for i, r in enumerate(reader, start=2))
 
 
-def _float(where: str, key: str, value: Any) -> float | None:
+def number_field(where: str, key: str, value: Any) -> float | None:
+    """An optional number field of a row: empty is None; anything else must be a number (the error names
+    the row and the field)."""
     if value in (None, ""):
         return None
     try:
@@ -87,12 +89,12 @@ def to_report(where: str, row: dict[str, Any]) -> CaseReport:
             raise UserError(f"{where}: field reported_at: {row['reported_at']!r} is not an ISO 8601 time") from None
         if reported_at.tzinfo is None:
             raise UserError(f"{where}: field reported_at: {row['reported_at']!r} has no time zone")
-    x, y = _float(where, "x", row.get("x")), _float(where, "y", row.get("y"))
+    x, y = number_field(where, "x", row.get("x")), number_field(where, "y", row.get("y"))
     if (x is None) != (y is None):
         raise UserError(f"{where}: fields x, y: give both or neither")
     extra = {k: v for k, v in row.items() if k not in FIELDS and v not in (None, "")}
     return CaseReport(channel=channel, class_code=text("class") or "", description=text("description"),
-                      address_text=text("address"), x=x, y=y, z=_float(where, "z", row.get("z")),
+                      address_text=text("address"), x=x, y=y, z=number_field(where, "z", row.get("z")),
                       crs=text("crs") or "EPSG:4326", urgency=urgency, external_id=text("external_id"),
                       reporter_contact=text("reporter_contact"), reported_at=reported_at, attributes=extra)
 

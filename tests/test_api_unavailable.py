@@ -25,7 +25,8 @@ from tests.spatial_data import build_features, build_hierarchy
 
 #: operations that answer from memory, without the database
 NO_DATABASE = {"GET /", "GET /conformance", "GET /metrics", "GET /tileMatrixSets",
-               "GET /tileMatrixSets/{tileMatrixSetId}"}
+               "GET /tileMatrixSets/{tileMatrixSetId}",
+               "GET /scenarios/curtain-wall/model"}  # the scoring model is a file of the package
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,8 @@ def _fill(path: str, city) -> str:
 def _query(operation: dict, city) -> dict[str, str]:
     lon, lat = city.lonlat(200, 150)
     values = {"lon": str(lon), "lat": str(lat), "q": "上海市黄浦区南京东路1号", "group_by": "grid",
-              "layer": "buildings", "datetime": "2026-01-01T00:00:00Z/2026-02-01T00:00:00Z"}
+              "layer": "buildings", "datetime": "2026-01-01T00:00:00Z/2026-02-01T00:00:00Z", "from": "2026-01",
+              "to": "2026-02"}
     return {p["name"]: values[p["name"]] for p in operation.get("parameters", [])
             if p["in"] == "query" and p.get("required")}
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import shapely
 
+from cases.importer import number_field
 from cases.textfile import read_text_file
 from cim.errors import ParameterError, UserError
 from cim.times import day_start, parse_instant
@@ -31,15 +32,6 @@ def instant(where: str, field: str, text: str) -> datetime:
     return value if isinstance(value, datetime) else day_start(value)
 
 
-def _number(where: str, field: str, value: Any) -> float | None:
-    if value in (None, ""):
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{where}: field {field}: {value!r} is not a number") from None
-
-
 def to_clue(where: str, row: dict[str, Any]) -> Clue:
     def text(key: str) -> str | None:
         value = row.get(key)
@@ -50,8 +42,8 @@ def to_clue(where: str, row: dict[str, Any]) -> Clue:
     channel = text("channel") or ""
     if channel not in CHANNELS:
         raise UserError(f"{where}: field channel: {channel!r} is not one of {', '.join(CHANNELS)}")
-    x = _number(where, "lon", row.get("lon")) if text("lon") is not None else _number(where, "x", row.get("x"))
-    y = _number(where, "lat", row.get("lat")) if text("lat") is not None else _number(where, "y", row.get("y"))
+    x = number_field(where, "lon", row.get("lon")) if text("lon") is not None else number_field(where, "x", row.get("x"))
+    y = number_field(where, "lat", row.get("lat")) if text("lat") is not None else number_field(where, "y", row.get("y"))
     if (x is None) != (y is None):
         raise UserError(f"{where}: fields lon, lat: give both or neither")
     if x is None and not text("address"):
