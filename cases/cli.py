@@ -11,6 +11,8 @@ from pathlib import Path
 import typer
 
 from cim.errors import ParameterError
+from cim.cli.console import print_json
+from cim.database import get_engine
 
 cases_app = typer.Typer(help="City-management cases (部件/事件): intake, dispatch, lifecycle, evaluation.",
                         no_args_is_help=True)
@@ -18,12 +20,6 @@ classes_app = typer.Typer(help="The case class catalogue (大类/小类).", no_a
 calendar_app = typer.Typer(help="The working calendar (holidays, make-up working days).", no_args_is_help=True)
 cases_app.add_typer(classes_app, name="classes")
 cases_app.add_typer(calendar_app, name="calendar")
-
-
-def _engine():
-    from cim.database import get_engine
-
-    return get_engine()
 
 
 def _time(text: str | None, name: str) -> datetime | None:
@@ -38,10 +34,6 @@ def _time(text: str | None, name: str) -> datetime | None:
     return value
 
 
-def _print_json(obj: object) -> None:
-    typer.echo(json.dumps(obj, ensure_ascii=False, indent=2, default=str))
-
-
 @cases_app.command("import")
 def import_(path: Path = typer.Argument(..., help="CSV (header: channel,class,description,address,x,y,z,crs,"
                                                   "urgency,external_id,reporter_contact,reported_at) or JSON array."),
@@ -52,7 +44,7 @@ def import_(path: Path = typer.Argument(..., help="CSV (header: channel,class,de
     """Take in a hotline system's export as cases (idempotent on external ids)."""
     from cases.importer import import_cases
 
-    report = import_cases(_engine(), path, _time(now, "now"), chunk=chunk, one_by_one=one_by_one)
+    report = import_cases(get_engine(), path, _time(now, "now"), chunk=chunk, one_by_one=one_by_one)
     typer.echo(f"{path}: {report.read} read, {report.created} new, {report.known} already in, "
                f"{report.dispatched} dispatched by machine, {report.manual} in the manual queue")
 
@@ -69,7 +61,7 @@ def list_(status: str | None = typer.Option(None), class_code: str | None = type
 
     where = CaseFilter(status=status, class_code=class_code, grid_code=grid, street_code=street,
                        department_code=department, manual=True if manual else None, overdue=True if overdue else None)
-    with _engine().connect() as conn:
+    with get_engine().connect() as conn:
         for case in list_cases(conn, where, limit=limit):
             d = case.to_dict(mask_contact=True)
             keep = ("id", "status", "class_code", "channel", "urgency", "grid_code", "department_code",
@@ -84,9 +76,9 @@ def show(case_id: int = typer.Argument(...)) -> None:
     from cases.attachments import attachments_of
     from cases.model import case_log, get_case
 
-    with _engine().connect() as conn:
+    with get_engine().connect() as conn:
         case = get_case(conn, case_id)
-        _print_json({"case": case.to_dict(), "log": [e.to_dict() for e in case_log(conn, case_id)],
+        print_json({"case": case.to_dict(), "log": [e.to_dict() for e in case_log(conn, case_id)],
                      "attachments": [asdict(a) for a in attachments_of(conn, case_id)]})
 
 
@@ -108,7 +100,7 @@ def act_(case_id: int = typer.Argument(...), action: str = typer.Argument(..., h
         raise ParameterError("data", f"--data: not JSON ({exc.msg})") from None
     if not isinstance(payload, dict):
         raise ParameterError("data", "--data: expected a JSON object")
-    with _engine().begin() as conn:
+    with get_engine().begin() as conn:
         case = act(conn, case_id, Action(action, actor, role, note, payload, version), _time(now, "now"))
     typer.echo(f"case {case.id}: {case.status} (version {case.version})")
 
@@ -133,7 +125,7 @@ def attach(case_id: int = typer.Argument(...), path: Path = typer.Argument(..., 
         content = path.read_bytes()
     except FileNotFoundError:
         raise ParameterError("path", f"{path}: no such file") from None
-    with _engine().begin() as conn:
+    with get_engine().begin() as conn:
         att = add_attachment(conn, case_id, content, folder, actor, role)
     typer.echo(f"case {case_id}: {att.media_type}, {att.size_bytes} bytes, {att.path}")
 
@@ -146,7 +138,7 @@ def stats(by: str = typer.Option("department", help="department, district, stree
     """Evaluation indicators (综合评价) per unit for cases registered in the period."""
     from cases.evaluation import evaluate, to_csv
 
-    with _engine().connect() as conn:
+    with get_engine().connect() as conn:
         rows = evaluate(conn, by, _time(start, "from"), _time(end, "to"))  # type: ignore[arg-type]
     if out is None:
         for r in rows:
@@ -174,8 +166,8 @@ def simulate_(days: int = typer.Option(1, min=1, help="Days to simulate."),
             first = date.fromisoformat(start)
         except ValueError:
             raise ParameterError("start", f"--start: {start!r} is not a date (YYYY-MM-DD)") from None
-    report = simulate(_engine(), days, seed, first, per_day)
-    _print_json(report.as_dict())
+    report = simulate(get_engine(), days, seed, first, per_day)
+    print_json(report.as_dict())
 
 
 @cases_app.command("tick")
@@ -183,7 +175,7 @@ def tick_(now: str | None = typer.Option(None, help="Time to judge deadlines at;
     """Mark overdue cases and escalate them (street → district → city)."""
     from cases.lifecycle import tick
 
-    with _engine().begin() as conn:
+    with get_engine().begin() as conn:
         report = tick(conn, _time(now, "now"))
     typer.echo(f"{len(report.overdue)} newly overdue, {len(report.escalated)} escalated")
     for case_id, level in report.escalated:
@@ -195,7 +187,7 @@ def classes_load(path: Path = typer.Argument(..., help="CSV with the columns of 
     """Replace or extend the class catalogue."""
     from cases.catalogue import load_classes_file
 
-    with _engine().begin() as conn:
+    with get_engine().begin() as conn:
         n = load_classes_file(conn, path)
     typer.echo(f"{path}: {n} classes written")
 
@@ -205,7 +197,7 @@ def classes_list() -> None:
     """The catalogue, one JSON object a line."""
     from cases.catalogue import all_classes
 
-    with _engine().begin() as conn:
+    with get_engine().begin() as conn:
         for cls in all_classes(conn):
             sys.stdout.write(json.dumps(asdict(cls), ensure_ascii=False) + "\n")
 
@@ -215,7 +207,7 @@ def calendar_load(path: Path = typer.Argument(..., help="CSV day,kind,name (kind
     """Load public holidays and make-up working days."""
     from cases.calendar import load_calendar_file
 
-    with _engine().begin() as conn:
+    with get_engine().begin() as conn:
         n = load_calendar_file(conn, path)
     typer.echo(f"{path}: {n} days written")
 

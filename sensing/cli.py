@@ -1,7 +1,6 @@
 """``cim iot``: listen to an MQTT broker, manage threshold rules, simulate readings."""
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys
@@ -12,13 +11,10 @@ from typing import Optional
 import typer
 
 from cim.cli.console import console
+from cim.cli.console import print_json
 
 iot_app = typer.Typer(help="Live sensing: readings from MQTT, threshold rules, simulation.", no_args_is_help=True)
 rules_app = typer.Typer(help="Threshold rules evaluated as readings arrive.", no_args_is_help=True)
-
-
-def _echo_json(value) -> None:  # noqa: ANN001
-    typer.echo(json.dumps(value, ensure_ascii=False, indent=2, default=str))
 
 
 def listen(
@@ -41,7 +37,7 @@ def listen(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: listener.stop())
     report = listener.run()
-    _echo_json({"messages": listener.messages_stored, "unreadable_messages": listener.messages_unreadable,
+    print_json({"messages": listener.messages_stored, "unreadable_messages": listener.messages_unreadable,
                 **report.as_dict()})
 
 
@@ -85,7 +81,7 @@ def rules_list(as_json: bool = typer.Option(False, "--json", help="Machine-reada
     with get_engine().connect() as conn:
         rules = list_rules(conn)
     if as_json:
-        _echo_json(rules)
+        print_json(rules)
         return
     for r in rules:
         scope = " ".join(f"{k}={r[k]}" for k in ("device_type", "device_id", "area_level", "area_code") if r[k])
@@ -115,7 +111,7 @@ def rules_check(as_json: bool = typer.Option(False, "--json", help="Machine-read
     with get_engine().connect() as conn:
         findings = check_rules(conn)
     if as_json:
-        _echo_json(findings)
+        print_json(findings)
     elif not findings:
         typer.echo("no suspicious rules")
     else:
@@ -152,7 +148,7 @@ def simulate(
         console.print(f"{len(frame)} readings written to {out}")
         return
     report = store_simulated(engine, frame, batch=batch)
-    _echo_json(report.as_dict())
+    print_json(report.as_dict())
 
 
 def register(app: typer.Typer) -> None:

@@ -1,20 +1,16 @@
 """``cim vitals``: the indicator catalogue, computing the vital signs, loading fed values, showing them."""
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
 import typer
+from cim.cli.console import print_json
 
 vitals_app = typer.Typer(help="City vital signs (城市生命体征): catalogue, computation, fed values.",
                          no_args_is_help=True)
 catalogue_app = typer.Typer(help="The indicator catalogue.", no_args_is_help=True)
-
-
-def _echo_json(value) -> None:  # noqa: ANN001
-    typer.echo(json.dumps(value, ensure_ascii=False, indent=2, default=str))
 
 
 def _instant(text: str, parameter: str) -> datetime:
@@ -40,7 +36,7 @@ def compute(at: Optional[str] = typer.Option(None, "--at", help="The time (RFC 3
         report = run(conn, when, indicator or None).as_dict()
     if quiet:
         report.pop("per_indicator")
-    _echo_json(report)
+    print_json(report)
 
 
 def load(path: Path = typer.Argument(..., help="CSV: indicator, level, area_code, time, value.")) -> None:
@@ -49,7 +45,7 @@ def load(path: Path = typer.Argument(..., help="CSV: indicator, level, area_code
     from vitals.feed import load_feed
 
     with get_engine().begin() as conn:
-        _echo_json(load_feed(conn, path).as_dict())
+        print_json(load_feed(conn, path).as_dict())
 
 
 def show(level: str = typer.Option("city", help="city | district | street | grid."),
@@ -60,7 +56,7 @@ def show(level: str = typer.Option("city", help="city | district | street | grid
     from vitals.query import summary
 
     with get_engine().connect() as conn:
-        _echo_json(summary(conn, level, code, worst))
+        print_json(summary(conn, level, code, worst))
 
 
 def catalogue_load(path: Optional[Path] = typer.Argument(None, help="A catalogue CSV; default: the packaged one.")) -> None:
@@ -69,7 +65,7 @@ def catalogue_load(path: Optional[Path] = typer.Argument(None, help="A catalogue
     from vitals.catalogue import load_catalogue
 
     with get_engine().begin() as conn:
-        _echo_json({"written": load_catalogue(conn, path)})
+        print_json({"written": load_catalogue(conn, path)})
 
 
 def catalogue_list(dimension: Optional[str] = typer.Option(None, help="One of the six (Chinese or English)."),

@@ -7,6 +7,9 @@ wrapped.
 """
 from __future__ import annotations
 
+import json
+
+import typer
 from rich.console import Console
 
 
@@ -20,3 +23,8 @@ def make_console(*, stderr: bool = False, highlight: bool = True, width: int | N
 #: stdout and stderr of the ``cim`` command
 console = make_console()
 err_console = make_console(stderr=True)
+
+
+def print_json(value: object) -> None:
+    """A command's answer as indented JSON on stdout (Chinese as it is; dates and other values as text)."""
+    typer.echo(json.dumps(value, ensure_ascii=False, indent=2, default=str))

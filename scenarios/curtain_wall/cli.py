@@ -4,13 +4,14 @@ the sample city's synthetic dossiers."""
 from __future__ import annotations
 
 import getpass
-import json
 from pathlib import Path
 
 import typer
 
 from cim.config import settings
 from cim.errors import ParameterError
+from cim.cli.console import print_json
+from cim.database import get_engine
 
 from scenarios.curtain_wall.days import as_of_day
 
@@ -22,20 +23,10 @@ AS_OF_HELP = "Score as of this day (YYYY-MM-DD); default today (UTC)."
 MODEL_HELP = "A scoring file (TOML) instead of the packaged model."
 
 
-def _engine():
-    from cim.database import get_engine
-
-    return get_engine()
-
-
 def _model(path: Path | None):
     from scenarios.curtain_wall.model import load_model
 
     return load_model(path)
-
-
-def _echo_json(obj: object) -> None:
-    typer.echo(json.dumps(obj, ensure_ascii=False, indent=2, default=str))
 
 
 def _operator() -> str:
@@ -49,10 +40,10 @@ def load(path: Path = typer.Argument(..., help="CSV or GeoJSON of dossiers, one 
     """Load curtain-wall records; the whole file is checked first and a bad row refuses it (line and field named)."""
     from scenarios.curtain_wall.records import load_records
 
-    with _engine().begin() as conn:
+    with get_engine().begin() as conn:
         report = load_records(conn, path, replace=replace)
     if as_json:
-        _echo_json(report.as_dict())
+        print_json(report.as_dict())
     else:
         typer.echo(f"{report.file}: {report.read} dossiers read, {report.inserted} new, {report.updated} updated, "
                    f"{report.removed} removed")
@@ -70,11 +61,11 @@ def rank(top: int = typer.Option(20, min=1, help="How many buildings to list."),
     if risk_class is not None and risk_class not in RISK_CLASSES:
         raise ParameterError("class", f"--class: {risk_class!r} is not one of {', '.join(RISK_CLASSES)}")
     model, day = _model(model_path), as_of_day(as_of)
-    with _engine().connect() as conn:
+    with get_engine().connect() as conn:
         ranking = rank_buildings(conn, model, day)
     rows = ranking.rows(top, risk_class=risk_class)
     if as_json:
-        _echo_json({"as_of": day.isoformat(), "model_version": model.version, "total": len(ranking.score),
+        print_json({"as_of": day.isoformat(), "model_version": model.version, "total": len(ranking.score),
                     "counts": ranking.counts(), "buildings": rows})
         return
     typer.echo(f"model {model.version}, as of {day}: {len(ranking.score)} buildings — {ranking.counts()}")
@@ -95,10 +86,10 @@ def overdue(as_of: str | None = typer.Option(None, help=AS_OF_HELP),
     from scenarios.curtain_wall.service import overdue as overdue_list
 
     model, day = _model(model_path), as_of_day(as_of)
-    with _engine().connect() as conn:
+    with get_engine().connect() as conn:
         result = overdue_list(conn, model, day)
     if as_json:
-        _echo_json(result)
+        print_json(result)
         return
     typer.echo(f"as of {day}: {result['count']} overdue obligation(s)")
     for r in result["overdue"]:
@@ -119,10 +110,10 @@ def push(top: int = typer.Option(10, min=1, help="Push at most this many buildin
     from scenarios.curtain_wall.push import push_top
 
     model, day = _model(model_path), as_of_day(as_of)
-    with _engine().begin() as conn:
+    with get_engine().begin() as conn:
         report = push_top(conn, model, day, top, min_score)
     if as_json:
-        _echo_json(report.as_dict())
+        print_json(report.as_dict())
         return
     typer.echo(f"model {report.model_version}, class {report.case_class}, score ≥ {report.min_score:g}: "
                f"{len(report.pushed)} pushed" + (f", {len(report.pending_skipped)} skipped (earlier push awaits its "
@@ -143,10 +134,10 @@ def outcome(confirmed: bool = typer.Option(..., "--confirmed/--not-confirmed", h
     """Record an inspection's outcome (confirmed or not) for a push; it is noted in the case's log too."""
     from scenarios.curtain_wall.push import record_outcome
 
-    with _engine().begin() as conn:
+    with get_engine().begin() as conn:
         result = record_outcome(conn, confirmed, by or _operator(), case_id=case_id, building=building, note=note)
     if as_json:
-        _echo_json(result)
+        print_json(result)
     else:
         typer.echo(f"push {result['id']} ({result['building']}, case {result['case_id']}): {result['outcome']}"
                    + (" (already recorded)" if result["unchanged"] else ""))
@@ -157,10 +148,10 @@ def precision_(as_json: bool = typer.Option(False, "--json")) -> None:
     """Confirmed among inspected pushes, overall and per model version (the seed: 648 of 904)."""
     from scenarios.curtain_wall.push import precision
 
-    with _engine().connect() as conn:
+    with get_engine().connect() as conn:
         result = precision(conn)
     if as_json:
-        _echo_json(result)
+        print_json(result)
         return
     typer.echo(result["summary"])
     for r in result["by_model_version"]:
@@ -170,7 +161,7 @@ def precision_(as_json: bool = typer.Option(False, "--json")) -> None:
 @app.command("model")
 def model_(model_path: Path | None = typer.Option(None, "--model", help=MODEL_HELP)) -> None:
     """Check a scoring file and show its factors, weights, bands, levels and schedule."""
-    _echo_json(_model(model_path).describe())
+    print_json(_model(model_path).describe())
 
 
 @app.command("feed")

@@ -11,14 +11,11 @@ from typing import Any, Optional
 import typer
 
 from cim.errors import ParameterError, UserError
+from cim.cli.console import print_json
 
 flood_app = typer.Typer(help="Water-logging response (防汛): compounds, roads, pump trucks; warnings and alarms.",
                         no_args_is_help=True)
 SAMPLES = Path("data_samples") / "flood"
-
-
-def _echo_json(value: Any) -> None:
-    typer.echo(json.dumps(value, ensure_ascii=False, indent=2, default=str))
 
 
 def _brief(response: dict[str, Any]) -> str:
@@ -36,7 +33,7 @@ def _brief(response: dict[str, Any]) -> str:
 
 def _show(response: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        _echo_json(response)
+        print_json(response)
     else:
         typer.echo(_brief(response))
 
@@ -53,7 +50,7 @@ def load(layer: str = typer.Argument(..., help="roads | compounds | points | res
     engine = get_engine()
     with engine.begin() as conn:
         ensure_scenario(conn)
-    _echo_json(load_layer(engine, layer, path, crs))
+    print_json(load_layer(engine, layer, path, crs))
 
 
 @flood_app.command("load-samples")
@@ -140,7 +137,7 @@ def respond(alert: Optional[int] = typer.Option(None, help="Respond to this wate
     else:
         responses = respond_pending(engine, since_hours, k)
     if as_json:
-        _echo_json(responses)
+        print_json(responses)
         return
     for r in responses:
         typer.echo(_brief(r))
@@ -207,7 +204,7 @@ def nearest(lon: float = typer.Option(...), lat: float = typer.Option(...),
 
     with get_engine().connect() as conn:
         x, y = to_storage([lon], [lat], crs, stored_settings(conn).srid)
-        _echo_json(nearest_trucks(conn, float(x[0]), float(y[0]), k, kind))
+        print_json(nearest_trucks(conn, float(x[0]), float(y[0]), k, kind))
 
 
 @flood_app.command("resources")

@@ -6,21 +6,13 @@ import json
 from pathlib import Path
 
 import typer
+from cim.cli.console import print_json
+from cim.database import get_engine
 
 rental_app = typer.Typer(help="Group rental (群租): utility use, registered population and deliveries per address "
                               "→ a suspicion score with its reasons → cases at the street's 平安办.",
                          no_args_is_help=True)
 SAMPLE = Path(__file__).parent / "sample"
-
-
-def _engine():
-    from cim.database import get_engine
-
-    return get_engine()
-
-
-def _print(obj: object) -> None:
-    typer.echo(json.dumps(obj, ensure_ascii=False, indent=2, default=str))
 
 
 @rental_app.command("load")
@@ -31,8 +23,8 @@ def load(path: Path = typer.Argument(..., help="CSV: address,month,water_m3,elec
     """Monthly utility data per address, matched through the gazetteer; unknown addresses → rejects file."""
     from scenarios.group_rental.loader import load_utilities
 
-    with _engine().begin() as conn:
-        _print(load_utilities(conn, path, rejects_dir).to_dict())
+    with get_engine().begin() as conn:
+        print_json(load_utilities(conn, path, rejects_dir).to_dict())
 
 
 @rental_app.command("score")
@@ -45,10 +37,10 @@ def score_(model: Path | None = typer.Option(None, help="Model file (default: th
     from scenarios.group_rental.score import explain, month_of, score
 
     rules = load_model(model)
-    with _engine().begin() as conn:
+    with get_engine().begin() as conn:
         run = score(conn, rules, month_of(month_from, "from") if month_from else None,
                     month_of(month_to, "to") if month_to else None)
-        _print({"run": run.to_dict(), "top": explain(conn, run.id, limit=top)})
+        print_json({"run": run.to_dict(), "top": explain(conn, run.id, limit=top)})
 
 
 @rental_app.command("scores")
@@ -58,7 +50,7 @@ def scores(run: int | None = typer.Option(None, help="Scoring run (default: the 
     """Scores with their reasons, highest first (one JSON object a line)."""
     from scenarios.group_rental.score import explain
 
-    with _engine().connect() as conn:
+    with get_engine().connect() as conn:
         for item in explain(conn, run, flagged, limit=limit):
             typer.echo(json.dumps(item, ensure_ascii=False))
 
@@ -68,8 +60,8 @@ def push_(run: int | None = typer.Option(None, help="Scoring run (default: the l
     """Open a case at the street's 平安办 for each flagged address without an open one."""
     from scenarios.group_rental.handling import push
 
-    with _engine().begin() as conn:
-        _print(push(conn, run))
+    with get_engine().begin() as conn:
+        print_json(push(conn, run))
 
 
 @rental_app.command("register")
@@ -77,8 +69,8 @@ def register_(case_id: int, actor: str = typer.Option(..., help="Who at the 平�
     """登记: the 平安办 takes the case on."""
     from scenarios.group_rental.handling import register_case
 
-    with _engine().begin() as conn:
-        _print(register_case(conn, case_id, actor).to_dict(mask_contact=True))
+    with get_engine().begin() as conn:
+        print_json(register_case(conn, case_id, actor).to_dict(mask_contact=True))
 
 
 @rental_app.command("visit")
@@ -88,8 +80,8 @@ def visit_(case_id: int, actor: str = typer.Option(...),
     """The door visit (上门核查)."""
     from scenarios.group_rental.handling import visit
 
-    with _engine().begin() as conn:
-        _print(visit(conn, case_id, actor, finding, note).to_dict(mask_contact=True))
+    with get_engine().begin() as conn:
+        print_json(visit(conn, case_id, actor, finding, note).to_dict(mask_contact=True))
 
 
 @rental_app.command("rectified")
@@ -97,8 +89,8 @@ def rectified_(case_id: int, actor: str = typer.Option(...), note: str = typer.O
     """The rectification is reported done (整改)."""
     from scenarios.group_rental.handling import rectified
 
-    with _engine().begin() as conn:
-        _print(rectified(conn, case_id, actor, note).to_dict(mask_contact=True))
+    with get_engine().begin() as conn:
+        print_json(rectified(conn, case_id, actor, note).to_dict(mask_contact=True))
 
 
 @rental_app.command("reverify")
@@ -108,8 +100,8 @@ def reverify_(case_id: int, actor: str = typer.Option(...),
     """复核: passed closes the case; not rectified sends it back to handling (督办)."""
     from scenarios.group_rental.handling import reverify
 
-    with _engine().begin() as conn:
-        _print(reverify(conn, case_id, actor, passed, note).to_dict(mask_contact=True))
+    with get_engine().begin() as conn:
+        print_json(reverify(conn, case_id, actor, passed, note).to_dict(mask_contact=True))
 
 
 @rental_app.command("sample")
@@ -121,10 +113,10 @@ def sample() -> None:
     from scenarios.group_rental.model import load_model
     from scenarios.group_rental.score import score
 
-    with _engine().begin() as conn:
+    with get_engine().begin() as conn:
         loaded = load_utilities(conn, SAMPLE / "utilities.csv")
         run = score(conn, load_model())
-        _print({"loaded": loaded.to_dict(), "run": run.to_dict(), "cases": push(conn, run.id)})
+        print_json({"loaded": loaded.to_dict(), "run": run.to_dict(), "cases": push(conn, run.id)})
 
 
 def register(scenarios_app: typer.Typer) -> None:

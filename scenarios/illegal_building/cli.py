@@ -6,22 +6,14 @@ import json
 from pathlib import Path
 
 import typer
+from cim.cli.console import print_json
+from cim.database import get_engine
 
 illegal_app = typer.Typer(help="Illegal construction (违法建筑): clues from five channels, merged by spot, verified "
                                "by the street's 拆违办, compared with the illegal-structures layer; hot spots.",
                           no_args_is_help=True)
 
 SAMPLE = Path(__file__).parent / "sample"
-
-
-def _engine():
-    from cim.database import get_engine
-
-    return get_engine()
-
-
-def _print(obj: object) -> None:
-    typer.echo(json.dumps(obj, ensure_ascii=False, indent=2, default=str))
 
 
 @illegal_app.command("clue")
@@ -39,8 +31,8 @@ def clue(channel: str = typer.Option(..., help="grid_patrol, demolition_patrol, 
     item = Clue(channel=channel, x=lon, y=lat, crs=crs, address_text=address, description=description,
                 external_id=external_id,
                 reported_at=instant("--reported-at", "reported_at", reported_at) if reported_at else None)
-    with _engine().begin() as conn:
-        _print(add_clue(conn, item).to_dict())
+    with get_engine().begin() as conn:
+        print_json(add_clue(conn, item).to_dict())
 
 
 def _summary(results: list) -> dict:
@@ -58,8 +50,8 @@ def import_(path: Path = typer.Argument(..., help="CSV (channel,lon,lat,crs,addr
     from scenarios.illegal_building.importer import read_clues
 
     rows = read_clues(path)
-    with _engine().begin() as conn:
-        _print(_summary(add_clues(conn, rows)))
+    with get_engine().begin() as conn:
+        print_json(_summary(add_clues(conn, rows)))
 
 
 @illegal_app.command("changes")
@@ -72,8 +64,8 @@ def changes(path: Path = typer.Argument(..., help="Change polygons (GeoJSON, Sha
     from scenarios.illegal_building.importer import read_changes
 
     rows = read_changes(path, crs, id_field, time_field)
-    with _engine().begin() as conn:
-        _print(_summary(add_clues(conn, rows)))
+    with get_engine().begin() as conn:
+        print_json(_summary(add_clues(conn, rows)))
 
 
 @illegal_app.command("spot")
@@ -81,8 +73,8 @@ def spot(clue_id: int = typer.Argument(...)) -> None:
     """The clues of the spot a clue belongs to."""
     from scenarios.illegal_building.clues import spot_of
 
-    with _engine().connect() as conn:
-        _print(spot_of(conn, clue_id))
+    with get_engine().connect() as conn:
+        print_json(spot_of(conn, clue_id))
 
 
 @illegal_app.command("certificate")
@@ -91,8 +83,8 @@ def certificate(structure: str = typer.Argument(..., help="Code of the structure
     """A structure of the layer got a property certificate: open the district's re-check (E9605)."""
     from scenarios.illegal_building.flow import certificate as open_recheck
 
-    with _engine().begin() as conn:
-        _print({"structure_code": structure, "case_id": open_recheck(conn, structure, number)})
+    with get_engine().begin() as conn:
+        print_json({"structure_code": structure, "case_id": open_recheck(conn, structure, number)})
 
 
 @illegal_app.command("structures")
@@ -104,10 +96,10 @@ def structures_(load: Path | None = typer.Option(None, "--load", help="Load a re
     from scenarios.illegal_building import structures
 
     if load is not None:
-        with _engine().begin() as conn:
-            _print(structures.load_register(conn, load, crs))
+        with get_engine().begin() as conn:
+            print_json(structures.load_register(conn, load, crs))
         return
-    with _engine().connect() as conn:
+    with get_engine().connect() as conn:
         for item in structures.list_structures(conn, status, grid):
             typer.echo(json.dumps(item, ensure_ascii=False, default=str))
 
@@ -122,7 +114,7 @@ def hotspots_(month_from: str = typer.Option(..., "--from", help="First month, Y
     """Spots per grid per month with the grid's baseline and a Poisson significance."""
     from scenarios.illegal_building.hotspots import hotspots
 
-    with _engine().connect() as conn:
+    with get_engine().connect() as conn:
         for row in hotspots(conn, month_from, month_to, baseline, alpha, min_count, only_hot):
             typer.echo(json.dumps(row.to_dict(), ensure_ascii=False))
 
@@ -137,9 +129,9 @@ def sample() -> None:
     from scenarios.illegal_building.importer import read_changes, read_clues
 
     clues = read_clues(SAMPLE / "clues.csv") + read_changes(SAMPLE / "changes.geojson")
-    with _engine().begin() as conn:
+    with get_engine().begin() as conn:
         loaded = structures.load_register(conn, SAMPLE / "structures.geojson")
-        _print({"structures": loaded, **_summary(add_clues(conn, clues))})
+        print_json({"structures": loaded, **_summary(add_clues(conn, clues))})
 
 
 def register(scenarios_app: typer.Typer) -> None:
