@@ -28,32 +28,21 @@ import sys
 import threading
 import time
 import urllib.request
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.scratch import admin, machine  # noqa: E402
+from benchmarks.scratch import CIM, machine, run_cim, sample_city  # noqa: E402
 from cim.apikeys import create_key  # noqa: E402
-from cim.database import database_url, engine_for  # noqa: E402
+from cim.database import engine_for  # noqa: E402
 
 WORK = ROOT / "benchmarks" / "work"
-CIM = str(Path(sys.executable).with_name("cim"))
 CLASSES = ("暴露垃圾", "道路破损", "占道堆物", "店外经营", "道路积水", "违法搭建", "群租", "井盖缺失")
 UNPLACEABLE = ("老西门附近", "小区门口", "火星路1号")
-
-
-def run_cim(url: str, *args: str) -> str:
-    done = subprocess.run([CIM, *args], env={**os.environ, "CIM_DATABASE_URL": url}, cwd=ROOT,
-                          capture_output=True, text=True, check=False)
-    if done.returncode:
-        raise SystemExit(f"cim {' '.join(args)} failed:\n{done.stderr[-3000:]}")
-    return done.stdout
 
 
 def reports(doors: list[str], n: int, seed: int, prefix: str) -> list[dict]:
@@ -132,14 +121,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
     args = parser.parse_args()
     WORK.mkdir(exist_ok=True)
-    server_url = os.environ.get("CIM_DATABASE_URL") or database_url()
-    name = f"casesbench_{uuid.uuid4().hex[:8]}"
-    with admin(server_url).connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = urlunsplit(urlsplit(server_url)._replace(path="/" + name))
-    try:
-        run_cim(url, "init")
-        run_cim(url, "samples", "load")
+    with sample_city("casesbench", args.keep) as url:
         engine = engine_for(url)
         with engine.begin() as conn:
             about = machine(conn)
@@ -189,10 +171,6 @@ def main() -> None:
         print(f"| machine-dispatched share of the located cases | {share[0]:.1%} ({share[1]:,} in the manual queue) "
               f"| ≥ 95 % |")
         print(f"\n`cim cases import` said: {out.strip()[:300]}")
-    finally:
-        if not args.keep:
-            with admin(server_url).connect() as conn:
-                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 if __name__ == "__main__":

@@ -15,26 +15,23 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import os
 import queue
 import random
 import sys
 import threading
 import time
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.cases_api import WORK, run_cim, serve  # noqa: E402
-from benchmarks.scratch import admin, machine  # noqa: E402
+from benchmarks.cases_api import WORK, serve  # noqa: E402
+from benchmarks.scratch import machine, sample_city  # noqa: E402
 from cim.apikeys import create_key  # noqa: E402
-from cim.database import database_url, engine_for  # noqa: E402
+from cim.database import engine_for  # noqa: E402
 from cim.users import create_user  # noqa: E402
 
 
@@ -84,14 +81,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
     args = parser.parse_args()
     WORK.mkdir(exist_ok=True)
-    server_url = os.environ.get("CIM_DATABASE_URL") or database_url()
-    name = f"rlsbench_{uuid.uuid4().hex[:8]}"
-    with admin(server_url).connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = urlunsplit(urlsplit(server_url)._replace(path="/" + name))
-    try:
-        run_cim(url, "init")
-        run_cim(url, "samples", "load")
+    with sample_city("rlsbench", args.keep) as url:
         engine = engine_for(url)
         with engine.begin() as conn:
             about = machine(conn)
@@ -149,10 +139,6 @@ def main() -> None:
                   f"{np.percentile(lat, 99):.1f} | {feats:.1f} | {ok:,} of {total:,} |")
         unscoped, scoped = rates.values()
         print(f"\n**Ratio** (all rounds): street-scoped / unscoped = **{scoped / unscoped:.2f}** (target ≥ 0.90).")
-    finally:
-        if not args.keep:
-            with admin(server_url).connect() as conn:
-                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 if __name__ == "__main__":

@@ -2,14 +2,22 @@
 scratch databases on the server under test, created (optionally from a template) and dropped again."""
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import sqlalchemy as sa
 
-from cim.database import engine_for
+from cim.database import database_url, engine_for
+
+ROOT = Path(__file__).resolve().parents[1]
+CIM = str(Path(sys.executable).with_name("cim"))
 
 
 def machine(conn: sa.Connection) -> str:
@@ -42,3 +50,28 @@ def drop_databases(server: str, names: list[str]) -> None:
         for name in names:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     engine.dispose()
+
+
+def run_cim(url: str, *args: str) -> str:
+    """The real ``cim`` command against ``url``; its stdout, or the benchmark stops with its stderr."""
+    done = subprocess.run([CIM, *args], env={**os.environ, "CIM_DATABASE_URL": url}, cwd=ROOT,
+                          capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise SystemExit(f"cim {' '.join(args)} failed:\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
+@contextlib.contextmanager
+def sample_city(prefix: str, keep: bool = False) -> Iterator[str]:
+    """A scratch database on the server under test (``CIM_DATABASE_URL`` or the embedded cluster) holding the
+    sample city, loaded by ``cim init`` and ``cim samples load``; its URL. Dropped afterwards unless ``keep``."""
+    server = os.environ.get("CIM_DATABASE_URL") or database_url()
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    url = create_database(server, name)
+    try:
+        run_cim(url, "init")
+        run_cim(url, "samples", "load")
+        yield url
+    finally:
+        if not keep:
+            drop_databases(server, [name])
