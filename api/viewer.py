@@ -23,26 +23,30 @@ def node_modules() -> Path:
     return settings().node_modules or Path(__file__).resolve().parents[1] / "node_modules"
 
 
-def _missing() -> list[str]:
-    return [sub.split("/")[0] for sub in LIBRARIES.values() if not (node_modules() / sub).is_dir()]
+def install_page(app: FastAPI, path: str, title: str, directory: Path, libraries: tuple[str, ...]) -> None:
+    """A static page at ``path`` (its ``index.html``, the slash form redirected, its files under
+    ``path/static``), answered 503 with what to run while the npm ``libraries`` it needs are missing."""
+    name = path.strip("/")
+
+    async def page() -> HTMLResponse:
+        missing = [LIBRARIES[lib].split("/")[0] for lib in libraries if not (node_modules() / LIBRARIES[lib]).is_dir()]
+        if missing:
+            return HTMLResponse(
+                f"<!doctype html><meta charset='utf-8'><title>{title}</title>"
+                f"<p>The page needs the npm packages {', '.join(missing)} in {node_modules()}: run "
+                "<code>npm ci</code> at the repository root (<code>make setup</code> does it).</p>", status_code=503)
+        return HTMLResponse((directory / "index.html").read_text(encoding="utf-8"))
+
+    async def slash() -> RedirectResponse:
+        return RedirectResponse(f"../{name}", status_code=308)
+
+    app.add_api_route(path, page, methods=["GET"], include_in_schema=False)
+    app.add_api_route(f"{path}/", slash, methods=["GET"], include_in_schema=False)
+    app.mount(f"{path}/static", StaticFiles(directory=directory), name=f"{name}-static")
 
 
 def install(app: FastAPI) -> None:
-    @app.get("/viewer", include_in_schema=False)
-    async def viewer() -> HTMLResponse:
-        missing = _missing()
-        if missing:
-            return HTMLResponse(
-                "<!doctype html><meta charset='utf-8'><title>CIM viewer</title>"
-                f"<p>The viewer needs the npm packages {', '.join(missing)} in {node_modules()}: run "
-                "<code>npm ci</code> at the repository root (<code>make setup</code> does it).</p>", status_code=503)
-        return HTMLResponse((VIEWER_DIR / "index.html").read_text(encoding="utf-8"))
-
-    @app.get("/viewer/", include_in_schema=False)
-    async def viewer_slash() -> RedirectResponse:
-        return RedirectResponse("../viewer", status_code=308)
-
-    app.mount("/viewer/static", StaticFiles(directory=VIEWER_DIR), name="viewer-static")
+    install_page(app, "/viewer", "CIM viewer", VIEWER_DIR, tuple(LIBRARIES))
     for prefix, sub in LIBRARIES.items():
         directory = node_modules() / sub
         if directory.is_dir():
