@@ -205,7 +205,8 @@ async def post_case(request: Request, key: ApiKey = Depends(auth.require_role("r
 
         result, added = await run_in_threadpool(run)
     else:  # the common report: gathered with the concurrent ones into one set-based transaction
-        result = await request.app.state.case_intake.submit(report)
+        # grouped only with reports of the same caller's scope: the group runs under it (jurisdiction, audit)
+        result = await request.app.state.case_intake.submit(report, key=current_scope())
     body = {**case_json(result.case, state.settings.srid), "created": result.created,
             "duplicates": result.duplicates, "attachments": [_attachment_json(a) for a in added]}
     return OrjsonResponse(body, status_code=201 if result.created else 200,

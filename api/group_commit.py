@@ -7,14 +7,19 @@ together by one call of ``run_group`` in a worker thread, and every request gets
 — or its own exception — back. With at most ``workers`` groups in flight at once, a busy server
 makes bigger groups, not more transactions.
 
-Loop-safe: the pending list belongs to the running event loop; a new loop (a test client that
+Only items of the same ``key`` share a group: the case intake keys them by the caller's scope
+(:class:`cim.jurisdiction.Scope`), because a group runs in the context of the request that started its
+drainer — under that caller's jurisdiction and in that caller's name in the audit trail — so a group must
+never hold another caller's item.
+
+Loop-safe: the pending lists belong to the running event loop; a new loop (a test client that
 opens one per request) starts afresh. No task outlives its group: a drainer ends when nothing is
 pending.
 """
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Generic, TypeVar
 
 from starlette.concurrency import run_in_threadpool
@@ -37,20 +42,22 @@ class GroupCommit(Generic[T, R]):
         self.groups = 0  # how many groups ran (for tests and the benchmark)
         self.items = 0
 
-    async def submit(self, item: T) -> R:
+    async def submit(self, item: T, key: Hashable = None) -> R:
+        """``item``'s result, once the group it joins has run; only items of the same ``key`` are grouped
+        (the drainer, and so the group, runs in the context of the request that started it)."""
         loop = asyncio.get_running_loop()
         state = self._state
         if state is None or state.loop is not loop:  # a new event loop: nothing of the old one is awaited here
             state = self._state = _LoopState(loop)
         future: asyncio.Future[R] = loop.create_future()
-        state.pending.append((item, future))
-        if state.active < self.workers:
-            state.active += 1
-            loop.create_task(self._drain(state))
+        state.pending.setdefault(key, []).append((item, future))
+        if state.active.get(key, 0) < self.workers:
+            state.active[key] = state.active.get(key, 0) + 1
+            loop.create_task(self._drain(state, key))  # copies this request's context (its scope)
         return await future
 
-    async def _drain(self, state: _LoopState) -> None:
-        pending = state.pending
+    async def _drain(self, state: _LoopState, key: Hashable) -> None:
+        pending = state.pending[key]
         try:
             while pending:
                 if len(pending) < self.max_group and self.window_s > 0:
@@ -77,7 +84,10 @@ class GroupCommit(Generic[T, R]):
                     else:
                         future.set_result(result)
         finally:
-            state.active -= 1
+            state.active[key] -= 1
+            if not state.active[key] and not pending:  # nothing left of this key: forget it
+                del state.active[key]
+                state.pending.pop(key, None)
 
 
 class _LoopState:
@@ -85,5 +95,5 @@ class _LoopState:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.pending: list[tuple[Any, asyncio.Future[Any]]] = []
-        self.active = 0
+        self.pending: dict[Hashable, list[tuple[Any, asyncio.Future[Any]]]] = {}
+        self.active: dict[Hashable, int] = {}  # running drainers per key
