@@ -59,6 +59,11 @@ def _cause(exc: BaseException) -> tuple[str, str]:
     orig = getattr(exc, "orig", None) or exc.__cause__ or exc
     first = next((line.strip() for line in str(orig).splitlines() if line.strip()), type(orig).__name__)
     code = getattr(orig, "pgcode", None) or ""
+    if code == "53100":  # disk_full: the transaction is rolled back, so the base keeps its last state
+        return (f"the database ran out of disk space ({first})",
+                "free space on the database server's disk and run it again")
+    if code.startswith("53"):  # out of memory, too many connections: the server's resources, not the data
+        return f"the database ran out of resources ({first})", "run it again when the server is less busy"
     if code and not code.startswith(("08", "57")):  # not a connection or shutdown error: e.g. a timeout
         return f"the database cancelled it ({first})", "run it again"
     if not code and "connection to server" in first:  # libpq could not connect at all

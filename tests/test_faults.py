@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -510,3 +511,66 @@ def test_rejects_of_a_load_that_failed_are_removed(city, tmp_path):
     dry = ingest_files("parts", [strict], IngestOptions(x="x", y="y", crs="EPSG:4326", dry_run=True,
                                                         rejects_dir=tmp_path / "c"), engine_for(city))
     assert [str(p) for p in published_rejects(tmp_path / "c")] == [dry.files[0].rejects_file]
+
+
+# --- the database's disk fills up during a load (issue 15, "Bad input") ------------------------------
+
+@pytest.fixture
+def tiny_temp_space(city):
+    """The load's temporary tables (its staging) on a 2 MB filesystem of their own, so that a real load
+    fills it: a tmpfs mounted for the test, made a tablespace of the server and the database's
+    ``temp_tablespaces``. Needs root and the right to mount (a CI machine has both)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small filesystem needs root")
+    # not under pytest's tmp_path: its folders are private to root, and the server runs as its own user
+    mount = Path(tempfile.mkdtemp(prefix="cim-tiny-disk-"))
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        mount.rmdir()
+        pytest.skip(f"this machine does not let tests mount a filesystem: {done.stderr.strip()}")
+    engine = sa.create_engine(sqlalchemy_url(city), poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        dbname = conn.execute(sa.text("SELECT current_database()")).scalar_one()
+    try:
+        with engine.connect() as conn:
+            owner = os.stat(conn.execute(sa.text("SHOW data_directory")).scalar_one())
+            os.chown(mount, owner.st_uid, owner.st_gid)
+            conn.execute(sa.text(f"CREATE TABLESPACE tiny_temp LOCATION '{mount}'"))
+            conn.execute(sa.text(f'ALTER DATABASE "{dbname}" SET temp_tablespaces = tiny_temp'))
+        yield mount
+    finally:
+        try:
+            with engine.connect() as conn:
+                conn.execute(sa.text(f'ALTER DATABASE "{dbname}" RESET temp_tablespaces'))
+                conn.execute(sa.text("DROP TABLESPACE IF EXISTS tiny_temp"))
+            engine.dispose()
+        finally:
+            subprocess.run(["umount", str(mount)], check=False)
+            mount.rmdir()
+
+
+def test_a_load_that_runs_out_of_disk_fails_cleanly_and_leaves_the_previous_state(city, tiny_temp_space, tmp_path):
+    """A delivery of 30,000 parts onto a base that has parts (a merge: staged first) while the database's disk
+    fills: one error line saying the disk is full and that nothing was committed, exit 1, no traceback, no
+    rejects, the base exactly as it was; once space is back, the same delivery loads."""
+    before = snapshot(city)
+    delivery = parts_csv(tmp_path / "big.csv", [f"DISK-{i}" for i in range(30_000)])
+    rejects = tmp_path / "rejects"
+    args = ("ingest", "parts", str(delivery), "--x", "x", "--y", "y", "--crs", "EPSG:4326",
+            "--rejects-dir", str(rejects))
+    proc = run_cim(*args, db_url=city, check=False)
+    err = " ".join(proc.stderr.split())
+    assert proc.returncode == 1, proc.stdout + err
+    assert "Traceback" not in err, err
+    assert "load of parts stopped: the database ran out of disk space" in err, err
+    assert "nothing of this load was committed" in err and "free space" in err, err
+    assert snapshot(city) == before
+    assert not rejects.exists() or published_rejects(rejects) == []
+    # space back (the staging goes to the default tablespace again): the same delivery loads
+    with _engine(city).connect() as conn:
+        dbname = conn.execute(sa.text("SELECT current_database()")).scalar_one()
+        conn.execute(sa.text(f'ALTER DATABASE "{dbname}" RESET temp_tablespaces'))
+        conn.commit()
+    report = json.loads(run_cim(*args, "--json", db_url=city).stdout)
+    assert (report["inserted"], report["rejected"]) == (30_000, 0)
