@@ -375,6 +375,50 @@ def mvt_paths(url: str, layer: str, template: str, per_zoom: int, seed: int,
     return out
 
 
+class StatementLog:
+    """The server's own time for each statement (``log_min_duration_statement = 0`` while a run lasts, read
+    back from the cluster's log): what the database spends of a request's latency, apart from the HTTP,
+    Python and waiting for a core on a shared machine."""
+
+    HOUSEKEEPING = ("BEGIN", "ROLLBACK", "COMMIT", "SELECT set_config", "SELECT name, title", "SELECT 1",
+                    "ALTER SYSTEM", "SELECT pg_reload_conf")
+
+    def __init__(self, url: str, logfile: Path) -> None:
+        self.url, self.logfile = url, logfile
+
+    def _set(self, value: str | None) -> None:
+        with engine_for(self.url).connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(sa.text("ALTER SYSTEM RESET log_min_duration_statement" if value is None else
+                                 f"ALTER SYSTEM SET log_min_duration_statement = {value}"))
+            conn.execute(sa.text("SELECT pg_reload_conf()"))
+        time.sleep(0.5)
+
+    def __enter__(self) -> "StatementLog":
+        self._set("0")
+        self.offset = self.logfile.stat().st_size
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._set(None)
+
+    def durations(self) -> list[float]:
+        """Seconds of each statement logged since the last call, housekeeping left out."""
+        with self.logfile.open("rb") as fh:
+            fh.seek(self.offset)
+            text = fh.read().decode("utf-8", "replace")
+            self.offset = fh.tell()
+        out = []
+        for line in text.splitlines():
+            head, sep, rest = line.partition("duration: ")
+            if not sep:
+                continue
+            ms, _, statement = rest.partition(" ms  statement: ")
+            if statement.startswith(self.HOUSEKEEPING):  # (a statement may start on the next line)
+                continue
+            out.append(float(ms) / 1000)
+        return out
+
+
 def step_queries(args: argparse.Namespace, results: Results) -> None:
     from benchmarks.api_vs_tipg import Result, drive
     from benchmarks.tiles import Server, fetch, free_port
@@ -393,18 +437,25 @@ def step_queries(args: argparse.Namespace, results: Results) -> None:
         with LoadAverage() as load:
             warm = query_paths(url, 100, args.seed + 100, args.districts)
             timed = query_paths(url, args.requests, args.seed, args.districts)
+            statements = StatementLog(url, args.home / "postgres.log")
             for name, paths in timed.items():
-                asyncio.run(drive(base, warm[name], 4, Result()))  # pools, plans, caches of the code paths
                 serial = Result()
-                asyncio.run(drive(base, paths, 1, serial))
+                with statements:
+                    asyncio.run(drive(base, warm[name], 4, Result()))  # pools, plans, caches of the code paths
+                    statements.durations()
+                    asyncio.run(drive(base, paths, 1, serial))
+                    database = statements.durations()
                 busy = Result()
                 asyncio.run(drive(base, list(reversed(paths)), args.concurrency, busy))
                 out["latency"][name] = {**percentiles(serial.latencies), "errors": serial.errors,
-                                        "target_ms": TARGETS[TARGET_OF[name]]}
+                                        "target_ms": TARGETS[TARGET_OF[name]],
+                                        "database": percentiles(database) if database else None}
                 out["throughput"][name] = {**percentiles(busy.latencies), "rps": round(busy.rps, 1),
                                            "errors": busy.errors, "concurrency": args.concurrency}
+                db = out["latency"][name]["database"] or {}
                 log(f"queries: {name}: one at a time p50 {out['latency'][name]['p50']} p99 "
-                    f"{out['latency'][name]['p99']} ms; {args.concurrency} at a time {busy.rps:,.0f} req/s")
+                    f"{out['latency'][name]['p99']} ms (database p50 {db.get('p50')} p99 {db.get('p99')} ms over "
+                    f"{db.get('n')} statements); {args.concurrency} at a time {busy.rps:,.0f} req/s")
             # vector tiles: the URLs a client gets from the TileJSON (they carry the layer version); each run
             # must not get through its list (a tile asked twice would be cached): the run is as long as the
             # list allows at 800 tiles/s
@@ -416,7 +467,7 @@ def step_queries(args: argparse.Namespace, results: Results) -> None:
                 warm_tiles = mvt_paths(url, layer, template, 20, args.seed + 7)
                 wrk_drive(port, warm_tiles, 8, 2, cycle=True)
                 tiles = mvt_paths(url, layer, template, args.tiles_per_zoom, args.seed, frozenset(warm_tiles))
-                seconds = min(args.mvt_seconds, len(tiles) / 800)
+                seconds = max(1, int(min(args.mvt_seconds, len(tiles) / 800)))  # wrk takes whole seconds
                 mvt = wrk_drive(port, tiles, 8, seconds)
                 body = [len(b) for _, b in asyncio.run(fetch(port, tiles[:50]))]
                 out["mvt"][layer] = {"tiles_per_s": round(mvt["requests"] / mvt["seconds"], 1),
@@ -595,12 +646,14 @@ def step_report(args: argparse.Namespace, results: Results) -> None:
                   f"Places drawn from where the buildings are. One request at a time (service latency) and "
                   f"{next(iter(q['throughput'].values()))['concurrency']} at a time; load average during the step "
                   f"{q['load']['mean']:.1f} (max {q['load']['max']:.1f}).", "",
-                  "| query | p50 ms | p95 ms | p99 ms | target p99 | verdict | req/s at 8 | p99 ms at 8 |",
-                  "|---|---:|---:|---:|---:|---|---:|---:|"]
+                  "| query | p50 ms | p95 ms | p99 ms | target p99 | verdict | database p50 / p99 ms | req/s at 8 "
+                  "| p99 ms at 8 |", "|---|---:|---:|---:|---:|---|---:|---:|---:|"]
         for name, r in q["latency"].items():
             t = q["throughput"][name]
+            db = r.get("database") or {}
             lines.append(f"| {name} | {r['p50']} | {r['p95']} | {r['p99']} | ≤ {r['target_ms']:g} | "
-                         f"{_verdict(r['p99'], r['target_ms'])} | {t['rps']:,.0f} | {t['p99']} |")
+                         f"{_verdict(r['p99'], r['target_ms'])} | {db.get('p50')} / {db.get('p99')} | "
+                         f"{t['rps']:,.0f} | {t['p99']} |")
         for layer, m in q.get("mvt", {}).items():
             lines.append(f"| vector tiles z14–16, {layer}, uncached (wrk, {m['concurrency']} connections, "
                          f"{m['seconds']:g} s, {m['kib_per_tile']} KiB/tile) | {m['p50']} | | {m['p99']} | "
