@@ -407,16 +407,19 @@ class StatementLog:
             fh.seek(self.offset)
             text = fh.read().decode("utf-8", "replace")
             self.offset = fh.tell()
-        out = []
+        # only the API's sessions (they open each transaction with the caller's scope, as cim_api): a load
+        # running at the same time logs its statements too
+        logged = []
         for line in text.splitlines():
             head, sep, rest = line.partition("duration: ")
             if not sep:
                 continue
+            pid = head.partition("[")[2].partition("]")[0]
             ms, _, statement = rest.partition(" ms  statement: ")
-            if statement.startswith(self.HOUSEKEEPING):  # (a statement may start on the next line)
-                continue
-            out.append(float(ms) / 1000)
-        return out
+            logged.append((pid, float(ms) / 1000, statement))
+        api = {pid for pid, _, statement in logged if statement.startswith("SELECT set_config('role', 'cim_api'")}
+        # (a statement may start on the line after "statement: ")
+        return [s for pid, s, statement in logged if pid in api and not statement.startswith(self.HOUSEKEEPING)]
 
 
 def step_queries(args: argparse.Namespace, results: Results) -> None:
@@ -500,8 +503,16 @@ def step_tiles(args: argparse.Namespace, results: Results) -> None:
     outdir = args.home.parent / "tiles3d-buildings"
     shutil.rmtree(outdir, ignore_errors=True)
     env = {**cim_env(args.home / "tiles-home"), "CIM_DATABASE_URL": url}
+    bbox: list[str] = []
+    if args.tiles_districts:  # the buildings of whole districts only: the box of their extent
+        with engine_for(url).connect() as conn:
+            box = conn.execute(sa.text("""SELECT ST_XMin(e), ST_YMin(e), ST_XMax(e), ST_YMax(e) FROM (SELECT
+                ST_Transform(ST_SetSRID(ST_Extent(geom)::geometry, ST_SRID(min(geom))), 4326) AS e FROM districts
+                WHERE valid_to IS NULL AND code = ANY(:d)) q"""), {"d": args.tiles_districts}).one()
+        bbox = ["--bbox", ",".join(f"{v:.6f}" for v in box)]
     with LoadAverage() as load:
-        m = measured([CIM, "tiles", "export-3d", "buildings", str(outdir), "--implicit"], env, args.home / "export-3d")
+        m = measured([CIM, "tiles", "export-3d", "buildings", str(outdir), "--implicit", *bbox], env,
+                     args.home / "export-3d")
     files, size = dir_size(outdir)
     tileset = outdir / "tileset.json"
     content = sum(1 for _ in outdir.rglob("*.glb"))
@@ -509,7 +520,7 @@ def step_tiles(args: argparse.Namespace, results: Results) -> None:
     out = {**{k: v for k, v in m.items() if k != "stdout"}, "summary": m["stdout"].strip()[-400:], "files": files,
            "bytes": size, "glb": content, "subtrees": subtrees, "tileset_json_bytes": tileset.stat().st_size,
            "feature_count": json.loads(tileset.read_text())["metadata"]["properties"].get("featureCount"),
-           "load": load.summary()}
+           "load": load.summary(), "bbox": bbox[1] if bbox else None, "districts": args.tiles_districts}
     log(f"tiles: export-3d --implicit {m['seconds']:.0f} s, peak RSS {m['peak_rss_mb']:.0f} MB, {files:,} files, "
         f"{size / 1e9:.2f} GB, tileset.json {out['tileset_json_bytes']:,} B")
     results.put("tiles", out)
@@ -614,6 +625,10 @@ def step_report(args: argparse.Namespace, results: Results) -> None:
              "shared the 2 cores; every heavy step ran at `nice -n 10`; the load average (1 min) sampled during "
              "each step is given with it. `python benchmarks/shanghai.py --home /work/scale-data/home --city "
              "/work/scale-data/city --steps generate,load,queries,tiles,flood,report`.", ""]
+    for note in d.get("notes", []):  # what was tried and stopped, written down by hand (see the docs section)
+        lines += [f"- {note}"]
+    if d.get("notes"):
+        lines.append("")
     g = d.get("generate")
     if g:
         lines += [f"**Generate** (`cim samples generate --scale shanghai --seed 1`): {_gb(g['bytes'])} of CSV"
@@ -712,6 +727,8 @@ def main(argv: list[str] | None = None) -> None:
                              "queries and flood: the places and alarms are drawn there")
     parser.add_argument("--subset-layers", default="addresses,parts,pipelines,iot-devices",
                         help="load: the layers that --districts restricts")
+    parser.add_argument("--tiles-districts", default="",
+                        help="tiles: only the buildings within the box of these whole districts (codes)")
     parser.add_argument("--requests", type=int, default=1000, help="queries: timed requests per query")
     parser.add_argument("--concurrency", type=int, default=8, help="queries: connections of the busy run")
     parser.add_argument("--tiles-per-zoom", type=int, default=2500, help="queries: distinct tiles per zoom")
@@ -726,6 +743,7 @@ def main(argv: list[str] | None = None) -> None:
     args.skip_layers = {s for s in args.skip_layers.split(",") if s}
     args.districts = [s for s in args.districts.split(",") if s]
     args.subset_layers = {s for s in args.subset_layers.split(",") if s}
+    args.tiles_districts = [s for s in args.tiles_districts.split(",") if s]
     steps = [s.strip() for s in args.steps.split(",") if s.strip()]
     unknown = set(steps) - set(STEPS)
     if unknown:
