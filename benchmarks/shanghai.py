@@ -59,6 +59,7 @@ from cim.database import engine_for  # noqa: E402
 
 CIM = str(Path(sys.executable).with_name("cim"))
 STEPS = ("generate", "load", "queries", "tiles", "flood", "report")
+FULL_BUILDINGS = 1_500_000
 TARGETS = {"grid": 10.0, "items": 50.0, "nearby": 20.0, "mvt_tiles_per_s": 300.0, "export_3d_s": 20 * 60,
            "flood_s": 3.0}
 
@@ -576,7 +577,8 @@ def step_flood(args: argparse.Namespace, results: Results) -> None:
                 UNION ALL SELECT 'road_km', (sum(ST_Length(geom)) / 1000)::bigint FROM flood_roads""")).all())
         # alarms at every monitoring point at once, through the readings intake (untimed: sensing opens the
         # alarms and their 道路积水 cases); then --alarms of them answered one by one, timed
-        at = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(hours=1)
+        # (a reading older than a device's newest opens nothing: a rerun must come after the last one's)
+        at = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=4)
         started = time.perf_counter()
         alert_ids = raise_alarms(engine, at, "high")
         intake_s = time.perf_counter() - started
@@ -592,7 +594,7 @@ def step_flood(args: argparse.Namespace, results: Results) -> None:
             f"answering {len(chosen)}")
         times, methods, compounds = respond_round(engine, chosen)
         nearest = nearest_only(engine, repeats=40)
-        raise_alarms(engine, at + timedelta(minutes=30), "low")
+        raise_alarms(engine, at + timedelta(minutes=2), "low")
     out.update({"counts": counts, "alarms_open": all_open, "alarms_in_districts": len(alert_ids), "alarm_intake_s": round(intake_s, 1),
                 "response": percentiles(times), "methods": sorted(set(methods)),
                 "compounds_per_alarm": round(compounds / max(1, len(times)), 1),
@@ -679,9 +681,15 @@ def step_report(args: argparse.Namespace, results: Results) -> None:
         v = t.get("validator")
         verdict = (f"{v['errors']} errors, {v['warnings']} warnings ({v['seconds']:.0f} s)" if isinstance(v, dict)
                    else str(v))
-        lines += ["### 3D Tiles of every building, implicit tiling (`cim tiles export-3d buildings --implicit`)", "",
-                  f"{t['feature_count']:,} buildings in {t['seconds'] / 60:.1f} min (target ≤ 20 min: "
-                  f"{_verdict(t['seconds'], TARGETS['export_3d_s'])}), peak RSS {t['peak_rss_mb']:,.0f} MB, "
+        # a part of the city: the whole 1.5 M at the same rate is what the target is about
+        whole = t["seconds"] * FULL_BUILDINGS / t["feature_count"]
+        scope = (f"the box of district(s) {', '.join(t['districts'])} (`--bbox {t['bbox']}`)" if t.get("districts")
+                 else "every building")
+        lines += [f"### 3D Tiles, implicit tiling (`cim tiles export-3d buildings --implicit`): {scope}", "",
+                  f"{t['feature_count']:,} buildings in {t['seconds'] / 60:.1f} min ({t['feature_count'] / t['seconds']:,.0f}"
+                  f" buildings/s, the exporter's own CPU {t['cpu_s']:.0f} s; {FULL_BUILDINGS:,} at that rate: "
+                  f"{whole / 60:.0f} min; target ≤ 20 min: {_verdict(whole, TARGETS['export_3d_s'])}), "
+                  f"peak RSS {t['peak_rss_mb']:,.0f} MB, "
                   f"{t['glb']:,} glb + {t['subtrees']:,} subtree files, {_gb(t['bytes'])} on disk, tileset.json "
                   f"{t['tileset_json_bytes']:,} bytes; CesiumGS 3d-tiles-validator: {verdict}; load average "
                   f"{t['load']['mean']:.1f}.", ""]
