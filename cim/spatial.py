@@ -80,9 +80,14 @@ def nearby_select(layer: Layer, srid: int, x: float, y: float, z: float | None, 
                                    sa.func.ST_Distance(geom, point), geom.op("<->")(point))
     else:
         point = sa.func.ST_SetSRID(sa.func.ST_MakePoint(float(x), float(y), float(z)), srid)
-        # ST_3DDWithin is index-assisted: it adds `geom &&& ST_Expand(point, r)` on the N-D index
+        # ST_3DDWithin's own `&&& ST_Expand(point, r)` comes from its support function, which under the API's
+        # row-level security may not drive an index scan (not LEAKPROOF): the box test is spelled out, as
+        # cim.selection does for bbox (&&& is marked LEAKPROOF by migration 0006_jurisdiction). Without it every
+        # 3D /nearby scanned the whole table: seconds on 15 M parts
         distance = sa.func.ST_3DDistance(geom, point)
-        within, order = sa.func.ST_3DDWithin(geom, point, float(radius_m)), distance
+        box = sa.func.ST_Expand(point, float(radius_m))
+        within = sa.and_(geom.op("&&&")(box), sa.func.ST_3DDWithin(geom, point, float(radius_m)))
+        order = distance
     columns = [sa.cast(table.c.feature_id, sa.Text).label("_feature_id"),
                sa.cast(sa.func.ST_AsGeoJSON(sa.func.ST_Transform(geom, 4326), 9), JSON).label("_geometry"),
                distance.label("_distance_m")]

@@ -222,3 +222,32 @@ def test_cli_reports_a_missing_column(db_url, city, tmp_path):
     assert proc.returncode == 1
     assert "--x: column 'lon' is not in points.csv" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_lookup_uses_the_gist_indexes_under_the_api_role(engine, settings, city):
+    """The API reads as ``cim_api`` under row-level security, where only LEAKPROOF conditions may drive an
+    index scan: each level's box test must be one of them, or every lookup scans every level's table (136 ms
+    a point on a synthetic Shanghai's 20,000 grids). 3,000 more units of each level, far away, make the
+    tables big enough for the planner to want the index; all rolled back."""
+    from cim.grid import _LOOKUP_SQL
+
+    x, y = city.at(250, 500)
+    x0, y0 = city.at(100_000, 100_000)
+    sql = _LOOKUP_SQL.replace("SET LOCAL jit = off;", "").replace(":srid", "4549") \
+        .replace("CAST(:xs AS float8[])", f"ARRAY[{x}]::float8[]").replace("CAST(:ys AS float8[])", f"ARRAY[{y}]::float8[]")
+    square = "ST_Force3D(ST_MakeEnvelope(:x0 + i * 100, :y0, :x0 + i * 100 + 90, :y0 + 90, 4549))"
+    with engine.connect() as conn, conn.begin() as tx:
+        conn.execute(sa.text(f"""INSERT INTO districts (source_id, code, name, geom)
+            SELECT 'd' || i, 'd' || i, 'd', ST_Multi({square}) FROM generate_series(1, 3000) i"""), {"x0": x0, "y0": y0})
+        for table, code in (("streets", "code"), ("communities", "code"), ("grids", "grid_code")):
+            conn.execute(sa.text(f"""INSERT INTO {table} (source_id, {code}, name, geom)
+                SELECT '{table}' || i, '{table}' || i, 'x', ST_Multi({square}) FROM generate_series(1, 3000) i"""),
+                         {"x0": x0, "y0": y0})
+        conn.exec_driver_sql("ANALYZE districts, streets, communities, grids")
+        conn.exec_driver_sql("SET LOCAL ROLE cim_api")
+        conn.exec_driver_sql("SELECT set_config('cim.scope', 'public', true)")
+        plan = "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + sql))
+        tx.rollback()
+    assert "cim.scope" in plan, plan  # the policies are there
+    for table in ("grids", "communities", "streets", "districts"):
+        assert f"Seq Scan on {table}" not in plan and f"ix_{table}_geom" in plan, (table, plan)

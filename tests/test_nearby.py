@@ -158,3 +158,19 @@ def test_filter_with_cql(client, city):
     assert [f["properties"]["kind"] for f in r.json()["features"]] == ["电力"]
     r = client.get("/nearby", params={"layer": "pipelines", "lon": lon, "lat": lat, "filter": "kind = = 1"})
     assert r.status_code == 400 and r.json()["parameter"] == "filter"
+
+
+def test_knn_uses_the_gist_index_under_the_api_role(engine, layers, city):
+    """The API reads as ``cim_api`` under row-level security, where only LEAKPROOF conditions may drive an
+    index scan: the 3D query's box test must be one of them, or every 3D /nearby scans the table."""
+    x, y = city.at(10_050, 10_025)
+    for z in (None, 0.0):
+        query = nearby_select(layers["parts"], 4549, x, y, z, radius_m=5.0, k=10)
+        compiled = str(query.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
+        with engine.begin() as conn:
+            conn.exec_driver_sql("SET LOCAL ROLE cim_api")
+            conn.exec_driver_sql("SELECT set_config('cim.scope', 'public', true)")
+            plan = "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + compiled))
+        assert "cim.scope" in plan, plan  # the policy is there
+        assert "Index" in plan and "Seq Scan" not in plan, (z, plan)
+        assert ("ix_parts_geom_nd" if z is not None else "ix_parts_geom ") in plan + " ", (z, plan)
