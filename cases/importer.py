@@ -8,6 +8,7 @@ import leaves whole chunks, never a half-written case, and a rerun skips the cas
 """
 from __future__ import annotations
 
+import contextvars
 import csv
 import gc
 import io
@@ -225,7 +226,8 @@ def _pipelined(engine: Engine, reports: list[CaseReport], now: datetime | None, 
                     with engine.begin() as conn:
                         count(intake_batch(conn, part_ahead, now=now, classes=classes, memo=memo))
                     prepared = prepare(reader, part)
-            ahead = (part, writer.submit(_write, engine, prepared))
+            # in this thread's context: the caller's jurisdiction (``cim --as``) and name go with the writes
+            ahead = (part, writer.submit(contextvars.copy_context().run, _write, engine, prepared))
         if ahead is not None:
             part_ahead, written = ahead
             try:
