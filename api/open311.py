@@ -27,7 +27,7 @@ from sqlalchemy.engine import Connection
 from starlette.concurrency import run_in_threadpool
 
 from api import auth
-from api.cases import case_json, create_case, report_from
+from api.cases import case_json, report_from
 from api.deps import get_state
 from api.limits import MAX_DATETIME_CHARS, MAX_LIST_CHARS, MAX_NAME_CHARS
 from api.problems import ErrorFormat, Problem, register_error_format
@@ -204,16 +204,12 @@ async def post_request(request: Request) -> OrjsonResponse:
                           "lat": fields.get("lat") if has_point else None,
                           "reporter_contact": fields.get("phone") or fields.get("email"),
                           "attributes": attributes})
-    state = get_state(request)
 
     # the key may come in the form, where the access middleware does not look: its jurisdiction is set here
     caller = key.scope().with_request(current_scope().client, current_scope().request)
 
-    def run():
-        with acting_as(caller), state.engine.begin() as conn:
-            return create_case(conn, report, [], key)[0]
-
-    result = await run_in_threadpool(run)
+    with acting_as(caller):  # gathered with the concurrent reports of the same caller, as POST /cases
+        result = await request.app.state.case_intake.submit(report, key=caller)
     case = result.case
     return OrjsonResponse([{"service_request_id": str(case.id), "service_notice": case.dispatch_reason
                             or case.manual_reason, "account_id": None}],

@@ -55,10 +55,13 @@ def reports(doors: list[str], n: int, seed: int, prefix: str) -> list[dict]:
     return out
 
 
-def post_all(port: int, key: str, bodies: list[dict], concurrency: int) -> tuple[float, list[float], list[int]]:
+def post_all(port: int, key: str, bodies: list[dict | None], concurrency: int,
+             path: str = "/cases") -> tuple[float, list[float], list[int]]:
+    """Each body POSTed to ``path`` (None: a GET of it) by ``concurrency`` threads, each on its own
+    keep-alive connection; (wall seconds, latencies, statuses)."""
     todo: queue.Queue = queue.Queue()
     for b in bodies:
-        todo.put(json.dumps(b, ensure_ascii=False).encode())
+        todo.put(None if b is None else json.dumps(b, ensure_ascii=False).encode())
     latencies: list[float] = []
     statuses: list[int] = []
     lock = threading.Lock()
@@ -72,7 +75,10 @@ def post_all(port: int, key: str, bodies: list[dict], concurrency: int) -> tuple
             except queue.Empty:
                 break
             started = time.perf_counter()
-            conn.request("POST", "/cases", body, headers)
+            if body is None:
+                conn.request("GET", path, headers=headers)
+            else:
+                conn.request("POST", path, body, headers)
             response = conn.getresponse()
             response.read()
             elapsed = time.perf_counter() - started
@@ -90,12 +96,12 @@ def post_all(port: int, key: str, bodies: list[dict], concurrency: int) -> tuple
     return time.perf_counter() - started, latencies, statuses
 
 
-def serve(url: str) -> tuple[subprocess.Popen, int]:
+def serve(url: str, workers: int = 1) -> tuple[subprocess.Popen, int]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = (WORK / "cases_serve.log").open("w")
-    server = subprocess.Popen([CIM, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+    server = subprocess.Popen([CIM, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
                               env={**os.environ, "CIM_DATABASE_URL": url,
                                    "CIM_CASE_ATTACHMENTS": str(WORK / "case-photos")},
                               cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
@@ -118,6 +124,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3_000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2],
+                        help="`cim serve --workers` values to measure, one server each")
+    parser.add_argument("--skip-import", action="store_true", help="only POST /cases (and the floor)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
     args = parser.parse_args()
     WORK.mkdir(exist_ok=True)
@@ -131,46 +140,60 @@ def main() -> None:
             key = create_key(conn, "reader", "benchmark")[1]
 
         # 1. cim cases import
+        import_s = out = None
         rows = reports(doors, args.import_rows, args.seed, "IMP")
-        csv_path = WORK / "cases_import.csv"
-        with csv_path.open("w", encoding="utf-8") as fh:
-            fh.write("channel,class,address,description,external_id\n")
-            fh.writelines(f"{r['channel']},{r['class']},{r['address']},{r['description']},{r['external_id']}\n"
-                          for r in rows)
-        started = time.perf_counter()
-        out = run_cim(url, "cases", "import", str(csv_path))
-        import_s = time.perf_counter() - started
+        if not args.skip_import:
+            csv_path = WORK / "cases_import.csv"
+            with csv_path.open("w", encoding="utf-8") as fh:
+                fh.write("channel,class,address,description,external_id\n")
+                fh.writelines(f"{r['channel']},{r['class']},{r['address']},{r['description']},{r['external_id']}\n"
+                              for r in rows)
+            started = time.perf_counter()
+            out = run_cim(url, "cases", "import", str(csv_path))
+            import_s = time.perf_counter() - started
 
-        # 2. POST /cases at 32 connections
-        server, port = serve(url)
-        try:
-            post_all(port, key, reports(doors, 200, args.seed + 1, "WARM"), args.concurrency)
-            wall, latencies, statuses = post_all(port, key, reports(doors, args.requests, args.seed + 2, "POST"),
-                                                 args.concurrency)
-        finally:
-            server.terminate()
-            server.wait(30)
+        # 2. POST /cases at 32 connections, per worker count; and the floor: GET /healthz (no database,
+        #    no work) with the same client on the same server
+        results = []
+        for n, workers in enumerate(args.workers):
+            server, port = serve(url, workers)
+            try:
+                post_all(port, key, reports(doors, 200, args.seed + 1, f"WARM{n}"), args.concurrency)
+                load = os.getloadavg()[0]
+                wall, latencies, statuses = post_all(port, key, reports(doors, args.requests, args.seed + 2, f"POST{n}"),
+                                                     args.concurrency)
+                floor_wall, floor_lat, _ = post_all(port, key, [None] * args.requests, args.concurrency, "/healthz")
+                load_after = os.getloadavg()[0]
+            finally:
+                server.terminate()
+                server.wait(30)
+            results.append((workers, wall, np.array(latencies) * 1000, statuses, floor_wall,
+                            np.array(floor_lat) * 1000, load, load_after))
         with engine.connect() as conn:
             share = conn.execute(sa.text(
                 "SELECT count(*) FILTER (WHERE status = 'dispatched')::float / nullif(count(*) FILTER "
                 "(WHERE manual_reason IS NULL OR status = 'dispatched'), 0), count(*) FILTER (WHERE manual_reason "
                 "IS NOT NULL AND status <> 'dispatched') FROM cases")).one()
         engine.dispose()
-        lat = np.array(latencies) * 1000
-        ok = sum(1 for s in statuses if s in (200, 201))
         print(f"## Case intake (issue 11)\n\n**Machine:** {about}. **Date:** "
               f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Other processes shared the cores.\n")
         print("| measurement | result | target |\n|---|---:|---:|")
-        print(f"| `cim cases import` of {len(rows):,} hotline rows (end to end) | {len(rows) / import_s:,.0f} cases/s "
-              f"({import_s:.1f} s) | ≥ 5,000 |")
-        print(f"| `POST /cases`, {args.concurrency} connections, {len(latencies):,} requests | "
-              f"{len(latencies) / wall:,.0f} cases/s | ≥ 500 |")
-        print(f"| `POST /cases` latency p50 / p99 | {np.percentile(lat, 50):.1f} / {np.percentile(lat, 99):.1f} ms "
-              f"| p99 ≤ 50 ms |")
-        print(f"| answers 200/201 | {ok:,} of {len(statuses):,} | all |")
+        if import_s is not None:
+            print(f"| `cim cases import` of {len(rows):,} hotline rows (end to end) | {len(rows) / import_s:,.0f} "
+                  f"cases/s ({import_s:.1f} s) | ≥ 5,000 |")
+        for workers, wall, lat, statuses, floor_wall, floor_lat, load, load_after in results:
+            ok = sum(1 for s in statuses if s in (200, 201))
+            print(f"| `POST /cases`, {args.concurrency} connections, {len(lat):,} requests, {workers} worker(s) | "
+                  f"{len(lat) / wall:,.0f} cases/s (load {load:.1f} → {load_after:.1f}) | ≥ 500 |")
+            print(f"| … latency p50 / p99 | {np.percentile(lat, 50):.1f} / {np.percentile(lat, 99):.1f} ms "
+                  f"| p99 ≤ 50 ms |")
+            print(f"| … answers 200/201 | {ok:,} of {len(statuses):,} | all |")
+            print(f"| floor: `GET /healthz`, same client and server | {len(floor_lat) / floor_wall:,.0f} req/s, p50 / p99 "
+                  f"{np.percentile(floor_lat, 50):.1f} / {np.percentile(floor_lat, 99):.1f} ms | |")
         print(f"| machine-dispatched share of the located cases | {share[0]:.1%} ({share[1]:,} in the manual queue) "
               f"| ≥ 95 % |")
-        print(f"\n`cim cases import` said: {out.strip()[:300]}")
+        if out:
+            print(f"\n`cim cases import` said: {out.strip()[:300]}")
 
 
 if __name__ == "__main__":

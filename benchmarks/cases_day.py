@@ -60,6 +60,23 @@ class TimedSimulation(sim._Simulation):
         return run
 
 
+def backend_cpu(engine: sa.Engine) -> dict[int, float]:
+    """Backend pid → its CPU seconds (user + system, from /proc), recorded each time a connection of
+    ``engine`` goes back to the pool: the database's share of the work, whatever the machine's load."""
+    spent: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+
+    @sa.event.listens_for(engine, "checkin")
+    def _checkin(dbapi_conn, _record) -> None:
+        try:
+            pid = dbapi_conn.get_backend_pid()
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except Exception:  # noqa: BLE001 - a closed connection, another host: not counted
+            return
+        spent[pid] = (int(fields[11]) + int(fields[12])) / tick
+    return spent
+
+
 def run_cim(url: str, *args: str) -> None:
     done = subprocess.run([CIM, *args], env={**os.environ, "CIM_DATABASE_URL": url}, cwd=ROOT,
                           capture_output=True, text=True, check=False)
@@ -83,6 +100,7 @@ def main() -> None:
         with engine.connect() as conn:
             about = machine(conn)
         start = datetime.combine(date(2026, 11, 23), datetime.min.time(), LOCAL)  # a Monday
+        db_cpu = backend_cpu(engine)
         simulation = TimedSimulation(engine, 1, args.seed, start, args.cases)
         load_before = os.getloadavg()
         started, cpu_started = time.perf_counter(), time.process_time()
@@ -99,6 +117,7 @@ def main() -> None:
         print(f"| wall time, {report.created:,} cases, {events:,} log rows | {wall:,.1f} s | ≤ {TARGET_S:.0f} s |")
         print(f"| cases/s through the lifecycle | {report.created / wall:,.0f} | ≥ {args.cases / TARGET_S:,.0f} |")
         print(f"| CPU time of the simulating process (Python) | {cpu:,.1f} s | |")
+        print(f"| CPU time of its database backends ({len(db_cpu)}) | {sum(db_cpu.values()):,.1f} s | |")
         print(f"| load average (1 min) before / after, on {os.cpu_count()} cores | {load_before[0]:.1f} / "
               f"{load_after[0]:.1f} | |")
         located = report.created - report.manual_queue

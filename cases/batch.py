@@ -21,17 +21,18 @@ import json
 import re
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson
 import psycopg2.errors
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from cim.bootstrap import stored_settings
 from cim.errors import UserError
-from cim.gazetteer.geocode import geocode_many
+from cim.gazetteer.geocode import GeocodeResult, geocode_many
 from cim.grid import MAX_POINTS, lookup_points
 from cim.jurisdiction import under_policies
 from cim.spatial import to_storage
@@ -60,9 +61,33 @@ class BatchOutcome:
     duplicates: tuple[int, ...] = ()  # of a created case: open cases of its class nearby (merge candidates)
 
 
+#: orjson as write_event's ``json.dumps(ensure_ascii=False, default=str)`` serialises: times (and
+#: anything else it does not know) through ``str``, so a batch log row equals a single intake's
+_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
+@dataclass
+class BatchMemo:
+    """What the chunks of one import (or the windows of one simulation) share instead of computing
+    it again per chunk: the answer for each address text, the dispatch rule's post per (grid,
+    class), the deadlines per (time, limit), the department kinds and the calendar. Valid while
+    the gazetteer, the responsibility chains and the catalogue stay as they are: one run's length."""
+
+    geocoded: dict[str, GeocodeResult] = field(default_factory=dict)
+    ranked: dict[tuple[str, str], Ranked | NoDecision] = field(default_factory=dict)
+    dues: dict[tuple[datetime, float | None, str], datetime] = field(default_factory=dict)
+    kinds: dict[str, re.Pattern[str]] | None = None
+    calendar: WorkingCalendar | None = None
+
+
 def _dumps(value: Any) -> str:
-    # the serialisation write_event uses, so a batch log row equals a single intake's
-    return json.dumps(value, ensure_ascii=False, default=str)
+    """JSON text of a value, as write_event writes it; orjson (a tenth of json's time: every case
+    carries its geocode answer twice, in its row and its report's log row), json for what orjson
+    refuses (an integer beyond 64 bits)."""
+    try:
+        return orjson.dumps(value, default=str, option=_ORJSON_OPTIONS).decode()
+    except (orjson.JSONEncodeError, TypeError):
+        return json.dumps(value, ensure_ascii=False, default=str)
 
 
 def _known(conn: Connection, reports: Sequence[CaseReport]) -> dict[tuple[str, str], int]:
@@ -81,8 +106,12 @@ def _known(conn: Connection, reports: Sequence[CaseReport]) -> dict[tuple[str, s
     return {(r.channel, r.external_id): r.id for r in rows}
 
 
-def _locate_all(conn: Connection, reports: Sequence[CaseReport], srid: int) -> list[_Location]:
-    """Each report's location, as :func:`cases.intake._locate` finds it, with a few statements."""
+def _locate_all(conn: Connection, reports: Sequence[CaseReport], srid: int,
+                geocoded: dict[str, GeocodeResult] | None = None) -> list[_Location]:
+    """Each report's location, as :func:`cases.intake._locate` finds it, with a few statements;
+    ``geocoded`` (address text → answer, kept by the caller) is used and filled, so an address
+    text is geocoded once per run, not once per chunk it appears in."""
+    geocoded = {} if geocoded is None else geocoded
     storage = f"EPSG:{srid}"
     out: list[_Location | None] = [None] * len(reports)
     by_crs: dict[str, list[int]] = {}
@@ -103,9 +132,11 @@ def _locate_all(conn: Connection, reports: Sequence[CaseReport], srid: int) -> l
             for i, x, y, answer in zip(idx[part], sx[part], sy[part], answers):
                 out[i] = _at_point(float(x), float(y), float(reports[i].z or 0.0), answer, storage)
     if texts:
-        results = geocode_many(conn, [t for _, t in texts], storage)
-        for (i, text), result in zip(texts, results):
-            out[i] = _geocoded(text, result, float(reports[i].z or 0.0))
+        unknown = list(dict.fromkeys(t for _, t in texts if t not in geocoded))
+        if unknown:  # _geocoded only reads an answer, so reports of the same text share it
+            geocoded.update(zip(unknown, geocode_many(conn, unknown, storage)))
+        for i, text in texts:
+            out[i] = _geocoded(text, geocoded[text], float(reports[i].z or 0.0))
     return [loc for loc in out if loc is not None]
 
 
@@ -159,34 +190,61 @@ _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\
 
 
 def _field(value: Any) -> str:
-    """One value in COPY's text format. By exact type first: this runs for every value of an
-    import (a third of its time, with the isinstance chain and four replaces per value)."""
+    """One value in COPY's text format, escaped."""
     if value is None:
         return "\\N"
-    kind = type(value)
-    if kind is str:
-        text = value
-    elif kind is datetime:
-        text = value.isoformat()
-    elif kind is float:
-        text = repr(value)
-    elif kind is dict or kind is list or isinstance(value, dict | list):
-        text = _dumps(value)
-    elif isinstance(value, datetime):
-        text = value.isoformat()
-    elif isinstance(value, float):
-        text = repr(value)
-    else:
-        text = str(value)
+    text = value if type(value) is str else _plain(value)
     return text.translate(_COPY_ESCAPES) if _COPY_SPECIAL.search(text) else text
 
 
-def _copy(conn: Connection, table: str, columns: Sequence[str], rows: list[list[Any]]) -> None:
+def _plain(value: Any) -> str:
+    """A value that is neither text nor None as text (escaped later only if it needs it)."""
+    kind = type(value)
+    if kind is datetime:
+        return value.isoformat()
+    if kind is float:
+        return repr(value)
+    if kind is dict or kind is list or isinstance(value, dict | list):
+        return _dumps(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def _lines(rows: list[list[Any]]) -> list[str]:
+    """The rows as lines of COPY's text format. A row is joined as it is, then checked as a whole
+    (its tabs are exactly the separators, its backslashes exactly the NULL markers, no line break):
+    nearly every row passes, and only the others are escaped value by value with :func:`_field`."""
+    out = []
+    times: dict[datetime, str] = {}  # most rows share their times (the intake's now, a few deadlines)
+
+    def plain(value: Any) -> str:
+        if type(value) is datetime:
+            text = times.get(value)
+            if text is None:
+                text = times[value] = value.isoformat()
+            return text
+        return _plain(value)
+
+    for row in rows:
+        line = "\t".join(["\\N" if v is None else v if type(v) is str else plain(v) for v in row])
+        if (line.count("\t") != len(row) - 1 or line.count("\\") != row.count(None)
+                or "\n" in line or "\r" in line):
+            line = "\t".join(map(_field, row))
+        out.append(line + "\n")
+    return out
+
+
+def _copy(conn: Connection, table: str, columns: Sequence[str], rows: list[list[Any]],
+          lines: list[str] | None = None) -> None:
     """COPY rows into a table (the cheapest way in: a third of a multi-row INSERT's time); under
     row-level security, where PostgreSQL refuses COPY, one INSERT of all rows from a JSON document
-    (typed by the table's own columns), which the policies check row by row."""
+    (typed by the table's own columns), which the policies check row by row. ``lines``: the rows as
+    COPY text, when the caller built them beforehand (:func:`_lines`)."""
     if under_policies(conn):
-        body = json.dumps([dict(zip(columns, row)) for row in rows], ensure_ascii=False, default=str)
+        body = _dumps([dict(zip(columns, row)) for row in rows])
         names = ", ".join(columns)
         try:
             # the ids were drawn from the sequences beforehand, as for COPY (which takes them as they are)
@@ -198,9 +256,7 @@ def _copy(conn: Connection, table: str, columns: Sequence[str], rows: list[list[
             raise
         return
     buf = io.StringIO()
-    for row in rows:
-        buf.write("\t".join(map(_field, row)))
-        buf.write("\n")
+    buf.writelines(_lines(rows) if lines is None else lines)
     buf.seek(0)
     cursor = conn.connection.cursor()
     try:
@@ -211,14 +267,44 @@ def _copy(conn: Connection, table: str, columns: Sequence[str], rows: list[list[
         cursor.close()
 
 
+@dataclass
+class PreparedBatch:
+    """A chunk worked out (:func:`prepare_batch`: read-only, apart from drawing case ids) and not yet
+    written (:func:`write_batch`)."""
+
+    reports: Sequence[CaseReport]
+    now: datetime
+    classes: dict[str, CaseClass]
+    known: dict[tuple[str, str], int]  # tickets already in → their case
+    first_of: dict[tuple[str, str], int]  # ticket → the row number that opens its case
+    new: list[int]  # row numbers of the reports that open a case
+    fresh: list[CaseReport]  # those reports
+    locs: list[_Location]
+    case_rows: list[dict[str, Any]]
+    copy_rows: list[list[Any]]  # the cases as :data:`_COLUMNS` values
+    copy_lines: list[str] | None  # … and as COPY text, built beforehand (None under row-level security)
+
+
 def intake_batch(conn: Connection, reports: Sequence[CaseReport], now: datetime | None = None,
                  calendar: WorkingCalendar | None = None,
-                 classes: Mapping[str, CaseClass] | None = None, srid: int | None = None) -> list[BatchOutcome]:
+                 classes: Mapping[str, CaseClass] | None = None, srid: int | None = None,
+                 memo: BatchMemo | None = None) -> list[BatchOutcome]:
     """Take a chunk of reports in as cases, registered and dispatched by machine (or put in the
     manual queue), inside the caller's transaction; one outcome per report, in order. ``classes``
     (a report's class code or name → its class, as :func:`class_by_code` resolves it) may be
-    passed by a caller that has them, and so may ``srid`` (the base's storage CRS). Raises :class:`TicketRaced` if another intake took one of
+    passed by a caller that has them, and so may ``srid`` (the base's storage CRS) and ``memo``
+    (what the chunks of one run share). Raises :class:`TicketRaced` if another intake took one of
     the chunk's tickets in meanwhile."""
+    return write_batch(conn, prepare_batch(conn, reports, now, calendar, classes, srid, memo))
+
+
+def prepare_batch(conn: Connection, reports: Sequence[CaseReport], now: datetime | None = None,
+                  calendar: WorkingCalendar | None = None,
+                  classes: Mapping[str, CaseClass] | None = None, srid: int | None = None,
+                  memo: BatchMemo | None = None) -> PreparedBatch:
+    """The first half of :func:`intake_batch`: check, locate, bind parts, draw ids, dispatch and
+    build the cases' rows — reading only, so a caller may prepare the next chunk on another
+    connection while the previous one is written (:func:`write_batch`)."""
     for report in reports:
         _validate(report)
     if srid is None:  # a caller that knows the base's storage CRS saves the queries
@@ -227,7 +313,9 @@ def intake_batch(conn: Connection, reports: Sequence[CaseReport], now: datetime 
             raise UserError("the city base is not initialised: run 'cim init'")
         srid = settings.srid
     now = now or now_utc()
-    calendar = calendar or load_calendar(conn)
+    memo = memo or BatchMemo()
+    calendar = calendar or memo.calendar or load_calendar(conn)
+    memo.calendar = calendar
     classes = dict(classes or {})
     for report in reports:
         if report.class_code not in classes:
@@ -244,7 +332,7 @@ def intake_batch(conn: Connection, reports: Sequence[CaseReport], now: datetime 
             first_of[key] = i
         new.append(i)
     fresh = [reports[i] for i in new]
-    locs = _locate_all(conn, fresh, srid)
+    locs = _locate_all(conn, fresh, srid, memo.geocoded)
     parts = _parts(conn, [(j, classes[r.class_code].code, loc) for j, (r, loc) in enumerate(zip(fresh, locs))
                           if classes[r.class_code].is_part and loc.x is not None], srid)
     ids = _ids(conn, len(fresh)) if fresh else []
@@ -252,9 +340,10 @@ def intake_batch(conn: Connection, reports: Sequence[CaseReport], now: datetime 
     chains = {loc.answer.grid.code: loc.answer.responsibility for loc in locs
               if loc.problem is None and loc.answer.grid}
     grids = sorted(chains)
-    kinds = department_kinds(conn) if grids else {}
-    ranked: dict[tuple[str, str], Ranked | NoDecision] = {}
-    dues: dict[tuple[float | None, str], datetime] = {}
+    if grids and memo.kinds is None:
+        memo.kinds = department_kinds(conn)
+    kinds = memo.kinds or {}
+    ranked, dues = memo.ranked, memo.dues
 
     case_rows: list[dict[str, Any]] = []
     for j, (r, loc, case_id) in enumerate(zip(fresh, locs, ids)):
@@ -281,33 +370,42 @@ def intake_batch(conn: Connection, reports: Sequence[CaseReport], now: datetime 
             else:
                 chosen = assign(case_id, found)
                 hours, kind = cls.limit(r.urgency)
-                due = dues.get((hours, kind))
+                due = dues.get((now, hours, kind))
                 if due is None:
-                    due = dues[(hours, kind)] = calendar.add(now, hours or 0, kind)
+                    due = dues[(now, hours, kind)] = calendar.add(now, hours or 0, kind)
                 row.update(status="dispatched", department_code=chosen.department_code,
                            department_name=chosen.department_name, post_code=chosen.post_code,
                            person_name=chosen.person_name, person_contact=chosen.person_contact,
                            dispatch_reason=chosen.reason, dispatched_at=now, due_at=due, version=3)
         case_rows.append(row)
+    copy_rows = [[row.get(c) for c in _COLUMNS[:-1]] + [_point(row["x"], row["y"], row["z"], srid)]
+                 for row in case_rows]
+    lines = None if under_policies(conn) else _lines(copy_rows)
+    return PreparedBatch(reports, now, classes, known, first_of, new, fresh, locs, case_rows, copy_rows, lines)
 
+
+def write_batch(conn: Connection, prepared: PreparedBatch) -> list[BatchOutcome]:
+    """The second half of :func:`intake_batch`: the cases and their log written (COPY), their
+    duplicate suggestions found; one outcome per report of the chunk, in order. Raises
+    :class:`TicketRaced` if another intake took one of the chunk's tickets in since it was prepared."""
+    p = prepared
+    case_rows = p.case_rows
     if case_rows:
-        _copy(conn, "cases", _COLUMNS, [[row.get(c) for c in _COLUMNS[:-1]] + [_point(row["x"], row["y"], row["z"], srid)]
-                                        for row in case_rows])
-    dups = _duplicates(conn, [(row["id"], classes[r.class_code]) for row, r, loc in zip(case_rows, fresh, locs)
+        _copy(conn, "cases", _COLUMNS, p.copy_rows, p.copy_lines)
+    dups = _duplicates(conn, [(row["id"], p.classes[r.class_code]) for row, r, loc in zip(case_rows, p.fresh, p.locs)
                               if loc.x is not None])
     if case_rows:
-        _copy(conn, "case_events", _EVENT_COLUMNS,
-              [[e[c] for c in _EVENT_COLUMNS] for e in _events(case_rows, fresh, locs, classes, dups, now)])
+        _copy(conn, "case_events", _EVENT_COLUMNS, _events(case_rows, p.fresh, p.locs, p.classes, dups, p.now))
 
-    outcomes: list[BatchOutcome | None] = [None] * len(reports)
-    for i, row in zip(new, case_rows):
+    outcomes: list[BatchOutcome | None] = [None] * len(p.reports)
+    for i, row in zip(p.new, case_rows):
         outcomes[i] = BatchOutcome(row["id"], True, row["status"], row["manual_reason"],
                                    tuple(dups.get(row["id"], ())))
-    for i, r in enumerate(reports):
+    for i, r in enumerate(p.reports):
         if outcomes[i] is None:
             key = (r.channel, r.external_id or "")
-            first = first_of.get(key)
-            case_id = known[key] if key in known else outcomes[first].case_id  # type: ignore[union-attr]
+            first = p.first_of.get(key)
+            case_id = p.known[key] if key in p.known else outcomes[first].case_id  # type: ignore[union-attr]
             outcomes[i] = BatchOutcome(case_id, False, None, None)
     return [o for o in outcomes if o is not None]
 
@@ -321,27 +419,27 @@ def _duplicates(conn: Connection, cases: list[tuple[int, CaseClass]]) -> dict[in
 
 
 def _events(case_rows: list[dict[str, Any]], reports: Sequence[CaseReport], locs: Sequence[_Location],
-            classes: dict[str, CaseClass], dups: dict[int, list[int]], now: datetime) -> list[dict[str, Any]]:
-    """The log rows the single intake writes: report, register, then dispatch or to_manual_queue."""
-    out: list[dict[str, Any]] = []
-
-    def event(case_id: int, actor: str, role: str, action: str, frm: str | None, to: str, note: str | None,
-              data: dict[str, Any]) -> None:
-        out.append({"n": len(out), "case_id": case_id, "at": now, "actor": actor, "role": role, "action": action,
-                    "from_status": frm, "to_status": to, "note": note, "data": data})
-
+            classes: dict[str, CaseClass], dups: dict[int, list[int]], now: datetime) -> list[list[Any]]:
+    """The log rows the single intake writes, as :data:`_EVENT_COLUMNS` lists: report, register,
+    then dispatch or to_manual_queue."""
+    out: list[list[Any]] = []
+    notes: dict[str, str] = {}  # the register note of each class
     for row, r, loc in zip(case_rows, reports, locs):
         case_id, cls = row["id"], classes[r.class_code]
-        event(case_id, r.channel, "reporter", "report", None, "reported", r.description,
-              {"geocode": loc.geocode, "part_object_code": row["part_object_code"],
-               "possible_duplicates": dups.get(case_id, []), "manual_reason": loc.problem})
-        event(case_id, MACHINE, "system", "register", "reported", "registered", register_note(cls), {})
+        note = notes.get(cls.code)
+        if note is None:
+            note = notes[cls.code] = register_note(cls)
+        out.append([case_id, now, r.channel, "reporter", "report", None, "reported", r.description,
+                    {"geocode": loc.geocode, "part_object_code": row["part_object_code"],
+                     "possible_duplicates": dups.get(case_id, []), "manual_reason": loc.problem}])
+        out.append([case_id, now, MACHINE, "system", "register", "reported", "registered", note, {}])
         if row["status"] == "dispatched":
-            event(case_id, MACHINE, "system", "dispatch", "registered", "dispatched", row["dispatch_reason"],
-                  {"department_code": row["department_code"], "post_code": row["post_code"],
-                   "person_name": row["person_name"], "due_at": row["due_at"]})
+            out.append([case_id, now, MACHINE, "system", "dispatch", "registered", "dispatched", row["dispatch_reason"],
+                        {"department_code": row["department_code"], "post_code": row["post_code"],
+                         "person_name": row["person_name"], "due_at": row["due_at"]}])
         else:
-            event(case_id, MACHINE, "system", "to_manual_queue", "registered", "registered", row["manual_reason"], {})
+            out.append([case_id, now, MACHINE, "system", "to_manual_queue", "registered", "registered",
+                        row["manual_reason"], {}])
     return out
 
 

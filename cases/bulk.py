@@ -22,22 +22,27 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from cim.errors import NotFoundError, ParameterError, UserError
+from cim.grid import responsibility_for
 
 from cases.batch import _EVENT_COLUMNS, _copy
 from cases.calendar import WorkingCalendar, load_calendar
-from cases.catalogue import CaseClass, classes_for
-from cases.lifecycle import (PLANNERS, Action, _check, has_hooks, log_row, merge_target, plan_merge, run_hooks,
-                             verifier_problem, verifiers_by_scope)
+from cases.catalogue import CaseClass, classes_for, department_kinds
+from cases.dispatch import Assignment
+from cases.lifecycle import (PLANNERS, Action, _check, _manual_assignment, has_hooks, log_row, machine_choice,
+                             merge_target, plan_dispatch, plan_merge, run_hooks, verifier_problem, verifiers_by_scope)
 from cases.model import Case, get_cases
 
 #: the columns an action's change may set (and so the set-based UPDATE writes)
 _MUTABLE = ("status", "registered_at", "handled_at", "closed_at", "rework_count", "returned_departments",
             "extension_requested_hours", "extension_count", "due_at", "overdue", "suspended_status",
-            "remaining_hours", "merged_into", "version")
+            "remaining_hours", "merged_into", "version", "department_code", "department_name", "post_code",
+            "person_name", "person_contact", "dispatch_reason", "manual_reason", "dispatched_at")
 _TYPES = {"status": "text", "registered_at": "timestamptz", "handled_at": "timestamptz", "closed_at": "timestamptz",
           "rework_count": "int", "returned_departments": "jsonb", "extension_requested_hours": "float8",
           "extension_count": "int", "due_at": "timestamptz", "overdue": "boolean", "suspended_status": "text",
-          "remaining_hours": "float8", "merged_into": "bigint", "version": "int"}
+          "remaining_hours": "float8", "merged_into": "bigint", "version": "int", "department_code": "text",
+          "department_name": "text", "post_code": "text", "person_name": "text", "person_contact": "text",
+          "dispatch_reason": "text", "manual_reason": "text", "dispatched_at": "timestamptz"}
 
 
 @dataclass(frozen=True)
@@ -58,14 +63,15 @@ class BulkResult:
 def act_many(conn: Connection, items: Sequence[BulkItem], now: datetime,
              calendar: WorkingCalendar | None = None) -> BulkResult:
     """Carry out many actions at once (see the module's docstring); the actions must be ones with
-    a planner (:data:`cases.lifecycle.PLANNERS`) or merge — not dispatch, which looks up the chain."""
+    a planner (:data:`cases.lifecycle.PLANNERS`), merge or dispatch (by machine: the chains of all
+    the cases' grids in one statement; to a department named in ``data``: its post looked up per case)."""
     out = BulkResult()
     if not items:
         return out
     for item in items:
-        if item.action.action not in PLANNERS and item.action.action != "merge":
+        if item.action.action not in PLANNERS and item.action.action not in ("merge", "dispatch"):
             raise ParameterError("action", f"action: {item.action.action} cannot be taken in bulk; valid: "
-                                           f"{', '.join(PLANNERS)}, merge")
+                                           f"{', '.join(PLANNERS)}, merge, dispatch")
     calendar = calendar or load_calendar(conn)
     ids = sorted({item.case_id for item in items})
     kept = {i.action.data.get("into") for i in items if i.action.action == "merge"}
@@ -79,6 +85,11 @@ def act_many(conn: Connection, items: Sequence[BulkItem], now: datetime,
         classes[code] = cls
     verifying = [cases[i.case_id] for i in items if i.action.action == "verify" and i.case_id in cases]
     allowed = verifiers_by_scope(conn, verifying)
+    by_machine = [cases[i.case_id] for i in items if i.action.action == "dispatch" and i.case_id in cases
+                  and not i.action.data.get("department_code")]
+    grids = sorted({c.grid_code for c in by_machine if c.grid_code is not None})
+    chains = responsibility_for(conn, grids) if grids else {}
+    kinds = department_kinds(conn) if by_machine else {}
     before = dict(cases)
     events: list[list[Any]] = []
     hooked: list[tuple[int, BulkItem]] = []  # items whose class has hooks (a scenario's flow), run after the write
@@ -94,7 +105,21 @@ def act_many(conn: Connection, items: Sequence[BulkItem], now: datetime,
                 if problem is not None:
                     raise problem
             keep = None
-            if item.action.action == "merge":
+            if item.action.action == "dispatch":  # as lifecycle's _dispatch
+                cls = classes[case.class_code]
+                dept = item.action.data.get("department_code")
+                found = (_manual_assignment(conn, case, str(dept), item.action) if dept else
+                         machine_choice(case, cls, chains, kinds))
+                if not isinstance(found, Assignment):  # the manual queue, with the reason
+                    events.append([case.id, at, item.action.actor, item.action.role, "to_manual_queue", case.status,
+                                   case.status, found, {}])
+                    if case.manual_reason != found:
+                        cases[case.id] = dataclasses.replace(case, manual_reason=found, version=case.version + 1)
+                    if has_hooks(case.class_code, "dispatch"):
+                        hooked.append((n, item))
+                    continue
+                change = plan_dispatch(case, cls, found, item.action, at, calendar)
+            elif item.action.action == "merge":
                 into = merge_target(case, item.action)
                 keep = cases.get(into)
                 if keep is None:
@@ -117,6 +142,7 @@ def act_many(conn: Connection, items: Sequence[BulkItem], now: datetime,
     changed = [c for c in cases.values() if c is not before[c.id]]
     if changed:
         _write(conn, changed)
+    if events:  # a dispatch to the manual queue may log without changing the case
         _copy(conn, "case_events", _EVENT_COLUMNS, events)
     for n, item in hooked:  # as act does: after the action, in the same transaction, with the case after it
         run_hooks(conn, get_cases(conn, [item.case_id])[item.case_id], item.action, item.at or now)

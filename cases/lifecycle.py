@@ -18,6 +18,8 @@ same transaction as the change.
 """
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -27,12 +29,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from cim.errors import ConflictError, ParameterError, UserError
-from cim.grid import responsibility_for
+from cim.grid import Responsibility, responsibility_for
 
 from cases.calendar import WorkingCalendar, load_calendar
-from cases.catalogue import CaseClass, class_by_code, department_kinds
+from cases.catalogue import CaseClass, class_by_code, classes_for, department_kinds
 from cases.dispatch import GRID_WORKER_POST, PLATFORM_DEPARTMENT, Assignment, choose
-from cases.model import OPEN_STATUSES, Case, get_case, write_event
+from cases.model import OPEN_STATUSES, Case, get_case, get_cases, write_event
 
 ROLES = ("system", "platform", "department", "supervisor", "reporter")
 
@@ -226,6 +228,12 @@ def _dispatch(conn, case, cls, rule, action, now, calendar) -> None:
         write_event(conn, case.id, now, action.actor, action.role, "to_manual_queue", case.status,
                     case.status, found, {})
         return
+    _apply(conn, case, action, now, plan_dispatch(case, cls, found, action, now, calendar))
+
+
+def plan_dispatch(case: Case, cls: CaseClass, found: Assignment, action: "Action", now: datetime,
+                  calendar: WorkingCalendar) -> Change:
+    """What dispatching ``case`` to ``found`` changes (for :func:`act` and :func:`cases.bulk.act_many`)."""
     values: dict[str, Any] = dict(
         status="dispatched", department_code=found.department_code, department_name=found.department_name,
         post_code=found.post_code, person_name=found.person_name, person_contact=found.person_contact,
@@ -233,17 +241,24 @@ def _dispatch(conn, case, cls, rule, action, now, calendar) -> None:
     if case.due_at is None:  # the handling clock starts at the first dispatch; a 退单 does not reset it
         hours, kind = cls.limit(case.urgency)
         values["due_at"] = calendar.add(now, hours or 0, kind)
-    _apply(conn, case, action, now, Change(values, "dispatched", action.note or found.reason, dict(
+    return Change(values, "dispatched", action.note or found.reason, dict(
         department_code=found.department_code, post_code=found.post_code, person_name=found.person_name,
-        due_at=values.get("due_at", case.due_at))))
+        due_at=values.get("due_at", case.due_at)))
 
 
 def machine_assignment(conn: Connection, case: Case, cls: CaseClass) -> Assignment | str:
     """The machine's choice for a case, or the reason it has none (for the manual queue)."""
+    chains = responsibility_for(conn, [case.grid_code]) if case.grid_code is not None else {}
+    return machine_choice(case, cls, chains, department_kinds(conn))
+
+
+def machine_choice(case: Case, cls: CaseClass, chains: dict[str, tuple[Responsibility, ...]],
+                   kinds: dict[str, re.Pattern[str]]) -> Assignment | str:
+    """:func:`machine_assignment` with the chains of the case's grid and the kind patterns given
+    (a set-based caller fetches them once for many cases)."""
     if case.grid_code is None:
         return case.manual_reason or "the case lies in no grid"
-    chain = responsibility_for(conn, [case.grid_code])[case.grid_code]
-    found = choose(case.id, cls, case.grid_code, chain, department_kinds(conn), case.returned_departments)
+    found = choose(case.id, cls, case.grid_code, chains[case.grid_code], kinds, case.returned_departments)
     return found if isinstance(found, Assignment) else found.reason
 
 
@@ -443,33 +458,62 @@ class TickReport:
 
 def tick(conn: Connection, now: datetime | None = None) -> TickReport:
     """Mark cases past their deadline overdue and escalate them: at the deadline from the street
-    platform to the district, and when a whole further time limit has passed, to the city."""
+    platform to the district, and when a whole further time limit has passed, to the city.
+
+    Set-based (a megacity's tick finds thousands): the cases are locked and read in one statement,
+    their log rows go in with one INSERT and their changes with one UPDATE, in the order of their
+    deadlines — the rows and log the per-case rule below gives."""
     now = now or now_utc()
     calendar = load_calendar(conn)
-    rows = conn.execute(sa.text(
+    ids = conn.execute(sa.text(
         "SELECT id FROM cases WHERE status = ANY(:s) AND due_at < :now AND escalation_level < 2 "
         "ORDER BY due_at, id FOR UPDATE SKIP LOCKED"), {"s": list(CLOCK_STATUSES), "now": now}).scalars().all()
-    overdue, escalated = [], []
+    if not ids:
+        return TickReport([], [])
+    cases = get_cases(conn, ids)
     classes: dict[str, CaseClass] = {}
-    for case_id in rows:
-        case = get_case(conn, case_id)
-        cls = classes.setdefault(case.class_code, class_by_code(conn, case.class_code))
+    for code, cls in classes_for(conn, sorted({c.class_code for c in cases.values()})).items():
+        if isinstance(cls, UserError):
+            raise cls
+        classes[code] = cls
+    overdue, escalated = [], []
+    events: list[dict[str, Any]] = []
+    changes: list[dict[str, Any]] = []
+    stamp = now.isoformat()
+    for case_id in ids:
+        case = cases[case_id]
         level = case.escalation_level
         if level == 0:
             level = 1
-        hours, kind = cls.limit(case.urgency)
+        hours, kind = classes[case.class_code].limit(case.urgency)
         if level == 1 and case.due_at is not None and calendar.add(case.due_at, hours or 0, kind) <= now:
             level = 2
-        sysact = Action("escalate", "tick", "system")
         if not case.overdue:
             overdue.append(case.id)
-            write_event(conn, case.id, now, "tick", "system", "overdue", case.status, case.status,
-                        f"deadline {case.due_at.isoformat() if case.due_at else '-'} passed", {})
+            events.append({"case_id": case.id, "at": stamp, "actor": "tick", "role": "system", "action": "overdue",
+                           "from_status": case.status, "to_status": case.status,
+                           "note": f"deadline {case.due_at.isoformat() if case.due_at else '-'} passed", "data": {}})
         if level != case.escalation_level:
-            escalated.append((case.id, ("street", "district", "city")[level]))
-            write_event(conn, case.id, now, sysact.actor, sysact.role, "escalate", case.status, case.status,
-                        f"escalated to the {('street', 'district', 'city')[level]} platform",
-                        {"from_level": case.escalation_level, "to_level": level})
+            where = ("street", "district", "city")[level]
+            escalated.append((case.id, where))
+            events.append({"case_id": case.id, "at": stamp, "actor": "tick", "role": "system", "action": "escalate",
+                           "from_status": case.status, "to_status": case.status,
+                           "note": f"escalated to the {where} platform",
+                           "data": {"from_level": case.escalation_level, "to_level": level}})
         if not case.overdue or level != case.escalation_level:
-            _update(conn, case, overdue=True, escalation_level=level)
+            changes.append({"id": case.id, "level": level})
+    if events:
+        conn.execute(sa.text(
+            # in the list's order, so each case's overdue row comes before its escalate row
+            "INSERT INTO case_events (case_id, at, actor, role, action, from_status, to_status, note, data) "
+            "SELECT r.case_id, r.at, r.actor, r.role, r.action, r.from_status, r.to_status, r.note, r.data "
+            "FROM json_array_elements(CAST(:rows AS json)) WITH ORDINALITY AS e(v, n), "
+            "json_to_record(e.v) AS r(case_id bigint, at timestamptz, actor text, role text, action text, "
+            "from_status text, to_status text, note text, data jsonb) ORDER BY e.n"),
+            {"rows": json.dumps(events, ensure_ascii=False, default=str)})
+    if changes:
+        conn.execute(sa.text(
+            "UPDATE cases SET overdue = true, escalation_level = v.level, version = version + 1 "
+            "FROM json_to_recordset(CAST(:rows AS json)) AS v(id bigint, level int) WHERE cases.id = v.id"),
+            {"rows": json.dumps(changes)})
     return TickReport(overdue, escalated)

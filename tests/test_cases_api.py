@@ -335,7 +335,10 @@ def test_concurrent_reports_are_taken_in_together_each_gets_its_own_answer(city,
     assert len(ids) == 24  # no two requests got the same (or another's) case
     for n, r in enumerate(good):
         case = r.json()
-        assert case["description"] == f"group {n}" and case["address_text"] == f"汾阳路{2 * n + 1}号"
+        if n == 2:  # ticket GC-2 is reported twice at once: its case is whichever report came first
+            assert (case["description"], case["address_text"]) in (("group 2", "汾阳路5号"), ("again", "汾阳路5号"))
+        else:
+            assert case["description"] == f"group {n}" and case["address_text"] == f"汾阳路{2 * n + 1}号"
         assert case["status"] == "dispatched" and "道路养护" in case["dispatch_reason"]
     bad = by_text["bad"]
     assert bad.status_code == 400 and "不存在的类" in bad.json()["detail"] and "道路破损" in bad.json()["detail"]

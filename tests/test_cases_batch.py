@@ -288,3 +288,21 @@ def test_set_based_actions_equal_the_one_at_a_time_actions(two_cities):
     assert state(bulk) == state(single)
     assert [c.status for c in (done.cases[i] for i in ids[bulk])] == [
         "closed", "handled", "handled", "accepted", "merged", "returned"]
+
+    # the returned case dispatched again by machine (the returning department left out), and a
+    # dispatch the rules refuse (case 0 is closed): as act does it
+    redispatch = [(5, Action("dispatch", "平台", "platform")), (0, Action("dispatch", "平台", "platform"))]
+    with single.begin() as conn:
+        act(conn, ids[single][5], redispatch[0][1], now=t3)
+    with bulk.begin() as conn:
+        again = act_many(conn, [BulkItem(ids[bulk][n], a, t3) for n, a in redispatch], now=t3)
+    assert list(again.errors) == [1] and isinstance(again.errors[1], ConflictError)
+
+    def after(engine):
+        with engine.connect() as conn:
+            c = get_case(conn, ids[engine][5])
+            last = case_log(conn, c.id)[-1]
+            return (c.status, c.department_code, c.post_code, c.manual_reason, c.due_at, c.returned_departments,
+                    (last.actor, last.role, last.action, last.from_status, last.to_status))
+    assert after(bulk) == after(single)
+    assert after(bulk)[-1][2] in ("dispatch", "to_manual_queue")

@@ -493,3 +493,26 @@ def test_bearer_jwt_carries_the_jurisdiction_and_bad_tokens_are_401(city, issuer
         r = client.get("/collections/buildings/items", headers=headers)
         assert r.status_code == 401, what
         assert r.headers["content-type"].startswith("application/problem+json"), what
+
+
+def test_a_case_import_writes_in_the_callers_jurisdiction(city, streets, tmp_path):
+    """``cim --as`` a street's user: the import writes its chunks in a writer thread, still under that
+    street's policies and in that user's name — a report in the street goes in, one outside is refused."""
+    from cases.importer import import_cases
+    from cim.errors import UserError
+
+    a, b = streets
+    scoped = engine_for(city.url.render_as_string(hide_password=False), scoped=True)
+    for street, ticket in ((a, "AS-A"), (b, "AS-B")):
+        lon, lat = _lonlat(city, "addresses", street)
+        src = tmp_path / f"{ticket}.csv"
+        src.write_text(f"channel,class,x,y,external_id\nvehicle_patrol,道路破损,{lon},{lat},{ticket}\n", encoding="utf-8")
+        with acting_as(Scope("area", role="handler", user="importer_a", street=a)):
+            if street == a:
+                assert import_cases(scoped, src).created == 1
+            else:
+                with pytest.raises(UserError, match="outside your jurisdiction"):
+                    import_cases(scoped, src)
+    assert owner(city, "SELECT external_id, street_code FROM cases WHERE external_id LIKE 'AS-%'") == [("AS-A", a)]
+    assert owner(city, "SELECT actor FROM audit_log WHERE object = 'cases' AND action = 'insert' "
+                       "ORDER BY id DESC LIMIT 1") == [("importer_a",)]
