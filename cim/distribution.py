@@ -180,8 +180,11 @@ def ensure_partitions(cur, table: str, districts: Iterable[str | None]) -> list[
     existing = district_partitions(cur, table)
     made: list[str] = []
     if None not in existing:
-        for statement in district_partition_sql(table, None):
+        create, attach = district_partition_sql(table, None)
+        cur.execute(create)
+        for _parent_index, statement in partition_index_sql(cur, table, f"{table}_default"):
             cur.execute(statement)
+        cur.execute(attach)
         existing = {None: f"{table}_default", **existing}
         _revoke(cur, existing[None])
         made.append(existing[None])
@@ -190,6 +193,8 @@ def ensure_partitions(cur, table: str, districts: Iterable[str | None]) -> list[
         create, attach = district_partition_sql(table, district)
         cur.execute(create)
         name = create.split('"')[1]
+        for _parent_index, statement in partition_index_sql(cur, table, name):
+            cur.execute(statement)  # the partition is empty: built at once, then attached to the parent's
         default = existing[None]
         cur.execute(f'SELECT EXISTS (SELECT 1 FROM "{default}" WHERE {PARTITION_COLUMN} = %s)', (district,))
         if cur.fetchone()[0]:
@@ -204,6 +209,27 @@ def ensure_partitions(cur, table: str, districts: Iterable[str | None]) -> list[
         _revoke(cur, name)
         made.append(name)
     return made
+
+
+_INDEX_HEAD = re.compile(r"^(CREATE (?:UNIQUE )?INDEX) (\S+) ON ONLY (\S+) USING ")
+
+
+def partition_index_sql(cur, table: str, partition: str) -> list[tuple[str, str]]:
+    """For each index of the partitioned ``table`` (not its primary key, which ATTACH makes), the parent index's
+    name and the statement that makes the same index on ``partition``, named ``<parent index>_<district>`` —
+    e.g. ``ix_parts_geom_310104`` — so plans name the index they use. An index made so before ATTACH PARTITION
+    is attached to the parent's; made after, it is attached with ``ALTER INDEX parent ATTACH PARTITION``
+    (that is how an index is built partition by partition: ``CREATE INDEX … ON ONLY`` the parent first)."""
+    suffix = partition[len(table) + 1:] if partition.startswith(f"{table}_") else partition
+    cur.execute("SELECT i.relname, pg_get_indexdef(x.indexrelid) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
+                "WHERE x.indrelid = %s::regclass AND NOT x.indisprimary ORDER BY i.relname", (table,))
+    out = []
+    for name, definition in cur.fetchall():
+        match = _INDEX_HEAD.match(definition)
+        if match is None:  # not a partitioned index (the table is not partitioned yet)
+            continue
+        out.append((name, f'{match.group(1)} "{name}_{suffix}" ON "{partition}" USING {definition[match.end():]}'))
+    return out
 
 
 def _revoke(cur, partition: str) -> None:

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from cim.bootstrap import InitError
-from cim.distribution import ensure_partitions, is_citus
+from cim.distribution import district_partitions, ensure_partitions, is_citus, partition_index_sql
 from cim.jurisdiction import area_tables, protect_sql
 from cim.schema import DISTRICT_PARTITIONED, NO_DISTRICT, PARTITION_COLUMN, build_metadata
 
@@ -118,6 +118,10 @@ def _convert(bind: sa.Connection, table: sa.Table) -> None:
             op.execute(f'ALTER TABLE "{old}" DROP CONSTRAINT "{index[0]}"')
         else:
             op.execute(f'DROP INDEX "{index[0]}"')
+    # (foreign keys too: PostgreSQL names the new table's after any of that name in the schema)
+    for (constraint,) in bind.execute(sa.text(
+            "SELECT conname FROM pg_constraint WHERE conrelid = CAST(:t AS regclass) AND contype = 'f'"), {"t": old}):
+        op.execute(f'ALTER TABLE "{old}" DROP CONSTRAINT "{constraint}"')
     op.execute(f'ALTER TABLE "{old}" ALTER COLUMN fid DROP IDENTITY')
     op.execute(str(sa.schema.CreateTable(table).compile(dialect=dialect)))
     ensure_partitions(bind.connection.cursor(), name, _districts(bind, old))
@@ -125,8 +129,16 @@ def _convert(bind: sa.Connection, table: sa.Table) -> None:
     listed = ", ".join(f'"{c}"' for c in columns)
     selected = ", ".join(f"COALESCE({c}, '{NO_DISTRICT}')" if c == PARTITION_COLUMN else f'"{c}"' for c in columns)
     op.execute(f'INSERT INTO "{name}" ({listed}) OVERRIDING SYSTEM VALUE SELECT {selected} FROM "{old}"')
-    for index in table.indexes:  # built once the rows are in: one sorted build per partition
-        op.execute(str(sa.schema.CreateIndex(index).compile(dialect=dialect)))
+    # the indexes, built once the rows are in: the parent's first (ON ONLY: not recursing), then each
+    # partition's under the name a partition made later gets (cim.distribution.partition_index_sql), attached
+    cur = bind.connection.cursor()
+    for index in table.indexes:
+        statement = str(sa.schema.CreateIndex(index).compile(dialect=dialect))
+        op.execute(statement.replace(f" ON {name} ", f" ON ONLY {name} ", 1))
+    for partition in district_partitions(cur, name).values():
+        for parent_index, statement in partition_index_sql(cur, name, partition):
+            op.execute(statement)
+            op.execute(f'ALTER INDEX "{parent_index}" ATTACH PARTITION "{statement.split(chr(34))[1]}"')
     op.execute(f'ALTER TABLE "{name}" ALTER COLUMN fid RESTART WITH {max(next_fid, 1)}')
     op.execute(f"""SELECT setval(pg_get_serial_sequence('{name}', 'fid'),
         greatest({next_fid}, (SELECT coalesce(max(fid), 0) + 1 FROM "{name}")), false)""")
@@ -184,5 +196,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    raise NotImplementedError("partitioned feature tables are not converted back; restore a backup taken before "
-                              "revision 0008_partition_by_district")
+    # The tables stay partitioned: that is how revision 0001 makes them now (cim.schema), and revisions
+    # 0002–0007 work on them (0006's downgrade and upgrade rewrite the policies from cim.jurisdiction). So do the
+    # history functions, which keep 0002's rules. Nothing to undo that an earlier revision would not redo.
+    pass
