@@ -260,7 +260,9 @@ class DirectLoad:
                 district_partitions_for(self.cur, self.table, codes)
                 self._districts |= codes
         for name, value in self._defaults.items():
-            if name in frame and frame[name].isna().any():
+            if name not in frame:  # e.g. no district codes (a base without districts): '' as the merge gives
+                frame[name] = value
+            elif frame[name].isna().any():
                 frame[name] = frame[name].where(frame[name].notna(), value)
         copy_rows(self.cur, frame, ewkb, self.columns, into=self.table)
         self.rows += len(frame)

@@ -190,6 +190,11 @@ def test_a_street_scoped_query_reads_one_partition(base):
     # the district of a district-scoped caller, too; the city reads every partition
     district = _plan(base, Scope("area", district=CHANGNING), "SELECT count(*) FROM parts")
     assert f"parts_{CHANGNING}" in district and f"parts_{XUHUI}" not in district, district
+    # grids: when every grid code begins with one district's code, that district's partition alone
+    grids = _plan(base, Scope("area", grids=(f"{XUHUI}00100101", f"{XUHUI}00100102")), "SELECT count(*) FROM parts")
+    assert "Subplans Removed: 3" in grids and f"parts_{XUHUI}" in grids, grids
+    across = _plan(base, Scope("area", grids=(f"{XUHUI}00100101", f"{CHANGNING}00100101")), "SELECT 1 FROM parts")
+    assert "Subplans Removed" not in across, across
     city = _plan(base, Scope("city", role="admin"), "SELECT count(*) FROM parts")
     assert "Subplans Removed" not in city and "parts_default" in city, city
     # and the answers are the street's rows, no more, no fewer
