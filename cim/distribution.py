@@ -123,7 +123,8 @@ def _drop_foreign_keys(conn: Connection, tables: list[str]) -> list[tuple[str, s
     tables already placed compatibly); their definitions, to add back once every table is placed."""
     rows = conn.execute(sa.text(
         "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint "
-        "WHERE contype = 'f' AND (conrelid::regclass::text = ANY(:t) OR confrelid::regclass::text = ANY(:t)) "
+        "WHERE contype = 'f' AND conparentid = 0 "  # a partition's copy goes and comes back with its parent's
+        "AND (conrelid::regclass::text = ANY(:t) OR confrelid::regclass::text = ANY(:t)) "
         "ORDER BY conrelid::regclass::text, conname"), {"t": tables}).all()
     for table, name, _definition in rows:
         conn.execute(sa.text(f'ALTER TABLE "{table}" DROP CONSTRAINT "{name}"'))
@@ -179,6 +180,13 @@ def ensure_partitions(cur, table: str, districts: Iterable[str | None]) -> list[
         return []
     existing = district_partitions(cur, table)
     made: list[str] = []
+    wanted = sorted({d for d in districts if d is not None and d != NO_DISTRICT} - set(existing))
+    if not wanted and None in existing:
+        return made
+    cur.execute(IS_CITUS_SQL)
+    if cur.fetchone()[0]:
+        # DDL on a distributed table whose foreign keys point at reference tables: one connection per node
+        cur.execute("SET LOCAL citus.multi_shard_modify_mode TO 'sequential'")
     if None not in existing:
         create, attach = district_partition_sql(table, None)
         cur.execute(create)
@@ -188,7 +196,6 @@ def ensure_partitions(cur, table: str, districts: Iterable[str | None]) -> list[
         existing = {None: f"{table}_default", **existing}
         _revoke(cur, existing[None])
         made.append(existing[None])
-    wanted = sorted({d for d in districts if d is not None and d != NO_DISTRICT} - set(existing))
     for district in wanted:
         create, attach = district_partition_sql(table, district)
         cur.execute(create)
