@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from cim.distribution import IS_CITUS_SQL, ensure_partitions
+from cim.distribution import IS_CITUS_SQL, district_partitions, ensure_partitions
 from cim.schema import DISTRICT_PARTITIONED, PARTITION_COLUMN
 from ingest.faults import pause_at
 
@@ -37,20 +37,37 @@ class MergeCounts:
 
 
 def prepare_partitions(engine: Engine, table: str) -> list[str]:
-    """Before a load takes its table lock: the partitions of the districts the base knows, in a short
-    transaction of its own. Attaching a partition locks the DEFAULT partition against readers until the
-    commit, so it is done here rather than in the load's long transaction, which then makes only the
-    partitions of codes the districts layer does not hold (:func:`district_partitions_for`)."""
+    """Before a load takes its table lock: the partitions of the districts the base knows, and of any code
+    whose rows wait in the DEFAULT partition (moved into theirs), in a short transaction of its own.
+    Attaching a partition locks the DEFAULT partition against readers until the commit, so it is done here
+    rather than in the load's long transaction, which then makes only the partitions of codes the districts
+    layer does not hold (:func:`district_partitions_for`)."""
     if table not in DISTRICT_PARTITIONED:
         return []
     with engine.begin() as conn:
-        districts = conn.execute(sa.text("SELECT DISTINCT code FROM districts WHERE valid_to IS NULL")).scalars()
-        return ensure_partitions(conn.connection.cursor(), table, list(districts))
+        cur = conn.connection.cursor()
+        cur.execute(IS_CITUS_SQL)
+        if cur.fetchone()[0]:  # reads before DDL: over one connection per node, or Citus refuses the DDL
+            cur.execute("SET LOCAL citus.multi_shard_modify_mode TO 'sequential'")
+        cur.execute("SELECT DISTINCT code FROM districts WHERE valid_to IS NULL")
+        codes = [r[0] for r in cur.fetchall()]
+        default = district_partitions(cur, table).get(None)
+        if default:
+            cur.execute(f'SELECT DISTINCT {PARTITION_COLUMN} FROM "{default}"')
+            codes += [r[0] for r in cur.fetchall()]
+        return ensure_partitions(cur, table, codes)
 
 
 def district_partitions_for(cur, table: str, districts) -> list[str]:  # noqa: ANN001 (any iterable of codes)
-    """Within the load: the partitions a batch's district codes need (rows never wait in DEFAULT for one)."""
-    return ensure_partitions(cur, table, districts) if table in DISTRICT_PARTITIONED else []
+    """Within the load: the partitions a batch's district codes need (rows never wait in DEFAULT for one).
+    Not on Citus, which refuses DDL on a distributed table after the load's multi-shard statements: there the
+    rows of such a code wait in DEFAULT until the next load's :func:`prepare_partitions` (docs/citus.md)."""
+    if table not in DISTRICT_PARTITIONED:
+        return []
+    cur.execute(IS_CITUS_SQL)
+    if cur.fetchone()[0]:
+        return []
+    return ensure_partitions(cur, table, districts)
 
 
 def table_columns(cur, table: str) -> list[str]:

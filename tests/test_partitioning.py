@@ -175,6 +175,23 @@ def test_a_new_district_gets_its_partition_inside_the_load(base, folder, monkeyp
     assert owner(base, "SELECT tableoid::regclass::text FROM pipelines") == [(f"pipelines_{JINGAN}",)]
 
 
+def test_rows_waiting_in_default_move_before_the_next_load(base, folder):
+    """A code the districts layer does not hold (written by hand, or — on Citus — loaded): the next load of the
+    layer gives it its partition before it starts, and its rows move there."""
+    with base.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO parts (source_id, object_code, part_class, part_subclass, district_code, geom) "
+            "SELECT 'HAND-2', '3101070101000001', '01', '0101', '310107', geom FROM parts WHERE source_id = 'P3' "
+            "AND valid_to IS NULL"))
+    assert owner(base, "SELECT count(*) FROM parts_default")[0][0] == 1
+    _load(base, "parts", _write(folder / "parts-jingan-2.geojson", [_part("J2", JINGAN, 0.001)]), mode="append")
+    assert owner(base, "SELECT tableoid::regclass::text FROM parts WHERE source_id = 'HAND-2'") == [("parts_310107",)]
+    assert owner(base, "SELECT count(*) FROM parts_default")[0][0] == 0
+    with base.begin() as conn:  # gone again, so that the pruning test below counts the partitions it expects
+        conn.execute(sa.text("ALTER TABLE parts DETACH PARTITION parts_310107"))
+        conn.execute(sa.text("DROP TABLE parts_310107"))
+
+
 def _plan(engine, scope: Scope, sql: str) -> str:
     scoped = engine_for(engine.url.render_as_string(hide_password=False), scoped=True)
     with acting_as(scope), scoped.begin() as conn:
