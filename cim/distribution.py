@@ -13,11 +13,14 @@ Idempotent: a table already placed is left as it is, so ``cim init`` stays safe 
   supported by Citus and the platform does not make them (see docs/citus.md).
 * Everything else stays on the coordinator (the case loop, live sensing, keys, the layer registry).
 
-What Citus requires of a distributed table, and how it is met here (the reasons are in docs/citus.md):
-the distribution column is NOT NULL (a feature outside every district gets ``''``), every unique index
-and the primary key include it, foreign keys point only at reference tables, and triggers that write
-to their own table (the history triggers of migration 0002) are not installed on them — the loaders
-keep history themselves.
+What Citus requires of a distributed table, and how it is met (the reasons are in docs/citus.md): the
+distribution column is NOT NULL (a feature outside every district gets ``''``) and in the primary key and every
+unique index — true of the tables partitioned by district (``cim.schema``), which are the distributed ones;
+foreign keys point only at reference tables; and triggers that write to their own table (the history triggers
+of migration 0002) are not installed on them — the loaders keep history themselves.
+
+The partitions by district live here too (:func:`ensure_partitions`): which district has its partition, made
+as districts appear, whether or not the base is on Citus.
 """
 from __future__ import annotations
 
