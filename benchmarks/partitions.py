@@ -47,7 +47,8 @@ def base_at_0007(url: str, parts: int) -> None:
     finally:
         patch.undo()
     with engine.begin() as conn:
-        conn.execute(sa.text("INSERT INTO part_classes (code, name) VALUES ('01', '公用设施'), ('0101', '上水井盖')"))
+        conn.execute(sa.text("INSERT INTO part_classes (code, name) "
+                             "VALUES ('01', '公用设施'), ('0101', '上水井盖')"))
         conn.execute(sa.text("""
             INSERT INTO parts (source_id, object_code, part_class, part_subclass, district_code, street_code, geom)
             SELECT 'P' || i, d || '0101' || lpad((i / 16)::text, 6, '0'), '01', '0101', d,

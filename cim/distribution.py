@@ -231,7 +231,8 @@ def partition_index_sql(cur, table: str, partition: str) -> list[tuple[str, str]
     is attached to the parent's; made after, it is attached with ``ALTER INDEX parent ATTACH PARTITION``
     (that is how an index is built partition by partition: ``CREATE INDEX … ON ONLY`` the parent first)."""
     suffix = partition[len(table) + 1:] if partition.startswith(f"{table}_") else partition
-    cur.execute("SELECT i.relname, pg_get_indexdef(x.indexrelid) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
+    cur.execute("SELECT i.relname, pg_get_indexdef(x.indexrelid) FROM pg_index x "
+                "JOIN pg_class i ON i.oid = x.indexrelid "
                 "WHERE x.indrelid = %s::regclass AND NOT x.indisprimary ORDER BY i.relname", (table,))
     out = []
     for name, definition in cur.fetchall():

@@ -48,7 +48,7 @@ ENRICHED = {"addresses", "buildings", "curtain_walls", "parts", "pipelines", "io
 #: The big feature layers are LIST-partitioned on the jurisdiction: one partition per district (made as
 #: districts appear, :func:`district_partition_sql`) and a DEFAULT one for features outside every district.
 #: The same column is the Citus distribution column (cim.distribution), so a district's partition and its
-#: shard hold the same rows. Design and what stays unpartitioned: docs/ARCHITECTURE.md, "Partitions".
+#: shard hold the same rows. Design and what stays unpartitioned: docs/ARCHITECTURE.md, "Partitions by district".
 DISTRICT_PARTITIONED = ("parts", "buildings", "addresses", "pipelines")
 PARTITION_COLUMN = "district_code"
 #: the district of a feature outside every district: a partition key (and Citus's distribution column)

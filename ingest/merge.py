@@ -12,7 +12,6 @@ import io
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from cim.distribution import IS_CITUS_SQL, district_partitions, ensure_partitions

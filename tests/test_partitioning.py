@@ -246,7 +246,8 @@ def _schema(engine) -> dict:
                 "relation": "SELECT relrowsecurity, relacl::text, pg_get_partkeydef(oid) FROM pg_class "
                             "WHERE oid = CAST(:t AS regclass)",
             }.items()},
-            "history": owner(engine, "SELECT pg_get_functiondef(CAST(:f AS regprocedure))", f=f"{table}_keep_history()"),
+            "history": owner(engine, "SELECT pg_get_functiondef(CAST(:f AS regprocedure))",
+                             f=f"{table}_keep_history()"),
         }
     return out
 
@@ -266,10 +267,12 @@ def base_at_0007(server_url):
         patch.undo()
     with engine.begin() as conn:
         conn.execute(sa.text("INSERT INTO part_classes (code, name) VALUES ('01', '公用设施')"))
-        conn.execute(sa.text("INSERT INTO part_classes (code, name, parent_code) VALUES ('0101', '上水井盖', '01')"))
+        conn.execute(sa.text("INSERT INTO part_classes (code, name, parent_code) "
+                             "VALUES ('0101', '上水井盖', '01')"))
         for i, district in enumerate([XUHUI, XUHUI, CHANGNING, None]):
             conn.execute(sa.text(
-                "INSERT INTO parts (source_id, object_code, part_class, part_subclass, district_code, street_code, geom) "
+                "INSERT INTO parts (source_id, object_code, part_class, part_subclass, district_code, street_code, "
+                "geom) "
                 "VALUES (:s, :c, '01', '0101', :d, :st, ST_SetSRID(ST_MakePoint(500000 + :i, 3450000, 0), 4549))"),
                 {"s": f"OLD-{i}", "c": f"31010401010000{i:02d}", "d": district,
                  "st": district and f"{district}001", "i": i})
