@@ -76,6 +76,10 @@ def test_loaded_rows_live_on_the_workers_by_district(base):
                         "JOIN pg_dist_node n ON n.groupid = p.groupid WHERE s.logicalrelid = 'parts'::regclass")
     assert {g for (g,) in nodes} and all(g > 0 for (g,) in nodes)
     assert len(nodes) == 2  # the 32 shards are spread over both workers
+    # partitioned by district (cim.schema) and distributed with its partitions: 徐汇's is a distributed table
+    assert _rows(base, "SELECT pg_get_partkeydef('parts'::regclass)")[0][0] == "LIST (district_code)"
+    assert _rows(base, "SELECT count(*) FROM pg_dist_partition WHERE logicalrelid = 'parts_310104'::regclass")[0][0] == 1
+    assert _rows(base, "SELECT count(*) FROM parts_310104 WHERE valid_to IS NULL")[0][0] == parts_loaded
     # co-location: the parts and the buildings of 徐汇区 sit in shards on the same worker
     same = _rows(base, """
         SELECT (SELECT nodeport FROM citus_shards WHERE shardid = get_shard_id_for_distribution_column('parts', :d)),
