@@ -1,7 +1,8 @@
 """Spatial queries name the districts their area touches (cim.districts_index, issue 15): items by bbox, /nearby,
 vector tiles and 3D tiles give the same answers with and without the ``district_code = ANY(…)`` term — across
-a district boundary, for features outside every district ('' and NULL), for a pipeline whose code is its
-neighbour district's, and for the k nearest features of a point beside a boundary.
+a district boundary, for features outside every district ('' in the partitioned tables, NULL in the others),
+for a pipeline whose code is its neighbour district's, and for the k nearest features of a point beside a
+boundary; and a bbox inside one district reads that district's partition only (EXPLAIN).
 
 Layout (EPSG:4549, metres from the origin of tests.spatial_data): district 310101 is [0, 3000] x [0, 2000],
 310104 is [3000, 6000] x [0, 2000]; north of y = 2000 lies outside every district. The rows are written in SQL
@@ -21,6 +22,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from cim import districts_index
 from cim.config import override_settings
+from cim.distribution import ensure_partitions
 from cim.districts_index import NO_DISTRICT, districts_touching
 from cim.features import ItemsQuery, Selection, fetch_items, items_select
 from cim.registry import load_layers
@@ -59,12 +61,11 @@ def city(engine):
     points = [(rng.uniform(-400, 6400), rng.uniform(-400, 2600), rng.uniform(-3, 0)) for _ in range(N_PARTS)]
     points += [(3000.0, 500.0 + 10 * i, -1.0) for i in range(5)]  # on the shared edge: 310101's
     with engine.begin() as conn:  # the other layers' loads, after it
-        # outside every district the loader writes NULL on one node ('' where the column is NOT NULL: Citus,
-        # partitions): half of those parts get each
+        # a partition per district, as a load makes them (and DEFAULT, for '': outside every district)
+        ensure_partitions(conn.connection.cursor(), "parts", [A, B])
         conn.execute(sa.text(
             "INSERT INTO parts (source_id, object_code, part_class, part_subclass, district_code, geom) "
-            "SELECT 'p' || i, lpad(i::text, 16, '0'), '01', '0101', "
-            f"CASE WHEN i % 2 = 0 THEN coalesce({_CODE.format(point='g')}, '') ELSE {_CODE.format(point='g')} END, g "
+            f"SELECT 'p' || i, lpad(i::text, 16, '0'), '01', '0101', coalesce({_CODE.format(point='g')}, ''), g "
             "FROM (SELECT i, ST_SetSRID(ST_MakePoint(x, y, z), 4549) AS g FROM unnest(CAST(:i AS int[]), "
             "CAST(:x AS float8[]), CAST(:y AS float8[]), CAST(:z AS float8[])) AS u(i, x, y, z)) AS p"),
             {"i": list(range(len(points))), "x": [c.x0 + p[0] for p in points],
@@ -75,17 +76,24 @@ def city(engine):
             y1 = y + 300 if i == 4 else y
             conn.execute(sa.text(
                 "INSERT INTO pipelines (source_id, kind, start_depth, end_depth, district_code, geom) "
-                f"SELECT :s, '燃气', 2, 2, {_CODE.format(point='ST_LineInterpolatePoint(ST_Force2D(g), 0.5)')}, g "
+                f"SELECT :s, '燃气', 2, 2, "
+                f"coalesce({_CODE.format(point='ST_LineInterpolatePoint(ST_Force2D(g), 0.5)')}, ''), g "
                 "FROM ST_GeomFromText(:w, 4549) AS g"),
                 {"s": f"pipe-{i}", "w": f"LINESTRING Z ({c.x0 + x0} {c.y0 + y} -2, {c.x0 + x1} {c.y0 + y1} -2)"})
         for i, (x0, y0, x1, y1) in enumerate(((2950, 300, 3100, 420), (2990, 800, 3010, 820), (100, 1950, 180, 2080))):
             conn.execute(sa.text(
                 "INSERT INTO buildings (source_id, name, height, floors, district_code, geom) "
-                f"SELECT :s, :s, 20, 6, {_CODE.format(point='ST_PointOnSurface(g)')}, g "
+                f"SELECT :s, :s, 20, 6, coalesce({_CODE.format(point='ST_PointOnSurface(g)')}, ''), g "
                 "FROM ST_GeomFromText(:w, 4549) AS g"),
                 {"s": f"bldg-{i}", "w": _square(*c.at(x0, y0), *c.at(x1, y1))})
+        # devices, in a table that is not partitioned: outside every district their code is NULL
+        conn.execute(sa.text(
+            "INSERT INTO iot_devices (source_id, device_type, district_code, geom) "
+            f"SELECT 'dev-' || i, '水位计', {_CODE.format(point='g')}, g FROM (SELECT i, "
+            "ST_SetSRID(ST_MakePoint(:x0 + 2500 + 25 * i, :y0 + 1800 + 10 * (i % 40), 0), 4549) AS g "
+            "FROM generate_series(0, 199) AS i) AS d"), {"x0": c.x0, "y0": c.y0})
         conn.execute(sa.text("ANALYZE parts"))
-        _bump(conn, "parts", "pipelines", "buildings")
+        _bump(conn, "parts", "pipelines", "buildings", "iot_devices")
     districts_index.forget()
     return c
 
@@ -124,6 +132,9 @@ def test_a_box_names_the_districts_it_touches(engine, city, layers):
         assert touched("parts", 2900, 100, 3100, 1900) == (A, B)
         assert touched("parts", 4000, 1900, 4100, 2100) == (NO_DISTRICT, B)
         assert touched("parts", 0, 2500, 100, 2600) == (NO_DISTRICT,)
+        # NULL stands for "no district" only where the column may hold it (not in a partitioned table)
+        assert districts_touching(conn, layers["parts"], _storage_bbox(city, 0, 2500, 1, 2501)).with_null is False
+        assert districts_touching(conn, layers["iot-devices"], _storage_bbox(city, 0, 2500, 1, 2501)).with_null
         # pipelines reach 500 m beyond their middle: a box 100 m inside 310101 may meet one coded 310104
         assert touched("pipelines", 2800, 900, 2900, 1100) == (A, B)
         # tables without district codes, and the districts themselves, are never pruned
@@ -144,7 +155,7 @@ def test_a_box_names_the_districts_it_touches(engine, city, layers):
 ])
 def test_items_by_bbox_are_the_same(engine, city, layers, box):
     matched = 0
-    for name in ("parts", "pipelines", "buildings"):
+    for name in ("parts", "pipelines", "buildings", "iot-devices"):
         pruned, plain = _both(lambda: _items(engine, layers[name], _storage_bbox(city, *box), f"EPSG:{SRID}"))
         assert pruned == plain, name
         matched += plain[1]
@@ -272,3 +283,24 @@ def test_the_api_answers_the_same(engine, city):
 
     pruned, plain = _both(ask)
     assert pruned == plain and pruned[0] and len(pruned[1]) == 10
+
+
+def _scanned_partitions(conn, stmt) -> set[str]:
+    compiled = stmt.compile(conn)
+    plan = "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + str(compiled), compiled.params))
+    return {name for name in ("parts_310101", "parts_310104", "parts_default") if f" {name} " in plan}
+
+
+def test_a_bbox_inside_one_district_reads_its_partition_only(engine, city, layers):
+    parts = layers["parts"]
+    query = ItemsQuery(Selection(bbox=_storage_bbox(city, 1000, 500, 1400, 900), bbox_crs=f"EPSG:{SRID}"))
+    with engine.connect() as conn:
+        districts = query.selection.districts(conn, parts, SRID)
+        assert districts.codes == (A,)
+        assert _scanned_partitions(conn, items_select(parts, SRID, query, districts)[0]) == {"parts_310101"}
+        assert _scanned_partitions(conn, items_select(parts, SRID, query)[0]) == {
+            "parts_310101", "parts_310104", "parts_default"}
+        # over the edge of the city: its district's partition and DEFAULT (the parts outside every district)
+        edge = ItemsQuery(Selection(bbox=_storage_bbox(city, 1000, 1900, 1400, 2100), bbox_crs=f"EPSG:{SRID}"))
+        assert _scanned_partitions(conn, items_select(parts, SRID, edge, edge.selection.districts(
+            conn, parts, SRID))[0]) == {"parts_310101", "parts_default"}
