@@ -19,9 +19,10 @@ versions carry the codes of their day) or ``CIM_DISTRICT_PRUNING=false`` leave t
 Rows edited by hand in SQL with codes that contradict their position are outside this promise (as they are
 outside the jurisdiction policies', which read the same column).
 
-The district polygons are kept in memory per database and jurisdiction scope (a few dozen polygons), re-read
-when the districts layer's version changes: checked whenever a layer's version is seen for the first time and
-at most ``CIM_LAYER_CACHE_S`` after the last check otherwise.
+The district polygons are kept in memory per database (a few dozen polygons, shared by every jurisdiction scope:
+all of them read the whole map frame), re-read when the districts layer's version changes — checked whenever a
+layer's version is seen for the first time and at most ``CIM_LAYER_CACHE_S`` after the last check otherwise;
+what is learnt of each layer (loaded after the districts? its reach) is kept per database, scope and version.
 """
 from __future__ import annotations
 
@@ -153,6 +154,9 @@ _frames: dict[tuple[str, str], _Frame] = {}  # (db, scope) → districts
 #: (db, scope, table) → ((layer version, districts version), facts)
 _facts: dict[tuple[str, str, str], tuple[tuple[int, int], _Facts]] = {}
 _reaches: dict[tuple[str, str, str], tuple[int, float]] = {}  # (db, scope, table) → (layer version, reach)
+#: (db, districts version) → the polygons: every scope reads all districts (their policy is `true`, the map
+#: frame), so scopes share one copy instead of one each
+_indexes: dict[tuple[str, int], _Index | None] = {}
 _guard = threading.Lock()
 _locks: dict[tuple[str, str, str], threading.Lock] = {}  # one reader per layer: a cold cache reads the base once
 
@@ -204,8 +208,13 @@ def _state(conn: Connection, layer: Layer) -> tuple[_Frame, _Facts]:
         frame = _frames.get((db, scope))
         if frame is None or frame.version != version:
             # version 1 is the one `cim init` writes: no load has put districts in the base yet
-            frame = _Frame(time.monotonic(), version, districts_updated,
-                           _read_index(conn) if version > 1 else None)
+            with _guard:  # rare (a new districts version): one global lock is enough
+                if (db, version) not in _indexes:
+                    for old in [k for k in _indexes if k[0] == db]:
+                        del _indexes[old]
+                    _indexes[(db, version)] = _read_index(conn) if version > 1 else None
+                index = _indexes[(db, version)]
+            frame = _Frame(time.monotonic(), version, districts_updated, index)
             _frames[(db, scope)] = frame
         frame.checked_at = time.monotonic()
         known = _facts.get(key)
@@ -241,3 +250,4 @@ def forget() -> None:
         _frames.clear()
         _facts.clear()
         _reaches.clear()
+        _indexes.clear()
