@@ -4,9 +4,12 @@ queries on both, and the per-shard figures the 3-machine plan in docs/citus.md i
 Data: 16 districts with Shanghai's real codes laid out as a 4 x 4 grid of rectangles over the city extent
 (each ~1/16 of it), and N parts (default 300,000) at random positions and depths, deterministic from a seed,
 loaded through the real `cim ingest`. Queries go through the real API (in-process TestClient): items by bbox
-(limit 100), grid lookup (reference tables only) and /nearby k=10 in 3D, plus one district-scoped count.
+(limit 100), grid lookup (reference tables only) and /nearby k=10 in 3D, plus one district-scoped count. Items
+and /nearby run twice, back to back: as the queries named no district (CIM_DISTRICT_PRUNING=false: every shard)
+and naming the districts their area touches (cim.districts_index: the shards of those districts only); the
+Citus EXPLAIN of one bbox query says how many shard tasks each form runs.
 
-    .venv/bin/python benchmarks/citus.py [--parts 300000] [--queries 200] [--keep]
+    .venv/bin/python benchmarks/citus.py [--parts 300000] [--queries 200] [--no-reload] [--keep]
 
 Prints one JSON document; docs/benchmarks.md holds the numbers of a run.
 """
@@ -33,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.scratch import machine  # noqa: E402
 from cim.citus import CitusCluster  # noqa: E402
 from cim.cluster import Cluster  # noqa: E402
+from cim.config import override_settings  # noqa: E402
 from cim.database import dispose_engines, engine_for  # noqa: E402
 
 CIM = str(Path(sys.executable).with_name("cim"))
@@ -106,12 +110,40 @@ def run_queries(home: Path, url: str, n: int, seed: int) -> dict:
                 assert response.status_code == 200, response.text
             result[name] = percentiles(samples)
 
-        measure("items_bbox_limit100", lambda x, y: client.get(
-            "/collections/parts/items", params={"bbox": f"{x - 0.005},{y - 0.005},{x + 0.005},{y + 0.005}",
-                                                "limit": 100}))
+        def items(x: float, y: float):
+            return client.get("/collections/parts/items",
+                              params={"bbox": f"{x - 0.005},{y - 0.005},{x + 0.005},{y + 0.005}", "limit": 100})
+
+        def near(x: float, y: float):
+            return client.get("/nearby", params={"layer": "parts", "lon": x, "lat": y, "z": -1.5, "k": 10,
+                                                 "radius": 500})
+
+        # each request asked as a query naming no district and as one naming its districts, in turns (which
+        # goes first alternates), so that both see the same machine
+        def in_turns(name: str, request) -> None:
+            samples: dict[bool, list[float]] = {False: [], True: []}
+            for pruning in (False, True):  # warm
+                with override_settings(district_pruning=pruning):
+                    request(*points[0])
+            for i, (x, y) in enumerate(points):
+                for pruning in ((False, True) if i % 2 else (True, False)):
+                    with override_settings(district_pruning=pruning):
+                        started = time.perf_counter()
+                        response = request(x, y)
+                        samples[pruning].append(time.perf_counter() - started)
+                    assert response.status_code == 200, response.text
+            result[f"{name}_all_districts"] = percentiles(samples[False])
+            result[f"{name}_named_districts"] = percentiles(samples[True])
+
+        in_turns("items_bbox_limit100", items)
+        in_turns("nearby_k10_3d", near)
+        for x, y in points[:20]:
+            answers = []
+            for pruning in (False, True):
+                with override_settings(district_pruning=pruning):
+                    answers.append((items(x, y).json()["features"], near(x, y).json()["features"]))
+            assert answers[0] == answers[1], (x, y)
         measure("grid_lookup", lambda x, y: client.get("/grid/lookup", params={"lon": x, "lat": y}))
-        measure("nearby_k10_3d", lambda x, y: client.get(
-            "/nearby", params={"layer": "parts", "lon": x, "lat": y, "z": -1.5, "k": 10, "radius": 500}))
     with engine_for(url).connect() as conn:
         samples = []
         for code in DISTRICTS * 3:
@@ -147,7 +179,36 @@ def shard_figures(url: str) -> dict:
     }
 
 
-def bench(kind: str, home: Path, districts: Path, parts: Path, n_queries: int, seed: int) -> dict:
+def task_counts(url: str) -> dict:
+    """Shard tasks of one items-by-bbox query (a 1 km box inside one district) as Citus plans it: naming no
+    district, and naming the district its box touches."""
+    import re
+
+    from cim.bootstrap import load_settings
+    from cim.districts_index import districts_touching, storage_box
+    from cim.features import ItemsQuery, Selection, items_select
+    from cim.registry import load_layers
+
+    engine = engine_for(url)
+    srid = load_settings(engine).srid
+    minx, miny, maxx, maxy = EXTENT
+    x, y = minx + (maxx - minx) / 8, miny + (maxy - miny) / 8  # the middle of the first district
+    bbox = (x - 0.005, y - 0.005, x + 0.005, y + 0.005)
+    out = {}
+    with engine.connect() as conn:
+        layer = load_layers(conn)["parts"]
+        named = districts_touching(conn, layer, storage_box(*bbox, 4326, srid))
+        for label, districts in (("all_districts", None), ("named_districts", named)):
+            stmt, _ = items_select(layer, srid, ItemsQuery(Selection(bbox=bbox)), districts)
+            compiled = stmt.compile(conn)
+            plan = "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + str(compiled), compiled.params))
+            out[label] = int(re.search(r"Task Count: (\d+)", plan).group(1))
+    out["districts"] = list(named.codes) if named else None
+    return out
+
+
+def bench(kind: str, home: Path, districts: Path, parts: Path, n_queries: int, seed: int,
+          reload: bool = True) -> dict:
     out: dict = {"kind": kind}
     started = time.perf_counter()
     if kind == "single":
@@ -166,16 +227,18 @@ def bench(kind: str, home: Path, districts: Path, parts: Path, n_queries: int, s
     out["parts_loaded"] = report["inserted"]
     out["load_rows_per_s"] = round(report["inserted"] / out["load_parts_s"])
 
-    def reload() -> None:  # the same delivery again: every row compared, nothing written (merge path)
+    def load_again() -> None:  # the same delivery again: every row compared, nothing written (merge path)
         report.update(json.loads(cim(home, "ingest", "parts", str(parts), "--crs", "EPSG:4326", "--x", "lon",
                                      "--y", "lat", "--z", "z", "--json")))
-    out["reload_unchanged_s"] = round(timed(reload), 2)
-    assert report["unchanged"] == out["parts_loaded"], report
+    if reload:
+        out["reload_unchanged_s"] = round(timed(load_again), 2)
+        assert report["unchanged"] == out["parts_loaded"], report
     out["queries"] = run_queries(home, url, n_queries, seed)
     with engine_for(url).connect() as conn:
         out["machine"] = machine(conn)
     if kind == "citus":
         out["shards"] = shard_figures(url)
+        out["bbox_query_tasks"] = task_counts(url)
     dispose_engines()
     (CitusCluster(home, 2) if kind == "citus" else Cluster(home)).down()
     return out
@@ -187,6 +250,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--seed", type=int, default=15)
     parser.add_argument("--keep", action="store_true", help="keep the scratch clusters")
+    parser.add_argument("--no-reload", action="store_true", help="skip the second (all unchanged) delivery")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cim-bench-citus-", dir=ROOT / "benchmarks" / "work"
                                  if (ROOT / "benchmarks" / "work").is_dir() else None))
@@ -194,7 +258,7 @@ def main() -> None:
         districts, parts = write_inputs(work, args.parts, args.seed)
         results = []
         for kind in ("single", "citus"):
-            results.append(bench(kind, work / kind, districts, parts, args.queries, args.seed))
+            results.append(bench(kind, work / kind, districts, parts, args.queries, args.seed, not args.no_reload))
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)  # a late failure keeps this one
         print(json.dumps({"parts": args.parts, "queries": args.queries, "results": results}, indent=2))
     finally:

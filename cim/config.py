@@ -66,6 +66,9 @@ class DeploymentSettings(_PydanticSettings):
     auth_cache_s: float = Field(10.0, ge=0, description="seconds the API keeps a verified API key (a revoked key "
                                                         "or a disabled user is refused at most this much later)")
     extent_cache_s: float = Field(300.0, ge=0, description="seconds the API keeps a collection's extent")
+    district_pruning: bool = Field(True, description="spatial queries (bbox, nearby, tiles) name the districts their "
+                                                    "area touches, so partitions and Citus shards of the others "
+                                                    "are skipped (cim.districts_index); false: never")
     upload_max_mb: int = Field(2048, ge=1, description="megabytes one upload to POST /ingest/{layer} may send "
                                                         "(spooled to disk while it streams in)")
     # --- tiles and the gazetteer ----------------------------------------------------------------

@@ -32,6 +32,7 @@ from sqlalchemy.sql.expression import ClauseElement, Executable
 
 from cim.cql import FilterError, ParameterError
 from cim.crs import WGS84, CrsSpec, resolve_offered, transform_geojson
+from cim.districts_index import Districts
 from cim.errors import UserError
 from cim.registry import Layer, layer_table
 from cim.schema import tables_for
@@ -233,11 +234,13 @@ class FeaturePage:
         return len(self.features)
 
 
-def items_select(layer: Layer, storage_srid: int, query: ItemsQuery) -> tuple[sa.Select, sa.ColumnElement]:
-    """The page's SELECT (one text column ``feature``) and the selection's WHERE clause."""
+def items_select(layer: Layer, storage_srid: int, query: ItemsQuery,
+                 districts: Districts | None = None) -> tuple[sa.Select, sa.ColumnElement]:
+    """The page's SELECT (one text column ``feature``) and the selection's WHERE clause; ``districts``
+    (:meth:`Selection.districts`) confines it to the partitions / shards of the districts the bbox touches."""
     table = feature_table(layer, storage_srid)
     out = resolve_offered(query.crs, storage_srid, "crs")
-    where = selection_clause(layer, table, storage_srid, query.selection)
+    where = selection_clause(layer, table, storage_srid, query.selection, districts)
     feature, source = _feature_json(layer, table, out, storage_srid, query.properties)
     order = [table.c[name].desc().nulls_last() if desc else table.c[name].asc().nulls_last()
              for name, desc in query.sortby]
@@ -270,7 +273,8 @@ def count_matches(conn: Connection, table: sa.Table, where: sa.ColumnElement,
     return conn.execute(sa.select(sa.func.count()).select_from(table).where(where)).scalar_one(), True
 
 
-def page_statement(layer: Layer, storage_srid: int, query: ItemsQuery) -> tuple[sa.Select, sa.ColumnElement]:
+def page_statement(layer: Layer, storage_srid: int, query: ItemsQuery,
+                   districts: Districts | None = None) -> tuple[sa.Select, sa.ColumnElement]:
     """The page (column ``feature``) with, when the page is full, the number of matches up to
     :data:`PAGE_COUNT_CAP` + 1 (column ``matched``, else NULL); and the selection's WHERE clause.
 
@@ -278,7 +282,7 @@ def page_statement(layer: Layer, storage_srid: int, query: ItemsQuery) -> tuple[
     the request. The count is a subquery inside ``CASE``, which PostgreSQL runs only when the page
     is full: a short page already says how many there are, and must not pay a second scan.
     """
-    stmt, where = items_select(layer, storage_srid, query)
+    stmt, where = items_select(layer, storage_srid, query, districts)
     table = feature_table(layer, storage_srid)
     keys = [table.c[name] for name, _ in query.sortby] + [table.c.fid]  # the page's order, carried out
     page = stmt.add_columns(*(key.label(f"k{i}") for i, key in enumerate(keys))).cte("page")
@@ -294,7 +298,8 @@ def page_statement(layer: Layer, storage_srid: int, query: ItemsQuery) -> tuple[
 def fetch_items(conn: Connection, layer: Layer, storage_srid: int, query: ItemsQuery) -> FeaturePage:
     """One page of features and the number matched: exact up to :data:`EXACT_COUNT_LIMIT`, and in
     the page's own statement when the page is short or there are at most :data:`PAGE_COUNT_CAP`."""
-    stmt, where = page_statement(layer, storage_srid, query)
+    districts = query.selection.districts(conn, layer, storage_srid)
+    stmt, where = page_statement(layer, storage_srid, query, districts)
     rows = conn.execute(stmt).all()
     out = resolve_offered(query.crs, storage_srid, "crs")
     features = _apply_offset([row[0] for row in rows], out)
@@ -383,7 +388,7 @@ def group_stats(conn: Connection, layer: Layer, storage_srid: int, level: str, s
             raise ParameterError("sum", f"sum needs a numeric queryable of {layer.name!r} "
                                         f"({', '.join(numeric) or 'none'}), got {sum_property!r}")
         measures.append(sa.func.sum(table.c[sum_property]).label("sum"))
-    where = selection_clause(layer, table, storage_srid, selection)
+    where = selection_clause(layer, table, storage_srid, selection, selection.districts(conn, layer, storage_srid))
     code = table.c[code_column]
     groups = sa.select(code.label("code"), *measures).where(where).group_by(code).subquery()
     units = tables_for(storage_srid)[unit_table_name]

@@ -21,9 +21,12 @@ from datetime import date, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from cim.cql import compile_filter, envelope_literal
 from cim.crs import resolve_offered
+from cim.distribution import DISTRIBUTION_COLUMN
+from cim.districts_index import Districts, districts_touching, storage_box
 from cim.errors import ParameterError
 from cim.registry import Layer
 from cim.times import day_start, next_day, parse_instant
@@ -161,15 +164,31 @@ class Selection:
         text = json.dumps(parts, ensure_ascii=False, sort_keys=True, default=_json_default)
         return hashlib.sha1(text.encode()).hexdigest()[:16]
 
+    def districts(self, conn: Connection, layer: Layer, srid: int) -> Districts | None:
+        """The districts whose features of ``layer`` can be in the bbox (:mod:`cim.districts_index`); None
+        without a bbox, for history (older versions carry the codes of their day) or a layer not pruned."""
+        if self.bbox is None or self.when is not None:
+            return None
+        crs = resolve_offered(self.bbox_crs, srid, "bbox-crs")
+        half = len(self.bbox) // 2
+        box = storage_box(self.bbox[0], self.bbox[1], self.bbox[half], self.bbox[half + 1], crs, srid,
+                          lat_first=crs.lat_first)
+        return districts_touching(conn, layer, box)
+
     def __hash__(self) -> int:  # equals (and a cql2-json filter) are dicts; tile plans cache by selection
         return hash(self.key)
 
     def clauses(self, layer: Layer, table: sa.Table | sa.TableClause, geom: sa.ColumnElement,
-                srid: int) -> list[sa.ColumnElement]:
-        """WHERE terms on ``table`` (the layer's own table); ``geom`` is the geometry to box."""
+                srid: int, districts: Districts | None = None) -> list[sa.ColumnElement]:
+        """WHERE terms on ``table`` (the layer's own table); ``geom`` is the geometry to box.
+
+        ``districts`` (from :meth:`districts`) names the districts the selection's box touches: the same
+        rows, read from their districts' partitions / shards only."""
         terms = [validity_clause(table, self.when)]
         if self.bbox is not None:
             terms.append(_bbox_clause(geom, self.bbox, self.bbox_crs, srid))
+        if districts is not None and DISTRIBUTION_COLUMN in table.c:
+            terms.append(districts.clause(table.c[DISTRIBUTION_COLUMN]))
         terms += property_filters(layer, table, self.equals)
         if self.filter:
             terms.append(compile_filter(self.filter, self.filter_lang, layer, table, srid, self.filter_crs))
@@ -225,6 +244,7 @@ def property_filters(layer: Layer, table: sa.Table | sa.TableClause,
     return clauses
 
 
-def selection_clause(layer: Layer, table: sa.Table, storage_srid: int, sel: Selection) -> sa.ColumnElement:
+def selection_clause(layer: Layer, table: sa.Table, storage_srid: int, sel: Selection,
+                     districts: Districts | None = None) -> sa.ColumnElement:
     """The WHERE clause of a selection on the layer's table (bound parameters only)."""
-    return sa.and_(*sel.clauses(layer, table, table.c.geom, storage_srid))
+    return sa.and_(*sel.clauses(layer, table, table.c.geom, storage_srid, districts))

@@ -24,6 +24,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.dialects.postgresql import JSON
 
 from cim.crs import CrsSpec, resolve_crs, transform_coords
+from cim.distribution import DISTRIBUTION_COLUMN
+from cim.districts_index import Districts, districts_touching
 from cim.errors import ParameterError, UserError
 from cim.registry import Layer, layer_table
 
@@ -65,11 +67,11 @@ def to_storage(xs: Sequence[float] | np.ndarray, ys: Sequence[float] | np.ndarra
 
 def nearby_select(layer: Layer, srid: int, x: float, y: float, z: float | None, *,
                   radius_m: float = DEFAULT_RADIUS_M, k: int = DEFAULT_K,
-                  where: sa.ColumnElement | None = None) -> sa.Select:
+                  where: sa.ColumnElement | None = None, districts: Districts | None = None) -> sa.Select:
     """The proximity query: feature id, GeoJSON geometry (CRS84), ``distance_m``, properties.
 
     ``where`` is an extra condition on :func:`layer_table` — e.g. from ``cim.cql.compile_filter``,
-    which binds every value.
+    which binds every value; ``districts`` confines the search to those districts' rows.
     """
     table = layer_table(layer, srid)
     geom = table.c.geom
@@ -95,6 +97,8 @@ def nearby_select(layer: Layer, srid: int, x: float, y: float, z: float | None, 
     query = sa.select(*columns).where(table.c.valid_to.is_(None), within)
     if where is not None:
         query = query.where(where)
+    if districts is not None and DISTRIBUTION_COLUMN in table.c:
+        query = query.where(districts.clause(table.c[DISTRIBUTION_COLUMN]))
     return query.order_by(order).limit(int(k))
 
 
@@ -107,7 +111,32 @@ def nearby(conn: Connection, layer: Layer, x: float, y: float, z: float | None, 
         raise ParameterError("radius", f"radius: must be > 0 and at most {MAX_RADIUS_M:g} metres, got {radius_m:g}")
     if not 1 <= k <= MAX_K:
         raise ParameterError("k", f"k: must be between 1 and {MAX_K}, got {k}")
-    rows = conn.execute(nearby_select(layer, srid, x, y, z, radius_m=radius_m, k=k, where=where)).mappings()
-    return [NearbyFeature(feature_id=r["_feature_id"], geometry=r["_geometry"], distance_m=float(r["_distance_m"]),
-                          properties={name: value for name, value in r.items() if not name.startswith("_")})
-            for r in rows]
+
+    def search(radius: float, districts: Districts | None) -> list[NearbyFeature]:
+        rows = conn.execute(nearby_select(layer, srid, x, y, z, radius_m=radius, k=k, where=where,
+                                          districts=districts)).mappings()
+        return [NearbyFeature(feature_id=r["_feature_id"], geometry=r["_geometry"],
+                              distance_m=float(r["_distance_m"]),
+                              properties={name: value for name, value in r.items() if not name.startswith("_")})
+                for r in rows]
+
+    # District by district, so that the search reads the partitions / shards of the point's own district and,
+    # only when the answer may reach further, its neighbours'. First the district(s) a feature at distance 0
+    # could belong to; the k-th distance found there (or the radius, with fewer) bounds where the true k
+    # nearest can be: any feature within it belongs to a district touching the box of that half-width. The
+    # districts not yet searched are searched within that distance, and the two lists merged: the plain
+    # KNN answer, from fewer partitions.
+    own = districts_touching(conn, layer, (x, y, x, y))
+    if own is None:
+        return search(radius_m, None)
+    hits = search(radius_m, own)
+    bound = hits[-1].distance_m if len(hits) == k else radius_m
+    around = districts_touching(conn, layer, (x - bound, y - bound, x + bound, y + bound))
+    if around is None:  # the districts' cache was refreshed in between and the layer is no longer pruned
+        return search(radius_m, None)
+    rest = around.without(own)
+    if rest.codes:
+        # a feature exactly at the bound ties with the k-th: the search includes the bound itself
+        more = search(min(radius_m, bound * (1 + 1e-9) + 1e-9), rest)
+        hits = sorted(hits + more, key=lambda h: h.distance_m)[:k]
+    return hits

@@ -209,3 +209,36 @@ def test_a_worker_down_is_503_for_its_queries_until_it_is_back(base, client):
     assert back.status_code == 200, back.text
     assert len(back.json()["features"]) > 0
     dispose_engines()
+
+
+def test_a_bbox_query_runs_on_the_shards_of_its_districts_only(base, client):
+    """Items by bbox name the districts the box touches (cim.districts_index): Citus plans one task, on the
+    district's shard, instead of one per shard — and the answer is the same."""
+    import re
+
+    from cim.config import override_settings
+    from cim.distribution import SHARD_COUNT
+    from cim.districts_index import districts_touching
+    from cim.features import ItemsQuery, Selection, items_select
+    from cim.registry import load_layers
+
+    with base.engine.connect() as conn:
+        x, y = conn.execute(sa.text("SELECT ST_X(p), ST_Y(p) FROM (SELECT ST_PointOnSurface(ST_Buffer(geom, -500)) "
+                                    "AS p FROM districts WHERE code = :c AND valid_to IS NULL) s"), {"c": XUHUI}).one()
+        box = (x - 300, y - 300, x + 300, y + 300)
+        layer = load_layers(conn)["parts"]
+        districts = districts_touching(conn, layer, box)
+        assert districts is not None and districts.codes == (XUHUI,)
+        tasks = []
+        for named in (districts, None):
+            stmt, _ = items_select(layer, 4549, ItemsQuery(Selection(bbox=box, bbox_crs="EPSG:4549")), named)
+            compiled = stmt.compile(conn)
+            plan = "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + str(compiled), compiled.params))
+            tasks.append(int(re.search(r"Task Count: (\d+)", plan).group(1)))
+    assert tasks == [1, SHARD_COUNT]
+    params = {"bbox": ",".join(map(str, box)), "bbox-crs": "EPSG:4549", "limit": 500}
+    answers = []
+    for pruning in (True, False):
+        with override_settings(district_pruning=pruning):
+            answers.append(client.get("/collections/parts/items", params=params).json()["features"])
+    assert answers[0] == answers[1] and answers[0]

@@ -16,6 +16,8 @@ import shapely
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from cim.distribution import DISTRIBUTION_COLUMN
+from cim.districts_index import districts_touching, storage_box
 from cim.errors import ConflictError, NotFoundError, ParameterError
 from cim.registry import Layer
 from tiles.geodesy import LocalFrame, lonlath_to_ecef, pad_radians, storage_to_lonlat
@@ -107,6 +109,9 @@ def read_features(conn: Connection, layer: Layer, srid: int, storey_height: floa
     :mod:`tiles.implicit`) are planned from these."""
     model = model_for(layer.name)
     q = model.query(tables_for(srid), storey_height)
+    # a layer drawn with another table's geometry (a curtain wall without its own: its building's) is boxed by
+    # that geometry, which its own district code does not follow: not pruned
+    districts = selection.districts(conn, layer, srid) if q.geom is q.table.c.geom else None
     stmt = (sa.select(q.table.c.fid.label("fid"),
                       sa.func.ST_X(sa.func.ST_Centroid(q.geom)).label("cx"),
                       sa.func.ST_Y(sa.func.ST_Centroid(q.geom)).label("cy"),
@@ -115,7 +120,7 @@ def read_features(conn: Connection, layer: Layer, srid: int, storey_height: floa
                       q.zmin.label("zmin"), q.zmax.label("zmax"), q.pad.label("pad"),
                       q.importance.label("importance"))
             .select_from(q.source)
-            .where(*selection.clauses(layer, q.table, q.geom, srid), q.geom.is_not(None),
+            .where(*selection.clauses(layer, q.table, q.geom, srid, districts), q.geom.is_not(None),
                    sa.not_(sa.func.ST_IsEmpty(q.geom)))
             .order_by(q.table.c.fid))
     rows = conn.execute(stmt).all()
@@ -216,6 +221,13 @@ def tile_glb(conn: Connection, plan: Plan, tile: Tile) -> bytes:
     stmt = (sa.select(q.table.c.fid.label("_fid"), sa.func.ST_AsBinary(q.geom).label("_wkb"),
                       *(c.label(k) for k, c in q.columns.items()), *(c.label(k) for k, c in q.extra.items()))
             .select_from(q.source).where(q.table.c.fid == sa.any_(sa.literal(list(map(int, tile.fids))))))
+    # the tile's region holds its features whole: their districts are those the region touches, so the fids
+    # are looked up in those districts' partitions / shards only
+    if q.geom is q.table.c.geom and DISTRIBUTION_COLUMN in q.table.c and plan.selection.when is None:
+        w, s, e, n = (math.degrees(v) for v in tile.region[:4])
+        districts = districts_touching(conn, plan.layer, storage_box(w, s, e, n, 4326, plan.srid))
+        if districts is not None:
+            stmt = stmt.where(districts.clause(q.table.c[DISTRIBUTION_COLUMN]))
     found = {r._fid: r._mapping for r in conn.execute(stmt)}
     rows: list[dict[str, Any]] = []
     for fid in tile.fids:
