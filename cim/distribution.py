@@ -21,21 +21,25 @@ keep history themselves.
 """
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-#: the distribution column of every distributed table (and the partition key: one jurisdiction column)
-DISTRIBUTION_COLUMN = "district_code"
-#: a feature outside every district: Citus refuses NULL in the distribution column
-NO_DISTRICT = ""
+from cim.jurisdiction import API_ROLE
+from cim.schema import DISTRICT_PARTITIONED, NO_DISTRICT, PARTITION_COLUMN, district_partition_sql
+
+#: the distribution column of every distributed table: the partition key (one jurisdiction column)
+DISTRIBUTION_COLUMN = PARTITION_COLUMN
 #: copied to every node, parents before the tables that refer to them
 REFERENCE_TABLES = ("ingest_runs", "part_classes", "admin_aliases", "districts", "streets", "communities", "grids",
                     "departments", "posts", "persons", "post_persons", "grid_posts", "curtain_walls",
                     "iot_devices")
-#: hash-distributed on DISTRIBUTION_COLUMN, all co-located with the first
-DISTRIBUTED_TABLES = ("parts", "buildings", "addresses", "pipelines")
+#: hash-distributed on DISTRIBUTION_COLUMN, all co-located with the first: the tables partitioned on it, whose
+#: primary key and unique indexes already include it (cim.schema), as Citus requires
+DISTRIBUTED_TABLES = DISTRICT_PARTITIONED
 #: shards per distributed table: a multiple of the workers of a 3-machine deployment (docs/citus.md)
 SHARD_COUNT = 32
 
@@ -98,7 +102,7 @@ def distribute(conn: Connection) -> list[str]:
             conn.execute(sa.text(f"SELECT create_reference_table('{table}')"))
             changes.append(f"citus: {table} is a reference table")
         else:
-            _prepare_distributed(conn, table)
+            _check_distributable(conn, table)
             # the first table sets the shard count; the others join its co-location group
             placement_of = (f"colocate_with => '{DISTRIBUTED_TABLES[0]}'" if table != DISTRIBUTED_TABLES[0]
                             else f"colocate_with => 'none', shard_count => {SHARD_COUNT}")
@@ -135,29 +139,103 @@ def _drop_triggers(conn: Connection, table: str) -> None:
         conn.execute(sa.text(f'DROP TRIGGER IF EXISTS "{trigger}" ON "{table}"'))
 
 
-def _prepare_distributed(conn: Connection, table: str) -> None:
-    """The distribution column NOT NULL, and in the primary key and every unique index."""
-    col = DISTRIBUTION_COLUMN
-    conn.execute(sa.text(f'UPDATE "{table}" SET {col} = :none WHERE {col} IS NULL'), {"none": NO_DISTRICT})
-    conn.execute(sa.text(f"ALTER TABLE \"{table}\" ALTER COLUMN {col} SET DEFAULT '{NO_DISTRICT}', "
-                         f"ALTER COLUMN {col} SET NOT NULL"))
-    pkey = conn.execute(sa.text(
-        "SELECT conname, array_agg(a.attname::text ORDER BY a.attnum) FROM pg_constraint c "
-        "JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY(c.conkey) "
-        "WHERE c.conrelid = CAST(:t AS regclass) AND c.contype = 'p' GROUP BY conname"), {"t": table}).first()
-    if pkey and col not in pkey[1]:
-        conn.execute(sa.text(f'ALTER TABLE "{table}" DROP CONSTRAINT "{pkey[0]}"'))
-        conn.execute(sa.text(f'ALTER TABLE "{table}" ADD CONSTRAINT "{pkey[0]}" '
-                             f'PRIMARY KEY ({", ".join([*pkey[1], col])})'))
-    uniques = conn.execute(sa.text(
-        "SELECT i.relname, pg_get_indexdef(x.indexrelid) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
-        "WHERE x.indrelid = CAST(:t AS regclass) AND x.indisunique AND NOT x.indisprimary"), {"t": table}).all()
-    for name, definition in uniques:
-        if col in definition.split(" WHERE ")[0].split("(", 1)[1]:
+def _check_distributable(conn: Connection, table: str) -> None:
+    """A distributed table is partitioned on the distribution column (migration 0008 made it so), hence its key
+    is NOT NULL and in its primary key and every unique index; say so plainly if a base is not there yet."""
+    partitioned = conn.execute(sa.text(
+        "SELECT pg_get_partkeydef(CAST(:t AS regclass))"), {"t": table}).scalar()
+    if partitioned != f"LIST ({DISTRIBUTION_COLUMN})":
+        raise RuntimeError(f"{table} is not partitioned on {DISTRIBUTION_COLUMN} (found {partitioned!r}); "
+                           "the migrations must reach 0008_partition_by_district before Citus places it")
+
+
+# --- partitions by district ---------------------------------------------------------------------------
+
+_BOUND = re.compile(r"^FOR VALUES IN \('((?:[^']|'')*)'\)$")
+
+
+def district_partitions(cur, table: str) -> dict[str | None, str]:
+    """``table``'s partitions: district code (None: the DEFAULT partition) → partition name. ``cur``: a DBAPI
+    cursor (the loaders work on one; a migration passes its connection's)."""
+    cur.execute("SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
+                "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = %s::regclass", (table,))
+    found: dict[str | None, str] = {}
+    for name, bound in cur.fetchall():
+        if bound == "DEFAULT":
+            found[None] = name
+        elif (match := _BOUND.match(bound)):
+            found[match.group(1).replace("''", "'")] = name
+    return found
+
+
+def ensure_partitions(cur, table: str, districts: Iterable[str | None]) -> list[str]:
+    """Make the partitions ``table`` lacks for ``districts`` (and its DEFAULT partition); the names made.
+    ``cur``: a DBAPI cursor, in the caller's transaction.
+
+    A district's rows never stay in the DEFAULT partition once the district has a partition of its own: any
+    found there (written before the partition existed, e.g. by hand in SQL) move into it, as they are —
+    same fid, feature id and history (the history triggers are bypassed for the move: nothing changed)."""
+    if table not in DISTRICT_PARTITIONED:
+        return []
+    existing = district_partitions(cur, table)
+    made: list[str] = []
+    if None not in existing:
+        create, attach = district_partition_sql(table, None)
+        cur.execute(create)
+        for _parent_index, statement in partition_index_sql(cur, table, f"{table}_default"):
+            cur.execute(statement)
+        cur.execute(attach)
+        existing = {None: f"{table}_default", **existing}
+        _revoke(cur, existing[None])
+        made.append(existing[None])
+    wanted = sorted({d for d in districts if d is not None and d != NO_DISTRICT} - set(existing))
+    for district in wanted:
+        create, attach = district_partition_sql(table, district)
+        cur.execute(create)
+        name = create.split('"')[1]
+        for _parent_index, statement in partition_index_sql(cur, table, name):
+            cur.execute(statement)  # the partition is empty: built at once, then attached to the parent's
+        default = existing[None]
+        cur.execute(f'SELECT EXISTS (SELECT 1 FROM "{default}" WHERE {PARTITION_COLUMN} = %s)', (district,))
+        if cur.fetchone()[0]:
+            cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
+                        "AND NOT attisdropped ORDER BY attnum", (table,))
+            columns = ", ".join(f'"{r[0]}"' for r in cur.fetchall())
+            cur.execute(f'ALTER TABLE "{default}" DISABLE TRIGGER USER')
+            cur.execute(f'WITH moved AS (DELETE FROM "{default}" WHERE {PARTITION_COLUMN} = %s RETURNING {columns}) '
+                        f'INSERT INTO "{name}" ({columns}) SELECT {columns} FROM moved', (district,))
+            cur.execute(f'ALTER TABLE "{default}" ENABLE TRIGGER USER')
+        cur.execute(attach)
+        _revoke(cur, name)
+        made.append(name)
+    return made
+
+
+_INDEX_HEAD = re.compile(r"^(CREATE (?:UNIQUE )?INDEX) (\S+) ON ONLY (\S+) USING ")
+
+
+def partition_index_sql(cur, table: str, partition: str) -> list[tuple[str, str]]:
+    """For each index of the partitioned ``table`` (not its primary key, which ATTACH makes), the parent index's
+    name and the statement that makes the same index on ``partition``, named ``<parent index>_<district>`` —
+    e.g. ``ix_parts_geom_310104`` — so plans name the index they use. An index made so before ATTACH PARTITION
+    is attached to the parent's; made after, it is attached with ``ALTER INDEX parent ATTACH PARTITION``
+    (that is how an index is built partition by partition: ``CREATE INDEX … ON ONLY`` the parent first)."""
+    suffix = partition[len(table) + 1:] if partition.startswith(f"{table}_") else partition
+    cur.execute("SELECT i.relname, pg_get_indexdef(x.indexrelid) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
+                "WHERE x.indrelid = %s::regclass AND NOT x.indisprimary ORDER BY i.relname", (table,))
+    out = []
+    for name, definition in cur.fetchall():
+        match = _INDEX_HEAD.match(definition)
+        if match is None:  # not a partitioned index (the table is not partitioned yet)
             continue
-        # unique per district: a source id (object code) names one current feature in its district;
-        # the loaders check it city-wide under their table lock (docs/citus.md)
-        head, _, where = definition.partition(" WHERE ")
-        head = head.rstrip(")") + f", {col})"
-        conn.execute(sa.text(f'DROP INDEX "{name}"'))
-        conn.execute(sa.text(head + (f" WHERE {where}" if where else "")))
+        out.append((name, f'{match.group(1)} "{name}_{suffix}" ON "{partition}" USING {definition[match.end():]}'))
+    return out
+
+
+def _revoke(cur, partition: str) -> None:
+    # the API role reads and writes a partition only through its parent, whose row-level security policies
+    # then apply (a partition's own would not: it has none)
+    cur.execute(f'REVOKE ALL ON "{partition}" FROM PUBLIC')
+    cur.execute("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %s)", (API_ROLE,))
+    if cur.fetchone()[0]:
+        cur.execute(f'REVOKE ALL ON "{partition}" FROM {API_ROLE}')

@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from cim.errors import UserError
+from cim.schema import DISTRICT_PARTITIONED, PARTITION_COLUMN
 
 #: the database role every API transaction switches to (made by migration 0006_jurisdiction)
 API_ROLE = "cim_api"
@@ -212,6 +213,28 @@ def area_expressions(d: str, s: str, g: str) -> tuple[str, str]:
     return _AREA.format(d=d, s=s, g=g), _AREA_WRITE.format(d=d, s=s, g=g)
 
 
+_GRIDS = "current_setting('cim.grids', true)"
+#: The one district a caller's area lies in: its district, else its street's first 6 digits (a street code begins
+#: with its district's), else its grids' when every grid code begins with the same 6 digits; NULL when there is
+#: none (the city, the public, grids in several districts). Plain SQL of the transaction's settings: stable, so
+#: PostgreSQL evaluates it once at executor start-up and prunes the partitions of the other districts.
+SCOPE_DISTRICT_SQL = (
+    "coalesce(nullif(current_setting('cim.district', true), ''), "
+    "nullif(left(coalesce(current_setting('cim.street', true), ''), 6), ''), "
+    f"CASE WHEN left({_GRIDS}, 6) ~ '^[0-9]{{6}}$' THEN CASE WHEN {_GRIDS} ~ "
+    f"('^' || left({_GRIDS}, 6) || '[^,]*(,' || left({_GRIDS}, 6) || '[^,]*)*$') THEN left({_GRIDS}, 6) END END)")
+
+
+def district_pruning(d: str) -> str:
+    """A policy conjunct on a table partitioned by district (cim.schema.DISTRICT_PARTITIONED): the caller's one
+    district, or — when the caller is not confined to one — every row (``d >= ''`` holds for any text). Both
+    arms compare the partition key with a stable value, the only form PostgreSQL prunes partitions by (the
+    equality tests inside ``cim_in_scope``'s CASE prune nothing). A row whose street or grid code does not
+    begin with its district code would be hidden from a street- or grid-scoped caller: the loaders assign
+    all the codes from the same position, and a street lies within its district."""
+    return f"({d} = {SCOPE_DISTRICT_SQL} OR {d} >= CASE WHEN {SCOPE_DISTRICT_SQL} IS NULL THEN '' END)"
+
+
 def through_expressions(parent: str, parent_key: str, key: str, d: str = "district_code", s: str = "street_code",
              g: str = "grid_code", current: str = "") -> tuple[str, str]:
     """Rows that belong to a parent row (a case's log, a device's readings) follow the parent's policy.
@@ -238,6 +261,10 @@ def area_tables() -> dict[str, tuple[str, str]]:
         "grids": plain,
         **{t: plain for t in ("addresses", "buildings", "curtain_walls", "parts", "pipelines", "iot_devices")},
     }
+    # the big layers are partitioned by district: their policies state the district, so a scoped query reads
+    # only its district's partition (revision 0008_partition_by_district)
+    for t in DISTRICT_PARTITIONED:
+        tables[t] = tuple(f"{expression} AND {district_pruning(PARTITION_COLUMN)}" for expression in plain)
     read, write = plain
     tables["cases"] = (f"{read} AND cim_in_department(department_code)",
                        f"{write} AND cim_in_department(department_code)")

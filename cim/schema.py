@@ -11,6 +11,7 @@ The SRID is a parameter because the storage CRS is chosen once at ``cim init --s
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Mapping
 
 import sqlalchemy as sa
@@ -44,9 +45,20 @@ ND_INDEXED = {"buildings", "curtain_walls", "parts", "pipelines", "iot_devices",
 #: tables whose features are assigned district/street/community/grid codes on load
 ENRICHED = {"addresses", "buildings", "curtain_walls", "parts", "pipelines", "iot_devices"}
 
+#: The big feature layers are LIST-partitioned on the jurisdiction: one partition per district (made as
+#: districts appear, :func:`district_partition_sql`) and a DEFAULT one for features outside every district.
+#: The same column is the Citus distribution column (cim.distribution), so a district's partition and its
+#: shard hold the same rows. Design and what stays unpartitioned: docs/ARCHITECTURE.md, "Partitions".
+DISTRICT_PARTITIONED = ("parts", "buildings", "addresses", "pipelines")
+PARTITION_COLUMN = "district_code"
+#: the district of a feature outside every district: a partition key (and Citus's distribution column)
+#: is NOT NULL, so "none" is the empty code, kept in the DEFAULT partition
+NO_DISTRICT = ""
+
 
 def _history_columns() -> list[sa.Column]:
     return [
+        # on a partitioned table the primary key is (fid, district_code): see _grid_columns
         sa.Column("fid", sa.BigInteger, sa.Identity(), primary_key=True),
         sa.Column("feature_id", UUID(as_uuid=False), nullable=False,
                   server_default=sa.text("gen_random_uuid()")),
@@ -59,9 +71,13 @@ def _history_columns() -> list[sa.Column]:
     ]
 
 
-def _grid_columns() -> list[sa.Column]:
+def _grid_columns(partitioned: bool = False) -> list[sa.Column]:
+    # a partitioned table's key is in its primary key (PostgreSQL and Citus enforce uniqueness per partition)
+    district = (sa.Column(PARTITION_COLUMN, sa.Text, primary_key=True, nullable=False,
+                          server_default=sa.text(f"'{NO_DISTRICT}'")) if partitioned
+                else sa.Column("district_code", sa.Text))
     return [
-        sa.Column("district_code", sa.Text),
+        district,
         sa.Column("street_code", sa.Text),
         sa.Column("community_code", sa.Text),
         sa.Column("grid_code", sa.Text),
@@ -70,13 +86,17 @@ def _grid_columns() -> list[sa.Column]:
 
 def _feature_table(metadata: sa.MetaData, name: str, srid: int, *columns: sa.Column) -> sa.Table:
     geometry_type = FEATURE_TABLES[name]
-    enrichment = _grid_columns() if name in ENRICHED else []
+    partitioned = name in DISTRICT_PARTITIONED
+    enrichment = _grid_columns(partitioned) if name in ENRICHED else []
     table = sa.Table(
         name, metadata, *_history_columns(), *columns, *enrichment,
         sa.Column("geom", Geometry(geometry_type, srid=srid, dimension=3, spatial_index=False),
                   nullable=name == "curtain_walls"),
+        **({"postgresql_partition_by": f"LIST ({PARTITION_COLUMN})"} if partitioned else {}),
     )
-    sa.Index(f"ix_{name}_current_source_id", table.c.source_id, unique=True,
+    # one current version per source id — per district on a partitioned table: the loaders keep it city-wide
+    # (they close the current version wherever it lies before inserting the next one)
+    sa.Index(f"ix_{name}_current_source_id", *unique_columns(table, table.c.source_id), unique=True,
              postgresql_where=table.c.valid_to.is_(None))
     sa.Index(f"ix_{name}_feature_id", table.c.feature_id)
     sa.Index(f"ix_{name}_validity", table.c.valid_from, table.c.valid_to)
@@ -87,6 +107,37 @@ def _feature_table(metadata: sa.MetaData, name: str, srid: int, *columns: sa.Col
     if name in ENRICHED:
         sa.Index(f"ix_{name}_grid_code", table.c.grid_code)
     return table
+
+
+def unique_columns(table: sa.Table, *columns: sa.Column) -> tuple[sa.Column, ...]:
+    """The columns of a unique index on ``table``: a partitioned table's key must be among them."""
+    return (*columns, table.c[PARTITION_COLUMN]) if table.name in DISTRICT_PARTITIONED else columns
+
+
+def district_partition_sql(table: str, district: str | None) -> list[str]:
+    """The statements that make ``table``'s partition for ``district`` (None: the DEFAULT partition).
+
+    Made apart and then attached: ATTACH PARTITION locks the parent only against other DDL (SHARE UPDATE
+    EXCLUSIVE), where CREATE TABLE … PARTITION OF locks out its readers."""
+    name = partition_name(table, district)
+    bound = "DEFAULT" if district is None else f"FOR VALUES IN ('{_literal(district)}')"
+    return [
+        f'CREATE TABLE "{name}" (LIKE "{table}" INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE)',
+        f'ALTER TABLE "{table}" ATTACH PARTITION "{name}" {bound}',
+    ]
+
+
+def partition_name(table: str, district: str | None) -> str:
+    """``parts_310104``, ``parts_default``; a code that is not a plain word is named by its hash."""
+    if district is None:
+        return f"{table}_default"
+    if district.isascii() and district.isalnum() and len(district) <= 40:
+        return f"{table}_{district}"
+    return f"{table}_x{hashlib.sha1(district.encode()).hexdigest()[:12]}"
+
+
+def _literal(text: str) -> str:
+    return text.replace("'", "''")
 
 
 def build_metadata(srid: int) -> sa.MetaData:
@@ -248,7 +299,8 @@ def build_metadata(srid: int) -> sa.MetaData:
         sa.CheckConstraint("object_code ~ '^[0-9]{16}$'", name="ck_parts_object_code"),
     )
     # one current part per code (versions of a feature share it): revision 0003
-    sa.Index("ix_parts_object_code", parts.c.object_code, unique=True, postgresql_where=parts.c.valid_to.is_(None))
+    sa.Index("ix_parts_object_code", *unique_columns(parts, parts.c.object_code), unique=True,
+             postgresql_where=parts.c.valid_to.is_(None))
     sa.Index("ix_parts_subclass", parts.c.part_subclass)
     _feature_table(
         md, "pipelines", srid,

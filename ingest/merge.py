@@ -12,7 +12,11 @@ import io
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from cim.distribution import IS_CITUS_SQL
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from cim.distribution import IS_CITUS_SQL, ensure_partitions
+from cim.schema import DISTRICT_PARTITIONED, PARTITION_COLUMN
 from ingest.faults import pause_at
 
 import numpy as np
@@ -30,6 +34,23 @@ class MergeCounts:
     updated: int = 0
     unchanged: int = 0
     closed: int = 0
+
+
+def prepare_partitions(engine: Engine, table: str) -> list[str]:
+    """Before a load takes its table lock: the partitions of the districts the base knows, in a short
+    transaction of its own. Attaching a partition locks the DEFAULT partition against readers until the
+    commit, so it is done here rather than in the load's long transaction, which then makes only the
+    partitions of codes the districts layer does not hold (:func:`district_partitions_for`)."""
+    if table not in DISTRICT_PARTITIONED:
+        return []
+    with engine.begin() as conn:
+        districts = conn.execute(sa.text("SELECT DISTINCT code FROM districts WHERE valid_to IS NULL")).scalars()
+        return ensure_partitions(conn.connection.cursor(), table, list(districts))
+
+
+def district_partitions_for(cur, table: str, districts) -> list[str]:  # noqa: ANN001 (any iterable of codes)
+    """Within the load: the partitions a batch's district codes need (rows never wait in DEFAULT for one)."""
+    return ensure_partitions(cur, table, districts) if table in DISTRICT_PARTITIONED else []
 
 
 def table_columns(cur, table: str) -> list[str]:
@@ -167,6 +188,9 @@ def merge(cur, table: str, columns: list[str], mode: str, run_id: int, extra_sel
     select = ", ".join((extra_select or {}).get(c, f"COALESCE(s.{c}, {defaults[c]})" if c in defaults else f"s.{c}")
                        for c in columns)
     insert_cols = ", ".join(columns)
+    if table in DISTRICT_PARTITIONED:  # a feature that moves district: closed above, inserted in its new partition
+        cur.execute(f"SELECT DISTINCT {PARTITION_COLUMN} FROM _stage")
+        district_partitions_for(cur, table, [r[0] for r in cur.fetchall()])
     # The table's indexes stay: dropping them for a large batch would lock every reader of the layer out
     # until the commit, where they must go on reading the last version (see DirectLoad).
     # a source id delivered again after its feature was closed (by a replace, or an edit) is that
@@ -219,6 +243,7 @@ class DirectLoad:
         self.cur, self.table, self.run_id = cur, table, run_id
         self.columns = [*columns, "ingest_run_id"]
         self.rows = 0
+        self._districts: set[str | None] = {None}  # codes whose partition is known to exist
         self._defaults = {name: _evaluate(cur, default) for name, default in _not_null_defaults(cur, table).items()
                           if name in columns}
 
@@ -229,6 +254,11 @@ class DirectLoad:
 
     def copy(self, frame: pd.DataFrame, ewkb: np.ndarray | None) -> None:
         frame = frame.assign(ingest_run_id=self.run_id)
+        if self.table in DISTRICT_PARTITIONED and PARTITION_COLUMN in frame:
+            codes = set(frame[PARTITION_COLUMN].dropna().unique()) - self._districts
+            if codes:
+                district_partitions_for(self.cur, self.table, codes)
+                self._districts |= codes
         for name, value in self._defaults.items():
             if name in frame and frame[name].isna().any():
                 frame[name] = frame[name].where(frame[name].notna(), value)

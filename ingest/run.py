@@ -117,6 +117,8 @@ class FeatureLoad:
         started = time.perf_counter()
         self.ctx, self.grid_index = self._context()
         r = self.report
+        if not self.options.dry_run:
+            merge.prepare_partitions(self.engine, self.spec.table)  # before the lock: see its docstring
         try:
             with load_transaction(self.engine, r) as raw_cursor:
                 cur = merge.PipelinedCursor(raw_cursor)

@@ -26,8 +26,12 @@ def upgrade() -> None:
         listed = "; ".join(f"{code}: {holders}" for code, holders in duplicates)
         raise InitError(f"current parts share object codes ({listed}); give each a code of its own "
                         "(e.g. cim ingest parts with the corrected codes) and run cim init again")
+    # a base made partitioned by 0001 (cim.schema, since 0008_partition_by_district) has the key in it
+    partitioned = op.get_bind().execute(sa.text(
+        "SELECT EXISTS (SELECT 1 FROM pg_partitioned_table WHERE partrelid = 'parts'::regclass)")).scalar()
     op.execute("DROP INDEX IF EXISTS ix_parts_object_code")
-    op.execute("CREATE UNIQUE INDEX ix_parts_object_code ON parts (object_code) WHERE valid_to IS NULL")
+    op.execute("CREATE UNIQUE INDEX ix_parts_object_code ON parts (object_code"
+               f"{', district_code' if partitioned else ''}) WHERE valid_to IS NULL")
 
 
 def downgrade() -> None:
