@@ -150,8 +150,9 @@ def schema_statements(conn, table: str, into: str) -> list[tuple[str, str]]:
     for name, definition, _ in constraints:
         out.append((f"constraint {name}", f'ALTER TABLE "{into}" ADD CONSTRAINT "{into}_{name}" {definition}'))
     for name, sql in indexes:
-        sql = re.sub(rf'INDEX (\S+) ON (\S+\.)?"?{table}"? ', lambda m: f'INDEX "{into}_{m.group(1)}" ON "{into}" ',
-                     sql, count=1)
+        # a partitioned table's index is "ON ONLY parts": the peer's table is one plain table
+        sql = re.sub(rf'INDEX (\S+) ON (ONLY )?(\S+\.)?"?{table}"? ',
+                     lambda m: f'INDEX "{into}_{m.group(1)}" ON "{into}" ', sql, count=1)
         if f'ON "{into}"' not in sql:
             raise SystemExit(f"cannot retarget index {name}: {sql}")
         out.append((f"index {name}", sql))

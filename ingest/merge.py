@@ -252,16 +252,23 @@ class DirectLoad:
         cur.execute(f'SELECT NOT EXISTS (SELECT 1 FROM "{table}")')
         return cur.fetchone()[0]
 
-    def copy(self, frame: pd.DataFrame, ewkb: np.ndarray | None) -> None:
+    def prepared(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The batch as it is COPYed: with the run id, and the defaults the merge would give absent values."""
         frame = frame.assign(ingest_run_id=self.run_id)
+        for name, value in self._defaults.items():
+            if name not in frame:  # e.g. no district placed the rows: the partition key's default ('')
+                frame[name] = value
+            elif frame[name].isna().any():
+                frame[name] = frame[name].where(frame[name].notna(), value)
+        return frame
+
+    def copy(self, frame: pd.DataFrame, ewkb: np.ndarray | None) -> None:
+        frame = self.prepared(frame)
         if self.table in DISTRICT_PARTITIONED and PARTITION_COLUMN in frame:
             codes = set(frame[PARTITION_COLUMN].dropna().unique()) - self._districts
             if codes:
                 district_partitions_for(self.cur, self.table, codes)
                 self._districts |= codes
-        for name, value in self._defaults.items():
-            if name in frame and frame[name].isna().any():
-                frame[name] = frame[name].where(frame[name].notna(), value)
         copy_rows(self.cur, frame, ewkb, self.columns, into=self.table)
         self.rows += len(frame)
 
