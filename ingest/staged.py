@@ -62,6 +62,8 @@ def applies(cur, table: str, dry_run: bool) -> bool:
 def drop_leftovers(engine: Engine, table: str) -> list[str]:
     """Staged tables of ``table`` left by a load that died after staging; dropped only while no load of the
     layer runs (the loads' table lock is taken without waiting: if another load holds it, nothing is done)."""
+    if table not in DISTRICT_PARTITIONED:
+        return []
     raw = engine.raw_connection()
     try:
         cur = raw.cursor()
