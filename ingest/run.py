@@ -294,7 +294,9 @@ class FeatureLoad:
         present = ~pd.isna(geoms)
         present[list(reasons)] = False
         if present.any():
-            points = representative_points(geoms[present])
+            chosen = geoms[present]
+            # points are their own anchors: no 2D copy of each just to read x and y
+            points = chosen if (shapely.get_type_id(chosen) == 0).all() else representative_points(chosen)
             try:
                 check_extent(shapely.get_x(points), shapely.get_y(points), crs, self.settings.city_bbox_wgs84)
             except UserError as exc:
