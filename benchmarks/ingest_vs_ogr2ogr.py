@@ -1,75 +1,79 @@
-"""Benchmark: `cim ingest parts` against GDAL's ogr2ogr loading the same GeoPackage into the same server.
+"""Benchmark: `cim ingest parts` against what a user would otherwise do by hand — `ogr2ogr` (PG_USE_COPY) into a
+table shaped like the platform's, FOLLOWED BY the statements that build the same indexes and constraints as the
+platform's parts table (the same end state, minus validation, enrichment and history, which only cim does).
 
-Run by hand (not a test):  .venv/bin/python benchmarks/ingest_vs_ogr2ogr.py [--points 1000000] [--buildings 100000]
+Run by hand (not a test):
+  .venv/bin/python benchmarks/ingest_vs_ogr2ogr.py [--parts 1000000] [--grids 0] [--buildings 0] [--limits]
+  .venv/bin/python benchmarks/ingest_vs_ogr2ogr.py --parts 1000000 --profile   # cProfile of cim, in process
+
+The peer's statements are read from the real schema after `cim init` (pg_indexes and pg_constraint of
+``parts``), not from a hand-kept list, so the comparison follows the schema. Both run in the same run against
+the same server, one after the other, each into its own fresh database; the ratio is peer time ÷ cim time
+(> 1: cim is faster). ``--limits`` also times the server alone: the COPY of cim's own rows into an unindexed
+copy of the table, the same COPY into a copy with every index and constraint, and each index build.
 
 Needs `ogr2ogr` (Debian gdal-bin) and a database: CIM_DATABASE_URL, or the embedded cluster (`cim db up`).
-Creates throwaway databases on that server, prints a Markdown table with features/s, ratios and peak memory
-(the loader runs as a child process so its peak RSS is measured alone).
+The loader runs as a child process so its peak RSS is measured alone.
 """
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import json
 import os
-import platform
+import pstats
+import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import psycopg2
 import shapely
-import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.scratch import CIM, create_database, drop_databases, machine  # noqa: E402
 from cim.bootstrap import initialise  # noqa: E402
 from cim.database import database_url, engine_for  # noqa: E402
 
 WORK = Path(__file__).resolve().parent / "work"
-CIM = str(Path(sys.executable).with_name("cim"))
 BBOX = (121.10, 30.90, 121.90, 31.45)  # central Shanghai, WGS84 ≈ CGCS2000
 
 
-def new_database(server: str) -> str:
-    name = f"bench_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(engine_for(server).url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return urlunsplit(urlsplit(server)._replace(path="/" + name))
-
-
 def make_points(n: int, path: Path) -> None:
+    """n 3D points with valid 16-digit object codes (unique per subclass), written in chunks."""
     rng = np.random.default_rng(42)
-    lon = rng.uniform(BBOX[0], BBOX[2], n)
-    lat = rng.uniform(BBOX[1], BBOX[3], n)
-    z = rng.uniform(0, 5, n).round(2)
-    subclass = rng.choice(["0101", "0102", "0103", "0202", "0302", "0401"], n)
-    frame = gpd.GeoDataFrame({
-        "source_id": [f"P{i:07d}" for i in range(n)],
-        "object_code": [f"310104{s}{i % 1_000_000:06d}" for i, s in enumerate(subclass)],
-        "name": "井盖", "status": rng.choice(["完好", "破损"], n),
-    }, geometry=shapely.points(lon, lat, z), crs="EPSG:4490")
-    # object codes must be unique per subclass: make the sequence run over the whole file
-    frame["object_code"] = [f"310104{s}{i:06d}" for s, i in
-                            zip(subclass, pd.Series(subclass).groupby(subclass).cumcount())]
-    frame.to_file(path, layer="parts", driver="GPKG")
-
-
-def make_buildings(n: int, path: Path) -> None:
-    rng = np.random.default_rng(7)
-    side = 0.0002
-    lon = rng.uniform(BBOX[0], BBOX[2], n)
-    lat = rng.uniform(BBOX[1], BBOX[3], n)
-    boxes = shapely.box(lon, lat, lon + side * rng.uniform(0.5, 2, n), lat + side * rng.uniform(0.5, 2, n))
-    gpd.GeoDataFrame({"source_id": [f"B{i:07d}" for i in range(n)], "height": rng.uniform(3, 150, n).round(1),
-                      "floors": rng.integers(1, 40, n)}, geometry=boxes, crs="EPSG:4490").to_file(
-        path, layer="buildings", driver="GPKG")
+    subclasses = np.array(["0101", "0102", "0103", "0202", "0302", "0401"])
+    chunk = 1_000_000
+    sequence = {s: 0 for s in subclasses}
+    for start in range(0, n, chunk):
+        m = min(chunk, n - start)
+        lon = rng.uniform(BBOX[0], BBOX[2], m)
+        lat = rng.uniform(BBOX[1], BBOX[3], m)
+        z = rng.uniform(0, 5, m).round(2)
+        subclass = rng.choice(subclasses, m)
+        within = pd.Series(subclass).groupby(subclass).cumcount().to_numpy()
+        offset = np.array([sequence[s] for s in subclass])
+        for s in subclasses:
+            sequence[s] += int((subclass == s).sum())
+        # sequences run over the whole file; past 999,999 per subclass the district prefix changes
+        seq = offset + within
+        district = 310101 + seq // 1_000_000
+        codes = [f"{d}{s}{q % 1_000_000:06d}" for d, s, q in zip(district, subclass, seq)]
+        frame = gpd.GeoDataFrame({
+            "source_id": [f"P{i:08d}" for i in range(start, start + m)],
+            "object_code": codes,
+            "name": "井盖", "status": rng.choice(["完好", "破损"], m),
+        }, geometry=shapely.points(lon, lat, z), crs="EPSG:4490")
+        frame.to_file(path, layer="parts", driver="GPKG", append=start > 0)
 
 
 def make_grids(url: str, n: int) -> None:
@@ -89,6 +93,26 @@ def make_grids(url: str, n: int) -> None:
     subprocess.run([CIM, "ingest", "grids", str(path)], env=env, check=True, capture_output=True)
 
 
+class LoadWatch:
+    """The 1-minute load average sampled every second while a step runs (the machine is shared)."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            self.samples.append(os.getloadavg()[0])
+
+    def stop(self) -> str:
+        self._stop.set()
+        self._thread.join()
+        s = self.samples or [os.getloadavg()[0]]
+        return f"{min(s):.2f}–{max(s):.2f}"
+
+
 def timed(cmd: list[str], env: dict, stdout=subprocess.DEVNULL) -> tuple[float, float]:
     """Wall seconds and this child's own peak RSS in MB (os.wait4 reports it per process)."""
     started = time.perf_counter()
@@ -101,60 +125,211 @@ def timed(cmd: list[str], env: dict, stdout=subprocess.DEVNULL) -> tuple[float, 
     return elapsed, usage.ru_maxrss / 1024
 
 
-def ogr2ogr(url: str, path: Path, layer: str, srid: int) -> tuple[float, float]:
+def dsn(url: str) -> str:
     parts = urlsplit(url)
-    pg = (f"PG:host={parts.hostname} port={parts.port} dbname={parts.path.lstrip('/')} "
-          f"user={parts.username} password={parts.password}")
-    cmd = ["ogr2ogr", "-f", "PostgreSQL", pg, str(path), layer, "-nln", f"ogr_{layer}", "-t_srs", f"EPSG:{srid}",
-           "-dim", "XYZ", "-lco", "SPATIAL_INDEX=GIST", "-overwrite", "--config", "PG_USE_COPY", "YES",
-           "-gt", "100000"]
-    return timed(cmd, os.environ.copy())
+    return (f"host={parts.hostname} port={parts.port} dbname={parts.path.lstrip('/')} "
+            f"user={parts.username} password={parts.password}")
 
 
-def cim_ingest(url: str, layer: str, path: Path) -> tuple[float, float, dict]:
+# --- the peer -------------------------------------------------------------------------------------
+
+def schema_statements(conn, table: str, into: str) -> list[tuple[str, str]]:
+    """(name, SQL) building on ``into`` the indexes and constraints ``table`` has, read from the catalogue:
+    constraints (primary key, foreign keys, checks) with the indexes that back them, then every other index."""
+    with conn.cursor() as cur:
+        cur.execute("""SELECT conname, pg_get_constraintdef(oid), conindid FROM pg_constraint
+                       WHERE conrelid = %s::regclass AND contype IN ('p', 'u', 'f', 'c', 'x')
+                       ORDER BY contype = 'p' DESC, conname""", (table,))
+        constraints = cur.fetchall()
+        backing = {r[2] for r in constraints if r[2]}
+        cur.execute("""SELECT i.indexrelid, c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i
+                       JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = %s::regclass
+                       ORDER BY c.relname""", (table,))
+        indexes = [(name, sql) for oid, name, sql in cur.fetchall() if oid not in backing]
+    out = []
+    for name, definition, _ in constraints:
+        out.append((f"constraint {name}", f'ALTER TABLE "{into}" ADD CONSTRAINT "{into}_{name}" {definition}'))
+    for name, sql in indexes:
+        # a partitioned table's index is "ON ONLY parts": the peer's table is one plain table
+        sql = re.sub(rf'INDEX (\S+) ON (ONLY )?(\S+\.)?"?{table}"? ',
+                     lambda m: f'INDEX "{into}_{m.group(1)}" ON "{into}" ', sql, count=1)
+        if f'ON "{into}"' not in sql:
+            raise SystemExit(f"cannot retarget index {name}: {sql}")
+        out.append((f"index {name}", sql))
+    return out
+
+
+def peer(url: str, path: Path, srid: int) -> dict:
+    """ogr2ogr into a table shaped like parts (columns and defaults, no index or constraint), then the index
+    and constraint statements in one session, as a user would type them."""
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    statements = schema_statements(conn, "parts", "ogr_parts")
+    with conn.cursor() as cur:
+        cur.execute("DROP TABLE IF EXISTS ogr_parts")
+        cur.execute("CREATE TABLE ogr_parts (LIKE parts INCLUDING DEFAULTS INCLUDING IDENTITY)")
+    # class and subclass are the object code's digits 7–8 and 7–10: the SQL a user would write. GDAL's
+    # PostgreSQL driver would send every column of the existing table in its COPY (NULL for the ones the file
+    # lacks, which NOT NULL defaults refuse); its PGDump driver names only the file's, so the table's defaults
+    # fill the rest: the same COPY text (PG_USE_COPY), piped to psql
+    sql = ("SELECT source_id, object_code, substr(object_code, 7, 2) AS part_class, "
+           "substr(object_code, 7, 4) AS part_subclass, name, status, geom FROM parts")
+    cmd = ["ogr2ogr", "-f", "PGDump", "/vsistdout/", str(path), "-dialect", "SQLite", "-sql", sql,
+           "-nln", "ogr_parts", "-t_srs", f"EPSG:{srid}", "-dim", "XYZ", "-lco", "CREATE_TABLE=OFF",
+           "-lco", "DROP_TABLE=OFF", "-lco", "SPATIAL_INDEX=NONE", "-lco", "GEOMETRY_NAME=geom",
+           "--config", "PG_USE_COPY", "YES"]
+    watch = LoadWatch()
+    started = time.perf_counter()
+    ogr = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    psql = subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", url], stdin=ogr.stdout,
+                          capture_output=True, text=True, check=False)
+    ogr.stdout.close()
+    _, status, usage = os.wait4(ogr.pid, 0)
+    ogr_s, ogr_mb = time.perf_counter() - started, usage.ru_maxrss / 1024
+    if psql.returncode or os.waitstatus_to_exitcode(status):
+        raise SystemExit(f"ogr2ogr | psql failed:\n{psql.stderr[-3000:]}")
+    steps = {}
+    started = time.perf_counter()
+    with conn.cursor() as cur:
+        for name, sql in statements:
+            t = time.perf_counter()
+            cur.execute(sql)
+            steps[name] = time.perf_counter() - t
+        cur.execute("SELECT count(*) FROM ogr_parts")
+        rows = cur.fetchone()[0]
+    schema_s = time.perf_counter() - started
+    load = watch.stop()
+    conn.close()
+    return {"ogr2ogr_s": ogr_s, "schema_s": schema_s, "total_s": ogr_s + schema_s, "steps": steps,
+            "rows": rows, "peak_mb": ogr_mb, "load": load, "statements": [s for _, s in statements]}
+
+
+# --- cim --------------------------------------------------------------------------------------------
+
+def cim_ingest(url: str, layer: str, path: Path) -> dict:
     env = {**os.environ, "CIM_DATABASE_URL": url, "CIM_HOME": str(WORK / "cim-home")}
     out = WORK / f"report-{layer}.json"
+    watch = LoadWatch()
     with open(out, "w") as f:
         elapsed, peak = timed([CIM, "ingest", layer, str(path), "--json"], env, stdout=f)
-    return elapsed, peak, json.loads(out.read_text())
+    return {"total_s": elapsed, "peak_mb": peak, "report": json.loads(out.read_text()), "load": watch.stop()}
+
+
+def cim_profiled(url: str, layer: str, path: Path, top: int = 45) -> None:
+    """The same load in this process under cProfile (the COPY worker thread's own time shows as the main
+    thread's waits in PipelinedCursor.wait), then the server's time per statement from the run's session."""
+    os.environ["CIM_DATABASE_URL"] = url
+    os.environ["CIM_HOME"] = str(WORK / "cim-home")
+    from ingest.run import IngestOptions, ingest_files
+
+    engine = engine_for(url)
+    profile = cProfile.Profile()
+    started = time.perf_counter()
+    profile.enable()
+    report = ingest_files(layer, [path], IngestOptions(), engine)
+    profile.disable()
+    print(f"in-process load: {time.perf_counter() - started:.1f} s, {report.inserted:,} inserted")
+    for key in ("cumulative", "tottime"):
+        text = io.StringIO()
+        pstats.Stats(profile, stream=text).sort_stats(key).print_stats(top)
+        print(text.getvalue())
+
+
+# --- the server alone (physical limits) -------------------------------------------------------------
+
+def server_limits(url: str, srid: int) -> dict:
+    """Server-only times over the rows cim loaded: the COPY (binary) into a table without index or
+    constraint, the same into one with all of parts' indexes and constraints, and each build alone."""
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    dump = WORK / "parts.copy"
+    columns = ("feature_id, source_id, valid_from, ingest_run_id, content_hash, attributes, object_code, "
+               "part_class, part_subclass, name, status, owner_department, maintainer, district_code, "
+               "street_code, community_code, grid_code, geom")
+    out = {}
+    with conn.cursor() as cur:
+        with open(dump, "wb") as f:
+            cur.copy_expert(f"COPY (SELECT {columns} FROM parts) TO STDOUT (FORMAT binary)", f)
+        for label, statements in (("bare", []), ("indexed", schema_statements(conn, "parts", "lim_parts"))):
+            cur.execute("DROP TABLE IF EXISTS lim_parts")
+            cur.execute("CREATE TABLE lim_parts (LIKE parts INCLUDING DEFAULTS INCLUDING IDENTITY)")
+            if label == "indexed":
+                for _, sql in statements:
+                    cur.execute(sql)
+            t = time.perf_counter()
+            with open(dump, "rb") as f:
+                cur.copy_expert(f"COPY lim_parts ({columns}) FROM STDIN (FORMAT binary)", f)
+            out[f"copy_{label}_s"] = time.perf_counter() - t
+        cur.execute("DROP TABLE lim_parts")
+    conn.close()
+    dump.unlink()
+    return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--points", type=int, default=1_000_000)
-    parser.add_argument("--buildings", type=int, default=100_000)
-    parser.add_argument("--grids", type=int, default=10_000)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", "--points", type=int, default=1_000_000, dest="parts")
+    parser.add_argument("--grids", type=int, default=0, help="unit grids to enrich against (0: none)")
+    parser.add_argument("--profile", action="store_true", help="cProfile cim's load in process (no peer)")
+    parser.add_argument("--limits", action="store_true", help="also time the server alone (COPY, builds)")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch databases")
     args = parser.parse_args()
     if not shutil.which("ogr2ogr"):
         raise SystemExit("ogr2ogr not found: apt-get install gdal-bin")
     WORK.mkdir(exist_ok=True)
-    server = database_url()
-    points, buildings = WORK / f"points_{args.points}.gpkg", WORK / f"buildings_{args.buildings}.gpkg"
+    server = os.environ.get("CIM_DATABASE_URL") or database_url()
+    points = WORK / f"parts_{args.parts}.gpkg"
     if not points.exists():
-        make_points(args.points, points)
-    if not buildings.exists():
-        make_buildings(args.buildings, buildings)
-    rows = []
-    for label, layer, path, n, grids in [("parts, plain", "parts", points, args.points, 0),
-                                         (f"parts, + {args.grids:,} grids", "parts", points, args.points, args.grids),
-                                         ("buildings", "buildings", buildings, args.buildings, 0)]:
-        url = new_database(server)
+        t = time.perf_counter()
+        make_points(args.parts, points)
+        print(f"generated {points} in {time.perf_counter() - t:.0f} s", flush=True)
+    names = []
+
+    def fresh() -> tuple[str, int]:
+        name = f"bench_{uuid.uuid4().hex[:8]}"
+        names.append(name)
+        url = create_database(server, name)
         settings, _ = initialise(engine_for(url))
-        if grids:
-            make_grids(url, grids)
-        ogr_s, ogr_mb = ogr2ogr(url, path, layer, settings.srid)
-        cim_s, cim_mb, report = cim_ingest(url, layer, path)
-        assert report["inserted"] == n, report
-        rows.append((label, n, ogr_s, cim_s, ogr_mb, cim_mb))
-        print(f"{label}: ogr2ogr {ogr_s:.1f} s, cim {cim_s:.1f} s", flush=True)
-    print(f"\nMachine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
-          f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB; "
-          f"date {time.strftime('%Y-%m-%d')}\n")
-    print("| load | features | ogr2ogr s | ogr2ogr feat/s | cim s | cim feat/s | cim ÷ ogr2ogr | cim peak RSS MB |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for label, n, ogr_s, cim_s, ogr_mb, cim_mb in rows:
-        print(f"| {label} | {n:,} | {ogr_s:.1f} | {n / ogr_s:,.0f} | {cim_s:.1f} | {n / cim_s:,.0f} | "
-              f"{ogr_s / cim_s:.2f}× | {cim_mb:,.0f} |")
+        if args.grids:
+            make_grids(url, args.grids)
+        return url, settings.srid
+
+    try:
+        if args.profile:
+            url, _ = fresh()
+            cim_profiled(url, "parts", points)
+            return
+        peer_url, srid = fresh()
+        cim_url, _ = fresh()
+        with psycopg2.connect(peer_url) as c, c.cursor() as cur:  # read the file once: both start warm
+            cur.execute("SELECT 1")
+        subprocess.run(["cat", str(points)], stdout=subprocess.DEVNULL, check=True)
+        p = peer(peer_url, points, srid)
+        print(f"peer: ogr2ogr {p['ogr2ogr_s']:.1f} s + indexes/constraints {p['schema_s']:.1f} s = "
+              f"{p['total_s']:.1f} s ({p['rows']:,} rows; load avg {p['load']})", flush=True)
+        c = cim_ingest(cim_url, "parts", points)
+        assert c["report"]["inserted"] == args.parts, c["report"]
+        print(f"cim: {c['total_s']:.1f} s ({c['report']['inserted']:,} inserted; peak RSS {c['peak_mb']:.0f} MB; "
+              f"load avg {c['load']})", flush=True)
+        limits = server_limits(cim_url, srid) if args.limits else {}
+        engine = engine_for(cim_url)
+        with engine.connect() as conn:
+            where = machine(conn)
+        print(f"\nMachine: {where}; date {time.strftime('%Y-%m-%d %H:%M %Z')}\n")
+        print("| load | rows | peer: ogr2ogr + same indexes & constraints, s | cim ingest parts, s | "
+              "ratio (peer ÷ cim) | cim rows/s | cim peak RSS MB |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        print(f"| parts{f', + {args.grids:,} grids' if args.grids else ''} | {args.parts:,} | "
+              f"{p['total_s']:.1f} ({p['ogr2ogr_s']:.1f} + {p['schema_s']:.1f}) | {c['total_s']:.1f} | "
+              f"{p['total_s'] / c['total_s']:.2f}× | {args.parts / c['total_s']:,.0f} | {c['peak_mb']:,.0f} |")
+        print("\nPeer's statements (one session), seconds each:")
+        for name, seconds in p["steps"].items():
+            print(f"  {seconds:6.2f}  {name}")
+        for name, seconds in limits.items():
+            print(f"  {seconds:6.2f}  server alone: {name}")
+    finally:
+        if not args.keep:
+            drop_databases(server, names)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from cim.errors import UserError
 from cim.gridindex import GridIndex, representative_points
 from cim.registry import bump_version
 from ingest import geometry as geo
-from ingest import merge, prepare
+from ingest import merge, prepare, staged
 from ingest.columns import coerce, plan_columns
 from ingest.read import Batch, ReadOptions, open_source
 from ingest.provenance import finish_run, load_transaction, operator_name, record_failure, start_run
@@ -117,8 +117,12 @@ class FeatureLoad:
         started = time.perf_counter()
         self.ctx, self.grid_index = self._context()
         r = self.report
+        self.staged_load: staged.StagedLoad | None = None
         if not self.options.dry_run:
-            merge.prepare_partitions(self.engine, self.spec.table)  # before the lock: see its docstring
+            staged.drop_leftovers(self.engine, self.spec.table)
+            # a first load makes its partitions itself, after its rows (ingest.staged)
+            if not staged.likely(self.engine, self.spec.table, self.options.dry_run):
+                merge.prepare_partitions(self.engine, self.spec.table)  # before the lock: see its docstring
         try:
             with load_transaction(self.engine, r) as raw_cursor:
                 cur = merge.PipelinedCursor(raw_cursor)
@@ -132,10 +136,14 @@ class FeatureLoad:
             self.rejects.publish()  # they are why the load was refused
             r.status, r.message = "failed", str(exc)
             r.duration_s = round(time.perf_counter() - started, 3)
+            if self.staged_load is not None:
+                self.staged_load.abort()
             record_failure(self.engine, r, self._operator())
             raise
         except BaseException:
             self.rejects.discard()
+            if self.staged_load is not None:
+                self.staged_load.abort()  # after the rollback: the load's transaction no longer holds them
             raise
         self.rejects.publish()
         return r
@@ -151,8 +159,11 @@ class FeatureLoad:
             self.spec.begin(cur, self.ctx)  # after the lock: what it reads cannot change until the commit
         self.columns = merge.table_columns(cur, self.spec.table)
         # links to other layers are made by the merge's SQL: those layers always go through staging
-        self.direct = (merge.DirectLoad(cur, self.spec.table, self.columns, r.run_id)
-                       if not self.spec.merge_sql and merge.DirectLoad.applies(cur, self.spec.table) else None)
+        if not self.spec.merge_sql and staged.applies(cur, self.spec.table, self.options.dry_run):
+            self.staged_load = staged.StagedLoad(self.engine, cur, self.spec.table, self.columns, r.run_id)
+        self.direct = self.staged_load or (
+            merge.DirectLoad(cur, self.spec.table, self.columns, r.run_id)
+            if not self.spec.merge_sql and merge.DirectLoad.applies(cur, self.spec.table) else None)
         if self.direct is None:
             merge.create_stage(cur, self.spec.table, self.columns)
         for path in self.paths:
@@ -163,6 +174,9 @@ class FeatureLoad:
             raise StrictRefusal(f"--strict: {r.rejected} row(s) rejected, nothing loaded (see {rejects})")
         if self.direct is not None:
             counts = self.direct.finish()
+            if self.staged_load is not None and self.staged_load.staged:
+                r.message = (f"first load: {len(self.staged_load.staged)} district partition(s) filled, indexed "
+                             "and attached after their rows")
         else:
             counts = merge.merge(cur, self.spec.table, self.columns, self.options.mode, r.run_id,
                                  **self.spec.merge_sql)
@@ -280,7 +294,9 @@ class FeatureLoad:
         present = ~pd.isna(geoms)
         present[list(reasons)] = False
         if present.any():
-            points = representative_points(geoms[present])
+            chosen = geoms[present]
+            # points are their own anchors: no 2D copy of each just to read x and y
+            points = chosen if (shapely.get_type_id(chosen) == 0).all() else representative_points(chosen)
             try:
                 check_extent(shapely.get_x(points), shapely.get_y(points), crs, self.settings.city_bbox_wgs84)
             except UserError as exc:
