@@ -197,7 +197,7 @@ def ensure_partitions(cur, table: str, districts: Iterable[str | None]) -> list[
             cur.execute(statement)
         cur.execute(attach)
         existing = {None: f"{table}_default", **existing}
-        _revoke(cur, existing[None])
+        revoke_partition_access(cur, existing[None])
         made.append(existing[None])
     for district in wanted:
         create, attach = district_partition_sql(table, district)
@@ -216,7 +216,7 @@ def ensure_partitions(cur, table: str, districts: Iterable[str | None]) -> list[
                         f'INSERT INTO "{name}" ({columns}) SELECT {columns} FROM moved', (district,))
             cur.execute(f'ALTER TABLE "{default}" ENABLE TRIGGER USER')
         cur.execute(attach)
-        _revoke(cur, name)
+        revoke_partition_access(cur, name)
         made.append(name)
     return made
 
@@ -243,7 +243,8 @@ def partition_index_sql(cur, table: str, partition: str) -> list[tuple[str, str]
     return out
 
 
-def _revoke(cur, partition: str) -> None:
+def revoke_partition_access(cur, partition: str) -> None:  # noqa: ANN001 (a DBAPI cursor)
+    """No direct access to a partition for anyone but the owner: see below."""
     # the API role reads and writes a partition only through its parent, whose row-level security policies
     # then apply (a partition's own would not: it has none)
     cur.execute(f'REVOKE ALL ON "{partition}" FROM PUBLIC')

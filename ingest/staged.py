@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy.engine import Engine
 
-from cim.distribution import IS_CITUS_SQL, _revoke, district_partitions, partition_index_sql
+from cim.distribution import IS_CITUS_SQL, revoke_partition_access, district_partitions, partition_index_sql
 from cim.schema import DISTRICT_PARTITIONED, NO_DISTRICT, PARTITION_COLUMN, district_partition_sql, partition_name
 from ingest.merge import DirectLoad, MergeCounts, PipelinedCursor, copy_rows
 
@@ -155,7 +155,7 @@ class StagedLoad:
             self.cur.execute(district_partition_sql(self.table, district)[1])  # ATTACH: indexes and keys match
             self.cur.execute(f'ALTER TABLE "{name}" DROP CONSTRAINT "{name}_bound"')
             self.cur.execute(f'COMMENT ON TABLE "{name}" IS NULL')
-            _revoke(self.cur, name)
+            revoke_partition_access(self.cur, name)
         # the rows arrived by COPY into the partitions, so the layer's statement trigger did not see them
         self.cur.execute("SELECT EXISTS (SELECT 1 FROM pg_proc WHERE proname = 'cim_audit')")
         if self.cur.fetchone()[0]:
