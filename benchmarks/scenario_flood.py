@@ -38,6 +38,7 @@ from ingest.samples import load_samples  # noqa: E402
 from scenarios.flood.loaders import load_layer  # noqa: E402
 from scenarios.flood.response import close_response, respond_to_alarm  # noqa: E402
 from scenarios.flood.routing import nearest_trucks  # noqa: E402
+from scenarios.flood.sample_data import gps_device  # noqa: E402
 from scenarios.flood.setup import ensure_scenario  # noqa: E402
 from sensing.intake import store_batch  # noqa: E402
 
@@ -158,11 +159,7 @@ def shanghai_flood_files(engine: sa.Engine, out: Path, seed: int = 1, scale: flo
         truck = n <= counts["trucks"]
         code = f"BC-SH-{n:03d}" if truck else f"DW-SH-{n - counts['trucks']:03d}"
         device = f"GPS-{code}"
-        devices.append({"type": "Feature", "properties": {
-            "source_id": device, "device_type": "车载GPS", "name": f"{code}车载GPS",
-            "quantities": json.dumps([{"quantity": "lon", "unit": "deg"}, {"quantity": "lat", "unit": "deg"}]),
-            "linked_feature": code, "z": 0.0},
-            "geometry": {"type": "Point", "coordinates": [round(lon, 7), round(lat, 7)]}})
+        devices.append(gps_device(device, f"{code}车载GPS", code, lon, lat))
         resources.append([code, "pump_truck" if truck else "team", code, teams[(n - 1) % 4],
                           [300, 600, 1000][n % 3] if truck else "", device, round(lon, 7), round(lat, 7)])
     (out / "resource_devices.geojson").write_text(_feature_lines(devices), encoding="utf-8")

@@ -135,6 +135,15 @@ def points(samples: Path) -> list[list]:
     return rows
 
 
+def gps_device(device: str, name: str, resource: str, lon: float, lat: float) -> dict:
+    """The GeoJSON feature of a resource's GPS device: its positions arrive as lon/lat readings."""
+    return {"type": "Feature", "properties": {
+        "source_id": device, "device_type": "车载GPS", "name": name,
+        "quantities": json.dumps([{"quantity": "lon", "unit": "deg"}, {"quantity": "lat", "unit": "deg"}]),
+        "linked_feature": resource, "z": 0.0},
+        "geometry": {"type": "Point", "coordinates": [round(lon, 7), round(lat, 7)]}}
+
+
 def resources(samples: Path) -> tuple[list[dict], list[list]]:
     roads = _roads(samples)
     rng = np.random.default_rng(SEED + 1)
@@ -148,11 +157,7 @@ def resources(samples: Path) -> tuple[list[dict], list[list]]:
         code = f"BC-{n:03d}" if truck else f"DW-{n - TRUCKS:03d}"
         device = f"GPS-{code}"
         label = f"{'泵车' if truck else '抢险队'}{code[-3:]}"
-        devices.append({"type": "Feature", "properties": {
-            "source_id": device, "device_type": "车载GPS", "name": f"{label}车载GPS",
-            "quantities": json.dumps([{"quantity": "lon", "unit": "deg"}, {"quantity": "lat", "unit": "deg"}]),
-            "linked_feature": code, "z": 0.0},
-            "geometry": {"type": "Point", "coordinates": [round(lon, 7), round(lat, 7)]}})
+        devices.append(gps_device(device, f"{label}车载GPS", code, lon, lat))
         rows.append([code, "pump_truck" if truck else "team", label, teams[(n - 1) % 4],
                      [300, 600, 1000][n % 3] if truck else "", device, round(lon, 7), round(lat, 7), name])
     return devices, rows
