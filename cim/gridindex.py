@@ -66,9 +66,11 @@ class GridIndex:
 
 
 def representative_points(geoms: np.ndarray) -> np.ndarray:
-    """A point inside each feature: itself for points, a point on the surface / line otherwise."""
+    """A point inside each feature: itself for points, a 2D point on the surface / line otherwise."""
     if (shapely.get_type_id(geoms) == 0).all():  # all points: nothing to compute
-        return shapely.force_2d(geoms)
+        # as they are, Z and all: GEOS's predicates and the STRtree read x and y only, and a 2D copy of
+        # each point was a tenth of a 1,000,000-part load (docs/benchmarks.md, parts loader vs its peer)
+        return geoms
     out = shapely.point_on_surface(geoms)
     lines = np.array([g is not None and g.geom_type in ("LineString", "MultiLineString") for g in geoms])
     if lines.any():

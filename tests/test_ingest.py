@@ -263,6 +263,8 @@ def test_every_reject_reason(city, tmp_path):
         ("R-z", "0101", "", p(121.44, 31.19), "high"),
         ("", "0101", "", p(121.44, 31.19), ""),
         ("R-wkt", "0101", "", "POINT (nonsense)", ""),
+        # full-width digits are digits to Python's \d, not to the schema's [0-9]: one bad row, not a failed COPY
+        ("R-wide", "", "３１０１０４０１０１０００００１", p(121.44, 31.19), ""),
     ]
     path = tmp_path / "bad_parts.csv"
     with open(path, "w", newline="", encoding="utf-8") as f:
@@ -271,7 +273,7 @@ def test_every_reject_reason(city, tmp_path):
         w.writerows(rows)
     report = load(city, "parts", path, wkt="wkt", crs="EPSG:4326", rejects_dir=tmp_path)
     reasons = _rejects(report)
-    assert report.inserted == 1 and report.rejected == 9
+    assert report.inserted == 1 and report.rejected == 10
     assert "null geometry" in reasons[2]
     assert "wrong geometry type" in reasons[3]
     assert "unknown part class" in reasons[4]
@@ -281,6 +283,7 @@ def test_every_reject_reason(city, tmp_path):
     assert "'high' is not a number" in reasons[8]
     assert "missing source id" in reasons[9]
     assert "not valid WKT" in reasons[10]
+    assert "malformed object code" in reasons[11]
 
 
 def test_building_and_pipeline_rejects(city, tmp_path):
