@@ -77,9 +77,12 @@ def nearby_select(layer: Layer, srid: int, x: float, y: float, z: float | None, 
     geom = table.c.geom
     if z is None:
         point = sa.func.ST_SetSRID(sa.func.ST_MakePoint(float(x), float(y)), srid)
-        # ORDER BY the bare `<->` so PostgreSQL can rank by the 2D GiST index (KNN)
-        within, distance, order = (sa.func.ST_DWithin(geom, point, float(radius_m)),
-                                   sa.func.ST_Distance(geom, point), geom.op("<->")(point))
+        # ORDER BY the bare `<->` so PostgreSQL can rank by the 2D GiST index (KNN). The box test is spelled
+        # out (see the 3D case): on a partitioned layer under the API's policies the planner otherwise read
+        # every partition sequentially rather than merge one KNN scan per partition
+        box = sa.func.ST_Expand(point, float(radius_m))
+        within = sa.and_(geom.op("&&")(box), sa.func.ST_DWithin(geom, point, float(radius_m)))
+        distance, order = sa.func.ST_Distance(geom, point), geom.op("<->")(point)
     else:
         point = sa.func.ST_SetSRID(sa.func.ST_MakePoint(float(x), float(y), float(z)), srid)
         # ST_3DDWithin's own `&&& ST_Expand(point, r)` comes from its support function, which under the API's
