@@ -76,6 +76,18 @@ def make_points(n: int, path: Path) -> None:
         frame.to_file(path, layer="parts", driver="GPKG", append=start > 0)
 
 
+def make_buildings(n: int, path: Path) -> None:
+    """n small building footprints over the same area (benchmarks/tiles.py tiles them)."""
+    rng = np.random.default_rng(7)
+    side = 0.0002
+    lon = rng.uniform(BBOX[0], BBOX[2], n)
+    lat = rng.uniform(BBOX[1], BBOX[3], n)
+    boxes = shapely.box(lon, lat, lon + side * rng.uniform(0.5, 2, n), lat + side * rng.uniform(0.5, 2, n))
+    gpd.GeoDataFrame({"source_id": [f"B{i:07d}" for i in range(n)], "height": rng.uniform(3, 150, n).round(1),
+                      "floors": rng.integers(1, 40, n)}, geometry=boxes, crs="EPSG:4490").to_file(
+        path, layer="buildings", driver="GPKG")
+
+
 def make_grids(url: str, n: int) -> None:
     """n unit grids tiling the benchmark area (+ one district), so enrichment has real work to do."""
     side = int(np.ceil(np.sqrt(n)))
