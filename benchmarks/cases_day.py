@@ -16,10 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
-import uuid
 from collections import defaultdict
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -28,10 +26,10 @@ import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.scratch import create_database, drop_databases, machine  # noqa: E402
+from benchmarks.scratch import machine, sample_city  # noqa: E402
 from cases import simulate as sim  # noqa: E402
 from cases.calendar import LOCAL  # noqa: E402
-from cim.database import database_url, engine_for  # noqa: E402
+from cim.database import engine_for  # noqa: E402
 
 CIM = str(Path(sys.executable).with_name("cim"))
 TARGET_S = 180.0
@@ -77,62 +75,50 @@ def backend_cpu(engine: sa.Engine) -> dict[int, float]:
     return spent
 
 
-def run_cim(url: str, *args: str) -> None:
-    done = subprocess.run([CIM, *args], env={**os.environ, "CIM_DATABASE_URL": url}, cwd=ROOT,
-                          capture_output=True, text=True, check=False)
-    if done.returncode:
-        raise SystemExit(f"cim {' '.join(args)} failed:\n{done.stderr[-3000:]}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", type=int, default=60_000, help="reports in the day")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
     args = parser.parse_args()
-    server = os.environ.get("CIM_DATABASE_URL") or database_url()
-    name = f"casesday_{uuid.uuid4().hex[:8]}"
-    url = create_database(server, name)
-    try:
-        run_cim(url, "init")
-        run_cim(url, "samples", "load")
-        engine = engine_for(url)
-        with engine.connect() as conn:
-            about = machine(conn)
-        start = datetime.combine(date(2026, 11, 23), datetime.min.time(), LOCAL)  # a Monday
-        db_cpu = backend_cpu(engine)
-        simulation = TimedSimulation(engine, 1, args.seed, start, args.cases)
-        load_before = os.getloadavg()
-        started, cpu_started = time.perf_counter(), time.process_time()
-        report = simulation.run()
-        wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-        load_after = os.getloadavg()
-        with engine.connect() as conn:
-            statuses = dict(conn.execute(sa.text("SELECT status, count(*) FROM cases GROUP BY 1")).all())
-            events = conn.execute(sa.text("SELECT count(*) FROM case_events")).scalar()
-        print(f"## A simulated Shanghai day: {args.cases:,} cases through the lifecycle (issue 11)\n")
-        print(f"`benchmarks/cases_day.py --cases {args.cases}`, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. "
-              f"**Machine:** {about}. Other engineers' processes share the 2 cores.\n")
-        print(f"| measurement | result | target |\n|---|---:|---:|")
-        print(f"| wall time, {report.created:,} cases, {events:,} log rows | {wall:,.1f} s | ≤ {TARGET_S:.0f} s |")
-        print(f"| cases/s through the lifecycle | {report.created / wall:,.0f} | ≥ {args.cases / TARGET_S:,.0f} |")
-        print(f"| CPU time of the simulating process (Python) | {cpu:,.1f} s | |")
-        print(f"| CPU time of its database backends ({len(db_cpu)}) | {sum(db_cpu.values()):,.1f} s | |")
-        print(f"| load average (1 min) before / after, on {os.cpu_count()} cores | {load_before[0]:.1f} / "
-              f"{load_after[0]:.1f} | |")
-        located = report.created - report.manual_queue
-        print(f"| machine-dispatched share of the located cases | {report.machine_dispatched / max(located, 1):.1%} "
-              f"| ≥ 95 % |\n")
-        print("| kind of event | events | windows | s | share |\n|---|---:|---:|---:|---:|")
-        for kind, spent in sorted(simulation.spent.items(), key=lambda kv: -kv[1]):
-            print(f"| {kind} | {simulation.events[kind]:,} | {simulation.calls[kind]:,} | {spent:.1f} | "
-                  f"{spent / wall:.0%} |")
-        print(f"\nStatuses at the end of the day: {json.dumps(statuses, ensure_ascii=False)}\n")
-        print(f"Simulation report: `{json.dumps(report.as_dict(), ensure_ascii=False)}`")
-    finally:
-        engine_for(url).dispose()
-        if not args.keep:
-            drop_databases(server, [name])
+    # the sample city in a scratch database (benchmarks.scratch), dropped afterwards unless --keep
+    with sample_city("casesday", keep=args.keep) as url:
+        try:
+            engine = engine_for(url)
+            with engine.connect() as conn:
+                about = machine(conn)
+            start = datetime.combine(date(2026, 11, 23), datetime.min.time(), LOCAL)  # a Monday
+            db_cpu = backend_cpu(engine)
+            simulation = TimedSimulation(engine, 1, args.seed, start, args.cases)
+            load_before = os.getloadavg()
+            started, cpu_started = time.perf_counter(), time.process_time()
+            report = simulation.run()
+            wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+            load_after = os.getloadavg()
+            with engine.connect() as conn:
+                statuses = dict(conn.execute(sa.text("SELECT status, count(*) FROM cases GROUP BY 1")).all())
+                events = conn.execute(sa.text("SELECT count(*) FROM case_events")).scalar()
+            print(f"## A simulated Shanghai day: {args.cases:,} cases through the lifecycle (issue 11)\n")
+            print(f"`benchmarks/cases_day.py --cases {args.cases}`, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. "
+                  f"**Machine:** {about}. Other engineers' processes share the 2 cores.\n")
+            print(f"| measurement | result | target |\n|---|---:|---:|")
+            print(f"| wall time, {report.created:,} cases, {events:,} log rows | {wall:,.1f} s | ≤ {TARGET_S:.0f} s |")
+            print(f"| cases/s through the lifecycle | {report.created / wall:,.0f} | ≥ {args.cases / TARGET_S:,.0f} |")
+            print(f"| CPU time of the simulating process (Python) | {cpu:,.1f} s | |")
+            print(f"| CPU time of its database backends ({len(db_cpu)}) | {sum(db_cpu.values()):,.1f} s | |")
+            print(f"| load average (1 min) before / after, on {os.cpu_count()} cores | {load_before[0]:.1f} / "
+                  f"{load_after[0]:.1f} | |")
+            located = report.created - report.manual_queue
+            print(f"| machine-dispatched share of the located cases | {report.machine_dispatched / max(located, 1):.1%} "
+                  f"| ≥ 95 % |\n")
+            print("| kind of event | events | windows | s | share |\n|---|---:|---:|---:|---:|")
+            for kind, spent in sorted(simulation.spent.items(), key=lambda kv: -kv[1]):
+                print(f"| {kind} | {simulation.events[kind]:,} | {simulation.calls[kind]:,} | {spent:.1f} | "
+                      f"{spent / wall:.0%} |")
+            print(f"\nStatuses at the end of the day: {json.dumps(statuses, ensure_ascii=False)}\n")
+            print(f"Simulation report: `{json.dumps(report.as_dict(), ensure_ascii=False)}`")
+        finally:
+            engine_for(url).dispose()
 
 
 if __name__ == "__main__":
