@@ -28,6 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from cim import extensions
 from cim.errors import ConflictError, ParameterError, UserError
 from cim.grid import Responsibility, responsibility_for
 
@@ -172,12 +173,14 @@ def on_action(class_codes: Iterable[str], actions: Iterable[str], hook: ActionHo
 
 
 def has_hooks(class_code: str, action: str) -> bool:
+    extensions.load(extensions.CASE_HOOKS)  # the packages that register hooks, if their import was deferred
     return bool(_HOOKS.get((class_code, action)))
 
 
 def run_hooks(conn: Connection, case: Case, action: "Action", now: datetime) -> None:
     """The hooks registered for ``case``'s class and ``action`` (by :func:`act` and, for each case it
     changed, :func:`cases.bulk.act_many`)."""
+    extensions.load(extensions.CASE_HOOKS)
     for hook in _HOOKS.get((case.class_code, action.action), ()):
         hook(conn, case, action, now)
 
