@@ -11,13 +11,13 @@ import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection, Engine
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 from cim.config import DEFAULT_FLOOR_HEIGHT_M, DEFAULT_STORAGE_SRID, settings as deployment_settings
 from cim.distribution import distribute
@@ -49,7 +49,10 @@ class BaseSettings:
     city_name: str
 
 
-def _alembic_config(connection: Connection, srid: int) -> Config:
+# alembic is imported where it is used: every `cim` command imports this module, few migrate (0.3 s of CPU)
+def _alembic_config(connection: Connection, srid: int) -> "Config":
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["connection"] = connection
@@ -91,10 +94,15 @@ def _check_srid(srid: int) -> None:
 
 
 def current_revision(conn: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     return MigrationContext.configure(conn).get_current_revision()
 
 
 def head_revision() -> str:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     return ScriptDirectory.from_config(cfg).get_current_head()  # type: ignore[return-value]
@@ -118,6 +126,8 @@ def initialise(engine: Engine, srid: int | None = None,
         chosen_srid = existing.srid if existing else (srid or DEFAULT_STORAGE_SRID)
         _check_srid(chosen_srid)
         before = current_revision(conn)
+        from alembic import command
+
         command.upgrade(_alembic_config(conn, chosen_srid), "head")
         after = current_revision(conn)
         if before != after:
@@ -200,6 +210,8 @@ def _seed(conn: Connection) -> list[str]:
 
 
 def downgrade(engine: Engine, revision: str = "base") -> None:
+    from alembic import command
+
     with engine.begin() as conn:
         settings = stored_settings(conn)
         command.downgrade(_alembic_config(conn, settings.srid if settings else DEFAULT_STORAGE_SRID), revision)

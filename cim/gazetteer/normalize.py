@@ -13,7 +13,6 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-import cn2an
 import opencc
 
 from cim.gazetteer.dictionary import AddressDictionary, names_only
@@ -181,6 +180,8 @@ def _numerals(s: str, notes: list[str]) -> str:
         if run.isdigit():  # only the 第 of "第5层" goes
             return run
         if any(c in "十百千" for c in run):
+            import cn2an  # here, not at the top: its import costs 0.3 s of CPU and few addresses need it
+
             try:
                 value = str(cn2an.cn2an(run, "normal"))
             except Exception:  # cn2an raises ValueError, KeyError, … on malformed runs ("七百七十七七百")
