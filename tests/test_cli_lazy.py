@@ -108,3 +108,9 @@ print(lifecycle.has_hooks("E9601", "handle"), "scenarios.illegal_building" in sy
                           cwd=PROJECT, check=True)
     assert with_command.stdout.split() == ["True", "True"]
     assert bare.stdout.split() == ["False", "False"]
+
+
+def test_a_group_gets_the_commands_other_modules_add_to_it(tmp_path):
+    """`cim ingest case-classes` is the case loop's command in the loaders' group (cim.cli.main.EXTENDS)."""
+    proc, modules = _probe(tmp_path, "ingest", "--help")
+    assert "case-classes" in proc.stdout and "cases.cli" in modules

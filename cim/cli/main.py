@@ -51,6 +51,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "vitals": ("vitals.cli", "City vital signs (城市生命体征): catalogue, computation, fed values."),
 }
 
+#: Modules that add commands to a group another module registers (``cases.cli`` adds ``cim ingest
+#: case-classes``: the loaders may not import the case loop), loaded right after that module.
+EXTENDS: dict[str, tuple[str, ...]] = {"ingest.cli": ("cases.cli",)}
+
 
 def _root(as_user: str | None = typer.Option(
         None, "--as", metavar="USER", help="Run the command in this user's jurisdiction (row-level security, as "
@@ -100,6 +104,10 @@ class LazyGroup(TyperGroup):
                 del self.commands[name]
             return
         module.register(scratch)
+        for extension in EXTENDS.get(module_name, ()):
+            found = _import(extension)
+            if found is not None:
+                found.register(scratch)
         self.commands.update(typer.main.get_command(scratch).commands)  # type: ignore[attr-defined]
 
 
