@@ -37,6 +37,7 @@ from api.responses import OrjsonResponse
 from cases.attachments import MAX_BYTES, Attachment, add_attachment, attachments_of, default_root
 from cases.batch import TicketRaced, intake_each
 from cases.catalogue import class_by_code
+from cases.constants import ConstantsCache
 from cases.evaluation import UNITS, evaluate, to_csv
 from cases.intake import CaseReport, IntakeResult, intake
 from cases.lifecycle import ROLES, Action, act
@@ -386,15 +387,18 @@ async def post_action(request: Request, case_id: int,
     return {**case_json(case, state.settings.srid), "log": [e.to_dict() for e in log]}
 
 
-def intake_group(engine: Engine, reports: Sequence[CaseReport], srid: int | None = None) -> list[IntakeResult | Exception]:
+def intake_group(engine: Engine, reports: Sequence[CaseReport], srid: int | None = None,
+                 constants: ConstantsCache | None = None) -> list[IntakeResult | Exception]:
     """Concurrent reports in one transaction through the set-based intake (:func:`intake_each`): one
-    geocode pass, one grid lookup, one dispatch per grid and class, one COPY. A report's own error
+    geocode pass, one grid lookup, one dispatch per grid and class, one COPY; the catalogue, department
+    kinds and calendar from the server's ``constants`` (re-read every CIM_LAYER_CACHE_S). A report's own error
     (unknown class …) goes to its request only. Should the group fail as a whole — a ticket taken in
     meanwhile by another process, or anything unforeseen — each report is taken in alone, in its own
     transaction, so only the report at fault hears of it."""
     try:
         with engine.begin() as conn:
-            return list(intake_each(conn, reports, srid=srid))
+            return list(intake_each(conn, reports, srid=srid,
+                                    constants=constants.get(conn) if constants is not None else None))
     except Exception as exc:  # TicketRaced included
         if len(reports) > 1 or isinstance(exc, TicketRaced):
             return [_intake_alone(engine, report) for report in reports]
@@ -411,5 +415,7 @@ def _intake_alone(engine: Engine, report: CaseReport) -> IntakeResult | Exceptio
 
 def install(app: FastAPI) -> None:
     state = app.state.cim
-    app.state.case_intake = GroupCommit(lambda reports: intake_group(state.engine, reports, state.settings.srid))
+    constants = ConstantsCache(state.deployment.layer_cache_s)
+    app.state.case_intake = GroupCommit(lambda reports: intake_group(state.engine, reports, state.settings.srid,
+                                                                     constants))
     app.include_router(router)

@@ -21,9 +21,10 @@ import json
 import re
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, fields
+from datetime import datetime, tzinfo
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 import psycopg2.errors
@@ -38,12 +39,13 @@ from cim.jurisdiction import under_policies
 from cim.spatial import to_storage
 
 from cases.calendar import WorkingCalendar, load_calendar
-from cases.catalogue import CaseClass, class_by_code, classes_for, department_kinds
+from cases.catalogue import CaseClass, class_by_code, department_kinds
+from cases.constants import IntakeConstants, classes_of
 from cases.dispatch import NoDecision, Ranked, assign, rank
 from cases.intake import (MACHINE, PART_SNAP_M, PART_SQL, CaseReport, IntakeResult, _at_point, _geocoded,
                           _Location, _unreadable, _validate, register_note)
 from cases.lifecycle import now_utc
-from cases.model import get_cases
+from cases.model import Case, get_cases
 
 
 class TicketRaced(Exception):
@@ -444,14 +446,17 @@ def _events(case_rows: list[dict[str, Any]], reports: Sequence[CaseReport], locs
 
 
 def intake_each(conn: Connection, reports: Sequence[CaseReport], now: datetime | None = None,
-                srid: int | None = None) -> list[IntakeResult | UserError]:
+                srid: int | None = None, constants: IntakeConstants | None = None) -> list[IntakeResult | UserError]:
     """Independent reports (concurrent HTTP requests gathered into one transaction) taken in as one
     batch: per report its :class:`IntakeResult` — as :func:`cases.intake.intake` gives it — or the
     :class:`UserError` that report alone raises (bad channel, unknown class …), which does not
-    keep the others out. Raises :class:`TicketRaced` like :func:`intake_batch`."""
+    keep the others out. ``constants`` (kept by a server, :mod:`cases.constants`) spare reading the
+    catalogue, department kinds and calendar again. A new case is answered from the row the batch
+    wrote, not read back; a ticket already in, from the database. Raises :class:`TicketRaced` like
+    :func:`intake_batch`."""
     out: list[IntakeResult | UserError | None] = [None] * len(reports)
     classes: dict[str, CaseClass] = {}
-    found = classes_for(conn, sorted({r.class_code for r in reports}))
+    found = classes_of(conn, sorted({r.class_code for r in reports}), constants)
     for i, report in enumerate(reports):
         try:
             _validate(report)
@@ -462,8 +467,49 @@ def intake_each(conn: Connection, reports: Sequence[CaseReport], now: datetime |
         except UserError as exc:
             out[i] = exc
     ok = [i for i, o in enumerate(out) if o is None]
-    outcomes = intake_batch(conn, [reports[i] for i in ok], now, classes=classes, srid=srid) if ok else []
-    cases = get_cases(conn, sorted({o.case_id for o in outcomes}))
+    if not ok:
+        return [o for o in out if o is not None]
+    memo = BatchMemo(kinds=constants.kinds, calendar=constants.calendar) if constants is not None else None
+    prepared = prepare_batch(conn, [reports[i] for i in ok], now, classes=classes, srid=srid, memo=memo)
+    outcomes = write_batch(conn, prepared)
+    zone = _session_zone(conn)
+    cases = {row["id"]: case_of_row(row, zone) for row in prepared.case_rows}
+    cases.update(get_cases(conn, sorted({o.case_id for o in outcomes} - set(cases))))
     for i, o in zip(ok, outcomes):
         out[i] = IntakeResult(cases[o.case_id], o.created, list(o.duplicates))
     return [o for o in out if o is not None]
+
+
+#: a new case's columns that the batch's row leaves to the table's defaults, as the table fills them
+_DEFAULTS = {"suspended_status": None, "handled_at": None, "closed_at": None, "remaining_hours": None,
+             "overdue": False, "escalation_level": 0, "returned_departments": [], "rework_count": 0,
+             "extension_count": 0, "extension_requested_hours": None, "merged_into": None}
+_CASE_FIELDS = tuple(f.name for f in fields(Case))
+
+
+def _session_zone(conn: Connection) -> tzinfo | None:
+    """The time zone the connection's session gives times in (learnt once per database connection), so
+    an answer built here writes its times as one read back would; None if Python does not know it."""
+    if _ZONE not in conn.info:
+        name = conn.execute(sa.text("SHOW TimeZone")).scalar()
+        try:
+            conn.info[_ZONE] = ZoneInfo(name)
+        except (ValueError, ZoneInfoNotFoundError):
+            conn.info[_ZONE] = None
+    return conn.info[_ZONE]
+
+
+_ZONE = "cases.batch.session_zone"
+
+
+def case_of_row(row: Mapping[str, Any], zone: tzinfo | None = None) -> Case:
+    """The :class:`Case` a row of :func:`prepare_batch` becomes once written — what reading it back
+    would give (tests/test_cases_batch.py compares the two), without the statement; times in ``zone``
+    (the session's, as the database gives them)."""
+    values = {**_DEFAULTS, **{name: row.get(name) for name in _CASE_FIELDS if name in row}}
+    if zone is not None:
+        values.update({k: v.astimezone(zone) for k, v in values.items() if isinstance(v, datetime)})
+    values["returned_departments"] = list(values["returned_departments"])
+    if row.get("x") is None:  # no point: no geometry, so no coordinates either
+        values.update(x=None, y=None, z=None)
+    return Case(**{name: values.get(name) for name in _CASE_FIELDS})

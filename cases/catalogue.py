@@ -215,6 +215,23 @@ def class_by_code(conn: Connection, code_or_name: str, parameter: str = "class")
 def classes_for(conn: Connection, keys: Sequence[str], parameter: str = "class") -> dict[str, CaseClass | UserError]:
     """:func:`class_by_code` for many keys with one statement: each key → its 小类, or the error
     :func:`class_by_code` raises for it (unknown, or a name several 小类 share)."""
+    by_key = class_index(conn)
+    out: dict[str, CaseClass | UserError] = {}
+    for key in keys:
+        found = by_key.get((key or "").strip())
+        if found is not None:
+            out[key] = found
+            continue
+        try:  # the rare miss: the single lookup words the error (and lists the valid 小类)
+            out[key] = class_by_code(conn, key, parameter)
+        except UserError as exc:
+            out[key] = exc
+    return out
+
+
+def class_index(conn: Connection) -> dict[str, CaseClass]:
+    """Every 小类 by its code and by its name where no other 小类 has that name (one statement): the
+    keys :func:`class_by_code` resolves without an error."""
     ensure_seeded(conn)
     rows = conn.execute(sa.text(f"SELECT {', '.join(CLASS_COLUMNS)} FROM case_classes WHERE parent_code IS NOT NULL"))
     by_key: dict[str, list[CaseClass]] = {}
@@ -222,17 +239,7 @@ def classes_for(conn: Connection, keys: Sequence[str], parameter: str = "class")
         by_key.setdefault(cls.code, []).append(cls)
         if cls.name != cls.code:
             by_key.setdefault(cls.name, []).append(cls)
-    out: dict[str, CaseClass | UserError] = {}
-    for key in keys:
-        found = by_key.get((key or "").strip(), [])
-        if len(found) == 1:
-            out[key] = found[0]
-            continue
-        try:  # the rare miss: the single lookup words the error (and lists the valid 小类)
-            out[key] = class_by_code(conn, key, parameter)
-        except UserError as exc:
-            out[key] = exc
-    return out
+    return {key: found[0] for key, found in by_key.items() if len(found) == 1}
 
 
 def department_kinds(conn: Connection) -> dict[str, re.Pattern[str]]:

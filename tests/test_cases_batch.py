@@ -306,3 +306,72 @@ def test_set_based_actions_equal_the_one_at_a_time_actions(two_cities):
                     (last.actor, last.role, last.action, last.from_status, last.to_status))
     assert after(bulk) == after(single)
     assert after(bulk)[-1][2] in ("dispatch", "to_manual_queue")
+
+
+def test_the_group_intake_answers_what_reading_the_cases_back_gives(two_cities):
+    """POST /cases answers a new case from the row the batch wrote (cases.batch.case_of_row), not by reading
+    it back: for every kind of report — a door, a part with its point, an unknown address, a point outside
+    every grid, no place at all, emergencies, a ticket already in — the answer equals the stored case, field
+    by field and as JSON (under the API's scope, through its engine, with the server's kept constants)."""
+    from cases.batch import intake_each
+    from cases.constants import ConstantsCache
+    from cases.importer import to_report
+    from cim.database import reader_engine
+    from cim.jurisdiction import Scope, acting_as
+
+    _, owner = two_cities[1]
+    rows = list({f"G-{r.get('external_id')}": dict(r, external_id=f"G-{r.get('external_id')}")
+                 for r in _rows(owner)[::3] + _rows(owner)[-6:]}.values())  # every third, and the odd ones
+    reports = [to_report(f"row {n}", row) for n, row in enumerate(rows)]
+    constants = ConstantsCache(60)
+    engine = reader_engine(owner)
+    with acting_as(Scope("city", role="admin")):
+        with engine.begin() as conn:
+            first = intake_each(conn, reports[:5], now=NOW, constants=constants.get(conn))
+        with engine.begin() as conn:
+            results = intake_each(conn, reports, now=NOW, constants=constants.get(conn))
+    assert constants.reads == 1
+    assert [r.created for r in results] == [False] * 5 + [True] * (len(reports) - 5)
+    assert [r.case.id for r in results[:5]] == [r.case.id for r in first]
+    with owner.connect() as conn:
+        for result in results:
+            stored = get_case(conn, result.case.id)
+            assert result.case == stored
+            assert json.dumps(result.case.to_dict(), sort_keys=True, default=str) == \
+                json.dumps(stored.to_dict(), sort_keys=True, default=str)
+    kinds = {(r.case.status, r.case.manual_reason is None, r.case.x is None) for r in results}
+    assert {("dispatched", True, False), ("registered", False, True), ("registered", False, False)} <= kinds
+
+
+def test_the_servers_kept_constants_follow_the_catalogue(two_cities):
+    """The catalogue, department kinds and calendar a server keeps are read once per max_age_s; a class
+    added meanwhile is found at once (a key they do not know is looked up), a changed calendar is read
+    once they are older than max_age_s."""
+    from datetime import date
+
+    from cases.constants import ConstantsCache, classes_of
+    from cim.errors import UserError
+
+    _, engine = two_cities[1]
+    clock = [0.0]
+    cache = ConstantsCache(5, clock=lambda: clock[0])
+    holiday = date(2031, 5, 6)
+    with engine.begin() as conn:
+        kept = cache.get(conn)
+        assert cache.get(conn) is kept and cache.reads == 1
+        assert not isinstance(classes_of(conn, ["道路破损"], kept)["道路破损"], UserError)
+        conn.execute(sa.text(
+            "INSERT INTO case_classes (code, kind, name, parent_code, department_kind) SELECT 'E9990', kind, "
+            "'测试新类', code, department_kind FROM case_classes WHERE code = (SELECT parent_code FROM case_classes "
+            "WHERE name = '道路破损')"))
+        found = classes_of(conn, ["E9990", "测试新类", "没有这个类"], kept)
+        assert found["E9990"].name == "测试新类" and found["测试新类"].code == "E9990"
+        assert isinstance(found["没有这个类"], UserError) and "valid 小类" in str(found["没有这个类"])
+        conn.execute(sa.text("INSERT INTO case_calendar (day, kind, name) VALUES (:d, 'holiday', 'test')"),
+                     {"d": holiday})
+        clock[0] += 4
+        assert holiday not in cache.get(conn).calendar.holidays  # still the kept ones
+        clock[0] += 2
+        fresh = cache.get(conn)
+        assert cache.reads == 2 and holiday in fresh.calendar.holidays and "E9990" in fresh.classes
+        conn.rollback()

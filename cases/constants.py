@@ -1,0 +1,77 @@
+"""What every intake reads and seldom changes — the class catalogue, the department kinds and the
+working calendar — kept by a long-running process (the API server) instead of read again for every
+group of reports (5 of a group's ~17 statements).
+
+Kept for ``max_age_s`` — the API passes ``CIM_LAYER_CACHE_S``, the bound it already sets on how late
+it learns of a load through the layer registry — so a catalogue, department kinds or calendar loaded
+with ``cim cases classes|calendar load`` reaches a running server within that time. A class code or
+name the kept catalogue does not know is looked up in the database at once (:func:`classes_of`), so
+a class added meanwhile is never refused for being new.
+"""
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy.engine import Connection
+
+from cim.errors import UserError
+
+from cases.calendar import WorkingCalendar, load_calendar
+from cases.catalogue import CaseClass, class_index, classes_for, department_kinds
+
+
+@dataclass(frozen=True)
+class IntakeConstants:
+    classes: dict[str, CaseClass]  # code, or a name no other 小类 has → the 小类
+    kinds: dict[str, re.Pattern[str]]
+    calendar: WorkingCalendar
+
+
+def read_constants(conn: Connection) -> IntakeConstants:
+    return IntakeConstants(class_index(conn), department_kinds(conn), load_calendar(conn))
+
+
+def classes_of(conn: Connection, keys: Sequence[str], constants: IntakeConstants | None,
+               parameter: str = "class") -> dict[str, CaseClass | UserError]:
+    """:func:`cases.catalogue.classes_for`, answered from ``constants`` where they know the key; the
+    rest (a class added since they were read, or a key that is an error) from the database."""
+    known = constants.classes if constants is not None else {}
+    out: dict[str, CaseClass | UserError] = {}
+    missing = []
+    for key in keys:
+        found = known.get((key or "").strip())
+        if found is None:
+            missing.append(key)
+        else:
+            out[key] = found
+    if missing:
+        out.update(classes_for(conn, missing, parameter))
+    return out
+
+
+class ConstantsCache:
+    """The :class:`IntakeConstants` of one database, read again once they are ``max_age_s`` old."""
+
+    def __init__(self, max_age_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_age_s = max_age_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._value: IntakeConstants | None = None
+        self._read_at = 0.0
+        self.reads = 0  # how many times they were read (for tests)
+
+    def get(self, conn: Connection) -> IntakeConstants:
+        with self._lock:
+            value, read_at = self._value, self._read_at
+        if value is not None and self._clock() - read_at <= self.max_age_s:
+            return value
+        started = self._clock()
+        value = read_constants(conn)
+        with self._lock:
+            self._value, self._read_at = value, started
+            self.reads += 1
+        return value
