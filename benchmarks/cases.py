@@ -26,6 +26,7 @@ import csv
 import io
 import os
 import random
+import resource
 import statistics
 import subprocess
 import sys
@@ -67,10 +68,12 @@ def log(message: str) -> None:
 
 
 
-def run_cim(url: str, *args: str) -> tuple[str, float]:
+def run_cim(url: str, *args: str, tree: Path | None = None) -> tuple[str, float]:
+    """``cim ARGS`` against ``url`` (from another checkout's packages with ``tree``): stdout, wall seconds."""
     start = time.perf_counter()
-    done = subprocess.run([CIM, *args], env={**os.environ, "CIM_DATABASE_URL": url}, cwd=ROOT,
-                          capture_output=True, text=True, check=False)
+    command = [CIM, *args] if tree is None else [sys.executable, "-c", "from cim.cli.main import run; run()", *args]
+    env = {**os.environ, "CIM_DATABASE_URL": url} | ({"PYTHONPATH": str(tree)} if tree is not None else {})
+    done = subprocess.run(command, env=env, cwd=tree or ROOT, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - start
     if done.returncode:
         raise SystemExit(f"cim {' '.join(args)} failed:\n{done.stderr[-3000:]}")
@@ -203,6 +206,67 @@ def measure_import(server: str, template: str, n: int, single: int, seed: int, d
     return out
 
 
+def cpu_of_children() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def database_cpu(url: str) -> float:
+    """CPU seconds of the database server so far: its postmaster with the backends it has reaped, and the
+    live ones (the embedded cluster is this benchmark's alone)."""
+    with engine_for(url).connect() as conn:
+        backend = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+    postmaster = int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    tick, total = os.sysconf("SC_CLK_TCK"), 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(stat.parent.name) == postmaster:
+            total += sum(int(v) for v in fields[11:15]) / tick
+        elif int(fields[1]) == postmaster:
+            total += sum(int(v) for v in fields[11:13]) / tick
+    return total
+
+
+def import_before_after(server: str, template: str, src: Path, before: Path, runs: int,
+                        dbs: list[str]) -> list[dict]:
+    """`cim cases import` of the same file end to end, from this checkout and from ``before``, in turns
+    (which goes first alternating), each into a fresh copy of the template: wall, CPU of the command,
+    CPU of the database server, load."""
+    out = []
+    for run in range(runs):
+        order = [("this checkout", None), ("before", before)]
+        for label, tree in (order if run % 2 == 0 else order[::-1]):
+            name = f"casebench_ba_{uuid.uuid4().hex[:6]}"
+            url = create_database(server, name, template)
+            dbs.append(name)
+            load = os.getloadavg()[0]
+            cpu, db_cpu = cpu_of_children(), database_cpu(url)
+            _, wall = run_cim(url, "cases", "import", str(src), "--now", NOW.isoformat(), tree=tree)
+            out.append({"tree": label, "wall": wall, "cpu": cpu_of_children() - cpu,
+                        "db_cpu": database_cpu(url) - db_cpu, "load": (load, os.getloadavg()[0])})
+            log(f"    {label}: {wall:.1f} s, CPU {out[-1]['cpu']:.1f} s + database {out[-1]['db_cpu']:.1f} s")
+            dispose_engines()
+    return out
+
+
+def render_before_after(rows: list[dict], n: int) -> str:
+    lines = [f"| `cim cases import`, {n:,} rows, end to end | wall s | cases/s | CPU s of the command | CPU s of the "
+             "database | load (1 min) |", "|---|---:|---:|---:|---:|---|"]
+    for r in rows:
+        lines.append(f"| {r['tree']} | {r['wall']:.2f} | {n / r['wall']:,.0f} | {r['cpu']:.2f} | {r['db_cpu']:.2f} | "
+                     f"{r['load'][0]:.1f} → {r['load'][1]:.1f} |")
+    for tree in dict.fromkeys(r["tree"] for r in rows):
+        mine = [r for r in rows if r["tree"] == tree]
+        lines.append(f"| **{tree}, median** | {statistics.median(r['wall'] for r in mine):.2f} | "
+                     f"{n / statistics.median(r['wall'] for r in mine):,.0f} | "
+                     f"{statistics.median(r['cpu'] for r in mine):.2f} | "
+                     f"{statistics.median(r['db_cpu'] for r in mine):.2f} | |")
+    return "\n".join(lines)
+
+
 # --- (b) evaluation ----------------------------------------------------------------------------
 
 SYNTHETIC = """
@@ -328,6 +392,9 @@ def main() -> None:
     parser.add_argument("--only", choices=("import", "evaluation"))
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--keep", action="store_true", help="keep the databases")
+    parser.add_argument("--before", type=Path, help="only: `cim cases import` end to end from this checkout and "
+                        "from another (e.g. the base commit unpacked by git archive), in turns, --runs times each")
+    parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     WORK.mkdir(exist_ok=True)
     server = database_url()
@@ -343,6 +410,14 @@ def main() -> None:
             all_classes(conn)  # seed the catalogue once, in the template
             conn.commit()
         dispose_engines()
+        if args.before:  # only the end-to-end import, from both checkouts in turns
+            rows = hotline_rows(engine_for(url), args.cases, args.seed)
+            dispose_engines()
+            src = write_csv(WORK / "cases_import.csv", rows)
+            table = render_before_after(import_before_after(server, template, src, args.before.resolve(), args.runs,
+                                                            dbs), args.cases)
+            print(table)
+            return
         imp = measure_import(server, template, args.cases, args.single, args.seed, dbs) \
             if args.only != "evaluation" else None
         ev = measure_evaluation(server, template, args.evaluation, dbs) if args.only != "import" else None
