@@ -356,3 +356,39 @@ def test_concurrent_reports_are_taken_in_together_each_gets_its_own_answer(city,
     group_commit = app.state.case_intake
     assert group_commit.items == len(bodies)  # the refused ones too: refused in the group, one by one
     assert group_commit.groups < group_commit.items  # gathered, not one transaction per request
+
+
+def test_a_city_wide_group_is_written_as_the_owner_a_narrower_one_under_the_policies(city):
+    """A group of a city-wide caller is written as the owner (COPY, the duplicate search free to use the spatial
+    index), still in the caller's name in the audit trail; a district's caller's group stays under the policies
+    (one INSERT the policies check row by row). Both open and dispatch the same way."""
+    from api.cases import intake_group
+    from cases.intake import CaseReport
+    from cim.database import reader_engine
+    from cim.jurisdiction import Scope, acting_as
+
+    engine = reader_engine(city)
+    statements: list[str] = []
+
+    def seen(conn, cursor, statement, *args) -> None:
+        statements.append(statement)
+
+    callers = {"OWN": Scope("city", role="admin", user="热线对接"),
+               "RLS": Scope("area", role="admin", user="徐汇区平台", district="310104")}
+    sa.event.listen(engine, "before_cursor_execute", seen)
+    try:
+        for tag, scope in callers.items():
+            statements.clear()
+            with acting_as(scope):
+                results = intake_group(engine, [CaseReport(channel="hotline_12345", class_code="道路破损",
+                                                           address_text=f"汾阳路{n}号", external_id=f"{tag}-{n}")
+                                                for n in (7, 9)], SRID)
+            assert [(r.created, r.case.status) for r in results] == [(True, "dispatched")] * 2, results
+            policed = [s for s in statements if "json_populate_recordset" in s]
+            assert bool(policed) == (tag == "RLS"), tag
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", seen)
+    with city.connect() as conn:
+        actors = set(conn.execute(sa.text("SELECT actor FROM audit_log WHERE object = 'cases' AND action = 'insert'"))
+                     .scalars())
+    assert {"热线对接", "徐汇区平台"} <= actors
