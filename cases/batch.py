@@ -485,6 +485,7 @@ _DEFAULTS = {"suspended_status": None, "handled_at": None, "closed_at": None, "r
              "overdue": False, "escalation_level": 0, "returned_departments": [], "rework_count": 0,
              "extension_count": 0, "extension_requested_hours": None, "merged_into": None}
 _CASE_FIELDS = tuple(f.name for f in fields(Case))
+_ZONE = "cases.batch.session_zone"  # conn.info key: the session's time zone
 
 
 def _session_zone(conn: Connection) -> tzinfo | None:
@@ -497,9 +498,6 @@ def _session_zone(conn: Connection) -> tzinfo | None:
         except (ValueError, ZoneInfoNotFoundError):
             conn.info[_ZONE] = None
     return conn.info[_ZONE]
-
-
-_ZONE = "cases.batch.session_zone"
 
 
 def case_of_row(row: Mapping[str, Any], zone: tzinfo | None = None) -> Case:
