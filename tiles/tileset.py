@@ -131,18 +131,20 @@ def read_features(conn: Connection, layer: Layer, srid: int, storey_height: floa
             .where(*selection.clauses(layer, q.table, q.geom, srid, districts), q.geom.is_not(None),
                    sa.not_(sa.func.ST_IsEmpty(q.geom)))
             .order_by(q.table.c.fid))
-    fids, values = [], []
+    fids, centres, regions, importance = [], [], [], []
     result = conn.execution_options(stream_results=True, yield_per=_READ_CHUNK).execute(stmt)
     for chunk in result.partitions():
         fids.append(np.array([r[0] for r in chunk], np.int64))
-        values.append(np.array([tuple(r[1:]) for r in chunk], float))  # a NULL (pad, importance) reads as NaN
+        # cx, cy, xmin, ymin, xmax, ymax, zmin, zmax, pad, importance; a NULL (pad, importance) reads as NaN
+        v = np.array([tuple(r[1:]) for r in chunk], float)
+        centres.append(v[:, :2])
+        regions.append(_feature_regions(v[:, 2:9], srid))  # per chunk: its temporaries are 8 points a feature
+        importance.append(np.nan_to_num(v[:, 9]))
     if not fids:
         return None
-    v = np.vstack(values)
-    del values
-    # columns of v: cx, cy, xmin, ymin, xmax, ymax, zmin, zmax, pad, importance
-    return Features(fid=np.concatenate(fids), cx=v[:, 0].copy(), cy=v[:, 1].copy(),
-                    region=_feature_regions(v[:, 2:9], srid), importance=np.nan_to_num(v[:, 9]))
+    centre = np.vstack(centres)
+    return Features(fid=np.concatenate(fids), cx=centre[:, 0].copy(), cy=centre[:, 1].copy(),
+                    region=np.vstack(regions), importance=np.concatenate(importance))
 
 
 def city_region(city_bbox: tuple[float, float, float, float]) -> list[float]:
