@@ -69,8 +69,9 @@ def read_subtrees(out: Path, root: dict) -> tuple[set, set]:
 @pytest.fixture(scope="module")
 def implicit_buildings(city, db_url, tmp_path_factory):
     out = tmp_path_factory.mktemp("implicit")
+    # two processes build the content (the default on a 2-core machine, spelled out for any machine)
     run_cim("tiles", "export-3d", "buildings", str(out), "--implicit", "--max-features", "8",
-            "--subtree-levels", "2", db_url=db_url)
+            "--subtree-levels", "2", "--workers", "2", db_url=db_url)
     return out, json.loads((out / "tileset.json").read_text())
 
 
@@ -126,3 +127,23 @@ def test_bad_subtree_levels_is_a_clear_error(city, db_url, tmp_path):
     proc = run_cim("tiles", "export-3d", "buildings", str(tmp_path), "--implicit", "--subtree-levels", "0",
                    db_url=db_url, check=False)
     assert proc.returncode == 1 and "--subtree-levels" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_two_processes_write_the_same_bytes_as_one(implicit_buildings, db_url, tmp_path):
+    out, _ = implicit_buildings
+    run_cim("tiles", "export-3d", "buildings", str(tmp_path), "--implicit", "--max-features", "8",
+            "--subtree-levels", "2", "--workers", "1", db_url=db_url)
+    def tileset(root: Path) -> dict[Path, bytes]:  # (the validator tests leave their reports beside it)
+        return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*"))
+                if p.suffix in (".glb", ".subtree") or p.name == "tileset.json"}
+
+    parallel, serial = tileset(out), tileset(tmp_path)
+    assert len([p for p in serial if p.suffix == ".glb"]) > 8  # enough tiles for several batches of work
+    assert parallel.keys() == serial.keys()
+    assert [p for p in serial if parallel[p] != serial[p]] == []
+
+
+def test_bad_worker_count_is_a_clear_error(city, db_url, tmp_path):
+    proc = run_cim("tiles", "export-3d", "buildings", str(tmp_path), "--implicit", "--workers", "0",
+                   db_url=db_url, check=False)
+    assert proc.returncode == 1 and "--workers" in proc.stderr and "Traceback" not in proc.stderr

@@ -38,15 +38,19 @@ def export_3d(
     implicit: bool = typer.Option(False, "--implicit", help="Implicit tiling (a quadtree in subtree files; a "
                                                             "small tileset.json for layers of millions)."),
     subtree_levels: int = typer.Option(4, "--subtree-levels", help="With --implicit: levels per subtree file."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="With --implicit: processes building the content "
+                                                                  "tiles, each with its own connection (default: "
+                                                                  "one per core)."),
 ) -> None:
     """Write a static 3D Tiles 1.1 tileset (glb content with per-feature metadata)."""
     from tiles.export import export_3d as run
-    from tiles.export import export_3d_implicit
+    from tiles.export import default_workers, export_3d_implicit
 
     started = time.monotonic()
     selection = _selection(bbox, filter_, filter_lang)
     if implicit:
-        summary = export_3d_implicit(_service(), layer, outdir, selection, max_features, subtree_levels)
+        summary = export_3d_implicit(_service(), layer, outdir, selection, max_features, subtree_levels,
+                                     default_workers() if workers is None else workers)
     else:
         summary = run(_service(), layer, outdir, selection, max_features)
     console.print(f"{layer}: {summary.features} features in {summary.tiles} tiles → {summary.path / 'tileset.json'} "

@@ -4,10 +4,15 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import multiprocessing
+import os
 import re
 import sqlite3
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
+
+from sqlalchemy.engine import Connection
 
 from cim.errors import UserError
 from cim.selection import Selection
@@ -45,41 +50,134 @@ def export_3d(service: TileService, layer_name: str, outdir: Path, selection: Se
     return ExportSummary(n, plan.feature_count, 0, outdir)
 
 
+def default_workers() -> int:
+    """One export process per core this process may run on: tile building is CPU-bound in both the exporter
+    and the database, so more processes than cores only queue."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def export_3d_implicit(service: TileService, layer_name: str, outdir: Path, selection: Selection = Selection(),
-                       max_features: int = DEFAULT_MAX_FEATURES, subtree_levels: int = 4) -> ExportSummary:
+                       max_features: int = DEFAULT_MAX_FEATURES, subtree_levels: int = 4,
+                       workers: int = 1) -> ExportSummary:
     """``outdir/tileset.json`` (one root tile with ``implicitTiling``), ``outdir/subtrees/…`` and
-    ``outdir/content/{level}/{x}/{y}.glb``: 3D Tiles 1.1 implicit tiling (see :mod:`tiles.implicit`)."""
+    ``outdir/content/{level}/{x}/{y}.glb``: 3D Tiles 1.1 implicit tiling (see :mod:`tiles.implicit`).
+
+    With ``workers`` > 1 the content tiles are built by that many processes, each with its own database
+    connection, in batches of neighbouring tiles; every tile's bytes depend on the tile alone, so the output is
+    the same as one process's."""
     if not 1 <= subtree_levels <= 10:
         raise UserError(f"--subtree-levels: must be 1 to 10, got {subtree_levels}")
+    if workers < 1:
+        raise UserError(f"--workers: must be at least 1, got {workers}")
     layer = service.layer(layer_name)
     s = service.settings
     with service.engine.connect() as conn:
         version = content_version(conn, layer)
         features = read_features(conn, layer, s.srid, s.floor_height_m, selection)
-        if features is None:  # nothing to subdivide: the explicit tileset of an empty layer says it
-            return export_3d(service, layer_name, outdir, selection, max_features)
-        tree = implicit.build_implicit(features, max_features, subtree_levels)
-        w, so, e, n = tree.region[:4]
-        frame = LocalFrame(math.degrees((w + e) / 2), math.degrees((so + n) / 2), 0.0)
-        plan = Plan(layer, model_for(layer.name), version, selection, s.srid, s.floor_height_m, frame, None,
-                    len(features), city_region(s.city_bbox_wgs84))
-        n_tiles = 0
-        for level, x, y, fids in tree.contents():
-            tile = Tile(f"{level}/{x}/{y}", level, (0.0, 0.0, 0.0, 0.0), fids, tree.tile_region(level, x, y), 0.0)
-            path = outdir / implicit.CONTENT_URI.format(level=level, x=x, y=y)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(tile_glb(conn, plan, tile))
-            n_tiles += 1
+    if features is None:  # nothing to subdivide: the explicit tileset of an empty layer says it
+        return export_3d(service, layer_name, outdir, selection, max_features)
+    tree = implicit.build_implicit(features, max_features, subtree_levels)
+    count = len(features)
+    del features  # the tree holds the fids; the workers inherit less
+    w, so, e, n = tree.region[:4]
+    frame = LocalFrame(math.degrees((w + e) / 2), math.degrees((so + n) / 2), 0.0)
+    plan = Plan(layer, model_for(layer.name), version, selection, s.srid, s.floor_height_m, frame, None,
+                count, city_region(s.city_bbox_wgs84))
+    outdir.mkdir(parents=True, exist_ok=True)
+    # batches of at most _BATCH_FEATURES, and at least four per worker so that both finish together
+    batches = _content_batches(tree, max(1, min(_BATCH_FEATURES, count // (4 * workers))))
+    n_tiles = sum(len(b) for b in batches)
+    if workers == 1 or len(batches) == 1:
+        with service.engine.connect() as conn:
+            for batch in batches:
+                _write_contents(conn, plan, tree, outdir, batch)
+    else:
+        _write_contents_in_pool(service, plan, tree, outdir, batches, workers)
+    members = implicit.subtree_members(tree)
     for level, x, y in implicit.subtree_roots(tree):
         path = outdir / implicit.SUBTREE_URI.format(level=level, x=x, y=y)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(implicit.subtree_bytes(tree, level, x, y))
+        path.write_bytes(implicit.subtree_bytes(tree, level, x, y, members[(level, x, y)]))
     explicit = tileset_json(plan)  # the same asset, schema and metadata as the explicit tileset
     doc = implicit.tileset_json(tree, frame.transform(), explicit["asset"],
                                 {k: explicit[k] for k in ("schema", "metadata", "extras")})
     (outdir / "tileset.json").write_text(json.dumps(doc, ensure_ascii=False, separators=(",", ":")),
                                          encoding="utf-8")
-    return ExportSummary(n_tiles, len(features), 0, outdir)
+    return ExportSummary(n_tiles, plan.feature_count, 0, outdir)
+
+
+#: features per batch of content tiles handed to a worker: big enough that a batch is seconds of work (the
+#: hand-over costs little), small enough that both workers stay busy to the end
+_BATCH_FEATURES = 5_000
+
+_Batch = list[tuple[int, int, int]]
+
+
+def _content_batches(tree: implicit.ImplicitTree, batch_features: int) -> list[_Batch]:
+    """The content tiles in batches of neighbours (the tree's sorted order keeps a subtree's tiles together)."""
+    batches: list[_Batch] = [[]]
+    size = 0
+    for level, x, y, fids in tree.contents():
+        if size >= batch_features:
+            batches.append([])
+            size = 0
+        batches[-1].append((level, x, y))
+        size += len(fids)
+    return [b for b in batches if b]
+
+
+def _write_contents(conn: Connection, plan: Plan, tree: implicit.ImplicitTree, outdir: Path,
+                    batch: _Batch) -> int:
+    for level, x, y in batch:
+        tile = Tile(f"{level}/{x}/{y}", level, (0.0, 0.0, 0.0, 0.0), tree.tiles[(level, x, y)],
+                    tree.tile_region(level, x, y), 0.0)
+        path = outdir / implicit.CONTENT_URI.format(level=level, x=x, y=y)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(tile_glb(conn, plan, tile))
+    return len(batch)
+
+
+# What a worker process needs, set before the pool forks (the plan's model holds functions, which do not
+# pickle); the workers get it by inheritance and only batch lists travel through the pool's queue.
+_JOB: tuple[TileService, Plan, implicit.ImplicitTree, Path] | None = None
+
+
+def _worker_start() -> None:
+    assert _JOB is not None
+    # the pool inherited the parent's pooled connections: a new pool here, the parent's left to the parent
+    _JOB[0].engine.dispose(close=False)
+
+
+def _worker_batch(batch: _Batch) -> int:
+    assert _JOB is not None
+    service, plan, tree, outdir = _JOB
+    with service.engine.connect() as conn:
+        return _write_contents(conn, plan, tree, outdir, batch)
+
+
+def _write_contents_in_pool(service: TileService, plan: Plan, tree: implicit.ImplicitTree, outdir: Path,
+                            batches: list[_Batch], workers: int) -> None:
+    global _JOB
+    _JOB = (service, plan, tree, outdir)
+    try:
+        # fork: the workers share the parent's tree and settings without copying them (copy on write)
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                 initializer=_worker_start) as pool:
+            # at most two batches queued per worker: a failure stops the export soon, memory stays flat
+            pending: set[Future] = set()
+            for batch in batches:
+                if len(pending) >= 2 * workers:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for f in done:
+                        f.result()
+                pending.add(pool.submit(_worker_batch, batch))
+            for f in pending:
+                f.result()
+    finally:
+        _JOB = None
 
 
 def parse_zooms(text: str) -> range:

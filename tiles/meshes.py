@@ -122,12 +122,17 @@ def blocks(geoms: np.ndarray, bases: np.ndarray, tops: np.ndarray, features: np.
     # on the polygon so that the triangulation keeps its precision
     ring_start = np.flatnonzero(np.r_[True, ring[1:] != ring[:-1]])
     poly_start = ring_start[np.r_[True, poly[ring_start][1:] != poly[ring_start][:-1]]]
-    bounds = np.r_[ring_start, n]
+    poly_end = np.r_[poly_start[1:], n]
+    # each polygon's vertices relative to its mean, and its rings' ends, found for all at once (a loop that
+    # searched every ring end for each polygon was quadratic in the tile's size)
+    counts = poly_end - poly_start
+    local_all = xy - np.repeat(np.add.reduceat(xy, poly_start, axis=0) / counts[:, None], counts, axis=0)
+    first_ring = np.searchsorted(ring_start, np.r_[poly_start, n])  # polygon k's rings: first_ring[k:k + 2]
+    ends_all = (np.r_[ring_start[1:], n] - np.repeat(poly_start, np.diff(first_ring))).astype(np.uint32)
+    triangulate = mapbox_earcut.triangulate_float64
     triangles = []
-    for s, e in zip(poly_start, np.r_[poly_start[1:], n]):
-        local = xy[s:e] - xy[s:e].mean(axis=0)
-        ring_ends = bounds[(bounds > s) & (bounds <= e)] - s
-        tri = np.asarray(mapbox_earcut.triangulate_float64(local, ring_ends.astype(np.uint32)), np.int64)
+    for k, (s, e) in enumerate(zip(poly_start.tolist(), poly_end.tolist())):
+        tri = np.asarray(triangulate(local_all[s:e], ends_all[first_ring[k]:first_ring[k + 1]]), np.int64)
         triangles.append(tri.reshape(-1, 3) + s)
     tri = np.vstack(triangles) if triangles else np.zeros((0, 3), np.int64)
     a, b, c = xy[tri[:, 0]], xy[tri[:, 1]], xy[tri[:, 2]]

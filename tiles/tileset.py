@@ -7,6 +7,7 @@ row and adds another), so the content of a planned tile is the same whenever it 
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -14,10 +15,11 @@ from typing import Any, Callable
 import numpy as np
 import shapely
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
 
 from cim.distribution import DISTRIBUTION_COLUMN
-from cim.districts_index import districts_touching, storage_box
+from cim.districts_index import Districts, districts_touching, storage_box
 from cim.errors import ConflictError, NotFoundError, ParameterError
 from cim.registry import Layer
 from tiles.geodesy import LocalFrame, lonlath_to_ecef, pad_radians, storage_to_lonlat
@@ -85,21 +87,27 @@ class Plan:
         self.tiles = {t.id: t for t in self.root.walk()} if self.root else {}
 
 
-def _feature_regions(rows: list[Any], srid: int) -> np.ndarray:
+def _feature_regions(v: np.ndarray, srid: int) -> np.ndarray:
     """Each feature's region from its storage bbox: 8 points of the box (corners and edge middles,
-    since a straight storage edge is slightly curved in degrees), padded by its reach + margin."""
-    b = np.array([(r.xmin, r.ymin, r.xmax, r.ymax) for r in rows], float)
+    since a straight storage edge is slightly curved in degrees), padded by its reach + margin.
+    ``v`` holds one row per feature: xmin, ymin, xmax, ymax, zmin, zmax, pad."""
+    b = v[:, :4]
     xs = np.stack([b[:, 0], b[:, 2], b[:, 2], b[:, 0], (b[:, 0] + b[:, 2]) / 2, (b[:, 0] + b[:, 2]) / 2,
                    b[:, 0], b[:, 2]], axis=1)
     ys = np.stack([b[:, 1], b[:, 1], b[:, 3], b[:, 3], b[:, 1], b[:, 3],
                    (b[:, 1] + b[:, 3]) / 2, (b[:, 1] + b[:, 3]) / 2], axis=1)
     lon, lat = storage_to_lonlat(xs.ravel(), ys.ravel(), srid)
     lon, lat = np.radians(lon.reshape(xs.shape)), np.radians(lat.reshape(xs.shape))
-    pad = np.array([float(r.pad or 0.0) for r in rows]) + REGION_MARGIN_M
+    pad = np.nan_to_num(v[:, 6]) + REGION_MARGIN_M
     dlon, dlat = pad_radians(pad, np.degrees(lat.mean(axis=1)))
-    zmin = np.array([float(r.zmin) for r in rows]) - REGION_MARGIN_M
-    zmax = np.array([float(r.zmax) for r in rows]) + REGION_MARGIN_M
+    zmin = v[:, 4] - REGION_MARGIN_M
+    zmax = v[:, 5] + REGION_MARGIN_M
     return np.column_stack([lon.min(1) - dlon, lat.min(1) - dlat, lon.max(1) + dlon, lat.max(1) + dlat, zmin, zmax])
+
+
+#: features read and turned into arrays at a time: the rows of a whole city (1.5 M buildings) as Python
+#: objects would take more than a gigabyte; as arrays they take ~100 bytes a feature
+_READ_CHUNK = 50_000
 
 
 def read_features(conn: Connection, layer: Layer, srid: int, storey_height: float,
@@ -123,15 +131,20 @@ def read_features(conn: Connection, layer: Layer, srid: int, storey_height: floa
             .where(*selection.clauses(layer, q.table, q.geom, srid, districts), q.geom.is_not(None),
                    sa.not_(sa.func.ST_IsEmpty(q.geom)))
             .order_by(q.table.c.fid))
-    rows = conn.execute(stmt).all()
-    if not rows:
+    fids, centres, regions, importance = [], [], [], []
+    result = conn.execution_options(stream_results=True, yield_per=_READ_CHUNK).execute(stmt)
+    for chunk in result.partitions():
+        fids.append(np.array([r[0] for r in chunk], np.int64))
+        # cx, cy, xmin, ymin, xmax, ymax, zmin, zmax, pad, importance; a NULL (pad, importance) reads as NaN
+        v = np.array([tuple(r[1:]) for r in chunk], float)
+        centres.append(v[:, :2])
+        regions.append(_feature_regions(v[:, 2:9], srid))  # per chunk: its temporaries are 8 points a feature
+        importance.append(np.nan_to_num(v[:, 9]))
+    if not fids:
         return None
-    return Features(
-        fid=np.array([r.fid for r in rows], np.int64),
-        cx=np.array([r.cx for r in rows], float), cy=np.array([r.cy for r in rows], float),
-        region=_feature_regions(rows, srid),
-        importance=np.array([float(r.importance or 0.0) for r in rows]),
-    )
+    centre = np.vstack(centres)
+    return Features(fid=np.concatenate(fids), cx=centre[:, 0].copy(), cy=centre[:, 1].copy(),
+                    region=np.vstack(regions), importance=np.concatenate(importance))
 
 
 def city_region(city_bbox: tuple[float, float, float, float]) -> list[float]:
@@ -215,28 +228,61 @@ def tile_centre(plan: Plan, tile: Tile) -> np.ndarray:
     return plan.frame.to_gltf(ecef)[0]
 
 
-def tile_glb(conn: Connection, plan: Plan, tile: Tile) -> bytes:
-    """The binary glTF of one tile: its features' meshes and their attributes."""
-    q = plan.model.query(tables_for(plan.srid), plan.storey_height)
+@functools.lru_cache(maxsize=32)
+def _content_query(layer_name: str, srid: int, storey_height: float) -> tuple[Any, bool]:
+    """(the layer's :class:`~tiles.models.Query`, whether its rows can be looked up by district), built once
+    per layer: building it anew for every tile (its correlated address and wall subqueries) cost ~13 ms of
+    Python a tile, a third of a tile's own work."""
+    q = MODELS[layer_name].query(tables_for(srid), storey_height)
+    return q, q.geom is q.table.c.geom and DISTRIBUTION_COLUMN in q.table.c
+
+
+@functools.lru_cache(maxsize=64)
+def _content_statement(layer_name: str, srid: int, storey_height: float, by_district: bool,
+                       with_null: bool) -> tuple[sa.Select, tuple[str, ...]]:
+    """The SELECT of a tile's features, compiled once: the fids (and the districts) are bound at execution."""
+    q, _ = _content_query(layer_name, srid, storey_height)
+    keys = (*q.columns, *q.extra)
     stmt = (sa.select(q.table.c.fid.label("_fid"), sa.func.ST_AsBinary(q.geom).label("_wkb"),
                       *(c.label(k) for k, c in q.columns.items()), *(c.label(k) for k, c in q.extra.items()))
-            .select_from(q.source).where(q.table.c.fid == sa.any_(sa.literal(list(map(int, tile.fids))))))
+            .select_from(q.source)
+            .where(q.table.c.fid == sa.any_(sa.bindparam("fids", type_=ARRAY(sa.BigInteger)))))
+    if by_district:
+        stmt = stmt.where(Districts((), with_null).clause(q.table.c[DISTRIBUTION_COLUMN], "districts"))
+    return stmt, keys
+
+
+def tile_rows(conn: Connection, plan: Plan, tile: Tile) -> list[dict[str, Any]]:
+    """The attributes (and ``geom``, a shapely geometry) of the tile's features, in the tile's fid order."""
+    _, prunable = _content_query(plan.model.layer, plan.srid, plan.storey_height)
+    districts = None
     # the tile's region holds its features whole: their districts are those the region touches, so the fids
     # are looked up in those districts' partitions / shards only
-    if q.geom is q.table.c.geom and DISTRIBUTION_COLUMN in q.table.c and plan.selection.when is None:
+    if prunable and plan.selection.when is None:
         w, s, e, n = (math.degrees(v) for v in tile.region[:4])
         districts = districts_touching(conn, plan.layer, storage_box(w, s, e, n, 4326, plan.srid))
-        if districts is not None:
-            stmt = stmt.where(districts.clause(q.table.c[DISTRIBUTION_COLUMN]))
-    found = {r._fid: r._mapping for r in conn.execute(stmt)}
-    rows: list[dict[str, Any]] = []
-    for fid in tile.fids:
-        r = found.get(int(fid))
+    stmt, keys = _content_statement(plan.model.layer, plan.srid, plan.storey_height, districts is not None,
+                                    districts is not None and districts.with_null)
+    params: dict[str, Any] = {"fids": [int(f) for f in tile.fids]}
+    if districts is not None:
+        params["districts"] = list(districts.codes)
+    found = {r[0]: r for r in conn.execute(stmt, params)}
+    ordered = []
+    for fid in params["fids"]:
+        r = found.get(fid)
         if r is None:
             raise ConflictError(f"feature fid {fid} of tile {tile.id} is gone; reload tileset.json")
-        row = {k: v for k, v in r.items() if not k.startswith("_")}
-        row["geom"] = shapely.from_wkb(bytes(r["_wkb"]))
-        rows.append(row)
+        ordered.append(r)
+    geoms = shapely.from_wkb([bytes(r[1]) for r in ordered])
+    rows = [dict(zip(keys, r[2:])) for r in ordered]
+    for row, geom in zip(rows, geoms):
+        row["geom"] = geom
+    return rows
+
+
+def tile_glb(conn: Connection, plan: Plan, tile: Tile) -> bytes:
+    """The binary glTF of one tile: its features' meshes and their attributes."""
+    rows = tile_rows(conn, plan, tile)
     meshes, instances = plan.model.build(rows, plan.srid, plan.frame)
     centre = tile_centre(plan, tile)
     for mesh, _ in meshes:
@@ -244,4 +290,3 @@ def tile_glb(conn: Connection, plan: Plan, tile: Tile) -> bytes:
     for inst in instances:
         inst.translations = inst.translations - centre
     return write_glb(plan.model.feature_class, rows, centre, meshes, instances)
-
