@@ -117,8 +117,10 @@ def _check(case: Case, act: Action) -> Transition:
 def _update(conn: Connection, case: Case, **values: Any) -> None:
     """Change a case's row and bump its version (the caller holds the row lock)."""
     sets = ", ".join(f"{k} = :{k}" for k in values)
-    conn.execute(sa.text(f"UPDATE cases SET {sets}{', ' if sets else ''}version = version + 1 WHERE id = :_id"),
-                 {**values, "_id": case.id})
+    # the district too: on Citus the statement goes to the case's shard only
+    conn.execute(sa.text(f"UPDATE cases SET {sets}{', ' if sets else ''}version = version + 1 "
+                         "WHERE id = :_id AND district_code = :_district"), {**values, "_id": case.id,
+                                                                             "_district": case.district})
 
 
 def act(conn: Connection, case_id: int, action: Action, now: datetime | None = None,
@@ -146,7 +148,7 @@ def act(conn: Connection, case_id: int, action: Action, now: datetime | None = N
         _apply(conn, case, action, now, PLANNERS[action.action](case, cls, rule, action, now, calendar))
     else:
         _HANDLERS[action.action](conn, case, cls, rule, action, now, calendar)
-    after = get_case(conn, case_id)
+    after = get_case(conn, case_id, district=case.district)
     run_hooks(conn, after, action, now)
     return after
 

@@ -140,8 +140,13 @@ def _districts_of(conn: Connection, case_ids: Sequence[int]) -> dict[int, str]:
                              {"ids": list(case_ids)}).all())
 
 
-def get_case(conn: Connection, case_id: int, lock: bool = False) -> Case:
-    """One case; ``lock`` takes its row lock until the transaction ends (actions serialise on it)."""
+def get_case(conn: Connection, case_id: int, lock: bool = False, district: str | None = None) -> Case:
+    """One case; ``lock`` takes its row lock until the transaction ends (actions serialise on it). ``district``
+    (:attr:`Case.district`), when the caller knows it: on Citus the statement goes to that one shard."""
+    if district is not None:
+        row = conn.execute(sa.text(_SELECT + " WHERE c.id = :id AND c.district_code = :d"
+                                   + (" FOR UPDATE" if lock else "")), {"id": case_id, "d": district}).one_or_none()
+        return _case(row) if row is not None else _not_found(case_id)
     if lock and on_citus(conn):
         # Citus locks rows only in a statement routed to one shard: name the case's district (it never changes)
         return get_cases(conn, [case_id], lock=True).get(case_id) or _not_found(case_id)
