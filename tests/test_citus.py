@@ -281,10 +281,25 @@ def test_readings_are_stored_in_their_devices_district_shard(base, client):
     # the same batch again: duplicates, told apart from the shard's unique violation (Citus reports it as XX000)
     again = client.post("/iot/readings", json=body, headers=headers)
     assert again.status_code == 200 and (again.json()["stored"], again.json()["duplicates"]) == (0, 3), again.text
+    # a threshold rule over the distributed readings (its look-back runs once per district, routed to its shard):
+    # the alarm opens a case in the device's district
+    from sensing.rules import RuleSpec, add_rule
+
+    with base.engine.begin() as conn:
+        rule = add_rule(conn, RuleSpec(name="citus ponding", quantity=quantity, device_id=device, warning=1.0,
+                                       alarm=1.5, case_class="道路积水"))["id"]
+    for minute, value in ((10, 1.2), (20, 1.8)):
+        sent = client.post("/iot/readings", headers=headers, json=[{
+            "device_id": device, "quantity": quantity, "unit": "m", "time": f"2026-12-02T08:{minute}:00+08:00",
+            "value": value}])
+        assert sent.status_code == 200 and sent.json()["stored"] == 1, sent.text
+    alert = _rows(base, "SELECT level, case_id FROM iot_alerts WHERE rule_id = :r", r=rule)
+    assert len(alert) == 1 and alert[0][0] == "alarm" and alert[0][1] is not None, alert
+    assert _rows(base, "SELECT district_code FROM cases WHERE id = :c", c=alert[0][1]) == [(district,)]
     readings = client.get(f"/iot/devices/{device}/readings", params={
         "quantity": quantity, "from": "2026-12-02T00:00:00Z", "to": "2026-12-03T00:00:00Z"})
     assert readings.status_code == 200, readings.text
-    assert [r["value"] for r in readings.json()["readings"]] == [r["value"] for r in body]
+    assert [r["value"] for r in readings.json()["readings"]] == [r["value"] for r in body] + [1.2, 1.8]
 
 
 def _worker_of(base, district: str) -> int:
