@@ -84,7 +84,8 @@ def add_attachment(conn: Connection, case_id: int, content: bytes, root: Path, a
         os.replace(tmp.name, target)
     relative = str(target.relative_to(root))
     event_id = write_event(conn, case.id, now or now_utc(), actor, role, "attach", case.status, case.status,
-                           None, {"content_hash": digest, "media_type": media_type, "size_bytes": len(content)})
+                           None, {"content_hash": digest, "media_type": media_type, "size_bytes": len(content)},
+                           district=case.district)
     att_id = conn.execute(sa.text(
         "INSERT INTO case_attachments (case_id, event_id, content_hash, media_type, size_bytes, path) "
         "VALUES (:c, :e, :h, :m, :s, :p) RETURNING id"),

@@ -45,7 +45,7 @@ from cases.dispatch import NoDecision, Ranked, assign, rank
 from cases.intake import (MACHINE, PART_SNAP_M, PART_SQL, CaseReport, IntakeResult, _at_point, _geocoded,
                           _Location, _unreadable, _validate, register_note)
 from cases.lifecycle import now_utc
-from cases.model import Case, get_cases
+from cases.model import Case, cases_changed, get_cases, leading_ids
 
 
 class TicketRaced(Exception):
@@ -98,14 +98,11 @@ def _known(conn: Connection, reports: Sequence[CaseReport]) -> dict[tuple[str, s
     if not keys:
         return {}
     rows = conn.execute(sa.text(
-        "WITH RECURSIVE k AS (SELECT c.channel, c.external_id, c.id, c.merged_into, ARRAY[c.id] AS seen "
-        "  FROM json_to_recordset(CAST(:keys AS json)) AS q(channel text, external_id text) "
-        "  JOIN cases c USING (channel, external_id) "
-        " UNION ALL SELECT k.channel, k.external_id, m.id, m.merged_into, k.seen || m.id "
-        "  FROM k JOIN cases m ON m.id = k.merged_into WHERE NOT m.id = ANY(k.seen)) "
-        "SELECT channel, external_id, id FROM k WHERE merged_into IS NULL OR merged_into = ANY(seen)"),
+        "SELECT c.channel, c.external_id, c.id FROM json_to_recordset(CAST(:keys AS json)) "
+        "AS q(channel text, external_id text) JOIN cases c USING (channel, external_id)"),
         {"keys": _dumps([{"channel": c, "external_id": e} for c, e in keys])}).all()
-    return {(r.channel, r.external_id): r.id for r in rows}
+    lead = leading_ids(conn, [r.id for r in rows])  # through merges (no recursive query: Citus runs none)
+    return {(r.channel, r.external_id): lead[r.id] for r in rows}
 
 
 def _locate_all(conn: Connection, reports: Sequence[CaseReport], srid: int,
@@ -168,15 +165,18 @@ _COLUMNS = (
     "district_code", "street_code", "community_code", "grid_code", "part_object_code", "reporter_contact", "status",
     "reported_at", "registered_at", "dispatched_at", "due_at", "department_code", "department_name", "post_code",
     "person_name", "person_contact", "dispatch_reason", "manual_reason", "attributes", "version", "geom")
-_EVENT_COLUMNS = ["case_id", "at", "actor", "role", "action", "from_status", "to_status", "note", "data"]
+_EVENT_COLUMNS = ["case_id", "at", "actor", "role", "action", "from_status", "to_status", "note", "data",
+                  "district_code"]
 #: duplicates_of for every new case at once: the open cases that were in when it came in (lower ids)
 _DUPLICATES = (
-    "SELECT q.id, array_agg(o.id ORDER BY o.reported_at, o.id) AS dups "
-    "FROM json_to_recordset(CAST(:q AS json)) AS q(id bigint, w float8, r float8) JOIN cases c ON c.id = q.id "
+    # the new cases as a materialised CTE: on Citus an intermediate result joined with every shard (docs/citus.md)
+    "WITH c AS MATERIALIZED (SELECT c.id, c.class_code, c.reported_at, c.geom, q.w, q.r "
+    "FROM json_to_recordset(CAST(:q AS json)) AS q(id bigint, w float8, r float8) JOIN cases c ON c.id = q.id) "
+    "SELECT c.id, array_agg(o.id ORDER BY o.reported_at, o.id) AS dups FROM c "
     "JOIN cases o ON o.id < c.id AND o.class_code = c.class_code "
     "AND o.status NOT IN ('closed', 'not_registered', 'merged') "
-    "AND o.reported_at BETWEEN c.reported_at - make_interval(secs => q.w * 3600) AND c.reported_at "
-    "AND ST_DWithin(o.geom, c.geom, q.r) GROUP BY q.id")
+    "AND o.reported_at BETWEEN c.reported_at - make_interval(secs => c.w * 3600) AND c.reported_at "
+    "AND ST_DWithin(o.geom, c.geom, c.r) GROUP BY c.id")
 
 
 def _point(x: float | None, y: float | None, z: float | None, srid: int) -> str | None:
@@ -355,7 +355,7 @@ def prepare_batch(conn: Connection, reports: Sequence[CaseReport], now: datetime
             "urgency": r.urgency, "description": r.description, "address_text": r.address_text,
             "x": loc.x, "y": loc.y, "z": loc.z,
             "geocode": loc.geocode,
-            "district_code": a.district.code if a.district else None,
+            "district_code": a.district.code if a.district else "",  # NOT NULL: '' for none (migration 0009)
             "street_code": a.street.code if a.street else None,
             "community_code": a.community.code if a.community else None,
             "grid_code": a.grid.code if a.grid else None, "part_object_code": parts.get(j),
@@ -398,6 +398,7 @@ def write_batch(conn: Connection, prepared: PreparedBatch) -> list[BatchOutcome]
                               if loc.x is not None])
     if case_rows:
         _copy(conn, "case_events", _EVENT_COLUMNS, _events(case_rows, p.fresh, p.locs, p.classes, dups, p.now))
+        cases_changed(conn)
 
     outcomes: list[BatchOutcome | None] = [None] * len(p.reports)
     for i, row in zip(p.new, case_rows):
@@ -433,15 +434,15 @@ def _events(case_rows: list[dict[str, Any]], reports: Sequence[CaseReport], locs
             note = notes[cls.code] = register_note(cls)
         out.append([case_id, now, r.channel, "reporter", "report", None, "reported", r.description,
                     {"geocode": loc.geocode, "part_object_code": row["part_object_code"],
-                     "possible_duplicates": dups.get(case_id, []), "manual_reason": loc.problem}])
-        out.append([case_id, now, MACHINE, "system", "register", "reported", "registered", note, {}])
+                     "possible_duplicates": dups.get(case_id, []), "manual_reason": loc.problem}, row["district_code"]])
+        out.append([case_id, now, MACHINE, "system", "register", "reported", "registered", note, {}, row["district_code"]])
         if row["status"] == "dispatched":
             out.append([case_id, now, MACHINE, "system", "dispatch", "registered", "dispatched", row["dispatch_reason"],
                         {"department_code": row["department_code"], "post_code": row["post_code"],
-                         "person_name": row["person_name"], "due_at": row["due_at"]}])
+                         "person_name": row["person_name"], "due_at": row["due_at"]}, row["district_code"]])
         else:
             out.append([case_id, now, MACHINE, "system", "to_manual_queue", "registered", "registered",
-                        row["manual_reason"], {}])
+                        row["manual_reason"], {}, row["district_code"]])
     return out
 
 

@@ -30,7 +30,7 @@ from cases.catalogue import CaseClass, classes_for, department_kinds
 from cases.dispatch import Assignment
 from cases.lifecycle import (PLANNERS, Action, _check, _manual_assignment, has_hooks, log_row, machine_choice,
                              merge_target, plan_dispatch, plan_merge, run_hooks, verifier_problem, verifiers_by_scope)
-from cases.model import Case, get_cases
+from cases.model import Case, cases_changed, get_cases
 
 #: the columns an action's change may set (and so the set-based UPDATE writes)
 _MUTABLE = ("status", "registered_at", "handled_at", "closed_at", "rework_count", "returned_departments",
@@ -112,7 +112,7 @@ def act_many(conn: Connection, items: Sequence[BulkItem], now: datetime,
                          machine_choice(case, cls, chains, kinds))
                 if not isinstance(found, Assignment):  # the manual queue, with the reason
                     events.append([case.id, at, item.action.actor, item.action.role, "to_manual_queue", case.status,
-                                   case.status, found, {}])
+                                   case.status, found, {}, case.district])
                     if case.manual_reason != found:
                         cases[case.id] = dataclasses.replace(case, manual_reason=found, version=case.version + 1)
                     if has_hooks(case.class_code, "dispatch"):
@@ -132,10 +132,11 @@ def act_many(conn: Connection, items: Sequence[BulkItem], now: datetime,
             out.errors[n] = exc
             continue
         frm, to, note, data = log_row(case, item.action, change)
-        events.append([case.id, at, item.action.actor, item.action.role, item.action.action, frm, to, note, data])
+        events.append([case.id, at, item.action.actor, item.action.role, item.action.action, frm, to, note, data,
+                       case.district])
         if keep is not None:  # as lifecycle's merge: a log row on the case kept, which does not change
             events.append([keep.id, at, item.action.actor, item.action.role, "merged_from", keep.status,
-                           keep.status, item.action.note, {"case_id": case.id}])
+                           keep.status, item.action.note, {"case_id": case.id}, keep.district])
         cases[case.id] = dataclasses.replace(case, **change.values, version=case.version + 1)
         if has_hooks(case.class_code, item.action.action):
             hooked.append((n, item))
@@ -144,6 +145,7 @@ def act_many(conn: Connection, items: Sequence[BulkItem], now: datetime,
         _write(conn, changed)
     if events:  # a dispatch to the manual queue may log without changing the case
         _copy(conn, "case_events", _EVENT_COLUMNS, events)
+        cases_changed(conn)
     for n, item in hooked:  # as act does: after the action, in the same transaction, with the case after it
         run_hooks(conn, get_cases(conn, [item.case_id])[item.case_id], item.action, item.at or now)
     out.cases = {i: cases[i] for i in ids if i in cases}

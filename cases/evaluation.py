@@ -27,7 +27,7 @@ from cim.errors import ParameterError
 #: unit → (key expression, name expression) over ``cases c``
 UNITS = {
     "department": ("c.department_code", "max(c.department_name)"),
-    "district": ("c.district_code", "NULL"),
+    "district": ("nullif(c.district_code, '')", "NULL"),  # '' (none, migration 0009) grouped as before: null
     "street": ("c.street_code", "NULL"),
     "grid": ("c.grid_code", "NULL"),
     "person": ("c.person_name || ' ' || coalesce(c.person_contact, '')", "max(c.person_name)"),

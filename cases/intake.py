@@ -18,6 +18,7 @@ from cim.bootstrap import stored_settings
 from cim.errors import ParameterError, UserError
 from cim.gazetteer.geocode import MAX_QUERY_CHARS, POINT_LEVELS, GeocodeResult, geocode_many
 from cim.grid import GridAnswer, lookup_points
+from cim.schema import NO_DISTRICT
 from cim.spatial import to_storage
 
 from cases.calendar import WorkingCalendar, load_calendar
@@ -157,7 +158,10 @@ def duplicates_of(conn: Connection, case: Case, cls: CaseClass) -> list[int]:
     if case.x is None:
         return []
     return list(conn.execute(sa.text(
-        "SELECT o.id FROM cases o, cases c WHERE c.id = :id AND o.id <> c.id AND o.class_code = c.class_code "
+        # the case as a materialised CTE: on Citus an intermediate result, joined with every shard of cases (a
+        # self-join of a distributed table on anything but the district is refused)
+        "WITH c AS MATERIALIZED (SELECT id, class_code, reported_at, geom FROM cases WHERE id = :id) "
+        "SELECT o.id FROM cases o, c WHERE o.id <> c.id AND o.class_code = c.class_code "
         "AND o.status NOT IN ('closed', 'not_registered', 'merged') "
         "AND o.reported_at BETWEEN c.reported_at - make_interval(secs => :w * 3600) AND c.reported_at "
         "AND ST_DWithin(o.geom, c.geom, :r) ORDER BY o.reported_at, o.id"),
@@ -187,7 +191,7 @@ def intake(conn: Connection, report: CaseReport, now: datetime | None = None,
         "urgency": report.urgency, "description": report.description, "address_text": report.address_text,
         "x": loc.x, "y": loc.y, "z": loc.z, "srid": settings.srid,
         "geocode": None if loc.geocode is None else json.dumps(loc.geocode, ensure_ascii=False),
-        "district_code": a.district.code if a.district else None, "street_code": a.street.code if a.street else None,
+        "district_code": a.district.code if a.district else NO_DISTRICT, "street_code": a.street.code if a.street else None,
         "community_code": a.community.code if a.community else None, "grid_code": a.grid.code if a.grid else None,
         "part_object_code": _part(conn, cls, loc, settings.srid), "reporter_contact": report.reporter_contact,
         "reported_at": report.reported_at or now,
@@ -203,7 +207,7 @@ def intake(conn: Connection, report: CaseReport, now: datetime | None = None,
         "ELSE ST_SetSRID(ST_MakePoint(:x, :y, :z), CAST(:srid AS integer)) END, CAST(:geocode AS jsonb), "
         ":district_code, :street_code, :community_code, :grid_code, :part_object_code, :reporter_contact, "
         "'reported', :reported_at, CAST(:attributes AS jsonb), :manual_reason) "
-        "ON CONFLICT (channel, external_id) WHERE external_id IS NOT NULL DO NOTHING RETURNING id"),
+        "ON CONFLICT (channel, external_id, district_code) WHERE external_id IS NOT NULL DO NOTHING RETURNING id"),
         values).scalar()
     if case_id is None:
         return IntakeResult(_leading(conn, _existing(conn, report.channel, report.external_id or "")), False, [])
@@ -211,14 +215,15 @@ def intake(conn: Connection, report: CaseReport, now: datetime | None = None,
     dups = duplicates_of(conn, case, cls)
     write_event(conn, case_id, now, f"{report.channel}", "reporter", "report", None, "reported",
                 report.description, {"geocode": loc.geocode, "part_object_code": values["part_object_code"],
-                                     "possible_duplicates": dups, "manual_reason": loc.problem})
+                                     "possible_duplicates": dups, "manual_reason": loc.problem},
+                district=case.district)
     if not auto_register:
         return IntakeResult(get_case(conn, case_id), True, dups)
     calendar = calendar or load_calendar(conn)
     act(conn, case_id, Action("register", MACHINE, "system", register_note(cls)), now, calendar, cls)
     if loc.problem is not None:
         write_event(conn, case_id, now, MACHINE, "system", "to_manual_queue", "registered", "registered",
-                    loc.problem, {})
+                    loc.problem, {}, district=case.district)
     else:
         act(conn, case_id, Action("dispatch", MACHINE, "system"), now, calendar, cls)
     return IntakeResult(get_case(conn, case_id), True, dups)

@@ -29,13 +29,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from cim import extensions
+from cim.distribution import on_citus
 from cim.errors import ConflictError, ParameterError, UserError
 from cim.grid import Responsibility, responsibility_for
 
 from cases.calendar import WorkingCalendar, load_calendar
 from cases.catalogue import CaseClass, class_by_code, classes_for, department_kinds
 from cases.dispatch import GRID_WORKER_POST, PLATFORM_DEPARTMENT, Assignment, choose
-from cases.model import OPEN_STATUSES, Case, get_case, get_cases, write_event
+from cases.model import OPEN_STATUSES, Case, cases_changed, get_case, get_cases, write_event
 
 ROLES = ("system", "platform", "department", "supervisor", "reporter")
 
@@ -117,8 +118,10 @@ def _check(case: Case, act: Action) -> Transition:
 def _update(conn: Connection, case: Case, **values: Any) -> None:
     """Change a case's row and bump its version (the caller holds the row lock)."""
     sets = ", ".join(f"{k} = :{k}" for k in values)
-    conn.execute(sa.text(f"UPDATE cases SET {sets}{', ' if sets else ''}version = version + 1 WHERE id = :_id"),
-                 {**values, "_id": case.id})
+    # the district too: on Citus the statement goes to the case's shard only
+    conn.execute(sa.text(f"UPDATE cases SET {sets}{', ' if sets else ''}version = version + 1 "
+                         "WHERE id = :_id AND district_code = :_district"), {**values, "_id": case.id,
+                                                                             "_district": case.district})
 
 
 def act(conn: Connection, case_id: int, action: Action, now: datetime | None = None,
@@ -146,7 +149,7 @@ def act(conn: Connection, case_id: int, action: Action, now: datetime | None = N
         _apply(conn, case, action, now, PLANNERS[action.action](case, cls, rule, action, now, calendar))
     else:
         _HANDLERS[action.action](conn, case, cls, rule, action, now, calendar)
-    after = get_case(conn, case_id)
+    after = get_case(conn, case_id, district=case.district)
     run_hooks(conn, after, action, now)
     return after
 
@@ -206,7 +209,8 @@ def log_row(case: Case, action: Action, change: Change) -> tuple[str | None, str
 def _apply(conn: Connection, case: Case, action: Action, now: datetime, change: Change) -> None:
     _update(conn, case, **change.values)
     frm, to, note, data = log_row(case, action, change)
-    write_event(conn, case.id, now, action.actor, action.role, action.action, frm, to, note, data)
+    write_event(conn, case.id, now, action.actor, action.role, action.action, frm, to, note, data,
+                district=case.district)
 
 
 def _simple(case, cls, rule, action, now, calendar) -> Change:
@@ -229,7 +233,7 @@ def _dispatch(conn, case, cls, rule, action, now, calendar) -> None:
         if case.manual_reason != found:
             _update(conn, case, manual_reason=found)
         write_event(conn, case.id, now, action.actor, action.role, "to_manual_queue", case.status,
-                    case.status, found, {})
+                    case.status, found, {}, district=case.district)
         return
     _apply(conn, case, action, now, plan_dispatch(case, cls, found, action, now, calendar))
 
@@ -434,7 +438,7 @@ def _merge(conn, case, cls, rule, action, now, calendar) -> None:
     keep = get_case(conn, merge_target(case, action))
     _apply(conn, case, action, now, plan_merge(case, keep, action))
     write_event(conn, keep.id, now, action.actor, action.role, "merged_from", keep.status, keep.status,
-                action.note, {"case_id": case.id})
+                action.note, {"case_id": case.id}, district=keep.district)
 
 
 #: actions whose change is computed without the database (``act`` and ``cases.bulk.act_many`` share them)
@@ -468,9 +472,19 @@ def tick(conn: Connection, now: datetime | None = None) -> TickReport:
     deadlines — the rows and log the per-case rule below gives."""
     now = now or now_utc()
     calendar = load_calendar(conn)
-    ids = conn.execute(sa.text(
-        "SELECT id FROM cases WHERE status = ANY(:s) AND due_at < :now AND escalation_level < 2 "
-        "ORDER BY due_at, id FOR UPDATE SKIP LOCKED"), {"s": list(CLOCK_STATUSES), "now": now}).scalars().all()
+    due = "status = ANY(:s) AND due_at < :now AND escalation_level < 2"
+    params = {"s": list(CLOCK_STATUSES), "now": now}
+    if on_citus(conn):
+        # Citus locks rows only in a statement routed to one shard: one per district with cases due
+        found = []
+        for district in conn.execute(sa.text(f"SELECT DISTINCT district_code FROM cases WHERE {due} ORDER BY 1"),
+                                     params).scalars().all():
+            found += conn.execute(sa.text(f"SELECT due_at, id FROM cases WHERE district_code = :d AND {due} "
+                                          "FOR UPDATE SKIP LOCKED"), {**params, "d": district}).all()
+        ids = [case_id for _due_at, case_id in sorted(found)]
+    else:
+        ids = conn.execute(sa.text(f"SELECT id FROM cases WHERE {due} ORDER BY due_at, id FOR UPDATE SKIP LOCKED"),
+                           params).scalars().all()
     if not ids:
         return TickReport([], [])
     cases = get_cases(conn, ids)
@@ -493,13 +507,15 @@ def tick(conn: Connection, now: datetime | None = None) -> TickReport:
             level = 2
         if not case.overdue:
             overdue.append(case.id)
-            events.append({"case_id": case.id, "at": stamp, "actor": "tick", "role": "system", "action": "overdue",
+            events.append({"case_id": case.id, "district": case.district, "at": stamp, "actor": "tick",
+                           "role": "system", "action": "overdue",
                            "from_status": case.status, "to_status": case.status,
                            "note": f"deadline {case.due_at.isoformat() if case.due_at else '-'} passed", "data": {}})
         if level != case.escalation_level:
             where = ("street", "district", "city")[level]
             escalated.append((case.id, where))
-            events.append({"case_id": case.id, "at": stamp, "actor": "tick", "role": "system", "action": "escalate",
+            events.append({"case_id": case.id, "district": case.district, "at": stamp, "actor": "tick",
+                           "role": "system", "action": "escalate",
                            "from_status": case.status, "to_status": case.status,
                            "note": f"escalated to the {where} platform",
                            "data": {"from_level": case.escalation_level, "to_level": level}})
@@ -508,12 +524,13 @@ def tick(conn: Connection, now: datetime | None = None) -> TickReport:
     if events:
         conn.execute(sa.text(
             # in the list's order, so each case's overdue row comes before its escalate row
-            "INSERT INTO case_events (case_id, at, actor, role, action, from_status, to_status, note, data) "
-            "SELECT r.case_id, r.at, r.actor, r.role, r.action, r.from_status, r.to_status, r.note, r.data "
-            "FROM json_array_elements(CAST(:rows AS json)) WITH ORDINALITY AS e(v, n), "
-            "json_to_record(e.v) AS r(case_id bigint, at timestamptz, actor text, role text, action text, "
-            "from_status text, to_status text, note text, data jsonb) ORDER BY e.n"),
+            "INSERT INTO case_events (case_id, district_code, at, actor, role, action, from_status, to_status, note, "
+            "data) SELECT r.case_id, r.district, r.at, r.actor, r.role, r.action, r.from_status, r.to_status, r.note, "
+            "r.data FROM json_array_elements(CAST(:rows AS json)) WITH ORDINALITY AS e(v, n), "
+            "json_to_record(e.v) AS r(case_id bigint, district text, at timestamptz, actor text, role text, "
+            "action text, from_status text, to_status text, note text, data jsonb) ORDER BY e.n"),
             {"rows": json.dumps(events, ensure_ascii=False, default=str)})
+        cases_changed(conn)
     if changes:
         conn.execute(sa.text(
             "UPDATE cases SET overdue = true, escalation_level = v.level, version = version + 1 "

@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from cim.distribution import on_citus
 from cim.errors import NotFoundError
 
 #: statuses in which a case still waits for someone
@@ -78,6 +79,11 @@ class Case:
     z: float | None = None
 
     @property
+    def district(self) -> str:
+        """The district as stored ('' for none): the jurisdiction key its rows and its log carry."""
+        return self.district_code or ""
+
+    @property
     def escalated_to(self) -> str:
         return ESCALATION_LEVELS[self.escalation_level]
 
@@ -122,16 +128,37 @@ _SELECT = (f"SELECT {', '.join('c.' + c for c in _CASE_COLUMNS)}, ST_X(c.geom) A
 
 
 def _case(row: sa.Row) -> Case:
-    return Case(**row._asdict())
+    values = row._asdict()
+    # stored as '' (the jurisdiction column is NOT NULL: migration 0009), served as before: no district
+    values["district_code"] = values["district_code"] or None
+    return Case(**values)
 
 
-def get_case(conn: Connection, case_id: int, lock: bool = False) -> Case:
-    """One case; ``lock`` takes its row lock until the transaction ends (actions serialise on it)."""
+def _districts_of(conn: Connection, case_ids: Sequence[int]) -> dict[int, str]:
+    """The stored district ('' for none) of each case: on Citus, the shard a row lock must be asked of."""
+    return dict(conn.execute(sa.text("SELECT id, district_code FROM cases WHERE id = ANY(:ids)"),
+                             {"ids": list(case_ids)}).all())
+
+
+def get_case(conn: Connection, case_id: int, lock: bool = False, district: str | None = None) -> Case:
+    """One case; ``lock`` takes its row lock until the transaction ends (actions serialise on it). ``district``
+    (:attr:`Case.district`), when the caller knows it: on Citus the statement goes to that one shard."""
+    if district is not None:
+        row = conn.execute(sa.text(_SELECT + " WHERE c.id = :id AND c.district_code = :d"
+                                   + (" FOR UPDATE" if lock else "")), {"id": case_id, "d": district}).one_or_none()
+        return _case(row) if row is not None else _not_found(case_id)
+    if lock and on_citus(conn):
+        # Citus locks rows only in a statement routed to one shard: name the case's district (it never changes)
+        return get_cases(conn, [case_id], lock=True).get(case_id) or _not_found(case_id)
     row = conn.execute(sa.text(_SELECT + " WHERE c.id = :id" + (" FOR UPDATE" if lock else "")),
                        {"id": case_id}).one_or_none()
     if row is None:
-        raise NotFoundError(f"case {case_id} does not exist")
+        _not_found(case_id)
     return _case(row)
+
+
+def _not_found(case_id: int) -> Case:
+    raise NotFoundError(f"case {case_id} does not exist")
 
 
 def get_cases(conn: Connection, case_ids: Sequence[int], lock: bool = False) -> dict[int, Case]:
@@ -139,9 +166,41 @@ def get_cases(conn: Connection, case_ids: Sequence[int], lock: bool = False) -> 
     locks in id order (so two such calls cannot deadlock)."""
     if not case_ids:
         return {}
+    if lock and on_citus(conn):
+        # one statement per district, each routed to its shard (Citus locks rows only so), in district order
+        by_district: dict[str, list[int]] = {}
+        for case_id, district in sorted(_districts_of(conn, case_ids).items()):
+            by_district.setdefault(district, []).append(case_id)
+        found: dict[int, Case] = {}
+        for district, ids in sorted(by_district.items()):
+            rows = conn.execute(sa.text(_SELECT + " WHERE c.district_code = :d AND c.id = ANY(:ids) ORDER BY c.id "
+                                        "FOR UPDATE"), {"d": district, "ids": ids})
+            found.update((case.id, case) for case in map(_case, rows))
+        return dict(sorted(found.items()))
     rows = conn.execute(sa.text(_SELECT + " WHERE c.id = ANY(:ids) ORDER BY c.id" + (" FOR UPDATE" if lock else "")),
                         {"ids": list(case_ids)})
     return {case.id: case for case in map(_case, rows)}
+
+
+def leading_ids(conn: Connection, case_ids: Sequence[int]) -> dict[int, int]:
+    """Each case → the case its merges lead to (itself when it was not merged; where merges loop, the last
+    before the loop closes). Followed a step at a time for all at once, not by a recursive query: Citus runs
+    none over a distributed table."""
+    lead = {i: i for i in case_ids}
+    seen = {i: {i} for i in case_ids}
+    todo = set(case_ids)
+    while todo:
+        step = dict(conn.execute(sa.text("SELECT id, merged_into FROM cases WHERE id = ANY(:ids) "
+                                         "AND merged_into IS NOT NULL"), {"ids": sorted({lead[i] for i in todo})}).all())
+        moved = set()
+        for i in todo:
+            into = step.get(lead[i])
+            if into is not None and into not in seen[i]:
+                lead[i] = into
+                seen[i].add(into)
+                moved.add(i)
+        todo = moved
+    return lead
 
 
 def case_log(conn: Connection, case_id: int) -> list[CaseEvent]:
@@ -150,16 +209,34 @@ def case_log(conn: Connection, case_id: int) -> list[CaseEvent]:
     return [CaseEvent(**r._asdict()) for r in rows]
 
 
+def cases_changed(conn: Connection) -> None:
+    """Bump the cases layer's version (tiles and ETags key on it) once in this transaction — on Citus only, where
+    the writers do what the deferred trigger ``cases_bump_layer_version`` (migration 0005_case_features) does on
+    one node: that trigger would run on a shard, which has no ``layers``. Every change of a case writes its log,
+    so the writers of the log call this."""
+    if not on_citus(conn) or conn.execute(sa.text(
+            "SELECT current_setting('cim.case_features_bumped', true)")).scalar() == "1":
+        return
+    conn.execute(sa.text("SELECT set_config('cim.case_features_bumped', '1', true)"))
+    conn.execute(sa.text("UPDATE layers SET version = version + 1, updated_at = now() "
+                         "WHERE table_name = 'case_features'"))
+
+
 def write_event(conn: Connection, case_id: int, at: datetime, actor: str, role: str, action: str,
                 from_status: str | None, to_status: str | None, note: str | None = None,
-                data: dict[str, Any] | None = None) -> int:
-    """Append one row to the case's log (the table refuses anything but INSERT)."""
+                data: dict[str, Any] | None = None, *, district: str | None = None) -> int:
+    """Append one row to the case's log (the table refuses anything but INSERT). ``district``: the case's
+    (:attr:`Case.district`; ``''`` for none) — the log row carries it (on Citus, the shard it goes to); a caller
+    without the case at hand leaves it out and it is read."""
+    if district is None:
+        district = _districts_of(conn, [case_id]).get(case_id, "")
+    cases_changed(conn)
     return conn.execute(sa.text(
-        "INSERT INTO case_events (case_id, at, actor, role, action, from_status, to_status, note, data) "
-        "VALUES (:case_id, :at, :actor, :role, :action, :from_status, :to_status, :note, CAST(:data AS jsonb)) "
-        "RETURNING id"),
+        "INSERT INTO case_events (case_id, at, actor, role, action, from_status, to_status, note, data, "
+        "district_code) VALUES (:case_id, :at, :actor, :role, :action, :from_status, :to_status, :note, "
+        "CAST(:data AS jsonb), :district) RETURNING id"),
         {"case_id": case_id, "at": at, "actor": actor, "role": role, "action": action, "from_status": from_status,
-         "to_status": to_status, "note": note,
+         "to_status": to_status, "note": note, "district": district,
          "data": json.dumps(data or {}, ensure_ascii=False, default=str)}).scalar_one()
 
 

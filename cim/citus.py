@@ -187,9 +187,13 @@ class CitusCluster:
         for node in self.nodes:
             conn = self._connect(node)
             with conn.cursor() as cur:
-                cur.execute("CREATE EXTENSION IF NOT EXISTS citus")
-                cur.execute("CREATE EXTENSION IF NOT EXISTS postgis")
-                cur.execute("CREATE EXTENSION IF NOT EXISTS pgcrypto")
+                # only those missing: a worker that holds Citus metadata refuses even CREATE EXTENSION IF NOT EXISTS
+                # ("operation is not allowed on this node") — a restart of a cluster with distributed tables
+                cur.execute("SELECT extname FROM pg_extension")
+                present = {name for (name,) in cur.fetchall()}
+                for extension in ("citus", "postgis", "pgcrypto"):
+                    if extension not in present:
+                        cur.execute(f"CREATE EXTENSION {extension}")
             conn.close()
         conn = self._connect(self.coordinator)
         with conn.cursor() as cur:

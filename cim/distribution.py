@@ -39,10 +39,16 @@ DISTRIBUTION_COLUMN = PARTITION_COLUMN
 #: copied to every node, parents before the tables that refer to them
 REFERENCE_TABLES = ("ingest_runs", "part_classes", "admin_aliases", "districts", "streets", "communities", "grids",
                     "departments", "posts", "persons", "post_persons", "grid_posts", "curtain_walls",
-                    "iot_devices")
+                    "iot_devices", "case_classes", "case_department_kinds", "case_calendar", "case_working_hours")
+#: the case loop's and live sensing's big tables (migration 0009 gave them the district): distributed with the
+#: feature layers, in their co-location group — a district's cases, their log and its devices' readings sit on
+#: the node that holds the district's parts. Not partitioned by district (docs/citus.md, "Cases and readings").
+ACTIVITY_TABLES = ("cases", "case_events", "iot_readings")
 #: hash-distributed on DISTRIBUTION_COLUMN, all co-located with the first: the tables partitioned on it, whose
-#: primary key and unique indexes already include it (cim.schema), as Citus requires
-DISTRIBUTED_TABLES = DISTRICT_PARTITIONED
+#: primary key and unique indexes already include it (cim.schema), then the case loop's and the readings
+DISTRIBUTED_TABLES = (*DISTRICT_PARTITIONED, *ACTIVITY_TABLES)
+#: their primary key on Citus, which enforces uniqueness only with the distribution column (on one node: ``id``)
+CITUS_KEYS = {"cases": ("id", DISTRIBUTION_COLUMN), "case_events": ("id", DISTRIBUTION_COLUMN)}
 #: shards per distributed table: a multiple of the workers of a 3-machine deployment (docs/citus.md)
 SHARD_COUNT = 32
 
@@ -63,6 +69,17 @@ IS_CITUS_SQL = "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus
 def is_citus(conn: Connection) -> bool:
     """Whether this database is a Citus coordinator (the extension is there)."""
     return bool(conn.execute(sa.text(IS_CITUS_SQL)).scalar())
+
+
+_ON_CITUS = "cim_on_citus"
+
+
+def on_citus(conn: Connection) -> bool:
+    """:func:`is_citus`, asked once per pooled connection (a writer asks before each row lock)."""
+    known = conn.info.get(_ON_CITUS)
+    if known is None:
+        known = conn.info[_ON_CITUS] = is_citus(conn)
+    return known
 
 
 def citus_nodes(conn: Connection) -> list[CitusNode]:
@@ -99,21 +116,73 @@ def distribute(conn: Connection) -> list[str]:
     changes: list[str] = []
     for table in todo:
         _drop_triggers(conn, table)
+        if wanted[table] == "distributed" and table in ACTIVITY_TABLES:
+            changes += _make_distributable(conn, table)
         if placed.get(table) == "local":  # made a Citus local table earlier by a foreign key: start over
             conn.execute(sa.text(f"SELECT undistribute_table('{table}')"))
         if wanted[table] == "reference":
             conn.execute(sa.text(f"SELECT create_reference_table('{table}')"))
             changes.append(f"citus: {table} is a reference table")
         else:
-            _check_distributable(conn, table)
+            if table not in ACTIVITY_TABLES:
+                _check_distributable(conn, table)
             # the first table sets the shard count; the others join its co-location group
             placement_of = (f"colocate_with => '{DISTRIBUTED_TABLES[0]}'" if table != DISTRIBUTED_TABLES[0]
                             else f"colocate_with => 'none', shard_count => {SHARD_COUNT}")
             conn.execute(sa.text(
                 f"SELECT create_distributed_table('{table}', '{DISTRIBUTION_COLUMN}', {placement_of})"))
             changes.append(f"citus: {table} distributed on {DISTRIBUTION_COLUMN} ({SHARD_COUNT} shards)")
+    distributed = {t for t, kind in {**placement(conn)}.items() if kind == "distributed"}
     for table, name, definition in foreign_keys:
+        definition = _citus_foreign_key(table, definition, distributed)
+        if definition is None:
+            changes.append(f"citus: foreign key {table}.{name} dropped (a local table cannot refer to a "
+                           "distributed one)")
+            continue
         conn.execute(sa.text(f'ALTER TABLE "{table}" ADD CONSTRAINT "{name}" {definition}'))
+    return changes
+
+
+_FOREIGN_KEY = re.compile(r"^FOREIGN KEY \(([^)]*)\) REFERENCES (\S+?)\(([^)]*)\)(.*)$")
+
+
+def _citus_foreign_key(table: str, definition: str, distributed: set[str]) -> str | None:
+    """The foreign key ``definition`` of ``table`` as Citus can keep it: to a distributed table only from a
+    co-located distributed one, through the district (``(case_id) → cases(id)`` becomes ``(case_id,
+    district_code) → cases(id, district_code)``); None when it cannot be kept (from a table on the
+    coordinator to a distributed one: the case loop's attachments, the scenarios' links to cases)."""
+    match = _FOREIGN_KEY.match(definition)
+    if match is None or match.group(2).strip('"') not in distributed:
+        return definition
+    if table not in distributed:
+        return None
+    columns, target, keys, rest = match.groups()
+    if DISTRIBUTION_COLUMN in columns.split(", "):
+        return definition
+    return (f"FOREIGN KEY ({columns}, {DISTRIBUTION_COLUMN}) REFERENCES {target}({keys}, {DISTRIBUTION_COLUMN})"
+            f"{rest}")
+
+
+def _make_distributable(conn: Connection, table: str) -> list[str]:
+    """What Citus needs of the case loop's and the readings' tables beyond the district column (migration 0009):
+    the district in the primary key, and no row-level security policy with a subquery (Citus refuses one; on
+    Citus no transaction runs under the policies — cim.jurisdiction.install_scope_hook — and without a policy
+    the API role would see nothing)."""
+    changes = []
+    key = CITUS_KEYS.get(table)
+    if key is not None:
+        name, columns = conn.execute(sa.text(
+            "SELECT conname, ARRAY(SELECT a.attname::text FROM unnest(conkey) k JOIN pg_attribute a "
+            "ON a.attrelid = conrelid AND a.attnum = k) FROM pg_constraint "
+            "WHERE conrelid = CAST(:t AS regclass) AND contype = 'p'"), {"t": table}).one()
+        if tuple(columns) != key:
+            conn.execute(sa.text(f'ALTER TABLE "{table}" DROP CONSTRAINT "{name}"'))
+            conn.execute(sa.text(f'ALTER TABLE "{table}" ADD CONSTRAINT "{name}" PRIMARY KEY ({", ".join(key)})'))
+            changes.append(f"citus: {table}'s primary key is ({', '.join(key)})")
+    for (policy,) in conn.execute(sa.text(
+            "SELECT policyname FROM pg_policies WHERE tablename = :t AND (qual ~* 'select' OR with_check ~* 'select')"),
+            {"t": table}).all():
+        conn.execute(sa.text(f'DROP POLICY "{policy}" ON "{table}"'))
     return changes
 
 
@@ -136,10 +205,13 @@ def _drop_foreign_keys(conn: Connection, tables: list[str]) -> list[tuple[str, s
 
 def _drop_triggers(conn: Connection, table: str) -> None:
     # Citus places no table that has triggers: the history triggers of migration 0002 (they write to their
-    # own table from inside a shard, which Citus refuses anyway) and the statement-level audit trigger of
+    # own table from inside a shard, which Citus refuses anyway), the statement-level audit trigger of
     # 0006_jurisdiction (docs/citus.md: on Citus the audit trail records the API's writes and unmasked
-    # reads, not every statement of the owner's loads)
-    for trigger in (f"{table}_history_update", f"{table}_history_delete", f"{table}_audit"):
+    # reads, not every statement of the owner's loads), the case log's append-only triggers and the cases'
+    # layer-version trigger (it writes ``layers``, on the coordinator, from a shard) — docs/citus.md
+    for (trigger,) in conn.execute(sa.text(
+            "SELECT tgname FROM pg_trigger WHERE tgrelid = CAST(:t AS regclass) AND NOT tgisinternal "
+            "AND tgparentid = 0"), {"t": table}).all():
         conn.execute(sa.text(f'DROP TRIGGER IF EXISTS "{trigger}" ON "{table}"'))
 
 

@@ -319,6 +319,7 @@ def build_metadata(srid: int) -> sa.MetaData:
         sa.Column("quantities", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
         sa.Column("linked_feature", sa.Text),
     )
+    # revision 0009_cases_readings_district adds district_code (the device's) and puts it in the primary key
     readings = sa.Table(
         "iot_readings", md,
         sa.Column("device_id", sa.Text, nullable=False),  # the device's source_id: stable across versions

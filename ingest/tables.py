@@ -94,18 +94,26 @@ def _merge_readings(cur, data: pd.DataFrame, report: IngestReport, engine) -> No
     if dupes.any():
         raise UserError(f"{int(dupes.sum())} readings repeat the same device, quantity and time "
                         f"(first at row {int(data.loc[dupes, 'row_no'].iloc[0])})")
-    cur.execute("CREATE TEMP TABLE _readings (device_id text, time timestamptz, quantity text, value float8) "
-                "ON COMMIT DROP")
+    # a reading carries its device's district (migration 0009; on Citus, the shard it goes to)
+    cur.execute("SELECT source_id, coalesce(district_code, '') FROM iot_devices WHERE valid_to IS NULL "
+                "AND source_id = ANY(%s)", (sorted(set(data["device_id"])),))
+    districts = dict(cur.fetchall())
+    data = data.assign(district_code=data["device_id"].map(districts).fillna(""))
+    cur.execute("CREATE TEMP TABLE _readings (device_id text, time timestamptz, quantity text, value float8, "
+                "district_code text) ON COMMIT DROP")
     buffer = io.StringIO()
-    data[["device_id", "time", "quantity", "value"]].to_csv(buffer, index=False, header=False)
+    data[["device_id", "time", "quantity", "value", "district_code"]].to_csv(buffer, index=False, header=False)
     buffer.seek(0)
-    cur.copy_expert("COPY _readings FROM STDIN WITH (FORMAT csv)", buffer)
-    cur.execute("""UPDATE iot_readings r SET value = s.value, ingest_run_id = %s FROM _readings s
+    cur.copy_expert("COPY _readings FROM STDIN WITH (FORMAT csv, FORCE_NOT_NULL (district_code))", buffer)
+    # the staging table through a materialised CTE: Citus joins no local table directly with a distributed one
+    cur.execute("""WITH s AS MATERIALIZED (SELECT * FROM _readings)
+        UPDATE iot_readings r SET value = s.value, ingest_run_id = %s FROM s
         WHERE r.device_id = s.device_id AND r.quantity = s.quantity AND r.time = s.time
-          AND r.value IS DISTINCT FROM s.value""", (report.run_id,))
+          AND r.district_code = s.district_code AND r.value IS DISTINCT FROM s.value""", (report.run_id,))
     report.updated = cur.rowcount
-    cur.execute("""INSERT INTO iot_readings (device_id, time, quantity, value, ingest_run_id)
-        SELECT device_id, time, quantity, value, %s FROM _readings ON CONFLICT DO NOTHING""", (report.run_id,))
+    cur.execute("""INSERT INTO iot_readings (device_id, time, quantity, value, ingest_run_id, district_code)
+        SELECT device_id, time, quantity, value, %s, district_code FROM _readings ON CONFLICT DO NOTHING""",
+                (report.run_id,))
     report.inserted = cur.rowcount
     report.unchanged = len(data) - report.inserted - report.updated
     advance_latest(cur, "_readings")

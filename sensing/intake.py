@@ -266,11 +266,20 @@ def check_rows(cur, frame: pd.DataFrame) -> CheckedBatch:  # noqa: ANN001
     return CheckedBatch(reason, device_text, pair, devices, quantities, time_us, values)
 
 
+def _device_districts(cur, devices: list[str]) -> list[str]:  # noqa: ANN001
+    """Each device's district ('' for none), per pair: a reading carries its device's (migration 0009; on
+    Citus, the shard it goes to)."""
+    cur.execute("SELECT source_id, coalesce(district_code, '') FROM iot_devices WHERE valid_to IS NULL "
+                "AND source_id = ANY(%s)", (sorted(set(devices)),))
+    found = dict(cur.fetchall())
+    return [found.get(d, "") for d in devices]
+
+
 def _binary_copy(devices: list[str], quantities: list[str], pair: np.ndarray, time_us: np.ndarray,
-                 value: np.ndarray) -> io.BytesIO:
-    """The rows in COPY's binary format, columns (device_id, quantity, time, value): the server parses
-    no text. Rows are grouped by pair (order does not matter to a table), so the two text fields of a
-    pair are one constant prefix and each pair's rows are one fixed-width numpy record array."""
+                 value: np.ndarray, districts: list[str]) -> io.BytesIO:
+    """The rows in COPY's binary format, columns (device_id, quantity, time, value, district_code): the
+    server parses no text. Rows are grouped by pair (order does not matter to a table), so the text fields
+    of a pair are one constant prefix and suffix and each pair's rows are one fixed-width numpy record array."""
     parts = [_COPY_HEADER]
     order = np.argsort(pair, kind="stable")
     bounds = np.flatnonzero(np.diff(pair[order])) + 1
@@ -279,14 +288,17 @@ def _binary_copy(devices: list[str], quantities: list[str], pair: np.ndarray, ti
             continue
         p = int(pair[rows[0]])
         d, q = devices[p].encode(), quantities[p].encode()
-        prefix = struct.pack(f"!hi{len(d)}si{len(q)}s", 4, len(d), d, len(q), q)
+        s = districts[p].encode()
+        prefix = struct.pack(f"!hi{len(d)}si{len(q)}s", 5, len(d), d, len(q), q)
+        suffix = struct.pack(f"!i{len(s)}s", len(s), s)
         records = np.empty(len(rows), dtype=[("p", f"S{len(prefix)}"), ("tl", ">i4"), ("t", ">i8"), ("vl", ">i4"),
-                                             ("v", ">f8")])
+                                             ("v", ">f8"), ("s", f"S{len(suffix)}")])
         records["p"] = prefix
         records["tl"] = 8
         records["t"] = time_us[rows] - _PG_EPOCH_US
         records["vl"] = 8
         records["v"] = value[rows]
+        records["s"] = suffix
         parts.append(records.tobytes())
     parts.append(_COPY_TRAILER)
     return io.BytesIO(b"".join(parts))
@@ -317,17 +329,22 @@ def store_batch(conn, frame: pd.DataFrame, *, evaluate: bool = True) -> IntakeRe
     pair, time_us, value = checked.pair[good], checked.time_us[good], checked.value[good]
     months = pd.to_datetime(np.unique(time_us // 86_400_000_000) * 86_400_000_000, unit="us", utc=True)
     ensure_month_partitions(conn.engine, zip(months.year, months.month))
+    districts = _device_districts(cur, checked.devices)
     # Fast path: straight into the table. Fresh readings rarely repeat stored ones; when some do, the
     # savepoint undoes the COPY and the rows go the careful way, which tells which ones were new.
     cur.execute("SAVEPOINT cim_intake")
     try:
-        cur.copy_expert("COPY iot_readings (device_id, quantity, time, value) FROM STDIN WITH (FORMAT binary)",
-                        _binary_copy(checked.devices, checked.quantities, pair, time_us, value))
+        cur.copy_expert("COPY iot_readings (device_id, quantity, time, value, district_code) FROM STDIN "
+                        "WITH (FORMAT binary)",
+                        _binary_copy(checked.devices, checked.quantities, pair, time_us, value, districts))
         cur.execute("RELEASE SAVEPOINT cim_intake")
         stored = np.ones(len(good), dtype=bool)
-    except errors.UniqueViolation:
+    except (errors.UniqueViolation, errors.InternalError_) as exc:
+        # a Citus COPY reports a shard's unique violation as an internal error (XX000) with the shard's message
+        if not isinstance(exc, errors.UniqueViolation) and "duplicate key value" not in str(exc):
+            raise
         cur.execute("ROLLBACK TO SAVEPOINT cim_intake")
-        stored = _store_carefully(cur, checked, pair, time_us, value)
+        stored = _store_carefully(cur, checked, pair, time_us, value, districts)
     report.stored = int(stored.sum())
     report.duplicates += len(good) - report.stored
     if not report.stored:
@@ -343,15 +360,15 @@ def store_batch(conn, frame: pd.DataFrame, *, evaluate: bool = True) -> IntakeRe
 
 
 def _store_carefully(cur, checked: CheckedBatch, pair: np.ndarray, time_us: np.ndarray,  # noqa: ANN001
-                     value: np.ndarray) -> np.ndarray:
+                     value: np.ndarray, districts: list[str]) -> np.ndarray:
     """Insert the rows that are not stored yet; returns, per row, whether it was new."""
     cur.execute("CREATE TEMP TABLE IF NOT EXISTS _intake (device_id text, quantity text, time timestamptz, "
-                "value float8) ON COMMIT DELETE ROWS")
+                "value float8, district_code text) ON COMMIT DELETE ROWS")
     cur.execute("TRUNCATE _intake")
-    cur.copy_expert("COPY _intake (device_id, quantity, time, value) FROM STDIN WITH (FORMAT binary)",
-                    _binary_copy(checked.devices, checked.quantities, pair, time_us, value))
-    cur.execute("""INSERT INTO iot_readings (device_id, time, quantity, value)
-        SELECT device_id, time, quantity, value FROM _intake ON CONFLICT DO NOTHING
+    cur.copy_expert("COPY _intake (device_id, quantity, time, value, district_code) FROM STDIN WITH (FORMAT binary)",
+                    _binary_copy(checked.devices, checked.quantities, pair, time_us, value, districts))
+    cur.execute("""INSERT INTO iot_readings (device_id, time, quantity, value, district_code)
+        SELECT device_id, time, quantity, value, district_code FROM _intake ON CONFLICT DO NOTHING
         RETURNING device_id, quantity, (extract(epoch FROM time) * 1000000)::int8""")
     new = pd.DataFrame(cur.fetchall(), columns=["d", "q", "t"]).assign(new=True)
     rows = pd.DataFrame({"d": np.array(checked.devices, dtype=object)[pair],

@@ -10,7 +10,7 @@ Marked ``citus`` (``-m citus`` runs only these; ``make test`` runs them with the
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -56,12 +56,17 @@ def test_init_makes_reference_and_co_located_distributed_tables(base):
     colocation = _rows(base, "SELECT DISTINCT colocation_id FROM citus_tables WHERE table_name::text = ANY(:t) "
                              "AND distribution_column = 'district_code'", t=list(DISTRIBUTED_TABLES))
     assert len(colocation) == 1  # one co-location group: a district's rows of every layer on one node
-    # the case loop stays on the coordinator (docs/citus.md)
-    assert "cases" not in placed or placed["cases"] == "local"
+    # the case loop's cases and log and the readings are distributed with the layers; their code lists are
+    # reference tables, their small tables (rules, alerts, latest values, attachments) stay on the coordinator
+    assert {placed["cases"], placed["case_events"], placed["iot_readings"]} == {"distributed"}
+    assert placed["case_classes"] == "reference" and placed.get("iot_latest", "local") == "local"
     # a second init changes nothing
     assert "nothing to change" in run_cim("init", env=base.env).stdout
     status = run_cim("db", "status", env=base.env).stdout
     assert status.count("citus worker") == 2 and "citus coordinator" in status
+    # cim db up again (what a restart runs): a worker that holds Citus metadata refuses any CREATE EXTENSION,
+    # so only missing extensions are made
+    assert "Citus cluster up" in run_cim("db", "up", env=base.env).stdout
 
 
 def test_loaded_rows_live_on_the_workers_by_district(base):
@@ -168,16 +173,133 @@ def test_a_narrower_jurisdiction_is_refused_on_citus_never_widened(base, client)
     assert client.get("/collections/parts/items", params={"limit": 5}).status_code == 200
 
 
-def test_a_case_goes_through_dispatch(base):
-    from cases.intake import CaseReport, intake
+def _shards_holding(base, table: str, where: str) -> dict[int, int]:
+    """Shard id → rows matching ``where`` in that shard of ``table``, for the shards holding any."""
+    counts = _rows(base, f"SELECT shardid, result FROM run_command_on_shards('{table}', "
+                         f"'SELECT count(*) FROM %s WHERE {where}')")
+    return {shard: int(n) for shard, n in counts if int(n)}
 
+
+def _shard_of(base, table: str, district: str) -> tuple[int, int]:
+    """(shard id, worker port) of ``district``'s rows of ``table``."""
+    return tuple(_rows(base, "SELECT shardid, nodeport FROM citus_shards WHERE shardid = "
+                             "get_shard_id_for_distribution_column(:t, :d)", t=table, d=district)[0])
+
+
+def test_a_case_goes_through_its_whole_lifecycle_in_its_districts_shard(base, client):
+    from cases.intake import CaseReport, intake
+    from cases.lifecycle import Action, act, verifiers
+    from cases.model import case_log
+
+    t0 = datetime.fromisoformat("2026-11-30T10:00:00+08:00")
+    version = "SELECT version FROM layers WHERE table_name = 'case_features'"
+    before = _rows(base, version)[0][0]
     with base.engine.begin() as conn:
-        got = intake(conn, CaseReport(channel="vehicle_patrol", class_code="道路破损",
-                                      address_text="汾阳路150号附近", description="路面龟裂"),
-                     now=datetime.fromisoformat("2026-11-30T10:00:00+08:00"))
-    case = got.case
+        case = intake(conn, CaseReport(channel="vehicle_patrol", class_code="道路破损",
+                                       address_text="汾阳路150号附近", description="路面龟裂"), now=t0).case
     assert case.status == "dispatched" and case.district_code == XUHUI
     assert case.department_code and case.person_name
+    for hours, (action, note) in enumerate((("accept", None), ("handle", "已修补")), 1):
+        with base.engine.begin() as conn:  # each action locks the case's row: a statement routed to its shard
+            case = act(conn, case.id, Action(action, "养护班组", "department", note), now=t0 + timedelta(hours=hours))
+    with base.engine.begin() as conn:
+        worker = verifiers(conn, case)[0]
+        case = act(conn, case.id, Action("verify", worker, "supervisor", None, {"passed": True}),
+                   now=t0 + timedelta(hours=3))
+    assert case.status == "closed" and case.closed_at is not None
+    # the layer's version (tiles, ETags) moved once per transaction, by the writers: no trigger runs on a shard
+    assert _rows(base, version)[0][0] == before + 4
+    with base.engine.connect() as conn:
+        log = case_log(conn, case.id)
+    assert [(e.action, e.to_status) for e in log] == [
+        ("report", "reported"), ("register", "registered"), ("dispatch", "dispatched"), ("accept", "accepted"),
+        ("handle", "handled"), ("verify", "closed")]
+    # the case and its whole log in 徐汇's shards, on the worker that holds 徐汇's parts
+    shard, port = _shard_of(base, "cases", XUHUI)
+    assert _shards_holding(base, "cases", f"id = {case.id}") == {shard: 1}
+    event_shard, event_port = _shard_of(base, "case_events", XUHUI)
+    assert _shards_holding(base, "case_events", f"case_id = {case.id}") == {event_shard: 6}
+    assert port == event_port == _shard_of(base, "parts", XUHUI)[1]
+    assert _rows(base, "SELECT DISTINCT district_code FROM case_events WHERE case_id = :c", c=case.id) == [(XUHUI,)]
+    # the cases layer (a view over the distributed table) is served as before
+    items = client.get("/collections/cases/items", params={"limit": 100})
+    assert items.status_code == 200, items.text
+    assert str(case.id) in {f["properties"]["source_id"] for f in items.json()["features"]}
+
+
+def test_a_case_without_a_district_and_the_set_based_writers(base):
+    """A case the geocoder puts nowhere is stored with district '' (its shard: the empty code's); the batch
+    intake, the bulk actions, a merge and the tick work across shards."""
+    from cases.batch import intake_batch
+    from cases.bulk import BulkItem, act_many
+    from cases.intake import CaseReport
+    from cases.lifecycle import Action, merge, tick
+
+    t0 = datetime.fromisoformat("2026-11-30T11:00:00+08:00")
+    reports = [CaseReport(channel="vehicle_patrol", class_code="道路破损", address_text="汾阳路150号附近",
+                          description=f"坑{i}", external_id=f"CITUS-{i}") for i in range(2)]
+    reports.append(CaseReport(channel="vehicle_patrol", class_code="道路破损", address_text="火星路1号",
+                              description="无处", external_id="CITUS-nowhere"))
+    with base.engine.begin() as conn:
+        first, second, nowhere = intake_batch(conn, reports, now=t0)
+    assert (first.status, nowhere.status) == ("dispatched", "registered")
+    assert _rows(base, "SELECT district_code FROM cases WHERE id = :c", c=nowhere.case_id) == [("",)]
+    assert _shards_holding(base, "case_events", f"case_id = {nowhere.case_id}") == {
+        _shard_of(base, "case_events", "")[0]: 3}
+    with base.engine.begin() as conn:  # the same tickets again: the same cases
+        assert [o.case_id for o in intake_batch(conn, reports[:1], now=t0)] == [first.case_id]
+    with base.engine.begin() as conn:
+        done = act_many(conn, [BulkItem(first.case_id, Action("accept", "养护班组", "department"))], now=t0)
+    assert done.cases[first.case_id].status == "accepted" and not done.errors
+    with base.engine.begin() as conn:
+        merge(conn, first.case_id, [second.case_id], "平台")
+    with base.engine.begin() as conn:
+        assert [o.case_id for o in intake_batch(conn, reports[1:2], now=t0)] == [first.case_id]  # through the merge
+    with base.engine.begin() as conn:
+        report = tick(conn, now=t0 + timedelta(days=60))
+    assert first.case_id in report.overdue
+
+
+def test_readings_are_stored_in_their_devices_district_shard(base, client):
+    from cim.apikeys import create_key
+
+    with base.engine.begin() as conn:
+        key = create_key(conn, "loader", "citus readings")[1]
+        device, district, quantity = conn.execute(sa.text(
+            "SELECT source_id, district_code, quantities->0->>'quantity' FROM iot_devices WHERE valid_to IS NULL "
+            "AND district_code = :d AND quantities->0->>'quantity' = 'water_level' ORDER BY source_id LIMIT 1"),
+            {"d": XUHUI}).one()
+    body = [{"device_id": device, "quantity": quantity, "unit": "m", "time": f"2026-12-02T08:0{i}:00+08:00",
+             "value": 0.2 + i / 10} for i in range(3)]
+    headers = {"X-API-Key": key, "Content-Type": "application/json"}
+    stored = client.post("/iot/readings", json=body, headers=headers)
+    assert stored.status_code == 200, stored.text
+    assert (stored.json()["stored"], stored.json()["rejected"]) == (3, 0), stored.json()
+    where = f"device_id = ''{device}'' AND time >= ''2026-12-02''"
+    assert _shards_holding(base, "iot_readings", where) == {_shard_of(base, "iot_readings", district)[0]: 3}
+    assert _shard_of(base, "iot_readings", district)[1] == _shard_of(base, "parts", district)[1]
+    # the same batch again: duplicates, told apart from the shard's unique violation (Citus reports it as XX000)
+    again = client.post("/iot/readings", json=body, headers=headers)
+    assert again.status_code == 200 and (again.json()["stored"], again.json()["duplicates"]) == (0, 3), again.text
+    # a threshold rule over the distributed readings (its look-back runs once per district, routed to its shard):
+    # the alarm opens a case in the device's district
+    from sensing.rules import RuleSpec, add_rule
+
+    with base.engine.begin() as conn:
+        rule = add_rule(conn, RuleSpec(name="citus ponding", quantity=quantity, device_id=device, warning=1.0,
+                                       alarm=1.5, case_class="道路积水"))["id"]
+    for minute, value in ((10, 1.2), (20, 1.8)):
+        sent = client.post("/iot/readings", headers=headers, json=[{
+            "device_id": device, "quantity": quantity, "unit": "m", "time": f"2026-12-02T08:{minute}:00+08:00",
+            "value": value}])
+        assert sent.status_code == 200 and sent.json()["stored"] == 1, sent.text
+    alert = _rows(base, "SELECT level, case_id FROM iot_alerts WHERE rule_id = :r", r=rule)
+    assert len(alert) == 1 and alert[0][0] == "alarm" and alert[0][1] is not None, alert
+    assert _rows(base, "SELECT district_code FROM cases WHERE id = :c", c=alert[0][1]) == [(district,)]
+    readings = client.get(f"/iot/devices/{device}/readings", params={
+        "quantity": quantity, "from": "2026-12-02T00:00:00Z", "to": "2026-12-03T00:00:00Z"})
+    assert readings.status_code == 200, readings.text
+    assert [r["value"] for r in readings.json()["readings"]] == [r["value"] for r in body] + [1.2, 1.8]
 
 
 def _worker_of(base, district: str) -> int:
