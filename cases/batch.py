@@ -511,4 +511,5 @@ def case_of_row(row: Mapping[str, Any], zone: tzinfo | None = None) -> Case:
     values["returned_departments"] = list(values["returned_departments"])
     if row.get("x") is None:  # no point: no geometry, so no coordinates either
         values.update(x=None, y=None, z=None)
+    values["district_code"] = values["district_code"] or None  # written as '', read back as no district
     return Case(**{name: values.get(name) for name in _CASE_FIELDS})
