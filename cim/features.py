@@ -43,7 +43,6 @@ __all__ = [
     "DEFAULT_LIMIT",
     "GROUP_LEVELS",
     "MAX_LIMIT",
-    "PAGE_COUNT_CAP",
     "Extent",
     "FeaturePage",
     "FilterError",
@@ -69,11 +68,6 @@ __all__ = [
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 10_000
-#: matches counted by the page's own statement; a selection with more has no numberMatched (counting
-#: every match would cost more than the page: ~5,000 rows of an 800 m box of parts, against the page's
-#: 101). Small, because counting up to it is paid even when there are millions: 1,000 matches of a
-#: filter cost ~1–5 ms to count.
-PAGE_COUNT_CAP = 1_000
 #: columns that are not feature properties: the row id, the geometry, the loader's change hash
 NOT_PROPERTIES = ("fid", "geom", "content_hash")
 #: the property of iot-devices with the newest reading per declared quantity
@@ -220,7 +214,7 @@ class ItemsQuery:
 @dataclass
 class FeaturePage:
     features: list[str]  # GeoJSON Feature objects as text, ready to splice into a collection
-    number_matched: int | None  # None: more than PAGE_COUNT_CAP, not counted
+    number_matched: int | None  # None: not counted (the page is not the last)
     matched_exact: bool
     crs: CrsSpec
     more: bool = False  # a next page exists (the page's probe row)
@@ -267,39 +261,16 @@ def items_select(layer: Layer, storage_srid: int, query: ItemsQuery,
     return stmt, where
 
 
-def _capped_count(table: sa.Table, where: sa.ColumnElement) -> sa.Select:
-    """The number of matches up to :data:`PAGE_COUNT_CAP` + 1 (it stops reading there)."""
-    return sa.select(sa.func.count()).select_from(
-        sa.select(sa.literal(1)).select_from(table).where(where).limit(PAGE_COUNT_CAP + 1).subquery())
-
-
 def page_statement(layer: Layer, storage_srid: int, query: ItemsQuery,
                    districts: Districts | None = None) -> tuple[sa.Select, sa.ColumnElement]:
-    """The page (column ``feature``; one row more than the limit when there are more: the probe that says
-    so) with, when there are more, the number of matches up to :data:`PAGE_COUNT_CAP` + 1 (column
-    ``matched``, else NULL); and the selection's WHERE clause.
-
-    A map window or a filter usually matches fewer than the cap, and then one round trip answers
-    the request. The count is a subquery inside ``CASE``, which PostgreSQL runs only when there are
-    more rows than the page: a page that holds the rest already says how many there are.
-    """
-    probe = replace(query, limit=query.limit + 1)
-    stmt, where = items_select(layer, storage_srid, probe, districts)
-    table = feature_table(layer, storage_srid)
-    keys = _page_order(layer, table, storage_srid, query)  # the page's order, carried out
-    if keys[-1][0] is not table.c.fid:
-        keys.append((table.c.fid, False))  # a fixed order within the page among equal distances
-    page = stmt.add_columns(*(key.label(f"k{i}") for i, (key, _) in enumerate(keys))).cte("page")
-    capped = _capped_count(table, where)
-    page_size = sa.select(sa.func.count()).select_from(page).scalar_subquery()
-    matched = sa.case((page_size > query.limit, capped.scalar_subquery()), else_=sa.null())
-    order = [_ordered(page.c[f"k{i}"], desc) for i, (_, desc) in enumerate(keys)]
-    return sa.select(page.c.feature, matched.label("matched")).order_by(*order), where
+    """The page (column ``feature``) with one row more than the limit, the probe that says whether there are
+    more; and the selection's WHERE clause."""
+    return items_select(layer, storage_srid, replace(query, limit=query.limit + 1), districts)
 
 
-#: planner settings for the items page, while its statement runs. It reads a page of rows and counts up to
-#: :data:`PAGE_COUNT_CAP`: parallel workers would each start (and initialise PROJ for the output transform:
-#: ~100 ms a worker, measured on the 15 M parts) for that.
+#: planner settings for the items page, while its statement runs. It reads a page of rows: parallel workers
+#: would each start (and initialise PROJ for the output transform: ~100 ms a worker, measured on the 15 M
+#: parts) for that.
 _PAGE_SETTINGS = {"max_parallel_workers_per_gather": "0"}
 #: and for a bbox page nearest the centre first, the index's order: under row-level security the planner
 #: estimates a box's matches ~100× too low (the policy's CASE), so it sees no gain in stopping early and
@@ -323,31 +294,25 @@ def _planner_settings(conn: Connection, settings: dict[str, str]) -> Iterator[No
 
 
 def fetch_items(conn: Connection, layer: Layer, storage_srid: int, query: ItemsQuery) -> FeaturePage:
-    """One page of features and the number matched, counted by the page's own statement up to
-    :data:`PAGE_COUNT_CAP` and None above (it would read every match: ~5,000 parts of an 800 m box, where
-    the page reads 101); ``more`` says whether a next page exists.
+    """One page of features; ``more`` says whether a next page exists (the page's probe row), and the number
+    matched is known when the page holds the last of them (``offset`` + returned), None otherwise.
 
-    The statement runs without parallel workers, and a bbox page in the index's order
+    Not counted beyond the page, as OGC API – Features allows: a count reads every match it counts. On the
+    15 M parts an 800 m box holds ~5,000; counting up to 1,000 of them took 4× the page itself (EXPLAIN
+    ANALYZE, p50 90 against 21 ms on a busy machine), and counting all of them was most of the old page's
+    time. The statement runs without parallel workers, and a bbox page in the index's order
     (:data:`_NEAREST_SETTINGS`); the rest of the transaction keeps its settings."""
     districts = query.selection.districts(conn, layer, storage_srid)
-    stmt, where = page_statement(layer, storage_srid, query, districts)
+    stmt, _ = page_statement(layer, storage_srid, query, districts)
     nearest = not query.sortby and query.selection.bbox is not None
     with _planner_settings(conn, _NEAREST_SETTINGS if nearest else _PAGE_SETTINGS):
-        rows = conn.execute(stmt).all()
-        more = len(rows) > query.limit
-        rows = rows[:query.limit]
-        if not rows and query.offset > 0:  # past the end: the count the page's statement could not give
-            rows_counted = conn.execute(_capped_count(feature_table(layer, storage_srid), where)).scalar_one()
-        else:
-            rows_counted = rows[0][1] if rows else None
+        rows = conn.execute(stmt).scalars().all()
+    more = len(rows) > query.limit
+    rows = rows[:query.limit]
     out = resolve_offered(query.crs, storage_srid, "crs")
-    features = _apply_offset([row[0] for row in rows], out)
-    if not more and rows or not rows and query.offset == 0:
-        matched: int | None = query.offset + len(rows)
-    elif rows_counted is not None and rows_counted <= PAGE_COUNT_CAP:
-        matched = rows_counted
-    else:  # more than the cap: counting them all would read every match; OGC API Features lets it be left out
-        matched = None
+    features = _apply_offset(list(rows), out)
+    # the page holds the last match (or there are none at all): that is the count; past the end it is unknown
+    matched = query.offset + len(rows) if not more and (rows or query.offset == 0) else None
     return FeaturePage(features, matched, matched is not None, out, more)
 
 
