@@ -26,9 +26,9 @@ Decisions a client should know:
   (~5,000 parts in an 800 m box of the 15 M, against the page's 101), and an estimate would stop
   clients that page until numberMatched (e.g. GDAL) short. Follow the ``next`` link: it is there
   exactly when there are more (the page asks for one row more than its limit).
-- Without ``sortby``, a ``bbox`` page lists the features nearest the box's centre first (then by
-  ``fid``), the order the spatial index returns them in, so a page reads its own rows only;
-  without ``bbox`` the order is ``fid``.
+- Without ``sortby``, a ``bbox`` page lists the features nearest the box's centre first, the order
+  the spatial index returns them in, so a page reads its own rows only (equal distances keep the
+  index's order, the same for every page while the data stays); without ``bbox`` the order is ``fid``.
 - A query parameter that is neither a standard one nor a queryable is a 400 naming it (Part 1
   /req/core/query-param-unknown); queryables double as equality filters (``?kind=燃气``).
 """
@@ -221,7 +221,7 @@ def _page_links(request: Request, layer: Layer, limit: int, offset: int, more: b
     params = [(k, v) for k, v in request.query_params.multi_items() if k not in ("offset", "limit")]
     links = [_link(str(request.url), "self", GEOJSON, "this page"),
              _link(f"{_base(request)}/collections/{layer.name}", "collection", JSON, layer.title)]
-    if more:  # the page's probe row: numberMatched may be an estimate, which must not cut the paging short
+    if more:  # the page's probe row (numberMatched is there only on the last page)
         links.append(_link(_url(request, path, [*params, ("limit", str(limit)), ("offset", str(offset + limit))]),
                            "next", GEOJSON, "next page"))
     if offset > 0:
