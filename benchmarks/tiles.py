@@ -370,8 +370,11 @@ function done(summary, latency, requests)
   out:write(string.format('{"requests": %d, "seconds": %f, "bytes": %d, "p50_ms": %f, "p99_ms": %f, ',
     summary.requests, summary.duration / 1e6, summary.bytes, latency:percentile(50) / 1000,
     latency:percentile(99) / 1000))
-  out:write(string.format('"errors": %d, "used_up": %d}', summary.errors.connect + summary.errors.read
+  out:write(string.format('"errors": %d, "used_up": %d, ', summary.errors.connect + summary.errors.read
     + summary.errors.write + summary.errors.status + summary.errors.timeout, threads[1]:get("used_up")))
+  out:write(string.format('"error_kinds": {"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}}',
+    summary.errors.connect, summary.errors.read, summary.errors.write, summary.errors.status,
+    summary.errors.timeout))
   out:close()
 end
 """
@@ -391,7 +394,8 @@ def drive(port: int, paths: list[str], concurrency: int, seconds: float, cycle: 
                    env={**os.environ, "WRK_OUT": str(out)}, capture_output=True, text=True, check=True)
     result = json.loads(out.read_text())
     if result["errors"]:  # wrk counts answers other than 2xx/3xx as errors too
-        raise SystemExit(f"{result['errors']} failed or non-2xx/3xx requests from port {port}")
+        raise SystemExit(f"{result['errors']} failed or non-2xx/3xx requests from port {port} "
+                         f"({result['error_kinds']}; {result['requests']} answered in {result['seconds']:.1f} s)")
     if result["used_up"]:
         raise SystemExit(f"the list of {len(paths):,} paths was used up in {seconds:g} s: raise --tiles-per-zoom")
     return result

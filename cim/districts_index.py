@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
@@ -116,8 +116,16 @@ class _Index:
     codes: np.ndarray
     tree: shapely.STRtree
     cover: shapely.Geometry  # the union of all districts (prepared)
+    #: one caller at a time: GEOS builds a prepared geometry's search structures lazily on its first uses,
+    #: and two threads doing so at once crash the process (segfault in libgeos: concurrent tile requests
+    #: killed `cim serve` in the Shanghai benchmark, which wrk saw as socket errors). A query is a few µs.
+    lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
     def touching(self, box: Box) -> tuple[str, ...]:
+        with self.lock:
+            return self._touching(box)
+
+    def _touching(self, box: Box) -> tuple[str, ...]:
         minx, miny, maxx, maxy = box
         if minx == maxx and miny == maxy:
             shape = shapely.Point(minx, miny)

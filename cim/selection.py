@@ -34,6 +34,7 @@ from cim.times import day_start, next_day, parse_instant
 __all__ = [
     "Selection",
     "TimeSelection",
+    "bbox_centre",
     "parse_bbox",
     "parse_datetime",
     "property_filters",
@@ -230,6 +231,17 @@ def _bbox_clause(geom: sa.ColumnElement, bbox: tuple[float, ...], bbox_crs: str 
     if half == 3:  # heights are metres in every offered CRS: compare them with the z range
         clause = sa.and_(clause, sa.func.ST_ZMax(geom) >= bbox[2], sa.func.ST_ZMin(geom) <= bbox[5])
     return clause
+
+
+def bbox_centre(bbox: tuple[float, ...], bbox_crs: str | None, storage_srid: int) -> sa.ColumnElement:
+    """The centre of a ``bbox`` (read as :func:`_bbox_clause` reads it) as a point in storage.
+
+    Ordering by the distance to it (``geom <-> centre``) is what the GiST index returns rows in, so a
+    page of a box can stop after its rows instead of reading every match to sort them."""
+    crs = resolve_offered(bbox_crs, storage_srid, "bbox-crs")
+    half = len(bbox) // 2
+    box = envelope_literal(bbox[0], bbox[1], bbox[half], bbox[half + 1], crs, storage_srid, "bbox")
+    return sa.func.ST_Centroid(sa.func.ST_Envelope(box))
 
 
 def property_filters(layer: Layer, table: sa.Table | sa.TableClause,

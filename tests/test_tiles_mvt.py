@@ -312,3 +312,34 @@ def test_an_ingest_run_that_changes_a_height_shows_in_the_next_tile(server_url, 
         second = c.get(url("buildings", t), headers={"If-None-Match": etag})
         assert second.headers["etag"] != etag
         assert heights(second) == {**{s: h for s, _, _, _, h in LOADED}, "L-2": 75.0}
+
+
+def test_a_dense_point_layer_starts_at_a_street_level_zoom(client, city, monkeypatch):
+    """Points have no size to thin them by: a point layer's map tiles start where its average tile holds at
+    most POINTS_PER_TILE points (15 M parts over Shanghai: z16), and TileJSON says so. Lowered here so that
+    the three parts count as dense; polygons and filtered tiles are not affected."""
+    from tiles import mvt
+
+    shanghai = (120.85, 30.66, 122.2, 31.88)
+    assert mvt.point_minzoom(15_000_000, shanghai) == 16 and mvt.point_minzoom(100_000, shanghai) == 12
+    assert mvt.point_minzoom(400, shanghai) == 0 and mvt.point_minzoom(10 ** 12, shanghai) == mvt.POINT_MINZOOM_CAP
+    monkeypatch.setattr(mvt, "POINTS_PER_TILE", 0.05)
+    with city.begin() as conn:
+        conn.execute(sa.text("ANALYZE parts"))
+        _bump(conn, "parts")  # a new version: the first zoom is worked out again
+    try:
+        tj = client.get("/collections/parts/tiles/WebMercatorQuad/tilejson.json").json()
+        first = tj["minzoom"]
+        assert 0 < first <= mvt.POINT_MINZOOM_CAP and tj["vector_layers"][0]["minzoom"] == first
+        meta = client.get("/collections/parts/tiles/WebMercatorQuad").json()
+        assert meta["layers"][0]["minTileMatrix"] == str(first)
+        assert client.get(url("parts", tile_at(first - 1))).status_code == 204  # below: empty, no query
+        at = client.get(url("parts", tile_at(first)))
+        assert at.status_code == 200 and len(mapbox_vector_tile.decode(at.content)["parts"]["features"]) == 3
+        # asked for by a filter, the tile below is the asker's choice
+        below = client.get(url("parts", tile_at(first - 1)), params={"filter": "part_class = '01'"})
+        assert below.status_code == 200
+        assert client.get("/collections/grids/tiles/WebMercatorQuad/tilejson.json").json()["minzoom"] == 0
+    finally:
+        with city.begin() as conn:
+            _bump(conn, "parts")  # the lowered threshold's first zoom must not outlive this test

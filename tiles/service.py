@@ -3,6 +3,7 @@ a time per key. Both the HTTP routes and ``cim tiles export-…`` go through her
 export and the dynamic service give the same bytes."""
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -69,6 +70,10 @@ class TileService:
         size = self.plan_cache_size or deployment.tile_plan_cache
         self._persist_after_s = deployment.tile_persist_after_s
         self.plans: BuiltOnce[tuple[str, str, str, int], Plan] = BuiltOnce(size)
+        # (layer, version) → the first zoom of its map tiles; (layer, version, jurisdiction) → its bounds (an
+        # extent of 15 M parts takes ~40 s, and TileJSON was asking for it on every request)
+        self.minzooms: BuiltOnce[tuple[str, int], int] = BuiltOnce(64)
+        self.bounds: BuiltOnce[tuple[str, int, str], tuple[float, float, float, float] | None] = BuiltOnce(64)
 
     def layer(self, name: str) -> Layer:
         """The layer as it is now: its version is read on every call (tiles must follow each load at
@@ -144,6 +149,24 @@ class TileService:
 
     # --- vector tiles --------------------------------------------------------------------------
 
+    def minzoom(self, layer: Layer, conn: Connection | None = None) -> int:
+        """The first zoom of the layer's map tiles (:func:`tiles.mvt.layer_minzoom`), once per version."""
+        def build() -> int:
+            with contextlib.nullcontext(conn) if conn is not None else self.engine.connect() as c:
+                return mvt.layer_minzoom(c, layer, self.settings.srid, self.settings.city_bbox_wgs84)
+
+        return self.minzooms.get((layer.name, layer.version), build,
+                                 lambda old: old[0] == layer.name and old[1] != layer.version)
+
+    def layer_bounds(self, layer: Layer) -> tuple[float, float, float, float] | None:
+        """The current features' lon/lat extent as the caller may see them, once per version."""
+        def build() -> tuple[float, float, float, float] | None:
+            with self.engine.connect() as conn:
+                return mvt.layer_bounds(conn, layer, self.settings.srid)
+
+        return self.bounds.get((layer.name, layer.version, current_scope().cache_key()), build,
+                               lambda old: old[0] == layer.name and old[1] != layer.version)
+
     @staticmethod
     def _mvt_key(layer_name: str, version: str, z: int, x: int, y: int, selection: Selection,
                  properties: list[str] | None) -> tuple[str, str, str, str, str]:
@@ -182,7 +205,10 @@ class TileService:
         if cached is not None:
             return cached
         started = time.perf_counter()
-        data = mvt.tile(conn, layer, self.settings.srid, z, x, y, selection, props)
+        if selection.is_all and z < self.minzoom(layer, conn):
+            data = b""  # a map tile below the layer's first zoom (a filtered one is the asker's choice)
+        else:
+            data = mvt.tile(conn, layer, self.settings.srid, z, x, y, selection, props)
         slow = time.perf_counter() - started >= self._persist_after_s
         self.cache.put(key, data, persist=slow and selection.is_all and properties is None and not _narrowed())
         return data

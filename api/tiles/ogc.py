@@ -16,7 +16,6 @@ from api.tiles.shared import (IMMUTABLE, MVT_TYPE, REVALIDATE, BboxQ, FilterLang
                               not_modified, selection, service)
 from cim.registry import Layer
 from tiles import mvt
-from tiles.service import TileService
 
 TMS_URI = "http://www.opengis.net/def/tilematrixset/OGC/1.0/WebMercatorQuad"
 REL_TILING_SCHEME = "http://www.opengis.net/def/rel/ogc/1.0/tiling-scheme"
@@ -78,14 +77,15 @@ async def collection_tileset(request: Request, collectionId: str, tileMatrixSetI
     _check_tms(tileMatrixSetId)
     svc = service(request)
     lyr = await call(svc.layer, collectionId)
-    bounds = await call(_bounds, svc, lyr)
+    bounds = await call(svc.layer_bounds, lyr)
+    minzoom = await call(svc.minzoom, lyr)
     base = base_url(request)
     props = mvt.default_properties(lyr)
     body: dict[str, Any] = {
         "title": f"{lyr.title} ({lyr.name})", "dataType": "vector", "tileMatrixSetURI": TMS_URI,
         "crs": "http://www.opengis.net/def/crs/EPSG/0/3857",
         "layers": [{"id": lyr.name, "title": lyr.title, "dataType": "vector",
-                    "geometryDimension": _dimension(lyr), "minTileMatrix": "0", "maxTileMatrix": str(mvt.TMS.maxzoom),
+                    "geometryDimension": _dimension(lyr), "minTileMatrix": str(minzoom), "maxTileMatrix": str(mvt.TMS.maxzoom),
                     "propertiesSchema": {"type": "object", "properties": {
                         q.name: {"type": q.type if q.type in ("number", "integer", "boolean") else "string",
                                  "title": q.title} for q in lyr.queryables if q.name in props}}}],
@@ -102,17 +102,13 @@ def _dimension(layer: Layer) -> int:
     return 0 if "POINT" in kind else 1 if "LINE" in kind else 2
 
 
-def _bounds(svc: TileService, layer: Layer):
-    with svc.engine.connect() as conn:
-        return mvt.layer_bounds(conn, layer, svc.settings.srid)
-
-
 @router.get("/collections/{collectionId}/tiles/{tileMatrixSetId}/tilejson.json", summary="TileJSON 3.0")
 async def collection_tilejson(request: Request, collectionId: str, tileMatrixSetId: TileMatrixSetP):
     _check_tms(tileMatrixSetId)
     svc = service(request)
     lyr = await call(svc.layer, collectionId)
-    bounds = await call(_bounds, svc, lyr) or svc.settings.city_bbox_wgs84
+    bounds = await call(svc.layer_bounds, lyr) or svc.settings.city_bbox_wgs84
+    minzoom = await call(svc.minzoom, lyr)
     base = base_url(request)
     return OrjsonResponse({
         "tilejson": "3.0.0", "name": lyr.name, "description": lyr.title, "version": f"1.0.{lyr.version}",
@@ -121,9 +117,10 @@ async def collection_tilejson(request: Request, collectionId: str, tileMatrixSet
         # this document (ETag) and so the URLs
         "scheme": "xyz",
         "tiles": [f"{base}/collections/{lyr.name}/tiles/{mvt.TMS_ID}/{{z}}/{{y}}/{{x}}?v={lyr.version}"],
-        "minzoom": 0, "maxzoom": 22, "bounds": list(bounds),
-        "center": [(bounds[0] + bounds[2]) / 2, (bounds[1] + bounds[3]) / 2, 12],
-        "vector_layers": [{"id": lyr.name, "description": lyr.title, "minzoom": 0, "maxzoom": 22,
+        # a dense point layer starts at a street-level zoom (tiles.mvt.point_minzoom): below, its tiles are empty
+        "minzoom": minzoom, "maxzoom": 22, "bounds": list(bounds),
+        "center": [(bounds[0] + bounds[2]) / 2, (bounds[1] + bounds[3]) / 2, max(12, minzoom)],
+        "vector_layers": [{"id": lyr.name, "description": lyr.title, "minzoom": minzoom, "maxzoom": 22,
                            "fields": _fields(lyr, mvt.default_properties(lyr))}],
     }, headers={"ETag": etag(str(lyr.version)), "Cache-Control": REVALIDATE})
 
