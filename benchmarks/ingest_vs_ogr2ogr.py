@@ -146,11 +146,11 @@ class ServerCpu:
         with psycopg2.connect(url) as conn, conn.cursor() as cur:
             cur.execute("SELECT pg_backend_pid()")
             backend = cur.fetchone()[0]
+            try:  # read while the backend lives: its parent is the postmaster
+                self._postmaster = int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                self._postmaster = None
         conn.close()
-        try:
-            self._postmaster = int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except OSError:
-            self._postmaster = None
         time.sleep(0.3)
         self._start = self._read()
 
