@@ -308,8 +308,9 @@ class FeatureLoad:
                 check_extent(shapely.get_x(points), shapely.get_y(points), crs, self.settings.city_bbox_wgs84)
             except UserError as exc:
                 raise IngestError(f"{path}: {exc}") from exc
-            geoms = geoms.copy()
-            geoms[present] = transform_geometries(geoms[present], crs, f"EPSG:{self.settings.srid}")
+            if crs.offset is not None or crs.srid != self.settings.srid:  # already in the storage CRS: as they are
+                geoms = geoms.copy()
+                geoms[present] = transform_geometries(geoms[present], crs, f"EPSG:{self.settings.srid}")
         return geoms, notes
 
     def _apply_rules(self, frame: pd.DataFrame, geoms: np.ndarray | None, reasons: dict[int, str],
