@@ -16,7 +16,7 @@ import psycopg2
 import pytest
 import sqlalchemy as sa
 
-from ingest import binary_copy
+from ingest import binary_copy, columns
 from ingest.merge import content_hash, copy_rows
 from ingest.run import IngestOptions, ingest_files
 from ingest.seen import FirstRows, digit_keys, text_keys
@@ -44,6 +44,15 @@ def test_the_content_hash_is_still_pandas_hash_of_the_values_as_text():
     ewkb = np.array([f"{i:058X}" for i in range(n)], dtype=object)
     assert (content_hash(frame, ewkb) == _definition(frame, ewkb)).all()
     assert (content_hash(frame[["source_id", "name"]], None) == _definition(frame[["source_id", "name"]], None)).all()
+
+
+def test_the_attributes_json_of_text_columns_is_json_dumps_of_each_row():
+    frame = pd.DataFrame({"x": ["645707.54", 'a"b', "c\\d", "e\nf", None, "中文", "\u2028", "ok"],
+                          "名 字": [None] * 8, 7: ["1"] * 8})
+    expected = [json.dumps({str(k): v for k, v in row.items()}, ensure_ascii=False)
+                for row in frame.astype(object).where(frame.notna(), None).to_dict(orient="records")]
+    assert columns._attributes_json(frame, ["x", "名 字", 7]).tolist() == expected
+    assert columns._text_attributes_json(frame.assign(x=[1.5] * 8), ["x"]) is None  # numbers: the general way
 
 
 def test_first_occurrences_across_batches_are_those_a_dict_finds():
