@@ -108,7 +108,14 @@ def keep_or_set_z(geoms: np.ndarray, z: np.ndarray | None) -> np.ndarray:
     if z is not None:
         use = ~np.isnan(z)
         if use.any():
-            out[use] = with_constant_z(geoms[use], z[use])
+            chosen = geoms[use]
+            if (shapely.get_type_id(chosen) == shapely.GeometryType.POINT).all() and not shapely.is_empty(chosen).any():
+                # points: one new point each from x, y and the column's z (with_constant_z copies every point
+                # twice, once per distinct z: the largest item of a CSV parts load after the attributes)
+                xy = shapely.get_coordinates(chosen)
+                out[use] = shapely.points(xy[:, 0], xy[:, 1], z[use])
+            else:
+                out[use] = with_constant_z(chosen, z[use])
     return out
 
 
