@@ -2,8 +2,8 @@
 
 Why arrays: a load checks every row's key against all rows before it, across batches and files. A Python dict
 of the keys cost ~300 bytes and ~1 µs a row (15,000,000 parts: 4.85 GB peak, docs/benchmarks.md); here a key
-is two 64-bit integers and its first row one more (24 bytes), and a batch is checked with sorts and binary
-searches. Text keys are hashed to 128 bits (two independent 64-bit SipHashes, pandas' fixed-key
+is two 64-bit integers and its first row one more — ~50–70 bytes with the hash table's slack — and a batch is
+checked an array at a time. Text keys are hashed to 128 bits (two independent 64-bit SipHashes, pandas' fixed-key
 ``hash_array``): two different ids colliding among 10^8 rows has a probability of ~10^-23.
 The keys live in a khash table (pandas' own, looked up and filled an array at a time): sorted arrays
 merged batch by batch measured 3 µs a key at 15 M, the table a fraction of that.
