@@ -125,8 +125,8 @@ class LoadWatch:
         return f"{min(s):.2f}–{max(s):.2f}"
 
 
-def timed(cmd: list[str], env: dict, stdout=subprocess.DEVNULL) -> tuple[float, float]:
-    """Wall seconds and this child's own peak RSS in MB (os.wait4 reports it per process)."""
+def timed(cmd: list[str], env: dict, stdout=subprocess.DEVNULL) -> tuple[float, float, float]:
+    """Wall seconds, this child's own peak RSS in MB and its CPU seconds (os.wait4 reports them per process)."""
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True)
     stderr = proc.stderr.read()
@@ -134,7 +134,36 @@ def timed(cmd: list[str], env: dict, stdout=subprocess.DEVNULL) -> tuple[float, 
     elapsed = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status):
         raise SystemExit(f"{cmd[0]} failed:\n{stderr[-3000:]}")
-    return elapsed, usage.ru_maxrss / 1024
+    return elapsed, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
+
+
+class ServerCpu:
+    """CPU seconds of the server's backends during a step: the postmaster's reaped children's time (cutime +
+    cstime in /proc), read before and after — every connection of the step has ended by then. Needs the
+    server on this machine (the embedded cluster); None otherwise."""
+
+    def __init__(self, url: str) -> None:
+        with psycopg2.connect(url) as conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            backend = cur.fetchone()[0]
+            try:  # read while the backend lives: its parent is the postmaster
+                self._postmaster = int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                self._postmaster = None
+        conn.close()
+        time.sleep(0.3)
+        self._start = self._read()
+
+    def _read(self) -> float | None:
+        if self._postmaster is None:
+            return None
+        fields = Path(f"/proc/{self._postmaster}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")  # cutime, cstime
+
+    def stop(self) -> float | None:
+        time.sleep(0.5)  # the step's backends exit and are reaped
+        end = self._read()
+        return None if end is None or self._start is None else end - self._start
 
 
 def dsn(url: str) -> str:
@@ -191,6 +220,7 @@ def peer(url: str, path: Path, srid: int) -> dict:
            "-lco", "DROP_TABLE=OFF", "-lco", "SPATIAL_INDEX=NONE", "-lco", "GEOMETRY_NAME=geom",
            "--config", "PG_USE_COPY", "YES"]
     watch = LoadWatch()
+    server_cpu = ServerCpu(url)
     started = time.perf_counter()
     ogr = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     psql = subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", url], stdin=ogr.stdout,
@@ -198,6 +228,7 @@ def peer(url: str, path: Path, srid: int) -> dict:
     ogr.stdout.close()
     _, status, usage = os.wait4(ogr.pid, 0)
     ogr_s, ogr_mb = time.perf_counter() - started, usage.ru_maxrss / 1024
+    ogr_cpu = usage.ru_utime + usage.ru_stime
     if psql.returncode or os.waitstatus_to_exitcode(status):
         raise SystemExit(f"ogr2ogr | psql failed:\n{psql.stderr[-3000:]}")
     steps = {}
@@ -213,18 +244,25 @@ def peer(url: str, path: Path, srid: int) -> dict:
     load = watch.stop()
     conn.close()
     return {"ogr2ogr_s": ogr_s, "schema_s": schema_s, "total_s": ogr_s + schema_s, "steps": steps,
-            "rows": rows, "peak_mb": ogr_mb, "load": load, "statements": [s for _, s in statements]}
+            "rows": rows, "peak_mb": ogr_mb, "load": load, "statements": [s for _, s in statements],
+            "client_cpu_s": ogr_cpu, "server_cpu_s": server_cpu.stop()}
 
 
 # --- cim --------------------------------------------------------------------------------------------
 
-def cim_ingest(url: str, layer: str, path: Path) -> dict:
+def cim_ingest(url: str, layer: str, path: Path, source: Path | None = None) -> dict:
+    """`cim ingest` as a child process; with ``source``, the loader of that source tree (e.g. the code before
+    a change, from ``git archive``) instead of this checkout's."""
     env = {**os.environ, "CIM_DATABASE_URL": url, "CIM_HOME": str(WORK / "cim-home")}
+    if source is not None:
+        env["PYTHONPATH"] = str(source)
     out = WORK / f"report-{layer}.json"
     watch = LoadWatch()
+    server_cpu = ServerCpu(url)
     with open(out, "w") as f:
-        elapsed, peak = timed([CIM, "ingest", layer, str(path), "--json"], env, stdout=f)
-    return {"total_s": elapsed, "peak_mb": peak, "report": json.loads(out.read_text()), "load": watch.stop()}
+        elapsed, peak, cpu = timed([CIM, "ingest", layer, str(path), "--json"], env, stdout=f)
+    return {"total_s": elapsed, "peak_mb": peak, "report": json.loads(out.read_text()), "load": watch.stop(),
+            "client_cpu_s": cpu, "server_cpu_s": server_cpu.stop()}
 
 
 def cim_profiled(url: str, layer: str, path: Path, top: int = 45) -> None:
@@ -278,6 +316,10 @@ def server_limits(url: str, srid: int) -> dict:
     return out
 
 
+def _seconds(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f} s"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", "--points", type=int, default=1_000_000, dest="parts")
@@ -285,6 +327,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="cProfile cim's load in process (no peer)")
     parser.add_argument("--limits", action="store_true", help="also time the server alone (COPY, builds)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch databases")
+    parser.add_argument("--before", type=Path, help="also load with the loader of this source tree (e.g. `git "
+                        "archive` of the commit before a change), in the same run, for a before/after")
     args = parser.parse_args()
     if not shutil.which("ogr2ogr"):
         raise SystemExit("ogr2ogr not found: apt-get install gdal-bin")
@@ -313,16 +357,23 @@ def main() -> None:
             return
         peer_url, srid = fresh()
         cim_url, _ = fresh()
+        before_url = fresh()[0] if args.before else None
         with psycopg2.connect(peer_url) as c, c.cursor() as cur:  # read the file once: both start warm
             cur.execute("SELECT 1")
         subprocess.run(["cat", str(points)], stdout=subprocess.DEVNULL, check=True)
         p = peer(peer_url, points, srid)
         print(f"peer: ogr2ogr {p['ogr2ogr_s']:.1f} s + indexes/constraints {p['schema_s']:.1f} s = "
-              f"{p['total_s']:.1f} s ({p['rows']:,} rows; load avg {p['load']})", flush=True)
-        c = cim_ingest(cim_url, "parts", points)
-        assert c["report"]["inserted"] == args.parts, c["report"]
-        print(f"cim: {c['total_s']:.1f} s ({c['report']['inserted']:,} inserted; peak RSS {c['peak_mb']:.0f} MB; "
-              f"load avg {c['load']})", flush=True)
+              f"{p['total_s']:.1f} s ({p['rows']:,} rows; load avg {p['load']}; CPU: ogr2ogr "
+              f"{p['client_cpu_s']:.1f} s, server {_seconds(p['server_cpu_s'])})", flush=True)
+        runs = [("cim before", before_url, args.before)] if args.before else []
+        runs.append(("cim", cim_url, None))
+        for label, url, source in runs:
+            c = cim_ingest(url, "parts", points, source)
+            assert c["report"]["inserted"] == args.parts, c["report"]
+            print(f"{label}: {c['total_s']:.1f} s ({c['report']['inserted']:,} inserted; peak RSS "
+                  f"{c['peak_mb']:.0f} MB; load avg {c['load']}; CPU: loader {c['client_cpu_s']:.1f} s, server "
+                  f"{_seconds(c['server_cpu_s'])}; ratio peer ÷ {label} {p['total_s'] / c['total_s']:.2f}×)",
+                  flush=True)
         limits = server_limits(cim_url, srid) if args.limits else {}
         engine = engine_for(cim_url)
         with engine.connect() as conn:

@@ -102,13 +102,21 @@ def with_constant_z(geoms: np.ndarray, z: np.ndarray) -> np.ndarray:
 def keep_or_set_z(geoms: np.ndarray, z: np.ndarray | None) -> np.ndarray:
     """Points: Z from a column when given, else the source's own Z, else 0."""
     has_z = shapely.has_z(geoms)
+    out = geoms.copy()
+    if not has_z.all():  # only the 2D ones are copied (a copy of every point was a tenth of a parts load)
+        out[~has_z] = shapely.force_3d(geoms[~has_z], 0.0)
     if z is not None:
         use = ~np.isnan(z)
-        out = np.where(has_z, geoms, shapely.force_3d(geoms, 0.0))
         if use.any():
-            out[use] = with_constant_z(geoms[use], z[use])
-        return out
-    return np.where(has_z, geoms, shapely.force_3d(geoms, 0.0))
+            chosen = geoms[use]
+            if (shapely.get_type_id(chosen) == shapely.GeometryType.POINT).all() and not shapely.is_empty(chosen).any():
+                # points: one new point each from x, y and the column's z (with_constant_z copies every point
+                # twice, once per distinct z: the largest item of a CSV parts load after the attributes)
+                xy = shapely.get_coordinates(chosen)
+                out[use] = shapely.points(xy[:, 0], xy[:, 1], z[use])
+            else:
+                out[use] = with_constant_z(chosen, z[use])
+    return out
 
 
 def lines_at_depth(lines: np.ndarray, z_start: np.ndarray, z_end: np.ndarray) -> np.ndarray:

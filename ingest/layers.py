@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 from cim.schema import CURTAIN_WALL_SUPPORT_TYPES as SUPPORT_TYPES
 from ingest import geometry as geo
 from ingest import prepare
+from ingest.seen import digit_keys
 from ingest.prepare import Context, Prepared, with_placeholders
 
 #: rules over one batch: (coerced frame, geometry in the storage CRS with rejected rows None or None
@@ -98,19 +99,26 @@ def check_object_codes(cur, frame: pd.DataFrame, rows: np.ndarray, reasons: dict
     """An object code names one current part: not two rows of a load, nor a part of another source id."""
     codes = frame["object_code"].to_numpy(dtype=object)
     sources = frame["source_id"].to_numpy(dtype=object)
-    wanted = sorted({c for i, c in enumerate(codes) if i not in reasons and c is not None})
-    cur.execute("SELECT object_code, source_id FROM parts WHERE valid_to IS NULL AND object_code = ANY(%s)",
-                (wanted,))
-    holders = dict(cur.fetchall())
-    for i, code in enumerate(codes):
-        if i in reasons or code is None:
-            continue
-        if code in holders and (holders[code] is None or holders[code] != sources[i]):
-            reasons[i] = f"object code {code} already belongs to part {holders[code]!r}"
-            continue
-        first = ctx.object_code_rows.setdefault(code, int(rows[i]))
-        if first != int(rows[i]):
-            reasons[i] = f"object code {code} repeated (also at row {first})"
+    open_rows = np.ones(len(codes), dtype=bool)
+    open_rows[list(reasons)] = False
+    checked = np.flatnonzero(open_rows & ~pd.isna(codes))
+    if not len(checked):
+        return
+    if not ctx.base_empty:  # a first load: no part holds a code yet, and asking costs ~5 s per 1 M parts
+        cur.execute("SELECT object_code, source_id FROM parts WHERE valid_to IS NULL AND object_code = ANY(%s)",
+                    (sorted(set(codes[checked].tolist())),))
+        holders = dict(cur.fetchall())
+        if holders:
+            taken = np.array([code in holders and (holders[code] is None or holders[code] != source)
+                              for code, source in zip(codes[checked], sources[checked])], dtype=bool)
+            for i in checked[taken].tolist():
+                reasons[i] = f"object code {codes[i]} already belongs to part {holders[codes[i]]!r}"
+            checked = checked[~taken]
+    # codes are 16 ASCII digits here (prepare_parts rejected the others): each is its own exact key
+    firsts = ctx.object_code_rows.first(*digit_keys(codes[checked]), rows[checked])
+    repeated = firsts != rows[checked]
+    for i, first in zip(checked[repeated].tolist(), firsts[repeated].tolist()):
+        reasons[i] = f"object code {codes[i]} repeated (also at row {first})"
 
 
 def check_curtain_walls(cur, frame: pd.DataFrame, rows: np.ndarray, reasons: dict[int, str], ctx: Context) -> None:

@@ -12,6 +12,7 @@ import pandas as pd
 import shapely
 
 from ingest import geometry as geo
+from ingest.seen import FirstRows
 
 if TYPE_CHECKING:
     from ingest.addresses import AddressParser
@@ -35,7 +36,8 @@ class Context:
     floor_height_m: float
     part_classes: set[str]  # 2- and 4-digit codes
     next_sequence: dict[str, int] = field(default_factory=dict)  # 10-digit code prefix -> last used sequence
-    object_code_rows: dict[str, int] = field(default_factory=dict)  # code -> source row that took it in this run
+    object_code_rows: FirstRows = field(default_factory=FirstRows)  # code -> source row that took it in this run
+    base_empty: bool = False  # the layer's table held no row when the load began (a first load)
     cur: Any = None  # the load's cursor, inside its transaction (rules that look at the base use it)
     address_parser: AddressParser | None = None
 

@@ -24,11 +24,12 @@ from cim.errors import UserError
 from cim.gridindex import GridIndex, representative_points
 from cim.registry import bump_version
 from ingest import geometry as geo
-from ingest import merge, prepare, staged
+from ingest import binary_copy, merge, prepare, staged
 from ingest.columns import coerce, plan_columns
 from ingest.read import Batch, ReadOptions, open_source
 from ingest.provenance import finish_run, load_transaction, operator_name, record_failure, start_run
 from ingest.faults import database_faults, pause_at
+from ingest.seen import FirstRows, text_keys
 from ingest.report import FileReport, IngestReport, RejectsFiles, sha256_of
 from ingest.specs import SPECS, LayerSpec
 
@@ -97,8 +98,8 @@ class FeatureLoad:
         self.spec, self.paths, self.options, self.engine, self.progress = spec, paths, options, engine, progress
         self.settings = load_settings(engine)
         self.report = IngestReport(layer=spec.name, mode=options.mode, dry_run=options.dry_run)
-        self.seen_ids: dict[str, int] = {}  # source id -> row number of its first occurrence
-        self.duplicate_ids: set[str] = set()
+        self.seen_ids = FirstRows()  # source id -> row number of its first occurrence (as arrays: ingest.seen)
+        self.duplicate_ids: dict[str, int] = {}  # repeated source id -> row of its first occurrence
         self.rejects_dir = options.rejects_dir or (cim_home() / "rejects")
         self.rejects = RejectsFiles(self.rejects_dir)
 
@@ -164,8 +165,10 @@ class FeatureLoad:
         self.direct = self.staged_load or (
             merge.DirectLoad(cur, self.spec.table, self.columns, r.run_id)
             if not self.spec.merge_sql and merge.DirectLoad.applies(cur, self.spec.table) else None)
+        self.ctx.base_empty = self.direct is not None  # nothing in the base to check codes against
         if self.direct is None:
             merge.create_stage(cur, self.spec.table, self.columns)
+            self.stage_types = {**binary_copy.column_types(cur, "_stage", self.columns), "row_no": "int4"}
         for path in self.paths:
             self._load_file(cur, path)
         self._drop_duplicates(cur)
@@ -177,6 +180,9 @@ class FeatureLoad:
             if self.staged_load is not None and self.staged_load.staged:
                 r.message = (f"first load: {len(self.staged_load.staged)} district partition(s) filled, indexed "
                              "and attached after their rows")
+                if self.staged_load.closed:
+                    r.message += (f" ({len(self.staged_load.closed)} indexed while the next district's rows were "
+                                  "read)")
         else:
             counts = merge.merge(cur, self.spec.table, self.columns, self.options.mode, r.run_id,
                                  **self.spec.merge_sql)
@@ -264,7 +270,8 @@ class FeatureLoad:
         if self.spec.check:  # after the keys: a repeated source id is reported as such, whatever else it repeats
             self.spec.check(cur, frame, batch.rows, reasons, self.ctx)
         self.report.repaired += sum(1 for k in prepared.notes if k not in reasons and "make_valid" in prepared.notes[k])
-        keep = np.array([i not in reasons for i in range(len(frame))], dtype=bool)
+        keep = np.ones(len(frame), dtype=bool)
+        keep[list(reasons)] = False
         if not keep.any():
             return reasons
         frame = frame[keep].reset_index(drop=True)
@@ -275,7 +282,7 @@ class FeatureLoad:
             self.direct.copy(frame, ewkb)
         else:
             frame["row_no"] = batch.rows[keep]
-            merge.copy_rows(cur, frame, ewkb, [*self.columns, "row_no"])
+            merge.copy_rows(cur, frame, ewkb, [*self.columns, "row_no"], types=self.stage_types)
         pause_at("copy")
         return reasons
 
@@ -301,13 +308,15 @@ class FeatureLoad:
                 check_extent(shapely.get_x(points), shapely.get_y(points), crs, self.settings.city_bbox_wgs84)
             except UserError as exc:
                 raise IngestError(f"{path}: {exc}") from exc
-            geoms = geoms.copy()
-            geoms[present] = transform_geometries(geoms[present], crs, f"EPSG:{self.settings.srid}")
+            if crs.offset is not None or crs.srid != self.settings.srid:  # already in the storage CRS: as they are
+                geoms = geoms.copy()
+                geoms[present] = transform_geometries(geoms[present], crs, f"EPSG:{self.settings.srid}")
         return geoms, notes
 
     def _apply_rules(self, frame: pd.DataFrame, geoms: np.ndarray | None, reasons: dict[int, str],
                      geometry_notes: dict[int, str]) -> prepare.Prepared:
-        valid = np.array([i not in reasons for i in range(len(frame))], dtype=bool)
+        valid = np.ones(len(frame), dtype=bool)
+        valid[list(reasons)] = False
         codes = self._enrich(geoms, valid)
         if codes:
             for column, values in codes.items():
@@ -337,23 +346,27 @@ class FeatureLoad:
     def _check_keys(self, frame: pd.DataFrame, rows: np.ndarray, reasons: dict[int, str]) -> None:
         if self.options.mode == "append" or "source_id" not in frame:
             return
-        for i, key in enumerate(frame["source_id"].tolist()):
-            if i in reasons:
-                continue
-            if key is None:
-                reasons[i] = "missing source id"
-                continue
-            first = self.seen_ids.setdefault(key, int(rows[i]))
-            if first != int(rows[i]):
-                self.duplicate_ids.add(key)
-                reasons[i] = f"duplicate source id {key!r} (also at row {first})"
+        keys = frame["source_id"].to_numpy(dtype=object)
+        open_rows = np.ones(len(keys), dtype=bool)
+        open_rows[list(reasons)] = False
+        missing = open_rows & pd.isna(keys)
+        for i in np.flatnonzero(missing):
+            reasons[int(i)] = "missing source id"
+        checked = np.flatnonzero(open_rows & ~missing)
+        if not len(checked):
+            return
+        firsts = self.seen_ids.first(*text_keys(keys[checked]), rows[checked])
+        for i, first in zip(checked[firsts != rows[checked]].tolist(), firsts[firsts != rows[checked]].tolist()):
+            key = keys[i]
+            self.duplicate_ids.setdefault(key, first)
+            reasons[i] = f"duplicate source id {key!r} (also at row {first})"
 
     def _drop_duplicates(self, cur) -> None:
         """First occurrences of duplicated ids were staged before the repeat was seen: take them back."""
         if not self.duplicate_ids:
             return
         if self.direct is not None:
-            taken = [(self.seen_ids[key], key) for key in self.direct.remove(list(self.duplicate_ids))]
+            taken = [(self.duplicate_ids[key], key) for key in self.direct.remove(list(self.duplicate_ids))]
         else:
             cur.execute("DELETE FROM _stage WHERE source_id = ANY(%s) RETURNING row_no, source_id",
                         (list(self.duplicate_ids),))

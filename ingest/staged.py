@@ -98,18 +98,28 @@ class StagedLoad:
         self.rows = 0
         self._raw = engine.raw_connection()  # the staging transaction, committed before the builds
         self.stage = PipelinedCursor(self._raw.cursor())
+        self.closed: set[str] = set()  # districts whose rows seem all in: indexed in the background meanwhile
+        self._background: _Builder | None = None
 
     def copy(self, frame: pd.DataFrame, ewkb: np.ndarray | None) -> None:
         frame = self.direct.prepared(frame)
         codes = frame[PARTITION_COLUMN].to_numpy(dtype=object)
         ordinary = np.zeros(len(frame), dtype=bool)
-        for code in pd.unique(codes):
+        present = pd.unique(codes)
+        # a delivery sorted by district (object codes begin with the district's) is done with a district once
+        # a batch holds none of its rows: its indexes are built on the second core while the next are read.
+        # A row of it that still comes later is COPYed into the indexed table (slower, still right).
+        done = [d for d in self.staged if d not in self.closed and d not in set(present)]
+        if done:
+            self._close(done)
+        for code in present:
             rows = codes == code
             if code is None or code == NO_DISTRICT or code in self.existing:
                 ordinary |= rows
                 continue
             name = self.staged.get(code) or self._stage(code)
-            copy_rows(self.stage, frame[rows], ewkb[rows] if ewkb is not None else None, self.columns, into=name)
+            copy_rows(self.stage, frame[rows], ewkb[rows] if ewkb is not None else None, self.columns, into=name,
+                      types=self.direct.types)
             self.rows += int(rows.sum())
         if ordinary.any():
             self.direct.copy(frame[ordinary].reset_index(drop=True), ewkb[ordinary] if ewkb is not None else None)
@@ -124,6 +134,24 @@ class StagedLoad:
                            "ALTER COLUMN valid_from SET DEFAULT %s::timestamptz", (self.sequence, self.now))
         self.staged[district] = name
         return name
+
+    def _close(self, districts: list[str]) -> None:
+        """Commit these districts' staged rows and hand their index and key builds to the background builder."""
+        for district in districts:
+            self._bound(district)
+        self.stage.wait()
+        self._raw.commit()
+        if self._background is None:
+            self._background = _Builder(self.engine)
+        statements = self._statements([self.staged[d] for d in districts])
+        self._background.submit([s for _rank, s in sorted(statements[0], key=lambda w: w[0])] + statements[1])
+        self.closed.update(districts)
+
+    def _bound(self, district: str) -> None:
+        # the bound as a constraint: ATTACH PARTITION then knows every row belongs without a scan
+        name = self.staged[district]
+        self.stage.execute(f'ALTER TABLE "{name}" ADD CONSTRAINT "{name}_bound" CHECK ({PARTITION_COLUMN} '
+                           f"IS NOT NULL AND {PARTITION_COLUMN} = %s)", (district,))
 
     def remove(self, source_ids: list[str]) -> list[str]:
         removed = self.direct.remove(source_ids)
@@ -141,16 +169,18 @@ class StagedLoad:
             self._raw.rollback()
             self._raw.close()
             return counts
+        for district, name in self.staged.items():
+            if district not in self.closed:
+                self._bound(district)
+        # (waits for the background builder's statement on each table: nothing else waits for this connection)
         for name in self.staged.values():
             self.stage.execute(f'ALTER TABLE "{name}" ALTER COLUMN fid DROP DEFAULT, '
                                "ALTER COLUMN valid_from SET DEFAULT now()")
-            # the bound as a constraint: ATTACH PARTITION then knows every row belongs without a scan
-            self.stage.execute(f'ALTER TABLE "{name}" ADD CONSTRAINT "{name}_bound" CHECK ({PARTITION_COLUMN} '
-                               f"IS NOT NULL AND {PARTITION_COLUMN} = %s)",
-                               (next(d for d, n in self.staged.items() if n == name),))
         self.stage.finish(check=True)
         self._raw.commit()
-        self._build()
+        if self._background is not None:
+            self._background.join()  # before the remaining builds: ALTER TABLEs side by side deadlock
+        self._build([n for d, n in self.staged.items() if d not in self.closed])
         for district, name in self.staged.items():
             self.cur.execute(district_partition_sql(self.table, district)[1])  # ATTACH: indexes and keys match
             self.cur.execute(f'ALTER TABLE "{name}" DROP CONSTRAINT "{name}_bound"')
@@ -162,16 +192,14 @@ class StagedLoad:
             self.cur.execute("SELECT cim_audit('insert', %s, '{}'::jsonb)", (self.table,))
         return MergeCounts(inserted=counts.inserted + self.rows)
 
-    def _build(self) -> None:
-        """Indexes of every staged table on two connections at once, the longest builds first (GiST before
-        B-tree); then, on one, the primary keys (over their indexes) and foreign keys: ALTER TABLE statements
-        running beside each other's builds deadlock, and two foreign keys to one table wait for each other."""
+    def _statements(self, names: list[str]) -> tuple[list[tuple[int, str]], list[str]]:
+        """The index builds (rank 0: GiST, the longest; 1: B-tree) and the key statements of these tables."""
         builds: list[tuple[int, str]] = []
         keys: list[str] = []
         self.cur.execute("SELECT conname, pg_get_constraintdef(oid), contype, confrelid::regclass::text FROM "
                          "pg_constraint WHERE conrelid = %s::regclass AND contype IN ('p', 'f')", (self.table,))
         constraints = self.cur.fetchall()
-        for name in self.staged.values():
+        for name in names:
             for _parent, statement in partition_index_sql(self.cur, self.table, name):
                 builds.append((0 if " USING gist " in statement else 1, statement))
             for conname, definition, kind, referenced in constraints:
@@ -182,6 +210,15 @@ class StagedLoad:
                                    f'"{name}_pkey"')
                 elif referenced != "ingest_runs":  # the run's row is not committed: checked by the ATTACH
                     keys.append(f'ALTER TABLE "{name}" ADD CONSTRAINT "{conname}" {definition}')
+        return builds, keys
+
+    def _build(self, names: list[str]) -> None:
+        """Indexes of these staged tables on two connections at once, the longest builds first (GiST before
+        B-tree); then, on one, the primary keys (over their indexes) and foreign keys: ALTER TABLE statements
+        running beside each other's builds deadlock, and two foreign keys to one table wait for each other."""
+        if not names:
+            return
+        builds, keys = self._statements(names)
         jobs: queue.Queue[str] = queue.Queue()
         for _rank, statement in sorted(builds, key=lambda w: w[0]):
             jobs.put(statement)
@@ -220,6 +257,8 @@ class StagedLoad:
 
     def abort(self) -> None:
         """The load failed: its staged tables go (they were committed only if the builds had begun)."""
+        if self._background is not None:
+            self._background.join(check=False)
         try:
             self.stage.finish(check=False)
             self._raw.rollback()
@@ -239,5 +278,56 @@ class StagedLoad:
             raw.commit()
         except Exception:  # noqa: BLE001 (a lost database: the next load drops them, drop_leftovers)
             pass
+        finally:
+            raw.close()
+
+
+class _Builder:
+    """One connection building closed districts' indexes and keys in the background, statement by statement,
+    while the load goes on reading (the second core; PostgreSQL's own parallel workers are off)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._jobs: queue.Queue[list[str] | None] = queue.Queue()
+        self._errors: list[BaseException] = []
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="cim-build-background", daemon=True)
+        self._thread.start()
+
+    def submit(self, statements: list[str]) -> None:
+        if self._errors:
+            raise self._errors[0]
+        self._jobs.put(statements)
+
+    def join(self, check: bool = True) -> None:
+        """Wait for every statement handed in (``check=False``: only for the one running) and raise its error."""
+        if not check:
+            self._stop = True
+        self._jobs.put(None)
+        self._thread.join()
+        if check and self._errors:
+            raise self._errors[0]
+
+    def _run(self) -> None:
+        try:
+            raw = self._engine.raw_connection()
+        except BaseException as exc:  # noqa: BLE001 (raised again in the load's thread)
+            self._errors.append(exc)
+            return
+        try:
+            cur = raw.cursor()
+            cur.execute("SET max_parallel_maintenance_workers = 0")
+            raw.commit()
+            while True:
+                statements = self._jobs.get()
+                if statements is None:
+                    return
+                for statement in statements:
+                    if self._stop or self._errors:
+                        break
+                    cur.execute(statement)
+                    raw.commit()
+        except BaseException as exc:  # noqa: BLE001 (raised again in the load's thread)
+            self._errors.append(exc)
         finally:
             raw.close()

@@ -1,0 +1,157 @@
+"""The loader's array-based per-row work (issue 15, item 3), one base for the module: the content hash is still
+pandas' hash of the values as text (the hashes stored in every base stay valid); first occurrences kept as
+arrays find repeats across batches as a dict did; batches go to the database in binary COPY with the same
+values as the text COPY; and a first load of a delivery sorted by district builds each district's indexes
+while the next is read, with a row that comes late, repeats across batches and every index still right.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psycopg2
+import pytest
+import sqlalchemy as sa
+
+from ingest import binary_copy, columns
+from ingest.merge import content_hash, copy_rows
+from ingest.run import IngestOptions, ingest_files
+from ingest.seen import FirstRows, digit_keys, text_keys
+
+
+def _definition(frame: pd.DataFrame, ewkb: np.ndarray | None) -> np.ndarray:
+    """The content hash as it was first defined (and stored): every value as pandas text, hashed row-wise."""
+    content = frame.astype("string")
+    if ewkb is not None:
+        content["_geom"] = pd.array(ewkb, dtype="string")
+    return np.char.mod("%016x", pd.util.hash_pandas_object(content, index=False).to_numpy()).astype(object)
+
+
+def test_the_content_hash_is_still_pandas_hash_of_the_values_as_text():
+    rng = np.random.default_rng(7)
+    n = 500
+    text = np.array([f"井盖{i}" for i in range(n)], dtype=object)
+    frame = pd.DataFrame({
+        "source_id": text, "name": np.where(rng.random(n) < 0.3, None, text),
+        "status": rng.choice(np.array(["完好", "破损", None], dtype=object), n),
+        "height": np.where(rng.random(n) < 0.2, np.nan, rng.random(n) * 100),
+        "floors": pd.array(rng.integers(0, 40, n), dtype="Int64"),
+        "is_protected": rng.choice(np.array([True, False, None], dtype=object), n),
+        "mixed": rng.choice(np.array([1, "a", None], dtype=object), n), "empty": np.full(n, None, dtype=object)})
+    ewkb = np.array([f"{i:058X}" for i in range(n)], dtype=object)
+    assert (content_hash(frame, ewkb) == _definition(frame, ewkb)).all()
+    assert (content_hash(frame[["source_id", "name"]], None) == _definition(frame[["source_id", "name"]], None)).all()
+
+
+def test_the_attributes_json_of_text_columns_is_json_dumps_of_each_row():
+    frame = pd.DataFrame({"x": ["645707.54", 'a"b', "c\\d", "e\nf", None, "中文", "\u2028", "ok"],
+                          "名 字": [None] * 8, 7: ["1"] * 8})
+    expected = [json.dumps({str(k): v for k, v in row.items()}, ensure_ascii=False)
+                for row in frame.astype(object).where(frame.notna(), None).to_dict(orient="records")]
+    assert columns._attributes_json(frame, ["x", "名 字", 7]).tolist() == expected
+    assert columns._text_attributes_json(frame.assign(x=[1.5] * 8), ["x"]) is None  # numbers: the general way
+
+
+def test_first_occurrences_across_batches_are_those_a_dict_finds():
+    rng = np.random.default_rng(3)
+    seen, reference, row = FirstRows(), {}, 1
+    for _ in range(6):
+        ids = np.array([f"S{v}" for v in rng.integers(0, 3000, 1000)], dtype=object)
+        rows = np.arange(row, row + len(ids))
+        row += len(ids)
+        expected = [reference.setdefault(k, r) for k, r in zip(ids, rows)]
+        assert seen.first(*text_keys(ids), rows).tolist() == expected
+    codes = np.array(["3101040101000099", "3101040101000002", "3101040101000099"], dtype=object)
+    assert FirstRows().first(*digit_keys(codes), np.array([5, 6, 9])).tolist() == [5, 6, 5]
+
+
+_TYPES_TABLE = ("CREATE TABLE copy_types (t text, v varchar(4), i integer, b bigint, f float8, ok boolean, "
+                "j jsonb, geom geometry(PointZ, 4549))")
+
+
+def test_binary_copy_writes_what_the_text_copy_writes(db_url):
+    frame = pd.DataFrame({"t": ["上海", None, "a,b\n\"c\""], "v": ["0101", "01", None],
+                          "i": pd.array([1, None, -3], dtype="Int64"), "b": [7, 8, 9],
+                          "f": [1.5, np.nan, -0.25], "ok": [True, None, False],
+                          "j": ['{"层": 1}', "{}", None]})
+    ewkb = np.array(["01010000A0C5110000" + "00" * 8 + "000000000000F03F" + "0000000000000040",
+                     None, "01010000A0C5110000" + "000000000000F03F" * 3], dtype=object)
+    columns = [*frame.columns, "geom"]
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute(_TYPES_TABLE)
+        types = binary_copy.column_types(cur, "copy_types", columns)
+        assert binary_copy.encode(frame, ewkb, columns, types) is not None  # every column goes in binary
+        copy_rows(cur, frame, ewkb, columns, into="copy_types", types=types)
+        copy_rows(cur, frame, ewkb, columns, into="copy_types")  # the text way
+        cur.execute("SELECT t, v, i, b, f, ok, j::text, ST_AsEWKT(geom) FROM copy_types")
+        got = cur.fetchall()
+        assert got[:3] == got[3:]
+        assert got[0] == ("上海", "0101", 1, 7, 1.5, True, '{"层": 1}', "SRID=4549;POINT(0 1 2)")
+        # numbers in a text column: not binary (the text COPY writes them as pandas would)
+        assert binary_copy.encode(frame.assign(t=[1, "x", None]), ewkb, columns, types) is None
+        conn.rollback()
+
+
+# --- a first load sorted by district: the closed districts are indexed while the next is read ---------------
+
+XUHUI, CHANGNING = "310104", "310105"
+SQUARES = {XUHUI: 121.40, CHANGNING: 121.42}
+
+
+def _square(lon: float) -> dict:
+    return {"type": "Polygon", "coordinates": [[[lon, 31.20], [lon + 0.02, 31.20], [lon + 0.02, 31.22],
+                                                [lon, 31.22], [lon, 31.20]]]}
+
+
+def _write(path: Path, features: list[tuple[dict, dict]]) -> Path:
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": p, "geometry": g} for p, g in features]}), encoding="utf-8")
+    return path
+
+
+def _part(source_id: str, district: str, i: int, code: str | None = None) -> tuple[dict, dict]:
+    properties = {"source_id": source_id, "subclass_code": "0101", "name": "井盖", "z": 1.5}
+    if code:
+        properties["object_code"] = code
+    return properties, {"type": "Point", "coordinates": [SQUARES[district] + 0.0005 * i, 31.21]}
+
+
+def test_a_sorted_first_load_indexes_each_district_while_reading_the_next(engine, tmp_path):
+    ingest_files("districts", [_write(tmp_path / "districts.geojson", [
+        ({"code": c, "name": f"区{c}"}, _square(lon)) for c, lon in SQUARES.items()])],
+        IngestOptions(crs="EPSG:4326"), engine)
+    features = [_part(f"X{i}", XUHUI, i) for i in range(1, 7)]  # rows 1–6: Xuhui, closed by the batch at row 10
+    features += [_part(f"C{i}", CHANGNING, i) for i in range(1, 7)]  # rows 7–12
+    # rows 13–15 hold no Changning row: it is closed as well
+    features += [_part("X1", CHANGNING, 8),  # row 13: X1 again (its first occurrence is in an indexed table)
+                 _part("X7", XUHUI, 7, code="3101040101000099"),  # row 14: late for Xuhui, its code given
+                 _part("X8", XUHUI, 8, code="3101040101000099")]  # row 15: the same code again
+    path = _write(tmp_path / "parts.geojson", features)
+    report = ingest_files("parts", [path], IngestOptions(crs="EPSG:4326", batch_rows=3), engine)
+    folder = Path(report.files[0].rejects_file).parent
+    reasons = [r["reason"] for p in folder.glob(f"run-{report.run_id}-*.csv")
+               for r in csv.DictReader(p.open(encoding="utf-8"))]
+    assert report.inserted == 12, report
+    assert report.message.endswith("(2 indexed while the next district's rows were read)"), report.message
+    assert any("duplicate source id 'X1' (also at row 1)" in r for r in reasons), reasons
+    assert any("object code 3101040101000099 repeated (also at row 14)" in r for r in reasons), reasons
+    with engine.connect() as conn:
+        counts = dict(conn.execute(sa.text("SELECT tableoid::regclass::text, count(*) FROM parts GROUP BY 1")).all())
+        assert counts == {f"parts_{XUHUI}": 6, f"parts_{CHANGNING}": 6}  # X1 taken back out; X7 in; X8 refused
+        parent = conn.execute(sa.text("SELECT count(*) FROM pg_index WHERE indrelid = 'parts'::regclass")).scalar()
+        for district in SQUARES:
+            attached = conn.execute(sa.text(
+                "SELECT count(*) FROM pg_inherits i JOIN pg_index x ON x.indexrelid = i.inhrelid "
+                "WHERE x.indrelid = CAST(:t AS regclass)"), {"t": f"parts_{district}"}).scalar()
+            assert attached == parent
+            assert conn.execute(sa.text("SELECT count(*) FROM pg_constraint WHERE conrelid = CAST(:t AS regclass) "
+                                        "AND contype IN ('p', 'f')"), {"t": f"parts_{district}"}).scalar() == 4
+        # the late row is in the (already built) unique index of current codes, and the history of the load is one run
+        conn.execute(sa.text("SET enable_seqscan = off"))
+        assert conn.execute(sa.text("SELECT source_id FROM parts WHERE object_code = '3101040101000099' "
+                                    "AND valid_to IS NULL")).scalar() == "X7"
+        assert conn.execute(sa.text("SELECT count(DISTINCT fid), array_agg(DISTINCT ingest_run_id) FROM parts")).one() \
+            == (12, [report.run_id])
