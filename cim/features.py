@@ -286,11 +286,9 @@ def _planner_settings(conn: Connection, settings: dict[str, str]) -> Iterator[No
     keep = ", ".join(f"current_setting('{n}')" for n in names)
     set_ = ", ".join(f"set_config('{n}', %(v{i})s, true)" for i, n in enumerate(names))
     before = conn.exec_driver_sql(f"SELECT {keep}, {set_}", {f"v{i}": settings[n] for i, n in enumerate(names)}).one()
-    try:
-        yield
-    finally:
-        conn.exec_driver_sql("SELECT " + ", ".join(f"set_config('{n}', %(v{i})s, true)" for i, n in enumerate(names)),
-                             {f"v{i}": before[i] for i in range(len(names))})
+    yield  # on an error the transaction is aborted (and the settings, local to it, go with it): no restore
+    conn.exec_driver_sql("SELECT " + ", ".join(f"set_config('{n}', %(v{i})s, true)" for i, n in enumerate(names)),
+                         {f"v{i}": before[i] for i in range(len(names))})
 
 
 def fetch_items(conn: Connection, layer: Layer, storage_srid: int, query: ItemsQuery) -> FeaturePage:
