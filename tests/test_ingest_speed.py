@@ -97,19 +97,8 @@ def test_binary_copy_writes_what_the_text_copy_writes(db_url):
 
 # --- a first load sorted by district: the closed districts are indexed while the next is read ---------------
 
-XUHUI, CHANGNING = "310104", "310105"
-SQUARES = {XUHUI: 121.40, CHANGNING: 121.42}
-
-
-def _square(lon: float) -> dict:
-    return {"type": "Polygon", "coordinates": [[[lon, 31.20], [lon + 0.02, 31.20], [lon + 0.02, 31.22],
-                                                [lon, 31.22], [lon, 31.20]]]}
-
-
-def _write(path: Path, features: list[tuple[dict, dict]]) -> Path:
-    path.write_text(json.dumps({"type": "FeatureCollection", "features": [
-        {"type": "Feature", "properties": p, "geometry": g} for p, g in features]}), encoding="utf-8")
-    return path
+# the districts, their squares and the file writer of the staged-load tests
+from tests.test_ingest_staged import CHANGNING, SQUARES, XUHUI, _square, _write  # noqa: E402
 
 
 def _part(source_id: str, district: str, i: int, code: str | None = None) -> tuple[dict, dict]:
