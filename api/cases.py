@@ -34,6 +34,7 @@ from api.deps import get_state
 from api.features import MAX_OFFSET
 from api.group_commit import GroupCommit
 from api.limits import MAX_BBOX_CHARS, MAX_DATETIME_CHARS, MAX_NAME_CHARS, MAX_PHOTOS_PER_REPORT
+from api.params import body_json, body_text
 from api.responses import OrjsonResponse
 from cases.attachments import MAX_BYTES, Attachment, add_attachment, attachments_of, default_root
 from cases.batch import TicketRaced, intake_each
@@ -85,7 +86,7 @@ def report_from(data: Mapping[str, Any], default_channel: str = "public") -> Cas
         if value is not None:
             if not isinstance(value, str):
                 raise ParameterError(names[0], f"{names[0]}: expected text, got {type(value).__name__}")
-            values[field] = value
+            values[field] = body_text(names[0], value)
     for field, names in _NUMBER_FIELDS.items():
         value = _pick(data, names)
         if value is not None:
@@ -108,7 +109,7 @@ def report_from(data: Mapping[str, Any], default_channel: str = "public") -> Cas
     attributes = data.get("attributes")
     if attributes is not None and not isinstance(attributes, dict):
         raise ParameterError("attributes", "attributes: expected a JSON object")
-    return CaseReport(**values, attributes=attributes or {})
+    return CaseReport(**values, attributes=body_json("attributes", attributes) or {})
 
 
 def case_json(case: Case, srid: int, mask_contact: bool = False) -> dict[str, Any]:

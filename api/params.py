@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 
 from cim.cql import column_kind
@@ -21,6 +22,21 @@ from cim.registry import Layer
 from cim.times import parse_instant
 
 __all__ = ["parse_equals", "parse_properties", "parse_sortby"]
+
+
+def body_text(name: str, value: str | None) -> str | None:
+    """A string field of a JSON or form body PostgreSQL can hold: NUL (U+0000) is a 400 naming the field
+    (query strings and paths are checked for every route at once by :class:`api.limits.QueryTextMiddleware`)."""
+    if value is not None and "\x00" in value:
+        raise ParameterError(name, f"{name} contains a NUL character (U+0000)")
+    return value
+
+
+def body_json(name: str, value: Any) -> Any:
+    """A JSON value of a body for a jsonb column: jsonb cannot hold NUL in any string either."""
+    if value is not None and "\\u0000" in orjson.dumps(value).decode():
+        raise ParameterError(name, f"{name} contains a NUL character (U+0000)")
+    return value
 
 
 def _sortable(layer: Layer, table: sa.Table) -> list[str]:

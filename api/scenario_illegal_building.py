@@ -15,7 +15,6 @@ The verification flow itself runs through ``POST /cases/{id}/actions`` (``handle
 """
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import shapely.geometry
@@ -25,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from api import auth
 from api.deps import get_state
 from api.limits import MAX_NAME_CHARS
+from api.params import body_json, body_text
 from api.responses import OrjsonResponse
 from cim.apikeys import ApiKey
 from cim.errors import NotFoundError, ParameterError
@@ -35,23 +35,14 @@ from scenarios.illegal_building.importer import instant
 router = APIRouter(prefix="/scenarios/illegal-building", tags=["scenarios: illegal construction"])
 
 
-def _text(name: str, value: str | None) -> str | None:
-    """A string field of a JSON body PostgreSQL can hold (no NUL; query strings and paths are checked for
-    every route by :class:`api.limits.QueryTextMiddleware`)."""
-    if value is not None and "\x00" in value:
-        raise ParameterError(name, f"{name} contains a NUL character (U+0000)")
-    return value
-
-
 def _clue(data: Any) -> Clue:
     if not isinstance(data, dict):
         raise ParameterError("body", "body: a JSON object with channel and lon/lat, address or geometry")
     for key in ("channel", "crs", "address", "description", "external_id", "reported_at"):
         if data.get(key) is not None and not isinstance(data[key], str):
             raise ParameterError(key, f"{key}: a string")
-        _text(key, data.get(key))
-    if "\\u0000" in json.dumps(data.get("attributes") or {}):  # jsonb cannot hold it either
-        raise ParameterError("attributes", "attributes contains a NUL character (U+0000)")
+        body_text(key, data.get(key))
+    body_json("attributes", data.get("attributes"))
     for key in ("lon", "lat"):
         if data.get(key) is not None and (isinstance(data[key], bool) or not isinstance(data[key], int | float)):
             raise ParameterError(key, f"{key}: a number")
@@ -123,7 +114,7 @@ async def post_certificate(request: Request, code: str,
     number = data.get("certificate_no") if isinstance(data, dict) else None
     if not isinstance(number, str):
         raise ParameterError("certificate_no", "certificate_no: the certificate's number, a string")
-    _text("certificate_no", number)
+    body_text("certificate_no", number)
     state = get_state(request)
 
     def run() -> int:

@@ -201,8 +201,6 @@ def class_by_code(conn: Connection, code_or_name: str, parameter: str = "class")
     Anything else is a :class:`ParameterError` that lists the valid 小类."""
     ensure_seeded(conn)
     key = (code_or_name or "").strip()
-    if "\x00" in key:  # PostgreSQL text cannot hold it: a clear 400, not the driver's ValueError
-        raise ParameterError(parameter, f"{parameter}: a class code or name cannot contain a NUL character")
     rows = conn.execute(sa.text(
         f"SELECT {', '.join(CLASS_COLUMNS)} FROM case_classes WHERE parent_code IS NOT NULL "
         "AND (code = :k OR name = :k) ORDER BY code"), {"k": key}).all()

@@ -183,6 +183,11 @@ def test_bad_reports_name_what_is_wrong(client, keys):
     assert r.status_code == 400 and r.json()["parameter"] == "channel"
     r = client.post("/cases", content=b"[1,2]", headers={**keys["reader"], "Content-Type": "application/json"})
     assert r.status_code == 400 and r.json()["parameter"] == "body"
+    # PostgreSQL text and jsonb cannot hold NUL: the field is named, in the class as in free text
+    for field, fields in (("class", {"class": "道路\x00破损"}), ("description", {"description": "坑\x00"}),
+                          ("attributes", {"attributes": {"note": "a\x00b"}})):
+        r = _report(client, keys["reader"], **{"class": "道路破损", "address": "汾阳路150号", **fields})
+        assert r.status_code == 400 and r.json()["parameter"] == field, r.text
     # unlocatable: registered, in the manual queue with the reason, never lost
     r = _report(client, keys["reader"], address="火星路1号")
     assert r.status_code == 201 and r.json()["status"] == "registered" and r.json()["manual_reason"]
