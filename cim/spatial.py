@@ -5,9 +5,14 @@ Both modes stay on an index:
 - 2D (no z): ``ST_DWithin`` bounds the search on the 2D GiST index and ``ORDER BY geom <-> point
   LIMIT k`` ranks by the KNN operator (``<->`` is the exact 2D distance); the planner walks the
   index in distance order or, for a small radius, takes a bitmap index scan and a top-k sort.
-- 3D (z given): ``ST_3DDWithin`` takes its candidates from the N-D GiST index
-  (``gist_geometry_ops_nd``), and they are ranked by ``ST_3DDistance``. 3D matters underground:
-  a gas main 5 m below an excavation point is 0 m away in plan but 5 m away in 3D.
+- 3D (z given): ``ST_3DDWithin`` bounds the search on the N-D GiST index (``gist_geometry_ops_nd``)
+  and ``ORDER BY geom <<->> point LIMIT k`` walks that index in 3D distance order. For geometries
+  without M (every layer here; the point has none) ``<<->>`` is the exact ``ST_3DDistance`` — PostGIS
+  ranks index entries by their boxes and rechecks each row's true distance — so the index hands over the
+  k nearest and stops. Ranking by ``ST_3DDistance`` instead sorted every row in the search box: in the
+  dense districts of the 15 M parts a few hundred to thousands of rows, each on its own heap page, for
+  ten (docs/benchmarks.md, "/nearby in 3D by the N-D index's order"). 3D matters underground: a gas
+  main 5 m below an excavation point is 0 m away in plan but 5 m away in 3D.
 
 Distances are in the storage CRS's metres; the point is transformed there first
 (:func:`to_storage`), so a query in GCJ-02 or BD-09 is answered like one in WGS84.
@@ -58,7 +63,10 @@ def to_storage(xs: Sequence[float] | np.ndarray, ys: Sequence[float] | np.ndarra
     if x.shape != y.shape or x.ndim != 1:
         raise UserError(f"x and y must be flat sequences of equal length ({x.shape} vs {y.shape})")
     src = resolve_crs(crs)
-    if src.offset is None and src.base.to_epsg() == srid:
+    # the resolved SRID when the spelling has one: pyproj's to_epsg() searches its database for a CRS without an
+    # EPSG identifier (CRS84: ~40 ms a call, on every /nearby or grid lookup asked in CRS84)
+    code = src.srid if src.srid is not None else src.base.to_epsg()
+    if src.offset is None and code == srid:
         return x, y
     with np.errstate(all="ignore"):
         sx, sy, _ = transform_coords(x, y, None, src, f"EPSG:{srid}")
@@ -90,9 +98,11 @@ def nearby_select(layer: Layer, srid: int, x: float, y: float, z: float | None, 
         # cim.selection does for bbox (&&& is marked LEAKPROOF by migration 0006_jurisdiction). Without it every
         # 3D /nearby scanned the whole table: seconds on 15 M parts
         distance = sa.func.ST_3DDistance(geom, point)
+        # ranked by the N-D KNN operator, the same distance (see the module's notes), so the N-D GiST returns
+        # rows nearest first and the LIMIT stops the scan; ORDER BY the distance read every row in the box
         box = sa.func.ST_Expand(point, float(radius_m))
         within = sa.and_(geom.op("&&&")(box), sa.func.ST_3DDWithin(geom, point, float(radius_m)))
-        order = distance
+        order = geom.op("<<->>")(point)
     columns = [sa.cast(table.c.feature_id, sa.Text).label("_feature_id"),
                sa.cast(sa.func.ST_AsGeoJSON(sa.func.ST_Transform(geom, 4326), 9), JSON).label("_geometry"),
                distance.label("_distance_m")]

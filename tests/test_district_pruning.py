@@ -201,10 +201,11 @@ def test_nearby_fewer_than_k_and_extended_features(engine, city, layers):
     found = 0
     for point, layer, radius in ((city.at(2850, 1000), "pipelines", 200), (city.at(1000, 2050), "pipelines", 100),
                                  (city.at(3050, 810), "buildings", 100), (city.at(2800, 1500), "parts", 60)):
-        pruned, plain = _both(lambda: _near(engine, layers[layer], point, None, radius_m=radius, k=10))
-        assert pruned == plain and len(plain) < 10
-        found += len(plain)
-    assert found >= 3
+        for z in (None, -1.0):  # 2D, and 3D (ranked by the N-D index: cim.spatial)
+            pruned, plain = _both(lambda: _near(engine, layers[layer], point, z, radius_m=radius, k=10))
+            assert pruned == plain and len(plain) < 10
+            found += len(plain)
+    assert found >= 6
 
 
 def _tile_over(city, dx, dy, z):

@@ -179,3 +179,70 @@ def test_knn_uses_the_gist_index_under_the_api_role(engine, layers, city):
         # the 3D query by the N-D GiST, the 2D one by the 2D GiST (a partition's: ix_parts_geom_<district>)
         index = r"ix_parts_geom_nd(_default|_\d{6})? " if z is not None else r"ix_parts_geom(_default|_\d{6})? "
         assert re.search(index, plan + " "), (z, plan)
+
+
+def test_3d_nearby_walks_the_nd_index_nearest_first(engine, layers, city):
+    """The 3D query ranks by ``<<->>`` so that the N-D GiST hands over rows nearest first and the LIMIT stops
+    the scan: k rows read. Ranked by ST_3DDistance, every row of the search box was read and sorted (~4,000 of
+    the lattice's parts here; in the dense districts of the 15 M parts hundreds to thousands, each a heap
+    page, for ten) — the tail of /nearby on the loaded Shanghai."""
+    x, y = city.at(10_050, 10_025)
+    query = nearby_select(layers["parts"], 4549, x, y, 0.5, radius_m=40.0, k=10)
+    compiled = str(query.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
+    with engine.begin() as conn:  # as the API reads: its role, under the policies
+        conn.exec_driver_sql("SET LOCAL ROLE cim_api")
+        conn.exec_driver_sql("SELECT set_config('cim.scope', 'public', true)")
+        plan = "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN (ANALYZE, COSTS OFF) " + compiled))
+    assert re.search(r"Index Scan using ix_parts_geom_nd(_default|_\d{6})? ", plan), plan
+    assert "Order By: (geom <<->>" in plan and "Sort" not in plan, plan
+    scans = [int(n) for n in re.findall(r"Index Scan using ix_parts_geom_nd\S* on \S+ \S+ \(actual time=\S+ "
+                                        r"rows=(\d+)", plan)]
+    assert sum(scans) == 10, plan  # the ten nearest, and no more
+
+
+@pytest.mark.parametrize("layer, dx, dy, z", [
+    ("parts", 10_050.3, 10_025.6, 0.7),     # inside the lattice, above it
+    ("parts", 10_000, 10_000, -3.0),        # at a corner, below it: many equal distances
+    ("parts", 9_990, 10_049.5, 12.0),       # outside it, to the side and well above
+    ("pipelines", 200, 151, -2.0),          # between the gas main (z -5) and the cable (z 0)
+    ("pipelines", 90, 140, 1.0),            # beyond the lines' ends: distances to their end points
+])
+def test_3d_nearby_is_the_exact_3d_ranking(engine, layers, city, layer, dx, dy, z):
+    """Ranked by the N-D index, the answer is the one ranking every feature by ST_3DDistance gives: the same
+    distances in the same order (features at an equal distance may come in either order, as with a sort)."""
+    x, y = city.at(dx, dy)
+    hits = _near(engine, layers[layer], (x, y), z=z, radius_m=100.0, k=25)
+    with engine.connect() as conn:
+        expected = conn.execute(sa.text(
+            f"SELECT feature_id::text, ST_3DDistance(geom, p) AS d FROM {layer}, "
+            "ST_SetSRID(ST_MakePoint(:x, :y, :z), 4549) AS p WHERE valid_to IS NULL AND ST_3DDWithin(geom, p, 100) "
+            "ORDER BY d LIMIT 25"), {"x": x, "y": y, "z": z}).all()
+    assert [h.distance_m for h in hits] == [d for _, d in expected]
+    by_distance: dict[float, set[str]] = {}
+    for fid, d in expected:
+        by_distance.setdefault(d, set()).add(fid)
+    cut = expected[-1][1] if len(expected) == 25 else None  # at the k-th distance a tie may be cut either way
+    for d, fids in by_distance.items():
+        found = {h.feature_id for h in hits if h.distance_m == d}
+        assert found == fids or (d == cut and len(found) == len(fids)), (d, found, fids)
+
+
+def test_a_point_in_crs84_is_not_looked_up_in_the_epsg_database(monkeypatch):
+    """CRS84 has no EPSG code, and pyproj's to_epsg() searched its whole database for one on every request
+    (~40 ms: /nearby or a grid lookup asked in CRS84); the resolved spelling already knows its SRID."""
+    import pyproj
+
+    from cim.spatial import to_storage
+
+    expected = to_storage([121.47], [31.23], "EPSG:4326", 4549)
+
+    def searched(self, min_confidence: int = 70):
+        raise AssertionError("to_epsg() called for a CRS whose SRID is known")
+
+    monkeypatch.setattr(pyproj.CRS, "to_epsg", searched)
+    for spelling in ("CRS84", "http://www.opengis.net/def/crs/OGC/1.3/CRS84", "EPSG:4326", "gcj02"):
+        xs, ys = to_storage([121.47], [31.23], spelling, 4549)
+        if spelling != "gcj02":
+            assert (xs[0], ys[0]) == (expected[0][0], expected[1][0])
+    xs, ys = to_storage([500_000.0], [3_450_000.0], "EPSG:4549", 4549)  # the storage CRS itself: no transform
+    assert (xs[0], ys[0]) == (500_000.0, 3_450_000.0)
