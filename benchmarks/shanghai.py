@@ -431,6 +431,9 @@ def step_queries(args: argparse.Namespace, results: Results) -> None:
 
     url = database_url(args.home)
     serve_home = args.serve_home or args.home / "serve-home"
+    if (serve_home / "cluster.json").exists() or serve_home.resolve() == args.home.resolve():
+        # the serving home is emptied for a fresh tile cache: never the home that holds the cluster
+        raise SystemExit(f"--serve-home {serve_home} holds a database cluster; name an empty folder")
     shutil.rmtree(serve_home, ignore_errors=True)  # a fresh tile cache: every tile is built on request
     serve_home.mkdir(parents=True)
     port = free_port()
