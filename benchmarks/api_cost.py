@@ -13,7 +13,8 @@ with this checkout's virtualenv. Nothing is written to the database. Measured:
 * the server process's CPU time per request (user + system from /proc, over the serial blocks);
 * database round trips per request, counted exactly: each revision's app is driven in a process of its own,
   in-process (ASGI, no socket), through a small TCP proxy in front of PostgreSQL that counts the frontend's
-  Query and Sync messages (each waits for the server's answer: one round trip each).
+  Query and Sync messages (each waits for the server's answer: one round trip each); with one pooled
+  connection, so that its backend's CPU time (/proc, same machine) is the database's share of a request.
 """
 from __future__ import annotations
 
@@ -102,6 +103,16 @@ def count_round_trips(url: str, n: int, points: list[tuple[float, float]]) -> di
     from cim.database import engine_for
 
     app = create_app(engine_for(proxied))
+    # one pooled connection (CIM_DB_POOL_SIZE=1, set by the caller): its backend's CPU is the database's share
+    with app.state.cim.engine.connect() as conn:
+        backend = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+
+    def backend_cpu_s() -> float:
+        try:
+            fields = Path(f"/proc/{backend}/stat").read_text().rpartition(")")[2].split()
+        except OSError:  # a database on another machine
+            return float("nan")
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     async def call(path: str, query: str) -> int:
         scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
@@ -127,10 +138,13 @@ def count_round_trips(url: str, n: int, points: list[tuple[float, float]]) -> di
                 queries = [f"lon={a:.6f}&lat={b:.6f}" if name == "grid lookup" else "" for a, b in points]
                 for q in queries[:20]:  # pools, caches, prepared statements
                     await call(path, q)
-                before, cpu = proxy.round_trips, time.process_time()
-                statuses = [await call(path, q) for q in queries[:n]]
-                out[name] = {"round_trips": (proxy.round_trips - before) / n,
-                             "cpu_ms": round((time.process_time() - cpu) / n * 1000, 3),
+                timed = queries[20:20 + n]
+                before, cpu, db_cpu = proxy.round_trips, time.process_time(), backend_cpu_s()
+                statuses = [await call(path, q) for q in timed]
+                k = len(timed)
+                out[name] = {"n": k, "round_trips": (proxy.round_trips - before) / k,
+                             "cpu_ms": round((time.process_time() - cpu) / k * 1000, 3),
+                             "db_cpu_ms": round((backend_cpu_s() - db_cpu) / k * 1000, 3),
                              "non_200": sum(s != 200 for s in statuses)}
         return out
 
@@ -289,7 +303,8 @@ def main() -> None:
                 "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
                 "print(json.dumps(m.count_round_trips(%r, %d, %r)))" % (__file__, url, 300, pts[:320]))
         done = subprocess.run([sys.executable, "-c", code], cwd=tree, capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": str(tree), "CIM_HOME": str(work / f"rt-{name}")})
+                              env={**os.environ, "PYTHONPATH": str(tree), "CIM_HOME": str(work / f"rt-{name}"),
+                                   "CIM_DB_POOL_SIZE": "1"})
         if done.returncode:
             raise SystemExit(f"round trips of {name} failed:\n{done.stderr[-3000:]}")
         out.setdefault(name, {})["in_process"] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -341,7 +356,8 @@ def main() -> None:
                            ("rps", f"req/s at {args.concurrency} connections"), ("cpu_ms", "server CPU ms/request")):
             a, b = out["baseline"][what][key], out["this"][what][key]
             print(f"| {what}: {label} | {a} | {b} | {b / a:.2f}× |" if a else f"| {what}: {label} | {a} | {b} | |")
-        for key, label in (("round_trips", "database round trips/request"), ("cpu_ms", "in-process CPU ms/request")):
+        for key, label in (("round_trips", "database round trips/request"), ("cpu_ms", "in-process CPU ms/request"),
+                           ("db_cpu_ms", "database backend CPU ms/request")):
             a, b = out["baseline"]["in_process"][what][key], out["this"]["in_process"][what][key]
             print(f"| {what}: {label} | {a:g} | {b:g} | {b / a:.2f}× |")
     print(f"\nload average during the run: {min(out['load_average']):.1f}–{max(out['load_average']):.1f}")

@@ -204,7 +204,7 @@ def _state(conn: Connection, layer: Layer) -> tuple[_Frame, _Facts]:
     db, scope = str(conn.engine.url), current_scope().cache_key()
     key = (db, scope, layer.table)
     kept, known = _frames.get((db, scope)), _facts.get(key)
-    frame = kept.fresh() if kept is not None else None
+    frame = kept.fresh(settings().layer_cache_s) if kept is not None else None
     if frame is not None and known is not None and known[0] == (layer.version, frame.version):
         return frame, known[1]
     with _guard:

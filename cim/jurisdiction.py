@@ -257,7 +257,7 @@ def install_scope_hook(engine: Engine) -> None:
 
     @sa.event.listens_for(engine, "checkin")
     def _transactions_again(dbapi_connection, record) -> None:  # noqa: ANN001 (SQLAlchemy's event signature)
-        if record.info.pop(_AUTOCOMMIT, False):  # set by statements_scoped
+        if record.info.pop(_AUTOCOMMIT, False) and dbapi_connection is not None:  # set by statements_scoped (None: invalidated)
             dbapi_connection.autocommit = False  # no round trip: the driver begins the next transaction itself
 
     _SCOPED_ENGINES.add(engine)

@@ -30,11 +30,13 @@ class Kept(Generic[T]):
         self._read_at: float | None = None
         self.reads = 0
 
-    def fresh(self) -> T | None:
-        """The value while it is fresh, else None."""
+    def fresh(self, max_age_s: float | None = None) -> T | None:
+        """The value while it is fresh, else None; ``max_age_s``: the age allowed now, for a cache whose
+        setting is read at each use (default: the one it was made with)."""
         with self._lock:
             value, read_at = self._value, self._read_at
-        if read_at is not None and self._clock() - read_at <= self.max_age_s:
+        allowed = self.max_age_s if max_age_s is None else max_age_s
+        if read_at is not None and self._clock() - read_at <= allowed:
             return value
         return None
 
