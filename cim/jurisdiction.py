@@ -257,7 +257,8 @@ def install_scope_hook(engine: Engine) -> None:
 
     @sa.event.listens_for(engine, "checkin")
     def _transactions_again(dbapi_connection, record) -> None:  # noqa: ANN001 (SQLAlchemy's event signature)
-        if record.info.pop(_AUTOCOMMIT, False) and dbapi_connection is not None:  # set by statements_scoped (None: invalidated)
+        # set by statements_scoped; no driver connection when it was invalidated (the database went away)
+        if record.info.pop(_AUTOCOMMIT, False) and dbapi_connection is not None:
             dbapi_connection.autocommit = False  # no round trip: the driver begins the next transaction itself
 
     _SCOPED_ENGINES.add(engine)
@@ -265,7 +266,7 @@ def install_scope_hook(engine: Engine) -> None:
     @sa.event.listens_for(engine, "commit")
     @sa.event.listens_for(engine, "rollback")
     def _end(conn: sa.Connection) -> None:
-        conn.info.pop(_PENDING, None)  # a transaction that ran no statement: nothing was sent, nothing leaks
+        conn.info.pop(_PENDING, None)  # the scope of a statements_scoped connection ends with its transaction
 
     @sa.event.listens_for(engine, "handle_error")
     def _outside(context) -> None:  # noqa: ANN001 (SQLAlchemy's event signature)
