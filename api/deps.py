@@ -1,8 +1,7 @@
 """What every route needs: the reader engine, the base's and the deployment's settings, the layer registry."""
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
@@ -13,6 +12,7 @@ from cim.bootstrap import BaseSettings, load_settings
 from cim.config import DeploymentSettings
 from cim.config import settings as deployment_settings
 from cim.database import reader_engine
+from cim.kept import Kept
 from cim.registry import Layer, load_layers
 
 
@@ -24,16 +24,17 @@ class AppState:
     # api.auth's, made on first use: keys verified lately, and the bearer-token verifier (when configured)
     verified_keys: Any = None
     token_verifier: Any = None
-    _layers: dict[str, Layer] = field(default_factory=dict)
-    _layers_at: float = 0.0
+    _layers: Kept[dict[str, Layer]] | None = None
 
     def layers(self) -> dict[str, Layer]:
         # layer versions change with each load; a short cache (CIM_LAYER_CACHE_S) keeps tiles fresh
-        if time.monotonic() - self._layers_at > self.deployment.layer_cache_s:
-            with self.engine.connect() as conn:
-                self._layers = load_layers(conn)
-            self._layers_at = time.monotonic()
-        return self._layers
+        if self._layers is None:
+            self._layers = Kept(self.deployment.layer_cache_s)
+        return self._layers.get(self._read_layers)
+
+    def _read_layers(self) -> dict[str, Layer]:
+        with self.engine.connect() as conn:
+            return load_layers(conn)
 
     def layer(self, collection_id: str) -> Layer:
         layer = self.layers().get(collection_id)

@@ -14,11 +14,12 @@ from pydantic import BaseModel, Field
 from api.deps import get_state
 from api.limits import MAX_CRS_CHARS
 from api.problems import bad_parameter
+from api.responses import OrjsonResponse
 from cim.crs import CrsSpec, resolve_parameter
 from cases.model import mask
 from cim.audit import record_unmasked_read
 from cim.grid import MAX_POINTS, GridAnswer, Responsibility, answers_to_dicts, lookup_points
-from cim.jurisdiction import current_scope
+from cim.jurisdiction import current_scope, statements_scoped
 
 router = APIRouter(tags=["grid"])
 
@@ -63,24 +64,29 @@ def masked(answers: list[GridAnswer]) -> list[GridAnswer]:
     return [replace(a, responsibility=chain(a.responsibility)) for a in answers]
 
 
-def _answer(request: Request, lons: list[float], lats: list[float], crs: CrsSpec) -> dict:
+def _answer(request: Request, lons: list[float], lats: list[float], crs: CrsSpec) -> OrjsonResponse:
     """Other jurisdictions' grids are not seen (row-level security): a point there has no grid. Contacts
-    are masked unless the caller's role needs them; an unmasked answer is audited."""
+    are masked unless the caller's role needs them; an unmasked answer is audited.
+
+    The lookup is one statement: it runs as its own transaction with the caller's scope in front (one round
+    trip, :func:`cim.jurisdiction.statements_scoped`) and through the prepared statement (no planning). The
+    answer is JSON-ready dicts already: it is sent as it is, not validated again against the route's ``dict``."""
     state = get_state(request)
-    with state.engine.connect() as conn:
-        answers = lookup_points(conn, lons, lats, crs, state.settings)
+    with statements_scoped(state.engine.connect()) as conn:
+        answers = lookup_points(conn, lons, lats, crs, state.settings, prepared=True)
     if not current_scope().personal_data:
         answers = masked(answers)
     elif any(p.contact for a in answers for r in a.responsibility for p in r.persons):
         record_unmasked_read(state.engine, "persons", {"grids": sorted({a.grid.code for a in answers if a.grid})})
-    return {"results": answers_to_dicts(answers)}
+    return OrjsonResponse({"results": answers_to_dicts(answers)})
 
 
-@router.get("/grid/lookup", summary="Grid, community, street and district of one point, and who is responsible")
+@router.get("/grid/lookup", response_model=dict,
+            summary="Grid, community, street and district of one point, and who is responsible")
 def grid_lookup(request: Request,
                 lon: float = Query(..., description="Longitude (or easting in a projected crs)."),
                 lat: float = Query(..., description="Latitude (or northing in a projected crs)."),
-                crs: str | None = Query(None, max_length=MAX_CRS_CHARS, description=CRS_HELP)) -> dict:
+                crs: str | None = Query(None, max_length=MAX_CRS_CHARS, description=CRS_HELP)) -> OrjsonResponse:
     """``{"results": [answer]}``; ``level`` is the finest unit found (grid, community, street,
     district) or ``none``. A point on a shared boundary gets the unit with the smallest code."""
     spec = resolve_parameter(crs, "crs")
@@ -88,8 +94,8 @@ def grid_lookup(request: Request,
     return _answer(request, [lon], [lat], spec)
 
 
-@router.post("/grid/lookup", summary=f"Grid lookup for up to {MAX_POINTS:,} points")
-def grid_lookup_batch(request: Request, body: LookupRequest) -> dict:
+@router.post("/grid/lookup", response_model=dict, summary=f"Grid lookup for up to {MAX_POINTS:,} points")
+def grid_lookup_batch(request: Request, body: LookupRequest) -> OrjsonResponse:
     """``{"results": [...]}`` in the order of ``points``; answered in one database statement."""
     spec = resolve_parameter(body.crs, "crs")
     for i, p in enumerate(body.points):

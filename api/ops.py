@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.responses import OrjsonResponse
 from cim.errors import UnavailableError
+from cim.jurisdiction import statements_scoped
 
 REGISTRY = CollectorRegistry()
 REQUESTS = Counter("cim_http_requests_total", "HTTP requests", ["route", "method", "status"], registry=REGISTRY)
@@ -58,7 +59,8 @@ def install(app: FastAPI) -> None:
              responses={503: {"description": "The database is not reachable.", "content": {"application/json": {}}}})
     def healthz(request: Request):
         try:
-            with request.app.state.cim.engine.connect() as conn:
+            # one round trip: the statement is its own transaction, the caller's scope in front of it
+            with statements_scoped(request.app.state.cim.engine.connect()) as conn:
                 postgis = conn.execute(sa.text("SELECT postgis_lib_version()")).scalar()
         except (sa.exc.SQLAlchemyError, UnavailableError) as exc:
             return OrjsonResponse({"status": "unavailable", "detail": str(exc.__class__.__name__)}, status_code=503)

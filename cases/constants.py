@@ -11,7 +11,6 @@ a class added meanwhile is never refused for being new.
 from __future__ import annotations
 
 import re
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from sqlalchemy.engine import Connection
 
 from cim.errors import UserError
+from cim.kept import Kept
 
 from cases.calendar import WorkingCalendar, load_calendar
 from cases.catalogue import CaseClass, class_index, classes_for, department_kinds
@@ -54,24 +54,20 @@ def classes_of(conn: Connection, keys: Sequence[str], constants: IntakeConstants
 
 
 class ConstantsCache:
-    """The :class:`IntakeConstants` of one database, read again once they are ``max_age_s`` old."""
+    """The :class:`IntakeConstants` of one database, read again once they are ``max_age_s`` old
+    (:class:`cim.kept.Kept`)."""
 
     def __init__(self, max_age_s: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.max_age_s = max_age_s
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._value: IntakeConstants | None = None
-        self._read_at = 0.0
-        self.reads = 0  # how many times they were read (for tests)
+        self._kept: Kept[IntakeConstants] = Kept(max_age_s, clock)
+
+    @property
+    def max_age_s(self) -> float:
+        return self._kept.max_age_s
+
+    @property
+    def reads(self) -> int:
+        """How many times they were read (for tests)."""
+        return self._kept.reads
 
     def get(self, conn: Connection) -> IntakeConstants:
-        with self._lock:
-            value, read_at = self._value, self._read_at
-        if value is not None and self._clock() - read_at <= self.max_age_s:
-            return value
-        started = self._clock()
-        value = read_constants(conn)
-        with self._lock:
-            self._value, self._read_at = value, started
-            self.reads += 1
-        return value
+        return self._kept.get(lambda: read_constants(conn))

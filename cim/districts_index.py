@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -42,6 +41,7 @@ from cim.config import settings
 from cim.crs import CrsSpec, transform_coords
 from cim.distribution import DISTRIBUTION_COLUMN, NO_DISTRICT
 from cim.jurisdiction import current_scope
+from cim.kept import Kept
 from cim.registry import Layer
 from cim.schema import ENRICHED
 
@@ -139,11 +139,10 @@ class _Index:
         return tuple(codes)
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Frame:
-    """The districts as one database and scope see them."""
+    """The districts as one database and scope see them (kept, and checked again, as :class:`cim.kept.Kept`)."""
 
-    checked_at: float
     version: int
     updated_at: datetime | None
     index: _Index | None  # None: no district loaded
@@ -158,7 +157,7 @@ class _Facts:
     reach: float
 
 
-_frames: dict[tuple[str, str], _Frame] = {}  # (db, scope) → districts
+_frames: dict[tuple[str, str], Kept[_Frame]] = {}  # (db, scope) → districts, fresh for CIM_LAYER_CACHE_S
 #: (db, scope, table) → ((layer version, districts version), facts)
 _facts: dict[tuple[str, str, str], tuple[tuple[int, int], _Facts]] = {}
 _reaches: dict[tuple[str, str, str], tuple[int, float]] = {}  # (db, scope, table) → (layer version, reach)
@@ -204,16 +203,18 @@ def _reach(conn: Connection, layer: Layer, key: tuple[str, str, str]) -> float:
 def _state(conn: Connection, layer: Layer) -> tuple[_Frame, _Facts]:
     db, scope = str(conn.engine.url), current_scope().cache_key()
     key = (db, scope, layer.table)
-    frame, known = _frames.get((db, scope)), _facts.get(key)
-    if (frame is not None and known is not None and known[0] == (layer.version, frame.version)
-            and time.monotonic() - frame.checked_at <= settings().layer_cache_s):
+    kept, known = _frames.get((db, scope)), _facts.get(key)
+    frame = kept.fresh(settings().layer_cache_s) if kept is not None else None
+    if frame is not None and known is not None and known[0] == (layer.version, frame.version):
         return frame, known[1]
     with _guard:
         lock = _locks.setdefault(key, threading.Lock())
+        kept = _frames.setdefault((db, scope), Kept(settings().layer_cache_s))
     with lock:
+        checked = kept.now()
         stamps = {r[0]: (r[1], r[2]) for r in conn.execute(_STAMPS, {"t": layer.table})}
         version, districts_updated = stamps.get("districts", (1, None))
-        frame = _frames.get((db, scope))
+        frame = kept.latest()
         if frame is None or frame.version != version:
             # version 1 is the one `cim init` writes: no load has put districts in the base yet
             with _guard:  # rare (a new districts version): one global lock is enough
@@ -222,9 +223,8 @@ def _state(conn: Connection, layer: Layer) -> tuple[_Frame, _Facts]:
                         del _indexes[old]
                     _indexes[(db, version)] = _read_index(conn) if version > 1 else None
                 index = _indexes[(db, version)]
-            frame = _Frame(time.monotonic(), version, districts_updated, index)
-            _frames[(db, scope)] = frame
-        frame.checked_at = time.monotonic()
+            frame = _Frame(version, districts_updated, index)
+        kept.put(frame, checked)
         known = _facts.get(key)
         if known is not None and known[0] == (layer.version, frame.version):
             return frame, known[1]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -152,11 +153,61 @@ _ALL_ROWS = ("owner", "city", "public")
 def _set_statement(scope: Scope, switch_role: bool = True) -> tuple[str, dict[str, str]]:
     settings = scope.settings()
     names = list(settings)
-    parts = [f"set_config('{name}', %(v{i})s, true)" for i, name in enumerate(names)]
-    params = {f"v{i}": settings[name] for i, name in enumerate(names)}
+    parts = [f"set_config('{name}', %(cim_scope_{i})s, true)" for i, name in enumerate(names)]
+    params = {f"cim_scope_{i}": settings[name] for i, name in enumerate(names)}
     if scope.kind != "owner" and switch_role:
         parts.insert(0, f"set_config('role', '{API_ROLE}', true)")
     return "SELECT " + ", ".join(parts), params
+
+
+#: The execution option of :func:`statements_scoped`.
+STATEMENT_SCOPED = "cim_scope_per_statement"
+_PENDING = "cim_scope_pending"
+_AUTOCOMMIT = "cim_autocommit"
+#: the engines of install_scope_hook
+_SCOPED_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def statements_scoped(conn: sa.Connection) -> sa.Connection:
+    """``conn`` (before its transaction begins) with each statement its own transaction, in the caller's scope:
+    the scope's statement travels in front of every statement, in the same round trip, and both run as one
+    implicit transaction (``SELECT set_config(…, true); <statement>`` is one Query message, which PostgreSQL
+    runs as one transaction; the driver hands back the last result). So a read that is one statement costs one
+    round trip instead of four (BEGIN, the scope, the statement, the pool's ROLLBACK), and row-level security
+    holds as before: the role switch and the settings end with that statement's transaction.
+
+    For reads whose statements stand alone, through SQLAlchemy's ``execute`` only: a raw DBAPI cursor on such
+    a connection would run outside the scope, as the owner (which is why this is not the engine's default:
+    intake, sensing and scenarios use raw cursors for COPY). A statement the scope cannot travel with (many
+    parameter sets, or one sent without parameters) is refused, never sent without it."""
+    if conn.engine not in _SCOPED_ENGINES:
+        raise ValueError("statements_scoped: the connection's engine does not begin in the caller's scope")
+    # The driver's own switch, not SQLAlchemy's isolation_level option: that one costs a round trip of its own
+    # when the connection goes back to the pool (SET default_transaction_isolation); the pool's check-in
+    # switches it back (install_scope_hook), before anyone else can use the connection.
+    conn.connection.dbapi_connection.autocommit = True
+    conn.info[_AUTOCOMMIT] = True
+    return conn.execution_options(**{STATEMENT_SCOPED: True})
+
+
+def _positional(statement: str, params: dict[str, str]) -> tuple[str, tuple[str, ...]]:
+    """The scope's statement with ``%s`` placeholders, for a statement whose parameters are positional."""
+    for name in params:
+        statement = statement.replace(f"%({name})s", "%s")
+    return statement, tuple(params.values())
+
+
+def _scoped(prefix: str, values: dict[str, str], statement: str, parameters, context,  # noqa: ANN001
+            executemany: bool) -> tuple[str, object]:
+    """``statement`` with the scope's statement in front, and the parameters of both."""
+    no_parameters = context is not None and context.no_parameters
+    if executemany or no_parameters or (isinstance(parameters, dict) and values.keys() & parameters.keys()):
+        raise RuntimeError("a statement on a connection of cim.jurisdiction.statements_scoped must be one "
+                           "statement with its parameters (the caller's scope travels with it)")
+    if isinstance(parameters, dict):
+        return f"{prefix};\n{statement}", {**values, **parameters}
+    prefix, ordered = _positional(prefix, values)
+    return f"{prefix};\n{statement}", ordered + tuple(parameters or ())
 
 
 _UNDER_POLICIES = "cim_under_policies"
@@ -169,7 +220,8 @@ def under_policies(conn: sa.Connection) -> bool:
 
 
 def install_scope_hook(engine: Engine) -> None:
-    """Every transaction on ``engine`` begins in the current scope (one statement, one round trip).
+    """Every transaction on ``engine`` begins in the current scope (one statement, one round trip; on a
+    connection of :func:`statements_scoped`, every statement carries it instead).
 
     On a Citus cluster the policies cannot hold yet: the workers' shards would be read as the API role
     (which Citus logs in as, with no password of its own) and without the transaction's ``cim.*`` settings
@@ -189,8 +241,32 @@ def install_scope_hook(engine: Engine) -> None:
                              "Citus cluster yet; use a city-wide key (docs/citus.md)")
         switch = scope.kind != "owner" and not on_citus[0]
         statement, params = _set_statement(scope, switch_role=switch)
-        conn.exec_driver_sql(statement, params)
         conn.info[_UNDER_POLICIES] = switch
+        if conn.get_execution_options().get(STATEMENT_SCOPED):
+            conn.info[_PENDING] = (statement, params)  # sent with each statement (_with_scope)
+        else:
+            conn.info.pop(_PENDING, None)
+            conn.exec_driver_sql(statement, params)
+
+    @sa.event.listens_for(engine, "before_cursor_execute", retval=True)
+    def _with_scope(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001, ANN202
+        pending = conn.info.get(_PENDING)
+        if pending is None:
+            return statement, parameters
+        return _scoped(*pending, statement, parameters, context, executemany)
+
+    @sa.event.listens_for(engine, "checkin")
+    def _transactions_again(dbapi_connection, record) -> None:  # noqa: ANN001 (SQLAlchemy's event signature)
+        # set by statements_scoped; no driver connection when it was invalidated (the database went away)
+        if record.info.pop(_AUTOCOMMIT, False) and dbapi_connection is not None:
+            dbapi_connection.autocommit = False  # no round trip: the driver begins the next transaction itself
+
+    _SCOPED_ENGINES.add(engine)
+
+    @sa.event.listens_for(engine, "commit")
+    @sa.event.listens_for(engine, "rollback")
+    def _end(conn: sa.Connection) -> None:
+        conn.info.pop(_PENDING, None)  # the scope of a statements_scoped connection ends with its transaction
 
     @sa.event.listens_for(engine, "handle_error")
     def _outside(context) -> None:  # noqa: ANN001 (SQLAlchemy's event signature)

@@ -229,7 +229,7 @@ def test_lookup_uses_the_gist_indexes_under_the_api_role(engine, settings, city)
     index scan: each level's box test must be one of them, or every lookup scans every level's table (136 ms
     a point on a synthetic Shanghai's 20,000 grids). 3,000 more units of each level, far away, make the
     tables big enough for the planner to want the index; all rolled back."""
-    from cim.grid import _LOOKUP_SQL
+    from cim.grid import _LOOKUP_SQL, _PREPARE_SQL, PREPARED_NAME
 
     x, y = city.at(250, 500)
     x0, y0 = city.at(100_000, 100_000)
@@ -247,7 +247,86 @@ def test_lookup_uses_the_gist_indexes_under_the_api_role(engine, settings, city)
         conn.exec_driver_sql("SET LOCAL ROLE cim_api")
         conn.exec_driver_sql("SELECT set_config('cim.scope', 'public', true)")
         plan = "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + sql))
+        # the API's prepared statement, planned once for any point (its generic plan): the same indexes
+        conn.exec_driver_sql(_PREPARE_SQL.replace(PREPARED_NAME, "generic_lookup"))
+        conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_generic_plan")
+        generic = "\n".join(r[0] for r in conn.exec_driver_sql(
+            f"EXPLAIN EXECUTE generic_lookup('{{{x}}}', '{{{y}}}', 4549)"))
+        conn.exec_driver_sql("DEALLOCATE generic_lookup")
         tx.rollback()
-    assert "cim.scope" in plan, plan  # the policies are there
-    for table in ("grids", "communities", "streets", "districts"):
-        assert f"Seq Scan on {table}" not in plan and f"ix_{table}_geom" in plan, (table, plan)
+    for p in (plan, generic):
+        assert "cim.scope" in p, p  # the policies are there
+        for table in ("grids", "communities", "streets", "districts"):
+            assert f"Seq Scan on {table}" not in p and f"ix_{table}_geom" in p, (table, p)
+
+
+def _sent(engine):
+    """Every statement the DBAPI is handed on ``engine`` (one round trip each, plus the BEGIN psycopg2 sends
+    before the first statement of a transaction when the connection is not in autocommit), with whether the
+    connection was in autocommit."""
+    sent: list[tuple[str, bool]] = []
+
+    def note(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
+        sent.append((statement, cursor.connection.autocommit))
+
+    sa.event.listen(engine, "before_cursor_execute", note)
+    return sent, lambda: sa.event.remove(engine, "before_cursor_execute", note)
+
+
+def test_api_grid_lookup_is_one_round_trip_in_the_callers_scope(engine, settings, city):
+    """GET /grid/lookup sends one statement in autocommit (no BEGIN, no ROLLBACK): the caller's scope in front
+    of the prepared lookup, one implicit transaction; the connection goes back to the pool transactional."""
+    app = create_app(engine)
+    client = TestClient(app)
+    reader = app.state.cim.engine
+    lon, lat = city.lonlat(750, 500)
+    first = client.get("/grid/lookup", params={"lon": lon, "lat": lat}).json()  # prepares on its connection
+    sent, stop = _sent(reader)
+    try:
+        again = client.get("/grid/lookup", params={"lon": lon, "lat": lat}).json()
+        health = client.get("/healthz")
+    finally:
+        stop()
+    assert again == first and first["results"][0]["grid"]["code"] == G2
+    assert first["results"][0]["responsibility"][0]["persons"][0]["contact"] == "138****0001"  # masked
+    assert health.status_code == 200
+    # (a pooled connection that never answered a lookup prepares it first, once: a statement of its own)
+    (lookup, autocommit), (healthz, health_autocommit) = [s for s in sent if "PREPARE cim_grid_lookup_" not in s[0]]
+    assert autocommit and health_autocommit
+    assert lookup.startswith("SELECT set_config('role', 'cim_api', true)") and "EXECUTE cim_grid_lookup_" in lookup
+    assert healthz.startswith("SELECT set_config('role', 'cim_api', true)") and "postgis_lib_version" in healthz
+    with reader.connect() as conn:  # the pool's connection is transactional again
+        assert conn.connection.dbapi_connection.autocommit is False
+        assert conn.exec_driver_sql("SELECT current_user").scalar() == "cim_api"
+
+
+def test_statements_scoped_keeps_row_level_security_on_every_statement(engine, settings, city):
+    from cim.database import reader_engine
+    from cim.jurisdiction import Scope, acting_as, statements_scoped
+
+    reader = reader_engine(engine)
+    inside, outside = city.at(750, 500), city.at(250, 500)  # grids G2 and G1
+    with acting_as(Scope("area", grids=(G2,))), statements_scoped(reader.connect()) as conn:
+        for _ in range(2):  # each statement is its own transaction and carries the scope
+            assert conn.exec_driver_sql("SELECT current_user, current_setting('cim.grids', true)").one() == \
+                ("cim_api", G2)
+        here, there = (lookup_points(conn, [p[0]], [p[1]], "EPSG:4549", settings, prepared=True)[0]
+                       for p in (inside, outside))
+        assert here.grid.code == G2 and there.grid is None and there.responsibility == ()
+        assert conn.exec_driver_sql("SELECT count(*) FROM grids").scalar() == 1
+        with pytest.raises(Exception, match="statements_scoped"):  # never sent without the scope
+            conn.execute(sa.text("SELECT set_config('x.y', :v, false)"), [{"v": "1"}, {"v": "2"}])
+    with pytest.raises(ValueError, match="statements_scoped"), engine.connect() as conn:
+        statements_scoped(conn)  # the owner's engine has no scope to send
+
+
+def test_prepared_lookup_answers_as_the_planned_one(engine, settings, city):
+    points = [city.at(250, 500), city.at(750, 500), city.at(700, 1500), city.at(5000, 5000), city.at(500, 500)]
+    with engine.connect() as conn:
+        planned = lookup_points(conn, [p[0] for p in points], [p[1] for p in points], "EPSG:4549", settings)
+        conn.rollback()
+        for _ in range(2):  # prepared on first use; still there after the transaction's rollback
+            prepared = lookup_points(conn, [p[0] for p in points], [p[1] for p in points], "EPSG:4549", settings,
+                                     prepared=True)
+            conn.rollback()
+            assert prepared == planned
