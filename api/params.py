@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 
 from cim.cql import column_kind
@@ -32,9 +31,20 @@ def body_text(name: str, value: str | None) -> str | None:
     return value
 
 
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
+
+
 def body_json(name: str, value: Any) -> Any:
-    """A JSON value of a body for a jsonb column: jsonb cannot hold NUL in any string either."""
-    if value is not None and "\\u0000" in orjson.dumps(value).decode():
+    """A JSON value of a body for a jsonb column: jsonb cannot hold NUL in any string (key or value)
+    either. Walked rather than serialised: any JSON number is fine for jsonb, even past 64 bits."""
+    if _holds_nul(value):
         raise ParameterError(name, f"{name} contains a NUL character (U+0000)")
     return value
 

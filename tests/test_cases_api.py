@@ -185,9 +185,14 @@ def test_bad_reports_name_what_is_wrong(client, keys):
     assert r.status_code == 400 and r.json()["parameter"] == "body"
     # PostgreSQL text and jsonb cannot hold NUL: the field is named, in the class as in free text
     for field, fields in (("class", {"class": "道路\x00破损"}), ("description", {"description": "坑\x00"}),
-                          ("attributes", {"attributes": {"note": "a\x00b"}})):
+                          ("attributes", {"attributes": {"note": "a\x00b"}}),
+                          ("attributes", {"attributes": {"a\x00b": ["note"]}})):
         r = _report(client, keys["reader"], **{"class": "道路破损", "address": "汾阳路150号", **fields})
         assert r.status_code == 400 and r.json()["parameter"] == field, r.text
+    # any JSON number is kept, even past 64 bits (jsonb's numeric holds it)
+    r = _report(client, keys["reader"], **{"class": "道路破损", "address": "汾阳路150号",
+                                           "attributes": {"ticket": 2 ** 70, "nested": [{"n": -(2 ** 80)}]}})
+    assert r.status_code == 201 and r.json()["attributes"]["ticket"] == 2 ** 70, r.text
     # unlocatable: registered, in the manual queue with the reason, never lost
     r = _report(client, keys["reader"], address="火星路1号")
     assert r.status_code == 201 and r.json()["status"] == "registered" and r.json()["manual_reason"]
