@@ -165,6 +165,7 @@ _COLUMNS = (
     "district_code", "street_code", "community_code", "grid_code", "part_object_code", "reporter_contact", "status",
     "reported_at", "registered_at", "dispatched_at", "due_at", "department_code", "department_name", "post_code",
     "person_name", "person_contact", "dispatch_reason", "manual_reason", "attributes", "version", "geom")
+_ROW_COLUMNS = _COLUMNS[:-1]  # those a row of prepare_batch holds as they are (the point is made of x, y, z)
 _EVENT_COLUMNS = ["case_id", "at", "actor", "role", "action", "from_status", "to_status", "note", "data",
                   "district_code"]
 #: duplicates_of for every new case at once: the open cases that were in when it came in (lower ids). The new
@@ -385,7 +386,7 @@ def prepare_batch(conn: Connection, reports: Sequence[CaseReport], now: datetime
                            person_name=chosen.person_name, person_contact=chosen.person_contact,
                            dispatch_reason=chosen.reason, dispatched_at=now, due_at=due, version=3)
         case_rows.append(row)
-    copy_rows = [[row.get(c) for c in _COLUMNS[:-1]] + [_point(row["x"], row["y"], row["z"], srid)]
+    copy_rows = [[*map(row.get, _ROW_COLUMNS), _point(row["x"], row["y"], row["z"], srid)]
                  for row in case_rows]
     policies = under_policies(conn)
     lines = None if policies else _lines(copy_rows)

@@ -35,6 +35,7 @@ from cases.intake import CHANNELS, URGENCIES, CaseReport, intake
 
 FIELDS = ("channel", "class", "description", "address", "x", "y", "z", "crs", "urgency", "external_id",
           "reporter_contact", "reported_at")
+_KNOWN = frozenset(FIELDS)
 CHUNK = 2000
 #: the smallest chunk the pipeline's start and end are cut into (:func:`chunk_spans`)
 RAMP_MIN = 200
@@ -80,9 +81,8 @@ def number_field(where: str, key: str, value: Any) -> float | None:
 
 def to_report(where: str, row: dict[str, Any]) -> CaseReport:
     """One row as a report, checked; errors name the row and field."""
-    def text(key: str) -> str | None:
-        value = row.get(key)
-        return None if value in (None, "") else str(value).strip()
+    # every given value as text, once (empty is not given): a file's rows go through here one by one
+    text = {k: (v if type(v) is str else str(v)).strip() for k, v in row.items() if v is not None and v != ""}.get
 
     channel, urgency = text("channel") or "", text("urgency") or "normal"
     if channel not in CHANNELS:
@@ -100,7 +100,7 @@ def to_report(where: str, row: dict[str, Any]) -> CaseReport:
     x, y = number_field(where, "x", row.get("x")), number_field(where, "y", row.get("y"))
     if (x is None) != (y is None):
         raise UserError(f"{where}: fields x, y: give both or neither")
-    extra = {k: v for k, v in row.items() if k not in FIELDS and v not in (None, "")}
+    extra = {k: v for k, v in row.items() if k not in _KNOWN and v is not None and v != ""}
     return CaseReport(channel=channel, class_code=text("class") or "", description=text("description"),
                       address_text=text("address"), x=x, y=y, z=number_field(where, "z", row.get("z")),
                       crs=text("crs") or "EPSG:4326", urgency=urgency, external_id=text("external_id"),

@@ -408,7 +408,7 @@ def test_the_pipeline_starts_and_ends_with_small_chunks():
     for n, chunk in ((20_000, 2000), (3000, 2000), (4001, 2000), (7, 2000), (600, 50), (0, 10)):
         spans = chunk_spans(n, chunk)
         sizes = [end - start for start, end in spans]
-        assert [s for s, _ in spans] == [0] + [e for _, e in spans[:-1]] and sum(sizes) == n
+        assert [s for s, _ in spans] == ([0] + [e for _, e in spans[:-1]] if n else []) and sum(sizes) == n
         assert all(0 < size <= chunk for size in sizes)
     sizes = [end - start for start, end in chunk_spans(20_000, 2000)]
     assert sizes[:3] == [250, 500, 1000] and sizes[-3:] == [1000, 500, 250] and max(sizes) == 2000
