@@ -130,8 +130,8 @@ def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
 @contextmanager
 def phases_timed(totals: dict[str, float]):
     """Time cases.batch's steps (wrapping the module's functions for the duration of one run)."""
-    names = ("_known", "_locate_all", "_parts", "_ids", "_duplicates", "_events", "_copy")
-    saved = {name: getattr(batch_module, name) for name in names}
+    names = ("_known", "_locate_all", "_parts", "_ids", "_duplicates", "_events", "_event_lines", "_copy")
+    saved = {name: getattr(batch_module, name) for name in names if hasattr(batch_module, name)}
 
     def timed(name, fn):
         def wrapper(*args, **kwargs):
@@ -363,6 +363,7 @@ def render(imp: dict, ev: dict, machine_text: str) -> str:
     named = {"_known": "tickets already in (1 statement)", "_locate_all": "geocode + grid lookup",
              "_parts": "part binding (LATERAL KNN)", "_ids": "case ids",
              "_duplicates": "duplicate suggestions", "_events": "log rows built (Python)",
+             "_event_lines": "log rows built as COPY text (Python)",
              "_copy": "COPY of cases and log rows (buffers built + sent)"}
     for key, label in named.items():
         lines.append(f"| {label} | {phases.get(key, 0):.2f} | {phases.get(key, 0) / imp['inproc_s']:.0%} |")

@@ -38,7 +38,7 @@ def _time(text: str | None, name: str) -> datetime | None:
 def import_(path: Path = typer.Argument(..., help="CSV (header: channel,class,description,address,x,y,z,crs,"
                                                   "urgency,external_id,reporter_contact,reported_at) or JSON array."),
             now: str | None = typer.Option(None, help="Intake time (ISO 8601 with zone); default: now."),
-            chunk: int = typer.Option(2000, help="Rows per transaction (a killed import keeps whole chunks)."),
+            chunk: int = typer.Option(2000, help="Rows per transaction, at most (a killed import keeps whole chunks)."),
             one_by_one: bool = typer.Option(False, "--one-by-one",
                                             help="Take each case in alone (the slow reference path).")) -> None:
     """Take in a hotline system's export as cases (idempotent on external ids)."""

@@ -222,6 +222,24 @@ def cases_changed(conn: Connection) -> None:
                          "WHERE table_name = 'case_features'"))
 
 
+def defer_cases_bump(conn: Connection) -> None:
+    """For a set-based writer of many cases (:func:`cases.batch.write_batch`): the rows it writes from now on in
+    this transaction are not queued for the per-row trigger ``cases_bump_layer_version`` (one node; its ``WHEN``
+    condition, migration 0010_case_import) — the writer bumps the version once with :func:`bump_cases_layer`
+    after its last write, in the same transaction, and a caller rolls the transaction back on any error before
+    that, as for every write. On Citus there is no trigger (and the flag would keep :func:`cases_changed` from
+    bumping): nothing to do."""
+    if not on_citus(conn):
+        conn.execute(sa.text("SELECT set_config('cim.case_features_bumped', '1', true)"))
+
+
+def bump_cases_layer(conn: Connection) -> None:
+    """Bump the cases layer's version now, once for everything this transaction wrote (one statement, set-based:
+    what the per-row trigger does at the commit); later rows of the transaction are then not queued either."""
+    conn.execute(sa.text("SELECT set_config('cim.case_features_bumped', '1', true); "
+                         "UPDATE layers SET version = version + 1, updated_at = now() WHERE table_name = 'case_features'"))
+
+
 def write_event(conn: Connection, case_id: int, at: datetime, actor: str, role: str, action: str,
                 from_status: str | None, to_status: str | None, note: str | None = None,
                 data: dict[str, Any] | None = None, *, district: str | None = None) -> int:

@@ -375,3 +375,58 @@ def test_the_servers_kept_constants_follow_the_catalogue(two_cities):
         fresh = cache.get(conn)
         assert cache.reads == 2 and holiday in fresh.calendar.holidays and "E9990" in fresh.classes
         conn.rollback()
+
+
+def test_a_set_based_write_bumps_the_layer_itself_and_queues_no_trigger_call(two_cities):
+    """The cases' layer-version trigger (migration 0010_case_import) skips the rows of a writer that said it bumps
+    the version itself (``defer_cases_bump``); every other writer's change still bumps it at the commit."""
+    from cases.model import bump_cases_layer, defer_cases_bump
+
+    (_, engine), _ = two_cities
+    version = sa.text("SELECT version FROM layers WHERE table_name = 'case_features'")
+    touch = sa.text("UPDATE cases SET description = description WHERE id IN (SELECT id FROM cases ORDER BY id LIMIT 5)")
+    fire = sa.text("SELECT set_config('cim.case_features_bumped', '', true); SET CONSTRAINTS ALL IMMEDIATE")
+    with engine.connect() as conn:
+        v0 = conn.execute(version).scalar()
+        defer_cases_bump(conn)
+        assert conn.execute(touch).rowcount == 5
+        conn.execute(fire)  # a queued trigger call would bump now, the flag being cleared
+        assert conn.execute(version).scalar() == v0, "the set-based writer's rows were queued for the trigger"
+        bump_cases_layer(conn)
+        assert conn.execute(version).scalar() == v0 + 1
+        conn.rollback()
+
+        conn.execute(touch)  # any other writer: its first row is queued and bumps once
+        conn.execute(fire)
+        assert conn.execute(version).scalar() == v0 + 1
+        conn.rollback()
+
+
+def test_the_pipeline_starts_and_ends_with_small_chunks():
+    from cases.importer import chunk_spans
+
+    for n, chunk in ((20_000, 2000), (3000, 2000), (4001, 2000), (7, 2000), (600, 50), (0, 10)):
+        spans = chunk_spans(n, chunk)
+        sizes = [end - start for start, end in spans]
+        assert [s for s, _ in spans] == ([0] + [e for _, e in spans[:-1]] if n else []) and sum(sizes) == n
+        assert all(0 < size <= chunk for size in sizes)
+    sizes = [end - start for start, end in chunk_spans(20_000, 2000)]
+    assert sizes[0] == sizes[-1] == 500 and max(sizes) == 2000 and len(sizes) == 12
+    assert {end - start for start, end in chunk_spans(600, 50)} == {50}  # too small a chunk to cut: all equal
+
+
+def test_the_log_lines_written_straight_equal_the_log_rows_escaped(two_cities):
+    """``_event_lines`` (the import's log as COPY text, built while the chunk before is written) gives what
+    escaping ``_events``'s rows value by value gives, free texts with tabs, backslashes and line breaks too."""
+    from cases.batch import _events, _lines, prepare_batch
+    from cases.intake import CaseReport
+
+    (_, engine), _ = two_cities
+    reports = [CaseReport("hotline_12345", "道路破损", description="路面\t龟裂\\N\n第二行", address_text="汾阳路150号"),
+               CaseReport("media", "暴露垃圾", description="C:\\temp", address_text="火星路\t1号"),
+               CaseReport("grid_patrol", "道路积水", address_text="汾阳路120号附近")]
+    with engine.connect() as conn:
+        p = prepare_batch(conn, reports, now=NOW)
+        conn.rollback()
+    assert {row["status"] for row in p.case_rows} == {"dispatched", "registered"}
+    assert p.event_lines == _lines(_events(p.case_rows, p.fresh, p.locs, p.classes, {}, p.now))

@@ -268,6 +268,29 @@ def test_a_case_without_a_district_and_the_set_based_writers(base):
     assert first.case_id in report.overdue
 
 
+def test_cim_cases_import_on_citus(base, tmp_path):
+    """``cim cases import`` (the pipelined chunks, the layer bumped by the writer, duplicates from the chunk's own
+    values) on the cluster: every case with its three log rows, in its district's shard; a rerun adds none."""
+    rows = ["channel,class,description,address,external_id"] + [
+        f"hotline_12345,道路破损,坑{i},汾阳路150号{'附近' if i % 2 else '门口'},CITUS-IMPORT-{i}" for i in range(5)]
+    src = tmp_path / "hotline.csv"
+    src.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    version = "SELECT version FROM layers WHERE table_name = 'case_features'"
+    v0 = _rows(base, version)[0][0]
+    out = run_cim("cases", "import", str(src), "--chunk", "2", "--now", "2026-11-30T11:00:00+08:00", env=base.env)
+    assert "5 read, 5 new, 0 already in, 5 dispatched" in out.stdout
+    assert _rows(base, version)[0][0] == v0 + 3  # one bump per chunk (2 + 2 + 1 rows)
+    cases = _rows(base, "SELECT id, district_code FROM cases WHERE external_id LIKE 'CITUS-IMPORT-%' ORDER BY id")
+    assert [d for _, d in cases] == [XUHUI] * 5
+    ids = ", ".join(str(i) for i, _ in cases)
+    assert _shards_holding(base, "case_events", f"case_id IN ({ids})") == {_shard_of(base, "case_events", XUHUI)[0]: 15}
+    data = _rows(base, f"SELECT data->'possible_duplicates' FROM case_events WHERE case_id IN ({ids}) "
+                       "AND action = 'report' ORDER BY case_id")
+    assert any(d for (d,) in data), "no duplicate suggested among reports at the same door"
+    again = run_cim("cases", "import", str(src), "--now", "2026-11-30T11:00:00+08:00", env=base.env)
+    assert "0 new, 5 already in" in again.stdout
+
+
 def test_readings_are_stored_in_their_devices_district_shard(base, client):
     from cim.apikeys import create_key
 
