@@ -9,10 +9,7 @@ import leaves whole chunks, never a half-written case, and a rerun skips the cas
 from __future__ import annotations
 
 import contextvars
-import csv
 import gc
-import io
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,7 +27,7 @@ from cases.batch import BatchMemo, BatchOutcome, PreparedBatch, TicketRaced, int
 from cases.calendar import load_calendar
 from cases.model import bump_cases_layer
 from cases.catalogue import CaseClass, classes_for
-from cases.textfile import read_text_file
+from cases.textfile import read_records
 from cases.intake import CHANNELS, URGENCIES, CaseReport, intake
 
 FIELDS = ("channel", "class", "description", "address", "x", "y", "z", "crs", "urgency", "external_id",
@@ -47,24 +44,6 @@ class ImportReport:
     known: int  # external id already in: the existing case was kept
     dispatched: int
     manual: int
-
-
-def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    text = read_text_file(path)
-    if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}: not JSON ({exc.msg}, line {exc.lineno})") from None
-        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-            raise UserError(f"{path}: expected a JSON array of objects, one per case")
-        yield from ((i, r) for i, r in enumerate(data, start=1))
-        return
-    reader = csv.DictReader(io.StringIO(text))
-    for needed in ("channel", "class"):
-        if needed not in (reader.fieldnames or []):
-            raise UserError(f"{path}: missing column {needed!r}; columns are {', '.join(FIELDS)}")
-    yield from ((i, r) for i, r in enumerate(reader, start=2))
 
 
 def number_field(where: str, key: str, value: Any) -> float | None:
@@ -117,8 +96,7 @@ def import_cases(engine: Engine, path: Path, now: datetime | None = None, chunk:
     reports: list[CaseReport] = []
     wheres: list[str] = []
     row_error: UserError | None = None  # the first row that is wrong in itself; rows after it are not read
-    for n, row in _rows(path):
-        where = f"{path}, row {n}"
+    for where, row in read_records(path, one="case", needed=("channel", "class"), columns=FIELDS):
         try:
             reports.append(to_report(where, row))
         except UserError as exc:

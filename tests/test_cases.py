@@ -532,6 +532,11 @@ def test_json_import_takes_points_in_gcj02(city, tmp_path):
     src.write_text('[{"channel": "public", "class": "E0102"', encoding="utf-8")
     with pytest.raises(UserError, match="app.json: not JSON"):
         import_cases(city, src)
+    # a JSON record is named by its place in the array
+    src.write_text(json.dumps([{"channel": "public", "class": "E0102", "address": "汾阳路3号"},
+                               {"channel": "public", "class": "E0102", "x": "east", "y": 31.2}]), encoding="utf-8")
+    with pytest.raises(UserError, match=r"app.json, item 2: field x"):
+        import_cases(city, src)
 
 
 def test_cli_list_show_act_tick_stats(city, db_url, tmp_path):

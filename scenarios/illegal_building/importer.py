@@ -4,9 +4,6 @@ Every row is checked before anything is stored; an error names the file, row and
 taken in as one transaction, so a refused file leaves nothing behind."""
 from __future__ import annotations
 
-import csv
-import io
-import json
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -14,7 +11,7 @@ from typing import Any
 import shapely
 
 from cases.importer import number_field
-from cases.textfile import read_text_file
+from cases.textfile import read_records
 from cim.errors import ParameterError, UserError
 from cim.times import day_start, parse_instant
 
@@ -58,19 +55,8 @@ def to_clue(where: str, row: dict[str, Any]) -> Clue:
 def read_clues(path: Path) -> list[tuple[str, Clue]]:
     """A CSV (header ``channel,lon,lat,address,description,external_id,reported_at``…) or a JSON
     array of objects with the same keys."""
-    text = read_text_file(path)
-    if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}: not JSON ({exc.msg}, line {exc.lineno})") from None
-        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-            raise UserError(f"{path}: expected a JSON array of objects, one per clue")
-        return [(f"{path}, item {i}", to_clue(f"{path}, item {i}", r)) for i, r in enumerate(data, start=1)]
-    reader = csv.DictReader(io.StringIO(text))
-    if "channel" not in (reader.fieldnames or []):
-        raise UserError(f"{path}: missing column 'channel'; columns are {', '.join(FIELDS)}")
-    return [(f"{path}, row {n}", to_clue(f"{path}, row {n}", r)) for n, r in enumerate(reader, start=2)]
+    return [(where, to_clue(where, row))
+            for where, row in read_records(path, one="clue", needed=("channel",), columns=FIELDS)]
 
 
 def read_changes(path: Path, crs: str | None = None, id_field: str = "id",
