@@ -170,7 +170,9 @@ class TileService:
     @staticmethod
     def _mvt_key(layer_name: str, version: str, z: int, x: int, y: int, selection: Selection,
                  properties: list[str] | None) -> tuple[str, str, str, str, str]:
-        variant = selection.key if properties is None else f"{selection.key}-{_digest(properties)}"
+        # a map tile's variant names its property set (mvt.map_properties): tiles kept on disk by a build that put
+        # every property in are not served as map tiles
+        variant = f"{selection.key}-map" if properties is None else f"{selection.key}-{_digest(properties)}"
         return ("mvt", layer_name, version, _scoped(variant), f"{z}/{x}/{y}.pbf")
 
     def mvt_in_memory(self, layer_name: str, version: str, z: int, x: int, y: int,
