@@ -96,6 +96,18 @@ def serve(cim: str, home: Path, url: str, workers: int) -> Server:
                    "--no-access-log"], env, port, "/conformance", root, home / "serve.log")
 
 
+def settle(work: Work, quiet_s: float = 0.3, longest_s: float = 10.0) -> None:
+    """Wait until the server and its backends have used no CPU for ``quiet_s`` (at most ``longest_s``)."""
+    deadline = time.monotonic() + longest_s
+    last = work.sample()
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        now = work.sample()
+        if now[0] - last[0] < 0.01 and sum(now[1].values()) - sum(last[1].values()) < 0.01:
+            return
+        last = now
+
+
 def run_once(server: Server, work: Work, paths: list[str], seconds: int) -> dict:
     s0, b0 = work.sample()
     result = drive(server.port, paths, 8, seconds, cycle=True)
@@ -156,6 +168,7 @@ def main() -> None:
                     order = ["before", "after"] if r % 2 == 0 else ["after", "before"]
                     for name in order:
                         drive(servers[name].port, tiles[-200:], 8, 1, cycle=True)  # pools, PROJ, catalogs: warm
+                        settle(works[name])  # the requests wrk left in flight are done before the count starts
                         m = run_once(servers[name], works[name], tiles, args.seconds)
                         rows.append({"layer": layer, "zooms": key, "round": r, "build": name, **m})
                         print(f"{key:22} round {r} {name:6} {m['tiles_per_s']:7.1f} tiles/s p50 {m['p50']:6.1f} "
