@@ -6,12 +6,12 @@ Run by hand (never by ``make test``), against a loaded base it only reads:
         --before /work/main/.venv/bin/cim --after .venv/bin/cim [--rounds 3] [--seconds 4] [--workers 1]
 
 Each ``cim`` serves the base from its own checkout on its own port, keeping no tile (``CIM_TILE_MEMORY_MB=0``,
-``CIM_TILE_PERSIST_AFTER_S=1e9``: every tile is built on request, so a list of tiles can be cycled). For each layer and zoom set (z14–16 together, then each zoom alone) the two servers are
-driven in turns by ``wrk`` (8 connections, as ``benchmarks/shanghai.py``), which goes first alternating round by
-round, both on the same tiles (drawn under random features, as ``benchmarks/shanghai.py`` does). Besides tiles/s and
-wrk's p99 it counts the work per tile, which a shared machine disturbs least: the CPU of the server's processes
-and of the PostgreSQL backends serving its connections (``/proc``; the backends are found through the server's
-own sockets), divided by the tiles answered.
+``CIM_TILE_PERSIST_AFTER_S=1e9``: every tile is built on request, so a list of tiles can be cycled). For each layer
+and zoom set (z14–16 together, then each zoom alone) the two servers are driven in turns by ``wrk`` (8 connections,
+as ``benchmarks/shanghai.py``), which goes first alternating round by round, both on the same tiles (drawn under
+random features, as ``benchmarks/shanghai.py`` does). Besides tiles/s and wrk's p99 it counts the work per tile,
+which a shared machine disturbs least: the CPU of the server's processes and of the PostgreSQL backends serving its
+connections (``/proc``; the backends are found through the server's own sockets), divided by the tiles answered.
 """
 from __future__ import annotations
 
