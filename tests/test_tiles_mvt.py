@@ -394,6 +394,19 @@ def test_a_dense_point_layer_starts_at_a_street_level_zoom(client, city, monkeyp
         meta = client.get("/collections/parts/tiles/WebMercatorQuad").json()
         assert meta["layers"][0]["minTileMatrix"] == str(first)
         assert client.get(url("parts", tile_at(first - 1))).status_code == 204  # below: empty, no query
+        # TileJSON's versioned URL below the first zoom: empty for good, answered before routing without the database
+        versioned = "/" + tj["tiles"][0].split("/", 3)[3]
+        below = tile_at(first - 1)
+        below_url = versioned.replace("{z}", str(below.z)).replace("{y}", str(below.y)).replace("{x}", str(below.x + 1))
+
+        def no_database(*args):
+            raise AssertionError("a tile below its version's first zoom must not ask the database")
+
+        with monkeypatch.context() as m:
+            m.setattr(client.app.state.tiles, "current_mvt", no_database)
+            m.setattr(client.app.state.tiles, "layer", no_database)
+            empty = client.get(below_url)
+        assert empty.status_code == 204 and empty.headers["cache-control"].endswith("immutable")
         at = client.get(url("parts", tile_at(first)))
         assert at.status_code == 200 and len(mapbox_vector_tile.decode(at.content)["parts"]["features"]) == 3
         # asked for by a filter, the tile below is the asker's choice
