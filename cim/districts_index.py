@@ -88,13 +88,14 @@ def grown(box: Box, by: float) -> Box:
 
 
 def storage_box(minx: float, miny: float, maxx: float, maxy: float, crs: CrsSpec | str | int, srid: int,
-                lat_first: bool = False) -> Box | None:
+                lat_first: bool = False, edge_points: int = _EDGE_POINTS) -> Box | None:
     """The storage-CRS bounds of a box given in ``crs`` (x first; ``lat_first``: the numbers are in
-    latitude/northing-first order and are swapped), densified before the transform, plus
-    :data:`TRANSFORM_MARGIN_M`. None when the box cannot be expressed in storage."""
+    latitude/northing-first order and are swapped), densified before the transform (``edge_points`` a side:
+    a caller whose boxes are small enough for their edges' bending to stay well inside the margin may ask for
+    fewer), plus :data:`TRANSFORM_MARGIN_M`. None when the box cannot be expressed in storage."""
     if lat_first:
         minx, miny, maxx, maxy = miny, minx, maxy, maxx
-    t = np.linspace(0.0, 1.0, _EDGE_POINTS)
+    t = np.linspace(0.0, 1.0, edge_points)
     xs = np.concatenate([minx + (maxx - minx) * t, np.full_like(t, maxx), maxx - (maxx - minx) * t,
                          np.full_like(t, minx)])
     ys = np.concatenate([np.full_like(t, miny), miny + (maxy - miny) * t, np.full_like(t, maxy),

@@ -98,6 +98,64 @@ def test_properties_parameter_and_empty_tiles(client):
     assert empty.status_code == 204 and not empty.content and empty.headers["etag"]
 
 
+def test_map_tiles_carry_the_properties_tilejson_lists(client):
+    """A map tile (no properties asked for) leaves out a version's bookkeeping and, on a layer enriched with area
+    codes, those codes: TileJSON's fields and the tileset's propertiesSchema list exactly what it carries. The
+    area layers keep their own codes; any property may still be asked for."""
+    t = tile_at(16)
+    tj = client.get("/collections/parts/tiles/WebMercatorQuad/tilejson.json").json()
+    fields = set(tj["vector_layers"][0]["fields"])
+    assert fields == {"object_code", "part_class", "part_subclass", "name", "status", "owner_department", "maintainer"}
+    meta = client.get("/collections/parts/tiles/WebMercatorQuad").json()
+    assert set(meta["layers"][0]["propertiesSchema"]["properties"]) == fields
+    feats = mapbox_vector_tile.decode(client.get(url("parts", t)).content)["parts"]["features"]
+    assert len(feats) == 3 and all(set(f["properties"]) <= fields for f in feats)
+    assert {f["properties"]["object_code"] for f in feats} == {"3101010101000000", "3101010110000001",
+                                                                "3101010103000002"}
+    assert all(isinstance(f["id"], int) for f in feats)  # the fid: what a map's click finds a feature by
+    grids = client.get("/collections/grids/tiles/WebMercatorQuad/tilejson.json").json()["vector_layers"][0]
+    assert {"grid_code", "street_code", "name"} <= set(grids["fields"]) and "source_id" not in grids["fields"]
+    asked = client.get(url("parts", t), params={"properties": "source_id,feature_id,district_code"})
+    (feat, *_) = mapbox_vector_tile.decode(asked.content)["parts"]["features"]
+    assert set(feat["properties"]) == {"source_id", "feature_id", "district_code"}
+
+
+def test_a_street_level_tile_searches_a_box_worked_out_once(city, monkeypatch):
+    """From CORNERS_ZOOM on, the tile's search box is transformed into storage once, in Python (it also names the
+    districts), and the statement compares the stored geometries with it; the tile is the same as with PostGIS
+    transforming the densified box, and the parallel-worker setting travels with it in one round trip."""
+    from cim.jurisdiction import PUBLIC, acting_as
+    from cim.registry import load_layers
+    from cim.selection import Selection
+    from tiles import mvt
+
+    sent: list[str] = []
+
+    def record(conn, cursor, statement, *args) -> None:
+        sent.append(statement)
+
+    sa.event.listen(city, "before_cursor_execute", record)
+    try:
+        with acting_as(PUBLIC), city.connect() as conn:
+            layers = load_layers(conn)
+            for name in ("grids", "parts"):
+                for z in (14, 15, 16):
+                    t = tile_at(z)
+                    sent.clear()
+                    new = mvt.tile(conn, layers[name], 4549, z, t.x, t.y, Selection(),
+                                   mvt.default_properties(layers[name]))
+                    tiles = [s for s in sent if "ST_AsMVT" in s]
+                    assert len(sent) == len(tiles) == 1 and tiles[0].startswith(mvt._NO_PARALLEL)
+                    assert "box_left" in tiles[0]
+                    with monkeypatch.context() as m:
+                        m.setattr(mvt, "CORNERS_ZOOM", 99)
+                        old = mvt.tile(conn, layers[name], 4549, z, t.x, t.y, Selection(),
+                                       mvt.default_properties(layers[name]))
+                    assert new == old and new
+    finally:
+        sa.event.remove(city, "before_cursor_execute", record)
+
+
 def test_filter_selects_features(client):
     t = tile_at(14)
     r = client.get(url("grids", t), params={"filter": "grid_code LIKE '31010100201%'"})
@@ -302,14 +360,16 @@ def test_an_ingest_run_that_changes_a_height_shows_in_the_next_tile(server_url, 
         return {f["properties"]["source_id"]: f["properties"]["height"]
                 for f in mapbox_vector_tile.decode(r.content)["buildings"]["features"]}
 
+    # source_id is not in a map tile (tiles.mvt.BOOKKEEPING): asked for
+    ask = {"properties": "source_id,height"}
     with api_client(engine, tmp_path / "home") as c:
-        first = c.get(url("buildings", t))
+        first = c.get(url("buildings", t), params=ask)
         assert heights(first) == {s: h for s, _, _, _, h in LOADED}
         etag = first.headers["etag"]
-        assert c.get(url("buildings", t), headers={"If-None-Match": etag}).status_code == 304
+        assert c.get(url("buildings", t), params=ask, headers={"If-None-Match": etag}).status_code == 304
         report = load(write_buildings(tmp_path / "v2.geojson", {"L-2": 75.0}))
         assert (report.updated, report.unchanged) == (1, 2)
-        second = c.get(url("buildings", t), headers={"If-None-Match": etag})
+        second = c.get(url("buildings", t), params=ask, headers={"If-None-Match": etag})
         assert second.headers["etag"] != etag
         assert heights(second) == {**{s: h for s, _, _, _, h in LOADED}, "L-2": 75.0}
 
@@ -334,6 +394,19 @@ def test_a_dense_point_layer_starts_at_a_street_level_zoom(client, city, monkeyp
         meta = client.get("/collections/parts/tiles/WebMercatorQuad").json()
         assert meta["layers"][0]["minTileMatrix"] == str(first)
         assert client.get(url("parts", tile_at(first - 1))).status_code == 204  # below: empty, no query
+        # TileJSON's versioned URL below the first zoom: empty for good, answered before routing without the database
+        versioned = "/" + tj["tiles"][0].split("/", 3)[3]
+        below = tile_at(first - 1)
+        below_url = versioned.replace("{z}", str(below.z)).replace("{y}", str(below.y)).replace("{x}", str(below.x + 1))
+
+        def no_database(*args):
+            raise AssertionError("a tile below its version's first zoom must not ask the database")
+
+        with monkeypatch.context() as m:
+            m.setattr(client.app.state.tiles, "current_mvt", no_database)
+            m.setattr(client.app.state.tiles, "layer", no_database)
+            empty = client.get(below_url)
+        assert empty.status_code == 204 and empty.headers["cache-control"].endswith("immutable")
         at = client.get(url("parts", tile_at(first)))
         assert at.status_code == 200 and len(mapbox_vector_tile.decode(at.content)["parts"]["features"]) == 3
         # asked for by a filter, the tile below is the asker's choice

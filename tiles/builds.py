@@ -48,6 +48,11 @@ class BuiltOnce(Generic[K, V]):
         with self._guard:
             return len(self._builds)
 
+    def peek(self, key: K) -> V | None:
+        """The value of ``key`` if it has been built, else None (never builds)."""
+        with self._guard:
+            return self._values.get(key)
+
     def get(self, key: K, build: Callable[[], V], supersedes: Callable[[K], bool] | None = None) -> V:
         """The value of ``key``, built by ``build()`` if no one has it. ``supersedes(other)`` says
         which other keys the new value makes useless (an older version's plan): they are dropped."""

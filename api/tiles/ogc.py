@@ -80,7 +80,7 @@ async def collection_tileset(request: Request, collectionId: str, tileMatrixSetI
     bounds = await call(svc.layer_bounds, lyr)
     minzoom = await call(svc.minzoom, lyr)
     base = base_url(request)
-    props = mvt.default_properties(lyr)
+    props = mvt.map_properties(lyr)  # what a tile carries unless properties= asks for others
     body: dict[str, Any] = {
         "title": f"{lyr.title} ({lyr.name})", "dataType": "vector", "tileMatrixSetURI": TMS_URI,
         "crs": "http://www.opengis.net/def/crs/EPSG/0/3857",
@@ -121,7 +121,7 @@ async def collection_tilejson(request: Request, collectionId: str, tileMatrixSet
         "minzoom": minzoom, "maxzoom": 22, "bounds": list(bounds),
         "center": [(bounds[0] + bounds[2]) / 2, (bounds[1] + bounds[3]) / 2, max(12, minzoom)],
         "vector_layers": [{"id": lyr.name, "description": lyr.title, "minzoom": minzoom, "maxzoom": 22,
-                           "fields": _fields(lyr, mvt.default_properties(lyr))}],
+                           "fields": _fields(lyr, mvt.map_properties(lyr))}],
     }, headers={"ETag": etag(str(lyr.version)), "Cache-Control": REVALIDATE})
 
 
@@ -136,7 +136,9 @@ async def collection_tile(request: Request, collectionId: str, tileMatrixSetId: 
                           bbox: BboxQ = None, filter: FilterQ = None, filter_lang: FilterLangQ = "cql2-text",
                           properties: Annotated[str | None, Query(
                               max_length=MAX_LIST_CHARS,
-                              description="comma-separated properties to include (default: all)")] = None,
+                              description="comma-separated properties to include (default: the map's, as "
+                                          "TileJSON's fields list them; any queryable but valid_to may be asked "
+                                          "for)")] = None,
                           v: Annotated[int | None, Query(
                               description="the layer version the tile is asked for (TileJSON's URLs carry it): "
                                           "the answer may then be cached for good")] = None):

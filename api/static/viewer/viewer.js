@@ -239,7 +239,8 @@ async function showMap() {
     const hits = map.queryRenderedFeatures(e.point);
     if (!hits.length) { info.hidden = true; casePanel.hidden = true; return; }
     const f = hits[0];
-    if (f.sourceLayer === "cases") { showCase(f.properties.source_id); return; }
+    // a map tile's feature id is its fid: a case's number (the tiles leave out source_id, tiles.mvt.BOOKKEEPING)
+    if (f.sourceLayer === "cases") { showCase(f.id); return; }
     // the scenario layers' own click handlers show their popups
     if (["curtain-wall-risk", "illegal-building", "group-rental"].includes(f.source)) return;
     casePanel.hidden = true;
