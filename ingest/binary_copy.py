@@ -3,7 +3,7 @@
 
 Why: the text COPY made every value a string twice (pandas → CSV, then the server's input functions) and sent
 the geometry as hex; the server's text parsing competes with the loader's Python for the machine's two cores.
-Only the column types below are written in binary (those of the feature tables' loaded columns); a batch with
+Only the column types below (and ``uuid``, as its 16 bytes) are written in binary (those of the feature tables' loaded columns); a batch with
 a value of any other type for a column that is not empty goes the text way (:func:`ingest.merge.copy_rows`).
 """
 from __future__ import annotations
@@ -41,6 +41,8 @@ def encode(frame: pd.DataFrame, ewkb: np.ndarray | None, columns: list[str],
             array = _ewkb_bytes(ewkb, len(frame))
         elif column not in frame.columns:
             array = pa.nulls(len(frame), type=pa.string())  # NULL is NULL whatever the column's type
+        elif kind == "uuid":
+            array = _uuid_bytes(frame[column])
         else:
             array = _array(frame[column], kind)
         if array is None:
@@ -68,6 +70,22 @@ def _array(series: pd.Series, kind: str | None) -> pa.Array | None:
         return pa.array(series, type=ARROW_TYPES[kind], from_pandas=True)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError):
         return None  # e.g. numbers in a text column: the text COPY writes them as pandas would
+
+
+def _uuid_bytes(series: pd.Series) -> pa.Array | None:
+    """UUIDs as text (``8-4-4-4-12`` hex digits) as their 16 bytes, what ``uuid_recv`` reads; None unless
+    every value is one (the text COPY then takes them)."""
+    values = series.to_numpy(dtype=object)
+    if not len(values) or pd.isna(values).any() or not all(type(v) is str and len(v) == 36 for v in values):
+        return None
+    try:
+        data = bytes.fromhex("".join(values).replace("-", ""))
+    except ValueError:
+        return None
+    if len(data) != 16 * len(values):
+        return None
+    offsets = np.arange(0, 16 * len(values) + 1, 16, dtype=np.int32)
+    return pa.Array.from_buffers(pa.binary(), len(values), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
 def _ewkb_bytes(ewkb: np.ndarray | None, n: int) -> pa.Array:
