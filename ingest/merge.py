@@ -321,7 +321,7 @@ class DirectLoad:
         self._defaults = {name: _evaluate(cur, default) for name, default in defaults.items() if name in columns}
         # a new feature's id made here rather than by the column's default: gen_random_uuid() per row was ~1 µs
         # of the server's CPU a row (a twentieth of a first load's server time, on the core the COPY shares)
-        self._new_ids = defaults.get("feature_id", "").startswith("gen_random_uuid()")
+        self._new_ids = (_column_default(cur, table, "feature_id") or "").startswith("gen_random_uuid()")
         if self._new_ids:
             self.columns.append("feature_id")
         self.types = binary_copy.column_types(cur, table, self.columns)
@@ -385,6 +385,13 @@ def _evaluate(cur, default: str) -> object:
     """A column default's value as text for COPY (constant defaults such as ``'{}'::jsonb``)."""
     cur.execute(f"SELECT ({default})::text")
     return cur.fetchone()[0]
+
+
+def _column_default(cur, table: str, column: str) -> str | None:
+    cur.execute("SELECT column_default FROM information_schema.columns WHERE table_schema = current_schema() AND "
+                "table_name = %s AND column_name = %s", (table, column))
+    row = cur.fetchone()
+    return row[0] if row else None
 
 
 def _not_null_defaults(cur, table: str) -> dict[str, str]:
