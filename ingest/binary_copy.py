@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pgpq
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 (pa.compute)
 from pgpq.encoders import StringEncoderBuilder
 from pgpq.schema import Jsonb
 
@@ -73,19 +74,16 @@ def _array(series: pd.Series, kind: str | None) -> pa.Array | None:
 
 
 def _uuid_bytes(series: pd.Series) -> pa.Array | None:
-    """UUIDs as text (``8-4-4-4-12`` hex digits) as their 16 bytes, what ``uuid_recv`` reads; None unless
-    every value is one (the text COPY then takes them)."""
-    values = series.to_numpy(dtype=object)
-    if not len(values) or pd.isna(values).any() or not all(type(v) is str and len(v) == 36 for v in values):
+    """UUIDs as their 16 bytes, what ``uuid_recv`` reads: the loader's own (an Arrow array of 16-byte values,
+    ingest.merge.random_uuids) as they are; None for anything else (the text COPY then takes them)."""
+    if not (isinstance(series.dtype, pd.ArrowDtype) and pa.types.is_binary(series.dtype.pyarrow_dtype)):
         return None
-    try:
-        data = bytes.fromhex("".join(values).replace("-", ""))
-    except ValueError:
+    array = pa.array(series.array)
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if array.null_count or not pa.compute.all(pa.compute.equal(pa.compute.binary_length(array), 16)).as_py():
         return None
-    if len(data) != 16 * len(values):
-        return None
-    offsets = np.arange(0, 16 * len(values) + 1, 16, dtype=np.int32)
-    return pa.Array.from_buffers(pa.binary(), len(values), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+    return array
 
 
 def _ewkb_bytes(ewkb: np.ndarray | None, n: int) -> pa.Array:

@@ -218,6 +218,9 @@ class PipelinedCursor:
 
 
 def _arrow_column(series: pd.Series) -> pa.Array:
+    if isinstance(series.dtype, pd.ArrowDtype) and pa.types.is_binary(series.dtype.pyarrow_dtype):
+        array = pa.array(series.array)  # the loader's feature ids (random_uuids)
+        return uuid_text(array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array)
     if series.dtype == object:
         first = series.dropna().head(1).tolist()
         if first and isinstance(first[0], bool):
@@ -368,17 +371,27 @@ class DirectLoad:
         return MergeCounts(inserted=self.rows)
 
 
-def random_uuids(n: int) -> np.ndarray:
-    """``n`` random (version 4) UUIDs as text, what ``gen_random_uuid()`` makes, from the OS's random source,
-    built as one array."""
+def random_uuids(n: int) -> pd.arrays.ArrowExtensionArray:
+    """``n`` random (version 4) UUIDs, what ``gen_random_uuid()`` makes, from the OS's random source, as their 16
+    bytes in one Arrow array: the binary COPY sends them as they are (no text per row on either side); the
+    text COPY writes them as text (:func:`_arrow_column`)."""
     raw = np.frombuffer(os.urandom(16 * n), dtype=np.uint8).reshape(n, 16).copy()
     raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40  # version 4
     raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # RFC 4122 variant
-    digits = np.frombuffer(raw.tobytes().hex().encode("ascii"), dtype=np.uint8).reshape(n, 32)
+    offsets = np.arange(0, 16 * n + 1, 16, dtype=np.int32)
+    array = pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(raw.tobytes())])
+    return pd.arrays.ArrowExtensionArray(array)
+
+
+def uuid_text(array: pa.Array) -> pa.Array:
+    """16-byte values as UUID text (``8-4-4-4-12`` hex digits), built as one array."""
+    n = len(array)
+    data = np.frombuffer(array.buffers()[2], dtype=np.uint8)[:16 * n] if n else np.zeros(0, dtype=np.uint8)
+    digits = np.frombuffer(data.tobytes().hex().encode("ascii"), dtype=np.uint8).reshape(n, 32)
     text = np.full((n, 36), ord("-"), dtype=np.uint8)
     for start, end, at in ((0, 8, 0), (8, 12, 9), (12, 16, 14), (16, 20, 19), (20, 32, 24)):
         text[:, at:at + end - start] = digits[:, start:end]
-    return np.frombuffer(text.tobytes(), dtype="S36").astype(str).astype(object)
+    return pa.array(np.frombuffer(text.tobytes(), dtype="S36").astype(str), type=pa.string())
 
 
 def _evaluate(cur, default: str) -> object:

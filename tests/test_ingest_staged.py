@@ -11,10 +11,11 @@ import re
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
-from ingest.merge import DirectLoad, table_columns
+from ingest.merge import DirectLoad, table_columns, uuid_text
 from ingest.run import IngestOptions, ingest_files
 from ingest.staged import MARK
 
@@ -136,7 +137,8 @@ def test_the_loader_makes_the_feature_ids_of_a_first_load(base):
         cur = conn.connection.cursor()
         load = DirectLoad(cur, "parts", table_columns(cur, "parts"), run_id=0)
         assert "feature_id" in load.columns  # not left to gen_random_uuid() on the server, row by row
-        ids = load.prepared(pd.DataFrame({"source_id": ["a", "b", "c"]}))["feature_id"].tolist()
+        ids = uuid_text(pa.array(load.prepared(pd.DataFrame({"source_id": ["a", "b", "c"]}))["feature_id"].array)
+                        ).to_pylist()
         cur.execute("SELECT array_agg(CAST(i AS uuid)::text) FROM unnest(CAST(%s AS text[])) i", (ids,))
         assert cur.fetchone()[0] == ids and len(set(ids)) == 3
         conn.rollback()
