@@ -3,7 +3,7 @@
 
 Why: the text COPY made every value a string twice (pandas → CSV, then the server's input functions) and sent
 the geometry as hex; the server's text parsing competes with the loader's Python for the machine's two cores.
-Only the column types below are written in binary (those of the feature tables' loaded columns); a batch with
+Only the column types below (and ``uuid``, as its 16 bytes) are written in binary (those of the feature tables' loaded columns); a batch with
 a value of any other type for a column that is not empty goes the text way (:func:`ingest.merge.copy_rows`).
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pgpq
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 (pa.compute)
 from pgpq.encoders import StringEncoderBuilder
 from pgpq.schema import Jsonb
 
@@ -41,6 +42,8 @@ def encode(frame: pd.DataFrame, ewkb: np.ndarray | None, columns: list[str],
             array = _ewkb_bytes(ewkb, len(frame))
         elif column not in frame.columns:
             array = pa.nulls(len(frame), type=pa.string())  # NULL is NULL whatever the column's type
+        elif kind == "uuid":
+            array = _uuid_bytes(frame[column])
         else:
             array = _array(frame[column], kind)
         if array is None:
@@ -68,6 +71,19 @@ def _array(series: pd.Series, kind: str | None) -> pa.Array | None:
         return pa.array(series, type=ARROW_TYPES[kind], from_pandas=True)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError):
         return None  # e.g. numbers in a text column: the text COPY writes them as pandas would
+
+
+def _uuid_bytes(series: pd.Series) -> pa.Array | None:
+    """UUIDs as their 16 bytes, what ``uuid_recv`` reads: the loader's own (an Arrow array of 16-byte values,
+    ingest.merge.random_uuids) as they are; None for anything else (the text COPY then takes them)."""
+    if not (isinstance(series.dtype, pd.ArrowDtype) and pa.types.is_binary(series.dtype.pyarrow_dtype)):
+        return None
+    array = pa.array(series.array)
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if array.null_count or not pa.compute.all(pa.compute.equal(pa.compute.binary_length(array), 16)).as_py():
+        return None
+    return array
 
 
 def _ewkb_bytes(ewkb: np.ndarray | None, n: int) -> pa.Array:

@@ -7,11 +7,15 @@ every district in the DEFAULT partition, and an audit record; the next load of t
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
+import pandas as pd
+import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
+from ingest.merge import DirectLoad, table_columns, uuid_text
 from ingest.run import IngestOptions, ingest_files
 from ingest.staged import MARK
 
@@ -122,9 +126,28 @@ def test_the_first_load_attaches_a_partition_per_district_with_everything_the_pa
             {"d": XUHUI}).scalar() > max_fid
         conn.rollback()
     assert rows(base, "SELECT count(*) FROM audit_log WHERE object = 'parts' AND action = 'insert'")[0][0] >= 1
+    # feature ids made by the loader (ingest.merge.random_uuids, sent in the COPY): distinct version-4 UUIDs
+    ids = [r[0] for r in rows(base, "SELECT feature_id::text FROM parts")]
+    assert len(set(ids)) == 8
+    assert all(re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", i) for i in ids)
+
+
+def test_the_loader_makes_the_feature_ids_of_a_first_load(base):
+    with base.connect() as conn:
+        cur = conn.connection.cursor()
+        load = DirectLoad(cur, "parts", table_columns(cur, "parts"), run_id=0)
+        assert "feature_id" in load.columns  # not left to gen_random_uuid() on the server, row by row
+        ids = uuid_text(pa.array(load.prepared(pd.DataFrame({"source_id": ["a", "b", "c"]}))["feature_id"].array)
+                        ).to_pylist()
+        cur.execute("SELECT array_agg(CAST(i AS uuid)::text) FROM unnest(CAST(%s AS text[])) i", (ids,))
+        assert cur.fetchone()[0] == ids and len(set(ids)) == 3
+        conn.rollback()
 
 
 def test_the_next_load_merges_into_the_partitions(base, folder):
+    before = dict(rows(base, "SELECT source_id, feature_id::text FROM parts"))
     report = _load(base, _parts(folder, "parts-again.geojson", [_part("X9", SQUARES[XUHUI] + 0.009)]))
     assert (report.inserted, report.unchanged) == (1, 8)
+    after = dict(rows(base, "SELECT source_id, feature_id::text FROM parts WHERE valid_to IS NULL"))
+    assert {k: after[k] for k in before} == before  # the ids the first load made are kept
     assert rows(base, "SELECT count(*) FROM parts_310104 WHERE valid_to IS NULL")[0][0] == 5
