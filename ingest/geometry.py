@@ -136,3 +136,42 @@ def lines_at_depth(lines: np.ndarray, z_start: np.ndarray, z_end: np.ndarray) ->
     z = z_start[index] + (z_end[index] - z_start[index]) * frac
     xyz = np.column_stack([coords, z])
     return shapely.linestrings(xyz, indices=index)
+
+
+def _spread_bits(v: np.ndarray) -> np.ndarray:
+    """The 16 low bits of each value moved to the even bit positions (the Morton code's half)."""
+    v = v.astype(np.uint64) & np.uint64(0xFFFF)
+    v = (v | (v << np.uint64(8))) & np.uint64(0x00FF00FF)
+    v = (v | (v << np.uint64(4))) & np.uint64(0x0F0F0F0F)
+    v = (v | (v << np.uint64(2))) & np.uint64(0x33333333)
+    return (v | (v << np.uint64(1))) & np.uint64(0x55555555)
+
+
+def spatial_order(geoms: np.ndarray) -> np.ndarray:
+    """A permutation putting a batch's geometries in Z (Morton) order of their bounding boxes' centres,
+    missing ones last.
+
+    A first load writes rows to the heap in the order it is given them; in the order of a delivery
+    (by object code, i.e. at random in space) the rows of one map tile or one items page each sit on
+    a page of their own — a dense z16 tile of parts read 3,828 heap blocks for 4,196 points, an items
+    page 101 blocks for 101 rows. In this order neighbours share pages (measured on a copy of 徐汇's
+    parts: 101 → 9 blocks an items page, 10 → 2 a /nearby). Within one batch only: no sort of the
+    whole delivery, so memory stays one batch's."""
+    n = len(geoms)
+    order = np.arange(n)
+    present = ~shapely.is_missing(geoms)
+    if present.sum() < 2:
+        return order
+    box = shapely.bounds(geoms[present])
+    x, y = (box[:, 0] + box[:, 2]) / 2, (box[:, 1] + box[:, 3]) / 2
+    finite = np.isfinite(x) & np.isfinite(y)
+    if finite.sum() < 2:
+        return order
+    x0, y0 = x[finite].min(), y[finite].min()
+    span = max(float(x[finite].max() - x0), float(y[finite].max() - y0), 1e-9)
+    scale = 65535.0 / span
+    qx = np.where(finite, (x - x0) * scale, 0).astype(np.int64)
+    qy = np.where(finite, (y - y0) * scale, 0).astype(np.int64)
+    key = _spread_bits(qx) | (_spread_bits(qy) << np.uint64(1))
+    key[~finite] = np.iinfo(np.uint64).max  # an empty geometry's NaN box: after the others
+    return np.concatenate([order[present][np.argsort(key, kind="stable")], order[~present]])

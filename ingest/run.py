@@ -276,6 +276,9 @@ class FeatureLoad:
             return reasons
         frame = frame[keep].reset_index(drop=True)
         geoms = geoms[keep] if geoms is not None else None
+        if self.direct is not None and geoms is not None:  # a first load: neighbours onto the same heap pages
+            order = geo.spatial_order(geoms)
+            frame, geoms = frame.iloc[order].reset_index(drop=True), geoms[order]
         ewkb = merge.ewkb_hex(geoms, self.settings.srid)
         frame["content_hash"] = merge.content_hash(frame, ewkb)
         if self.direct is not None:
