@@ -179,7 +179,10 @@ class StagedLoad:
                          "AND NOT attisdropped ORDER BY attnum", (self.table,))
         columns = [r[0] for r in self.cur.fetchall()]
         district = {name: code for code, name in self.staged.items()}
-        return [self.links[0](district[name], name, columns) for name in names]
+        mark = f"{MARK} {self.table}".replace("'", "''")
+        # the copy that replaces the staged table is staged too (abort and drop_leftovers find it by the comment)
+        return [[*self.links[0](district[name], name, columns), f"COMMENT ON TABLE \"{name}\" IS '{mark}'"]
+                for name in names]
 
     def finish(self) -> MergeCounts:
         counts = self.direct.finish()

@@ -5,13 +5,14 @@ boundary, one straddling it and overlapping a building of the other district (wi
 "own district first" would be wrong), one outside every district. Addresses on all of them, on the far side of
 the boundary, outside every district, and on no building.
 
-In order: the first load of addresses is staged by district (partitions indexed after their rows) and links
+In order: a first load whose linking fails leaves no table behind; the first load of addresses is staged by district (partitions indexed after their rows) and links
 every address as the unpruned join over the whole layer does; a second load goes through the merge and links
 the same way; EXPLAIN ANALYZE of the merge's link shows one probe per address into its own district's partition
 (the unpruned join probes every partition for every address).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import sqlalchemy as sa
 
 from ingest import layers
 from ingest.run import IngestOptions, ingest_files
+from ingest.specs import SPECS
 
 XUHUI, CHANGNING = "310104", "310105"
 BOUNDARY = 121.42  # 徐汇 is west of it, 长宁 east, both from latitude 31.20 to 31.22
@@ -109,6 +111,16 @@ def _unpruned(engine) -> dict[str, str | None]:
     return linked
 
 
+def test_a_first_load_whose_linking_fails_leaves_no_table_behind(base, folder, monkeypatch):
+    link, loaded = SPECS["addresses"].staged_links
+    failing = dataclasses.replace(SPECS["addresses"], staged_links=(lambda *a: [*link(*a), "SELECT 1/0"], loaded))
+    monkeypatch.setitem(SPECS, "addresses", failing)
+    with pytest.raises(Exception, match="division by zero"):
+        _load(base, "addresses", _addresses(folder, "addresses-0.geojson"))
+    assert rows(base, "SELECT relname FROM pg_class WHERE relname LIKE 'addresses_31%'") == []
+    assert rows(base, "SELECT count(*) FROM addresses")[0][0] == 0
+
+
 def test_the_first_load_is_staged_by_district_and_links_as_the_unpruned_join(base, folder):
     report = _load(base, "addresses", _addresses(folder, "addresses-1.geojson"))
     assert (report.inserted, report.rejected) == (len(ADDRESSES), 0)
@@ -119,10 +131,9 @@ def test_the_first_load_is_staged_by_district_and_links_as_the_unpruned_join(bas
     placed = dict(rows(base, "SELECT source_id, tableoid::regclass::text FROM addresses"))
     assert placed["a-cross-west"] == f"addresses_{XUHUI}" and placed["a-out"] == "addresses_default"
     # history and provenance as any first load: one version each, the run's id and time, no table left over
-    assert rows(base, "SELECT count(DISTINCT feature_id), count(*) FILTER (WHERE valid_to IS NULL), "
-                      "bool_and(ingest_run_id = :r), bool_and(valid_from = (SELECT started_at FROM ingest_runs "
-                      "WHERE id = :r)) FROM addresses", r=report.run_id)[0] == (len(ADDRESSES), len(ADDRESSES),
-                                                                             True, True)
+    assert rows(base, "SELECT count(DISTINCT feature_id), count(*), bool_and(valid_to IS NULL), bool_and("
+                      "ingest_run_id = :r), bool_and(valid_from = (SELECT started_at FROM ingest_runs WHERE id = :r)) "
+                      "FROM addresses", r=report.run_id)[0] == (len(ADDRESSES), len(ADDRESSES), True, True, True)
     assert rows(base, "SELECT count(*) FROM pg_class WHERE relname LIKE 'addresses%linked'")[0][0] == 0
     # the staged partitions carry every index of the parent
     for district in (XUHUI, CHANGNING):
