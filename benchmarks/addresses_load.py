@@ -192,16 +192,21 @@ def main() -> None:
         exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": template}).first()
     if not exists:
         log(f"template {template}: init, administrative units, buildings of {tag}")
-        url = create_database(server, template)
+        drop_databases(server, [f"{template}_making"])  # a template is renamed once complete
+        url = create_database(server, f"{template}_making")
         base_env = env | {"CIM_DATABASE_URL": url}
         run([*after_cim, "init"], base_env)
         for layer in ADMIN:
             run([*after_cim, *_ingest_args(manifest[layer], args.city / manifest[layer]["path"])], base_env)
         report = json.loads(run([*after_cim, *_ingest_args(manifest["buildings"], buildings)], base_env))
         log(f"buildings: {report['inserted']} in {report['duration_s']} s")
-        with engine_for(url).connect() as conn:
+        vacuum = sa.create_engine(engine_for(url).url, isolation_level="AUTOCOMMIT")
+        with vacuum.connect() as conn:
             conn.execute(sa.text("VACUUM ANALYZE"))
+        vacuum.dispose()
         engine_for(url).dispose()
+        with sa.create_engine(engine_for(server).url, isolation_level="AUTOCOMMIT").connect() as conn:
+            conn.execute(sa.text(f'ALTER DATABASE "{template}_making" RENAME TO "{template}"'))
     results: dict[str, Any] = {"machine": None, "districts": codes, "before": revision, "loads": [],
                                "addresses_file": str(addresses)}
     with engine_for(server).connect() as conn:
