@@ -157,6 +157,40 @@ def link_statements(url: str, order: list[str]) -> dict[str, Any]:
     return out
 
 
+def link_on_loaded(url: str, percent: float) -> dict[str, Any]:
+    """Read only, on a loaded base (e.g. the whole synthetic Shanghai): a sample of its addresses (TABLESAMPLE)
+    linked by the old unpruned join and by the new per-district probe, EXPLAIN (ANALYZE, TIMING OFF) — time
+    and probes; and the crossing buildings of every district, counted as the load would make them."""
+    engine = engine_for(url)
+    out: dict[str, Any] = {}
+    sample = (f"SELECT fid AS stage_key, district_code, geom FROM addresses TABLESAMPLE SYSTEM ({percent}) "
+              "REPEATABLE (1) WHERE valid_to IS NULL")
+    none = "(SELECT NULL::uuid AS feature_id, NULL::text AS source_id, NULL::text AS district_code, " \
+           "NULL::geometry AS geom WHERE false)"
+    queries = {
+        "before": layers.ADDRESS_LINK_UNPRUNED.replace("(SELECT stage_key, geom FROM _stage)", f"({sample})"),
+        "after (own district's partition; crossing buildings apart)":
+            f"SELECT s.stage_key, l.feature_id FROM ({sample}) s CROSS JOIN LATERAL {layers.building_lateral('s', none)} l",
+    }
+    with engine.connect() as conn:
+        for name, query in queries.items():
+            started = time.perf_counter()
+            plan = conn.execute(sa.text(f"EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) {query}")).scalar()[0]
+            found = probes(plan)
+            out[name] = {"seconds": round(time.perf_counter() - started, 1), "rows": plan["Plan"]["Actual Rows"],
+                         "probes": sum(found.values()), "partitions_probed": sum(1 for v in found.values() if v)}
+            log(f"loaded base, {name}: {out[name]}")
+        crossing = layers.crossing_statements("SELECT code FROM districts WHERE valid_to IS NULL")[1]
+        select = crossing[crossing.index("SELECT DISTINCT"):]
+        started = time.perf_counter()
+        out["crossing_buildings"] = conn.execute(sa.text(f"SELECT count(*) FROM ({select}) c")).scalar()
+        out["crossing_s"] = round(time.perf_counter() - started, 1)
+        out["sampled_addresses"] = conn.execute(sa.text(f"SELECT count(*) FROM ({sample}) s")).scalar()
+        log(f"loaded base: {out}")
+    engine.dispose()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--city", type=Path, default=Path("/work/scale-data/city"))
@@ -166,7 +200,19 @@ def main() -> None:
     parser.add_argument("--home", type=Path, default=Path("/tmp/cim-addresses-bench"))
     parser.add_argument("--runs", type=int, default=1, help="before/after pairs, alternating which goes first")
     parser.add_argument("--keep", action="store_true", help="keep the loaded bases")
+    parser.add_argument("--loaded-home", type=Path, help="also (read only) the link statements on the base of "
+                                                          "this CIM_HOME, e.g. the loaded Shanghai, over a sample")
+    parser.add_argument("--sample-percent", type=float, default=0.5)
+    parser.add_argument("--only-loaded", action="store_true", help="just the read-only --loaded-home measurement")
     args = parser.parse_args()
+    if args.loaded_home:
+        env = {k: v for k, v in os.environ.items() if k != "CIM_DATABASE_URL"} | {"CIM_HOME": str(args.loaded_home)}
+        loaded = link_on_loaded(run([*cim(ROOT), "db", "url"], env).strip(), args.sample_percent)
+        (args.home / "results-loaded.json").parent.mkdir(parents=True, exist_ok=True)
+        (args.home / "results-loaded.json").write_text(json.dumps(loaded, indent=1, ensure_ascii=False))
+        if args.only_loaded:
+            print(json.dumps(loaded, indent=1, ensure_ascii=False))
+            return
     from ingest.synthetic_city import DISTRICTS
 
     names = {code: name for code, name, *_ in DISTRICTS}
@@ -231,9 +277,9 @@ def main() -> None:
             with engine_for(made[variant]).connect() as conn:
                 load["linked"] = conn.execute(sa.text(
                     "SELECT count(*) FROM addresses WHERE building_feature_id IS NOT NULL")).scalar()
-                load["addresses_bytes"] = conn.execute(sa.text(
+                load["addresses_bytes"] = int(conn.execute(sa.text(
                     "SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits "
-                    "WHERE inhparent = 'addresses'::regclass")).scalar()
+                    "WHERE inhparent = 'addresses'::regclass")).scalar())
             log(f"run {i}: {variant}: {load}")
             results["loads"].append(load)
         results.setdefault("same_links", []).append(links(made["before"]) == links(made["after"]))
