@@ -199,6 +199,7 @@ def main() -> None:
     parser.add_argument("--before", default="main", help="git revision of the code measured as 'before'")
     parser.add_argument("--home", type=Path, default=Path("/tmp/cim-addresses-bench"))
     parser.add_argument("--runs", type=int, default=1, help="before/after pairs, alternating which goes first")
+    parser.add_argument("--first-run", type=int, default=0, help="number of the first pair (odd: 'after' first)")
     parser.add_argument("--keep", action="store_true", help="keep the loaded bases")
     parser.add_argument("--loaded-home", type=Path, help="also (read only) the link statements on the base of "
                                                           "this CIM_HOME, e.g. the loaded Shanghai, over a sample")
@@ -257,7 +258,7 @@ def main() -> None:
                                "addresses_file": str(addresses)}
     with engine_for(server).connect() as conn:
         results["machine"] = machine(conn)
-    for i in range(args.runs):
+    for i in range(args.first_run, args.first_run + args.runs):
         order = ["before", "after"] if i % 2 == 0 else ["after", "before"]
         made: dict[str, str] = {}
         for variant in order:
@@ -284,7 +285,7 @@ def main() -> None:
             results["loads"].append(load)
         results.setdefault("same_links", []).append(links(made["before"]) == links(made["after"]))
         log(f"run {i}: the same building for every address in both: {results['same_links'][-1]}")
-        if i == 0:
+        if i == args.first_run:
             results["link_statement"] = link_statements(made["after"], order)
         if not args.keep:
             drop_databases(server, list(made.values()))
