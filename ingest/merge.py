@@ -12,6 +12,7 @@ import io
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.engine import Engine
 
@@ -230,10 +231,10 @@ def _arrow_column(series: pd.Series) -> pa.Array:
 
 
 def merge(cur, table: str, columns: list[str], mode: str, run_id: int, extra_select: dict[str, str] | None = None,
-          joins: str = "", links: dict[str, str] | None = None) -> MergeCounts:
+          joins: str = "", links: dict[str, Any] | None = None) -> MergeCounts:
     """Apply ``_stage`` to ``table``. ``extra_select`` overrides how a column is computed (e.g. links);
-    ``links`` are temp tables (name → SELECT over ``_stage`` and other layers, keyed by ``stage_key``)
-    made before the insert, for ``joins`` to join.
+    ``links`` are temp tables (name → SELECT over ``_stage`` and other layers, keyed by ``stage_key``, or a
+    function of the cursor that returns it) made before the insert, for ``joins`` to join.
 
     Every statement reads ``_stage`` (a local temp table) apart from the layer tables or through a
     subquery, never joined to them directly and never correlated: on a Citus cluster the layer tables
@@ -258,6 +259,8 @@ def merge(cur, table: str, columns: list[str], mode: str, run_id: int, extra_sel
     else:
         cur.execute("CREATE TEMP TABLE _closed (source_id text, feature_id uuid) ON COMMIT DROP")
     for name, query in (links or {}).items():
+        if callable(query):  # a link that first makes what it joins (e.g. ingest.layers.address_building_links)
+            query = query(cur)
         cur.execute(f"CREATE TEMP TABLE {name} ON COMMIT DROP AS {query}")
         cur.execute(f"CREATE INDEX ON {name} (stage_key)")
     defaults = _not_null_defaults(cur, table)

@@ -159,9 +159,12 @@ class FeatureLoad:
         if self.spec.begin:
             self.spec.begin(cur, self.ctx)  # after the lock: what it reads cannot change until the commit
         self.columns = merge.table_columns(cur, self.spec.table)
-        # links to other layers are made by the merge's SQL: those layers always go through staging
-        if not self.spec.merge_sql and staged.applies(cur, self.spec.table, self.options.dry_run):
-            self.staged_load = staged.StagedLoad(self.engine, cur, self.spec.table, self.columns, r.run_id)
+        # links to other layers are made by the merge's SQL: those layers go through staging, unless the layer
+        # says how to link a staged first load (addresses)
+        if ((not self.spec.merge_sql or self.spec.staged_links)
+                and staged.applies(cur, self.spec.table, self.options.dry_run)):
+            self.staged_load = staged.StagedLoad(self.engine, cur, self.spec.table, self.columns, r.run_id,
+                                                 links=self.spec.staged_links)
         self.direct = self.staged_load or (
             merge.DirectLoad(cur, self.spec.table, self.columns, r.run_id)
             if not self.spec.merge_sql and merge.DirectLoad.applies(cur, self.spec.table) else None)

@@ -30,6 +30,8 @@ class LayerSpec:
     check: layers.Check | None = None  # checks of each batch against the base
     merge_sql: dict[str, Any] = field(default_factory=dict)  # links the merge makes (extra_select, joins)
     geometry_from_link: bool = False  # no geometry of its own required: taken from a linked feature
+    # a layer with links may still be staged on its first load (ingest.staged) if it says how to link there
+    staged_links: Any = None  # ingest.staged.StagedLinks
 
     @property
     def columns(self) -> list[str]:
@@ -65,7 +67,8 @@ SPECS: dict[str, LayerSpec] = {s.name: s for s in [
                "street": "str", "community": "str", "road": "str", "door_number": "str", "lane": "str",
                "building_no": "str", "unit": "str", "floor": "str", "room": "str", "compound": "str",
                "remark": "str", **_POINT_Z}, key_fallback="full_address", enrich=True,
-              rules=layers.address_rules, read_context=layers.read_address_parser, merge_sql=layers.ADDRESS_MERGE),
+              rules=layers.address_rules, read_context=layers.read_address_parser, merge_sql=layers.ADDRESS_MERGE,
+              staged_links=(layers.address_staged_links, layers.address_loaded_links)),
     LayerSpec("buildings", "buildings", "polygon",
               {"source_id": "str", "name": "str", "base_elevation": "float", "height": "float", "floors": "int",
                "use": "str", "year_built": "int", "structure": "str", "is_protected": "bool"}, enrich=True,

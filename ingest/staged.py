@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -37,6 +38,11 @@ from sqlalchemy.engine import Engine
 from cim.distribution import IS_CITUS_SQL, revoke_partition_access, district_partitions, partition_index_sql
 from cim.schema import DISTRICT_PARTITIONED, NO_DISTRICT, PARTITION_COLUMN, district_partition_sql, partition_name
 from ingest.merge import DirectLoad, MergeCounts, PipelinedCursor, copy_rows
+
+#: a layer whose rows link to another layer's (addresses → buildings): the statements that link one district's
+#: staged rows, run together before its indexes are built — (district, staged table, the parent's columns) —
+#: and the function linking the rows COPYed straight into the layer — (cursor, layer table, run id)
+StagedLinks = tuple[Callable[[str, str, list[str]], list[str]], Callable[[object, str, int], None]]
 
 #: the comment on a table being staged: ``<MARK> <layer table>``, so leftovers of a killed load can be found
 MARK = "cim: staged first load of"
@@ -99,8 +105,9 @@ def drop_leftovers(engine: Engine, table: str) -> list[str]:
 class StagedLoad:
     """Same interface as :class:`ingest.merge.DirectLoad` (``copy``, ``remove``, ``finish``), plus ``abort``."""
 
-    def __init__(self, engine: Engine, cur, table: str, columns: list[str], run_id: int) -> None:
-        self.engine, self.cur, self.table, self.run_id = engine, cur, table, run_id
+    def __init__(self, engine: Engine, cur, table: str, columns: list[str], run_id: int,
+                 links: StagedLinks | None = None) -> None:
+        self.engine, self.cur, self.table, self.run_id, self.links = engine, cur, table, run_id, links
         self.direct = DirectLoad(cur, table, columns, run_id)  # rows that go the ordinary way
         self.columns = self.direct.columns
         self.existing = district_partitions(cur, table)
@@ -158,8 +165,10 @@ class StagedLoad:
         self._raw.commit()
         if self._background is None:
             self._background = _Builder(self.engine)
-        statements = self._statements([self.staged[d] for d in districts])
-        self._background.submit([s for _rank, s in sorted(statements[0], key=lambda w: w[0])] + statements[1])
+        names = [self.staged[d] for d in districts]
+        statements = self._statements(names)
+        self._background.submit(self._link_jobs(names) + [s for _rank, s in sorted(statements[0], key=lambda w: w[0])]
+                                + statements[1])
         self.closed.update(districts)
 
     def _bound(self, district: str) -> None:
@@ -177,8 +186,23 @@ class StagedLoad:
             removed += taken
         return removed
 
+    def _link_jobs(self, names: list[str]) -> list[list[str]]:
+        """Per staged table, the statements (one transaction) that link its rows, if the layer links any."""
+        if self.links is None:
+            return []
+        self.cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
+                         "AND NOT attisdropped ORDER BY attnum", (self.table,))
+        columns = [r[0] for r in self.cur.fetchall()]
+        district = {name: code for code, name in self.staged.items()}
+        mark = f"{MARK} {self.table}".replace("'", "''")
+        # the copy that replaces the staged table is staged too (abort and drop_leftovers find it by the comment)
+        return [[*self.links[0](district[name], name, columns), f"COMMENT ON TABLE \"{name}\" IS '{mark}'"]
+                for name in names]
+
     def finish(self) -> MergeCounts:
         counts = self.direct.finish()
+        if self.links is not None and counts.inserted:
+            self.links[1](self.cur, self.table, self.run_id)
         if not self.staged:
             self.stage.finish(check=True)
             self._raw.rollback()
@@ -235,13 +259,11 @@ class StagedLoad:
         running beside each other's builds deadlock, and two foreign keys to one table wait for each other."""
         if not names:
             return
+        links = self._link_jobs(names)  # every table's rows linked before any index is built over them
         builds, keys = self._statements(names)
-        jobs: queue.Queue[str] = queue.Queue()
-        for _rank, statement in sorted(builds, key=lambda w: w[0]):
-            jobs.put(statement)
         errors: list[BaseException] = []
 
-        def builder(serial: list[str]) -> None:
+        def builder(jobs: queue.Queue, serial: list[str]) -> None:
             raw = self.engine.raw_connection()
             try:
                 cur = raw.cursor()
@@ -250,10 +272,10 @@ class StagedLoad:
                 raw.commit()
                 while not errors:
                     try:
-                        statement = jobs.get_nowait()
+                        job = jobs.get_nowait()
                     except queue.Empty:
                         break
-                    cur.execute(statement)
+                    _run(cur, job)
                     raw.commit()
                 for statement in serial:
                     cur.execute(statement)
@@ -263,12 +285,16 @@ class StagedLoad:
             finally:
                 raw.close()
 
-        threads = [threading.Thread(target=builder, args=([],), name="cim-build-0")]
-        threads[0].start()
-        builder([])  # the second builder is this thread; the keys wait for both
-        threads[0].join()
+        for phase in (links, [statement for _rank, statement in sorted(builds, key=lambda w: w[0])]):
+            jobs: queue.Queue = queue.Queue()
+            for job in phase:
+                jobs.put(job)
+            threads = [threading.Thread(target=builder, args=(jobs, []), name="cim-build-0")]
+            threads[0].start()
+            builder(jobs, [])  # the second builder is this thread; the keys wait for both
+            threads[0].join()
         if not errors:
-            builder(keys)
+            builder(queue.Queue(), keys)
         if errors:
             raise errors[0]
 
@@ -311,7 +337,8 @@ class _Builder:
         self._thread = threading.Thread(target=self._run, name="cim-build-background", daemon=True)
         self._thread.start()
 
-    def submit(self, statements: list[str]) -> None:
+    def submit(self, statements: list) -> None:
+        """Statements (or lists of statements, each list one transaction), run in order."""
         if self._errors:
             raise self._errors[0]
         self._jobs.put(statements)
@@ -339,12 +366,18 @@ class _Builder:
                 statements = self._jobs.get()
                 if statements is None:
                     return
-                for statement in statements:
+                for job in statements:
                     if self._stop or self._errors:
                         break
-                    cur.execute(statement)
+                    _run(cur, job)
                     raw.commit()
         except BaseException as exc:  # noqa: BLE001 (raised again in the load's thread)
             self._errors.append(exc)
         finally:
             raw.close()
+
+
+def _run(cur, job: str | list[str]) -> None:  # noqa: ANN001 (a DBAPI cursor)
+    """One statement, or a list of them run in one transaction (the caller commits)."""
+    for statement in [job] if isinstance(job, str) else job:
+        cur.execute(statement)
