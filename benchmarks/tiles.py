@@ -416,7 +416,9 @@ def bench_mvt(server: str, n: int, reload: bool, per_zoom: int, concurrency: int
         conn.execute(sa.text("ANALYZE parts"))
         conn.commit()
         layers = load_layers(conn)
-    props = [q.name for q in layers["parts"].queryables if q.name != "valid_to"]
+    from tiles.mvt import map_properties
+
+    props = map_properties(layers["parts"])  # what this API's map tiles carry (TileJSON's fields)
     tiles = tile_list(per_zoom, 6)
     # each server is warmed on other tiles: its code paths and pools are hot, the measured tiles are
     # not in its cache
