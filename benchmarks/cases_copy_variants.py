@@ -4,62 +4,110 @@ as it was, skipped by its WHEN; without the log's or the class's foreign key; wi
 each variant in a transaction rolled back, rounds alternating; reported as the CPU seconds of the database backend
 (from /proc; wall time at a shared machine's load says little).
 
-Run by hand (not a test):  .venv/bin/python benchmarks/cases_copy_variants.py SOURCE_URL TARGET_URL ROUNDS [VARIANTS]
+Run by hand (not a test):
+  .venv/bin/python benchmarks/cases_copy_variants.py SOURCE_URL TARGET_URL [--rounds N] [--variants A,B]
   SOURCE_URL: a base `benchmarks/cases.py --keep` imported into (e.g. casebench_batch_…)
   TARGET_URL: a fresh copy of its template (the sample city, no cases), on the same server as this process
 """
-import io, sys, time, statistics
-import psycopg2
-src, dst, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
-def dump(table, cols):
-    c = psycopg2.connect(src); cur = c.cursor(); b = io.StringIO()
-    cur.copy_expert(f"COPY (SELECT {cols} FROM {table} ORDER BY id) TO STDOUT", b); c.close()
-    return b.getvalue().splitlines(keepends=True)
-CASE_COLS = ("id, channel, external_id, class_code, urgency, description, address_text, geocode, district_code, "
-  "street_code, community_code, grid_code, part_object_code, reporter_contact, status, reported_at, registered_at, "
-  "dispatched_at, due_at, department_code, department_name, post_code, person_name, person_contact, dispatch_reason, "
-  "manual_reason, attributes, version, geom")
-EV_COLS = "case_id, at, actor, role, action, from_status, to_status, note, data, district_code"
-cases = dump("cases", CASE_COLS); events = dump("case_events", EV_COLS)
-print(len(cases), len(events))
-IDX = ["ix_cases_class_reported", "ix_cases_geom", "ix_cases_manual", "ix_cases_open_due", "ix_cases_registered_at", "ix_cases_status"]
-variants = {
-  "as now": [],
-  "no layer trigger": ["ALTER TABLE cases DISABLE TRIGGER cases_bump_layer_version"],
-  "trigger WHEN, skipped": ["DROP TRIGGER cases_bump_layer_version ON cases",
-     "CREATE CONSTRAINT TRIGGER cases_bump_layer_version AFTER INSERT OR UPDATE OR DELETE ON cases DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (current_setting('cim.case_features_bumped', true) IS DISTINCT FROM '1') EXECUTE FUNCTION case_features_changed()",
-     "SELECT set_config('cim.case_features_bumped', '1', true)"],
-  "no events FK": ["ALTER TABLE case_events DROP CONSTRAINT case_events_case_id_fkey"],
-  "no class FK": ["ALTER TABLE cases DROP CONSTRAINT cases_class_code_fkey"],
-  "bare (no trig, no FKs)": ["ALTER TABLE cases DISABLE TRIGGER cases_bump_layer_version",
-     "ALTER TABLE case_events DROP CONSTRAINT case_events_case_id_fkey", "ALTER TABLE cases DROP CONSTRAINT cases_class_code_fkey"],
-  **{f"no {i}": [f"DROP INDEX {i}"] for i in IDX},
-}
-if len(sys.argv) > 4: variants = {k: v for k, v in variants.items() if k in sys.argv[4].split(",") or k == "as now"}
-res = {k: {"cases": [], "events": [], "commit": []} for k in variants}
-conn = psycopg2.connect(dst)
-_c = conn.cursor(); _c.execute('SELECT pg_backend_pid()'); PID = _c.fetchone()[0]; conn.rollback()
+from __future__ import annotations
+
+import argparse
+import io
 import os
-TICK = os.sysconf('SC_CLK_TCK')
-def cpu():
-    f = open(f'/proc/{PID}/stat').read().rsplit(')', 1)[1].split()
-    return (int(f[11]) + int(f[12])) / TICK
-for r in range(rounds):
-    names = list(variants) if r % 2 == 0 else list(variants)[::-1]
-    for name in names:
-        cur = conn.cursor()
-        for s in variants[name]: cur.execute(s)
-        t = cpu()
-        for i in range(0, len(cases), 2000):
-            cur.copy_expert(f"COPY cases ({CASE_COLS}) FROM STDIN", io.StringIO("".join(cases[i:i+2000])))
-        t1 = cpu()
-        for i in range(0, len(events), 6000):
-            cur.copy_expert(f"COPY case_events ({EV_COLS}) FROM STDIN", io.StringIO("".join(events[i:i+6000])))
-        t2 = cpu()
-        cur.execute("SET CONSTRAINTS ALL IMMEDIATE")
-        t3 = cpu()
-        conn.rollback()
-        for k, v in zip(("cases", "events", "commit"), (t1 - t, t2 - t1, t3 - t2)): res[name][k].append(v)
-for name, d in res.items():
-    m = {k: statistics.median(v) for k, v in d.items()}
-    print(f"CPU {name:24s} cases {m['cases']:.3f}  events {m['events']:.3f}  deferred {m['commit']:.3f}  total {sum(m.values()):.3f}")
+import statistics
+
+import psycopg2
+
+CASE_COLUMNS = (
+    "id, channel, external_id, class_code, urgency, description, address_text, geocode, district_code, "
+    "street_code, community_code, grid_code, part_object_code, reporter_contact, status, reported_at, registered_at, "
+    "dispatched_at, due_at, department_code, department_name, post_code, person_name, person_contact, "
+    "dispatch_reason, manual_reason, attributes, version, geom")
+EVENT_COLUMNS = "case_id, at, actor, role, action, from_status, to_status, note, data, district_code"
+INDEXES = ["ix_cases_class_reported", "ix_cases_geom", "ix_cases_manual", "ix_cases_open_due",
+           "ix_cases_registered_at", "ix_cases_status"]
+VARIANTS: dict[str, list[str]] = {
+    "as now": [],
+    "no layer trigger": ["ALTER TABLE cases DISABLE TRIGGER cases_bump_layer_version"],
+    "trigger WHEN, skipped": [
+        "DROP TRIGGER cases_bump_layer_version ON cases",
+        "CREATE CONSTRAINT TRIGGER cases_bump_layer_version AFTER INSERT OR UPDATE OR DELETE ON cases DEFERRABLE "
+        "INITIALLY DEFERRED FOR EACH ROW WHEN (current_setting('cim.case_features_bumped', true) IS DISTINCT FROM "
+        "'1') EXECUTE FUNCTION case_features_changed()",
+        "SELECT set_config('cim.case_features_bumped', '1', true)"],
+    "no events FK": ["ALTER TABLE case_events DROP CONSTRAINT case_events_case_id_fkey"],
+    "no class FK": ["ALTER TABLE cases DROP CONSTRAINT cases_class_code_fkey"],
+    "bare (no trig, no FKs)": ["ALTER TABLE cases DISABLE TRIGGER cases_bump_layer_version",
+                               "ALTER TABLE case_events DROP CONSTRAINT case_events_case_id_fkey",
+                               "ALTER TABLE cases DROP CONSTRAINT cases_class_code_fkey"],
+    **{f"no {index}": [f"DROP INDEX {index}"] for index in INDEXES},
+}
+CASE_CHUNK, EVENT_CHUNK = 2000, 6000  # the import's chunk: 2,000 cases and their ~3 log rows each
+
+
+def dump(url: str, table: str, columns: str) -> list[str]:
+    """The table's rows as COPY text lines, in id order."""
+    conn = psycopg2.connect(url)
+    try:
+        out = io.StringIO()
+        conn.cursor().copy_expert(f"COPY (SELECT {columns} FROM {table} ORDER BY id) TO STDOUT", out)
+        return out.getvalue().splitlines(keepends=True)
+    finally:
+        conn.close()
+
+
+def backend_cpu(pid: int) -> float:
+    """User + system CPU seconds of a backend on this machine."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def copy_in(cur, table: str, columns: str, lines: list[str], chunk: int) -> None:  # noqa: ANN001 (DBAPI cursor)
+    for i in range(0, len(lines), chunk):
+        cur.copy_expert(f"COPY {table} ({columns}) FROM STDIN", io.StringIO("".join(lines[i:i + chunk])))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source_url")
+    parser.add_argument("target_url")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--variants", default=None, help="comma-separated names (\"as now\" is always run)")
+    args = parser.parse_args()
+    variants = VARIANTS if args.variants is None else {
+        k: v for k, v in VARIANTS.items() if k == "as now" or k in args.variants.split(",")}
+    cases = dump(args.source_url, "cases", CASE_COLUMNS)
+    events = dump(args.source_url, "case_events", EVENT_COLUMNS)
+    print(f"{len(cases)} cases, {len(events)} log rows")
+    results = {name: {"cases": [], "events": [], "deferred": []} for name in variants}
+    conn = psycopg2.connect(args.target_url)
+    cur = conn.cursor()
+    cur.execute("SELECT pg_backend_pid()")
+    pid = cur.fetchone()[0]
+    conn.rollback()
+    for round_ in range(args.rounds):  # alternating order: a busy spell does not favour one variant
+        names = list(variants) if round_ % 2 == 0 else list(variants)[::-1]
+        for name in names:
+            cur = conn.cursor()
+            for statement in variants[name]:
+                cur.execute(statement)
+            t0 = backend_cpu(pid)
+            copy_in(cur, "cases", CASE_COLUMNS, cases, CASE_CHUNK)
+            t1 = backend_cpu(pid)
+            copy_in(cur, "case_events", EVENT_COLUMNS, events, EVENT_CHUNK)
+            t2 = backend_cpu(pid)
+            cur.execute("SET CONSTRAINTS ALL IMMEDIATE")  # the deferred triggers' and keys' work, as at commit
+            t3 = backend_cpu(pid)
+            conn.rollback()
+            for key, seconds in zip(("cases", "events", "deferred"), (t1 - t0, t2 - t1, t3 - t2)):
+                results[name][key].append(seconds)
+    conn.close()
+    for name, parts in results.items():
+        m = {k: statistics.median(v) for k, v in parts.items()}
+        print(f"CPU {name:24s} cases {m['cases']:.3f}  events {m['events']:.3f}  deferred {m['deferred']:.3f}  "
+              f"total {sum(m.values()):.3f}")
+
+
+if __name__ == "__main__":
+    main()

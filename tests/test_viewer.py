@@ -90,10 +90,14 @@ const [port, url, out, timeoutMs, cond] = process.argv.slice(2);
 const fs = require('fs');
 (async () => {
   let page;
-  for (let i = 0; i < 50 && !page; i++) {
+  // Chromium answers /json/list before its first page is listed: wait for the page too, not only for the port
+  // (up to a minute: a busy 2-core CI machine starts the browser slowly)
+  for (let i = 0; i < 300 && !page; i++) {
     try { page = (await (await fetch(`http://127.0.0.1:${port}/json/list`)).json()).find(t => t.type === 'page'); }
-    catch (e) { await new Promise(r => setTimeout(r, 200)); }
+    catch (e) { }
+    if (!page) await new Promise(r => setTimeout(r, 200));
   }
+  if (!page) { console.error('headless Chromium listed no page on port ' + port + ' within a minute'); process.exit(3); }
   const ws = new WebSocket(page.webSocketDebuggerUrl);
   let id = 0; const pending = new Map(); const errors = [];
   const send = (method, params = {}) => new Promise(res => {
@@ -190,7 +194,7 @@ def _browser(url: str, condition: str, shot, timeout_ms: int = 90_000) -> dict:
     try:
         proc = subprocess.run([node, "--experimental-websocket", str(script), str(port), url, str(shot),
                                str(timeout_ms), condition], capture_output=True, text=True,
-                              timeout=timeout_ms / 1000 + 60)
+                              timeout=timeout_ms / 1000 + 120)  # + the wait for the browser
     finally:
         browser.terminate()
         browser.wait(10)
