@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.scratch import create_database, drop_databases, machine  # noqa: E402
-from benchmarks.shanghai import _ingest_args, log  # noqa: E402
+from benchmarks.shanghai import _ingest_args, log, rows_beginning  # noqa: E402
 from cim.database import engine_for  # noqa: E402
 from ingest import layers  # noqa: E402
 
@@ -90,16 +90,7 @@ def measured_load(cmd: list[str], env: dict[str, str], home: Path, logfile: Path
 
 def subset(city: Path, name: str, prefixes: tuple[str, ...], folder: Path, tag: str) -> Path:
     """The rows of ``name`` that begin with one of ``prefixes`` (the generator writes district by district)."""
-    out = folder / f"{Path(name).stem}-{tag}.csv"
-    if not out.exists():
-        tmp = out.with_suffix(".tmp")
-        with (city / name).open(encoding="utf-8") as src, tmp.open("w", encoding="utf-8") as dst:
-            dst.write(src.readline())
-            for line in src:
-                if line.startswith(prefixes):
-                    dst.write(line)
-        tmp.replace(out)
-    return out
+    return rows_beginning(city / name, prefixes, folder / f"{Path(name).stem}-{tag}.csv")
 
 
 def links(url: str) -> dict[str, str | None]:

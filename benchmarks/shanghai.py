@@ -249,16 +249,22 @@ def layer_subset(city: Path, layer: str, name: str, codes: list[str], folder: Pa
         raise SystemExit(f"--districts: unknown district codes {unknown}; codes: {', '.join(names)}")
     prefixes = tuple(ROW_PREFIX[layer].format(code=c, name=names[c]) for c in codes)
     folder.mkdir(parents=True, exist_ok=True)
-    out = folder / f"{Path(name).stem}-{'-'.join(codes)}.csv"
+    out = rows_beginning(city / name, prefixes, folder / f"{Path(name).stem}-{'-'.join(codes)}.csv")
+    return out, "whole districts " + ", ".join(f"{c} {names[c]}" for c in codes)
+
+
+def rows_beginning(source: Path, prefixes: tuple[str, ...], out: Path) -> Path:
+    """``out``: the header and the rows of the CSV ``source`` that begin with one of ``prefixes`` (made once;
+    written under another name first, so a killed run leaves no half file under ``out``)."""
     if not out.exists():
         tmp = out.with_suffix(".tmp")
-        with (city / name).open(encoding="utf-8") as src, tmp.open("w", encoding="utf-8") as dst:
+        with source.open(encoding="utf-8") as src, tmp.open("w", encoding="utf-8") as dst:
             dst.write(src.readline())
             for line in src:
                 if line.startswith(prefixes):
                     dst.write(line)
         tmp.replace(out)
-    return out, "whole districts " + ", ".join(f"{c} {names[c]}" for c in codes)
+    return out
 
 
 def step_load(args: argparse.Namespace, results: Results) -> None:
