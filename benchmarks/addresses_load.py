@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.scratch import create_database, drop_databases, machine  # noqa: E402
-from benchmarks.shanghai import _ingest_args, log, rows_beginning  # noqa: E402
+from benchmarks.shanghai import _ingest_args, log, measured, rows_beginning  # noqa: E402
 from cim.database import engine_for  # noqa: E402
 from ingest import layers  # noqa: E402
 
@@ -75,17 +75,9 @@ def measured_load(cmd: list[str], env: dict[str, str], home: Path, logfile: Path
     """One load to its end: wall seconds, the loader's CPU and peak RSS (its rusage, from wait4), the
     cluster's CPU meanwhile, and the load's JSON report."""
     cpu0 = server_cpu(home)
-    out, err = logfile.with_suffix(".out"), logfile.with_suffix(".err")
-    with out.open("w") as fo, err.open("w") as fe:
-        started = time.perf_counter()
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=fo, stderr=fe)
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status):
-        raise SystemExit(f"load failed:\n{out.read_text()[-2000:]}\n{err.read_text()[-3000:]}")
-    return {"seconds": round(seconds, 1), "server_cpu_s": round(server_cpu(home) - cpu0, 1),
-            "loader_cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
-            "peak_rss_mb": round(usage.ru_maxrss / 1024), "report": json.loads(out.read_text())}
+    run = measured(cmd, env, logfile)  # the loader's own wall time, CPU and peak RSS (wait4)
+    return {"seconds": run["seconds"], "server_cpu_s": round(server_cpu(home) - cpu0, 1),
+            "loader_cpu_s": run["cpu_s"], "peak_rss_mb": run["peak_rss_mb"], "report": json.loads(run["stdout"])}
 
 
 def subset(city: Path, name: str, prefixes: tuple[str, ...], folder: Path, tag: str) -> Path:
