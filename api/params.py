@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from cim.cql import column_kind
+from cim.cql.parse import has_nul
 from cim.errors import ParameterError
 from cim.features import output_properties
 from cim.registry import Layer
@@ -31,20 +32,10 @@ def body_text(name: str, value: str | None) -> str | None:
     return value
 
 
-def _holds_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_holds_nul(v) for v in value)
-    return False
-
-
 def body_json(name: str, value: Any) -> Any:
     """A JSON value of a body for a jsonb column: jsonb cannot hold NUL in any string (key or value)
     either. Walked rather than serialised: any JSON number is fine for jsonb, even past 64 bits."""
-    if _holds_nul(value):
+    if has_nul(value):
         raise ParameterError(name, f"{name} contains a NUL character (U+0000)")
     return value
 

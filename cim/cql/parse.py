@@ -230,13 +230,14 @@ def _describe_lark_error(exc: Exception, text: str) -> str:
     return str(exc)
 
 
-def _has_nul(node: Any) -> bool:
+def has_nul(node: Any) -> bool:
+    """Whether a JSON value holds NUL (U+0000) in any string, key or value: PostgreSQL's text and jsonb cannot."""
     if isinstance(node, str):
         return "\x00" in node
     if isinstance(node, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in node.items())
+        return any(has_nul(k) or has_nul(v) for k, v in node.items())
     if isinstance(node, list):
-        return any(_has_nul(v) for v in node)
+        return any(has_nul(v) for v in node)
     return False
 
 
@@ -273,7 +274,7 @@ def parse_filter(text: str | dict, lang: str = "cql2-text") -> Any:
                 text = json.loads(text)
             except ValueError as exc:
                 raise FilterError(f"the cql2-json filter is not valid JSON: {exc}") from None
-        if _has_nul(text):
+        if has_nul(text):
             raise FilterError(_NUL)
         try:
             return walk_cql_json(_json_prewalk(text))
