@@ -263,3 +263,112 @@ ADDRESS_MERGE = {
     "links": {"_link_building": address_building_links},
     "extra_select": {"building_feature_id": "lb.feature_id"},
     "joins": "LEFT JOIN _link_building lb ON lb.stage_key = s.stage_key"}
+
+
+# --- links completed by the layer that arrives second ---------------------------------------------
+
+# An address takes its building, and a building its address, when it is loaded (the merge's links above). Whichever
+# of the two layers is loaded second therefore also completes the rows of the first that had nothing to link to
+# yet (``cim samples load`` loads the addresses before the buildings; the synthetic Shanghai the other way round).
+# Only current rows without a link are filled, in place: the link is derived from geometry, not something the
+# delivery said, so it makes no new version (the history triggers are off for the statement, as in
+# ``address_loaded_links``) and closed versions keep what they had. Both loads lock both tables, always in the same
+# order (ingest.run), so an address load and a building load wait for each other instead of deadlocking.
+LINKED_LAYERS = ("addresses", "buildings")
+
+_REACH = """CREATE TEMP TABLE {name} ON COMMIT DROP AS
+    SELECT s.feature_id, s.district_code AS reach, s.geom FROM {source} s
+    UNION ALL
+    SELECT s.feature_id, d.code, s.geom FROM {source} s
+    JOIN districts d ON d.valid_to IS NULL AND d.code <> s.district_code AND d.geom && s.geom
+        AND ST_Intersects(d.geom, s.geom)
+    UNION ALL
+    SELECT s.feature_id, '', s.geom FROM {source} s WHERE s.district_code <> ''"""
+
+
+def _reach_statements(source: str, name: str) -> list[str]:
+    """A temp table ``name`` (feature_id, reach, geom): each building of ``source`` once for every district whose
+    points it may cover — its own, each other district it crosses into, and '' (points outside every district) —
+    so that a probe of the addresses names one district (one partition, pruned at run time)."""
+    return [f"DROP TABLE IF EXISTS {name}", _REACH.format(name=name, source=source)]
+
+
+def _is_citus(cur) -> bool:
+    cur.execute(IS_CITUS_SQL)
+    return bool(cur.fetchone()[0])
+
+
+def complete_address_links(cur, run_id: int) -> int:
+    """After a building load: the current addresses without a building that a building of this run covers get
+    their building — the one an address loaded now would get (``building_lateral``: the smallest source id among
+    the current buildings covering it). Returns how many addresses were linked."""
+    if _is_citus(cur):  # the probes below correlate temp tables with distributed ones (docs/citus.md)
+        return 0
+    cur.execute("DROP TABLE IF EXISTS _arrived")
+    cur.execute("CREATE TEMP TABLE _arrived ON COMMIT DROP AS SELECT feature_id, district_code, geom FROM buildings "
+                "WHERE ingest_run_id = %s AND valid_to IS NULL", (run_id,))
+    if not cur.rowcount:
+        return 0
+    for statement in _reach_statements("_arrived", "_arrived_reach"):
+        cur.execute(statement)
+    cur.execute("DROP TABLE IF EXISTS _unlinked")
+    cur.execute("""CREATE TEMP TABLE _unlinked ON COMMIT DROP AS
+        SELECT DISTINCT a.fid, a.district_code, a.geom FROM _arrived_reach n CROSS JOIN LATERAL (
+            SELECT a.fid, a.district_code, a.geom FROM addresses a WHERE a.district_code = n.reach
+                AND a.valid_to IS NULL AND a.building_feature_id IS NULL AND ST_Covers(n.geom, a.geom)) a""")
+    if not cur.rowcount:
+        return 0
+    for statement in crossing_statements("SELECT DISTINCT district_code FROM _unlinked"):
+        cur.execute(statement)
+    cur.execute("ALTER TABLE addresses DISABLE TRIGGER USER")
+    cur.execute(f"""UPDATE addresses t SET building_feature_id = k.feature_id FROM (
+        SELECT u.fid, u.district_code, l.feature_id FROM _unlinked u CROSS JOIN LATERAL {building_lateral("u")} l) k
+        WHERE t.fid = k.fid AND t.district_code = k.district_code""")
+    linked = cur.rowcount
+    cur.execute("ALTER TABLE addresses ENABLE TRIGGER USER")
+    return linked
+
+
+def complete_building_links(cur, run_id: int) -> int:
+    """After an address load: the current buildings without an address that cover an address of this run get
+    their address — the one a building loaded now would get (``BUILDING_MERGE``: of the current addresses it
+    covers, the lowest door number, then the standard address). Returns how many buildings were linked."""
+    if _is_citus(cur):
+        return 0
+    cur.execute("DROP TABLE IF EXISTS _arrived")
+    cur.execute("CREATE TEMP TABLE _arrived ON COMMIT DROP AS SELECT district_code, geom FROM addresses "
+                "WHERE ingest_run_id = %s AND valid_to IS NULL", (run_id,))
+    if not cur.rowcount:
+        return 0
+    for statement in crossing_statements("SELECT DISTINCT district_code FROM _arrived"):
+        cur.execute(statement)
+    # the buildings covering an arrived address: in its district's partition, crossing into its district, or (for
+    # an address outside every district) anywhere — the three branches of building_lateral, without its LIMIT
+    cur.execute("DROP TABLE IF EXISTS _unlinked")
+    cur.execute(f"""CREATE TEMP TABLE _unlinked ON COMMIT DROP AS
+        SELECT b.fid, b.feature_id, b.district_code, b.geom FROM buildings b
+        WHERE b.valid_to IS NULL AND b.address_feature_id IS NULL AND b.feature_id IN (
+            SELECT c.feature_id FROM _arrived a CROSS JOIN LATERAL (
+                SELECT b.feature_id FROM buildings b WHERE a.district_code <> ''
+                    AND b.district_code = a.district_code AND b.valid_to IS NULL AND ST_Covers(b.geom, a.geom)
+                UNION ALL
+                SELECT x.feature_id FROM {CROSSING} x
+                WHERE x.district_code = a.district_code AND ST_Covers(x.geom, a.geom)
+                UNION ALL
+                SELECT b.feature_id FROM buildings b WHERE COALESCE(a.district_code, '') = ''
+                    AND b.valid_to IS NULL AND ST_Covers(b.geom, a.geom)) c)""")
+    if not cur.rowcount:
+        return 0
+    for statement in _reach_statements("_unlinked", "_unlinked_reach"):
+        cur.execute(statement)
+    cur.execute("ALTER TABLE buildings DISABLE TRIGGER USER")
+    cur.execute("""UPDATE buildings t SET address_feature_id = k.feature_id FROM (
+        SELECT DISTINCT ON (u.fid) u.fid, u.district_code, a.feature_id
+        FROM _unlinked u JOIN _unlinked_reach n ON n.feature_id = u.feature_id CROSS JOIN LATERAL (
+            SELECT a.feature_id, a.door_int, a.standard_address FROM addresses a WHERE a.district_code = n.reach
+                AND a.valid_to IS NULL AND ST_Covers(n.geom, a.geom)) a
+        ORDER BY u.fid, a.door_int NULLS LAST, a.standard_address) k
+        WHERE t.fid = k.fid AND t.district_code = k.district_code""")
+    linked = cur.rowcount
+    cur.execute("ALTER TABLE buildings ENABLE TRIGGER USER")
+    return linked

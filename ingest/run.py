@@ -152,8 +152,10 @@ class FeatureLoad:
     def _load(self, cur, started: float) -> None:
         """Everything the load does inside its transaction."""
         r = self.report
-        # one load of a layer at a time (a second waits here); readers go on reading the committed base
-        cur.execute(f'LOCK TABLE "{self.spec.table}" IN SHARE ROW EXCLUSIVE MODE')
+        # one load of a layer at a time (a second waits here); readers go on reading the committed base. A layer
+        # that completes another's links locks that one too, every load in the same (sorted) order: no deadlock
+        for table in sorted({self.spec.table, *self.spec.also_locks}):
+            cur.execute(f'LOCK TABLE "{table}" IN SHARE ROW EXCLUSIVE MODE')
         start_run(cur, r, self._operator(), self._options_json())
         self.ctx.cur = cur
         if self.spec.begin:
@@ -191,6 +193,13 @@ class FeatureLoad:
                                  **self.spec.merge_sql)
         r.inserted, r.updated, r.unchanged, r.closed = (counts.inserted, counts.updated, counts.unchanged,
                                                         counts.closed)
+        if self.spec.complete_links and counts.inserted and not self.options.dry_run:
+            linked = self.spec.complete_links(cur, r.run_id)
+            if linked:
+                r.message = " ".join(filter(None, [r.message, f"{linked} feature(s) of the linked layer given a "
+                                                                 "link to this load's rows"]))
+                for other in sorted(set(self.spec.also_locks) - {self.spec.table}):
+                    bump_version(cur, other)  # its tiles and the gazetteer read the link
         r.duration_s = round(time.perf_counter() - started, 3)
         r.status = "dry-run" if self.options.dry_run else "succeeded"
         if r.changes and not self.options.dry_run:

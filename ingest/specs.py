@@ -32,6 +32,10 @@ class LayerSpec:
     geometry_from_link: bool = False  # no geometry of its own required: taken from a linked feature
     # a layer with links may still be staged on its first load (ingest.staged) if it says how to link there
     staged_links: Any = None  # ingest.staged.StagedLinks
+    # after a load: (cursor, run id) -> rows of another layer given a link to this load's rows, and the tables
+    # it writes (locked with the layer's own, in one order: ingest.run)
+    complete_links: Callable[[Any, int], int] | None = None
+    also_locks: tuple[str, ...] = ()
 
     @property
     def columns(self) -> list[str]:
@@ -68,13 +72,15 @@ SPECS: dict[str, LayerSpec] = {s.name: s for s in [
                "building_no": "str", "unit": "str", "floor": "str", "room": "str", "compound": "str",
                "remark": "str", **_POINT_Z}, key_fallback="full_address", enrich=True,
               rules=layers.address_rules, read_context=layers.read_address_parser, merge_sql=layers.ADDRESS_MERGE,
-              staged_links=(layers.address_staged_links, layers.address_loaded_links)),
+              staged_links=(layers.address_staged_links, layers.address_loaded_links),
+              complete_links=layers.complete_building_links, also_locks=layers.LINKED_LAYERS),
     LayerSpec("buildings", "buildings", "polygon",
               {"source_id": "str", "name": "str", "base_elevation": "float", "height": "float", "floors": "int",
                "use": "str", "year_built": "int", "structure": "str", "is_protected": "bool"}, enrich=True,
               aliases={"name": ("bdname",), "height": ("gd",), "floors": ("fnum", "cs"), "year_built": ("age",),
                        "use": ("landusetyp",)},
-              rules=layers.building_rules, merge_sql=layers.BUILDING_MERGE),
+              rules=layers.building_rules, merge_sql=layers.BUILDING_MERGE,
+              complete_links=layers.complete_address_links, also_locks=layers.LINKED_LAYERS),
     LayerSpec("curtain-walls", "curtain_walls", None,  # geometry comes from the building, or the file
               {"source_id": "str", "building_source_id": "str", "glass_type": "str", "support_type": "str",
                "facade_area": "float", "year_installed": "int", "last_inspection_date": "date",
