@@ -10,7 +10,7 @@ from sqlalchemy.engine import Connection
 
 from cim.gazetteer.base_dictionary import address_code, dictionary_from_base, door_int
 from cim.gazetteer.dictionary import AddressDictionary
-from cim.gazetteer.parse import ParsedAddress
+from cim.gazetteer.parse import address_line
 from cim.gazetteer.shapes import ShapeParser
 from ingest.prepare import Prepared
 
@@ -59,11 +59,9 @@ class AddressParser:
         frame = frame.astype(object).where(frame.notna(), None)
         for row in frame.itertuples(index=False):
             district = row.district or names.get(row.district_code or "")
-            parsed = ParsedAddress(raw="", city=self.dictionary.city_name, district=district, road=row.road,
-                                   door_number=row.door_number, lane=row.lane, building=row.building_no,
-                                   building_kind="号" if row.lane and row.building_no else None, unit=row.unit,
-                                   floor=row.floor, room=row.room, compound=row.compound)
-            text = parsed.standard_address()
+            text = address_line(self.dictionary.city_name, district, row.road, row.compound, row.door_number,
+                                row.lane, None, row.building_no, "号" if row.lane and row.building_no else None,
+                                row.unit, row.floor, row.room)
             standard.append(text)
             codes.append(address_code(row.community_code or row.street_code or row.district_code, text))
             doors.append(door_int(row.door_number))

@@ -97,26 +97,35 @@ class ParsedAddress:
         """
         if self.foreign:
             return self.normalized
-        parts = [self.city, self.district, self.road]
         if self.is_intersection and self.second_road:
-            return "".join(p or "" for p in parts) + f"与{self.second_road}交叉口"
-        if not (self.door_number or self.lane):
-            parts.append(self.compound)
-        parts += [
-            _unit(self.door_number, "号"),
-            _unit(self.lane, "弄"),
-            _unit(self.sub_lane, "支弄"),
-            _unit(self.building, self.building_kind or "号楼"),
-            _unit(self.unit, "单元"),
-            _unit(self.floor, "层") if not self.room else None,
-            _unit(self.room, "室"),
-        ]
-        return "".join(p for p in parts if p)
+            return "".join(p or "" for p in (self.city, self.district, self.road)) + f"与{self.second_road}交叉口"
+        return address_line(self.city, self.district, self.road, self.compound, self.door_number, self.lane,
+                            self.sub_lane, self.building, self.building_kind, self.unit, self.floor, self.room)
 
     def components(self) -> dict[str, str]:
         """The address components that were found, in parse order."""
         skip = {"raw", "normalized", "notes", "district_candidates", "foreign", "is_intersection"}
         return {f.name: v for f in fields(self) if f.name not in skip and (v := getattr(self, f.name))}
+
+
+def address_line(city: str | None, district: str | None, road: str | None, compound: str | None,
+                 door_number: str | None, lane: str | None, sub_lane: str | None, building: str | None,
+                 building_kind: str | None, unit: str | None, floor: str | None, room: str | None) -> str:
+    """The standard address of these components (see ``ParsedAddress.standard_address``; a load calls it for
+    millions of rows without making a ParsedAddress for each)."""
+    parts = [city, district, road]
+    if not (door_number or lane):
+        parts.append(compound)
+    parts += [
+        _unit(door_number, "号"),
+        _unit(lane, "弄"),
+        _unit(sub_lane, "支弄"),
+        _unit(building, building_kind or "号楼"),
+        _unit(unit, "单元"),
+        _unit(floor, "层") if not room else None,
+        _unit(room, "室"),
+    ]
+    return "".join(p for p in parts if p)
 
 
 def _unit(value: str | None, marker: str) -> str | None:

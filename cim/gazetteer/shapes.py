@@ -18,7 +18,6 @@ parser (tests/test_address_shapes.py compares both paths on real and generated a
 """
 from __future__ import annotations
 
-import copy
 import re
 from dataclasses import dataclass, fields
 
@@ -39,7 +38,8 @@ _TEXT_FIELDS = tuple(f.name for f in fields(ParsedAddress) if f.name not in (
 @dataclass
 class _Template:
     parsed: ParsedAddress  # the result for the stand-ins
-    substituted: tuple[str, ...]  # its text fields that hold a stand-in
+    # its text fields that hold a stand-in, each as a str.format pattern of the numbers ({0} the first…)
+    formats: dict[str, str]
     notes: bool  # whether a note or a district candidate does
 
 
@@ -72,8 +72,7 @@ class ShapeParser:
                 self.full += 1
                 return parse_address(text, self.dictionary)
         self.fast += 1
-        numbers = [n for n in (lane, door, room) if n is not None]
-        return _filled(template, text, dict(zip(_STAND_INS, numbers)))
+        return _filled(template, text, [n for n in (lane, door, room) if n is not None])
 
     def _remember(self, key: tuple[str, bool, bool]) -> None:
         if len(self._seen) >= self.limit:
@@ -89,12 +88,11 @@ class ShapeParser:
         if not any(s.endswith(p) for s in stretches for p in self._digit_prefixes):
             parsed = parse_address(_text(head, has_lane, has_room, _STAND_INS), self.dictionary)
             if not self._runs_into_name(parsed.normalized):
-                substituted = tuple(n for n in _TEXT_FIELDS if _holds_stand_in(getattr(parsed, n)))
+                formats = {n: _format(getattr(parsed, n)) for n in _TEXT_FIELDS if _holds_stand_in(getattr(parsed, n))}
                 notes = any(_STAND_IN.search(t) for t in (*parsed.notes, *parsed.district_candidates))
-                candidate = _Template(parsed, substituted, notes)
+                candidate = _Template(parsed, formats, notes)
                 check_text = _text(head, has_lane, has_room, _CHECK)
-                if parse_address(check_text, self.dictionary) == _filled(candidate, check_text,
-                                                                         dict(zip(_STAND_INS, _CHECK))):
+                if parse_address(check_text, self.dictionary) == _filled(candidate, check_text, list(_CHECK)):
                     template = candidate
         self._templates[key] = template
         return template
@@ -118,17 +116,23 @@ def _holds_stand_in(value: object) -> bool:
     return isinstance(value, str) and _STAND_IN.search(value) is not None
 
 
-def _filled(template: _Template, text: str, numbers: dict[str, str]) -> ParsedAddress:
-    """The template's result with the stand-ins replaced by ``numbers`` (one pass: a number is never re-read)."""
-    parsed = copy.copy(template.parsed)
+def _format(value: str) -> str:
+    """``value`` as a str.format pattern: braces doubled, the i-th stand-in written {i}."""
+    escaped = value.replace("{", "{{").replace("}", "}}")
+    return _STAND_IN.sub(lambda m: "{%d}" % _STAND_INS.index(m.group()), escaped)
+
+
+def _filled(template: _Template, text: str, numbers: list[str]) -> ParsedAddress:
+    """The template's result with the stand-ins replaced by ``numbers`` (in one pass: a number is never re-read)."""
+    parsed = ParsedAddress.__new__(ParsedAddress)
+    parsed.__dict__.update(template.parsed.__dict__)  # a shallow copy, as copy.copy makes it but faster
     parsed.raw = text
-
-    def put(m: re.Match) -> str:
-        return numbers[m.group()]
-
-    for name in template.substituted:
-        setattr(parsed, name, _STAND_IN.sub(put, getattr(parsed, name)))
+    for name, pattern in template.formats.items():
+        setattr(parsed, name, pattern.format(*numbers))
     if template.notes:
+        def put(m: re.Match) -> str:
+            return numbers[_STAND_INS.index(m.group())]
+
         parsed.notes = [_STAND_IN.sub(put, t) for t in parsed.notes]
         parsed.district_candidates = [_STAND_IN.sub(put, t) for t in parsed.district_candidates]
     else:
