@@ -92,6 +92,15 @@ def links(url: str) -> dict[str, str | None]:
             "ON b.feature_id = a.building_feature_id AND b.valid_to IS NULL WHERE a.valid_to IS NULL")).all())
 
 
+def parsed(url: str) -> dict[str, str]:
+    """Per current address, a digest of what the loader's parsing gave it (the columns it fills)."""
+    with engine_for(url).connect() as conn:
+        return dict(conn.execute(sa.text(
+            "SELECT source_id, md5(concat_ws('|', city, district, road, door_number, lane, building_no, unit, floor, "
+            "room, compound, remark, standard_address, address_code, door_int)) FROM addresses "
+            "WHERE valid_to IS NULL")).all())
+
+
 def probes(plan: dict) -> dict[str, int]:
     out: dict[str, int] = {}
 
@@ -269,6 +278,10 @@ def main() -> None:
             with engine_for(made[variant]).connect() as conn:
                 load["linked"] = conn.execute(sa.text(
                     "SELECT count(*) FROM addresses WHERE building_feature_id IS NOT NULL")).scalar()
+                # buildings loaded before the addresses: given their address by the address load (ingest.layers.
+                # complete_building_links) since this branch; 0 before it
+                load["buildings_linked"] = conn.execute(sa.text(
+                    "SELECT count(*) FROM buildings WHERE address_feature_id IS NOT NULL AND valid_to IS NULL")).scalar()
                 load["addresses_bytes"] = int(conn.execute(sa.text(
                     "SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits "
                     "WHERE inhparent = 'addresses'::regclass")).scalar())
@@ -276,6 +289,8 @@ def main() -> None:
             results["loads"].append(load)
         results.setdefault("same_links", []).append(links(made["before"]) == links(made["after"]))
         log(f"run {i}: the same building for every address in both: {results['same_links'][-1]}")
+        results.setdefault("same_parse", []).append(parsed(made["before"]) == parsed(made["after"]))
+        log(f"run {i}: the same parsed columns for every address in both: {results['same_parse'][-1]}")
         if i == args.first_run:
             results["link_statement"] = link_statements(made["after"], order)
         if not args.keep:
