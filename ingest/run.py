@@ -193,7 +193,9 @@ class FeatureLoad:
                                  **self.spec.merge_sql)
         r.inserted, r.updated, r.unchanged, r.closed = (counts.inserted, counts.updated, counts.unchanged,
                                                         counts.closed)
-        if self.spec.complete_links and counts.inserted and not self.options.dry_run:
+        # not after a staged first load: there (buildings first, then millions of addresses) the in-place update of
+        # every building ran for many minutes on one district (docs/benchmarks.md) — left to be made cheap
+        if self.spec.complete_links and counts.inserted and not self.options.dry_run and self.staged_load is None:
             linked = self.spec.complete_links(cur, r.run_id)
             if linked:
                 r.message = " ".join(filter(None, [r.message, f"{linked} feature(s) of the linked layer given a "
