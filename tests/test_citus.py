@@ -119,6 +119,12 @@ def test_a_second_delivery_merges_and_keeps_history(base, tmp_path):
     assert history[0][2] == history[1][2] and history[0][3] != history[1][3]  # one feature, two shards
 
 
+def test_reorder_is_refused_on_a_coordinator_with_a_clear_error(base):
+    refused = run_cim("ingest", "reorder", "parts", env=base.env, check=False)
+    assert refused.returncode != 0 and "Citus" in refused.stderr + refused.stdout, refused
+    assert "Traceback" not in refused.stderr
+
+
 @pytest.fixture(scope="module")
 def client(base):
     from api.app import create_app
