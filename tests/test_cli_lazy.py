@@ -67,6 +67,9 @@ def test_cases_import_leaves_the_other_edges_alone(tmp_path, db_url):
     assert "cases.cli" in modules and "cases.importer" in modules
     for edge in ("tiles", "scenarios", "ingest", "sensing", "vitals", "api"):
         assert not _imported(modules, edge), f"cim cases import imported {_imported(modules, edge)}"
+    # nor what it has no use for: the ORM, GeoAlchemy2 (cim.schema imports it only to build tables)
+    for heavy in ("geoalchemy2", "sqlalchemy.orm", "pandas", "fastapi"):
+        assert heavy not in modules, f"cim cases import imported {heavy}"
 
 
 def test_the_table_is_what_each_module_registers():
