@@ -4,7 +4,8 @@
 queues one check per inserted row and runs each as its own index probe through SPI — for an import of 20,000
 cases and 60,000 log rows, 80,000 queued checks, ≈ 0.9 s of the database's CPU (``benchmarks/
 cases_copy_variants.py``: 0.52 s the log's key, 0.36 s the class's). On one node they become statement-level
-triggers that see the statement's rows as a transition table and check them all in one anti-join, with the same
+triggers that see the statement's rows as a transition table and check them all in one statement (an index
+probe per distinct key, no queued event per row, no SPI call per row), with the same
 guarantee for every writer (the import, ``POST /cases``, the lifecycle, psql):
 
 * **referencing side** (``INSERT``/``COPY`` into ``case_events`` or ``cases``; a change of a case's class): a row
@@ -46,13 +47,14 @@ AS $$
 DECLARE
   missing text;
 BEGIN
-  -- planned for this statement's row count (EXECUTE): a cached plan from a first small or large statement
-  -- could be a hash join over the whole referenced table, or a probe per row, for every later one
+  -- one index probe per distinct key of the statement (LATERAL … LIMIT 1 is never turned into a join): left to
+  -- itself the planner hashes the whole referenced table for an anti-join — every case, for each chunk's log
   IF TG_LEVEL = 'ROW' THEN  -- UPDATE OF the column, one row
     EXECUTE format('SELECT ($1).%1$I::text WHERE NOT EXISTS (SELECT 1 FROM %2$I r WHERE r.%3$I = ($1).%1$I)',
                    TG_ARGV[0], TG_ARGV[1], TG_ARGV[2]) INTO missing USING NEW;
   ELSE
-    EXECUTE format('SELECT n.%1$I::text FROM new_rows n WHERE NOT EXISTS (SELECT 1 FROM %2$I r WHERE r.%3$I = n.%1$I) '
+    EXECUTE format('SELECT n.k::text FROM (SELECT DISTINCT %1$I AS k FROM new_rows) n LEFT JOIN LATERAL '
+                   '(SELECT true AS found FROM %2$I r WHERE r.%3$I = n.k LIMIT 1) f ON true WHERE f.found IS NULL '
                    'LIMIT 1', TG_ARGV[0], TG_ARGV[1], TG_ARGV[2]) INTO missing;
   END IF;
   IF missing IS NOT NULL THEN
