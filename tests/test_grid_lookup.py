@@ -330,3 +330,25 @@ def test_prepared_lookup_answers_as_the_planned_one(engine, settings, city):
                                      prepared=True)
             conn.rollback()
             assert prepared == planned
+
+
+def test_the_loaders_grid_index_answers_as_the_lookup_edges_and_corners_included(engine, settings, city):
+    """The loader's in-memory enrichment (cim.gridindex: the tree's boxes, then the prepared intersects) gives
+    every point the codes the SQL lookup gives — inside, on a shared edge (smallest code), on the corner where
+    the levels' edges meet, on the outer edge, just outside and far outside."""
+    import shapely
+
+    from cim.gridindex import GridIndex
+
+    places = [(250, 500), (750, 500), (1250, 500), (500, 500), (0, 0), (1000, 0), (500, 1000), (700, 1500),
+              (2000, 500), (-0.001, 500), (0, 500), (5000, 5000)]
+    points = [city.at(*p) for p in places]
+    rng = np.random.default_rng(7)
+    points += [city.at(x, y) for x, y in zip(rng.uniform(-100, 3000, 200), rng.uniform(-100, 2100, 200))]
+    with engine.connect() as conn:
+        codes = GridIndex.load(conn).assign(shapely.points(points))
+    expected = _lookup(engine, settings, points)
+    for i, answer in enumerate(expected):
+        got = tuple(codes[c][i] for c in ("district_code", "street_code", "community_code", "grid_code"))
+        want = tuple(a.code if a else None for a in (answer.district, answer.street, answer.community, answer.grid))
+        assert got == want, (i, points[i], got, want)
