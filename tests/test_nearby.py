@@ -286,3 +286,16 @@ def test_nearby_route_is_one_round_trip_per_statement_in_the_callers_scope(engin
         fresh = conn.execute(spatial.nearby_select(layer, 4549, float(x[0]), float(y[0]), -2.0, radius_m=10)).all()
     assert [(r._feature_id, round(r._distance_m, 9)) for r in fresh] == \
         [(f["id"], round(f["properties"]["distance_m"], 9)) for f in first["features"]]
+
+
+def test_nearby_waiting_for_a_lock_is_a_503_problem(engine, client, city):
+    """A search that waits longer than CIM_DB_READER_LOCK_TIMEOUT_MS for a lock (maintenance holding the table)
+    is answered 503 with a problem document, through the one error mapping, also in autocommit."""
+    lon, lat = city.lonlat(200, 150)
+    with engine.connect() as holder:
+        holder.execute(sa.text("LOCK TABLE pipelines IN ACCESS EXCLUSIVE MODE"))
+        r = client.get("/nearby", params={"layer": "pipelines", "lon": lon, "lat": lat, "z": -2})
+        holder.rollback()
+    assert r.status_code == 503 and r.headers["content-type"] == "application/problem+json", r.text
+    assert int(r.headers["retry-after"]) > 0
+    assert client.get("/nearby", params={"layer": "pipelines", "lon": lon, "lat": lat, "z": -2}).status_code == 200
