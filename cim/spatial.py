@@ -82,8 +82,9 @@ def nearby_select(layer: Layer, srid: int, x: float, y: float, z: float | None, 
     ``where`` is an extra condition on :func:`layer_table` — e.g. from ``cim.cql.compile_filter``,
     which binds every value; ``districts`` confines the search to those districts' rows.
     """
-    query = _nearby_query(layer, srid, z is not None, _district_shape(layer, srid, districts), where)
-    return query.params(_nearby_values(x, y, z, radius_m, k, districts))
+    shape = _district_shape(layer, srid, districts)
+    query = _nearby_query(layer, srid, z is not None, shape, where)
+    return query.params(_nearby_values(x, y, z, radius_m, k, districts if shape is not None else None))
 
 
 def _district_shape(layer: Layer, srid: int, districts: Districts | None) -> bool | None:
