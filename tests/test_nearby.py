@@ -248,10 +248,17 @@ def test_a_point_in_crs84_is_not_looked_up_in_the_epsg_database(monkeypatch):
     assert (xs[0], ys[0]) == (500_000.0, 3_450_000.0)
 
 
-def test_nearby_route_is_one_round_trip_per_statement_in_the_callers_scope(engine, client, city):
+def test_nearby_route_is_one_round_trip_per_statement_in_the_callers_scope(engine, city):
     """GET /nearby sends each search statement in autocommit with the caller's scope in front (no BEGIN, scope
     statement or ROLLBACK of its own), reuses one built statement per shape (values bound, not built in), and
     answers as the statement built afresh for those values does."""
+    from cim.config import override_settings
+
+    with override_settings(layer_cache_s=3600.0) as deployment:  # no registry or district-frame re-read in between
+        _one_round_trip_per_statement(engine, city, TestClient(create_app(engine, deployment)))
+
+
+def _one_round_trip_per_statement(engine, city, client) -> None:
     from cim import spatial
 
     reader = client.app.state.cim.engine
