@@ -23,6 +23,7 @@ import http.client
 import json
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -408,6 +409,7 @@ def main() -> None:
     finally:
         for s in servers:
             s.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
