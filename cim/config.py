@@ -153,7 +153,9 @@ def settings() -> DeploymentSettings:
     global _cached
     if _pinned is not None:
         return _pinned
-    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(ENV_PREFIX)))
+    # keys first, values of the CIM_ ones only: os.environ decodes what it hands out, and this runs several times
+    # per API request (reading every value cost ~0.1 ms a call, ~1/10 of a /nearby's server CPU)
+    env = tuple(sorted((k, os.environ[k]) for k in os.environ if k.startswith(ENV_PREFIX)))
     if _cached is None or _cached[0] != env:
         _cached = (env, load_settings())
     return _cached[1]

@@ -352,3 +352,20 @@ def test_the_loaders_grid_index_answers_as_the_lookup_edges_and_corners_included
         got = tuple(codes[c][i] for c in ("district_code", "street_code", "community_code", "grid_code"))
         want = tuple(a.code if a else None for a in (answer.district, answer.street, answer.community, answer.grid))
         assert got == want, (i, points[i], got, want)
+
+
+def test_contacts_are_shown_as_the_caller_may_see_them_as_chains_are_built(engine, settings, city):
+    """``contact=mask`` masks each contact as the chain is built (the API's answer for a caller without personal
+    data) and answers as masking the stored chain afterwards did; the default shows them as stored."""
+    from api.grid import masked
+    from cases.model import mask
+
+    points = [city.at(150, 150), city.at(750, 500), city.at(150, 150)]
+    with engine.connect() as conn:
+        stored = lookup_points(conn, [p[0] for p in points], [p[1] for p in points], "EPSG:4549", settings)
+        shown = lookup_points(conn, [p[0] for p in points], [p[1] for p in points], "EPSG:4549", settings,
+                              prepared=True, contact=mask)
+    assert shown == masked(stored) and shown != stored
+    assert stored[1].responsibility[0].persons[0].contact == "13800000001"
+    assert shown[1].responsibility[0].persons[0].contact == "138****0001"
+    assert shown[0].responsibility is shown[2].responsibility  # one chain per grid, shared by its points
