@@ -205,6 +205,12 @@ def statements_scoped(conn: sa.Connection) -> sa.Connection:
     return conn.execution_options(**{STATEMENT_SCOPED: True})
 
 
+def carries_scope(engine: Engine) -> bool:
+    """Whether ``engine``'s transactions begin in the caller's scope (:func:`install_scope_hook`), so that its
+    connections may be :func:`statements_scoped`."""
+    return engine in _SCOPED_ENGINES
+
+
 def _positional(statement: str, params: dict[str, str]) -> tuple[str, tuple[str, ...]]:
     """The scope's statement with ``%s`` placeholders, for a statement whose parameters are positional."""
     for name in params:

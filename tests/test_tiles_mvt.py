@@ -416,3 +416,28 @@ def test_a_dense_point_layer_starts_at_a_street_level_zoom(client, city, monkeyp
     finally:
         with city.begin() as conn:
             _bump(conn, "parts")  # the lowered threshold's first zoom must not outlive this test
+
+
+def test_an_uncached_tile_is_two_round_trips_each_in_the_callers_scope(client):
+    """Through the API an uncached vector tile is two statements — the layer's version, the tile — each its own
+    transaction with the caller's scope in front, in one round trip (tiles.service, cim.jurisdiction.
+    statements_scoped); it was five (BEGIN, the scope, the two statements, ROLLBACK). The answer is as before."""
+    svc = client.app.state.tiles
+    sent: list[str] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
+        sent.append(statement)
+
+    t = tile_at(16)
+    before = client.get(url("parts", t), params={"properties": "name,object_code"})
+    assert before.status_code == 200
+    sa.event.listen(svc.engine, "before_cursor_execute", count)
+    try:
+        svc.cache = type(svc.cache)(None, 0)  # nothing kept: the tile is built again
+        again = client.get(url("parts", t), params={"properties": "name,object_code"})
+    finally:
+        sa.event.remove(svc.engine, "before_cursor_execute", count)
+    assert again.status_code == 200 and again.content == before.content
+    assert len(sent) == 2, sent
+    assert all(s.startswith("SELECT set_config('role', 'cim_api', true)") for s in sent), sent
+    assert "FROM layers" in sent[0] and "ST_AsMVT" in sent[1]
