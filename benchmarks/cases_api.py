@@ -37,6 +37,7 @@ import os
 import queue
 import random
 import resource
+import signal
 import statistics
 import socket
 import subprocess
@@ -245,7 +246,7 @@ def serve(url: str, workers: int = 1, tree: Path = ROOT) -> tuple[subprocess.Pop
                                "127.0.0.1", "--port", str(port), "--workers", str(workers)],
                               env={**os.environ, "CIM_DATABASE_URL": url, "PYTHONPATH": str(tree),
                                    "CIM_CASE_ATTACHMENTS": str(WORK / "case-photos")},
-                              cwd=tree, stdout=log, stderr=subprocess.STDOUT)
+                              cwd=tree, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 120
     while True:
         try:
@@ -257,6 +258,17 @@ def serve(url: str, workers: int = 1, tree: Path = ROOT) -> tuple[subprocess.Pop
         if server.poll() is not None or time.monotonic() > deadline:
             raise SystemExit(f"cim serve did not come up; see {WORK / 'cases_serve.log'}")
         time.sleep(0.3)
+
+
+def stop(server: subprocess.Popen) -> None:
+    """Stop a server of :func:`serve` and its workers: a server still working off a backlog (an open loop
+    offered more than it could answer) gets 30 s to finish, then its process group is killed."""
+    server.terminate()
+    try:
+        server.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(30)
 
 
 def main() -> None:
@@ -351,8 +363,7 @@ def main() -> None:
                                         cpu_seconds(postmaster) - cpu0[1], client, total,
                                         time.perf_counter() - started, (load, os.getloadavg()[0])))
             finally:
-                server.terminate()
-                server.wait(30)
+                stop(server)
         with engine.connect() as conn:
             share = conn.execute(sa.text(
                 "SELECT count(*) FILTER (WHERE status = 'dispatched')::float / nullif(count(*) FILTER "
