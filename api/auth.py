@@ -70,6 +70,13 @@ class VerifiedKeys:
         self.ttl_s = ttl_s
         self._entries: dict[str, tuple[float, ApiKey]] = {}
 
+    def fresh(self, key: str) -> ApiKey | None:
+        """The key's record if it was verified lately (no database, no I/O: answered on the event loop), else None."""
+        entry = self._entries.get(hash_key(key))
+        if entry is not None and entry[0] > time.monotonic():
+            return entry[1]
+        return None
+
     def get(self, engine: Engine, key: str, tokens: TokenVerifier | None = None) -> ApiKey | None:
         digest = hash_key(key)
         entry = self._entries.get(digest)
@@ -133,15 +140,28 @@ def authenticate(state: Any, key: str | None) -> ApiKey:
     return record
 
 
+async def authenticate_async(state: Any, key: str | None) -> ApiKey:
+    """:func:`authenticate` from the event loop: a key verified lately is answered there (a hash and a dictionary
+    look-up), only one that needs the database (or a token verifier) goes to a worker thread: a thread hop
+    costs far more CPU than that check, and a request with a key made two (the access middleware, then the
+    route's key dependency)."""
+    cache = state.verified_keys
+    if key is not None and cache is not None:
+        record = cache.fresh(key)
+        if record is not None:
+            return record
+    return await run_in_threadpool(authenticate, state, key)
+
+
 def require_role(role: str) -> Callable[..., ApiKey]:
     """A FastAPI dependency admitting keys of at least ``role``; it returns the key's record."""
     check_role(role)
 
-    def dependency(request: Request,
-                   x_api_key: str | None = Security(_api_key_header),
-                   bearer: HTTPAuthorizationCredentials | None = Security(_bearer)) -> ApiKey:
+    async def dependency(request: Request,
+                         x_api_key: str | None = Security(_api_key_header),
+                         bearer: HTTPAuthorizationCredentials | None = Security(_bearer)) -> ApiKey:
         key = key_from_headers(x_api_key, f"Bearer {bearer.credentials}" if bearer else None)
-        record = authenticate(request.app.state.cim, key)
+        record = await authenticate_async(request.app.state.cim, key)
         if not role_allows(record.role, role):
             raise _forbidden(role, record)
         request.state.api_key = record
@@ -171,7 +191,7 @@ def key_first_route(role: str) -> type[APIRoute]:
 
             async def key_checked(request: Request) -> Response:
                 key = key_from_headers(request.headers.get("x-api-key"), request.headers.get("authorization"))
-                record = await run_in_threadpool(authenticate, request.app.state.cim, key)
+                record = await authenticate_async(request.app.state.cim, key)
                 if not role_allows(record.role, role):
                     raise _forbidden(role, record)
                 return await handler(request)
@@ -210,7 +230,7 @@ class ReadAccessMiddleware:
         required = state.deployment.api_read_key_required and scope["method"] != "OPTIONS"
         if not _is_open(scope["path"]) and (key is not None or required):
             try:
-                record = await run_in_threadpool(authenticate, state, key)
+                record = await authenticate_async(state, key)
             except Problem as exc:  # middleware runs outside the exception handlers: answer directly
                 response = problem_response(request, exc.status, exc.title, exc.detail, headers=exc.headers)
                 await response(scope, receive, send)

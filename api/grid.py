@@ -18,7 +18,7 @@ from api.responses import OrjsonResponse
 from cim.crs import CrsSpec, resolve_parameter
 from cases.model import mask
 from cim.audit import record_unmasked_read
-from cim.grid import MAX_POINTS, GridAnswer, Responsibility, answers_to_dicts, lookup_points
+from cim.grid import MAX_POINTS, GridAnswer, Responsibility, answers_to_dicts, as_stored, lookup_points
 from cim.jurisdiction import current_scope, statements_scoped
 
 router = APIRouter(tags=["grid"])
@@ -72,11 +72,11 @@ def _answer(request: Request, lons: list[float], lats: list[float], crs: CrsSpec
     trip, :func:`cim.jurisdiction.statements_scoped`) and through the prepared statement (no planning). The
     answer is JSON-ready dicts already: it is sent as it is, not validated again against the route's ``dict``."""
     state = get_state(request)
+    personal = current_scope().personal_data
     with statements_scoped(state.engine.connect()) as conn:
-        answers = lookup_points(conn, lons, lats, crs, state.settings, prepared=True)
-    if not current_scope().personal_data:
-        answers = masked(answers)
-    elif any(p.contact for a in answers for r in a.responsibility for p in r.persons):
+        answers = lookup_points(conn, lons, lats, crs, state.settings, prepared=True,
+                                contact=as_stored if personal else mask)
+    if personal and any(p.contact for a in answers for r in a.responsibility for p in r.persons):
         record_unmasked_read(state.engine, "persons", {"grids": sorted({a.grid.code for a in answers if a.grid})})
     return OrjsonResponse({"results": answers_to_dicts(answers)})
 

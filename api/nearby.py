@@ -16,6 +16,7 @@ from api.limits import MAX_CRS_CHARS, MAX_FILTER_CHARS, MAX_NAME_CHARS
 from api.problems import bad_parameter
 from api.responses import GeoJsonResponse
 from cim.cql import compile_filter
+from cim.jurisdiction import statements_scoped
 from cim.registry import layer_table
 from cim.spatial import DEFAULT_K, DEFAULT_RADIUS_M, MAX_K, MAX_RADIUS_M, nearby, to_storage
 
@@ -53,7 +54,10 @@ def nearby_features(
     if not (math.isfinite(xs[0]) and math.isfinite(ys[0])):
         raise bad_parameter("lon", f"the point ({lon}, {lat}) cannot be expressed in the storage CRS "
                                    f"EPSG:{state.settings.srid}")
-    with state.engine.connect() as conn:
+    # each statement its own transaction with the caller's scope in front (one round trip each, no BEGIN, scope
+    # statement or ROLLBACK of their own): the search is one statement, or two when the k-th nearest reaches
+    # a neighbouring district (cim.spatial.nearby), and reads only
+    with statements_scoped(state.engine.connect()) as conn:
         hits = nearby(conn, found, float(xs[0]), float(ys[0]), z, state.settings.srid,
                       radius_m=radius, k=k, where=where)
     return GeoJsonResponse({"type": "FeatureCollection", "numberReturned": len(hits),

@@ -47,7 +47,7 @@ from cases.calendar import LOCAL  # noqa: E402
 from cases.catalogue import all_classes  # noqa: E402
 from cases.evaluation import UNITS, evaluate  # noqa: E402
 from cases.importer import import_cases  # noqa: E402
-from cim.bootstrap import initialise  # noqa: E402
+from cim.bootstrap import downgrade, initialise  # noqa: E402
 from cim.database import database_url, dispose_engines, engine_for  # noqa: E402
 
 WORK = ROOT / "benchmarks" / "work"
@@ -231,16 +231,18 @@ def database_cpu(url: str) -> float:
 
 
 def import_before_after(server: str, template: str, src: Path, before: Path, runs: int,
-                        dbs: list[str]) -> list[dict]:
+                        dbs: list[str], before_template: str | None = None) -> list[dict]:
     """`cim cases import` of the same file end to end, from this checkout and from ``before``, in turns
-    (which goes first alternating), each into a fresh copy of the template: wall, CPU of the command,
-    CPU of the database server, load."""
+    (which goes first alternating), each into a fresh copy of the template (``before``'s into a copy of
+    ``before_template`` when given: the schema it was written for): wall, CPU of the command, CPU of the
+    database server, load."""
     out = []
     for run in range(runs):
         order = [("this checkout", None), ("before", before)]
         for label, tree in (order if run % 2 == 0 else order[::-1]):
             name = f"casebench_ba_{uuid.uuid4().hex[:6]}"
-            url = create_database(server, name, template)
+            url = create_database(server, name, before_template if tree is not None and before_template
+                                  else template)
             dbs.append(name)
             load = os.getloadavg()[0]
             cpu, db_cpu = cpu_of_children(), database_cpu(url)
@@ -396,6 +398,9 @@ def main() -> None:
     parser.add_argument("--before", type=Path, help="only: `cim cases import` end to end from this checkout and "
                         "from another (e.g. the base commit unpacked by git archive), in turns, --runs times each")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--before-revision", help="with --before: its imports go into a copy of the sample city "
+                        "migrated down to this revision (the schema the before tree was written for, e.g. "
+                        "0010_case_import)")
     args = parser.parse_args()
     WORK.mkdir(exist_ok=True)
     server = database_url()
@@ -415,8 +420,14 @@ def main() -> None:
             rows = hotline_rows(engine_for(url), args.cases, args.seed)
             dispose_engines()
             src = write_csv(WORK / "cases_import.csv", rows)
+            before_template = None
+            if args.before_revision:
+                before_template = f"{template}_before"
+                dbs.append(before_template)
+                downgrade(engine_for(create_database(server, before_template, template)), args.before_revision)
+                dispose_engines()
             table = render_before_after(import_before_after(server, template, src, args.before.resolve(), args.runs,
-                                                            dbs), args.cases)
+                                                            dbs, before_template), args.cases)
             print(table)
             return
         imp = measure_import(server, template, args.cases, args.single, args.seed, dbs) \

@@ -7,7 +7,8 @@ each variant in a transaction rolled back, rounds alternating; reported as the C
 Run by hand (not a test):
   .venv/bin/python benchmarks/cases_copy_variants.py SOURCE_URL TARGET_URL [--rounds N] [--variants A,B]
   SOURCE_URL: a base `benchmarks/cases.py --keep` imported into (e.g. casebench_batch_…)
-  TARGET_URL: a fresh copy of its template (the sample city, no cases), on the same server as this process
+  TARGET_URL: a fresh copy of its template (the sample city, no cases), on the same server as this process, at
+              revision 0010_case_import (``benchmarks/cases.py --before-revision`` keeps one: its …_before)
 """
 from __future__ import annotations
 
@@ -17,6 +18,21 @@ import os
 import statistics
 
 import psycopg2
+
+from importlib.util import module_from_spec, spec_from_file_location
+from pathlib import Path
+
+
+def _migration_0011():  # noqa: ANN202 (a module)
+    """Migration 0011_case_keys, for its statements (the keys checked once per statement by trigger)."""
+    path = Path(__file__).resolve().parents[1] / "cim" / "migrations" / "versions" / "0011_case_keys.py"
+    spec = spec_from_file_location("migration_0011_case_keys", path)
+    module = module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+_M0011 = _migration_0011()
 
 CASE_COLUMNS = (
     "id, channel, external_id, class_code, urgency, description, address_text, geocode, district_code, "
@@ -29,7 +45,7 @@ INDEXES = ["ix_cases_class_reported", "ix_cases_geom", "ix_cases_manual", "ix_ca
 VARIANTS: dict[str, list[str]] = {
     "as now": [],
     "no layer trigger": ["ALTER TABLE cases DISABLE TRIGGER cases_bump_layer_version"],
-    "trigger WHEN, skipped": [
+    "trigger WHEN skipped": [
         "DROP TRIGGER cases_bump_layer_version ON cases",
         "CREATE CONSTRAINT TRIGGER cases_bump_layer_version AFTER INSERT OR UPDATE OR DELETE ON cases DEFERRABLE "
         "INITIALLY DEFERRED FOR EACH ROW WHEN (current_setting('cim.case_features_bumped', true) IS DISTINCT FROM "
@@ -40,6 +56,15 @@ VARIANTS: dict[str, list[str]] = {
     "bare (no trig, no FKs)": ["ALTER TABLE cases DISABLE TRIGGER cases_bump_layer_version",
                                "ALTER TABLE case_events DROP CONSTRAINT case_events_case_id_fkey",
                                "ALTER TABLE cases DROP CONSTRAINT cases_class_code_fkey"],
+    # migration 0011_case_keys (the TARGET must be at 0010_case_import, with the two foreign keys)
+    "keys by statement (0011)": ["ALTER TABLE case_events DROP CONSTRAINT case_events_case_id_fkey",
+                                 "ALTER TABLE cases DROP CONSTRAINT cases_class_code_fkey", _M0011._FUNCTIONS,
+                                 *[sql for key in _M0011.KEYS for sql in _M0011._triggers(*key)]],
+    "keys by statement + trigger WHEN skipped (0011 as the import runs)": [
+        "ALTER TABLE case_events DROP CONSTRAINT case_events_case_id_fkey",
+        "ALTER TABLE cases DROP CONSTRAINT cases_class_code_fkey", _M0011._FUNCTIONS,
+        *[sql for key in _M0011.KEYS for sql in _M0011._triggers(*key)],
+        "SELECT set_config('cim.case_features_bumped', '1', true)"],
     **{f"no {index}": [f"DROP INDEX {index}"] for index in INDEXES},
 }
 CASE_CHUNK, EVENT_CHUNK = 2000, 6000  # the import's chunk: 2,000 cases and their ~3 log rows each

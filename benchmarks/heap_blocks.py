@@ -17,9 +17,9 @@ import psycopg2
 
 _NEAREST = """SELECT count(DISTINCT (tableoid, (ctid::text::point)[0])) FROM (
     SELECT tableoid, ctid FROM parts WHERE valid_to IS NULL
-    ORDER BY geom <-> ST_SetSRID(ST_MakePoint(%(x)s, %(y)s), ST_SRID(geom)) LIMIT 100) s"""
+    ORDER BY geom <-> ST_SetSRID(ST_MakePoint(%(x)s, %(y)s), %(srid)s) LIMIT 100) s"""
 _BOX = """SELECT count(*), count(DISTINCT (tableoid, (ctid::text::point)[0])) FROM parts WHERE valid_to IS NULL
-    AND geom && ST_MakeEnvelope(%(x)s - %(h)s, %(y)s - %(h)s, %(x)s + %(h)s, %(y)s + %(h)s, Find_SRID(current_schema()::text, 'parts', 'geom'))"""
+    AND geom && ST_MakeEnvelope(%(x)s - %(h)s, %(y)s - %(h)s, %(x)s + %(h)s, %(y)s + %(h)s, %(srid)s)"""
 
 
 def places(url: str, n: int) -> list[tuple[float, float]]:
@@ -32,10 +32,13 @@ def places(url: str, n: int) -> list[tuple[float, float]]:
 def measure(url: str, at: list[tuple[float, float]], box_m: float) -> str:
     nearest, rows, blocks = [], [], []
     with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        # the SRID as a constant: `<->` against an expression of the row (ST_SRID(geom)) cannot use the index
+        cur.execute("SELECT Find_SRID(current_schema()::text, 'parts', 'geom')")
+        srid = cur.fetchone()[0]
         for x, y in at:
-            cur.execute(_NEAREST, {"x": x, "y": y})
+            cur.execute(_NEAREST, {"x": x, "y": y, "srid": srid})
             nearest.append(cur.fetchone()[0])
-            cur.execute(_BOX, {"x": x, "y": y, "h": box_m / 2})
+            cur.execute(_BOX, {"x": x, "y": y, "h": box_m / 2, "srid": srid})
             n, b = cur.fetchone()
             rows.append(n)
             blocks.append(b)

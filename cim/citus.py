@@ -109,6 +109,11 @@ def _assemble_overlay(paths: dict[str, Path]) -> Path:
     return bindir
 
 
+#: Citus nodes keep PostgreSQL's default whatever CIM_DB_WAL_LEVEL says: a distributed deployment is the one
+#: that needs standbys and shard moves (the latter replicate, which minimal forbids); its loads are not staged
+CITUS_WAL_LEVEL = "replica"
+
+
 def _node_conf() -> str:
     # citus.enable_statistics_collection: no usage reports (the build has no libcurl anyway);
     # max_connections: the coordinator opens connections to every worker per parallel query;
@@ -164,11 +169,12 @@ class CitusCluster:
         password = None
         if coordinator.statefile.exists():
             password = coordinator.state()["password"]
-        url = coordinator.up(bindir=bindir, extra_conf=conf, password=password)
+        url = coordinator.up(bindir=bindir, extra_conf=conf, password=password, wal_level=CITUS_WAL_LEVEL)
         password = coordinator.state()["password"]
         coordinator.update_state(citus_workers=self.workers)
         for index in range(1, self.workers + 1):
-            self.worker(index).up(bindir=bindir, extra_conf=conf, password=password)
+            self.worker(index).up(bindir=bindir, extra_conf=conf, password=password,
+                                    wal_level=CITUS_WAL_LEVEL)
         self._register(password)
         return url
 

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cim.config import cim_home
+from cim.config import cim_home, settings
 from cim.errors import UserError
 
 SUPERUSER = "cim"
@@ -188,14 +188,17 @@ class Cluster:
         bindir = Path(self._state()["bindir"])
         return self._run_pg([str(bindir / "pg_ctl"), "-D", str(self.datadir), "status"], check=False).returncode == 0
 
-    def up(self, bindir: Path | None = None, extra_conf: str = "", password: str | None = None) -> str:
+    def up(self, bindir: Path | None = None, extra_conf: str = "", password: str | None = None,
+           wal_level: str | None = None) -> str:
         """Create (first time) and start the cluster, make the database with PostGIS; return its URL.
-        The arguments are for a new cluster's initdb (see :meth:`initialise`)."""
+        ``bindir``, ``extra_conf`` and ``password`` are for a new cluster's initdb (see :meth:`initialise`);
+        ``wal_level`` (default: the ``CIM_DB_WAL_LEVEL`` setting) is written before each start."""
         if not (self.datadir / "PG_VERSION").exists():
             if self.datadir.exists():
                 shutil.rmtree(self.datadir)
             self.initialise(bindir, extra_conf, password)
         if not self.is_running():
+            self._set_wal_level(wal_level or settings().db_wal_level)
             st = self._state()
             # the port recorded at initdb may have been taken meanwhile by someone else: move to a free one
             if not _port_is_free(st["port"]):
@@ -207,6 +210,18 @@ class Cluster:
                           "-w", "-t", "60", "start"])
         self._ensure_database()
         return self.url()
+
+    def _set_wal_level(self, level: str) -> None:
+        """Write ``wal_level`` (and what it needs) into the cluster's configuration, replacing an earlier
+        value: a cluster made before the setting existed (no line: PostgreSQL's default, replica) takes it at
+        this start. Why minimal by default: a first load creates its staged tables in the transaction that
+        COPYs them, and an index build makes a new file, so with minimal neither writes WAL (their files are
+        synced at commit instead); minimal needs max_wal_senders = 0 (no standby can connect)."""
+        wanted = {"wal_level": f"'{level}'", "max_wal_senders": "0" if level == "minimal" else "10"}
+        conf = self.datadir / "postgresql.auto.conf"
+        lines = [line for line in conf.read_text().splitlines()
+                 if line.split("=")[0].strip() not in wanted]
+        conf.write_text("\n".join([*lines, *(f"{k} = {v}" for k, v in wanted.items())]) + "\n")
 
     def _move_to_port(self, port: int) -> dict:
         """Listen on ``port`` from now on (the server's own setting and the URL we hand out); the new state."""

@@ -49,6 +49,10 @@ ACTIVITY_TABLES = ("cases", "case_events", "iot_readings")
 DISTRIBUTED_TABLES = (*DISTRICT_PARTITIONED, *ACTIVITY_TABLES)
 #: their primary key on Citus, which enforces uniqueness only with the distribution column (on one node: ``id``)
 CITUS_KEYS = {"cases": ("id", DISTRIBUTION_COLUMN), "case_events": ("id", DISTRIBUTION_COLUMN)}
+#: the keys a single-node base checks once per statement by trigger instead (migration 0011_case_keys): Citus
+#: gets them back as plain foreign keys (co-located through the district below) when a base is placed on it
+TRIGGER_CHECKED_KEYS = (("case_events", "case_events_case_id_fkey", "FOREIGN KEY (case_id) REFERENCES cases(id)"),
+                        ("cases", "cases_class_code_fkey", "FOREIGN KEY (class_code) REFERENCES case_classes(code)"))
 #: shards per distributed table: a multiple of the workers of a 3-machine deployment (docs/citus.md)
 SHARD_COUNT = 32
 
@@ -113,6 +117,8 @@ def distribute(conn: Connection) -> list[str]:
     conn.execute(sa.text("SET LOCAL citus.multi_shard_modify_mode TO 'sequential'"))
     managed = [t for t in wanted if _exists(conn, t)]
     foreign_keys = _drop_foreign_keys(conn, managed)
+    named = {(table, name) for table, name, _ in foreign_keys}
+    foreign_keys += [key for key in TRIGGER_CHECKED_KEYS if key[:2] not in named and key[0] in managed]
     changes: list[str] = []
     for table in todo:
         _drop_triggers(conn, table)

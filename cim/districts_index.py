@@ -30,9 +30,9 @@ import math
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
-import shapely
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
@@ -44,6 +44,9 @@ from cim.jurisdiction import current_scope
 from cim.kept import Kept
 from cim.registry import Layer
 from cim.schema import ENRICHED
+
+if TYPE_CHECKING:  # imported where the index is built or asked: not every importer of this module needs GEOS
+    import shapely
 
 __all__ = ["NO_DISTRICT", "Box", "Districts", "districts_touching", "grown", "storage_box"]
 
@@ -127,6 +130,8 @@ class _Index:
             return self._touching(box)
 
     def _touching(self, box: Box) -> tuple[str, ...]:
+        import shapely
+
         minx, miny, maxx, maxy = box
         if minx == maxx and miny == maxy:
             shape = shapely.Point(minx, miny)
@@ -176,6 +181,8 @@ _POLYGONS = sa.text("SELECT code, ST_AsBinary(ST_Force2D(geom)) FROM districts "
 
 
 def _read_index(conn: Connection) -> _Index | None:
+    import shapely
+
     rows = conn.execute(_POLYGONS).all()
     if not rows:
         return None

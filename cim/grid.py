@@ -19,7 +19,7 @@ consistent, and the same point always gets the same answer.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
@@ -228,12 +228,21 @@ _PREPARED_KEY = "cim_prepared_statements"
 _RESPONSIBILITY_SQL = _CHAINS_SQL.format(codes="SELECT unnest(CAST(:codes AS text[]))")
 
 
-def _chain(rows: list[dict[str, Any]] | None) -> tuple[Responsibility, ...]:
+#: how a caller shows a responsible person's contact (e.g. ``cases.model.mask``), applied as a chain is built
+ContactView: TypeAlias = Callable[[str | None], str | None]
+
+
+def as_stored(contact: str | None) -> str | None:
+    """A contact shown as stored (the default :data:`ContactView`)."""
+    return contact
+
+
+def _chain(rows: list[dict[str, Any]] | None, contact: ContactView = as_stored) -> tuple[Responsibility, ...]:
     return tuple(
         Responsibility(
             post=Area(r["post_code"], r["post_name"]),
             department=Department(r["department_code"], r["department_name"], tuple(r["handles"] or ())),
-            persons=tuple(Person(p["name"], p["contact"]) for p in r["persons"]),
+            persons=tuple(Person(p["name"], contact(p["contact"])) for p in r["persons"]),
         )
         for r in rows or ()
     )
@@ -278,7 +287,8 @@ def _execute_prepared(conn: Connection, params: dict[str, Any]) -> list[Any]:
 
 def lookup_points(conn: Connection, xs: Sequence[float] | np.ndarray, ys: Sequence[float] | np.ndarray,
                   crs: CrsSpec | str | int = "EPSG:4326",
-                  settings: BaseSettings | None = None, *, prepared: bool = False) -> list[GridAnswer]:
+                  settings: BaseSettings | None = None, *, prepared: bool = False,
+                  contact: ContactView = as_stored) -> list[GridAnswer]:
     """District/street/community/grid and responsibility for each point, in input order.
 
     ``xs``/``ys`` are longitude/latitude (or easting/northing) in ``crs``; at most
@@ -288,6 +298,8 @@ def lookup_points(conn: Connection, xs: Sequence[float] | np.ndarray, ys: Sequen
     transaction (see ``_LOOKUP_SQL``). ``prepared``: up to :data:`PREPARED_MAX_POINTS` points are answered by
     the statement prepared on ``conn`` (prepared on its first use there), which also asks for generic plans
     for the rest of the transaction: for callers whose transaction does nothing else (see ``_PREPARE_SQL``).
+    ``contact``: how the responsible persons' contacts are shown (masked for a caller who may not read them),
+    applied as each chain is built: copying every person of every chain afterwards cost more than building it.
     """
     if len(xs) > MAX_POINTS:
         raise ParameterError("points", f"points: at most {MAX_POINTS:,} points per lookup, got {len(xs):,}; split the batch")
@@ -315,7 +327,7 @@ def lookup_points(conn: Connection, xs: Sequence[float] | np.ndarray, ys: Sequen
     for grid_code, grid_name, community_code, community_name, street_code, street_name, \
             district_code, district_name, chain in rows:
         if chain is not None:  # the first row of its grid (rows come in input order)
-            chains[grid_code] = _chain(orjson.loads(chain))
+            chains[grid_code] = _chain(orjson.loads(chain), contact)
         answers.append(GridAnswer(district=area(district_code, district_name),
                                   street=area(street_code, street_name),
                                   community=area(community_code, community_name),

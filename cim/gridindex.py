@@ -22,6 +22,7 @@ LEVELS = (("district_code", "districts", "code"), ("street_code", "streets", "co
 class _Level:
     codes: np.ndarray
     tree: shapely.STRtree | None
+    geoms: np.ndarray  # the tree's polygons, prepared
 
 
 class GridIndex:
@@ -41,7 +42,7 @@ class GridIndex:
             geoms = shapely.from_wkb([bytes(r[1]) for r in rows]) if rows else np.array([], dtype=object)
             if len(geoms):
                 shapely.prepare(geoms)
-            levels[column] = _Level(codes=codes, tree=shapely.STRtree(geoms) if len(geoms) else None)
+            levels[column] = _Level(codes=codes, tree=shapely.STRtree(geoms) if len(geoms) else None, geoms=geoms)
         return cls(levels)
 
     @property
@@ -54,7 +55,12 @@ class GridIndex:
         for column, level in self._levels.items():
             result = np.full(len(points), None, dtype=object)
             if level.tree is not None and len(points):
-                point_idx, poly_idx = level.tree.query(points, predicate="covered_by")
+                # the tree's boxes, then the exact test on the prepared polygon: a point is covered by a polygon
+                # exactly when it intersects it (boundary included), and the prepared intersects is 3-4x
+                # cheaper than the tree's own per-point covered_by, which prepares nothing (docs/benchmarks.md)
+                point_idx, poly_idx = level.tree.query(points)
+                hit = shapely.intersects(level.geoms[poly_idx], points[point_idx])
+                point_idx, poly_idx = point_idx[hit], poly_idx[hit]
                 if len(point_idx):
                     # codes are sorted, so the smallest polygon index is the smallest code
                     order = np.lexsort((poly_idx, point_idx))

@@ -15,7 +15,6 @@ import hashlib
 from collections.abc import Mapping
 
 import sqlalchemy as sa
-from geoalchemy2 import Geometry
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
 #: the code lists the schema enforces; loaders validate against the same tuples before COPY
@@ -84,7 +83,17 @@ def _grid_columns(partitioned: bool = False) -> list[sa.Column]:
     ]
 
 
+def _geometry() -> type:
+    """GeoAlchemy2's column type, imported when a table is built, not with this module: its import (with the
+    SQLAlchemy dialects and Shapely it loads) was a third of ``cim cases import``'s start-up, which reads only
+    this module's constants (the partition column, the empty district)."""
+    from geoalchemy2 import Geometry
+
+    return Geometry
+
+
 def _feature_table(metadata: sa.MetaData, name: str, srid: int, *columns: sa.Column) -> sa.Table:
+    Geometry = _geometry()
     geometry_type = FEATURE_TABLES[name]
     partitioned = name in DISTRICT_PARTITIONED
     enrichment = _grid_columns(partitioned) if name in ENRICHED else []
@@ -354,6 +363,7 @@ VIEW_LAYERS: dict[str, str] = {"case_features": "POINTZ", "alert_features": "POI
 def build_views(srid: int) -> sa.MetaData:
     """The published views as SQLAlchemy tables to query: the layer columns every feature table has,
     then their own (``case_features``: migration 0005, over the ``cases`` table of 0004)."""
+    Geometry = _geometry()
     md = sa.MetaData()
     sa.Table(
         "case_features", md,

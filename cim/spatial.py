@@ -19,6 +19,7 @@ Distances are in the storage CRS's metres; the point is transformed there first
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -81,18 +82,46 @@ def nearby_select(layer: Layer, srid: int, x: float, y: float, z: float | None, 
     ``where`` is an extra condition on :func:`layer_table` — e.g. from ``cim.cql.compile_filter``,
     which binds every value; ``districts`` confines the search to those districts' rows.
     """
+    shape = _district_shape(layer, srid, districts)
+    query = _nearby_query(layer, srid, z is not None, shape, where)
+    return query.params(_nearby_values(x, y, z, radius_m, k, districts if shape is not None else None))
+
+
+def _district_shape(layer: Layer, srid: int, districts: Districts | None) -> bool | None:
+    """How the statement names districts: None (it does not), False (codes), True (codes or no code)."""
+    if districts is None or DISTRIBUTION_COLUMN not in layer_table(layer, srid).c:
+        return None
+    return districts.with_null
+
+
+def _nearby_values(x: float, y: float, z: float | None, radius_m: float, k: int,
+                   districts: Districts | None) -> dict[str, Any]:
+    values: dict[str, Any] = {"nearby_x": float(x), "nearby_y": float(y), "nearby_radius": float(radius_m),
+                              "nearby_k": int(k)}
+    if z is not None:
+        values["nearby_z"] = float(z)
+    if districts is not None:
+        values["nearby_districts"] = list(districts.codes)
+    return values
+
+
+def _nearby_query(layer: Layer, srid: int, three_d: bool, districts: bool | None,
+                  where: sa.ColumnElement | None) -> sa.Select:
+    """The statement of one shape, its values bound by name (:func:`_nearby_values`)."""
     table = layer_table(layer, srid)
     geom = table.c.geom
-    if z is None:
-        point = sa.func.ST_SetSRID(sa.func.ST_MakePoint(float(x), float(y)), srid)
+    x, y = sa.bindparam("nearby_x", type_=sa.Float), sa.bindparam("nearby_y", type_=sa.Float)
+    radius = sa.bindparam("nearby_radius", type_=sa.Float)
+    if not three_d:
+        point = sa.func.ST_SetSRID(sa.func.ST_MakePoint(x, y), srid)
         # ORDER BY the bare `<->` so PostgreSQL can rank by the 2D GiST index (KNN). The box test is spelled
         # out (see the 3D case): on a partitioned layer under the API's policies the planner otherwise read
         # every partition sequentially rather than merge one KNN scan per partition
-        box = sa.func.ST_Expand(point, float(radius_m))
-        within = sa.and_(geom.op("&&")(box), sa.func.ST_DWithin(geom, point, float(radius_m)))
+        box = sa.func.ST_Expand(point, radius)
+        within = sa.and_(geom.op("&&")(box), sa.func.ST_DWithin(geom, point, radius))
         distance, order = sa.func.ST_Distance(geom, point), geom.op("<->")(point)
     else:
-        point = sa.func.ST_SetSRID(sa.func.ST_MakePoint(float(x), float(y), float(z)), srid)
+        point = sa.func.ST_SetSRID(sa.func.ST_MakePoint(x, y, sa.bindparam("nearby_z", type_=sa.Float)), srid)
         # ST_3DDWithin's own `&&& ST_Expand(point, r)` comes from its support function, which under the API's
         # row-level security may not drive an index scan (not LEAKPROOF): the box test is spelled out, as
         # cim.selection does for bbox (&&& is marked LEAKPROOF by migration 0006_jurisdiction). Without it every
@@ -100,8 +129,8 @@ def nearby_select(layer: Layer, srid: int, x: float, y: float, z: float | None, 
         distance = sa.func.ST_3DDistance(geom, point)
         # ranked by the N-D KNN operator, the same distance (see the module's notes), so the N-D GiST returns
         # rows nearest first and the LIMIT stops the scan; ORDER BY the distance read every row in the box
-        box = sa.func.ST_Expand(point, float(radius_m))
-        within = sa.and_(geom.op("&&&")(box), sa.func.ST_3DDWithin(geom, point, float(radius_m)))
+        box = sa.func.ST_Expand(point, radius)
+        within = sa.and_(geom.op("&&&")(box), sa.func.ST_3DDWithin(geom, point, radius))
         order = geom.op("<<->>")(point)
     columns = [sa.cast(table.c.feature_id, sa.Text).label("_feature_id"),
                sa.cast(sa.func.ST_AsGeoJSON(sa.func.ST_Transform(geom, 4326), 9), JSON).label("_geometry"),
@@ -110,9 +139,16 @@ def nearby_select(layer: Layer, srid: int, x: float, y: float, z: float | None, 
     query = sa.select(*columns).where(table.c.valid_to.is_(None), within)
     if where is not None:
         query = query.where(where)
-    if districts is not None and DISTRIBUTION_COLUMN in table.c:
-        query = query.where(districts.clause(table.c[DISTRIBUTION_COLUMN]))
-    return query.order_by(order).limit(int(k))
+    if districts is not None:
+        query = query.where(Districts((), districts).clause(table.c[DISTRIBUTION_COLUMN], "nearby_districts"))
+    return query.order_by(order).limit(sa.bindparam("nearby_k", type_=sa.Integer))
+
+
+# The statement of each shape built once: building it and computing SQLAlchemy's cache key of a new one cost
+# ~1 ms of the server's CPU on every /nearby (one object reused keeps its key). Keyed by the Layer (frozen: a new
+# version is a new key), so a reload is a new statement; a filter's statement is built each time (its values
+# are bound in it).
+_cached_nearby_query = functools.lru_cache(maxsize=256)(_nearby_query)
 
 
 def nearby(conn: Connection, layer: Layer, x: float, y: float, z: float | None, srid: int, *,
@@ -126,8 +162,11 @@ def nearby(conn: Connection, layer: Layer, x: float, y: float, z: float | None, 
         raise ParameterError("k", f"k: must be between 1 and {MAX_K}, got {k}")
 
     def search(radius: float, districts: Districts | None) -> list[NearbyFeature]:
-        rows = conn.execute(nearby_select(layer, srid, x, y, z, radius_m=radius, k=k, where=where,
-                                          districts=districts)).mappings()
+        shape = _district_shape(layer, srid, districts)
+        query = (_cached_nearby_query(layer, srid, z is not None, shape, None) if where is None
+                 else _nearby_query(layer, srid, z is not None, shape, where))
+        values = _nearby_values(x, y, z, radius, k, districts if shape is not None else None)
+        rows = conn.execute(query, values).mappings()
         return [NearbyFeature(feature_id=r["_feature_id"], geometry=r["_geometry"],
                               distance_m=float(r["_distance_m"]),
                               properties={name: value for name, value in r.items() if not name.startswith("_")})

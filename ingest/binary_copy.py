@@ -8,6 +8,7 @@ a value of any other type for a column that is not empty goes the text way (:fun
 """
 from __future__ import annotations
 
+import binascii
 import io
 
 import numpy as np
@@ -91,6 +92,12 @@ def _ewkb_bytes(ewkb: np.ndarray | None, n: int) -> pa.Array:
     if ewkb is None:
         return pa.nulls(n, type=pa.binary())
     hexes = np.asarray(ewkb, dtype=object)
+    if len(hexes) and isinstance(hexes[0], bytes):  # 3D points (ingest.merge._point_z_ewkb_hex): all ASCII bytes
+        lengths = np.fromiter(map(len, hexes), dtype=np.int64, count=len(hexes)) // 2
+        offsets = np.zeros(len(hexes) + 1, dtype=np.int32)
+        np.cumsum(lengths, out=offsets[1:])
+        return pa.Array.from_buffers(pa.binary(), len(hexes), [None, pa.py_buffer(offsets),
+                                                                pa.py_buffer(binascii.unhexlify(b"".join(hexes)))])
     present = ~pd.isna(hexes)
     text = np.where(present, hexes, "")
     lengths = np.fromiter(map(len, text), dtype=np.int64, count=len(text)) // 2

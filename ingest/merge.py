@@ -103,14 +103,17 @@ _POINT_Z_EWKB = np.dtype([("order", "u1"), ("type", "<u4"), ("srid", "<u4"), ("x
 
 def _point_z_ewkb_hex(points: np.ndarray, srid: int) -> np.ndarray:
     """What shapely.to_wkb writes for 3D points with an SRID (the same text, so content hashes do not change),
-    built as one array: 2.5 times faster, and a point layer's geometry is its biggest column."""
+    built as one array: 2.5 times faster, and a point layer's geometry is its biggest column. The values are
+    ASCII ``bytes``, not ``str``: the hash reads the same bytes (a ``str`` is encoded to them first), Arrow
+    takes them as text, and the binary COPY decodes them in one call — no 4-byte-per-character copy of the
+    batch's hex and no encoding per value on the way."""
     records = np.zeros(len(points), dtype=_POINT_Z_EWKB)
     records["order"] = 1  # little-endian
     records["type"] = 0xA0000001  # Point | has Z | has SRID
     records["srid"] = srid
     records["xyz"] = shapely.get_coordinates(points, include_z=True)
     text = records.tobytes().hex().upper().encode("ascii")
-    return np.frombuffer(text, dtype=f"S{2 * _POINT_Z_EWKB.itemsize}").astype(str).astype(object)
+    return np.frombuffer(text, dtype=f"S{2 * _POINT_Z_EWKB.itemsize}").astype(object)
 
 
 def content_hash(frame: pd.DataFrame, ewkb: np.ndarray | None) -> np.ndarray:

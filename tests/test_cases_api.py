@@ -402,3 +402,48 @@ def test_a_city_wide_group_is_written_as_the_owner_a_narrower_one_under_the_poli
         actors = set(conn.execute(sa.text("SELECT actor FROM audit_log WHERE object = 'cases' AND action = 'insert'"))
                      .scalars())
     assert {"热线对接", "徐汇区平台"} <= actors
+
+
+def test_a_verified_key_is_checked_without_a_worker_thread(client, city, monkeypatch):
+    """The access middleware and the route's key dependency answer a key verified lately on the event loop;
+    only a key that needs the database goes to a worker thread (a hop cost more CPU than the check)."""
+    import api.auth
+
+    hops: list[object] = []
+    real = api.auth.run_in_threadpool
+
+    async def counted(func, *args, **kwargs):  # noqa: ANN001, ANN202
+        hops.append(func)
+        return await real(func, *args, **kwargs)
+
+    monkeypatch.setattr(api.auth, "run_in_threadpool", counted)
+    with city.begin() as conn:
+        fresh = {"X-API-Key": create_key(conn, "reader", "a new key")[1]}
+    assert _report(client, fresh, address="汾阳路150号").status_code == 201
+    assert hops, "a key never seen must be looked up (in a worker thread)"
+    hops.clear()
+    answer = _report(client, fresh, address="汾阳路152号")
+    assert answer.status_code == 201 and hops == []
+    # an unknown key is still refused, and still looked up every time
+    wrong = {"X-API-Key": "not-a-key"}
+    assert _report(client, wrong).status_code == 401
+    assert hops
+
+
+def test_case_to_dict_equals_asdict_and_shares_the_nested_values(client, keys, city):
+    """``Case.to_dict`` gives what ``dataclasses.asdict`` gave (times as ISO text), without deep-copying the
+    geocode answer and the attributes (the copy cost more than the rest of an answer)."""
+    import dataclasses
+    from datetime import datetime
+
+    from cases.model import get_case
+
+    case_id = _report(client, keys["reader"], address="汾阳路150号", attributes={"a": [1, {"b": 2}]}).json()["id"]
+    with city.connect() as conn:
+        case = get_case(conn, case_id)
+    expected = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in dataclasses.asdict(case).items()}
+    expected["escalated_to"] = case.escalated_to
+    got = case.to_dict()
+    assert got == expected and list(got) == list(expected)
+    assert got["geocode"] is case.geocode and got["attributes"] is case.attributes
+    assert got["returned_departments"] is not case.returned_departments  # a list: the caller's own

@@ -430,3 +430,42 @@ def test_the_log_lines_written_straight_equal_the_log_rows_escaped(two_cities):
         conn.rollback()
     assert {row["status"] for row in p.case_rows} == {"dispatched", "registered"}
     assert p.event_lines == _lines(_events(p.case_rows, p.fresh, p.locs, p.classes, {}, p.now))
+
+
+def test_a_small_group_leaves_the_layer_bump_to_the_trigger(two_cities):
+    """A group of concurrent reports (fewer than SET_BASED_BUMP_ROWS) sends no statement of the set-based bump
+    (two round trips cost more than the trigger's queued calls for tens of rows) and the layer's version still
+    moves once with the commit; a chunk from SET_BASED_BUMP_ROWS on bumps it itself."""
+    from cases import batch
+    from cases.batch import intake_batch
+    from cases.intake import CaseReport
+
+    (_, engine), _ = two_cities
+    version = sa.text("SELECT version FROM layers WHERE table_name = 'case_features'")
+    statements: list[str] = []
+
+    def seen(conn, cursor, statement, *args) -> None:
+        statements.append(statement)
+
+    def reports(tag: str, n: int) -> list[CaseReport]:
+        return [CaseReport(channel="hotline_12345", class_code="道路破损", address_text=f"汾阳路{2 * k + 1}号",
+                           external_id=f"{tag}-{k}") for k in range(n)]
+
+    sa.event.listen(engine, "before_cursor_execute", seen)
+    try:
+        for tag, n, threshold in (("SMALL", 3, batch.SET_BASED_BUMP_ROWS), ("LARGE", 3, 3)):
+            with engine.connect() as conn:
+                v0 = conn.execute(version).scalar()
+            statements.clear()
+            saved, batch.SET_BASED_BUMP_ROWS = batch.SET_BASED_BUMP_ROWS, threshold
+            try:
+                with engine.begin() as conn:
+                    assert all(o.created for o in intake_batch(conn, reports(tag, n), now=NOW))
+            finally:
+                batch.SET_BASED_BUMP_ROWS = saved
+            bumps = [s for s in statements if "case_features_bumped" in s]
+            assert len(bumps) == (0 if tag == "SMALL" else 2), (tag, bumps)
+            with engine.connect() as conn:
+                assert conn.execute(version).scalar() == v0 + 1, tag
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", seen)

@@ -61,6 +61,13 @@ def test_init_makes_reference_and_co_located_distributed_tables(base):
     # reference tables, their small tables (rules, alerts, latest values, attachments) stay on the coordinator
     assert {placed["cases"], placed["case_events"], placed["iot_readings"]} == {"distributed"}
     assert placed["case_classes"] == "reference" and placed.get("iot_latest", "local") == "local"
+    # the log's key to its case and the class key stay plain foreign keys on Citus (one node checks them by
+    # statement-level trigger instead: migration 0011_case_keys), the first co-located through the district
+    keys = dict(_rows(base, "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE contype = 'f' "
+                            "AND conrelid IN ('cases'::regclass, 'case_events'::regclass)"))
+    assert keys.get("case_events_case_id_fkey") == ("FOREIGN KEY (case_id, district_code) REFERENCES "
+                                                    "cases(id, district_code)")
+    assert keys.get("cases_class_code_fkey") == "FOREIGN KEY (class_code) REFERENCES case_classes(code)"
     # a second init changes nothing
     assert "nothing to change" in run_cim("init", env=base.env).stdout
     status = run_cim("db", "status", env=base.env).stdout
@@ -117,6 +124,12 @@ def test_a_second_delivery_merges_and_keeps_history(base, tmp_path):
                           "WHERE source_id = :s ORDER BY fid", s=moved["properties"]["source_id"])
     assert [(d, current) for d, current, _, _ in history] == [(XUHUI, False), ("", True)]
     assert history[0][2] == history[1][2] and history[0][3] != history[1][3]  # one feature, two shards
+
+
+def test_reorder_is_refused_on_a_coordinator_with_a_clear_error(base):
+    refused = run_cim("ingest", "reorder", "parts", env=base.env, check=False)
+    assert refused.returncode != 0 and "Citus" in refused.stderr + refused.stdout, refused
+    assert "Traceback" not in refused.stderr
 
 
 @pytest.fixture(scope="module")

@@ -61,12 +61,16 @@ def test_help_lists_every_command_without_importing_a_command_module(tmp_path):
 
 def test_cases_import_leaves_the_other_edges_alone(tmp_path, db_url):
     rows = tmp_path / "one.csv"
-    rows.write_text("channel,class,address,external_id\nhotline_12345,暴露垃圾,火星路1号,LAZY-1\n", encoding="utf-8")
+    rows.write_text("channel,class,address,external_id,x,y\nhotline_12345,暴露垃圾,火星路1号,LAZY-1,,\n"
+                    "hotline_12345,暴露垃圾,,LAZY-2,121.437,31.2\n", encoding="utf-8")  # a text and a point
     proc, modules = _probe(tmp_path, "cases", "import", str(rows), db_url=db_url)
-    assert "1 read, 1 new" in proc.stdout, proc.stdout + proc.stderr
+    assert "2 read, 2 new" in proc.stdout, proc.stdout + proc.stderr
     assert "cases.cli" in modules and "cases.importer" in modules
     for edge in ("tiles", "scenarios", "ingest", "sensing", "vitals", "api"):
         assert not _imported(modules, edge), f"cim cases import imported {_imported(modules, edge)}"
+    # nor what it has no use for: the ORM, GeoAlchemy2 (cim.schema imports it only to build tables), GEOS
+    for heavy in ("geoalchemy2", "sqlalchemy.orm", "shapely", "pandas", "fastapi"):
+        assert heavy not in modules, f"cim cases import imported {heavy}"
 
 
 def test_the_table_is_what_each_module_registers():

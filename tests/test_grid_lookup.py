@@ -330,3 +330,42 @@ def test_prepared_lookup_answers_as_the_planned_one(engine, settings, city):
                                      prepared=True)
             conn.rollback()
             assert prepared == planned
+
+
+def test_the_loaders_grid_index_answers_as_the_lookup_edges_and_corners_included(engine, settings, city):
+    """The loader's in-memory enrichment (cim.gridindex: the tree's boxes, then the prepared intersects) gives
+    every point the codes the SQL lookup gives — inside, on a shared edge (smallest code), on the corner where
+    the levels' edges meet, on the outer edge, just outside and far outside."""
+    import shapely
+
+    from cim.gridindex import GridIndex
+
+    places = [(250, 500), (750, 500), (1250, 500), (500, 500), (0, 0), (1000, 0), (500, 1000), (700, 1500),
+              (2000, 500), (-0.001, 500), (0, 500), (5000, 5000)]
+    points = [city.at(*p) for p in places]
+    rng = np.random.default_rng(7)
+    points += [city.at(x, y) for x, y in zip(rng.uniform(-100, 3000, 200), rng.uniform(-100, 2100, 200))]
+    with engine.connect() as conn:
+        codes = GridIndex.load(conn).assign(shapely.points(points))
+    expected = _lookup(engine, settings, points)
+    for i, answer in enumerate(expected):
+        got = tuple(codes[c][i] for c in ("district_code", "street_code", "community_code", "grid_code"))
+        want = tuple(a.code if a else None for a in (answer.district, answer.street, answer.community, answer.grid))
+        assert got == want, (i, points[i], got, want)
+
+
+def test_contacts_are_shown_as_the_caller_may_see_them_as_chains_are_built(engine, settings, city):
+    """``contact=mask`` masks each contact as the chain is built (the API's answer for a caller without personal
+    data) and answers as masking the stored chain afterwards did; the default shows them as stored."""
+    from api.grid import masked
+    from cases.model import mask
+
+    points = [city.at(150, 150), city.at(750, 500), city.at(150, 150)]
+    with engine.connect() as conn:
+        stored = lookup_points(conn, [p[0] for p in points], [p[1] for p in points], "EPSG:4549", settings)
+        shown = lookup_points(conn, [p[0] for p in points], [p[1] for p in points], "EPSG:4549", settings,
+                              prepared=True, contact=mask)
+    assert shown == masked(stored) and shown != stored
+    assert stored[1].responsibility[0].persons[0].contact == "13800000001"
+    assert shown[1].responsibility[0].persons[0].contact == "138****0001"
+    assert shown[0].responsibility is shown[2].responsibility  # one chain per grid, shared by its points

@@ -46,6 +46,26 @@ def test_the_content_hash_is_still_pandas_hash_of_the_values_as_text():
     assert (content_hash(frame[["source_id", "name"]], None) == _definition(frame[["source_id", "name"]], None)).all()
 
 
+def test_3d_points_hex_ewkb_as_bytes_hash_and_encode_as_shapelys_text():
+    """The 3D points' hex EWKB is made as ASCII bytes (ingest.merge._point_z_ewkb_hex): the same text as
+    shapely's, the same content hash as that text's, the same EWKB bytes in the binary COPY."""
+    import shapely
+
+    from ingest.merge import ewkb_hex
+
+    rng = np.random.default_rng(11)
+    n = 300
+    points = shapely.points(rng.uniform(-1e5, 1e6, n), rng.uniform(0, 4e6, n), rng.uniform(-30, 600, n))
+    made = ewkb_hex(points, 4549)
+    assert all(isinstance(v, bytes) for v in made)
+    shapelys = shapely.to_wkb(shapely.set_srid(points, 4549), hex=True, include_srid=True, output_dimension=3)
+    assert [v.decode("ascii") for v in made] == list(shapelys)
+    frame = pd.DataFrame({"source_id": [f"P{i}" for i in range(n)]})
+    assert (content_hash(frame, made) == _definition(frame, shapelys)).all()
+    assert binary_copy._ewkb_bytes(made, n).equals(binary_copy._ewkb_bytes(shapelys.astype(object), n))
+    assert binary_copy._ewkb_bytes(made[5:9], 4).to_pylist() == [bytes.fromhex(v) for v in shapelys[5:9]]
+
+
 def test_the_attributes_json_of_text_columns_is_json_dumps_of_each_row():
     frame = pd.DataFrame({"x": ["645707.54", 'a"b', "c\\d", "e\nf", None, "中文", "\u2028", "ok"],
                           "名 字": [None] * 8, 7: ["1"] * 8})

@@ -246,3 +246,63 @@ def test_a_point_in_crs84_is_not_looked_up_in_the_epsg_database(monkeypatch):
             assert (xs[0], ys[0]) == (expected[0][0], expected[1][0])
     xs, ys = to_storage([500_000.0], [3_450_000.0], "EPSG:4549", 4549)  # the storage CRS itself: no transform
     assert (xs[0], ys[0]) == (500_000.0, 3_450_000.0)
+
+
+def test_nearby_route_is_one_round_trip_per_statement_in_the_callers_scope(engine, city):
+    """GET /nearby sends each search statement in autocommit with the caller's scope in front (no BEGIN, scope
+    statement or ROLLBACK of its own), reuses one built statement per shape (values bound, not built in), and
+    answers as the statement built afresh for those values does."""
+    from cim.config import override_settings
+
+    with override_settings(layer_cache_s=3600.0) as deployment:  # no registry or district-frame re-read in between
+        _one_round_trip_per_statement(engine, city, TestClient(create_app(engine, deployment)))
+
+
+def _one_round_trip_per_statement(engine, city, client) -> None:
+    from cim import spatial
+
+    reader = client.app.state.cim.engine
+    lon, lat = city.lonlat(200, 150)
+    params = {"layer": "pipelines", "lon": lon, "lat": lat, "z": -2, "radius": 10}
+    first = client.get("/nearby", params=params).json()
+    sent: list[tuple[str, bool]] = []
+
+    def note(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
+        sent.append((statement, cursor.connection.autocommit))
+
+    built = spatial._cached_nearby_query.cache_info()
+    sa.event.listen(reader, "before_cursor_execute", note)
+    try:
+        again = client.get("/nearby", params={**params, "lon": lon + 1e-6}).json()
+    finally:
+        sa.event.remove(reader, "before_cursor_execute", note)
+    kinds = [[f["properties"]["kind"] for f in answer["features"]] for answer in (first, again)]
+    assert kinds == [["燃气", "电力"]] * 2
+    searches = [(s, a) for s, a in sent if "pipelines" in s]
+    assert searches and len(sent) == len(searches), sent  # no statement of its own for BEGIN or the scope
+    for statement, autocommit in searches:
+        assert autocommit and statement.startswith("SELECT set_config('role', 'cim_api', true)"), statement
+    after = spatial._cached_nearby_query.cache_info()
+    assert after.hits > built.hits and after.misses == built.misses  # the same statement object, new values
+    with reader.connect() as conn:  # the pool's connection is transactional again
+        assert conn.connection.dbapi_connection.autocommit is False
+    # the reused statement answers as one built for these values (what the route did before)
+    layer = client.app.state.cim.layers()["pipelines"]
+    x, y = spatial.to_storage([lon], [lat], "EPSG:4326", 4549)
+    with engine.connect() as conn:
+        fresh = conn.execute(spatial.nearby_select(layer, 4549, float(x[0]), float(y[0]), -2.0, radius_m=10)).all()
+    assert [(r._feature_id, round(r._distance_m, 9)) for r in fresh] == \
+        [(f["id"], round(f["properties"]["distance_m"], 9)) for f in first["features"]]
+
+
+def test_nearby_waiting_for_a_lock_is_a_503_problem(engine, client, city):
+    """A search that waits longer than CIM_DB_READER_LOCK_TIMEOUT_MS for a lock (maintenance holding the table)
+    is answered 503 with a problem document, through the one error mapping, also in autocommit."""
+    lon, lat = city.lonlat(200, 150)
+    with engine.connect() as holder:
+        holder.execute(sa.text("LOCK TABLE pipelines IN ACCESS EXCLUSIVE MODE"))
+        r = client.get("/nearby", params={"layer": "pipelines", "lon": lon, "lat": lat, "z": -2})
+        holder.rollback()
+    assert r.status_code == 503 and r.headers["content-type"] == "application/problem+json", r.text
+    assert int(r.headers["retry-after"]) > 0
+    assert client.get("/nearby", params={"layer": "pipelines", "lon": lon, "lat": lat, "z": -2}).status_code == 200

@@ -17,7 +17,7 @@ from alembic import command
 
 import cim.jurisdiction
 import cim.schema
-from cim.bootstrap import _alembic_config, initialise
+from cim.bootstrap import _alembic_config, downgrade, initialise
 from cim.database import engine_for
 from cim.distribution import district_partitions
 from cim.jurisdiction import Scope, acting_as
@@ -220,6 +220,49 @@ def test_a_street_scoped_query_reads_one_partition(base):
         seen = conn.execute(sa.text("SELECT count(*) FROM parts WHERE valid_to IS NULL")).scalar()
     assert seen == owner(base, "SELECT count(*) FROM parts WHERE valid_to IS NULL AND street_code = :s",
                          s=street)[0][0] > 0
+
+
+def _migration(name: str):
+    import importlib.util
+
+    path = Path(cim.schema.__file__).parent / "migrations" / "versions" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_policy_reads_the_callers_district_from_one_setting(base):
+    """Revision 0012: the partitioned tables' policies compare the partition key with ``cim.partition``, which the
+    scope sets once (Scope.one_district), instead of working the district out in SQL on every row read (two
+    regular expressions a row). Same district as revision 0008's rule for every kind of scope, the same rows and
+    pruning after a downgrade and an upgrade again."""
+    qual = owner(base, "SELECT qual FROM pg_policies WHERE tablename = 'parts' AND policyname = 'cim_read'")[0][0]
+    assert "cim.partition" in qual and "cim.grids" not in qual and " ~ " not in qual, qual
+    rule = _migration("0012_policy_partition")._SCOPE_DISTRICT_0008
+    scopes = [Scope("city", role="admin"), Scope("public"), Scope("area", district=CHANGNING),
+              Scope("area", street=f"{XUHUI}001"), Scope("area", district=XUHUI, street=f"{CHANGNING}001"),
+              Scope("area", grids=(f"{XUHUI}00100101", f"{XUHUI}00100102")),
+              Scope("area", grids=(f"{XUHUI}00100101", f"{CHANGNING}00100101")), Scope("area", grids=("31a10400",)),
+              Scope("area", grids=(f"{XUHUI}00100101", "")), Scope("area", department="D1")]
+    scoped = engine_for(base.url.render_as_string(hide_password=False), scoped=True)
+    for scope in scopes:
+        with acting_as(scope), scoped.connect() as conn:
+            in_sql, setting = conn.execute(sa.text(f"SELECT {rule}, current_setting('cim.partition')")).one()
+        assert (in_sql or "") == setting == (scope.one_district() or ""), scope
+    street = Scope("area", street=f"{XUHUI}001")
+    query = "SELECT count(*) FROM parts WHERE valid_to IS NULL"
+    with acting_as(street), scoped.connect() as conn:
+        seen = conn.execute(sa.text(query)).scalar()
+    policies = "SELECT tablename, policyname, qual, with_check FROM pg_policies ORDER BY 1, 2"
+    now = owner(base, policies)
+    downgrade(base, "0011_case_keys")
+    assert " ~ " in owner(base, "SELECT qual FROM pg_policies WHERE tablename = 'parts' AND policyname = 'cim_read'")[0][0]
+    with acting_as(street), scoped.connect() as conn:
+        assert conn.execute(sa.text(query)).scalar() == seen > 0
+    initialise(base)
+    assert owner(base, policies) == now
+    assert "Subplans Removed: 3" in _plan(base, street, query)
 
 
 # --- migration 0008 on a base made at 0007 ----------------------------------------------------------------

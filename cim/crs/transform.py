@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pyproj
-import shapely
 
 from cim.crs.offsets import Coord, coord_arrays, coord_result, offset_to_offset, offset_to_wgs84, wgs84_to_offset
 from cim.crs.resolve import CrsSpec, resolve_crs
@@ -77,6 +76,8 @@ def transform_geometries(
     dst: CrsSpec | str | int | pyproj.CRS,
 ) -> np.ndarray:
     """Transform an array of shapely geometries (same shape out); Z values are preserved."""
+    import shapely  # here, not with the module: transforming coordinates (most callers) needs no GEOS
+
     s, d = resolve_crs(src), resolve_crs(dst)
     arr = np.asarray(geoms, dtype=object)
     flat = arr.ravel()
