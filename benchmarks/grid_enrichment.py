@@ -18,7 +18,7 @@ import pandas as pd
 import shapely
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cim.gridindex import LEVELS, GridIndex, _Level  # noqa: E402
+from cim.gridindex import LEVELS, GridIndex, _Level, smallest_codes  # noqa: E402
 
 FILES = {"districts": "code", "streets": "code", "communities": "code", "grids": "grid_code"}
 
@@ -29,10 +29,7 @@ def covered_by(index: GridIndex, points: np.ndarray) -> dict[str, np.ndarray]:
     for column, level in index._levels.items():
         result = np.full(len(points), None, dtype=object)
         point_idx, poly_idx = level.tree.query(points, predicate="covered_by")
-        order = np.lexsort((poly_idx, point_idx))
-        point_idx, poly_idx = point_idx[order], poly_idx[order]
-        first = np.r_[True, point_idx[1:] != point_idx[:-1]]
-        result[point_idx[first]] = level.codes[poly_idx[first]]
+        smallest_codes(result, point_idx, poly_idx, level.codes)
         out[column] = result
     return out
 

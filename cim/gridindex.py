@@ -60,15 +60,20 @@ class GridIndex:
                 # cheaper than the tree's own per-point covered_by, which prepares nothing (docs/benchmarks.md)
                 point_idx, poly_idx = level.tree.query(points)
                 hit = shapely.intersects(level.geoms[poly_idx], points[point_idx])
-                point_idx, poly_idx = point_idx[hit], poly_idx[hit]
-                if len(point_idx):
-                    # codes are sorted, so the smallest polygon index is the smallest code
-                    order = np.lexsort((poly_idx, point_idx))
-                    point_idx, poly_idx = point_idx[order], poly_idx[order]
-                    first = np.r_[True, point_idx[1:] != point_idx[:-1]]
-                    result[point_idx[first]] = level.codes[poly_idx[first]]
+                smallest_codes(result, point_idx[hit], poly_idx[hit], level.codes)
             out[column] = result
         return out
+
+
+def smallest_codes(result: np.ndarray, point_idx: np.ndarray, poly_idx: np.ndarray, codes: np.ndarray) -> None:
+    """Into ``result[point]``, for each (point, polygon) pair's point, the smallest code of its polygons (on a
+    shared edge a point touches two): ``codes`` are sorted, so the smallest polygon index is the smallest code."""
+    if not len(point_idx):
+        return
+    order = np.lexsort((poly_idx, point_idx))
+    point_idx, poly_idx = point_idx[order], poly_idx[order]
+    first = np.r_[True, point_idx[1:] != point_idx[:-1]]
+    result[point_idx[first]] = codes[poly_idx[first]]
 
 
 def representative_points(geoms: np.ndarray) -> np.ndarray:

@@ -247,12 +247,20 @@ def address_loaded_links(cur, table: str, run_id: int) -> None:
         return
     for statement in crossing_statements(_values(codes)):
         cur.execute(statement)
-    cur.execute(f'ALTER TABLE "{table}" DISABLE TRIGGER USER')
-    cur.execute(f'''UPDATE "{table}" t SET building_feature_id = k.feature_id FROM (
+    without_history(cur, table, f'''UPDATE "{table}" t SET building_feature_id = k.feature_id FROM (
         SELECT r.fid, r.district_code, l.feature_id FROM "{table}" r CROSS JOIN LATERAL {building_lateral("r")} l
         WHERE r.ingest_run_id = %s) k
         WHERE t.fid = k.fid AND t.district_code = k.district_code''', (run_id,))
+
+
+def without_history(cur, table: str, statement: str, params: tuple | None = None) -> int:
+    """Run ``statement`` (an UPDATE of ``table``) with the table's history triggers off: a link derived from
+    geometry, or set on rows of this very load, is no new version of a feature. The rows it changed."""
+    cur.execute(f'ALTER TABLE "{table}" DISABLE TRIGGER USER')
+    cur.execute(statement, params)
+    changed = cur.rowcount
     cur.execute(f'ALTER TABLE "{table}" ENABLE TRIGGER USER')
+    return changed
 
 
 def _values(codes: list[str]) -> str:
@@ -293,6 +301,14 @@ def _reach_statements(source: str, name: str) -> list[str]:
     return [f"DROP TABLE IF EXISTS {name}", _REACH.format(name=name, source=source)]
 
 
+def _temp_table(cur, name: str, query: str, params: tuple = ()) -> int:
+    """A temp table ``name`` of ``query``'s rows, gone at the commit (made again if an earlier step of this
+    transaction made it); how many rows it holds."""
+    cur.execute(f"DROP TABLE IF EXISTS {name}")
+    cur.execute(f"CREATE TEMP TABLE {name} ON COMMIT DROP AS {query}", params or None)
+    return cur.rowcount
+
+
 def _is_citus(cur) -> bool:
     cur.execute(IS_CITUS_SQL)
     return bool(cur.fetchone()[0])
@@ -304,29 +320,21 @@ def complete_address_links(cur, run_id: int) -> int:
     the current buildings covering it). Returns how many addresses were linked."""
     if _is_citus(cur):  # the probes below correlate temp tables with distributed ones (docs/citus.md)
         return 0
-    cur.execute("DROP TABLE IF EXISTS _arrived")
-    cur.execute("CREATE TEMP TABLE _arrived ON COMMIT DROP AS SELECT feature_id, district_code, geom FROM buildings "
-                "WHERE ingest_run_id = %s AND valid_to IS NULL", (run_id,))
-    if not cur.rowcount:
+    if not _temp_table(cur, "_arrived", "SELECT feature_id, district_code, geom FROM buildings "
+                                        "WHERE ingest_run_id = %s AND valid_to IS NULL", (run_id,)):
         return 0
     for statement in _reach_statements("_arrived", "_arrived_reach"):
         cur.execute(statement)
-    cur.execute("DROP TABLE IF EXISTS _unlinked")
-    cur.execute("""CREATE TEMP TABLE _unlinked ON COMMIT DROP AS
+    if not _temp_table(cur, "_unlinked", """
         SELECT DISTINCT a.fid, a.district_code, a.geom FROM _arrived_reach n CROSS JOIN LATERAL (
             SELECT a.fid, a.district_code, a.geom FROM addresses a WHERE a.district_code = n.reach
-                AND a.valid_to IS NULL AND a.building_feature_id IS NULL AND ST_Covers(n.geom, a.geom)) a""")
-    if not cur.rowcount:
+                AND a.valid_to IS NULL AND a.building_feature_id IS NULL AND ST_Covers(n.geom, a.geom)) a"""):
         return 0
     for statement in crossing_statements("SELECT DISTINCT district_code FROM _unlinked"):
         cur.execute(statement)
-    cur.execute("ALTER TABLE addresses DISABLE TRIGGER USER")
-    cur.execute(f"""UPDATE addresses t SET building_feature_id = k.feature_id FROM (
+    return without_history(cur, "addresses", f"""UPDATE addresses t SET building_feature_id = k.feature_id FROM (
         SELECT u.fid, u.district_code, l.feature_id FROM _unlinked u CROSS JOIN LATERAL {building_lateral("u")} l) k
         WHERE t.fid = k.fid AND t.district_code = k.district_code""")
-    linked = cur.rowcount
-    cur.execute("ALTER TABLE addresses ENABLE TRIGGER USER")
-    return linked
 
 
 def complete_building_links(cur, run_id: int) -> int:
@@ -335,17 +343,14 @@ def complete_building_links(cur, run_id: int) -> int:
     covers, the lowest door number, then the standard address). Returns how many buildings were linked."""
     if _is_citus(cur):
         return 0
-    cur.execute("DROP TABLE IF EXISTS _arrived")
-    cur.execute("CREATE TEMP TABLE _arrived ON COMMIT DROP AS SELECT district_code, geom FROM addresses "
-                "WHERE ingest_run_id = %s AND valid_to IS NULL", (run_id,))
-    if not cur.rowcount:
+    if not _temp_table(cur, "_arrived", "SELECT district_code, geom FROM addresses "
+                                        "WHERE ingest_run_id = %s AND valid_to IS NULL", (run_id,)):
         return 0
     for statement in crossing_statements("SELECT DISTINCT district_code FROM _arrived"):
         cur.execute(statement)
     # the buildings covering an arrived address: in its district's partition, crossing into its district, or (for
     # an address outside every district) anywhere — the three branches of building_lateral, without its LIMIT
-    cur.execute("DROP TABLE IF EXISTS _unlinked")
-    cur.execute(f"""CREATE TEMP TABLE _unlinked ON COMMIT DROP AS
+    if not _temp_table(cur, "_unlinked", f"""
         SELECT b.fid, b.feature_id, b.district_code, b.geom FROM buildings b
         WHERE b.valid_to IS NULL AND b.address_feature_id IS NULL AND b.feature_id IN (
             SELECT c.feature_id FROM _arrived a CROSS JOIN LATERAL (
@@ -356,19 +361,14 @@ def complete_building_links(cur, run_id: int) -> int:
                 WHERE x.district_code = a.district_code AND ST_Covers(x.geom, a.geom)
                 UNION ALL
                 SELECT b.feature_id FROM buildings b WHERE COALESCE(a.district_code, '') = ''
-                    AND b.valid_to IS NULL AND ST_Covers(b.geom, a.geom)) c)""")
-    if not cur.rowcount:
+                    AND b.valid_to IS NULL AND ST_Covers(b.geom, a.geom)) c)"""):
         return 0
     for statement in _reach_statements("_unlinked", "_unlinked_reach"):
         cur.execute(statement)
-    cur.execute("ALTER TABLE buildings DISABLE TRIGGER USER")
-    cur.execute("""UPDATE buildings t SET address_feature_id = k.feature_id FROM (
+    return without_history(cur, "buildings", """UPDATE buildings t SET address_feature_id = k.feature_id FROM (
         SELECT DISTINCT ON (u.fid) u.fid, u.district_code, a.feature_id
         FROM _unlinked u JOIN _unlinked_reach n ON n.feature_id = u.feature_id CROSS JOIN LATERAL (
             SELECT a.feature_id, a.door_int, a.standard_address FROM addresses a WHERE a.district_code = n.reach
                 AND a.valid_to IS NULL AND ST_Covers(n.geom, a.geom)) a
         ORDER BY u.fid, a.door_int NULLS LAST, a.standard_address) k
         WHERE t.fid = k.fid AND t.district_code = k.district_code""")
-    linked = cur.rowcount
-    cur.execute("ALTER TABLE buildings ENABLE TRIGGER USER")
-    return linked
