@@ -82,9 +82,17 @@ def nearby_select(layer: Layer, srid: int, x: float, y: float, z: float | None, 
     ``where`` is an extra condition on :func:`layer_table` — e.g. from ``cim.cql.compile_filter``,
     which binds every value; ``districts`` confines the search to those districts' rows.
     """
+    query, values = _search(layer, srid, x, y, z, radius_m, k, where, districts)
+    return query.params(values)
+
+
+def _search(layer: Layer, srid: int, x: float, y: float, z: float | None, radius_m: float, k: int,
+            where: sa.ColumnElement | None, districts: Districts | None) -> tuple[sa.Select, dict[str, Any]]:
+    """The statement of the search's shape (built once for a search without a filter) and its values."""
     shape = _district_shape(layer, srid, districts)
-    query = _nearby_query(layer, srid, z is not None, shape, where)
-    return query.params(_nearby_values(x, y, z, radius_m, k, districts if shape is not None else None))
+    query = (_cached_nearby_query(layer, srid, z is not None, shape, None) if where is None
+             else _nearby_query(layer, srid, z is not None, shape, where))
+    return query, _nearby_values(x, y, z, radius_m, k, districts if shape is not None else None)
 
 
 def _district_shape(layer: Layer, srid: int, districts: Districts | None) -> bool | None:
@@ -162,11 +170,7 @@ def nearby(conn: Connection, layer: Layer, x: float, y: float, z: float | None, 
         raise ParameterError("k", f"k: must be between 1 and {MAX_K}, got {k}")
 
     def search(radius: float, districts: Districts | None) -> list[NearbyFeature]:
-        shape = _district_shape(layer, srid, districts)
-        query = (_cached_nearby_query(layer, srid, z is not None, shape, None) if where is None
-                 else _nearby_query(layer, srid, z is not None, shape, where))
-        values = _nearby_values(x, y, z, radius, k, districts if shape is not None else None)
-        rows = conn.execute(query, values).mappings()
+        rows = conn.execute(*_search(layer, srid, x, y, z, radius, k, where, districts)).mappings()
         return [NearbyFeature(feature_id=r["_feature_id"], geometry=r["_geometry"],
                               distance_m=float(r["_distance_m"]),
                               properties={name: value for name, value in r.items() if not name.startswith("_")})
