@@ -107,13 +107,14 @@ def reorder(engine: Engine, targets: Sequence[ReorderTarget], jobs: int = 2, dat
             on_done: Callable[[Reordered], None] | None = None) -> list[Reordered]:
     """Rewrite ``targets`` in spatial order, ``jobs`` at a time (each job is one server backend: on two cores, two
     jobs keep both busy). ``data_dir``: where the cluster keeps its files, to check the free disk first."""
+    jobs = max(jobs, 1)
     if data_dir is not None and targets:
-        needed = int(max(t.bytes for t in targets[:max(jobs, 1)]) * max(jobs, 1) * _HEADROOM)
+        # the largest partitions come first, and ``jobs`` of them are rewritten at once
+        needed = int(sum(t.bytes for t in targets[:jobs]) * _HEADROOM)
         free = shutil.disk_usage(data_dir).free
         if free < needed:
             raise UserError(f"rewriting {targets[0].table} needs about {needed / 2**30:.1f} GiB of free disk "
                             f"({free / 2**30:.1f} GiB free under {data_dir}); nothing was changed")
-    done: list[Reordered] = []
 
     def one(target: ReorderTarget) -> Reordered:
         result = _rewrite(engine, target)
@@ -121,10 +122,8 @@ def reorder(engine: Engine, targets: Sequence[ReorderTarget], jobs: int = 2, dat
             on_done(result)
         return result
 
-    with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
-        for result in pool.map(one, targets):
-            done.append(result)
-    return done
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(one, targets))
 
 
 def _rewrite(engine: Engine, target: ReorderTarget) -> Reordered:
