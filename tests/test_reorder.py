@@ -4,6 +4,7 @@ over the whole table; after the rewrite they sit together — with the same rows
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,17 @@ def test_the_command_rewrites_every_spatial_layer_and_names_bad_input(worn, db_u
     # every layer with a geometry by default, districts' partitions of the partitioned ones among them
     tables = {t.table for t in reorder_targets(worn)}
     assert {"districts", "grids", "parts_310104", "parts_310101"} <= tables
+
+
+def test_too_little_free_disk_is_refused_before_anything_changes(worn, monkeypatch, tmp_path):
+    """Two partitions rewritten at once need room for both copies: the check sums them and names the disk."""
+    targets = reorder_targets(worn, ["parts"])
+    before = {t.table: _heap(worn, t.table) for t in targets}
+    both = sum(t.bytes for t in targets[:2])
+    usage = type(shutil.disk_usage(tmp_path))
+    # enough for the largest partition alone, not for the two rewritten together
+    monkeypatch.setattr("ingest.reorder.shutil.disk_usage", lambda _path: usage(both * 4, both * 3, both))
+    with pytest.raises(UserError, match=r"free disk .* nothing was changed"):
+        reorder(worn, targets, jobs=2, data_dir=tmp_path)
+    assert {t.table: _heap(worn, t.table) for t in targets} == before
+    assert len(reorder(worn, targets, jobs=1, data_dir=tmp_path)) == len(targets)  # one at a time fits
