@@ -32,6 +32,7 @@ from ingest.faults import database_faults, pause_at
 from ingest.seen import FirstRows, text_keys
 from ingest.report import FileReport, IngestReport, RejectsFiles, sha256_of
 from ingest.specs import SPECS, LayerSpec
+from ingest.statistics import refresh_statistics
 
 MODES = ("upsert", "append", "replace")
 
@@ -193,12 +194,13 @@ class FeatureLoad:
                                  **self.spec.merge_sql)
         r.inserted, r.updated, r.unchanged, r.closed = (counts.inserted, counts.updated, counts.unchanged,
                                                         counts.closed)
-        # not after a staged first load: there (buildings first, then millions of addresses) the in-place update of
-        # every building ran for many minutes on one district (docs/benchmarks.md) — left to be made cheap
-        if self.spec.complete_links and counts.inserted and not self.options.dry_run and self.staged_load is None:
+        if not self.options.dry_run:
+            # before the completion below and the next load's links, which probe this layer (ingest.statistics)
+            refresh_statistics(cur, self.spec.table, counts.inserted + counts.updated)
+        if self.spec.complete_links and counts.inserted and not self.options.dry_run:
             linked = self.spec.complete_links(cur, r.run_id)
             if linked:
-                r.message = " ".join(filter(None, [r.message, f"{linked} feature(s) of the linked layer given a "
+                r.message = "; ".join(filter(None, [r.message, f"{linked} feature(s) of the linked layer given a "
                                                                  "link to this load's rows"]))
                 for other in sorted(set(self.spec.also_locks) - {self.spec.table}):
                     bump_version(cur, other)  # its tiles and the gazetteer read the link

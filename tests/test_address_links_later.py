@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from cim.database import engine_for
+from cim.bootstrap import initialise
 from tests.conftest import create_database
 from tests.sample_city import sample_city_base
 from tests.test_address_links import ADDRESSES, BOUNDARY, BUILDINGS, CHANGNING, XUHUI, _box, _links, _load, _write, rows
@@ -84,6 +85,37 @@ def test_addresses_arriving_after_their_buildings_give_them_their_address(base, 
     assert _building_addresses(base)["B-CROSS"] == "a-cross-west"
     assert rows(base, "SELECT fid, feature_id, valid_from, valid_to FROM buildings ORDER BY fid") == buildings_before
     assert _links(base) == {key: building for key, (_point, building) in ADDRESSES.items()}
+
+
+@pytest.fixture(scope="module")
+def buildings_first(server_url, folder):
+    """The Shanghai order on a base of its own: districts, then buildings, then the addresses' first load (staged
+    district by district, ingest.staged)."""
+    engine = engine_for(create_database(server_url))
+    initialise(engine)
+    _load(engine, "districts", _write(folder / "districts-b.geojson", [
+        ({"code": XUHUI, "name": "徐汇区"}, _box(121.40, 31.20, BOUNDARY, 31.22)),
+        ({"code": CHANGNING, "name": "长宁区"}, _box(BOUNDARY, 31.20, 121.44, 31.22))]))
+    _load(engine, "buildings", _write(folder / "buildings-b.geojson", [
+        ({"source_id": key, "height": 12.0}, outline) for key, outline in BUILDINGS.items()]))
+    return engine
+
+
+def test_a_staged_first_load_of_addresses_gives_the_buildings_before_them_their_address(buildings_first, folder):
+    before = rows(buildings_first, "SELECT fid, feature_id, valid_from, valid_to FROM buildings ORDER BY fid")
+    report = _load(buildings_first, "addresses", _addresses(folder, "addresses-b.geojson", ADDRESSES))
+    assert report.message.startswith("first load:"), report.message  # the staged path
+    # what a building loaded after the addresses gets (ingest.layers.BUILDING_MERGE): of the current addresses it
+    # covers, the lowest door number, then the standard address
+    expected = dict(rows(buildings_first, """SELECT b.source_id, (
+            SELECT a.source_id FROM addresses a WHERE a.valid_to IS NULL AND ST_Covers(b.geom, a.geom)
+            ORDER BY a.door_int NULLS LAST, a.standard_address LIMIT 1)
+        FROM buildings b WHERE b.valid_to IS NULL"""))
+    linked = sum(1 for a in expected.values() if a is not None)
+    assert linked >= 4 and f"{linked} feature(s) of the linked layer" in report.message, (expected, report.message)
+    assert _building_addresses(buildings_first) == expected
+    assert rows(buildings_first, "SELECT fid, feature_id, valid_from, valid_to FROM buildings ORDER BY fid") == before
+    assert _links(buildings_first) == {key: building for key, (_point, building) in ADDRESSES.items()}
 
 
 @pytest.fixture(scope="module")
