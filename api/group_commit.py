@@ -7,6 +7,11 @@ together by one call of ``run_group`` in a worker thread, and every request gets
 — or its own exception — back. With at most ``workers`` groups in flight at once, a busy server
 makes bigger groups, not more transactions.
 
+The window is waited only by a drainer that starts on an idle key (to gather a burst into one group): items
+that queued while a group ran have waited long enough, and a drainer coming back from its group takes them at
+once — a fixed ``window_s`` on top of every queued report's wait was pure latency, since the arrivals during a
+group are gathered anyway. ``max_group`` caps a group, so no report waits behind an unbounded one.
+
 Only items of the same ``key`` share a group: the case intake keys them by the caller's scope
 (:class:`cim.jurisdiction.Scope`), because a group runs in the context of the request that started its
 drainer — under that caller's jurisdiction and in that caller's name in the audit trail — so a group must
@@ -58,11 +63,13 @@ class GroupCommit(Generic[T, R]):
 
     async def _drain(self, state: _LoopState, key: Hashable) -> None:
         pending = state.pending[key]
+        gather = self.window_s > 0  # only the first group of a drainer waits for a burst to gather
         try:
             while pending:
-                if len(pending) < self.max_group and self.window_s > 0:
+                if gather and len(pending) < self.max_group:
                     # let the requests arriving right now join this group
                     await asyncio.sleep(self.window_s)
+                gather = False  # what queues while this group runs is taken at once after it
                 group = pending[:self.max_group]
                 del pending[:self.max_group]
                 if not group:
