@@ -24,6 +24,7 @@ pending.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -40,9 +41,12 @@ class GroupCommit(Generic[T, R]):
     an exception instance, which is raised in the item's own request only."""
 
     def __init__(self, run_group: Callable[[Sequence[T]], Sequence[R | BaseException]],
-                 window_s: float = 0.002, max_group: int = 256, workers: int = 2) -> None:
+                 window_s: float = 0.002, max_group: int = 256, workers: int = 2,
+                 observe: Callable[[Sequence[float], float], None] | None = None) -> None:
         self._run = run_group
         self.window_s, self.max_group, self.workers = window_s, max_group, workers
+        # told of each group: how long each of its items waited for it to start, and how long it ran (seconds)
+        self._observe = observe
         self._state: _LoopState | None = None
         self.groups = 0  # how many groups ran (for tests and the benchmark)
         self.items = 0
@@ -55,7 +59,7 @@ class GroupCommit(Generic[T, R]):
         if state is None or state.loop is not loop:  # a new event loop: nothing of the old one is awaited here
             state = self._state = _LoopState(loop)
         future: asyncio.Future[R] = loop.create_future()
-        state.pending.setdefault(key, []).append((item, future))
+        state.pending.setdefault(key, []).append((item, future, time.perf_counter()))
         if state.active.get(key, 0) < self.workers:
             state.active[key] = state.active.get(key, 0) + 1
             loop.create_task(self._drain(state, key))  # copies this request's context (its scope)
@@ -74,7 +78,8 @@ class GroupCommit(Generic[T, R]):
                 del pending[:self.max_group]
                 if not group:
                     continue
-                items = [item for item, _ in group]
+                items = [item for item, _, _ in group]
+                started = time.perf_counter()
                 try:
                     results: Sequence[R | BaseException] = await run_in_threadpool(self._run, items)
                     if len(results) != len(items):
@@ -83,7 +88,9 @@ class GroupCommit(Generic[T, R]):
                     results = [exc] * len(items)
                 self.groups += 1
                 self.items += len(items)
-                for (_, future), result in zip(group, results):
+                if self._observe is not None:
+                    self._observe([started - queued for _, _, queued in group], time.perf_counter() - started)
+                for (_, future, _), result in zip(group, results):
                     if future.done():  # the request went away meanwhile
                         continue
                     if isinstance(result, BaseException):
@@ -102,5 +109,6 @@ class _LoopState:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.pending: dict[Hashable, list[tuple[Any, asyncio.Future[Any]]]] = {}
+        # per key: (item, its future, when it was submitted) in order of arrival
+        self.pending: dict[Hashable, list[tuple[Any, asyncio.Future[Any], float]]] = {}
         self.active: dict[Hashable, int] = {}  # running drainers per key
