@@ -479,3 +479,27 @@ def test_case_to_dict_equals_asdict_and_shares_the_nested_values(client, keys, c
     assert got == expected and list(got) == list(expected)
     assert got["geocode"] is case.geocode and got["attributes"] is case.attributes
     assert got["returned_departments"] is not case.returned_departments  # a list: the caller's own
+
+
+def test_cases_json_equals_each_case_json_with_one_transform(client, keys, city, monkeypatch):
+    """A group's answers and a page of cases are made with one coordinate transform for all their points; each
+    answer is the one case_json gives alone (a case without a point included)."""
+    import api.cases
+    from cases.model import get_case
+
+    ids = [_report(client, keys["reader"], address=f"汾阳路{n}号").json()["id"] for n in (150, 151, 152)]
+    ids.append(_report(client, keys["reader"], address="火星路1号").json()["id"])  # no point
+    with city.connect() as conn:
+        cases = [get_case(conn, i) for i in ids]
+    alone = [api.cases.case_json(c, SRID, mask_contact=True) for c in cases]
+    assert alone[-1]["lon"] is None and all(a["lon"] is not None for a in alone[:-1])
+    calls: list[int] = []
+    real = api.cases.transform_coords
+
+    def counted(xs, *args, **kwargs):
+        calls.append(len(xs))
+        return real(xs, *args, **kwargs)
+
+    monkeypatch.setattr(api.cases, "transform_coords", counted)
+    assert api.cases.cases_json(cases, SRID, mask_contact=True) == alone
+    assert calls == [3]
