@@ -252,7 +252,8 @@ def postmaster_pid(engine: sa.Engine) -> int:
     return int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
-def serve(url: str, workers: int = 1, tree: Path = ROOT, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
+def serve(url: str, workers: int = 1, tree: Path = ROOT,
+          env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
     """``cim serve`` from ``tree`` (this checkout, or another one's packages first on PYTHONPATH), with ``env``
     (CIM_* settings of a variant) over this process's environment."""
     with socket.socket() as s:
