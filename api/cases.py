@@ -26,6 +26,7 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import Response
+from prometheus_client import Histogram
 from sqlalchemy.engine import Connection, Engine
 from starlette.concurrency import run_in_threadpool
 
@@ -34,6 +35,7 @@ from api.deps import get_state
 from api.features import MAX_OFFSET
 from api.group_commit import GroupCommit
 from api.limits import MAX_BBOX_CHARS, MAX_DATETIME_CHARS, MAX_NAME_CHARS, MAX_PHOTOS_PER_REPORT
+from api.ops import REGISTRY
 from api.params import body_json, body_text
 from api.responses import OrjsonResponse
 from cases.attachments import MAX_BYTES, Attachment, add_attachment, attachments_of, default_root
@@ -59,6 +61,15 @@ KEY_ROLE_FOR_CASE_ROLE = {"reporter": "reader", "department": "loader", "supervi
                           "platform": "admin", "system": "admin"}
 MAX_LIMIT = 1000
 _EPSILON = timedelta(microseconds=1)
+#: where a grouped report's time goes (``/metrics``): waiting for its group to start, then the group's run (locate,
+#: dispatch, write, commit); and how many reports a group holds
+_MS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5)
+GROUP_WAIT = Histogram("cim_case_group_wait_seconds", "POST /cases: a report's wait for its group to start",
+                       registry=REGISTRY, buckets=_MS)
+GROUP_RUN = Histogram("cim_case_group_run_seconds", "POST /cases: a group's run, commit included",
+                      registry=REGISTRY, buckets=_MS)
+GROUP_SIZE = Histogram("cim_case_group_size", "POST /cases: reports in a group", registry=REGISTRY,
+                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 #: report fields and the names a client may use for them (JSON keys or form fields)
 _TEXT_FIELDS = {"channel": ("channel",), "class_code": ("class", "class_code"), "description": ("description",),
                 "address_text": ("address", "address_text"), "crs": ("crs",), "urgency": ("urgency",),
@@ -114,13 +125,25 @@ def report_from(data: Mapping[str, Any], default_channel: str = "public") -> Cas
 
 def case_json(case: Case, srid: int, mask_contact: bool = False) -> dict[str, Any]:
     """A case for the API: its fields, and its point as lon/lat (WGS84) beside the storage x/y."""
-    out = case.to_dict(mask_contact=mask_contact)
-    if mask_contact:  # the responsible person's phone is personal data too
-        out["person_contact"] = mask(case.person_contact)
-    out["lon"] = out["lat"] = None
-    if case.x is not None and case.y is not None:
-        lon, lat, _ = transform_coords([case.x], [case.y], None, f"EPSG:{srid}", "EPSG:4326")
-        out["lon"], out["lat"] = round(float(lon[0]), 7), round(float(lat[0]), 7)
+    return cases_json([case], srid, mask_contact)[0]
+
+
+def cases_json(cases: Sequence[Case], srid: int, mask_contact: bool = False) -> list[dict[str, Any]]:
+    """:func:`case_json` of each case, their points put in WGS84 by one transform for all (a call costs ~40 µs
+    whatever it carries: a page of 1,000 cases or a group of reports pays it once, not once a case)."""
+    out = []
+    for case in cases:
+        answer = case.to_dict(mask_contact=mask_contact)
+        if mask_contact:  # the responsible person's phone is personal data too
+            answer["person_contact"] = mask(case.person_contact)
+        answer["lon"] = answer["lat"] = None
+        out.append(answer)
+    located = [k for k, case in enumerate(cases) if case.x is not None and case.y is not None]
+    if located:
+        lon, lat, _ = transform_coords([cases[k].x for k in located], [cases[k].y for k in located], None,
+                                       f"EPSG:{srid}", "EPSG:4326")
+        for j, k in enumerate(located):
+            out[k]["lon"], out[k]["lat"] = round(float(lon[j]), 7), round(float(lat[j]), 7)
     return out
 
 
@@ -207,10 +230,12 @@ async def post_case(request: Request, key: ApiKey = Depends(auth.require_role("r
                 return create_case(conn, report, photos, key)
 
         result, added = await run_in_threadpool(run)
+        answer = case_json(result.case, state.settings.srid)
     else:  # the common report: gathered with the concurrent ones into one set-based transaction
-        # grouped only with reports of the same caller's scope: the group runs under it (jurisdiction, audit)
-        result = await request.app.state.case_intake.submit(report, key=current_scope())
-    body = {**case_json(result.case, state.settings.srid), "created": result.created,
+        # grouped only with reports of the same caller's scope: the group runs under it (jurisdiction, audit);
+        # its answer comes made by the group (_answered)
+        result, answer = await request.app.state.case_intake.submit(report, key=current_scope())
+    body = {**answer, "created": result.created,
             "duplicates": result.duplicates, "attachments": [_attachment_json(a) for a in added]}
     return OrjsonResponse(body, status_code=201 if result.created else 200,
                           headers={"Location": f"/cases/{result.case.id}"})
@@ -277,7 +302,7 @@ def get_cases(request: Request,
         links.append(_page_link(request, "next", offset + limit))
     if offset > 0:
         links.append(_page_link(request, "prev", max(offset - limit, 0)))
-    return {"cases": [case_json(c, srid, mask_contact=True) for c in page], "numberReturned": len(page),
+    return {"cases": cases_json(page, srid, mask_contact=True), "numberReturned": len(page),
             "links": links}
 
 
@@ -427,9 +452,29 @@ def _intake_alone(engine: Engine, report: CaseReport) -> IntakeResult | Exceptio
         return exc
 
 
+def _answered(results: Sequence[IntakeResult | Exception], srid: int) -> list[tuple[IntakeResult, dict[str, Any]]
+                                                                            | Exception]:
+    """Each intake result with its case's answer, made in the group's thread with one transform for the group
+    (the event loop then only sends them), or the report's exception as it was."""
+    made = iter(cases_json([r.case for r in results if isinstance(r, IntakeResult)], srid))
+    return [(r, next(made)) if isinstance(r, IntakeResult) else r for r in results]
+
+
+def _observe_group(waits: Sequence[float], run_s: float) -> None:
+    for wait in waits:
+        GROUP_WAIT.observe(wait)
+    GROUP_RUN.observe(run_s)
+    GROUP_SIZE.observe(len(waits))
+
+
 def install(app: FastAPI) -> None:
     state = app.state.cim
     constants = ConstantsCache(state.deployment.layer_cache_s)
-    app.state.case_intake = GroupCommit(lambda reports: intake_group(state.engine, reports, state.settings.srid,
-                                                                     constants))
+    deployment = state.deployment
+    app.state.case_intake = GroupCommit(lambda reports: _answered(intake_group(state.engine, reports,
+                                                                               state.settings.srid, constants),
+                                                                  state.settings.srid),
+                                        window_s=deployment.case_group_window_ms / 1000,
+                                        max_group=deployment.case_group_max,
+                                        workers=deployment.case_groups_in_flight, observe=_observe_group)
     app.include_router(router)

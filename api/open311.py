@@ -209,7 +209,7 @@ async def post_request(request: Request) -> OrjsonResponse:
     caller = key.scope().with_request(current_scope().client, current_scope().request)
 
     with acting_as(caller):  # gathered with the concurrent reports of the same caller, as POST /cases
-        result = await request.app.state.case_intake.submit(report, key=caller)
+        result, _ = await request.app.state.case_intake.submit(report, key=caller)  # (the result, POST /cases' answer)
     case = result.case
     return OrjsonResponse([{"service_request_id": str(case.id), "service_notice": case.dispatch_reason
                             or case.manual_reason, "account_id": None}],

@@ -213,6 +213,22 @@ class Run:
         return (self.cpu_server_s / n * 1000, self.cpu_database_s / n * 1000)
 
 
+def group_split(port: int) -> dict[str, float]:
+    """Where grouped reports' time went, from one worker's ``/metrics`` (whichever answers; cumulative over that
+    server's runs): mean wait of a report for its group to start, mean run of a group (ms), mean group size."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name.startswith("cim_case_group_") and name.endswith(("_sum", "_count")):
+            values[name] = float(value)
+    def mean(metric: str) -> float:
+        return values.get(f"{metric}_sum", 0.0) / max(values.get(f"{metric}_count", 0.0), 1.0)
+    return {"wait_ms": mean("cim_case_group_wait_seconds") * 1000, "run_ms": mean("cim_case_group_run_seconds") * 1000,
+            "size": mean("cim_case_group_size"), "groups": values.get("cim_case_group_size_count", 0.0)}
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process, its live children and the children it has waited for."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -236,8 +252,10 @@ def postmaster_pid(engine: sa.Engine) -> int:
     return int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
-def serve(url: str, workers: int = 1, tree: Path = ROOT) -> tuple[subprocess.Popen, int]:
-    """``cim serve`` from ``tree`` (this checkout, or another one's packages first on PYTHONPATH)."""
+def serve(url: str, workers: int = 1, tree: Path = ROOT,
+          env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
+    """``cim serve`` from ``tree`` (this checkout, or another one's packages first on PYTHONPATH), with ``env``
+    (CIM_* settings of a variant) over this process's environment."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -245,7 +263,7 @@ def serve(url: str, workers: int = 1, tree: Path = ROOT) -> tuple[subprocess.Pop
     server = subprocess.Popen([sys.executable, "-c", "from cim.cli.main import run; run()", "serve", "--host",
                                "127.0.0.1", "--port", str(port), "--workers", str(workers)],
                               env={**os.environ, "CIM_DATABASE_URL": url, "PYTHONPATH": str(tree),
-                                   "CIM_CASE_ATTACHMENTS": str(WORK / "case-photos")},
+                                   "CIM_CASE_ATTACHMENTS": str(WORK / "case-photos"), **(env or {})},
                               cwd=tree, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 120
     while True:
@@ -285,7 +303,10 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=500,
                         help="open loop: requests a second offered (0: closed loop only)")
     parser.add_argument("--open-seconds", type=float, default=10, help="open loop: seconds measured (after 2 s)")
-    parser.add_argument("--rounds", type=int, default=1, help="with --before: turns of both trees")
+    parser.add_argument("--rounds", type=int, default=1, help="with --before or --variant: turns of all servers")
+    parser.add_argument("--variant", action="append", default=[], metavar="'CIM_X=1 CIM_Y=2'",
+                        help="also serve this checkout with these settings (repeatable), in turns with the others: "
+                             "e.g. --variant 'CIM_CASE_GROUPS_IN_FLIGHT=3'")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2],
                         help="`cim serve --workers` values to measure, one server each")
@@ -318,13 +339,15 @@ def main() -> None:
         # 2. POST /cases at 32 connections, per worker count: closed loop (saturation) and open loop (--rate);
         #    and the floor GET /healthz (a connection checkout, the scope hook, one trivial query) the same ways
         runs: list[Run] = []
+        splits: list[tuple[str, dict[str, float]]] = []  # per server: where its grouped reports' time went
         postmaster = postmaster_pid(engine)
-        trees = [("this checkout", ROOT)] + ([("before", args.before.resolve())] if args.before else [])
-        order = [(r, label, tree, workers) for r in range(args.rounds) for workers in args.workers
-                 for label, tree in (trees if r % 2 == 0 else trees[::-1])]
-        for n, (r, label, tree, workers) in enumerate(order):
-            name = f"{workers} ({label})" if args.before else str(workers)
-            server, port = serve(url, workers, tree)
+        trees = [("this checkout", ROOT, {})] + ([("before", args.before.resolve(), {})] if args.before else [])
+        trees += [(variant, ROOT, dict(kv.split("=", 1) for kv in variant.split())) for variant in args.variant]
+        order = [(r, label, tree, env, workers) for r in range(args.rounds) for workers in args.workers
+                 for label, tree, env in (trees if r % 2 == 0 else trees[::-1])]
+        for n, (r, label, tree, env, workers) in enumerate(order):
+            name = f"{workers} ({label})" if len(trees) > 1 else str(workers)
+            server, port = serve(url, workers, tree, env)
             try:
                 for what in ("POST /cases", "GET /healthz"):
                     post = what[0] == "P"
@@ -362,6 +385,8 @@ def main() -> None:
                         runs.append(Run(name, what, mode, rate, p50, p99, cpu_seconds(server.pid) - cpu0[0],
                                         cpu_seconds(postmaster) - cpu0[1], client, total,
                                         time.perf_counter() - started, (load, os.getloadavg()[0])))
+                    if post:
+                        splits.append((name, group_split(port)))
             finally:
                 stop(server)
         with engine.connect() as conn:
@@ -399,6 +424,14 @@ def main() -> None:
                 print(f"| {server_name} | `{what}` | {mode} | {med(r.answered_per_s for r in same):,.0f} | "
                       f"{med(r.p99_ms for r in same):.1f} | {med(r.cpu_ms_a_request[0] for r in same):.2f} / "
                       f"{med(r.cpu_ms_a_request[1] for r in same):.2f} |")
+        if any(split["groups"] for _, split in splits):
+            print("\nWhere a grouped report's time went (`/metrics` of one worker, over its server's POST runs: "
+                  "warm-up, closed and open loop):\n\n| workers (tree) | groups | mean reports a group | mean wait "
+                  "for its group, ms | mean group run (commit included), ms |\n|---|---:|---:|---:|---:|")
+            for server_name, split in splits:
+                if split["groups"]:
+                    print(f"| {server_name} | {split['groups']:,.0f} | {split['size']:.1f} | {split['wait_ms']:.1f} | "
+                          f"{split['run_ms']:.1f} |")
         print(f"\nMachine-dispatched share of the located cases: {share[0]:.1%} ({share[1]:,} in the manual queue; "
               "target ≥ 95 %). Targets: ≥ 500 cases/s, p99 ≤ 50 ms.")
         if out:

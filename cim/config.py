@@ -87,6 +87,11 @@ class DeploymentSettings(_PydanticSettings):
     # --- the case loop -------------------------------------------------------------------------
     case_attachments: Path | None = Field(None, description="folder where case photos are kept by content hash "
                                                             "(default: case-attachments under CIM_HOME)")
+    case_group_window_ms: float = Field(2.0, ge=0, description="milliseconds POST /cases on an idle server waits "
+                                                              "for concurrent reports to join its group (0: none)")
+    case_group_max: int = Field(64, ge=1, description="most reports POST /cases writes in one group (transaction)")
+    case_groups_in_flight: int = Field(2, ge=1, description="groups of POST /cases reports written at once per "
+                                                             "API process (each on its own pooled connection)")
     cases_tick_s: float = Field(0.0, ge=0, description="seconds between the server's case ticks (mark overdue "
                                                        "cases, escalate them); 0: off")
     iot_offline_check_s: float = Field(0.0, ge=0, description="seconds between the server's checks of the 'no data "

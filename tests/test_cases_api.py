@@ -368,6 +368,38 @@ def test_concurrent_reports_are_taken_in_together_each_gets_its_own_answer(city,
     assert group_commit.groups < group_commit.items  # gathered, not one transaction per request
 
 
+def test_group_settings_cap_a_group_and_metrics_say_where_a_reports_time_went(city, keys):
+    """CIM_CASE_GROUP_MAX caps a group of concurrent reports (one group in flight here, so they queue behind
+    it and are taken at most three at a time); every report is still answered with its own case, and
+    ``/metrics`` counts each report's wait for its group and each group's run and size."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from api.cases import GROUP_RUN, GROUP_SIZE, GROUP_WAIT
+    from cim.config import DeploymentSettings
+
+    def count(histogram) -> float:
+        return next(s.value for m in histogram.collect() for s in m.samples if s.name.endswith("_count"))
+
+    before = count(GROUP_WAIT), count(GROUP_RUN), count(GROUP_SIZE)
+    app = create_app(city, DeploymentSettings(case_group_max=3, case_groups_in_flight=1, case_group_window_ms=50))
+    bodies = [{"channel": "hotline_12345", "class": "暴露垃圾", "address": f"汾阳路{2 * n + 1}号",
+               "description": f"capped {n}", "external_id": f"CAP-{n}"} for n in range(10)]
+    sizes: list[int] = []
+    with TestClient(app) as client:
+        group_commit = app.state.case_intake
+        run = group_commit._run
+        group_commit._run = lambda reports: (sizes.append(len(reports)), run(reports))[1]
+        with ThreadPoolExecutor(len(bodies)) as pool:
+            answers = list(pool.map(lambda b: client.post("/cases", json=b, headers=keys["reader"]), bodies))
+        metrics = client.get("/metrics").text
+    assert [r.status_code for r in answers] == [201] * len(bodies)
+    assert [r.json()["description"] for r in answers] == [b["description"] for b in bodies]
+    assert sum(sizes) == len(bodies) and max(sizes) <= 3 and len(sizes) >= 4
+    assert (count(GROUP_WAIT), count(GROUP_RUN), count(GROUP_SIZE)) == (
+        before[0] + len(bodies), before[1] + len(sizes), before[2] + len(sizes))
+    assert "cim_case_group_wait_seconds_bucket" in metrics and "cim_case_group_run_seconds_sum" in metrics
+
+
 def test_a_city_wide_group_is_written_as_the_owner_a_narrower_one_under_the_policies(city):
     """A group of a city-wide caller is written as the owner (COPY, the duplicate search free to use the spatial
     index), still in the caller's name in the audit trail; a district's caller's group stays under the policies
@@ -447,3 +479,27 @@ def test_case_to_dict_equals_asdict_and_shares_the_nested_values(client, keys, c
     assert got == expected and list(got) == list(expected)
     assert got["geocode"] is case.geocode and got["attributes"] is case.attributes
     assert got["returned_departments"] is not case.returned_departments  # a list: the caller's own
+
+
+def test_cases_json_equals_each_case_json_with_one_transform(client, keys, city, monkeypatch):
+    """A group's answers and a page of cases are made with one coordinate transform for all their points; each
+    answer is the one case_json gives alone (a case without a point included)."""
+    import api.cases
+    from cases.model import get_case
+
+    ids = [_report(client, keys["reader"], address=f"汾阳路{n}号").json()["id"] for n in (150, 151, 152)]
+    ids.append(_report(client, keys["reader"], address="火星路1号").json()["id"])  # no point
+    with city.connect() as conn:
+        cases = [get_case(conn, i) for i in ids]
+    alone = [api.cases.case_json(c, SRID, mask_contact=True) for c in cases]
+    assert alone[-1]["lon"] is None and all(a["lon"] is not None for a in alone[:-1])
+    calls: list[int] = []
+    real = api.cases.transform_coords
+
+    def counted(xs, *args, **kwargs):
+        calls.append(len(xs))
+        return real(xs, *args, **kwargs)
+
+    monkeypatch.setattr(api.cases, "transform_coords", counted)
+    assert api.cases.cases_json(cases, SRID, mask_contact=True) == alone
+    assert calls == [3]
