@@ -68,11 +68,17 @@ def test_3d_points_hex_ewkb_as_bytes_hash_and_encode_as_shapelys_text():
 
 def test_the_attributes_json_of_text_columns_is_json_dumps_of_each_row():
     frame = pd.DataFrame({"x": ["645707.54", 'a"b', "c\\d", "e\nf", None, "中文", "\u2028", "ok"],
-                          "名 字": [None] * 8, 7: ["1"] * 8})
+                          "名 字": [None] * 8, 7: ["1"] * 8,
+                          "c": ["\x00", "\x7f", "\x1f", "", " ", "\t", "é\\", '""']})
     expected = [json.dumps({str(k): v for k, v in row.items()}, ensure_ascii=False)
                 for row in frame.astype(object).where(frame.notna(), None).to_dict(orient="records")]
-    assert columns._attributes_json(frame, ["x", "名 字", 7]).tolist() == expected
+    assert columns._attributes_json(frame, ["x", "名 字", 7, "c"]).tolist() == expected
+    # pandas' Arrow-backed text (what read_csv gives) as well as Python strings
+    arrow = frame.astype({"x": "str", "c": "str"})
+    assert columns._text_attributes_json(arrow, ["x", "名 字", 7, "c"]).tolist() == expected
     assert columns._text_attributes_json(frame.assign(x=[1.5] * 8), ["x"]) is None  # numbers: the general way
+    assert columns._text_attributes_json(frame.assign(x=["a", 1] * 4), ["x"]) is None
+    assert columns._text_attributes_json(frame.assign(x=[b"a"] * 8), ["x"]) is None  # bytes: written as hex
 
 
 def test_first_occurrences_across_batches_are_those_a_dict_finds():
