@@ -81,6 +81,22 @@ def test_the_attributes_json_of_text_columns_is_json_dumps_of_each_row():
     assert columns._text_attributes_json(frame.assign(x=[b"a"] * 8), ["x"]) is None  # bytes: written as hex
 
 
+def test_points_keep_their_own_z_when_the_column_gives_the_same():
+    """A CSV's points are made with the --z column's Z; the rule sets Z from that column again: only points whose
+    Z differs (or that have none) are made anew, the others are kept as they are."""
+    import shapely
+
+    from ingest.geometry import keep_or_set_z
+
+    points = np.array([shapely.Point(1, 2, 3), shapely.Point(4, 5, 6), shapely.Point(7, 8), shapely.Point(9, 9, 1)],
+                      dtype=object)
+    out = keep_or_set_z(points, np.array([3.0, 7.5, 2.0, np.nan]))
+    assert out[0] is points[0]  # same Z: not copied
+    assert [tuple(shapely.get_coordinates(g, include_z=True)[0]) for g in out] == [
+        (1, 2, 3), (4, 5, 7.5), (7, 8, 2), (9, 9, 1)]
+    assert shapely.has_z(keep_or_set_z(points[2:3], None)).all()
+
+
 def test_first_occurrences_across_batches_are_those_a_dict_finds():
     rng = np.random.default_rng(3)
     seen, reference, row = FirstRows(), {}, 1
