@@ -7,12 +7,13 @@ the field and the value.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from cim.errors import ParameterError, UserError
 from ingest.specs import LayerSpec
@@ -73,6 +74,10 @@ def line_breaks(values: pd.Series) -> np.ndarray:
     """Positions of values holding a line break."""
     if not (pd.api.types.is_object_dtype(values) or pd.api.types.is_string_dtype(values)):
         return np.zeros(0, dtype=int)
+    text = _arrow_text(values)
+    if text is not None:  # the same test pandas makes of its Arrow-backed text, without making that copy first
+        return np.flatnonzero(pc.fill_null(pc.match_substring_regex(text, r"[\r\n]"), False).to_numpy(
+            zero_copy_only=False))
     return np.flatnonzero(values.astype("string").str.contains(r"[\r\n]", regex=True).fillna(False).to_numpy())
 
 
@@ -114,7 +119,29 @@ def _blank(series: pd.Series) -> np.ndarray:
     return (series.isna() | as_text.isin(["", "nan", "None", "NULL", "null"]).fillna(True)).to_numpy(dtype=bool)
 
 
+_BLANKS = pa.array(["", "nan", "None", "NULL", "null"])
+
+
+def _coerce_text(series: pd.Series) -> pd.Series | None:
+    """A text field whose values are all text or missing, the Arrow way: what the general way below makes (pandas'
+    own strip of Arrow-backed text is ``utf8_trim_whitespace``), in one pass and one conversion to Python
+    strings rather than three; None for anything else."""
+    if pd.api.types.is_float_dtype(series):
+        return None
+    text = _arrow_text(series)
+    if text is None:
+        return None
+    trimmed = pc.utf8_trim_whitespace(text)
+    blank = pc.fill_null(pc.is_in(trimmed, value_set=_BLANKS), True)
+    kept = pc.if_else(blank, pa.scalar(None, type=pa.string()), trimmed)
+    return pd.Series(kept.to_numpy(zero_copy_only=False), index=series.index, dtype=object)
+
+
 def _coerce_series(series: pd.Series, kind: str) -> tuple[pd.Series, np.ndarray]:
+    if kind == "str":
+        text = _coerce_text(series)
+        if text is not None:
+            return text, np.zeros(len(series), dtype=bool)
     blank = _blank(series)
     if kind == "str":
         if pd.api.types.is_float_dtype(series):
@@ -174,33 +201,46 @@ def _attributes_json(frame: pd.DataFrame, extra: list[str]) -> pd.Series:
                      dtype=object)
 
 
-_NEEDS_ESCAPE = re.compile(r'["\\\x00-\x1f\x7f\u2028\u2029]')
+#: what json.dumps(…, ensure_ascii=False) may escape (a superset: those values go through json.dumps itself), in RE2
+_NEEDS_ESCAPE = r'["\\\x00-\x1f\x7f\x{2028}\x{2029}]'
 
 
 def _text_attributes_json(frame: pd.DataFrame, extra: list[str]) -> pd.Series | None:
-    """The same JSON text as ``json.dumps(record, ensure_ascii=False)`` per row, built a column at a time when
-    every extra value is text or missing (a CSV: the --x/--y columns and any unmapped ones) — one ``json.dumps``
-    per row was the largest item of a CSV parts load (~10 µs a row). None: some value is not text."""
-    pieces: list[np.ndarray] = []
+    """The same JSON text as ``json.dumps(record, ensure_ascii=False)`` per row, built a column at a time in Arrow
+    when every extra value is text or missing (a CSV: the --x/--y/--z columns and any unmapped ones). One
+    ``json.dumps`` per row was the largest item of a CSV parts load (~10 µs a row); a Python pass per value
+    (the escape test, the quoting) was still 9 s of a 1 M-row load's 35 s of loader CPU (docs/benchmarks.md).
+    Only values holding a character JSON escapes go through ``json.dumps``. None: some value is not text."""
+    pieces: list = []  # key, value, key, value … joined row by row
     for i, column in enumerate(extra):
-        values = frame[column].to_numpy(dtype=object)
-        missing = pd.isna(values)
-        present = values[~missing]
-        if len(present) and not all(type(v) is str for v in present):  # noqa: E721 (exactly str, not a subclass)
+        text = _arrow_text(frame[column])
+        if text is None:
             return None
-        out = np.full(len(values), "null", dtype=object)
-        if len(present):
-            plain = np.array([_NEEDS_ESCAPE.search(v) is None for v in present], dtype=bool)
-            quoted = np.empty(len(present), dtype=object)
-            quoted[plain] = '"' + present[plain] + '"'
-            quoted[~plain] = [json.dumps(v, ensure_ascii=False) for v in present[~plain]]
-            out[~missing] = quoted
+        quoted = pc.binary_join_element_wise('"', text, '"', "")
+        escape = pc.fill_null(pc.match_substring_regex(text, _NEEDS_ESCAPE), False)
+        if pc.any(escape).as_py():
+            odd = [json.dumps(v, ensure_ascii=False) for v in text.filter(escape).to_pylist()]
+            quoted = pc.replace_with_mask(quoted, escape, pa.array(odd, type=pa.string()))
         key = json.dumps(str(column), ensure_ascii=False)
-        pieces.append(("{" if i == 0 else ", ") + key + ": " + out)
-    text = pieces[0]
-    for piece in pieces[1:]:
-        text = text + piece
-    return pd.Series(text + "}", index=frame.index, dtype=object)
+        pieces += [pa.scalar(("{" if i == 0 else ", ") + key + ": "), pc.fill_null(quoted, "null")]
+    text = pc.binary_join_element_wise(*pieces, pa.scalar("}"), "")
+    return pd.Series(text.to_numpy(zero_copy_only=False), index=frame.index, dtype=object)
+
+
+def _arrow_text(series: pd.Series) -> pa.Array | None:
+    """The column as one Arrow string array (pandas' Arrow-backed text as it is), or None when a value is neither
+    text nor missing (numbers, bytes: the general way)."""
+    try:
+        array = pa.array(series, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError):
+        return None
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if pa.types.is_null(array.type):
+        return array.cast(pa.string())
+    if pa.types.is_large_string(array.type):
+        return array.cast(pa.string())
+    return array if pa.types.is_string(array.type) else None
 
 
 def _jsonable(record: dict) -> dict:

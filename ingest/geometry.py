@@ -112,8 +112,12 @@ def keep_or_set_z(geoms: np.ndarray, z: np.ndarray | None) -> np.ndarray:
             if (shapely.get_type_id(chosen) == shapely.GeometryType.POINT).all() and not shapely.is_empty(chosen).any():
                 # points: one new point each from x, y and the column's z (with_constant_z copies every point
                 # twice, once per distinct z: the largest item of a CSV parts load after the attributes)
-                xy = shapely.get_coordinates(chosen)
-                out[use] = shapely.points(xy[:, 0], xy[:, 1], z[use])
+                # and only those whose Z differs: a CSV's points were made with the same column's Z (ingest.read)
+                xyz = shapely.get_coordinates(chosen, include_z=True)
+                differ = ~(xyz[:, 2] == z[use]) | ~has_z[use]
+                if differ.any():
+                    where = np.flatnonzero(use)[differ]
+                    out[where] = shapely.points(xyz[differ, 0], xyz[differ, 1], z[use][differ])
             else:
                 out[use] = with_constant_z(chosen, z[use])
     return out

@@ -68,11 +68,101 @@ def test_3d_points_hex_ewkb_as_bytes_hash_and_encode_as_shapelys_text():
 
 def test_the_attributes_json_of_text_columns_is_json_dumps_of_each_row():
     frame = pd.DataFrame({"x": ["645707.54", 'a"b', "c\\d", "e\nf", None, "中文", "\u2028", "ok"],
-                          "名 字": [None] * 8, 7: ["1"] * 8})
+                          "名 字": [None] * 8, 7: ["1"] * 8,
+                          "c": ["\x00", "\x7f", "\x1f", "", " ", "\t", "é\\", '""']})
     expected = [json.dumps({str(k): v for k, v in row.items()}, ensure_ascii=False)
                 for row in frame.astype(object).where(frame.notna(), None).to_dict(orient="records")]
-    assert columns._attributes_json(frame, ["x", "名 字", 7]).tolist() == expected
+    assert columns._attributes_json(frame, ["x", "名 字", 7, "c"]).tolist() == expected
+    # pandas' Arrow-backed text (what read_csv gives) as well as Python strings
+    arrow = frame.astype({"x": "str", "c": "str"})
+    assert columns._text_attributes_json(arrow, ["x", "名 字", 7, "c"]).tolist() == expected
     assert columns._text_attributes_json(frame.assign(x=[1.5] * 8), ["x"]) is None  # numbers: the general way
+    assert columns._text_attributes_json(frame.assign(x=["a", 1] * 4), ["x"]) is None
+    assert columns._text_attributes_json(frame.assign(x=[b"a"] * 8), ["x"]) is None  # bytes: written as hex
+
+
+def test_points_keep_their_own_z_when_the_column_gives_the_same():
+    """A CSV's points are made with the --z column's Z; the rule sets Z from that column again: only points whose
+    Z differs (or that have none) are made anew, the others are kept as they are."""
+    import shapely
+
+    from ingest.geometry import keep_or_set_z
+
+    points = np.array([shapely.Point(1, 2, 3), shapely.Point(4, 5, 6), shapely.Point(7, 8), shapely.Point(9, 9, 1)],
+                      dtype=object)
+    out = keep_or_set_z(points, np.array([3.0, 7.5, 2.0, np.nan]))
+    assert out[0] is points[0]  # same Z: not copied
+    assert [tuple(shapely.get_coordinates(g, include_z=True)[0]) for g in out] == [
+        (1, 2, 3), (4, 5, 7.5), (7, 8, 2), (9, 9, 1)]
+    assert shapely.has_z(keep_or_set_z(points[2:3], None)).all()
+
+
+_CSVS = {
+    "bom_quotes_blank_line": "\ufeffsource_id,name,x,y\nA1,\"q\"\"u\nx\",1.5,2\n,,3,4\n\nA3,NA,7,8\n",
+    "crlf_spaces": "source_id,name,x,y\r\n\"A1\",  2 ,3,4\r\nA2,None,abc,8\r\n",
+    "short_row": "source_id,name,x,y\nA1,2,3,4\nA2,6,7\nA3,10,11,12\n",
+    "long_row": "source_id,name,x,y\nA1,2,3,4\nA2,6,7,8,9\nA3,10,11,12\n",
+    "repeated_name": "source_id,source_id,x,y\nA1,2,3,4\n",
+    "unbalanced_quote": "source_id,name,x,y\nA1,\"oops,3,4\nA2,6,7,8\n",
+    "header_only": "source_id,name,x,y\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(_CSVS))
+def test_a_csv_read_by_arrow_gives_what_pandas_gives(tmp_path, monkeypatch, name):
+    """UTF-8 CSVs go through Arrow's reader; whatever it refuses is read by pandas from that row on: the same
+    batches, rows, values (pandas' Arrow-backed text) and per-row errors as pandas alone, or the same error."""
+    from ingest import read
+
+    path = tmp_path / f"{name}.csv"
+    path.write_text(_CSVS[name], encoding="utf-8")
+    monkeypatch.setattr(read, "ARROW_BLOCK_BYTES", 64)  # many blocks: a refusal can come after some batches
+
+    def batches(make):
+        try:
+            return [(b.attributes, b.rows.tolist(), b.errors) for b in make()]
+        except read.ReadError as exc:
+            return str(exc)
+
+    options = read.ReadOptions(x="x", y="y", batch_rows=2)
+    got = batches(lambda: read.open_source(path, options).batches)
+    expected = batches(lambda: read._pandas_csv_batches(path, "utf-8-sig", options))
+    if isinstance(expected, str):
+        assert got == expected
+        return
+    assert [(rows, errors) for _, rows, errors in got] == [(rows, errors) for _, rows, errors in expected]
+    for (frame, _, _), (wanted, _, _) in zip(got, expected):
+        pd.testing.assert_frame_equal(frame, wanted)
+
+
+def test_a_row_arrow_refuses_late_in_the_file_is_read_by_pandas_from_there(tmp_path, monkeypatch):
+    from ingest import read
+
+    lines = ["source_id,name,x,y"] + [f"P{i},井{i},{i}.5,{i}" for i in range(1, 40)]
+    lines[30] = "P30,井30,30.5"  # a short row: Arrow refuses it, pandas reads its y as missing
+    path = tmp_path / "late.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    monkeypatch.setattr(read, "ARROW_BLOCK_BYTES", 128)
+    used = []
+    arrow = read._arrow_csv_batches
+    monkeypatch.setattr(read, "_arrow_csv_batches", lambda *a: (used.append(b) or b for b in arrow(*a)))
+    got = list(read.open_source(path, read.ReadOptions(x="x", y="y", batch_rows=4)).batches)
+    assert used and len(used) < len(got)  # Arrow read the first batches, pandas the rest
+    assert np.concatenate([b.rows for b in got]).tolist() == list(range(1, 40))
+    assert pd.concat([b.attributes for b in got])["source_id"].tolist() == [f"P{i}" for i in range(1, 40)]
+    assert [b.geometry[i] is None for b in got for i in range(len(b.rows))].count(True) == 1  # row 30: no y
+
+
+@pytest.mark.parametrize("dtype", [object, "str", "string"])
+def test_text_fields_coerced_the_arrow_way_are_what_the_general_way_makes(dtype):
+    values = ["  a ", "", "nan", "None", "NULL", "null", None, np.nan, "中 文\u3000", "\tx\n", "b\r", " NULL ", "NaN",
+              "\u00a0y\u00a0", "\x1cz\x1f", "\x85w"]
+    series = pd.Series(values, dtype=dtype)
+    general = series.astype("string").str.strip().astype(object)
+    general[columns._blank(series)] = None
+    assert columns._coerce_series(series, "str")[0].tolist() == general.tolist()
+    assert columns.line_breaks(series).tolist() == [9, 10]
+    assert columns._coerce_series(pd.Series([1, " a ", None], dtype=object), "str")[0].tolist() == ["1", "a", None]
 
 
 def test_first_occurrences_across_batches_are_those_a_dict_finds():
