@@ -21,12 +21,15 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from cim.bootstrap import stored_settings
 from cim.errors import UserError
 
 from cases.batch import BatchMemo, BatchOutcome, PreparedBatch, TicketRaced, intake_batch, prepare_batch, write_batch
 from cases.calendar import load_calendar
 from cases.model import bump_cases_layer
 from cases.catalogue import CaseClass, classes_for
+from cases.duplicates import ImportDuplicates
+from cases.lifecycle import now_utc
 from cases.textfile import read_records
 from cases.intake import CHANNELS, URGENCIES, CaseReport, intake
 
@@ -210,6 +213,10 @@ def _pipelined(engine: Engine, reports: list[CaseReport], now: datetime | None, 
     created = known = dispatched = manual = 0
     memo = BatchMemo()  # an address text is geocoded, a (grid, class) ranked, once per import
     seen: set[tuple[str, str]] = set()
+    srid: int | None = None
+    # the duplicate suggestions found while preparing, not by the writer (cases.duplicates); after a chunk
+    # whose ticket raced in (rare) the writer finds them again, as it sees what was really written
+    duplicates: ImportDuplicates | None = None
 
     def fresh_part(start: int, end: int) -> list[CaseReport]:
         nonlocal known
@@ -226,7 +233,8 @@ def _pipelined(engine: Engine, reports: list[CaseReport], now: datetime | None, 
 
     def prepare(reader: Connection, part: list[CaseReport]) -> PreparedBatch:
         try:
-            return prepare_batch(reader, part, now=now, classes=classes, memo=memo)
+            return prepare_batch(reader, part, now=now, classes=classes, memo=memo, duplicates=duplicates,
+                                 srid=srid)
         finally:
             reader.rollback()  # nothing to keep: it only read (case ids are drawn for good)
 
@@ -239,6 +247,14 @@ def _pipelined(engine: Engine, reports: list[CaseReport], now: datetime | None, 
 
     spans = chunk_spans(len(reports), chunk)
     with ThreadPoolExecutor(1, thread_name_prefix="cases-import-writer") as writer, engine.connect() as reader:
+        if reports:
+            earliest = min(r.reported_at or now or now_utc() for r in reports)
+            settings = stored_settings(reader)
+            if settings is None:
+                raise UserError("the city base is not initialised: run 'cim init'")
+            srid = settings.srid  # once, not per chunk
+            duplicates = ImportDuplicates.start(reader, list(classes.values()), earliest, srid)
+            reader.rollback()
         ahead: tuple[list[CaseReport], Future[list[BatchOutcome]]] | None = None
         for k, (start, end) in enumerate(spans):
             part = fresh_part(start, end)
@@ -248,6 +264,7 @@ def _pipelined(engine: Engine, reports: list[CaseReport], now: datetime | None, 
                 try:
                     count(written.result())
                 except TicketRaced:  # taken in meanwhile: now known; this chunk again behind it
+                    duplicates = None
                     with engine.begin() as conn:
                         count(intake_batch(conn, part_ahead, now=now, classes=classes, memo=memo))
                     prepared = prepare(reader, part)
