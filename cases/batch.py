@@ -325,7 +325,41 @@ def prepare_batch(conn: Connection, reports: Sequence[CaseReport], now: datetime
     """The first half of :func:`intake_batch`: check, locate, bind parts, draw ids, dispatch and
     build the cases' rows — reading only, so a caller may prepare the next chunk on another
     connection while the previous one is written (:func:`write_batch`). ``duplicates`` (an import's,
-    kept over its chunks) finds the duplicate suggestions here instead of in :func:`write_batch`."""
+    kept over its chunks) finds the duplicate suggestions here instead of in :func:`write_batch`.
+    It is :func:`locate_batch` (the statements) then :func:`build_batch` (Python only), which an
+    import runs on two threads, a chunk apart."""
+    return build_batch(locate_batch(conn, reports, now, calendar, classes, srid, memo, duplicates), duplicates)
+
+
+@dataclass
+class LocatedBatch:
+    """A chunk checked, located, its parts bound and its ids drawn (:func:`locate_batch`), not yet dispatched
+    nor turned into rows (:func:`build_batch`)."""
+
+    reports: Sequence[CaseReport]
+    now: datetime
+    srid: int
+    classes: dict[str, CaseClass]
+    calendar: WorkingCalendar
+    memo: BatchMemo
+    known: dict[tuple[str, str], int]
+    first_of: dict[tuple[str, str], int]
+    new: list[int]
+    fresh: list[CaseReport]
+    locs: list[_Location]
+    parts: dict[int, str]
+    ids: list[int]
+    chains: dict[str, Any]
+    policies: bool  # the reading connection ran under row-level security: no COPY text
+    earlier: dict[int, list[tuple[datetime, int]]] | None  # duplicate suggestions from before the import
+
+
+def locate_batch(conn: Connection, reports: Sequence[CaseReport], now: datetime | None = None,
+                 calendar: WorkingCalendar | None = None,
+                 classes: Mapping[str, CaseClass] | None = None, srid: int | None = None,
+                 memo: BatchMemo | None = None, duplicates: ImportDuplicates | None = None) -> LocatedBatch:
+    """What :func:`prepare_batch` asks of the database: check, locate, bind parts, draw ids (and, with
+    ``duplicates``, ask for the suggestions among the cases that were in before the import)."""
     for report in reports:
         _validate(report)
     if srid is None:  # a caller that knows the base's storage CRS saves the queries
@@ -360,11 +394,24 @@ def prepare_batch(conn: Connection, reports: Sequence[CaseReport], now: datetime
     # the geocoder and the grid lookup answered each grid's responsibility chain already
     chains = {loc.answer.grid.code: loc.answer.responsibility for loc in locs
               if loc.problem is None and loc.answer.grid}
-    grids = sorted(chains)
-    if grids and memo.kinds is None:
+    if chains and memo.kinds is None:
         memo.kinds = department_kinds(conn)
-    kinds = memo.kinds or {}
-    ranked, dues = memo.ranked, memo.dues
+    earlier = None if duplicates is None else duplicates.earlier(
+        conn, [(case_id, classes[r.class_code], loc.x, loc.y, r.reported_at or now)
+               for r, loc, case_id in zip(fresh, locs, ids)])
+    return LocatedBatch(reports, now, srid, classes, calendar, memo, known, first_of, new, fresh, locs, parts, ids,
+                        chains, under_policies(conn), earlier)
+
+
+def build_batch(located: LocatedBatch, duplicates: ImportDuplicates | None = None) -> PreparedBatch:
+    """The rest of :func:`prepare_batch`, without a statement: dispatch, the cases' rows, their COPY text and
+    log lines (and, with ``duplicates``, the suggestions among the import's own earlier cases). Chunks are
+    built in the order they were located."""
+    p = located
+    now, srid, classes, calendar, chains, parts = p.now, p.srid, p.classes, p.calendar, p.chains, p.parts
+    fresh, locs, ids = p.fresh, p.locs, p.ids
+    kinds = p.memo.kinds or {}
+    ranked, dues = p.memo.ranked, p.memo.dues
 
     case_rows: list[dict[str, Any]] = []
     for j, (r, loc, case_id) in enumerate(zip(fresh, locs, ids)):
@@ -402,11 +449,11 @@ def prepare_batch(conn: Connection, reports: Sequence[CaseReport], now: datetime
     copy_rows = [[*map(row.get, _ROW_COLUMNS), _point(row["x"], row["y"], row["z"], srid)]
                  for row in case_rows]
     dups = None if duplicates is None else \
-        duplicates.suggest(conn, case_rows, [classes[r.class_code] for r in fresh])
-    policies = under_policies(conn)
+        duplicates.within(case_rows, [classes[r.class_code] for r in fresh], p.earlier or {})
+    policies = p.policies
     lines = None if policies else _lines(copy_rows)
     event_lines = None if policies else _event_lines(case_rows, fresh, locs, classes, now, dups)
-    return PreparedBatch(reports, now, classes, known, first_of, new, fresh, locs, case_rows, copy_rows, lines,
+    return PreparedBatch(p.reports, now, classes, p.known, p.first_of, p.new, fresh, locs, case_rows, copy_rows, lines,
                          event_lines, dups)
 
 

@@ -78,30 +78,45 @@ class ImportDuplicates:
             "codes": codes, "since": earliest - timedelta(hours=widest)}).scalar())
         return cls(srid, ask)
 
-    def suggest(self, conn: Connection, rows: Sequence[dict[str, Any]], classes: Sequence[CaseClass]
-                ) -> dict[int, list[int]]:
-        """Case id → its suggestions, for the chunk's new cases (rows of :func:`cases.batch.prepare_batch`, in id
-        order, with their classes); the chunk's cases are then candidates for the chunks after it."""
+    def earlier(self, conn: Connection, cases: Sequence[tuple[int, CaseClass, float | None, float | None, datetime]]
+                ) -> dict[int, list[tuple[datetime, int]]]:
+        """Case id → (reported time, id) of the suggestions among the cases that were in before the import, for
+        new cases given as (id, class, x, y, reported time) in id order: one statement, or none when
+        :meth:`start` found no case they could be."""
+        if self.before is None and cases:
+            self.before = cases[0][0]
+        located = [c for c in cases if c[2] is not None and math.isfinite(c[2]) and math.isfinite(c[3])]  # type: ignore[arg-type]
+        if not self.ask_database or not located:
+            return {}
         found: dict[int, list[tuple[datetime, int]]] = {}
-        located = [(row, cls) for row, cls in zip(rows, classes)
-                   if row["x"] is not None and math.isfinite(row["x"]) and math.isfinite(row["y"])]
-        if self.before is None and rows:
-            self.before = rows[0]["id"]
-        if self.ask_database and located:
-            for r in conn.execute(sa.text(_EARLIER), {"srid": self.srid, "before": self.before, "q": _json(
-                    [{"id": row["id"], "k": cls.code, "at": row["reported_at"], "x": row["x"], "y": row["y"],
-                      "w": cls.duplicate_window_h, "r": cls.duplicate_radius_m} for row, cls in located])}):
-                found.setdefault(r.id, []).append((r.reported_at, r.dup))
-        for row, cls in located:
-            x, y, at, radius = row["x"], row["y"], row["reported_at"], cls.duplicate_radius_m
-            size = max(radius, 1.0)
+        for r in conn.execute(sa.text(_EARLIER), {"srid": self.srid, "before": self.before, "q": _json(
+                [{"id": i, "k": cls.code, "at": at, "x": x, "y": y, "w": cls.duplicate_window_h,
+                  "r": cls.duplicate_radius_m} for i, cls, x, y, at in located])}):
+            found.setdefault(r.id, []).append((r.reported_at, r.dup))
+        return found
+
+    def within(self, rows: Sequence[dict[str, Any]], classes: Sequence[CaseClass],
+               earlier: dict[int, list[tuple[datetime, int]]]) -> dict[int, list[int]]:
+        """Case id → its suggestions, for the chunk's new cases (rows of :func:`cases.batch.build_batch`, in id
+        order, with their classes): those of :meth:`earlier` and the import's own earlier cases, in the order
+        the writer's statement gives (reported time, then id). The chunk's cases are then candidates for the
+        chunks after it, so chunks must come here in id order."""
+        found = {case_id: list(pairs) for case_id, pairs in earlier.items()}
+        hypot, floor, finite = math.hypot, math.floor, math.isfinite
+        for row, cls in zip(rows, classes):
+            x, y = row["x"], row["y"]
+            if x is None or not finite(x) or not finite(y):
+                continue
+            at, radius = row["reported_at"], cls.duplicate_radius_m
+            size = max(radius, 1.0)  # a cell at least the radius wide: the 3 × 3 cells around hold every candidate
             cells = self._cells[cls.code]
-            cx, cy = math.floor(x / size), math.floor(y / size)
-            since = at - timedelta(seconds=cls.duplicate_window_h * 3600)
-            near = [(o.at, o.id) for dx in (-1, 0, 1) for dy in (-1, 0, 1) for o in cells.get((cx + dx, cy + dy), ())
-                    if since <= o.at <= at and math.hypot(o.x - x, o.y - y) <= radius]
-            if near:
-                found.setdefault(row["id"], []).extend(near)
+            cx, cy = floor(x / size), floor(y / size)
+            since = at - timedelta(hours=cls.duplicate_window_h)
+            for dx in (-1, 0, 1):
+                for dy in (-1, 0, 1):
+                    for o in cells.get((cx + dx, cy + dy), ()):
+                        if since <= o.at <= at and hypot(o.x - x, o.y - y) <= radius:
+                            found.setdefault(row["id"], []).append((o.at, o.id))
             cells.setdefault((cx, cy), []).append(_Seen(row["id"], x, y, at))
         return {case_id: [i for _, i in sorted(pairs)] for case_id, pairs in found.items()}
 
