@@ -214,6 +214,8 @@ def _field(value: Any) -> str:
 def _plain(value: Any) -> str:
     """A value that is neither text nor None as text (escaped later only if it needs it)."""
     kind = type(value)
+    if kind is int:  # ids, versions: every row has two
+        return str(value)
     if kind is datetime:
         return value.isoformat()
     if kind is float:

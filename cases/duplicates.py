@@ -103,21 +103,34 @@ class ImportDuplicates:
         chunks after it, so chunks must come here in id order."""
         found = {case_id: list(pairs) for case_id, pairs in earlier.items()}
         hypot, floor, finite = math.hypot, math.floor, math.isfinite
+        shapes: dict[str, tuple[float, float, timedelta, dict[tuple[int, int], list[_Seen]]]] = {}
         for row, cls in zip(rows, classes):
             x, y = row["x"], row["y"]
             if x is None or not finite(x) or not finite(y):
                 continue
-            at, radius = row["reported_at"], cls.duplicate_radius_m
-            size = max(radius, 1.0)  # a cell at least the radius wide: the 3 × 3 cells around hold every candidate
-            cells = self._cells[cls.code]
+            shape = shapes.get(cls.code)
+            if shape is None:  # a cell at least the radius wide: the 3 × 3 cells around hold every candidate
+                shape = shapes[cls.code] = (cls.duplicate_radius_m, max(cls.duplicate_radius_m, 1.0),
+                                            timedelta(hours=cls.duplicate_window_h), self._cells[cls.code])
+            radius, size, window, cells = shape
+            at = row["reported_at"]
+            since = at - window
             cx, cy = floor(x / size), floor(y / size)
-            since = at - timedelta(hours=cls.duplicate_window_h)
-            for dx in (-1, 0, 1):
-                for dy in (-1, 0, 1):
-                    for o in cells.get((cx + dx, cy + dy), ()):
+            near = None
+            for key in ((cx - 1, cy - 1), (cx - 1, cy), (cx - 1, cy + 1), (cx, cy - 1), (cx, cy), (cx, cy + 1),
+                        (cx + 1, cy - 1), (cx + 1, cy), (cx + 1, cy + 1)):
+                seen = cells.get(key)
+                if seen:
+                    for o in seen:
                         if since <= o.at <= at and hypot(o.x - x, o.y - y) <= radius:
-                            found.setdefault(row["id"], []).append((o.at, o.id))
-            cells.setdefault((cx, cy), []).append(_Seen(row["id"], x, y, at))
+                            if near is None:
+                                near = found.setdefault(row["id"], [])
+                            near.append((o.at, o.id))
+            here = cells.get((cx, cy))
+            if here is None:
+                cells[(cx, cy)] = [_Seen(row["id"], x, y, at)]
+            else:
+                here.append(_Seen(row["id"], x, y, at))
         return {case_id: [i for _, i in sorted(pairs)] for case_id, pairs in found.items()}
 
 

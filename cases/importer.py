@@ -36,6 +36,7 @@ from cases.intake import CHANNELS, URGENCIES, CaseReport, intake
 
 FIELDS = ("channel", "class", "description", "address", "x", "y", "z", "crs", "urgency", "external_id",
           "reporter_contact", "reported_at")
+_KNOWN = frozenset(FIELDS)
 CHUNK = 2000
 T = TypeVar("T")
 #: the smallest chunk the pipeline's start and end are cut into (:func:`chunk_spans`)
@@ -64,9 +65,11 @@ def number_field(where: str, key: str, value: Any) -> float | None:
 
 def to_report(where: str, row: dict[str, Any]) -> CaseReport:
     """One row as a report, checked; errors name the row and field."""
+    get = row.get
+
     def text(key: str) -> str | None:
-        value = row.get(key)
-        return None if value in (None, "") else str(value).strip()
+        value = get(key)
+        return None if value is None or value == "" else str(value).strip()
 
     channel, urgency = text("channel") or "", text("urgency") or "normal"
     if channel not in CHANNELS:
@@ -74,19 +77,22 @@ def to_report(where: str, row: dict[str, Any]) -> CaseReport:
     if urgency not in URGENCIES:
         raise UserError(f"{where}: field urgency: {urgency!r} is not one of {', '.join(URGENCIES)}")
     reported_at = None
-    if text("reported_at"):
+    when = text("reported_at")
+    if when:
         try:
-            reported_at = datetime.fromisoformat(text("reported_at") or "")
+            reported_at = datetime.fromisoformat(when)
         except ValueError:
             raise UserError(f"{where}: field reported_at: {row['reported_at']!r} is not an ISO 8601 time") from None
         if reported_at.tzinfo is None:
             raise UserError(f"{where}: field reported_at: {row['reported_at']!r} has no time zone")
-    x, y = number_field(where, "x", row.get("x")), number_field(where, "y", row.get("y"))
+    x, y = number_field(where, "x", get("x")), number_field(where, "y", get("y"))
     if (x is None) != (y is None):
         raise UserError(f"{where}: fields x, y: give both or neither")
-    extra = {k: v for k, v in row.items() if k not in FIELDS and v not in (None, "")}
+    # a CSV row holds the columns of its header, nearly always FIELDS or fewer: no extra to look for then
+    extra = {} if _KNOWN.issuperset(row) else \
+        {k: v for k, v in row.items() if k not in _KNOWN and v is not None and v != ""}
     return CaseReport(channel=channel, class_code=text("class") or "", description=text("description"),
-                      address_text=text("address"), x=x, y=y, z=number_field(where, "z", row.get("z")),
+                      address_text=text("address"), x=x, y=y, z=number_field(where, "z", get("z")),
                       crs=text("crs") or "EPSG:4326", urgency=urgency, external_id=text("external_id"),
                       reporter_contact=text("reporter_contact"), reported_at=reported_at, attributes=extra)
 
