@@ -42,6 +42,7 @@ from cases.calendar import WorkingCalendar, load_calendar
 from cases.catalogue import CaseClass, class_by_code, department_kinds
 from cases.constants import IntakeConstants, classes_of
 from cases.dispatch import NoDecision, Ranked, assign, rank
+from cases.duplicates import ImportDuplicates
 from cases.intake import (MACHINE, PART_SNAP_M, PART_SQL, CaseReport, IntakeResult, _at_point, _geocoded,
                           _Location, _unreadable, _validate, register_note)
 from cases.lifecycle import now_utc
@@ -213,6 +214,8 @@ def _field(value: Any) -> str:
 def _plain(value: Any) -> str:
     """A value that is neither text nor None as text (escaped later only if it needs it)."""
     kind = type(value)
+    if kind is int:  # ids, versions: every row has two
+        return str(value)
     if kind is datetime:
         return value.isoformat()
     if kind is float:
@@ -299,6 +302,9 @@ class PreparedBatch:
     #: their log rows as COPY text, built beforehand (None under row-level security): the report rows' duplicate
     #: suggestions, known only once the cases are in, are filled in by :func:`write_batch` (:func:`_with_duplicates`)
     event_lines: list[str] | None = None
+    #: the new cases' duplicate suggestions when found beside the writer (:mod:`cases.duplicates`, an import's);
+    #: None: the writer asks for them once the cases are in
+    duplicates: dict[int, list[int]] | None = None
 
 
 def intake_batch(conn: Connection, reports: Sequence[CaseReport], now: datetime | None = None,
@@ -317,10 +323,45 @@ def intake_batch(conn: Connection, reports: Sequence[CaseReport], now: datetime 
 def prepare_batch(conn: Connection, reports: Sequence[CaseReport], now: datetime | None = None,
                   calendar: WorkingCalendar | None = None,
                   classes: Mapping[str, CaseClass] | None = None, srid: int | None = None,
-                  memo: BatchMemo | None = None) -> PreparedBatch:
+                  memo: BatchMemo | None = None, duplicates: ImportDuplicates | None = None) -> PreparedBatch:
     """The first half of :func:`intake_batch`: check, locate, bind parts, draw ids, dispatch and
     build the cases' rows — reading only, so a caller may prepare the next chunk on another
-    connection while the previous one is written (:func:`write_batch`)."""
+    connection while the previous one is written (:func:`write_batch`). ``duplicates`` (an import's,
+    kept over its chunks) finds the duplicate suggestions here instead of in :func:`write_batch`.
+    It is :func:`locate_batch` (the statements) then :func:`build_batch` (Python only), which an
+    import runs on two threads, a chunk apart."""
+    return build_batch(locate_batch(conn, reports, now, calendar, classes, srid, memo, duplicates), duplicates)
+
+
+@dataclass
+class LocatedBatch:
+    """A chunk checked, located, its parts bound and its ids drawn (:func:`locate_batch`), not yet dispatched
+    nor turned into rows (:func:`build_batch`)."""
+
+    reports: Sequence[CaseReport]
+    now: datetime
+    srid: int
+    classes: dict[str, CaseClass]
+    calendar: WorkingCalendar
+    memo: BatchMemo
+    known: dict[tuple[str, str], int]
+    first_of: dict[tuple[str, str], int]
+    new: list[int]
+    fresh: list[CaseReport]
+    locs: list[_Location]
+    parts: dict[int, str]
+    ids: list[int]
+    chains: dict[str, Any]
+    policies: bool  # the reading connection ran under row-level security: no COPY text
+    earlier: dict[int, list[tuple[datetime, int]]] | None  # duplicate suggestions from before the import
+
+
+def locate_batch(conn: Connection, reports: Sequence[CaseReport], now: datetime | None = None,
+                 calendar: WorkingCalendar | None = None,
+                 classes: Mapping[str, CaseClass] | None = None, srid: int | None = None,
+                 memo: BatchMemo | None = None, duplicates: ImportDuplicates | None = None) -> LocatedBatch:
+    """What :func:`prepare_batch` asks of the database: check, locate, bind parts, draw ids (and, with
+    ``duplicates``, ask for the suggestions among the cases that were in before the import)."""
     for report in reports:
         _validate(report)
     if srid is None:  # a caller that knows the base's storage CRS saves the queries
@@ -355,11 +396,24 @@ def prepare_batch(conn: Connection, reports: Sequence[CaseReport], now: datetime
     # the geocoder and the grid lookup answered each grid's responsibility chain already
     chains = {loc.answer.grid.code: loc.answer.responsibility for loc in locs
               if loc.problem is None and loc.answer.grid}
-    grids = sorted(chains)
-    if grids and memo.kinds is None:
+    if chains and memo.kinds is None:
         memo.kinds = department_kinds(conn)
-    kinds = memo.kinds or {}
-    ranked, dues = memo.ranked, memo.dues
+    earlier = None if duplicates is None else duplicates.earlier(
+        conn, [(case_id, classes[r.class_code], loc.x, loc.y, r.reported_at or now)
+               for r, loc, case_id in zip(fresh, locs, ids)])
+    return LocatedBatch(reports, now, srid, classes, calendar, memo, known, first_of, new, fresh, locs, parts, ids,
+                        chains, under_policies(conn), earlier)
+
+
+def build_batch(located: LocatedBatch, duplicates: ImportDuplicates | None = None) -> PreparedBatch:
+    """The rest of :func:`prepare_batch`, without a statement: dispatch, the cases' rows, their COPY text and
+    log lines (and, with ``duplicates``, the suggestions among the import's own earlier cases). Chunks are
+    built in the order they were located."""
+    p = located
+    now, srid, classes, calendar, chains, parts = p.now, p.srid, p.classes, p.calendar, p.chains, p.parts
+    fresh, locs, ids = p.fresh, p.locs, p.ids
+    kinds = p.memo.kinds or {}
+    ranked, dues = p.memo.ranked, p.memo.dues
 
     case_rows: list[dict[str, Any]] = []
     for j, (r, loc, case_id) in enumerate(zip(fresh, locs, ids)):
@@ -396,11 +450,13 @@ def prepare_batch(conn: Connection, reports: Sequence[CaseReport], now: datetime
         case_rows.append(row)
     copy_rows = [[*map(row.get, _ROW_COLUMNS), _point(row["x"], row["y"], row["z"], srid)]
                  for row in case_rows]
-    policies = under_policies(conn)
+    dups = None if duplicates is None else \
+        duplicates.within(case_rows, [classes[r.class_code] for r in fresh], p.earlier or {})
+    policies = p.policies
     lines = None if policies else _lines(copy_rows)
-    event_lines = None if policies else _event_lines(case_rows, fresh, locs, classes, now)
-    return PreparedBatch(reports, now, classes, known, first_of, new, fresh, locs, case_rows, copy_rows, lines,
-                         event_lines)
+    event_lines = None if policies else _event_lines(case_rows, fresh, locs, classes, now, dups)
+    return PreparedBatch(p.reports, now, classes, p.known, p.first_of, p.new, fresh, locs, case_rows, copy_rows, lines,
+                         event_lines, dups)
 
 
 def write_batch(conn: Connection, prepared: PreparedBatch) -> list[BatchOutcome]:
@@ -414,12 +470,15 @@ def write_batch(conn: Connection, prepared: PreparedBatch) -> list[BatchOutcome]
         if set_based_bump:
             defer_cases_bump(conn)  # one set-based bump below, not a queued trigger call per case
         _copy(conn, "cases", _COLUMNS, p.copy_rows, p.copy_lines)
-    dups = _duplicates(conn, [(row, p.classes[r.class_code], copy_row[-1])
-                              for row, r, copy_row in zip(case_rows, p.fresh, p.copy_rows) if copy_row[-1] is not None])
+    if p.duplicates is not None:  # found while it was prepared; its log lines hold them already
+        dups = p.duplicates
+    else:
+        dups = _duplicates(conn, [(row, p.classes[r.class_code], copy_row[-1]) for row, r, copy_row
+                                  in zip(case_rows, p.fresh, p.copy_rows) if copy_row[-1] is not None])
     if case_rows:
         # no COPY under the policies (the rows themselves go in), nor for a log the marker was not found in
         event_lines = None if p.event_lines is None or under_policies(conn) else \
-            _with_duplicates(p.event_lines, case_rows, dups)
+            p.event_lines if p.duplicates is not None else _with_duplicates(p.event_lines, case_rows, dups)
         if event_lines is None:
             _copy(conn, "case_events", _EVENT_COLUMNS, _events(case_rows, p.fresh, p.locs, p.classes, dups, p.now))
         else:
@@ -457,7 +516,8 @@ _NO_DUPLICATES = '"possible_duplicates":[]}'
 
 
 def _event_lines(case_rows: list[dict[str, Any]], reports: Sequence[CaseReport], locs: Sequence[_Location],
-                 classes: dict[str, CaseClass], now: datetime) -> list[str]:
+                 classes: dict[str, CaseClass], now: datetime,
+                 dups: dict[int, list[int]] | None = None) -> list[str]:
     """The rows of :func:`_events` (no duplicate suggestions yet) as COPY lines, written straight from their
     values: of the ten columns of a log row most are the same for every case (the time, the machine, actions
     and statuses, each class's note), and only the free texts and the data are escaped, each value as
@@ -474,7 +534,7 @@ def _event_lines(case_rows: list[dict[str, Any]], reports: Sequence[CaseReport],
             note = notes[code] = _field(register_note(classes[r.class_code]))
         head, tail = f"{row['id']}\t{at}\t", f"\t{_field(row['district_code'])}\n"
         data = {"geocode": loc.geocode, "part_object_code": row["part_object_code"], "manual_reason": loc.problem,
-                "possible_duplicates": []}
+                "possible_duplicates": dups.get(row["id"], []) if dups else []}
         append(f"{head}{_field(r.channel)}\treporter\treport\t\\N\treported\t{_field(r.description)}\t"
                f"{_field(_dumps(data))}{tail}")
         append(f"{head}{MACHINE}\tsystem\tregister\treported\tregistered\t{note}\t{{}}{tail}")

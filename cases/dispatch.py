@@ -49,6 +49,21 @@ class NoDecision:
     reason: str
 
 
+#: (pattern, department name) → whether the pattern finds the name: a chain's departments are asked about
+#: again for every class and grid of a batch (an import of 20,000 cases ranks ~4,000 (grid, class) pairs over
+#: chains of tens of posts), and departments are few
+_FOUND: dict[tuple[re.Pattern[str], str], bool] = {}
+
+
+def _found(pattern: re.Pattern[str], name: str) -> bool:
+    found = _FOUND.get((pattern, name))
+    if found is None:
+        if len(_FOUND) > 100_000:  # a bound, for a server that runs for months over changing names
+            _FOUND.clear()
+        found = _FOUND[(pattern, name)] = pattern.search(name) is not None
+    return found
+
+
 def _handles(resp: Responsibility, code: str) -> bool:
     return any(code == h or (len(h) == 2 and code.startswith(h)) for h in resp.department.handles)
 
@@ -71,9 +86,9 @@ def rank(cls: CaseClass, grid_code: str, chain: Sequence[Responsibility], kinds:
     ranked: list[tuple[int, int, Responsibility, str]] = []
     for order, resp in enumerate(chain):
         dept = resp.department
-        if dept.code in excluded or PLATFORM_DEPARTMENT.search(dept.name):
+        if dept.code in excluded or _found(PLATFORM_DEPARTMENT, dept.name):
             continue
-        by_kind = bool(pattern and pattern.search(dept.name))
+        by_kind = bool(pattern and _found(pattern, dept.name))
         by_part = cls.is_part and _handles(resp, cls.code)
         if not (by_kind or by_part):
             continue

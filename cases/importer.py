@@ -10,29 +10,35 @@ from __future__ import annotations
 
 import contextvars
 import gc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from cim.bootstrap import stored_settings
 from cim.errors import UserError
 
-from cases.batch import BatchMemo, BatchOutcome, PreparedBatch, TicketRaced, intake_batch, prepare_batch, write_batch
+from cases.batch import (BatchMemo, BatchOutcome, LocatedBatch, PreparedBatch, TicketRaced, build_batch, intake_batch,
+                          locate_batch, prepare_batch, write_batch)
 from cases.calendar import load_calendar
 from cases.model import bump_cases_layer
 from cases.catalogue import CaseClass, classes_for
+from cases.duplicates import ImportDuplicates
+from cases.lifecycle import now_utc
 from cases.textfile import read_records
 from cases.intake import CHANNELS, URGENCIES, CaseReport, intake
 
 FIELDS = ("channel", "class", "description", "address", "x", "y", "z", "crs", "urgency", "external_id",
           "reporter_contact", "reported_at")
+_KNOWN = frozenset(FIELDS)
 CHUNK = 2000
+T = TypeVar("T")
 #: the smallest chunk the pipeline's start and end are cut into (:func:`chunk_spans`)
 RAMP_MIN = 200
 
@@ -59,9 +65,11 @@ def number_field(where: str, key: str, value: Any) -> float | None:
 
 def to_report(where: str, row: dict[str, Any]) -> CaseReport:
     """One row as a report, checked; errors name the row and field."""
+    get = row.get
+
     def text(key: str) -> str | None:
-        value = row.get(key)
-        return None if value in (None, "") else str(value).strip()
+        value = get(key)
+        return None if value is None or value == "" else str(value).strip()
 
     channel, urgency = text("channel") or "", text("urgency") or "normal"
     if channel not in CHANNELS:
@@ -69,19 +77,22 @@ def to_report(where: str, row: dict[str, Any]) -> CaseReport:
     if urgency not in URGENCIES:
         raise UserError(f"{where}: field urgency: {urgency!r} is not one of {', '.join(URGENCIES)}")
     reported_at = None
-    if text("reported_at"):
+    when = text("reported_at")
+    if when:
         try:
-            reported_at = datetime.fromisoformat(text("reported_at") or "")
+            reported_at = datetime.fromisoformat(when)
         except ValueError:
             raise UserError(f"{where}: field reported_at: {row['reported_at']!r} is not an ISO 8601 time") from None
         if reported_at.tzinfo is None:
             raise UserError(f"{where}: field reported_at: {row['reported_at']!r} has no time zone")
-    x, y = number_field(where, "x", row.get("x")), number_field(where, "y", row.get("y"))
+    x, y = number_field(where, "x", get("x")), number_field(where, "y", get("y"))
     if (x is None) != (y is None):
         raise UserError(f"{where}: fields x, y: give both or neither")
-    extra = {k: v for k, v in row.items() if k not in FIELDS and v not in (None, "")}
+    # a CSV row holds the columns of its header, nearly always FIELDS or fewer: no extra to look for then
+    extra = {} if _KNOWN.issuperset(row) else \
+        {k: v for k, v in row.items() if k not in _KNOWN and v is not None and v != ""}
     return CaseReport(channel=channel, class_code=text("class") or "", description=text("description"),
-                      address_text=text("address"), x=x, y=y, z=number_field(where, "z", row.get("z")),
+                      address_text=text("address"), x=x, y=y, z=number_field(where, "z", get("z")),
                       crs=text("crs") or "EPSG:4326", urgency=urgency, external_id=text("external_id"),
                       reporter_contact=text("reporter_contact"), reported_at=reported_at, attributes=extra)
 
@@ -198,9 +209,11 @@ def _write(engine: Engine, prepared: PreparedBatch, last: bool) -> list[BatchOut
 
 def _pipelined(engine: Engine, reports: list[CaseReport], now: datetime | None, chunk: int,
                classes: dict[str, CaseClass]) -> ImportReport:
-    """The chunks set-based, two at a time: while one is written (COPY, duplicate suggestions, log,
-    commit — the database's work) on one connection, the next is prepared (geocoding, grid lookup,
-    dispatch, the COPY text — mostly Python's) on another, so the two cores work at once.
+    """The chunks set-based, three at a time: while one is written (COPY, log, commit — the database's
+    work) on one connection, the next is built (dispatch, duplicate suggestions, the COPY text — Python's
+    alone) and the one after it located on another connection (geocoding, grid lookup, parts, ids — the
+    statements, while Python waits), so the two cores work at once and neither waits on the reading
+    connection's statements.
 
     Preparing only reads, so it may run before the chunk ahead is committed; the one thing it
     could not see, a ticket that chunk opens, is kept out of the chunk beforehand (``seen``): the
@@ -210,6 +223,10 @@ def _pipelined(engine: Engine, reports: list[CaseReport], now: datetime | None, 
     created = known = dispatched = manual = 0
     memo = BatchMemo()  # an address text is geocoded, a (grid, class) ranked, once per import
     seen: set[tuple[str, str]] = set()
+    srid: int | None = None
+    # the duplicate suggestions found while preparing, not by the writer (cases.duplicates); after a chunk
+    # whose ticket raced in (rare) the writer finds them again, as it sees what was really written
+    duplicates: ImportDuplicates | None = None
 
     def fresh_part(start: int, end: int) -> list[CaseReport]:
         nonlocal known
@@ -226,7 +243,8 @@ def _pipelined(engine: Engine, reports: list[CaseReport], now: datetime | None, 
 
     def prepare(reader: Connection, part: list[CaseReport]) -> PreparedBatch:
         try:
-            return prepare_batch(reader, part, now=now, classes=classes, memo=memo)
+            return prepare_batch(reader, part, now=now, classes=classes, memo=memo, duplicates=duplicates,
+                                 srid=srid)
         finally:
             reader.rollback()  # nothing to keep: it only read (case ids are drawn for good)
 
@@ -237,23 +255,48 @@ def _pipelined(engine: Engine, reports: list[CaseReport], now: datetime | None, 
         dispatched += sum(o.status == "dispatched" for o in outcomes)
         manual += sum(o.created and o.manual_reason is not None for o in outcomes)
 
+    def locate(reader: Connection, part: list[CaseReport]) -> LocatedBatch:
+        try:
+            return locate_batch(reader, part, now=now, classes=classes, memo=memo, duplicates=duplicates, srid=srid)
+        finally:
+            reader.rollback()
+
+    def submit(executor: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> Future[T]:
+        # in this thread's context: the caller's jurisdiction (``cim --as``) and name go with the statements
+        return executor.submit(contextvars.copy_context().run, fn, *args)
+
     spans = chunk_spans(len(reports), chunk)
-    with ThreadPoolExecutor(1, thread_name_prefix="cases-import-writer") as writer, engine.connect() as reader:
+    parts = [fresh_part(start, end) for start, end in spans]
+    # the reader is closed last: the threads are done with it by then
+    with engine.connect() as reader, ThreadPoolExecutor(1, thread_name_prefix="cases-import-writer") as writer, \
+            ThreadPoolExecutor(1, thread_name_prefix="cases-import-locator") as locator:
+        if reports:
+            earliest = min(r.reported_at or now or now_utc() for r in reports)
+            settings = stored_settings(reader)
+            if settings is None:
+                raise UserError("the city base is not initialised: run 'cim init'")
+            srid = settings.srid  # once, not per chunk
+            duplicates = ImportDuplicates.start(reader, list(classes.values()), earliest, srid)
+            reader.rollback()
+        located = submit(locator, locate, reader, parts[0]) if parts else None
         ahead: tuple[list[CaseReport], Future[list[BatchOutcome]]] | None = None
-        for k, (start, end) in enumerate(spans):
-            part = fresh_part(start, end)
-            prepared = prepare(reader, part)
+        for k, part in enumerate(parts):
+            here = located.result()  # type: ignore[union-attr]
+            located = submit(locator, locate, reader, parts[k + 1]) if k + 1 < len(parts) else None
+            prepared = build_batch(here, duplicates)
             if ahead is not None:
                 part_ahead, written = ahead
                 try:
                     count(written.result())
-                except TicketRaced:  # taken in meanwhile: now known; this chunk again behind it
+                except TicketRaced:  # taken in meanwhile: now known; this chunk (and the next) again behind it
+                    duplicates = None
+                    if located is not None:
+                        wait([located])  # the reader is the locator's until it is done; its ids are not used
                     with engine.begin() as conn:
                         count(intake_batch(conn, part_ahead, now=now, classes=classes, memo=memo))
                     prepared = prepare(reader, part)
-            # in this thread's context: the caller's jurisdiction (``cim --as``) and name go with the writes
-            ahead = (part, writer.submit(contextvars.copy_context().run, _write, engine, prepared,
-                                         k == len(spans) - 1))
+                    located = submit(locator, locate, reader, parts[k + 1]) if k + 1 < len(parts) else None
+            ahead = (part, submit(writer, _write, engine, prepared, k == len(parts) - 1))
         if ahead is not None:
             part_ahead, written = ahead
             try:

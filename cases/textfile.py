@@ -37,8 +37,23 @@ def read_records(path: Path, *, one: str, needed: Sequence[str], columns: Sequen
             raise UserError(f"{path}: expected a JSON array of objects, one per {one}")
         yield from ((f"{path}, item {i}", r) for i, r in enumerate(data, start=1))
         return
-    reader = csv.DictReader(io.StringIO(text))
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None) or []
     for column in needed:
-        if column not in (reader.fieldnames or []):
+        if column not in header:
             raise UserError(f"{path}: missing column {column!r}; columns are {', '.join(columns)}")
-    yield from ((f"{path}, row {n}", r) for n, r in enumerate(reader, start=2))
+    # as csv.DictReader gives the rows (blank lines skipped, a short row's missing fields None, a long row's
+    # extra ones in a list under None), at half its time: most rows are as long as the header
+    width = len(header)
+    n = 1
+    for values in reader:
+        if not values:
+            continue
+        n += 1
+        row: dict[Any, Any] = dict(zip(header, values))
+        if len(values) != width:
+            if len(values) < width:
+                row.update(dict.fromkeys(header[len(values):]))
+            else:
+                row[None] = values[width:]
+        yield f"{path}, row {n}", row

@@ -469,3 +469,67 @@ def test_a_small_group_leaves_the_layer_bump_to_the_trigger(two_cities):
                 assert conn.execute(version).scalar() == v0 + 1, tag
     finally:
         sa.event.remove(engine, "before_cursor_execute", seen)
+
+
+def test_an_imports_duplicates_found_beside_the_writer_equal_the_databases(two_cities, tmp_path):
+    """The import finds its duplicate suggestions while preparing (cases.duplicates: the cases that were in
+    before it asked of the database, its own earlier cases in memory), not by the writer's statement: an
+    import into a base that holds earlier open cases suggests, for every new case, exactly the open cases of
+    its class within its radius and window before it with lower ids, in the single intake's order — from
+    before the import, from earlier chunks and from the same chunk."""
+    from cases.catalogue import class_by_code
+    from cases.intake import duplicates_of
+
+    _, (_, engine) = two_cities
+    rows = [r for r in _rows(engine) if r.get("external_id")]
+    first = _write(tmp_path / "first.csv", [dict(r, external_id=f"DA-{r['external_id']}") for r in rows])
+    second = _write(tmp_path / "second.csv", [dict(r, external_id=f"DB-{r['external_id']}") for r in rows])
+    import_cases(engine, first, now=NOW, chunk=13)
+    with engine.connect() as conn:
+        before = conn.execute(sa.text("SELECT coalesce(max(id), 0) FROM cases")).scalar()
+    report = import_cases(engine, second, now=NOW, chunk=13)
+    assert report.created == len({r["external_id"] for r in rows})
+    earlier = within = 0
+    with engine.connect() as conn:
+        for i in conn.execute(sa.text("SELECT id FROM cases WHERE id > :b ORDER BY id"), {"b": before}).scalars():
+            case = get_case(conn, i)
+            want = [d for d in duplicates_of(conn, case, class_by_code(conn, case.class_code)) if d < i]
+            assert case_log(conn, i)[0].data["possible_duplicates"] == want, i
+            earlier += any(d <= before for d in want)
+            within += any(d > before for d in want)
+    assert earlier > 0 and within > 0, (earlier, within)
+
+
+def test_an_import_whose_chunk_races_takes_it_again_and_keeps_the_files_order(two_cities, tmp_path, monkeypatch):
+    """A chunk whose write finds one of its tickets taken in meanwhile (TicketRaced) is taken again alone; the
+    chunks already located and built behind it (three are in flight) are prepared again after it: every row
+    one case, ids in the file's order, a whole log each, and the duplicate suggestions still the database's."""
+    from cases import importer
+    from cases.batch import TicketRaced
+    from cases.catalogue import class_by_code
+    from cases.intake import duplicates_of
+
+    _, (_, engine) = two_cities
+    rows = [dict(r, external_id=f"RC-{r['external_id']}") for r in _rows(engine) if r.get("external_id")]
+    rows = list({r["external_id"]: r for r in rows}.values())
+    src = _write(tmp_path / "race.csv", rows)
+    real, calls = importer._write, []
+
+    def racing(engine_, prepared, last):  # the second chunk's COPY finds a ticket taken in: nothing written
+        calls.append(len(prepared.case_rows))
+        if len(calls) == 2:
+            raise TicketRaced("duplicate key value violates unique constraint")
+        return real(engine_, prepared, last)
+    monkeypatch.setattr(importer, "_write", racing)
+    with engine.connect() as conn:
+        before = conn.execute(sa.text("SELECT coalesce(max(id), 0) FROM cases")).scalar()
+    report = importer.import_cases(engine, src, now=NOW, chunk=9)
+    assert len(calls) >= 4 and (report.created, report.known) == (len(rows), 0)
+    with engine.connect() as conn:
+        got = conn.execute(sa.text("SELECT external_id, id FROM cases WHERE id > :b ORDER BY id"), {"b": before}).all()
+        assert [e for e, _ in got] == [r["external_id"] for r in rows]  # the file's order
+        for _, i in got:
+            case, log = get_case(conn, i), case_log(conn, i)
+            assert len(log) == 3
+            want = [d for d in duplicates_of(conn, case, class_by_code(conn, case.class_code)) if d < i]
+            assert log[0].data["possible_duplicates"] == want, i
