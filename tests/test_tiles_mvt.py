@@ -98,26 +98,35 @@ def test_properties_parameter_and_empty_tiles(client):
     assert empty.status_code == 204 and not empty.content and empty.headers["etag"]
 
 
-def test_map_tiles_carry_the_properties_tilejson_lists(client):
+def test_map_tiles_carry_the_properties_tilejson_lists(client, city):
     """A map tile (no properties asked for) leaves out a version's bookkeeping and, on a layer enriched with area
-    codes, those codes: TileJSON's fields and the tileset's propertiesSchema list exactly what it carries. The
-    area layers keep their own codes; any property may still be asked for."""
+    codes, those codes: TileJSON's fields and the tileset's propertiesSchema list exactly what it carries. A part's
+    16-digit object code is its feature id, not a property (one value-table entry per part, tiles.mvt.CODE_IDS), and
+    TileJSON says so; the other layers' ids stay the fid. The area layers keep their own codes; any property may
+    still be asked for."""
     t = tile_at(16)
     tj = client.get("/collections/parts/tiles/WebMercatorQuad/tilejson.json").json()
     fields = set(tj["vector_layers"][0]["fields"])
-    assert fields == {"object_code", "part_class", "part_subclass", "name", "status", "owner_department", "maintainer"}
+    assert fields == {"part_class", "part_subclass", "name", "status", "owner_department", "maintainer"}
+    assert "feature id: object_code" in tj["vector_layers"][0]["description"]
     meta = client.get("/collections/parts/tiles/WebMercatorQuad").json()
     assert set(meta["layers"][0]["propertiesSchema"]["properties"]) == fields
+    assert "feature id: object_code" in meta["layers"][0]["description"]
     feats = mapbox_vector_tile.decode(client.get(url("parts", t)).content)["parts"]["features"]
     assert len(feats) == 3 and all(set(f["properties"]) <= fields for f in feats)
-    assert {f["properties"]["object_code"] for f in feats} == {"3101010101000000", "3101010110000001",
-                                                                "3101010103000002"}
-    assert all(isinstance(f["id"], int) for f in feats)  # the fid: what a map's click finds a feature by
+    assert {f["id"] for f in feats} == {3101010101000000, 3101010110000001, 3101010103000002}
+    assert {f["properties"]["part_subclass"] for f in feats} == {"0101", "0110", "0103"}
     grids = client.get("/collections/grids/tiles/WebMercatorQuad/tilejson.json").json()["vector_layers"][0]
     assert {"grid_code", "street_code", "name"} <= set(grids["fields"]) and "source_id" not in grids["fields"]
-    asked = client.get(url("parts", t), params={"properties": "source_id,feature_id,district_code"})
-    (feat, *_) = mapbox_vector_tile.decode(asked.content)["parts"]["features"]
-    assert set(feat["properties"]) == {"source_id", "feature_id", "district_code"}
+    assert "feature id" not in grids["description"]
+    with city.connect() as conn:
+        fids = set(conn.execute(sa.text("SELECT fid FROM grids WHERE valid_to IS NULL")).scalars())
+    grid_feats = mapbox_vector_tile.decode(client.get(url("grids", t)).content)["grids"]["features"]
+    assert grid_feats and {f["id"] for f in grid_feats} <= fids  # the fid: what a map's click finds a grid by
+    asked = client.get(url("parts", t), params={"properties": "source_id,feature_id,district_code,object_code"})
+    asked_feats = mapbox_vector_tile.decode(asked.content)["parts"]["features"]
+    assert all(set(f["properties"]) == {"source_id", "feature_id", "district_code", "object_code"} and
+               f["id"] == int(f["properties"]["object_code"]) for f in asked_feats)
 
 
 def test_a_street_level_tile_searches_a_box_worked_out_once(city, monkeypatch):
