@@ -158,6 +158,8 @@ def test_a_street_level_tile_searches_a_box_worked_out_once(city, monkeypatch):
                     tiles = [s for s in sent if "ST_AsMVT" in s]
                     assert len(sent) == len(tiles) == 1 and tiles[0].startswith(mvt._NO_PARALLEL)
                     assert "box_left" in tiles[0] and "ST_Affine" in tiles[0] and "ST_Transform" not in tiles[0]
+                    # a polygon inside the tile goes straight into its grid, one across the edge through ST_AsMVTGeom
+                    assert ("ST_SnapToGrid" in tiles[0]) == (name == "grids") and "ST_AsMVTGeom" in tiles[0]
                     with monkeypatch.context() as m:
                         m.setattr(mvt, "CORNERS_ZOOM", 99)
                         old = mvt.tile(conn, layers[name], 4549, z, t.x, t.y, Selection(),
@@ -173,15 +175,38 @@ def _vertices(geometry: dict) -> list[tuple[int, int]]:
     return walk(geometry["coordinates"])
 
 
+def _rings(geometry: dict) -> list[list[tuple[int, int]]]:
+    """A polygon's rings (closed), a line's vertices, a point's as one list each."""
+    kind, c = geometry["type"], geometry["coordinates"]
+    if kind == "Polygon":
+        return [[tuple(p) for p in ring] for ring in c]
+    if kind == "MultiPolygon":
+        return [[tuple(p) for p in ring] for polygon in c for ring in polygon]
+    return [_vertices(geometry)]
+
+
+def _same_ring(a: list[tuple[int, int]], b: list[tuple[int, int]], closed: bool) -> bool:
+    """The same vertices, each at most one grid cell apart, in the same order; a closed ring may start anywhere
+    (the way round counts: it tells an outer ring from a hole)."""
+    if len(a) != len(b):
+        return False
+    near = lambda p, q: abs(p[0] - q[0]) <= 1 and abs(p[1] - q[1]) <= 1  # noqa: E731
+    if not closed:
+        return all(near(p, q) for p, q in zip(a, b))
+    a, b = a[:-1], b[:-1]
+    return any(all(near(p, b[(i + r) % len(b)]) for i, p in enumerate(a)) for r in range(len(b)))
+
+
 def _same_within_a_cell(a: bytes, b: bytes, layer: str) -> bool:
-    """The same features, properties and vertex counts, each vertex at most one grid cell apart."""
+    """The same features, properties and rings of the same vertex counts, each vertex at most one grid cell apart."""
     fa = {f["id"]: f for f in mapbox_vector_tile.decode(a)[layer]["features"]}
     fb = {f["id"]: f for f in mapbox_vector_tile.decode(b)[layer]["features"]}
     assert fa.keys() == fb.keys()
     for k, f in fa.items():
-        va, vb = _vertices(f["geometry"]), _vertices(fb[k]["geometry"])
-        assert f["properties"] == fb[k]["properties"] and len(va) == len(vb)
-        assert all(abs(p[0] - q[0]) <= 1 and abs(p[1] - q[1]) <= 1 for p, q in zip(va, vb)), (va, vb)
+        ra, rb = _rings(f["geometry"]), _rings(fb[k]["geometry"])
+        closed = "Polygon" in f["geometry"]["type"]
+        assert f["properties"] == fb[k]["properties"] and f["geometry"]["type"] == fb[k]["geometry"]["type"]
+        assert len(ra) == len(rb) and all(_same_ring(p, q, closed) for p, q in zip(ra, rb)), (ra, rb)
     return True
 
 
@@ -210,6 +235,33 @@ def test_the_affine_map_into_web_mercator_stays_within_a_quarter_cell():
         assert mvt.storage_to_mercator(low.left, low.bottom, low.right, low.top, 4549,
                                        mvt.AFFINE_MAX_ERROR_CELLS * (low.right - low.left) / mvt.EXTENT) is None
 
+
+def test_the_inside_box_lies_inside_the_tile_and_its_buffer():
+    """A line or polygon whose stored box lies inside mvt.inside_box goes into the tile's grid by mvt.tile_affine
+    without ST_AsMVTGeom's clipping: every point of that box lands inside the tile plus its buffer (less a grid cell),
+    the box covers nearly all of it, and the grid's corners are where the tile's are (y down)."""
+    import numpy as np
+
+    from tiles import mvt
+
+    for z in (14, 15, 16):
+        b = TMS.xy_bounds(tile_at(z))
+        width = b.right - b.left
+        cell, pad = width / mvt.EXTENT, width * mvt.BUFFER / mvt.EXTENT
+        edges = (b.left - pad, b.bottom - pad, b.right + pad, b.top + pad)
+        affine = mvt.storage_to_mercator(*edges, 4549, mvt.AFFINE_MAX_ERROR_CELLS * cell)
+        left, bottom, right, top = mvt.inside_box(affine, *edges, cell)
+        a, bb, d, e, xoff, yoff = affine
+        sx, sy = np.meshgrid(np.linspace(left, right, 21), np.linspace(bottom, top, 21))
+        mx, my = a * sx + bb * sy + xoff, d * sx + e * sy + yoff
+        assert mx.min() >= edges[0] + cell * 0.999 and mx.max() <= edges[2] - cell * 0.999
+        assert my.min() >= edges[1] + cell * 0.999 and my.max() <= edges[3] - cell * 0.999
+        assert (mx.max() - mx.min()) * (my.max() - my.min()) > 0.95 * (width + 2 * pad) ** 2
+        ta, tb, td, te, txoff, tyoff = mvt.tile_affine(affine, b.left, b.top, mvt.EXTENT / width)
+        inverse = np.linalg.inv(np.array([[a, bb], [d, e]]))
+        for (x, y), grid in (((b.left, b.top), (0, 0)), ((b.right, b.bottom), (mvt.EXTENT, mvt.EXTENT))):
+            s = inverse @ np.array([x - xoff, y - yoff])
+            assert np.allclose((ta * s[0] + tb * s[1] + txoff, td * s[0] + te * s[1] + tyoff), grid, atol=1e-6)
 
 
 def test_filter_selects_features(client):

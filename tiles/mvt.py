@@ -191,6 +191,9 @@ def tile(conn: Connection, layer: Layer, srid: int, z: int, x: int, y: int, sele
                                      AFFINE_MAX_ERROR_CELLS * width / EXTENT)
         if affine is not None:
             params.update(zip(_AFFINE, affine))
+            params.update(zip(_TILE_AFFINE, tile_affine(affine, b.left, b.top, EXTENT / width)))
+            params.update(zip(_INSIDE, inside_box(affine, b.left - pad, b.bottom - pad, b.right + pad, b.top + pad,
+                                                  width / EXTENT)))
     else:  # PostGIS transforms the tile's box, densified
         params.update({"pad": pad, "segment": width / 8})
     # the districts the search box touches: only their partitions / shards are read
@@ -230,6 +233,32 @@ AFFINE_MAX_ERROR_CELLS = 0.25
 _AFFINE_SAMPLES = 5
 #: the bound parameters of the affine map (ST_Affine's a, b, d, e, xoff, yoff)
 _AFFINE = ("affine_a", "affine_b", "affine_d", "affine_e", "affine_xoff", "affine_yoff")
+
+
+#: the bound parameters of the affine map from storage straight into the tile's grid (y down), and of the box in
+#: storage inside which every geometry lies within the tile plus its buffer
+_TILE_AFFINE = ("tile_a", "tile_b", "tile_d", "tile_e", "tile_xoff", "tile_yoff")
+_INSIDE = ("inside_left", "inside_bottom", "inside_right", "inside_top")
+
+
+def tile_affine(affine: tuple[float, ...], left: float, top: float, scale: float) -> tuple[float, ...]:
+    """The affine map (ST_Affine's a, b, d, e, xoff, yoff) from storage into the tile's grid: ``affine`` into Web
+    Mercator, then (x − left, top − y) × ``scale`` (grid cells a metre): y grows downwards, as in a tile."""
+    a, b, d, e, xoff, yoff = affine
+    return a * scale, b * scale, -d * scale, -e * scale, (xoff - left) * scale, (top - yoff) * scale
+
+
+def inside_box(affine: tuple[float, ...], left: float, bottom: float, right: float, top: float,
+               shrink: float) -> tuple[float, float, float, float]:
+    """The axis-aligned storage box whose every point ``affine`` maps inside the Web Mercator box less ``shrink``
+    a side: the corners mapped back (the inverse map) make a parallelogram, slightly turned (grid convergence),
+    and the box takes the inner one of each pair of its sides."""
+    a, b, d, e, xoff, yoff = affine
+    inverse = np.linalg.inv(np.array([[a, b], [d, e]]))
+    corners = np.array([[left + shrink, bottom + shrink], [right - shrink, bottom + shrink],
+                        [right - shrink, top - shrink], [left + shrink, top - shrink]]) - [xoff, yoff]
+    (x0, y0), (x1, y1), (x2, y2), (x3, y3) = corners @ inverse.T
+    return float(max(x0, x3)), float(max(y0, y1)), float(min(x1, x2)), float(min(y2, y3))
 
 
 def storage_to_mercator(left: float, bottom: float, right: float, top: float, srid: int,
@@ -297,19 +326,46 @@ def _statement(layer: Layer, srid: int, selection: Selection, properties: tuple[
         geom = sa.func.ST_Simplify(geom, number("tolerance"), True)
         size = sa.func.ST_Area(t.c.geom) if "POLYGON" in kind else sa.func.ST_Length(t.c.geom)
         order = size.desc()
+    clipped = sa.func.ST_AsMVTGeom(geom, envelope, EXTENT, BUFFER, True)
+    # points: ST_AsMVTGeom costs a point little (measured: no change on parts z16), a CASE would add to it
+    geom = _inside_first(t, srid, kind, clipped) if affine and "POINT" not in kind else clipped
     code = feature_id_code(layer)
     # ST_AsMVT takes an integer column as the id (and leaves it out of the properties); the check constraint keeps
     # the code 16 digits, so the cast never fails
     ident = t.c.fid if code is None else sa.cast(t.c[code], sa.BigInteger)
     rows = (sa.select(ident.label("fid"), *(_column(layer, t, p) for p in properties),
-                      sa.func.ST_AsMVTGeom(geom, envelope, EXTENT, BUFFER, True).label("geom"))
+                      geom.label("geom"))
             .where(*selection.clauses(layer, t, t.c.geom, srid), t.c.geom.op("&&")(search),
                    *_districts_term(t, prune))
             .order_by(order, t.c.fid)
             .limit(sa.bindparam("feature_limit", type_=sa.Integer))
             .subquery("mvt_rows"))
+    kept = [rows.c.geom.is_not(None)]
+    if geom is not clipped:  # what the grid collapsed on the direct way (ST_AsMVTGeom drops it): empty, or no area
+        kept.append(sa.not_(sa.func.ST_IsEmpty(rows.c.geom)))
+        if "POLYGON" in kind:
+            kept.append(sa.func.ST_Area(rows.c.geom) > 0)
     return (sa.select(sa.func.ST_AsMVT(sa.literal_column("mvt_rows"), layer.name, EXTENT, "geom", "fid"))
-            .select_from(rows).where(rows.c.geom.is_not(None)))
+            .select_from(rows).where(*kept))
+
+
+def _inside_first(t: sa.Table, srid: int, kind: str, clipped: sa.ColumnElement) -> sa.ColumnElement:
+    """A line or polygon feature that lies inside the tile plus its buffer (its stored box inside :func:`inside_box`, read from the
+    geometry's header) goes into the tile's grid directly: the tile's affine map (:func:`tile_affine`), the same
+    simplification by SIMPLIFY_CELLS, snapped to the grid, repeated points dropped and, for a polygon, its outer
+    rings turned as a vector tile wants them (as ``ST_AsMVTGeom`` turns them). Only a feature across the edge takes
+    ``clipped``: ``ST_AsMVTGeom``'s clipping and validation (GEOS, for polygons) cost most of a z14 buildings tile's
+    geometry time, for footprints that need neither (measured: a z14 tile of 1,886 footprints over 徐汇区, 15 →
+    11 ms). A polygon whose snapped rings would cross themselves is not repaired as ``ST_AsMVTGeom`` would: at z14
+    a grid cell is ~0.5 m, and a footprint's sides are metres apart."""
+    number = functools.partial(sa.bindparam, type_=sa.Float)
+    direct = sa.func.ST_Affine(sa.func.ST_Force2D(t.c.geom), *(number(p) for p in _TILE_AFFINE))
+    direct = sa.func.ST_RemoveRepeatedPoints(sa.func.ST_SnapToGrid(sa.func.ST_Simplify(direct, SIMPLIFY_CELLS, True),
+                                                                   1.0))
+    if "POLYGON" in kind:  # y grows downwards in the grid: counter-clockwise here is clockwise on the map
+        direct = sa.func.ST_ForcePolygonCCW(direct)
+    inside = t.c.geom.op("@")(sa.func.ST_MakeEnvelope(*(number(p) for p in _INSIDE), srid))
+    return sa.case((inside, direct), else_=clipped)
 
 
 def _districts_term(t: sa.Table, prune: str | None) -> list[sa.ColumnElement]:
