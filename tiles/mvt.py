@@ -4,7 +4,8 @@ WebMercatorQuad tile matrix set (EPSG:3857, morecantile's definition).
 ST_AsMVTGeom clips to the tile plus a buffer and quantises to the 4096 grid; before it, lines and
 polygons are simplified by two grid cells (detail below that would be lost by quantisation
 anyway) and each zoom has a feature cap, largest features first, so a low-zoom tile of a dense
-layer stays small.
+layer stays small. From z14 a line or polygon that lies inside the tile plus its buffer needs no
+clipping and goes into the grid directly (:func:`_inside_first`).
 
 A point layer also has a first zoom (:func:`point_minzoom`): points have no size to thin them by, and
 reading every point of a tile costs ~10 µs each in the database, so a z14 tile over central Shanghai's
