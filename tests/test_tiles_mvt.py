@@ -236,6 +236,45 @@ def test_the_affine_map_into_web_mercator_stays_within_a_quarter_cell():
                                        mvt.AFFINE_MAX_ERROR_CELLS * (low.right - low.left) / mvt.EXTENT) is None
 
 
+def test_lines_inside_a_tile_go_straight_into_its_grid(city, monkeypatch):
+    """A pipeline inside a z14–16 tile takes the direct way into the grid and comes out as ST_AsMVTGeom (after
+    PostGIS's transform) puts it, each vertex within a cell; one that crosses the tile's edge is clipped to the
+    buffer (where a 10 km segment is cut, the tile's affine map and PROJ may differ by a few cells: not compared);
+    one shorter than a grid cell is kept or left out by both ways alike."""
+    from cim.jurisdiction import PUBLIC, acting_as
+    from cim.registry import load_layers
+    from cim.selection import Selection
+    from tiles import mvt
+
+    with city.begin() as conn:
+        for source, wkt in (("line-in", f"LINESTRING Z ({X0 + 20} {Y0 + 20} -2, {X0 + 80} {Y0 + 95} -2, "
+                                        f"{X0 + 150} {Y0 + 90} -2)"),
+                            ("line-across", f"LINESTRING Z ({X0 - 5000} {Y0 + 30} -2, {X0 + 5000} {Y0 + 30} -2)"),
+                            ("line-short", f"LINESTRING Z ({X0 + 40} {Y0 - 40} -2, {X0 + 40.05} {Y0 - 40} -2)")):
+            conn.execute(sa.text("INSERT INTO pipelines (source_id, kind, diameter_mm, geom) "
+                                 "VALUES (:s, '给水', 300, ST_GeomFromText(:g, 4549))"), {"s": source, "g": wkt})
+        _bump(conn, "pipelines")
+    with acting_as(PUBLIC), city.connect() as conn:
+        layer = load_layers(conn)["pipelines"]
+        assert "ST_SnapToGrid" in str(mvt._statement(layer, 4549, Selection(), ("source_id",), None, True, True))
+        for z in (14, 15, 16):
+            t = tile_at(z)
+            new = mvt.tile(conn, layer, 4549, z, t.x, t.y, Selection(), ["source_id"])
+            with monkeypatch.context() as m:
+                m.setattr(mvt, "CORNERS_ZOOM", 99)
+                old = mvt.tile(conn, layer, 4549, z, t.x, t.y, Selection(), ["source_id"])
+            feats = mapbox_vector_tile.decode(new)["pipelines"]["features"]
+            olds = {f["properties"]["source_id"]: f for f in mapbox_vector_tile.decode(old)["pipelines"]["features"]}
+            # the short one stays where it straddles a grid line (a line one cell long), in both ways alike
+            assert {f["properties"]["source_id"] for f in feats} == set(olds) >= {"line-in", "line-across"}
+            short = [f for f in feats if f["properties"]["source_id"] == "line-short"]
+            assert all(len(set(_vertices(f["geometry"]))) == 2 for f in short)
+            inside = next(f for f in feats if f["properties"]["source_id"] == "line-in")
+            assert _same_ring(_vertices(inside["geometry"]), _vertices(olds["line-in"]["geometry"]), closed=False)
+            across = next(f for f in feats if f["properties"]["source_id"] == "line-across")
+            assert all(-mvt.BUFFER <= x <= mvt.EXTENT + mvt.BUFFER for x, _ in _vertices(across["geometry"]))
+
+
 def test_the_inside_box_lies_inside_the_tile_and_its_buffer():
     """A line or polygon whose stored box lies inside mvt.inside_box goes into the tile's grid by mvt.tile_affine
     without ST_AsMVTGeom's clipping: every point of that box lands inside the tile plus its buffer (less a grid cell),
