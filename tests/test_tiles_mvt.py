@@ -98,26 +98,35 @@ def test_properties_parameter_and_empty_tiles(client):
     assert empty.status_code == 204 and not empty.content and empty.headers["etag"]
 
 
-def test_map_tiles_carry_the_properties_tilejson_lists(client):
+def test_map_tiles_carry_the_properties_tilejson_lists(client, city):
     """A map tile (no properties asked for) leaves out a version's bookkeeping and, on a layer enriched with area
-    codes, those codes: TileJSON's fields and the tileset's propertiesSchema list exactly what it carries. The
-    area layers keep their own codes; any property may still be asked for."""
+    codes, those codes: TileJSON's fields and the tileset's propertiesSchema list exactly what it carries. A part's
+    16-digit object code is its feature id, not a property (one value-table entry per part, tiles.mvt.CODE_IDS), and
+    TileJSON says so; the other layers' ids stay the fid. The area layers keep their own codes; any property may
+    still be asked for."""
     t = tile_at(16)
     tj = client.get("/collections/parts/tiles/WebMercatorQuad/tilejson.json").json()
     fields = set(tj["vector_layers"][0]["fields"])
-    assert fields == {"object_code", "part_class", "part_subclass", "name", "status", "owner_department", "maintainer"}
+    assert fields == {"part_class", "part_subclass", "name", "status", "owner_department", "maintainer"}
+    assert "feature id: object_code" in tj["vector_layers"][0]["description"]
     meta = client.get("/collections/parts/tiles/WebMercatorQuad").json()
     assert set(meta["layers"][0]["propertiesSchema"]["properties"]) == fields
+    assert "feature id: object_code" in meta["layers"][0]["description"]
     feats = mapbox_vector_tile.decode(client.get(url("parts", t)).content)["parts"]["features"]
     assert len(feats) == 3 and all(set(f["properties"]) <= fields for f in feats)
-    assert {f["properties"]["object_code"] for f in feats} == {"3101010101000000", "3101010110000001",
-                                                                "3101010103000002"}
-    assert all(isinstance(f["id"], int) for f in feats)  # the fid: what a map's click finds a feature by
+    assert {f["id"] for f in feats} == {3101010101000000, 3101010110000001, 3101010103000002}
+    assert {f["properties"]["part_subclass"] for f in feats} == {"0101", "0110", "0103"}
     grids = client.get("/collections/grids/tiles/WebMercatorQuad/tilejson.json").json()["vector_layers"][0]
     assert {"grid_code", "street_code", "name"} <= set(grids["fields"]) and "source_id" not in grids["fields"]
-    asked = client.get(url("parts", t), params={"properties": "source_id,feature_id,district_code"})
-    (feat, *_) = mapbox_vector_tile.decode(asked.content)["parts"]["features"]
-    assert set(feat["properties"]) == {"source_id", "feature_id", "district_code"}
+    assert "feature id" not in grids["description"]
+    with city.connect() as conn:
+        fids = set(conn.execute(sa.text("SELECT fid FROM grids WHERE valid_to IS NULL")).scalars())
+    grid_feats = mapbox_vector_tile.decode(client.get(url("grids", t)).content)["grids"]["features"]
+    assert grid_feats and {f["id"] for f in grid_feats} <= fids  # the fid: what a map's click finds a grid by
+    asked = client.get(url("parts", t), params={"properties": "source_id,feature_id,district_code,object_code"})
+    asked_feats = mapbox_vector_tile.decode(asked.content)["parts"]["features"]
+    assert all(set(f["properties"]) == {"source_id", "feature_id", "district_code", "object_code"} and
+               f["id"] == int(f["properties"]["object_code"]) for f in asked_feats)
 
 
 def test_a_street_level_tile_searches_a_box_worked_out_once(city, monkeypatch):
@@ -149,6 +158,8 @@ def test_a_street_level_tile_searches_a_box_worked_out_once(city, monkeypatch):
                     tiles = [s for s in sent if "ST_AsMVT" in s]
                     assert len(sent) == len(tiles) == 1 and tiles[0].startswith(mvt._NO_PARALLEL)
                     assert "box_left" in tiles[0] and "ST_Affine" in tiles[0] and "ST_Transform" not in tiles[0]
+                    # a polygon inside the tile goes straight into its grid, one across the edge through ST_AsMVTGeom
+                    assert ("ST_SnapToGrid" in tiles[0]) == (name == "grids") and "ST_AsMVTGeom" in tiles[0]
                     with monkeypatch.context() as m:
                         m.setattr(mvt, "CORNERS_ZOOM", 99)
                         old = mvt.tile(conn, layers[name], 4549, z, t.x, t.y, Selection(),
@@ -164,15 +175,38 @@ def _vertices(geometry: dict) -> list[tuple[int, int]]:
     return walk(geometry["coordinates"])
 
 
+def _rings(geometry: dict) -> list[list[tuple[int, int]]]:
+    """A polygon's rings (closed), a line's vertices, a point's as one list each."""
+    kind, c = geometry["type"], geometry["coordinates"]
+    if kind == "Polygon":
+        return [[tuple(p) for p in ring] for ring in c]
+    if kind == "MultiPolygon":
+        return [[tuple(p) for p in ring] for polygon in c for ring in polygon]
+    return [_vertices(geometry)]
+
+
+def _same_ring(a: list[tuple[int, int]], b: list[tuple[int, int]], closed: bool) -> bool:
+    """The same vertices, each at most one grid cell apart, in the same order; a closed ring may start anywhere
+    (the way round counts: it tells an outer ring from a hole)."""
+    if len(a) != len(b):
+        return False
+    near = lambda p, q: abs(p[0] - q[0]) <= 1 and abs(p[1] - q[1]) <= 1  # noqa: E731
+    if not closed:
+        return all(near(p, q) for p, q in zip(a, b))
+    a, b = a[:-1], b[:-1]
+    return any(all(near(p, b[(i + r) % len(b)]) for i, p in enumerate(a)) for r in range(len(b)))
+
+
 def _same_within_a_cell(a: bytes, b: bytes, layer: str) -> bool:
-    """The same features, properties and vertex counts, each vertex at most one grid cell apart."""
+    """The same features, properties and rings of the same vertex counts, each vertex at most one grid cell apart."""
     fa = {f["id"]: f for f in mapbox_vector_tile.decode(a)[layer]["features"]}
     fb = {f["id"]: f for f in mapbox_vector_tile.decode(b)[layer]["features"]}
     assert fa.keys() == fb.keys()
     for k, f in fa.items():
-        va, vb = _vertices(f["geometry"]), _vertices(fb[k]["geometry"])
-        assert f["properties"] == fb[k]["properties"] and len(va) == len(vb)
-        assert all(abs(p[0] - q[0]) <= 1 and abs(p[1] - q[1]) <= 1 for p, q in zip(va, vb)), (va, vb)
+        ra, rb = _rings(f["geometry"]), _rings(fb[k]["geometry"])
+        closed = "Polygon" in f["geometry"]["type"]
+        assert f["properties"] == fb[k]["properties"] and f["geometry"]["type"] == fb[k]["geometry"]["type"]
+        assert len(ra) == len(rb) and all(_same_ring(p, q, closed) for p, q in zip(ra, rb)), (ra, rb)
     return True
 
 
@@ -201,6 +235,72 @@ def test_the_affine_map_into_web_mercator_stays_within_a_quarter_cell():
         assert mvt.storage_to_mercator(low.left, low.bottom, low.right, low.top, 4549,
                                        mvt.AFFINE_MAX_ERROR_CELLS * (low.right - low.left) / mvt.EXTENT) is None
 
+
+def test_lines_inside_a_tile_go_straight_into_its_grid(city, monkeypatch):
+    """A pipeline inside a z14–16 tile takes the direct way into the grid and comes out as ST_AsMVTGeom (after
+    PostGIS's transform) puts it, each vertex within a cell; one that crosses the tile's edge is clipped to the
+    buffer (where a 10 km segment is cut, the tile's affine map and PROJ may differ by a few cells: not compared);
+    one shorter than a grid cell is kept or left out by both ways alike."""
+    from cim.jurisdiction import PUBLIC, acting_as
+    from cim.registry import load_layers
+    from cim.selection import Selection
+    from tiles import mvt
+
+    with city.begin() as conn:
+        for source, wkt in (("line-in", f"LINESTRING Z ({X0 + 20} {Y0 + 20} -2, {X0 + 80} {Y0 + 95} -2, "
+                                        f"{X0 + 150} {Y0 + 90} -2)"),
+                            ("line-across", f"LINESTRING Z ({X0 - 5000} {Y0 + 30} -2, {X0 + 5000} {Y0 + 30} -2)"),
+                            ("line-short", f"LINESTRING Z ({X0 + 40} {Y0 - 40} -2, {X0 + 40.05} {Y0 - 40} -2)")):
+            conn.execute(sa.text("INSERT INTO pipelines (source_id, kind, diameter_mm, geom) "
+                                 "VALUES (:s, '给水', 300, ST_GeomFromText(:g, 4549))"), {"s": source, "g": wkt})
+        _bump(conn, "pipelines")
+    with acting_as(PUBLIC), city.connect() as conn:
+        layer = load_layers(conn)["pipelines"]
+        assert "ST_SnapToGrid" in str(mvt._statement(layer, 4549, Selection(), ("source_id",), None, True, True))
+        for z in (14, 15, 16):
+            t = tile_at(z)
+            new = mvt.tile(conn, layer, 4549, z, t.x, t.y, Selection(), ["source_id"])
+            with monkeypatch.context() as m:
+                m.setattr(mvt, "CORNERS_ZOOM", 99)
+                old = mvt.tile(conn, layer, 4549, z, t.x, t.y, Selection(), ["source_id"])
+            feats = mapbox_vector_tile.decode(new)["pipelines"]["features"]
+            olds = {f["properties"]["source_id"]: f for f in mapbox_vector_tile.decode(old)["pipelines"]["features"]}
+            # the short one stays where it straddles a grid line (a line one cell long), in both ways alike
+            assert {f["properties"]["source_id"] for f in feats} == set(olds) >= {"line-in", "line-across"}
+            short = [f for f in feats if f["properties"]["source_id"] == "line-short"]
+            assert all(len(set(_vertices(f["geometry"]))) == 2 for f in short)
+            inside = next(f for f in feats if f["properties"]["source_id"] == "line-in")
+            assert _same_ring(_vertices(inside["geometry"]), _vertices(olds["line-in"]["geometry"]), closed=False)
+            across = next(f for f in feats if f["properties"]["source_id"] == "line-across")
+            assert all(-mvt.BUFFER <= x <= mvt.EXTENT + mvt.BUFFER for x, _ in _vertices(across["geometry"]))
+
+
+def test_the_inside_box_lies_inside_the_tile_and_its_buffer():
+    """A line or polygon whose stored box lies inside mvt.inside_box goes into the tile's grid by mvt.tile_affine
+    without ST_AsMVTGeom's clipping: every point of that box lands inside the tile plus its buffer (less a grid cell),
+    the box covers nearly all of it, and the grid's corners are where the tile's are (y down)."""
+    import numpy as np
+
+    from tiles import mvt
+
+    for z in (14, 15, 16):
+        b = TMS.xy_bounds(tile_at(z))
+        width = b.right - b.left
+        cell, pad = width / mvt.EXTENT, width * mvt.BUFFER / mvt.EXTENT
+        edges = (b.left - pad, b.bottom - pad, b.right + pad, b.top + pad)
+        affine = mvt.storage_to_mercator(*edges, 4549, mvt.AFFINE_MAX_ERROR_CELLS * cell)
+        left, bottom, right, top = mvt.inside_box(affine, *edges, cell)
+        a, bb, d, e, xoff, yoff = affine
+        sx, sy = np.meshgrid(np.linspace(left, right, 21), np.linspace(bottom, top, 21))
+        mx, my = a * sx + bb * sy + xoff, d * sx + e * sy + yoff
+        assert mx.min() >= edges[0] + cell * 0.999 and mx.max() <= edges[2] - cell * 0.999
+        assert my.min() >= edges[1] + cell * 0.999 and my.max() <= edges[3] - cell * 0.999
+        assert (mx.max() - mx.min()) * (my.max() - my.min()) > 0.95 * (width + 2 * pad) ** 2
+        ta, tb, td, te, txoff, tyoff = mvt.tile_affine(affine, b.left, b.top, mvt.EXTENT / width)
+        inverse = np.linalg.inv(np.array([[a, bb], [d, e]]))
+        for (x, y), grid in (((b.left, b.top), (0, 0)), ((b.right, b.bottom), (mvt.EXTENT, mvt.EXTENT))):
+            s = inverse @ np.array([x - xoff, y - yoff])
+            assert np.allclose((ta * s[0] + tb * s[1] + txoff, td * s[0] + te * s[1] + tyoff), grid, atol=1e-6)
 
 
 def test_filter_selects_features(client):

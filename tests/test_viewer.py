@@ -151,6 +151,20 @@ CASE_TIMELINE = """(() => {
 })()"""
 
 
+#: true once the part is drawn and a click on it has shown its object code, which its tile carries as the feature id
+#: (tiles.mvt.CODE_IDS), not as a property
+PART_CODE = """(() => {
+  const m = window.cimMap; if (!m || !m.loaded()) return false;
+  const hits = m.queryRenderedFeatures({layers: ['parts-circle']}); if (!hits.length) return false;
+  if (!window.partClicked) {
+    if (hits[0].properties.object_code !== undefined) return false;
+    const p = m.project(hits[0].geometry.coordinates);
+    m.fire('click', {point: p, lngLat: m.unproject(p)}); window.partClicked = true; return false;
+  }
+  const rows = [...document.querySelectorAll('#info-table tr')].map(tr => tr.textContent);
+  return !document.getElementById('info').hidden && rows.includes('object_code3101010101000001');
+})()"""
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -235,3 +249,11 @@ def test_viewer_cases_panel_in_a_browser(server, tmp_path):
     assert result["ok"], result
     assert not result["errors"], result["errors"]
     print(f"screenshot: {shot}")
+
+
+def test_viewer_shows_a_parts_object_code_on_click_in_a_browser(server, tmp_path):
+    _needs_libraries()
+    shot = tmp_path / "viewer-part.png"
+    result = _browser(f"{server}/viewer#2d", PART_CODE, shot)
+    assert result["ok"], result
+    assert not result["errors"], result["errors"]

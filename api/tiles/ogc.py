@@ -68,6 +68,15 @@ async def collection_tilesets(request: Request, collectionId: str):
         "links": [{"rel": "self", "type": "application/json", "href": f"{base}/collections/{lyr.name}/tiles"}]})
 
 
+def _description(layer: Layer) -> str:
+    """The layer's title, and what its tile features' ids are when they are not the fid (tiles.mvt.CODE_IDS)."""
+    code = mvt.feature_id_code(layer)
+    if code is None:
+        return layer.title
+    return (f"{layer.title}; feature id: {code} ({layer.queryable(code).title}) as an integer, not a property "
+            f"unless properties={code} asks for it")
+
+
 def _fields(layer: Layer, names: list[str]) -> dict[str, str]:
     return {n: (layer.queryable(n).title if layer.queryable(n) else n) for n in names}
 
@@ -84,7 +93,7 @@ async def collection_tileset(request: Request, collectionId: str, tileMatrixSetI
     body: dict[str, Any] = {
         "title": f"{lyr.title} ({lyr.name})", "dataType": "vector", "tileMatrixSetURI": TMS_URI,
         "crs": "http://www.opengis.net/def/crs/EPSG/0/3857",
-        "layers": [{"id": lyr.name, "title": lyr.title, "dataType": "vector",
+        "layers": [{"id": lyr.name, "title": lyr.title, "description": _description(lyr), "dataType": "vector",
                     "geometryDimension": _dimension(lyr), "minTileMatrix": str(minzoom), "maxTileMatrix": str(mvt.TMS.maxzoom),
                     "propertiesSchema": {"type": "object", "properties": {
                         q.name: {"type": q.type if q.type in ("number", "integer", "boolean") else "string",
@@ -120,7 +129,7 @@ async def collection_tilejson(request: Request, collectionId: str, tileMatrixSet
         # a dense point layer starts at a street-level zoom (tiles.mvt.point_minzoom): below, its tiles are empty
         "minzoom": minzoom, "maxzoom": 22, "bounds": list(bounds),
         "center": [(bounds[0] + bounds[2]) / 2, (bounds[1] + bounds[3]) / 2, max(12, minzoom)],
-        "vector_layers": [{"id": lyr.name, "description": lyr.title, "minzoom": minzoom, "maxzoom": 22,
+        "vector_layers": [{"id": lyr.name, "description": _description(lyr), "minzoom": minzoom, "maxzoom": 22,
                            "fields": _fields(lyr, mvt.map_properties(lyr))}],
     }, headers={"ETag": etag(str(lyr.version)), "Cache-Control": REVALIDATE})
 

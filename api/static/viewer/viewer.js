@@ -244,7 +244,11 @@ async function showMap() {
     // the scenario layers' own click handlers show their popups
     if (["curtain-wall-risk", "illegal-building", "group-rental"].includes(f.source)) return;
     casePanel.hidden = true;
-    showInfo(f.properties.name || f.properties.grid_code || f.properties.object_code || f.sourceLayer, f.properties);
+    // a part's 16-digit object code travels as its feature id, not as a property (tiles.mvt.CODE_IDS); valid codes
+    // begin with a province's code (11–82), so the number is exact, padded only for a code that starts with 0
+    const props = f.sourceLayer === "parts" && f.id !== undefined
+      ? {object_code: String(f.id).padStart(16, "0"), ...f.properties} : f.properties;
+    showInfo(props.name || props.grid_code || props.object_code || f.sourceLayer, props);
   });
   document.getElementById("layers-2d").addEventListener("change", (ev) => {
     if (ev.target.name === "cases-closed") {
