@@ -180,3 +180,17 @@ def test_db_up_as_root_status_url_down(tmp_path):
         run_cim("db", "down", env=env, check=False)
     down_status = run_cim("db", "status", env=env, check=False)
     assert down_status.returncode == 1 and "Traceback" not in down_status.stderr
+
+
+@pytest.mark.skipif(bool(os.environ.get("CIM_TEST_DATABASE_URL")), reason="a server of one's own: its collation")
+def test_the_embedded_cluster_compares_text_by_code_point_with_the_c_collation(engine):
+    """Collation C (cim.cluster): codes and source ids index through memcmp, not strcoll; the order of any text,
+    Chinese names among them, stays the code-point order C.UTF-8 gave."""
+    texts = ["徐汇区", "黄浦区", "310104001", "31010400", "B3101010000002", "b310101", "汾阳路150号", "Ｂ", "ä", "Z", "-1"]
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT datcollate, datctype FROM pg_database WHERE datname = current_database()")
+                            ).one() == ("C", "C.UTF-8")
+        ordered = conn.execute(sa.text("SELECT t FROM unnest(CAST(:texts AS text[])) AS t ORDER BY t"),
+                               {"texts": texts}).scalars().all()
+        assert conn.execute(sa.text("SELECT upper('ä') = 'Ä'")).scalar()  # character classes are C.UTF-8's
+    assert ordered == sorted(texts)
