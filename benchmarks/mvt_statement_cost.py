@@ -78,73 +78,106 @@ def with_policy(statement: str, table: str, policy: str) -> str:
     return statement.replace(head, f"{head}({policy.replace('district_code', f'{table}.district_code')}) AND ", 1)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+#: the scope's settings as the API sets them for the public (cim.partition: none), without the role switch
+PUBLIC_SCOPE = ("SELECT set_config('cim.scope', 'public', true), set_config('cim.district', '', true), "
+                "set_config('cim.street', '', true), set_config('cim.grids', '', true), "
+                "set_config('cim.partition', '', true), set_config('max_parallel_workers_per_gather', '0', true)")
+#: the read policy of revision 0012, written into a captured statement by :func:`with_policy`
+POLICY = f"cim_in_scope(district_code, street_code, grid_code) AND {district_pruning('district_code')}"
+
+
+def arguments(description: str, layer: str | None = "parts", zoom: int = 16) -> argparse.Namespace:
+    """The options every statement-cost benchmark takes (``layer`` None: the script names its own layer)."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--home", type=Path, required=True, help="CIM_HOME of the loaded base (read only)")
-    ap.add_argument("--layer", default="parts")
-    ap.add_argument("--zoom", type=int, default=16)
+    if layer is not None:
+        ap.add_argument("--layer", default=layer)
+    ap.add_argument("--zoom", type=int, default=zoom)
     ap.add_argument("--tiles", type=int, default=12)
     ap.add_argument("--block", type=int, default=5, help="executions of one form per block")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--seed", type=int, default=15)
-    args = ap.parse_args()
+    return ap.parse_args()
 
-    url = database_url(args.home)
-    engine = engine_for(url)
-    srid = load_settings(engine).srid
-    with engine.connect() as conn:
-        layer = load_layers(conn)[args.layer]
-    in_scope = "cim_in_scope(district_code, street_code, grid_code)"
-    old = f"{in_scope} AND {_migration_0011()._PRUNING_0008}"
-    new = f"{in_scope} AND {district_pruning('district_code')}"
-    template = f"/{{z}}/{{x}}/{{y}}"
-    paths = mvt_paths(url, args.layer, template, args.tiles, args.seed, zooms=(args.zoom,))
-    cpu: dict[str, list[float]] = {k: [] for k in ("0008 policy, ST_Transform (main)", "0011 policy, ST_Transform",
-                                                    "0011 policy, ST_Affine (branch)", "no policy, ST_Transform")}
-    sizes: dict[str, list[int]] = {k: [] for k in cpu}
-    raw = engine.raw_connection()
-    cur = raw.cursor()
-    cur.execute("SELECT pg_backend_pid()")
-    pid = cur.fetchone()[0]
-    # the scope's settings as the API sets them for the public (cim.partition: none), without the role switch
-    scope = ("SELECT set_config('cim.scope', 'public', true), set_config('cim.district', '', true), "
-             "set_config('cim.street', '', true), set_config('cim.grids', '', true), "
-             "set_config('cim.partition', '', true), set_config('max_parallel_workers_per_gather', '0', true)")
-    for path in paths:
-        z, x, y = (int(v) for v in re.findall(r"\d+", path))
-        exact, p_exact = captured(engine, layer, srid, z, x, y, affine=False)
-        mapped, p_mapped = captured(engine, layer, srid, z, x, y, affine=True)
-        forms = {"0008 policy, ST_Transform (main)": (with_policy(exact, layer.table, old), p_exact),
-                 "0011 policy, ST_Transform": (with_policy(exact, layer.table, new), p_exact),
-                 "0011 policy, ST_Affine (branch)": (with_policy(mapped, layer.table, new), p_mapped),
-                 "no policy, ST_Transform": (exact, p_exact)}
+
+class FormBench:
+    """Statements of one tile in several forms, run on one connection in blocks of ``block``, the order of the
+    forms alternating round by round, each form's backend CPU read from ``/proc`` (a busy machine disturbs it far
+    less than wall time) and its tile's bytes; per tile and, at the end, the mean over tiles."""
+
+    def __init__(self, home: Path, layer_name: str, zoom: int, tiles: int, seed: int, rounds: int,
+                 block: int) -> None:
+        url = database_url(home)
+        self.engine = engine_for(url)
+        self.srid = load_settings(self.engine).srid
+        with self.engine.connect() as conn:
+            self.layer = load_layers(conn)[layer_name]
+        self.zoom, self.rounds, self.block = zoom, rounds, block
+        self.paths = mvt_paths(url, layer_name, "/{z}/{x}/{y}", tiles, seed, zooms=(zoom,))
+        self.cpu: dict[str, list[float]] = {}
+        self.sizes: dict[str, list[int]] = {}
+        self._raw = self.engine.raw_connection()
+        self._cur = self._raw.cursor()
+        self._cur.execute("SELECT pg_backend_pid()")
+        self._pid = self._cur.fetchone()[0]
+
+    def tiles(self):
+        """(path, z, x, y) of each tile measured."""
+        for path in self.paths:
+            z, x, y = (int(v) for v in re.findall(r"\d+", path))
+            yield path, z, x, y
+
+    def measure(self, path: str, forms: dict[str, tuple[str, dict]]) -> None:
+        cur, raw = self._cur, self._raw
         for statement, params in forms.values():  # pages in the buffers before anything counts
-            cur.execute(scope)
+            cur.execute(PUBLIC_SCOPE)
             cur.execute(statement, params)
             raw.rollback()
         spent = {k: 0.0 for k in forms}
-        for r in range(args.rounds):
+        for r in range(self.rounds):
             for name in (list(forms) if r % 2 == 0 else list(forms)[::-1]):
                 statement, params = forms[name]
-                cur.execute(scope)
-                c0 = _cpu_s(pid)
-                for _ in range(args.block):
+                cur.execute(PUBLIC_SCOPE)
+                c0 = _cpu_s(self._pid)
+                for _ in range(self.block):
                     cur.execute(statement, params)
                     data = cur.fetchone()[0]
-                spent[name] += _cpu_s(pid) - c0
+                spent[name] += _cpu_s(self._pid) - c0
                 raw.rollback()
                 if r == 0:
-                    sizes[name].append(len(data or b""))
+                    self.sizes.setdefault(name, []).append(len(data or b""))
         for name in forms:
-            cpu[name].append(spent[name] * 1000 / (args.rounds * args.block))
-        print(f"{path}: " + ", ".join(f"{spent[n] * 1000 / (args.rounds * args.block):.1f}" for n in forms) + " ms",
+            self.cpu.setdefault(name, []).append(spent[name] * 1000 / (self.rounds * self.block))
+        print(f"{path}: " + ", ".join(f"{self.cpu[n][-1]:.1f} ms {self.sizes[n][-1] / 1024:.0f} KiB" for n in forms),
               flush=True)
-    raw.close()
-    first = statistics.mean(cpu["0008 policy, ST_Transform (main)"])
-    print(f"\n{args.layer} z{args.zoom}, {len(paths)} tiles, backend CPU a tile (mean over tiles):")
-    for name in cpu:
-        mean = statistics.mean(cpu[name])
-        print(f"  {name:36} {mean:7.2f} ms  {mean / first:.2f}×  {statistics.mean(sizes[name]) / 1024:6.1f} KiB")
+
+    def report(self) -> None:
+        self._raw.close()
+        names = list(self.cpu)
+        first = statistics.mean(self.cpu[names[0]])
+        print(f"\n{self.layer.name} z{self.zoom}, {len(self.paths)} tiles, backend CPU a tile (mean over tiles):")
+        for name in names:
+            mean = statistics.mean(self.cpu[name])
+            ratio = mean / first if first else float("nan")  # /proc counts 10 ms ticks: a short run may see none
+            print(f"  {name:36} {mean:7.2f} ms  {ratio:.2f}×  "
+                  f"{statistics.mean(self.sizes[name]) / 1024:6.1f} KiB")
+        densest = max(range(len(self.paths)), key=lambda i: self.sizes[names[0]][i])
+        print(f"  densest tile {self.paths[densest]}: " + ", ".join(f"{self.cpu[n][densest]:.1f} ms" for n in names))
+
+
+def main() -> None:
+    args = arguments(__doc__)
+    bench = FormBench(args.home, args.layer, args.zoom, args.tiles, args.seed, args.rounds, args.block)
+    layer, table = bench.layer, bench.layer.table
+    old = f"cim_in_scope(district_code, street_code, grid_code) AND {_migration_0011()._PRUNING_0008}"
+    for path, z, x, y in bench.tiles():
+        exact, p_exact = captured(bench.engine, layer, bench.srid, z, x, y, affine=False)
+        mapped, p_mapped = captured(bench.engine, layer, bench.srid, z, x, y, affine=True)
+        bench.measure(path, {"0008 policy, ST_Transform (main)": (with_policy(exact, table, old), p_exact),
+                             "0011 policy, ST_Transform": (with_policy(exact, table, POLICY), p_exact),
+                             "0011 policy, ST_Affine (branch)": (with_policy(mapped, table, POLICY), p_mapped),
+                             "no policy, ST_Transform": (exact, p_exact)})
+    bench.report()
 
 
 if __name__ == "__main__":
