@@ -89,7 +89,8 @@ class DeploymentSettings(_PydanticSettings):
                                                             "(default: case-attachments under CIM_HOME)")
     case_group_window_ms: float = Field(2.0, ge=0, description="milliseconds POST /cases on an idle server waits "
                                                               "for concurrent reports to join its group (0: none)")
-    case_group_max: int = Field(64, ge=1, description="most reports POST /cases writes in one group (transaction)")
+    # 16: at 500 reports/s on 2 cores p99 39–54 ms, against 48–55 ms with 64 (docs/benchmarks.md)
+    case_group_max: int = Field(16, ge=1, description="most reports POST /cases writes in one group (transaction)")
     case_groups_in_flight: int = Field(2, ge=1, description="groups of POST /cases reports written at once per "
                                                              "API process (each on its own pooled connection)")
     cases_tick_s: float = Field(0.0, ge=0, description="seconds between the server's case ticks (mark overdue "
