@@ -583,7 +583,8 @@ def _events(case_rows: list[dict[str, Any]], reports: Sequence[CaseReport], locs
                     {"geocode": loc.geocode, "part_object_code": row["part_object_code"],
                      "manual_reason": loc.problem, "possible_duplicates": dups.get(case_id, [])},
                     row["district_code"]])
-        out.append([case_id, now, MACHINE, "system", "register", "reported", "registered", note, {}, row["district_code"]])
+        out.append([case_id, now, MACHINE, "system", "register", "reported", "registered", note, {},
+                    row["district_code"]])
         if row["status"] == "dispatched":
             out.append([case_id, now, MACHINE, "system", "dispatch", "registered", "dispatched", row["dispatch_reason"],
                         {"department_code": row["department_code"], "post_code": row["post_code"],

@@ -85,7 +85,8 @@ class ImportDuplicates:
         :meth:`start` found no case they could be."""
         if self.before is None and cases:
             self.before = cases[0][0]
-        located = [c for c in cases if c[2] is not None and math.isfinite(c[2]) and math.isfinite(c[3])]  # type: ignore[arg-type]
+        located = [c for c in cases
+                   if c[2] is not None and math.isfinite(c[2]) and math.isfinite(c[3])]  # type: ignore[arg-type]
         if not self.ask_database or not located:
             return {}
         found: dict[int, list[tuple[datetime, int]]] = {}

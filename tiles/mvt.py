@@ -351,14 +351,14 @@ def _statement(layer: Layer, srid: int, selection: Selection, properties: tuple[
 
 
 def _inside_first(t: sa.Table, srid: int, kind: str, clipped: sa.ColumnElement) -> sa.ColumnElement:
-    """A line or polygon feature that lies inside the tile plus its buffer (its stored box inside :func:`inside_box`, read from the
-    geometry's header) goes into the tile's grid directly: the tile's affine map (:func:`tile_affine`), the same
-    simplification by SIMPLIFY_CELLS, snapped to the grid, repeated points dropped and, for a polygon, its outer
-    rings turned as a vector tile wants them (as ``ST_AsMVTGeom`` turns them). Only a feature across the edge takes
-    ``clipped``: ``ST_AsMVTGeom``'s clipping and validation (GEOS, for polygons) cost most of a z14 buildings tile's
-    geometry time, for footprints that need neither (measured: a z14 tile of 1,886 footprints over 徐汇区, 15 →
-    11 ms). A polygon whose snapped rings would cross themselves is not repaired as ``ST_AsMVTGeom`` would: at z14
-    a grid cell is ~0.5 m, and a footprint's sides are metres apart."""
+    """A line or polygon feature that lies inside the tile plus its buffer (its stored box, read from the geometry's
+    header, inside :func:`inside_box`) goes into the tile's grid directly: the tile's affine map
+    (:func:`tile_affine`), the same simplification by SIMPLIFY_CELLS, snapped to the grid, repeated points dropped
+    and, for a polygon, its outer rings turned as a vector tile wants them (as ``ST_AsMVTGeom`` turns them). Only a
+    feature across the edge takes ``clipped``: ``ST_AsMVTGeom``'s clipping and validation (GEOS, for polygons) cost
+    most of a z14 buildings tile's geometry time, for footprints that need neither (measured: a z14 tile of 1,886
+    footprints over 徐汇区, 15 → 11 ms). A polygon whose snapped rings would cross themselves is not repaired as
+    ``ST_AsMVTGeom`` would: at z14 a grid cell is ~0.5 m, and a footprint's sides are metres apart."""
     number = functools.partial(sa.bindparam, type_=sa.Float)
     direct = sa.func.ST_Affine(sa.func.ST_Force2D(t.c.geom), *(number(p) for p in _TILE_AFFINE))
     direct = sa.func.ST_RemoveRepeatedPoints(sa.func.ST_SnapToGrid(sa.func.ST_Simplify(direct, SIMPLIFY_CELLS, True),
