@@ -196,7 +196,7 @@ class FeatureLoad:
                                                         counts.closed)
         if not self.options.dry_run:
             # before the completion below and the next load's links, which probe this layer (ingest.statistics)
-            refresh_statistics(cur, self.spec.table, counts.inserted + counts.updated)
+            refresh_statistics(cur, self.spec.table, counts.inserted + counts.updated + counts.closed)
         if self.spec.complete_links and counts.inserted and not self.options.dry_run:
             linked = self.spec.complete_links(cur, r.run_id)
             if linked:

@@ -18,9 +18,9 @@ SCALE_FACTOR = 0.1
 
 
 def refresh_statistics(cur, table: str, changed_rows: int) -> list[str]:
-    """ANALYZE ``table`` if this load's ``changed_rows`` (inserted and updated) pass autovacuum's rule for it,
-    else its partitions that have never been analyzed (made by this load); inside the load's transaction, so the
-    statistics count its rows. Returns the tables analyzed. Not on Citus: there the rows live in shards on the
+    """ANALYZE ``table`` if this load's ``changed_rows`` (inserted, updated and closed) pass autovacuum's rule for
+    it, else its partitions that have never been analyzed (made by this load); inside the load's transaction, so
+    the statistics count its rows. Returns the tables analyzed. Not on Citus: there the rows live in shards on the
     workers, which the load's locks do not hold, so their own autovacuum keeps the statistics."""
     cur.execute(IS_CITUS_SQL)
     if cur.fetchone()[0] or changed_rows <= 0:
