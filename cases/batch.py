@@ -34,7 +34,8 @@ from sqlalchemy.engine import Connection
 from cim.bootstrap import stored_settings
 from cim.errors import UserError
 from cim.gazetteer.geocode import GeocodeResult, geocode_many
-from cim.grid import MAX_POINTS, lookup_points
+from cim.gazetteer.store import LayerVersions
+from cim.grid import MAX_POINTS, ChainSource, lookup_points, responsibility_for
 from cim.jurisdiction import under_policies
 from cim.spatial import to_storage
 
@@ -82,13 +83,17 @@ class BatchMemo:
     """What the chunks of one import (or the windows of one simulation) share instead of computing
     it again per chunk: the answer for each address text, the dispatch rule's post per (grid,
     class), the deadlines per (time, limit), the department kinds and the calendar. Valid while
-    the gazetteer, the responsibility chains and the catalogue stay as they are: one run's length."""
+    the gazetteer, the responsibility chains and the catalogue stay as they are: one run's length.
+    A caller that keeps the gazetteer's layer versions and the grids' responsibility chains itself (the
+    API's case intake, :mod:`cases.constants`) hands them in: the geocoder then reads neither again."""
 
     geocoded: dict[str, GeocodeResult] = field(default_factory=dict)
     ranked: dict[tuple[str, str], Ranked | NoDecision] = field(default_factory=dict)
     dues: dict[tuple[datetime, float | None, str], datetime] = field(default_factory=dict)
     kinds: dict[str, re.Pattern[str]] | None = None
     calendar: WorkingCalendar | None = None
+    layer_versions: LayerVersions | None = None
+    responsibility: ChainSource = responsibility_for
 
 
 def _dumps(value: Any) -> str:
@@ -115,11 +120,12 @@ def _known(conn: Connection, reports: Sequence[CaseReport]) -> dict[tuple[str, s
 
 
 def _locate_all(conn: Connection, reports: Sequence[CaseReport], srid: int,
-                geocoded: dict[str, GeocodeResult] | None = None) -> list[_Location]:
+                memo: BatchMemo | None = None) -> list[_Location]:
     """Each report's location, as :func:`cases.intake._locate` finds it, with a few statements;
-    ``geocoded`` (address text → answer, kept by the caller) is used and filled, so an address
+    ``memo.geocoded`` (address text → answer, kept by the caller) is used and filled, so an address
     text is geocoded once per run, not once per chunk it appears in."""
-    geocoded = {} if geocoded is None else geocoded
+    memo = BatchMemo() if memo is None else memo
+    geocoded = memo.geocoded
     storage = f"EPSG:{srid}"
     out: list[_Location | None] = [None] * len(reports)
     by_crs: dict[str, list[int]] = {}
@@ -142,7 +148,8 @@ def _locate_all(conn: Connection, reports: Sequence[CaseReport], srid: int,
     if texts:
         unknown = list(dict.fromkeys(t for _, t in texts if t not in geocoded))
         if unknown:  # _geocoded only reads an answer, so reports of the same text share it
-            geocoded.update(zip(unknown, geocode_many(conn, unknown, storage)))
+            geocoded.update(zip(unknown, geocode_many(conn, unknown, storage, versions=memo.layer_versions,
+                                                      responsibility=memo.responsibility)))
         for i, text in texts:
             out[i] = _geocoded(text, geocoded[text], float(reports[i].z or 0.0))
     return [loc for loc in out if loc is not None]
@@ -394,7 +401,7 @@ def locate_batch(conn: Connection, reports: Sequence[CaseReport], now: datetime 
             first_of[key] = i
         new.append(i)
     fresh = [reports[i] for i in new]
-    locs = _locate_all(conn, fresh, srid, memo.geocoded)
+    locs = _locate_all(conn, fresh, srid, memo)
     parts = _parts(conn, [(j, classes[r.class_code].code, loc) for j, (r, loc) in enumerate(zip(fresh, locs))
                           if classes[r.class_code].is_part and loc.x is not None], srid)
     ids = _ids(conn, len(fresh)) if fresh else []
@@ -624,7 +631,9 @@ def intake_each(conn: Connection, reports: Sequence[CaseReport], now: datetime |
     ok = [i for i, o in enumerate(out) if o is None]
     if not ok:
         return [o for o in out if o is not None]
-    memo = BatchMemo(kinds=constants.kinds, calendar=constants.calendar) if constants is not None else None
+    memo = None if constants is None else BatchMemo(kinds=constants.kinds, calendar=constants.calendar,
+                                                    layer_versions=constants.layer_versions,
+                                                    responsibility=constants.chains)
     prepared = prepare_batch(conn, [reports[i] for i in ok], now, classes=classes, srid=srid, memo=memo)
     outcomes = write_batch(conn, prepared)
     zone = _session_zone(conn)

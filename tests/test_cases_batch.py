@@ -377,6 +377,51 @@ def test_the_servers_kept_constants_follow_the_catalogue(two_cities):
         conn.rollback()
 
 
+def test_the_servers_kept_constants_spare_the_layer_versions_and_the_chains(server_url):
+    """With the kept constants a group of reports asks the base neither for the geocoder's layer versions nor for
+    the responsibility chains of grids met before (two of a group's ~10 round trips); the chains a dispatch uses
+    are the base's again once the constants are older than max_age_s, and then at once."""
+    from cases.batch import intake_each
+    from cases.constants import ConstantsCache
+    from cases.importer import to_report
+
+    _, engine = _fresh_city(server_url)
+    doors = [r for r in _rows(engine) if r.get("address") and not r.get("x")][:12]
+    clock = [0.0]
+    cache = ConstantsCache(5, clock=lambda: clock[0])
+    sent: list[str] = []
+
+    def group(conn, n: int) -> list:
+        reports = [to_report(f"row {k}", dict(r, external_id=f"K{n}-{k}")) for k, r in enumerate(doors)]
+        sent.clear()
+        results = intake_each(conn, reports, now=NOW, constants=cache.get(conn))
+        return [r.case for r in results]
+
+    def asked(fragment: str) -> bool:
+        return any(fragment in statement for statement in sent)
+
+    listener = lambda conn, cursor, statement, *args: sent.append(statement)  # noqa: E731
+    sa.event.listen(engine, "before_cursor_execute", listener)
+    try:
+        with engine.begin() as conn:
+            first = group(conn, 1)
+            assert asked("FROM layers") and asked("jsonb_agg(jsonb_build_object(")  # the constants are read
+            again = group(conn, 2)
+            assert not asked("FROM layers") and not asked("jsonb_agg(jsonb_build_object(")
+            assert [c.grid_code for c in again] == [c.grid_code for c in first]
+            assert {c.status for c in again} == {"dispatched"}
+            conn.execute(sa.text("UPDATE persons SET name = name || '·新'"))  # every person, renamed
+            clock[0] += 4
+            assert not any(c.person_name.endswith("·新") for c in group(conn, 3))  # the kept chains
+            clock[0] += 2
+            renamed = group(conn, 4)
+            assert asked("FROM layers") and asked("jsonb_agg(jsonb_build_object(")
+            assert all(c.person_name.endswith("·新") for c in renamed)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", listener)
+    assert cache.reads == 2
+
+
 def test_a_set_based_write_bumps_the_layer_itself_and_queues_no_trigger_call(two_cities):
     """The cases' layer-version trigger (migration 0010_case_import) skips the rows of a writer that said it bumps
     the version itself (``defer_cases_bump``); every other writer's change still bumps it at the commit."""
