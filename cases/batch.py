@@ -106,15 +106,38 @@ def _dumps(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False, default=str)
 
 
-def _known(conn: Connection, reports: Sequence[CaseReport]) -> dict[tuple[str, str], int]:
-    """(channel, ticket) → the id of the case it leads to (through merges), for tickets already in."""
+#: the tickets of a chunk already in, and the ids of the cases it opens, in one statement (one round trip of a
+#: group's ~8): a ticket already in, or given twice, opens no case, so the chunk opens one case for each report
+#: without a ticket and one for each of its distinct tickets not found. The ids are drawn in order, as that many
+#: single INSERTs would draw them, and come back after the tickets found (channel and ticket NULL). Each part a
+#: materialised CTE: on Citus the tickets are an intermediate result joined with every shard, the draw the
+#: coordinator's (docs/citus.md).
+_KNOWN_AND_IDS = (
+    "WITH q AS MATERIALIZED (SELECT * FROM json_to_recordset(CAST(:keys AS json)) "
+    "AS q(channel text, external_id text)), "
+    "found AS MATERIALIZED (SELECT c.channel, c.external_id, c.id FROM q JOIN cases c USING (channel, external_id)), "
+    "drawn AS MATERIALIZED (SELECT nextval(pg_get_serial_sequence('cases', 'id')) AS id FROM generate_series(1, "
+    "CAST(:ticketless AS integer) + (SELECT count(*) FROM q) "
+    "- (SELECT count(*) FROM (SELECT DISTINCT channel, external_id FROM found) AS k)) ORDER BY 1) "
+    "SELECT channel, external_id, id FROM found UNION ALL SELECT NULL, NULL, id FROM drawn")
+
+
+def _known_and_ids(conn: Connection, reports: Sequence[CaseReport]) -> tuple[dict[tuple[str, str], int], list[int]]:
+    """(channel, ticket) → the id of the case it leads to (through merges), for tickets already in; and the ids of
+    the cases the reports open, drawn from the cases' sequence in order (:data:`_KNOWN_AND_IDS`)."""
     keys = sorted({(r.channel, r.external_id) for r in reports if r.external_id})
-    if not keys:
+    rows = conn.execute(sa.text(_KNOWN_AND_IDS), {
+        "keys": _dumps([{"channel": c, "external_id": e} for c, e in keys]),
+        "ticketless": sum(1 for r in reports if not r.external_id)}).all()
+    ids = sorted(r.id for r in rows if r.channel is None)
+    found = [r for r in rows if r.channel is not None]
+    return _leading(conn, found), ids
+
+
+def _leading(conn: Connection, rows: Sequence[Any]) -> dict[tuple[str, str], int]:
+    """(channel, ticket) → the case each found ticket's case leads to."""
+    if not rows:
         return {}
-    rows = conn.execute(sa.text(
-        "SELECT c.channel, c.external_id, c.id FROM json_to_recordset(CAST(:keys AS json)) "
-        "AS q(channel text, external_id text) JOIN cases c USING (channel, external_id)"),
-        {"keys": _dumps([{"channel": c, "external_id": e} for c, e in keys])}).all()
     lead = leading_ids(conn, [r.id for r in rows])  # through merges (no recursive query: Citus runs none)
     return {(r.channel, r.external_id): lead[r.id] for r in rows}
 
@@ -166,13 +189,6 @@ def _parts(conn: Connection, wanted: list[tuple[int, str, _Location]], srid: int
         {"q": _dumps([{"i": i, "c": c, "x": loc.x, "y": loc.y, "z": loc.z} for i, c, loc in wanted]),
          "srid": srid, "r": PART_SNAP_M}).all()
     return {r.i: r.object_code for r in rows}
-
-
-def _ids(conn: Connection, n: int) -> list[int]:
-    """``n`` case ids drawn from the cases' sequence, in order (as n single INSERTs would draw them)."""
-    return list(conn.execute(sa.text(
-        "SELECT nextval(pg_get_serial_sequence('cases', 'id')) FROM generate_series(1, :n) ORDER BY 1"),
-        {"n": n}).scalars())
 
 
 #: the columns a new case's row fills (the rest keep their defaults), geom last
@@ -390,7 +406,7 @@ def locate_batch(conn: Connection, reports: Sequence[CaseReport], now: datetime 
         if report.class_code not in classes:
             classes[report.class_code] = class_by_code(conn, report.class_code)
 
-    known = _known(conn, reports)
+    known, ids = _known_and_ids(conn, reports)
     new: list[int] = []  # row numbers of the reports that open a case
     first_of: dict[tuple[str, str], int] = {}
     for i, r in enumerate(reports):
@@ -401,10 +417,11 @@ def locate_batch(conn: Connection, reports: Sequence[CaseReport], now: datetime 
             first_of[key] = i
         new.append(i)
     fresh = [reports[i] for i in new]
+    if len(ids) != len(fresh):  # the statement counts the reports that open a case as the loop above does
+        raise RuntimeError(f"{len(ids)} case ids drawn for {len(fresh)} new cases")
     locs = _locate_all(conn, fresh, srid, memo)
     parts = _parts(conn, [(j, classes[r.class_code].code, loc) for j, (r, loc) in enumerate(zip(fresh, locs))
                           if classes[r.class_code].is_part and loc.x is not None], srid)
-    ids = _ids(conn, len(fresh)) if fresh else []
     # the geocoder and the grid lookup answered each grid's responsibility chain already
     chains = {loc.answer.grid.code: loc.answer.responsibility for loc in locs
               if loc.problem is None and loc.answer.grid}

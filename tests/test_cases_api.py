@@ -531,9 +531,10 @@ def test_a_json_report_is_answered_before_routing_every_other_request_by_the_rou
     assert big.status_code == 201 and big.json()["attributes"]["ticket"] == 3 ** 50, big.text
     assert client.get(f"/cases/{first.json()['id']}", headers=keys["reader"]).json()["id"] == first.json()["id"]
     routed.clear()
-    unknown = _report(client, keys["reader"], **{"class": "路面有坑"}, address="汾阳路150号")  # the intake refuses it
+    unknown = _report(client, keys["reader"], **{"class": "路面有坑"}, address="汾阳路150号")  # refused by the intake
     assert unknown.status_code == 400 and unknown.json()["parameter"] == "class" and routed == []
-    assert unknown.headers["content-type"] == "application/problem+json" and "E0105 道路破损" in unknown.json()["detail"]
+    assert unknown.headers["content-type"] == "application/problem+json"
+    assert "E0105 道路破损" in unknown.json()["detail"]
     refused = [
         _report(client, keys["reader"], lon="east", lat=31.2),  # a bad field
         client.post("/cases", content=b"[1,2]", headers={**keys["reader"], "Content-Type": "application/json"}),
