@@ -12,8 +12,9 @@
 - ``/viewer`` → :mod:`api.viewer`;  ``/healthz``, ``/metrics`` → :mod:`api.ops`
 
 Before any route, the middleware of :data:`MIDDLEWARE` (one list, outermost first: metrics, the body limits of
-:mod:`api.limits`, access control, the tile fast path); TileJSON's versioned
-vector-tile URLs are answered there, by :class:`api.tiles.VersionedTileMiddleware`. Every error becomes a
+:mod:`api.limits`, access control, the tile and case-report fast paths); TileJSON's versioned
+vector-tile URLs are answered there, by :class:`api.tiles.VersionedTileMiddleware`, and the common case report
+(``POST /cases``, JSON) by :class:`api.case_fast_path.CaseReportMiddleware`. Every error becomes a
 problem document in one place, :mod:`api.problems`. The OpenAPI
 document's error answers are written by :mod:`api.openapi_errors`.
 """
@@ -27,6 +28,7 @@ from starlette.middleware import Middleware
 
 from api import openapi_errors, periodic, problems
 from api.auth import ReadAccessMiddleware
+from api.case_fast_path import CaseReportMiddleware
 from api.deps import create_state
 from api.limits import BodyLimitMiddleware, QueryTextMiddleware
 from api.ops import MetricsMiddleware
@@ -51,9 +53,12 @@ MIDDLEWARE: tuple[Middleware, ...] = (
     Middleware(QueryTextMiddleware),
     # Before anything reads data: when reading needs a key, no request gets further without one.
     Middleware(ReadAccessMiddleware),
-    # Innermost: serves TileJSON's versioned tile URLs before routing, so it must come after access
+    # Serves TileJSON's versioned tile URLs before routing, so it must come after access
     # control (a locked deployment locks its tiles too) and inside metrics (they are counted).
     Middleware(VersionedTileMiddleware),
+    # Innermost: answers the common case report (POST /cases, JSON) before routing, after access control (the
+    # key it checked) and inside metrics and the body limits.
+    Middleware(CaseReportMiddleware),
 )
 
 

@@ -235,6 +235,12 @@ async def post_case(request: Request, key: ApiKey = Depends(auth.require_role("r
         # grouped only with reports of the same caller's scope: the group runs under it (jurisdiction, audit);
         # its answer comes made by the group (_answered)
         result, answer = await request.app.state.case_intake.submit(report, key=current_scope())
+    return case_response(result, answer, added)
+
+
+def case_response(result: IntakeResult, answer: dict[str, Any], added: Sequence[Attachment] = ()) -> OrjsonResponse:
+    """The answer to a report: its case (``answer``, as :func:`case_json` makes it) with ``created``, the duplicate
+    suggestions and the photos added; 201 for a new case, 200 for one its external id had opened already."""
     body = {**answer, "created": result.created,
             "duplicates": result.duplicates, "attachments": [_attachment_json(a) for a in added]}
     return OrjsonResponse(body, status_code=201 if result.created else 200,

@@ -130,7 +130,7 @@ def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
 @contextmanager
 def phases_timed(totals: dict[str, float]):
     """Time cases.batch's steps (wrapping the module's functions for the duration of one run)."""
-    names = ("_known", "_locate_all", "_parts", "_ids", "_duplicates", "_events", "_event_lines", "_copy")
+    names = ("_known_and_ids", "_locate_all", "_parts", "_duplicates", "_events", "_event_lines", "_copy")
     saved = {name: getattr(batch_module, name) for name in names if hasattr(batch_module, name)}
 
     def timed(name, fn):
@@ -362,8 +362,8 @@ def render(imp: dict, ev: dict, machine_text: str) -> str:
         f"Where the time goes (the same {imp['n']:,} cases in-process, {imp['inproc_s']:.1f} s):", "",
         "| step | s | share |", "|---|---:|---:|"]
     phases = imp["phases"]
-    named = {"_known": "tickets already in (1 statement)", "_locate_all": "geocode + grid lookup",
-             "_parts": "part binding (LATERAL KNN)", "_ids": "case ids",
+    named = {"_known_and_ids": "tickets already in and case ids (1 statement)", "_locate_all": "geocode + grid lookup",
+             "_parts": "part binding (LATERAL KNN)",
              "_duplicates": "duplicate suggestions", "_events": "log rows built (Python)",
              "_event_lines": "log rows built as COPY text (Python)",
              "_copy": "COPY of cases and log rows (buffers built + sent)"}

@@ -34,7 +34,8 @@ from sqlalchemy.engine import Connection
 from cim.bootstrap import stored_settings
 from cim.errors import UserError
 from cim.gazetteer.geocode import GeocodeResult, geocode_many
-from cim.grid import MAX_POINTS, lookup_points
+from cim.gazetteer.store import LayerVersions
+from cim.grid import MAX_POINTS, ChainSource, lookup_points, responsibility_for
 from cim.jurisdiction import under_policies
 from cim.spatial import to_storage
 
@@ -82,13 +83,17 @@ class BatchMemo:
     """What the chunks of one import (or the windows of one simulation) share instead of computing
     it again per chunk: the answer for each address text, the dispatch rule's post per (grid,
     class), the deadlines per (time, limit), the department kinds and the calendar. Valid while
-    the gazetteer, the responsibility chains and the catalogue stay as they are: one run's length."""
+    the gazetteer, the responsibility chains and the catalogue stay as they are: one run's length.
+    A caller that keeps the gazetteer's layer versions and the grids' responsibility chains itself (the
+    API's case intake, :mod:`cases.constants`) hands them in: the geocoder then reads neither again."""
 
     geocoded: dict[str, GeocodeResult] = field(default_factory=dict)
     ranked: dict[tuple[str, str], Ranked | NoDecision] = field(default_factory=dict)
     dues: dict[tuple[datetime, float | None, str], datetime] = field(default_factory=dict)
     kinds: dict[str, re.Pattern[str]] | None = None
     calendar: WorkingCalendar | None = None
+    layer_versions: LayerVersions | None = None
+    responsibility: ChainSource = responsibility_for
 
 
 def _dumps(value: Any) -> str:
@@ -101,25 +106,49 @@ def _dumps(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False, default=str)
 
 
-def _known(conn: Connection, reports: Sequence[CaseReport]) -> dict[tuple[str, str], int]:
-    """(channel, ticket) → the id of the case it leads to (through merges), for tickets already in."""
+#: the tickets of a chunk already in, and the ids of the cases it opens, in one statement (one round trip of a
+#: group's ~8): a ticket already in, or given twice, opens no case, so the chunk opens one case for each report
+#: without a ticket and one for each of its distinct tickets not found. The ids are drawn in order, as that many
+#: single INSERTs would draw them, and come back after the tickets found (channel and ticket NULL). Each part a
+#: materialised CTE: on Citus the tickets are an intermediate result joined with every shard, the draw the
+#: coordinator's (docs/citus.md).
+_KNOWN_AND_IDS = (
+    "WITH q AS MATERIALIZED (SELECT * FROM json_to_recordset(CAST(:keys AS json)) "
+    "AS q(channel text, external_id text)), "
+    "found AS MATERIALIZED (SELECT c.channel, c.external_id, c.id FROM q JOIN cases c USING (channel, external_id)), "
+    "drawn AS MATERIALIZED (SELECT nextval(pg_get_serial_sequence('cases', 'id')) AS id FROM generate_series(1, "
+    "CAST(:ticketless AS integer) + (SELECT count(*) FROM q) "
+    "- (SELECT count(*) FROM (SELECT DISTINCT channel, external_id FROM found) AS k)) ORDER BY 1) "
+    "SELECT channel, external_id, id FROM found UNION ALL SELECT NULL, NULL, id FROM drawn")
+
+
+def _known_and_ids(conn: Connection, reports: Sequence[CaseReport]) -> tuple[dict[tuple[str, str], int], list[int]]:
+    """(channel, ticket) → the id of the case it leads to (through merges), for tickets already in; and the ids of
+    the cases the reports open, drawn from the cases' sequence in order (:data:`_KNOWN_AND_IDS`)."""
     keys = sorted({(r.channel, r.external_id) for r in reports if r.external_id})
-    if not keys:
+    rows = conn.execute(sa.text(_KNOWN_AND_IDS), {
+        "keys": _dumps([{"channel": c, "external_id": e} for c, e in keys]),
+        "ticketless": sum(1 for r in reports if not r.external_id)}).all()
+    ids = sorted(r.id for r in rows if r.channel is None)
+    found = [r for r in rows if r.channel is not None]
+    return _leading(conn, found), ids
+
+
+def _leading(conn: Connection, rows: Sequence[Any]) -> dict[tuple[str, str], int]:
+    """(channel, ticket) → the case each found ticket's case leads to."""
+    if not rows:
         return {}
-    rows = conn.execute(sa.text(
-        "SELECT c.channel, c.external_id, c.id FROM json_to_recordset(CAST(:keys AS json)) "
-        "AS q(channel text, external_id text) JOIN cases c USING (channel, external_id)"),
-        {"keys": _dumps([{"channel": c, "external_id": e} for c, e in keys])}).all()
     lead = leading_ids(conn, [r.id for r in rows])  # through merges (no recursive query: Citus runs none)
     return {(r.channel, r.external_id): lead[r.id] for r in rows}
 
 
 def _locate_all(conn: Connection, reports: Sequence[CaseReport], srid: int,
-                geocoded: dict[str, GeocodeResult] | None = None) -> list[_Location]:
+                memo: BatchMemo | None = None) -> list[_Location]:
     """Each report's location, as :func:`cases.intake._locate` finds it, with a few statements;
-    ``geocoded`` (address text → answer, kept by the caller) is used and filled, so an address
+    ``memo.geocoded`` (address text → answer, kept by the caller) is used and filled, so an address
     text is geocoded once per run, not once per chunk it appears in."""
-    geocoded = {} if geocoded is None else geocoded
+    memo = BatchMemo() if memo is None else memo
+    geocoded = memo.geocoded
     storage = f"EPSG:{srid}"
     out: list[_Location | None] = [None] * len(reports)
     by_crs: dict[str, list[int]] = {}
@@ -142,7 +171,8 @@ def _locate_all(conn: Connection, reports: Sequence[CaseReport], srid: int,
     if texts:
         unknown = list(dict.fromkeys(t for _, t in texts if t not in geocoded))
         if unknown:  # _geocoded only reads an answer, so reports of the same text share it
-            geocoded.update(zip(unknown, geocode_many(conn, unknown, storage)))
+            geocoded.update(zip(unknown, geocode_many(conn, unknown, storage, versions=memo.layer_versions,
+                                                      responsibility=memo.responsibility)))
         for i, text in texts:
             out[i] = _geocoded(text, geocoded[text], float(reports[i].z or 0.0))
     return [loc for loc in out if loc is not None]
@@ -161,13 +191,6 @@ def _parts(conn: Connection, wanted: list[tuple[int, str, _Location]], srid: int
     return {r.i: r.object_code for r in rows}
 
 
-def _ids(conn: Connection, n: int) -> list[int]:
-    """``n`` case ids drawn from the cases' sequence, in order (as n single INSERTs would draw them)."""
-    return list(conn.execute(sa.text(
-        "SELECT nextval(pg_get_serial_sequence('cases', 'id')) FROM generate_series(1, :n) ORDER BY 1"),
-        {"n": n}).scalars())
-
-
 #: the columns a new case's row fills (the rest keep their defaults), geom last
 _COLUMNS = (
     "id", "channel", "external_id", "class_code", "urgency", "description", "address_text", "geocode",
@@ -180,13 +203,18 @@ _EVENT_COLUMNS = ["case_id", "at", "actor", "role", "action", "from_status", "to
 #: duplicates_of for every new case at once: the open cases that were in when it came in (lower ids). The new
 #: cases' class, time and point come with the statement (they were just written, so they equal the rows): a
 #: join back to ``cases`` by id would scan the whole table once per chunk. Each new case then probes the spatial
-#: index for its radius and checks class, status and time on the few cases found there. A materialised CTE:
-#: on Citus an intermediate result joined with every shard (docs/citus.md).
+#: index for its radius and checks class, status and time on the few cases found there. The class test is
+#: spelled ``(… = …) IS TRUE`` (the same rows: a NULL is no match either way) so that it cannot drive the
+#: (class_code, reported_at) index: the planner, which cannot estimate a radius given per row, combined that
+#: index with the spatial one and so read every case of the class in the window for each new case — 10.6 ms of
+#: the database's CPU a group of 16 on 42,000 cases, growing with them, against 3.0 ms for the spatial probe
+#: alone (docs/benchmarks.md). A materialised CTE: on Citus an intermediate result joined with every shard
+#: (docs/citus.md).
 _DUPLICATES = (
     "WITH c AS MATERIALIZED (SELECT q.id, q.k, q.at, CAST(q.g AS geometry) AS geom, q.w, q.r "
     "FROM json_to_recordset(CAST(:q AS json)) AS q(id bigint, k text, at timestamptz, g text, w float8, r float8)) "
     "SELECT c.id, array_agg(o.id ORDER BY o.reported_at, o.id) AS dups FROM c "
-    "JOIN cases o ON ST_DWithin(o.geom, c.geom, c.r) AND o.id < c.id AND o.class_code = c.k "
+    "JOIN cases o ON ST_DWithin(o.geom, c.geom, c.r) AND o.id < c.id AND (o.class_code = c.k) IS TRUE "
     "AND o.status NOT IN ('closed', 'not_registered', 'merged') "
     "AND o.reported_at BETWEEN c.at - make_interval(secs => c.w * 3600) AND c.at GROUP BY c.id")
 
@@ -378,7 +406,7 @@ def locate_batch(conn: Connection, reports: Sequence[CaseReport], now: datetime 
         if report.class_code not in classes:
             classes[report.class_code] = class_by_code(conn, report.class_code)
 
-    known = _known(conn, reports)
+    known, ids = _known_and_ids(conn, reports)
     new: list[int] = []  # row numbers of the reports that open a case
     first_of: dict[tuple[str, str], int] = {}
     for i, r in enumerate(reports):
@@ -389,10 +417,11 @@ def locate_batch(conn: Connection, reports: Sequence[CaseReport], now: datetime 
             first_of[key] = i
         new.append(i)
     fresh = [reports[i] for i in new]
-    locs = _locate_all(conn, fresh, srid, memo.geocoded)
+    if len(ids) != len(fresh):  # the statement counts the reports that open a case as the loop above does
+        raise RuntimeError(f"{len(ids)} case ids drawn for {len(fresh)} new cases")
+    locs = _locate_all(conn, fresh, srid, memo)
     parts = _parts(conn, [(j, classes[r.class_code].code, loc) for j, (r, loc) in enumerate(zip(fresh, locs))
                           if classes[r.class_code].is_part and loc.x is not None], srid)
-    ids = _ids(conn, len(fresh)) if fresh else []
     # the geocoder and the grid lookup answered each grid's responsibility chain already
     chains = {loc.answer.grid.code: loc.answer.responsibility for loc in locs
               if loc.problem is None and loc.answer.grid}
@@ -619,7 +648,9 @@ def intake_each(conn: Connection, reports: Sequence[CaseReport], now: datetime |
     ok = [i for i, o in enumerate(out) if o is None]
     if not ok:
         return [o for o in out if o is not None]
-    memo = BatchMemo(kinds=constants.kinds, calendar=constants.calendar) if constants is not None else None
+    memo = None if constants is None else BatchMemo(kinds=constants.kinds, calendar=constants.calendar,
+                                                    layer_versions=constants.layer_versions,
+                                                    responsibility=constants.chains)
     prepared = prepare_batch(conn, [reports[i] for i in ok], now, classes=classes, srid=srid, memo=memo)
     outcomes = write_batch(conn, prepared)
     zone = _session_zone(conn)

@@ -19,6 +19,7 @@ consistent, and the same point always gets the same answer.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
@@ -31,6 +32,7 @@ from sqlalchemy.engine import Connection
 from cim.bootstrap import BaseSettings, NotInitialisedError, stored_settings
 from cim.crs import CrsSpec
 from cim.errors import ParameterError
+from cim.jurisdiction import current_scope
 from cim.spatial import to_storage
 
 #: most points answered by one statement; callers with more split them (the CLI streams chunks)
@@ -257,6 +259,33 @@ def responsibility_for(conn: Connection, grid_codes: Sequence[str]) -> dict[str,
     codes = [str(c) for c in grid_codes]
     found = dict(conn.execute(sa.text(_RESPONSIBILITY_SQL), {"codes": codes}).all()) if codes else {}
     return {code: _chain(found.get(code)) for code in codes}
+
+
+#: where a caller gets grids' responsibility chains: :func:`responsibility_for`, or a :class:`ChainMemo`
+ChainSource: TypeAlias = Callable[[Connection, Sequence[str]], dict[str, tuple[Responsibility, ...]]]
+
+
+class ChainMemo:
+    """A :data:`ChainSource` that reads each grid's chain once (:func:`responsibility_for`, only for the grids it
+    has not met) and answers it from memory after that — per jurisdiction, since row-level security decides
+    which posts a caller sees. It never forgets: its holder decides how long it may be used (the case intake
+    keeps one with its other constants, for ``CIM_LAYER_CACHE_S``: :mod:`cases.constants`). Thread-safe: a grid
+    read by two threads at once is read twice, and either answer is kept."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_scope: dict[str, dict[str, tuple[Responsibility, ...]]] = {}
+
+    def __call__(self, conn: Connection, grid_codes: Sequence[str]) -> dict[str, tuple[Responsibility, ...]]:
+        with self._lock:
+            known = self._by_scope.setdefault(current_scope().cache_key(), {})
+            codes = [str(c) for c in grid_codes]
+            missing = [c for c in dict.fromkeys(codes) if c not in known]
+        if missing:
+            read = responsibility_for(conn, missing)
+            with self._lock:
+                known.update(read)
+        return {code: known[code] for code in codes}
 
 
 def _float_array(values: np.ndarray, finite: np.ndarray) -> str:

@@ -503,3 +503,47 @@ def test_cases_json_equals_each_case_json_with_one_transform(client, keys, city,
     monkeypatch.setattr(api.cases, "transform_coords", counted)
     assert api.cases.cases_json(cases, SRID, mask_contact=True) == alone
     assert calls == [3]
+
+
+def test_a_json_report_is_answered_before_routing_every_other_request_by_the_route(client, keys, monkeypatch):
+    """api.case_fast_path: a JSON report from a key that may report is taken in without FastAPI's routing, with the
+    route's answer, and so is a class the intake refuses (its problem document); a multipart report, a body
+    that is no JSON object, a bad field, a missing key go on to the route, which answers them as before (the
+    body read once is handed on)."""
+    from starlette.routing import Router
+
+    routed: list[str] = []
+    route = Router.__call__
+
+    async def counted(self, scope, receive, send):  # noqa: ANN001, ANN202
+        routed.append(scope["path"])
+        await route(self, scope, receive, send)
+
+    monkeypatch.setattr(Router, "__call__", counted)
+    first = _report(client, keys["reader"], channel="hotline_12345", address="汾阳路150号", external_id="FAST-1")
+    again = _report(client, keys["reader"], channel="hotline_12345", address="汾阳路150号", external_id="FAST-1")
+    assert routed == []
+    assert (first.status_code, again.status_code) == (201, 200) and again.json()["id"] == first.json()["id"]
+    assert first.headers["location"] == f"/cases/{first.json()['id']}"
+    assert first.json()["status"] == "dispatched" and first.json()["attachments"] == []
+    assert {"created", "duplicates", "lon", "lat", "person_name"} <= set(first.json())
+    big = _report(client, keys["reader"], address="汾阳路150号", attributes={"ticket": 3 ** 50})  # past 64 bits
+    assert big.status_code == 201 and big.json()["attributes"]["ticket"] == 3 ** 50, big.text
+    assert client.get(f"/cases/{first.json()['id']}", headers=keys["reader"]).json()["id"] == first.json()["id"]
+    routed.clear()
+    unknown = _report(client, keys["reader"], **{"class": "路面有坑"}, address="汾阳路150号")  # refused by the intake
+    assert unknown.status_code == 400 and unknown.json()["parameter"] == "class" and routed == []
+    assert unknown.headers["content-type"] == "application/problem+json"
+    assert "E0105 道路破损" in unknown.json()["detail"]
+    refused = [
+        _report(client, keys["reader"], lon="east", lat=31.2),  # a bad field
+        client.post("/cases", content=b"[1,2]", headers={**keys["reader"], "Content-Type": "application/json"}),
+        client.post("/cases", content=b"{not json", headers={**keys["reader"], "Content-Type": "application/json"}),
+        client.post("/cases", json={"class": "道路破损", "address": "汾阳路150号"}),  # no key
+    ]
+    assert [(r.status_code, r.json().get("parameter")) for r in refused] == [
+        (400, "lon"), (400, "body"), (400, "body"), (401, None)]
+    assert len(routed) == len(refused)
+    routed.clear()
+    form = client.post("/cases", data={"class": "道路破损", "address": "汾阳路150号"}, headers=keys["reader"])
+    assert form.status_code == 201 and routed == ["/cases"]

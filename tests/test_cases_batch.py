@@ -343,6 +343,35 @@ def test_the_group_intake_answers_what_reading_the_cases_back_gives(two_cities):
     assert {("dispatched", True, False), ("registered", False, True), ("registered", False, False)} <= kinds
 
 
+def test_one_statement_checks_the_tickets_and_draws_the_ids_in_input_order(two_cities):
+    """A chunk's tickets already in and the ids of the cases it opens come from one statement (one round trip): a
+    report without a ticket, a new ticket, the same ticket again and a ticket already in open exactly the new cases,
+    whose ids follow each other in input order — none drawn for the reports that open no case."""
+    from cases.batch import intake_each
+    from cases.importer import to_report
+
+    _, engine = two_cities[1]
+    door = next(r for r in _rows(engine) if r.get("address") and not r.get("x"))
+    rows = [dict(door, external_id="ONE-1"), dict(door, external_id=""), dict(door, external_id="ONE-2"),
+            dict(door, external_id="ONE-2"), dict(door, external_id="ONE-0"), dict(door, external_id="")]
+    sent: list[str] = []
+    listener = lambda conn, cursor, statement, *args: sent.append(statement)  # noqa: E731
+    with engine.begin() as conn:
+        intake_each(conn, [to_report("row 0", dict(door, external_id="ONE-0"))], now=NOW)  # a ticket already in
+        sa.event.listen(engine, "before_cursor_execute", listener)
+        try:
+            results = intake_each(conn, [to_report(f"row {k}", row) for k, row in enumerate(rows)], now=NOW)
+        finally:
+            sa.event.remove(engine, "before_cursor_execute", listener)
+        conn.rollback()
+    assert [r.created for r in results] == [True, True, True, False, False, True]
+    ids = [r.case.id for r in results]
+    assert ids[:3] == list(range(ids[0], ids[0] + 3)) and ids[5] == ids[0] + 3 and ids[3] == ids[2]
+    drawing = [statement for statement in sent if "nextval(" in statement]
+    assert len(drawing) == 1 and "JOIN cases c USING (channel, external_id)" in drawing[0]
+    assert not any("JOIN cases c USING" in statement for statement in sent if statement not in drawing)
+
+
 def test_the_servers_kept_constants_follow_the_catalogue(two_cities):
     """The catalogue, department kinds and calendar a server keeps are read once per max_age_s; a class
     added meanwhile is found at once (a key they do not know is looked up), a changed calendar is read
@@ -375,6 +404,51 @@ def test_the_servers_kept_constants_follow_the_catalogue(two_cities):
         fresh = cache.get(conn)
         assert cache.reads == 2 and holiday in fresh.calendar.holidays and "E9990" in fresh.classes
         conn.rollback()
+
+
+def test_the_servers_kept_constants_spare_the_layer_versions_and_the_chains(server_url):
+    """With the kept constants a group of reports asks the base neither for the geocoder's layer versions nor for
+    the responsibility chains of grids met before (two of a group's ~10 round trips); the chains a dispatch uses
+    are the base's again once the constants are older than max_age_s, and then at once."""
+    from cases.batch import intake_each
+    from cases.constants import ConstantsCache
+    from cases.importer import to_report
+
+    _, engine = _fresh_city(server_url)
+    doors = [r for r in _rows(engine) if r.get("address") and not r.get("x")][:12]
+    clock = [0.0]
+    cache = ConstantsCache(5, clock=lambda: clock[0])
+    sent: list[str] = []
+
+    def group(conn, n: int) -> list:
+        reports = [to_report(f"row {k}", dict(r, external_id=f"K{n}-{k}")) for k, r in enumerate(doors)]
+        sent.clear()
+        results = intake_each(conn, reports, now=NOW, constants=cache.get(conn))
+        return [r.case for r in results]
+
+    def asked(fragment: str) -> bool:
+        return any(fragment in statement for statement in sent)
+
+    listener = lambda conn, cursor, statement, *args: sent.append(statement)  # noqa: E731
+    sa.event.listen(engine, "before_cursor_execute", listener)
+    try:
+        with engine.begin() as conn:
+            first = group(conn, 1)
+            assert asked("FROM layers") and asked("jsonb_agg(jsonb_build_object(")  # the constants are read
+            again = group(conn, 2)
+            assert not asked("FROM layers") and not asked("jsonb_agg(jsonb_build_object(")
+            assert [c.grid_code for c in again] == [c.grid_code for c in first]
+            assert {c.status for c in again} == {"dispatched"}
+            conn.execute(sa.text("UPDATE persons SET name = name || '·新'"))  # every person, renamed
+            clock[0] += 4
+            assert not any(c.person_name.endswith("·新") for c in group(conn, 3))  # the kept chains
+            clock[0] += 2
+            renamed = group(conn, 4)
+            assert asked("FROM layers") and asked("jsonb_agg(jsonb_build_object(")
+            assert all(c.person_name.endswith("·新") for c in renamed)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", listener)
+    assert cache.reads == 2
 
 
 def test_a_set_based_write_bumps_the_layer_itself_and_queues_no_trigger_call(two_cities):

@@ -748,3 +748,23 @@ def test_one_rebuild_per_load_however_many_requests_ask(city, monkeypatch):
     with city.connect() as conn:  # and the next request uses it as it is
         assert store.gazetteer_for(conn) is answers[0]
     assert len(builds) == 1
+
+
+def test_kept_layer_versions_take_the_gazetteer_of_exactly_those_versions(city):
+    """A caller's kept layer versions (the API's case intake, for CIM_LAYER_CACHE_S) take the gazetteer built for
+    exactly them without a statement; versions that are not its are checked against the base, never taken as
+    they are."""
+    from cim.gazetteer import store
+
+    sent: list[str] = []
+    listener = lambda conn, cursor, statement, *args: sent.append(statement)  # noqa: E731
+    with city.connect() as conn:
+        current = store.gazetteer_for(conn)
+        sa.event.listen(city, "before_cursor_execute", listener)
+        try:
+            assert store.gazetteer_for(conn, current.versions) is current and sent == []
+            older = tuple((table, version - 1, at) for table, version, at in current.versions)
+            assert store.gazetteer_for(conn, older) is current
+            assert any("FROM layers" in statement for statement in sent)
+        finally:
+            sa.event.remove(city, "before_cursor_execute", listener)

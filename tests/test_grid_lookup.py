@@ -136,6 +136,31 @@ def test_responsibility_for_grid_codes(engine, city):
     assert chains["no-such-grid"] == ()
 
 
+def test_a_chain_memo_reads_each_grid_once_per_jurisdiction(engine, city):
+    """:class:`cim.grid.ChainMemo` answers what responsibility_for answers, reading only the grids it has not met;
+    another jurisdiction's callers get their own reads (row-level security decides what they see)."""
+    from cim.grid import ChainMemo
+    from cim.jurisdiction import Scope, acting_as
+
+    memo, sent = ChainMemo(), []
+    listener = lambda conn, cursor, statement, parameters, *args: sent.append(parameters)  # noqa: E731
+    sa.event.listen(engine, "before_cursor_execute", listener)
+    try:
+        with engine.connect() as conn:
+            first = memo(conn, [G2, G1, "no-such-grid", G2])
+            assert first == responsibility_for(conn, [G2, G1, "no-such-grid", G2])
+            sent.clear()
+            assert memo(conn, [G1, G2]) == {G1: first[G1], G2: first[G2]} and sent == []
+            assert memo(conn, [G3, G1])[G3] == responsibility_for(conn, [G3])[G3]
+            assert [p["codes"] for p in sent[:1]] == [[G3]]  # the grid not met, alone
+            sent.clear()
+            with acting_as(Scope("area", district="310104")):
+                memo(conn, [G1])
+            assert sent, "another jurisdiction's chains are read for it"
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", listener)
+
+
 def test_get_lookup(client, city):
     lon, lat = city.lonlat(750, 500)
     r = client.get("/grid/lookup", params={"lon": lon, "lat": lat})

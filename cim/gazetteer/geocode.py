@@ -45,7 +45,8 @@ from cim.gazetteer.cascade import apply_aliases, resolve
 from cim.gazetteer.index import MATCH_LEVELS, POINT_LEVELS, Entry, MatchLevel
 from cim.gazetteer.results import (Candidate, GeocodeResult, assign, build_result, empty_result,
                                    to_output_crs)
-from cim.gazetteer.store import Gazetteer, gazetteer_for
+from cim.gazetteer.store import Gazetteer, LayerVersions, gazetteer_for
+from cim.grid import ChainSource, responsibility_for
 
 #: longest query accepted (a case text pasted whole is not an address)
 MAX_QUERY_CHARS = 500
@@ -66,13 +67,17 @@ def geocode(conn: Connection, text: str, crs: CrsSpec | str | int = "EPSG:4326")
 
 
 def geocode_many(conn: Connection, texts: Sequence[str | None],
-                 crs: CrsSpec | str | int = "EPSG:4326") -> list[GeocodeResult]:
+                 crs: CrsSpec | str | int = "EPSG:4326", *, versions: LayerVersions | None = None,
+                 responsibility: ChainSource = responsibility_for) -> list[GeocodeResult]:
     """Geocode a chunk of addresses (any number; the grid lookup is split per 10,000 points).
 
     Empty or over-long texts get ``match_level`` none with a reason instead of an error, so a
-    batch never stops on one bad row. Costs a few statements per call, not per address."""
+    batch never stops on one bad row. Costs a few statements per call, not per address. A caller that
+    keeps what the base says for a while (the API's case intake, for ``CIM_LAYER_CACHE_S``) passes the
+    gazetteer's layer ``versions`` it read and where the grids' ``responsibility`` chains come from
+    (:class:`cim.grid.ChainMemo`): two statements fewer."""
     out_crs = resolve_crs(crs)
-    gazetteer = gazetteer_for(conn)
+    gazetteer = gazetteer_for(conn, versions)
     queries = [t if isinstance(t, str) else "" for t in texts]
     unique = list(dict.fromkeys(q for q in queries if q.strip() and len(q) <= MAX_QUERY_CHARS))
     parses = {query: gazetteer.parse(query) for query in unique}
@@ -80,7 +85,7 @@ def geocode_many(conn: Connection, texts: Sequence[str | None],
     outcomes = {query: resolve(gazetteer, roads, parsed) for query, parsed in parses.items()}
     apply_aliases(conn, parses, outcomes)
     results = {query: build_result(gazetteer, query, parses[query], outcome) for query, outcome in outcomes.items()}
-    assign(conn, gazetteer, outcomes, results)
+    assign(conn, gazetteer, outcomes, results, responsibility)
     to_output_crs(gazetteer, list(results.values()), out_crs)
     out: list[GeocodeResult] = []
     handed: set[str] = set()

@@ -15,7 +15,7 @@ from cim.gazetteer.cascade import Outcome, area_match
 from cim.gazetteer.index import POINT_LEVELS, Entry, Match
 from cim.gazetteer.parse import ParsedAddress
 from cim.gazetteer.store import Gazetteer
-from cim.grid import MAX_POINTS, GridAnswer, lookup_points, responsibility_for
+from cim.grid import MAX_POINTS, ChainSource, GridAnswer, lookup_points, responsibility_for
 
 
 @dataclass
@@ -149,14 +149,15 @@ def build_result(gazetteer: Gazetteer, query: str, parsed: ParsedAddress, outcom
 
 
 def assign(conn: Connection, gazetteer: Gazetteer, outcomes: dict[str, Outcome],
-           results: dict[str, GeocodeResult]) -> None:
+           results: dict[str, GeocodeResult], responsibility: ChainSource = responsibility_for) -> None:
     """Attach the grid assignment and who is responsible.
 
     A gazetteer entry's own codes (assigned on load by the grid lookup's rule, still current unless
     an area layer was loaded since) answer for a door; an area-level answer is its area; every
     other point gets :func:`cim.grid.lookup_points` (one statement per 10,000). The responsibility
     chains of the grids named by codes are fetched in one statement, and answers with the same
-    codes share one (immutable) assignment."""
+    codes share one (immutable) assignment. ``responsibility``: where the chains come from (a caller may keep
+    them, :class:`cim.grid.ChainMemo`)."""
     by_codes: dict[str, tuple] = {}
     at_points: list[str] = []
     for query, outcome in outcomes.items():
@@ -169,7 +170,7 @@ def assign(conn: Connection, gazetteer: Gazetteer, outcomes: dict[str, Outcome],
         elif match.level in POINT_LEVELS:
             at_points.append(query)
     grid_codes = sorted({codes[3] for codes in by_codes.values() if codes[3] is not None})
-    chains = responsibility_for(conn, grid_codes) if grid_codes else {}
+    chains = responsibility(conn, grid_codes) if grid_codes else {}
     shared: dict[tuple, GridAnswer] = {}
     for query, codes in by_codes.items():
         if codes not in shared:

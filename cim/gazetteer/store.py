@@ -215,15 +215,20 @@ _BUILD_LOCKS: dict[tuple[str, str], threading.Lock] = {}
 _STATE_LOCK = threading.Lock()  # guards the two dicts, held only for lookups
 
 
-def gazetteer_for(conn: Connection) -> Gazetteer:
+def gazetteer_for(conn: Connection, kept: LayerVersions | None = None) -> Gazetteer:
     """This database's gazetteer, rebuilt when a load has bumped one of its layers' versions —
-    once per database and versions, however many threads ask at the same time."""
-    versions = layer_versions(conn)
+    once per database and versions, however many threads ask at the same time. ``kept``: the versions a
+    caller read a while ago (within its own bound on how late it learns of a load): the gazetteer of exactly
+    those versions is taken without asking the base again; any other is checked against the base's versions,
+    so kept versions never make a gazetteer of other versions pass for current."""
     # built from the rows the caller may see (row-level security): one per database and jurisdiction
     key = (conn.engine.url.render_as_string(hide_password=True), current_scope().cache_key())
     with _STATE_LOCK:
         found = _GAZETTEERS.get(key)
         build_lock = _BUILD_LOCKS.setdefault(key, threading.Lock())
+    if kept is not None and found is not None and found.versions == kept:
+        return found
+    versions = layer_versions(conn)
     if found is not None and found.versions == versions:
         return found
     with build_lock:
