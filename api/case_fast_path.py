@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.cases import case_response, post_case, report_from, router
+from api.cases import AnswerError, case_response, post_case, report_from, router
 from api.problems import user_error_response
 from cases.intake import CaseReport
 from cim.apikeys import role_allows
@@ -29,8 +29,9 @@ class CaseReportMiddleware:
     group intake, :func:`api.cases.case_response`; a report the intake refuses (an unknown class …) is answered
     by :func:`api.problems.user_error_response`, the one mapping of a core error. Whatever else it does not
     serve as the route would — another content type, a body that is no JSON object, no key or one that may not
-    report, a bad field, an unforeseen error — goes on to the route with the body it read, and the route answers
-    it or words the problem (a report that failed has left nothing behind, so taking it again is safe).
+    report, a bad field, an unforeseen error of the intake — goes on to the route with the body it read, and the
+    route answers it or words the problem (such a report has left nothing behind, so taking it again is safe;
+    answers that fail after the commit, :class:`api.cases.AnswerError`, are a 500 problem instead).
     Installed innermost: metrics, body limits and access control see every report."""
 
     def __init__(self, app: ASGIApp) -> None:
@@ -52,7 +53,9 @@ class CaseReportMiddleware:
         except UserError as exc:  # the report refused (an unknown class …): the one mapping to a problem document
             await user_error_response(Request(scope), exc)(scope, replay, send)
             return
-        except Exception:  # noqa: BLE001 — anything unforeseen: the route takes it again, and its handlers answer
+        except AnswerError:  # written and committed: taking it again would open a second case (a 500 problem)
+            raise
+        except Exception:  # noqa: BLE001 — anything unforeseen (rolled back): the route takes it again and answers
             del scope["route"]
             await self.app(scope, replay, send)
             return

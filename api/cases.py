@@ -458,11 +458,20 @@ def _intake_alone(engine: Engine, report: CaseReport) -> IntakeResult | Exceptio
         return exc
 
 
+class AnswerError(RuntimeError):
+    """The group's cases are written and committed, but their answers could not be made. Unlike an intake's
+    error (its transaction rolled back), a report that hears this must not be taken in again: it would open a
+    second case (:class:`api.case_fast_path.CaseReportMiddleware` answers it with the app's 500 problem)."""
+
+
 def _answered(results: Sequence[IntakeResult | Exception], srid: int) -> list[tuple[IntakeResult, dict[str, Any]]
                                                                             | Exception]:
     """Each intake result with its case's answer, made in the group's thread with one transform for the group
     (the event loop then only sends them), or the report's exception as it was."""
-    made = iter(cases_json([r.case for r in results if isinstance(r, IntakeResult)], srid))
+    try:
+        made = iter(cases_json([r.case for r in results if isinstance(r, IntakeResult)], srid))
+    except Exception as exc:  # after the commit: see AnswerError
+        raise AnswerError(f"{len(results)} reports were taken in, their answers failed: {exc}") from exc
     return [(r, next(made)) if isinstance(r, IntakeResult) else r for r in results]
 
 

@@ -547,3 +547,23 @@ def test_a_json_report_is_answered_before_routing_every_other_request_by_the_rou
     routed.clear()
     form = client.post("/cases", data={"class": "道路破损", "address": "汾阳路150号"}, headers=keys["reader"])
     assert form.status_code == 201 and routed == ["/cases"]
+
+
+def test_a_report_whose_answer_fails_after_its_commit_is_not_taken_in_again(city, keys, monkeypatch):
+    """api.case_fast_path: an intake error rolls its report back, so the route may take it again; answers that
+    fail once the group is committed (AnswerError) must not be: the report would open a second case. It gets the
+    app's 500 problem document, and exactly one case stands."""
+    import api.cases
+
+    description = "answer fails after commit 7f3c"
+
+    def broken(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise ValueError("no answer today")
+
+    monkeypatch.setattr(api.cases, "cases_json", broken)
+    failed = _report(TestClient(create_app(city), raise_server_exceptions=False), keys["reader"],
+                     address="汾阳路150号", description=description)
+    assert failed.status_code == 500 and failed.headers["content-type"] == "application/problem+json", failed.text
+    with city.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM cases WHERE description = :d"),
+                            {"d": description}).scalar_one() == 1
