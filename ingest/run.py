@@ -26,6 +26,7 @@ from cim.registry import bump_version
 from ingest import geometry as geo
 from ingest import binary_copy, merge, prepare, staged
 from ingest.columns import coerce, plan_columns
+from ingest.hashing import content_hash
 from ingest.read import Batch, ReadOptions, open_source
 from ingest.provenance import finish_run, load_transaction, operator_name, record_failure, start_run
 from ingest.faults import database_faults, pause_at
@@ -290,13 +291,14 @@ class FeatureLoad:
         keep[list(reasons)] = False
         if not keep.any():
             return reasons
-        frame = frame[keep].reset_index(drop=True)
-        geoms = geoms[keep] if geoms is not None else None
+        if not keep.all():  # (a batch with no reject is taken as it is: no copy of every column)
+            frame = frame[keep].reset_index(drop=True)
+            geoms = geoms[keep] if geoms is not None else None
         if self.direct is not None and geoms is not None:  # a first load: neighbours onto the same heap pages
             order = geo.spatial_order(geoms)
             frame, geoms = frame.iloc[order].reset_index(drop=True), geoms[order]
         ewkb = merge.ewkb_hex(geoms, self.settings.srid)
-        frame["content_hash"] = merge.content_hash(frame, ewkb)
+        frame["content_hash"] = content_hash(frame, ewkb)
         if self.direct is not None:
             self.direct.copy(frame, ewkb)
         else:
