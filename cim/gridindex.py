@@ -70,6 +70,12 @@ def smallest_codes(result: np.ndarray, point_idx: np.ndarray, poly_idx: np.ndarr
     shared edge a point touches two): ``codes`` are sorted, so the smallest polygon index is the smallest code."""
     if not len(point_idx):
         return
+    if (point_idx[1:] >= point_idx[:-1]).all():
+        # pairs grouped by point already (the tree's query answers point by point): each group's smallest polygon
+        # index by one reduction, rather than a sort of every pair (the sort was ~0.2 µs a point and level)
+        first = np.flatnonzero(np.r_[True, point_idx[1:] != point_idx[:-1]])
+        result[point_idx[first]] = codes[np.minimum.reduceat(poly_idx, first)]
+        return
     order = np.lexsort((poly_idx, point_idx))
     point_idx, poly_idx = point_idx[order], poly_idx[order]
     first = np.r_[True, point_idx[1:] != point_idx[:-1]]
