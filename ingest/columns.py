@@ -287,6 +287,8 @@ def arrow_floats(series: pd.Series, *, thousands: bool = False) -> np.ndarray | 
 
 def _all_integers(text: pa.Array) -> bool:
     """Whether every value is an integer's digits (what ``pd.to_numeric`` makes an int64 column of)."""
+    if pc.any(pc.match_substring(text, ".")).as_py():  # the usual decimals: told without a regex per value
+        return False
     return bool(pc.all(pc.match_substring_regex(text, r"^[+-]?[0-9]+$")).as_py())
 
 
