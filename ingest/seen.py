@@ -21,8 +21,12 @@ _KEYS = ("0123456789123456", "cim-first-rows-2")  # two SipHash keys: one 128-bi
 def text_keys(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Two independent 64-bit hashes of each text (an object array of str)."""
     values = np.asarray(values, dtype=object)
-    return (hash_array(values, hash_key=_KEYS[0], categorize=False),
-            hash_array(values, hash_key=_KEYS[1], categorize=False))
+    try:  # each text's UTF-8 bytes made once for both hashes (ingest.hashing.utf8_hash): the same numbers
+        as_bytes = pa.array(values, type=pa.string()).cast(pa.binary()).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        as_bytes = values
+    return (hash_array(as_bytes, hash_key=_KEYS[0], categorize=False),
+            hash_array(as_bytes, hash_key=_KEYS[1], categorize=False))
 
 
 _POWERS = 10 ** np.arange(17, -1, -1, dtype=np.int64)  # 10^17 … 10^0: an 18-digit code's places

@@ -97,6 +97,17 @@ def test_the_content_hash_of_arrow_backed_and_repetitive_columns_is_the_definiti
         assert (np.asarray(content_hash(frame[[column]], None), dtype=object) == _definition(frame[[column]], None)).all()
 
 
+def test_source_id_keys_made_from_utf8_bytes_are_the_texts_hashes():
+    from pandas.core.util.hashing import hash_array
+
+    from ingest.seen import _KEYS, text_keys
+
+    values = np.array(["P1", "上水井盖", "", "a\x00b", "é", "𠀀"] * 50, dtype=object)
+    got = text_keys(values)
+    for mine, key in zip(got, _KEYS):
+        assert (mine == hash_array(values, hash_key=key, categorize=False)).all()
+
+
 def _loop_digit_keys(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """digit_keys as first written: a loop over the places of the NUL-padded bytes."""
     digits = np.frombuffer(np.asarray(codes, dtype=object).astype("S18").tobytes(), dtype=np.uint8).reshape(-1, 18)
