@@ -145,6 +145,20 @@ def test_the_smallest_code_per_point_without_sorting_the_pairs_is_the_sorted_way
         assert (got == expected).all()
 
 
+def test_area_codes_by_arrow_take_are_the_column_pandas_makes_of_the_strings():
+    from ingest.run import area_codes
+
+    codes = np.array(["310101", "310104", "310105"], dtype=object)
+    rows = np.array([0, 2, 3, 5])
+    for index in (np.array([1, -1, 0, 2]), np.array([-1, -1, -1, -1]), np.array([0, 0, 0, 0])):
+        made, expected = pd.DataFrame({"a": range(6)}), pd.DataFrame({"a": range(6)})
+        made["code"] = area_codes(codes, rows, index, 6)
+        strings = np.full(6, None, dtype=object)
+        strings[rows] = [codes[i] if i >= 0 else None for i in index]
+        expected["code"] = strings
+        assert made["code"].dtype == expected["code"].dtype and made["code"].equals(expected["code"])
+
+
 def test_line_breaks_are_found_by_the_buffer_test_and_only_in_the_values():
     text = pd.Series(["a", "b\nc", None, "d\re", "f"], dtype="str")
     assert columns.line_breaks(text).tolist() == [1, 3]
