@@ -57,7 +57,7 @@ def _text_hash(series: pd.Series) -> np.ndarray:
         if not nulls.any():
             try:  # every value text (or bytes: the 3D points' EWKB): hashed directly (SipHash of the UTF-8 bytes)
                 return hash_array(values, hash_key=_HASH_KEY, categorize=False)
-            except TypeError:  # not all text: the long way
+            except (TypeError, ValueError):  # not all text (numbers, lists…): the long way
                 pass
         else:
             try:
@@ -79,7 +79,10 @@ def utf8_hash(text: pa.Array, key: str = _HASH_KEY) -> np.ndarray:
 def _repetitive(sample: list | np.ndarray) -> bool:
     """Whether a sample of a column holds each value ~4 times or more on average (then hashing its distinct
     values only pays; for ids, every value distinct, it does not)."""
-    return len(sample) > 0 and 4 * len(set(sample)) <= len(sample)
+    try:
+        return len(sample) > 0 and 4 * len(set(sample)) <= len(sample)
+    except TypeError:  # unhashable values (lists, dicts): the general way
+        return False
 
 
 def _arrow_backed_text(series: pd.Series) -> pa.Array | None:

@@ -90,7 +90,8 @@ def test_the_content_hash_of_arrow_backed_and_repetitive_columns_is_the_definiti
         "arrow_dtype": pd.Series(pd.arrays.ArrowExtensionArray(pa.array(rng.choice(few, n), type=pa.string()))),
         "all_none": np.full(n, None, dtype=object), "bools": rng.choice(np.array([True, False, None], dtype=object), n),
         "mixed": rng.choice(np.array([1, "a", None], dtype=object), n), "floats": rng.choice([1.5, np.nan, 2.0], n),
-        "ints": pd.array(rng.integers(0, 4, n), dtype="Int64"), "blank": rng.choice(np.array(["", "a"], dtype=object), n)})
+        "ints": pd.array(rng.integers(0, 4, n), dtype="Int64"), "blank": rng.choice(np.array(["", "a"], dtype=object), n),
+        "lists": pd.Series([[i % 3] for i in range(n)], dtype=object)})
     ewkb = np.array([f"{i % 7:066X}".encode("ascii") for i in range(n)], dtype=object)
     assert (np.asarray(content_hash(frame, ewkb), dtype=object) == _definition(frame, ewkb)).all()
     for column in frame.columns:
