@@ -7,6 +7,7 @@ absent from the file. Readers see the old base until COMMIT; a killed loader lea
 """
 from __future__ import annotations
 
+import binascii
 import concurrent.futures
 import io
 import os
@@ -26,7 +27,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import shapely
-from pandas.core.util.hashing import combine_hash_arrays, hash_array
 
 SYSTEM_COLUMNS = ("fid", "feature_id", "valid_from", "valid_to", "ingest_run_id")
 
@@ -112,48 +112,8 @@ def _point_z_ewkb_hex(points: np.ndarray, srid: int) -> np.ndarray:
     records["type"] = 0xA0000001  # Point | has Z | has SRID
     records["srid"] = srid
     records["xyz"] = shapely.get_coordinates(points, include_z=True)
-    text = records.tobytes().hex().upper().encode("ascii")
+    text = binascii.hexlify(records.tobytes()).upper()  # bytes all the way: no str of the batch's hex
     return np.frombuffer(text, dtype=f"S{2 * _POINT_Z_EWKB.itemsize}").astype(object)
-
-
-def content_hash(frame: pd.DataFrame, ewkb: np.ndarray | None) -> np.ndarray:
-    """A stable per-row fingerprint of everything a delivery says about a feature: pandas'
-    ``hash_pandas_object`` of the row's values as text (and the geometry's hex EWKB), whose key is fixed, so
-    the same values hash the same in every process and every version of the base.
-
-    Computed column by column, as that function does, but without turning every column into a pandas
-    string column first (a third of the hash's time): text columns are hashed as they are, and the hashes
-    are the same numbers (tests/test_ingest_speed.py checks them against the definition)."""
-    hashes = [_text_hash(frame[column]) for column in frame.columns]
-    if ewkb is not None:
-        hashes.append(_text_hash(pd.Series(ewkb, dtype=object)))
-    combined = combine_hash_arrays(iter(hashes), len(hashes), len(frame))
-    return np.frombuffer(combined.astype(">u8").tobytes().hex().encode("ascii"), dtype="S16").astype(str).astype(
-        object)
-
-
-def _text_hash(series: pd.Series) -> np.ndarray:
-    """``hash_pandas_object(series.astype("string"), index=False)``, the short way for text columns."""
-    values = series.to_numpy()
-    if values.dtype == object:
-        nulls = pd.isna(values)
-        if not nulls.any():
-            try:  # every value text: hashed directly (the same SipHash of the same UTF-8 bytes)
-                return hash_array(values, hash_key=_HASH_KEY, categorize=False)
-            except TypeError:  # not all text: the long way
-                pass
-        else:
-            try:
-                text = pa.array(values, type=pa.string(), from_pandas=True)
-            except (pa.ArrowInvalid, pa.ArrowTypeError):
-                text = None
-            if text is not None:
-                return pd.arrays.ArrowExtensionArray(text)._hash_pandas_object(
-                    encoding="utf8", hash_key=_HASH_KEY, categorize=True)
-    return pd.util.hash_pandas_object(series.astype("string"), index=False).to_numpy()
-
-
-_HASH_KEY = "0123456789123456"  # pandas' default key: the hashes stored in every base were made with it
 
 
 def copy_rows(cur, frame: pd.DataFrame, ewkb: np.ndarray | None, columns: list[str], into: str = "_stage",

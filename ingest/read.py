@@ -17,7 +17,7 @@ import pyogrio
 import shapely
 
 from cim.errors import UserError
-from ingest.columns import line_breaks, merged_rows_reason
+from ingest.columns import arrow_floats, line_breaks, merged_rows_reason
 from ingest.encoding import (BYTES_AS_TEXT, DBF_SAMPLE_BYTES, EncodingProblem, decode_column, guess_dbf_encoding,
                              repair_column)
 from ingest.sequence import number_by_line, scan_sequence
@@ -379,8 +379,13 @@ def _csv_geometry(chunk: pd.DataFrame, options: ReadOptions) -> tuple[np.ndarray
     for axis, column in (("x", options.x), ("y", options.y), ("z", options.z)):
         if column is None:
             continue
-        values = pd.to_numeric(chunk[column].str.strip(), errors="coerce").to_numpy(dtype=float)
-        for i in np.flatnonzero(np.isnan(values) & (chunk[column].str.strip() != "").to_numpy()):
+        values = arrow_floats(chunk[column])
+        if values is None:  # a blank or a word among them: pandas' parse, and the values it cannot read
+            values = pd.to_numeric(chunk[column].str.strip(), errors="coerce").to_numpy(dtype=float)
+            unread = np.isnan(values) & (chunk[column].str.strip() != "").to_numpy()
+        else:
+            unread = np.isnan(values)  # "nan" and the like: Arrow parses them as pandas does, to NaN
+        for i in np.flatnonzero(unread):
             errors.setdefault(int(i), f"field {column!r}: {chunk[column].iat[int(i)]!r} is not a number")
         for i in np.flatnonzero(np.isinf(values)):  # "inf", "-Infinity", "1e999": no place on Earth
             errors.setdefault(int(i), f"field {column!r}: {chunk[column].iat[int(i)]!r} is not a finite number")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import shapely
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -26,6 +27,7 @@ from cim.registry import bump_version
 from ingest import geometry as geo
 from ingest import binary_copy, merge, prepare, staged
 from ingest.columns import coerce, plan_columns
+from ingest.hashing import content_hash
 from ingest.read import Batch, ReadOptions, open_source
 from ingest.provenance import finish_run, load_transaction, operator_name, record_failure, start_run
 from ingest.faults import database_faults, pause_at
@@ -35,6 +37,26 @@ from ingest.specs import SPECS, LayerSpec
 from ingest.statistics import refresh_statistics
 
 MODES = ("upsert", "append", "replace")
+
+
+#: the dtype pandas gives a column set from Python strings and None (its Arrow-backed "str", missing as NaN)
+_INFERRED_TEXT = pd.DataFrame({"c": np.array(["", None], dtype=object)})["c"].dtype
+
+
+def area_codes(codes: np.ndarray, rows: np.ndarray, index: np.ndarray,
+               n: int) -> np.ndarray | pd.api.extensions.ExtensionArray:
+    """A batch's column of area codes: ``codes[index]`` at ``rows`` (-1: none), missing elsewhere, as the column
+    pandas makes when the codes are set as Python strings (its Arrow-backed text; an object array of None when
+    no row has a code) — made by one Arrow take of the level's codes, not inferred from n Python strings (~0.07
+    µs a row and level)."""
+    at = np.full(n, -1, dtype=np.int64)
+    at[rows] = index
+    if not (at >= 0).any() or not (isinstance(_INFERRED_TEXT, pd.StringDtype) and _INFERRED_TEXT.storage == "pyarrow"):
+        out = np.full(n, None, dtype=object)
+        out[at >= 0] = codes[at[at >= 0]]
+        return out
+    taken = pa.array(codes, type=pa.string()).take(pa.array(np.maximum(at, 0), mask=at < 0))
+    return pd.array(taken, dtype=_INFERRED_TEXT)
 
 
 class IngestError(UserError):
@@ -290,13 +312,14 @@ class FeatureLoad:
         keep[list(reasons)] = False
         if not keep.any():
             return reasons
-        frame = frame[keep].reset_index(drop=True)
-        geoms = geoms[keep] if geoms is not None else None
+        if not keep.all():  # (a batch with no reject is taken as it is: no copy of every column)
+            frame = frame[keep].reset_index(drop=True)
+            geoms = geoms[keep] if geoms is not None else None
         if self.direct is not None and geoms is not None:  # a first load: neighbours onto the same heap pages
             order = geo.spatial_order(geoms)
             frame, geoms = frame.iloc[order].reset_index(drop=True), geoms[order]
         ewkb = merge.ewkb_hex(geoms, self.settings.srid)
-        frame["content_hash"] = merge.content_hash(frame, ewkb)
+        frame["content_hash"] = content_hash(frame, ewkb)
         if self.direct is not None:
             self.direct.copy(frame, ewkb)
         else:
@@ -351,16 +374,16 @@ class FeatureLoad:
         result.notes.update(geometry_notes)
         return result
 
-    def _enrich(self, geoms: np.ndarray | None, valid: np.ndarray) -> dict[str, np.ndarray]:
+    def _enrich(self, geoms: np.ndarray | None, valid: np.ndarray) -> dict[str, np.ndarray | pd.api.extensions.ExtensionArray]:
         if self.grid_index is None or geoms is None or self.grid_index.is_empty:
             return {}
-        out = {c: np.full(len(geoms), None, dtype=object) for c in ("district_code", "street_code",
-                                                                    "community_code", "grid_code")}
-        if valid.any():
-            points = representative_points(geoms[valid])
-            for column, values in self.grid_index.assign(points).items():
-                out[column][valid] = values
-        return out
+        if not valid.any():
+            return {c: np.full(len(geoms), None, dtype=object) for c in ("district_code", "street_code",
+                                                                         "community_code", "grid_code")}
+        rows = np.flatnonzero(valid)
+        found = self.grid_index.polygons(representative_points(geoms[valid]))
+        return {column: area_codes(self.grid_index.codes(column), rows, index, len(geoms))
+                for column, index in found.items()}
 
     def _check_keys(self, frame: pd.DataFrame, rows: np.ndarray, reasons: dict[int, str]) -> None:
         if self.options.mode == "append" or "source_id" not in frame:

@@ -11,6 +11,7 @@ merged batch by batch measured 3 µs a key at 15 M, the table a fraction of that
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 from pandas._libs.hashtable import Int64HashTable  # khash: pandas' own hash table, vectorised
 from pandas.core.util.hashing import hash_array
 
@@ -20,25 +21,38 @@ _KEYS = ("0123456789123456", "cim-first-rows-2")  # two SipHash keys: one 128-bi
 def text_keys(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Two independent 64-bit hashes of each text (an object array of str)."""
     values = np.asarray(values, dtype=object)
-    return (hash_array(values, hash_key=_KEYS[0], categorize=False),
-            hash_array(values, hash_key=_KEYS[1], categorize=False))
+    try:  # each text's UTF-8 bytes made once for both hashes (ingest.hashing.utf8_hash): the same numbers
+        as_bytes = pa.array(values, type=pa.string()).cast(pa.binary()).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        as_bytes = values
+    return (hash_array(as_bytes, hash_key=_KEYS[0], categorize=False),
+            hash_array(as_bytes, hash_key=_KEYS[1], categorize=False))
+
+
+_POWERS = 10 ** np.arange(17, -1, -1, dtype=np.int64)  # 10^17 … 10^0: an 18-digit code's places
 
 
 def digit_keys(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Codes of ASCII digits (at most 18) as exact integers: the key is the code itself."""
+    """Codes of ASCII digits (at most 18) as exact integers: the key is the code itself.
+
+    As one product of the batch's digit matrix with the places' powers of ten, read from the codes' bytes in
+    Arrow when they are all as long (object codes: 16): the loop over 18 places of NUL-padded bytes it replaces
+    was ~0.5 µs a code."""
     codes = np.asarray(codes, dtype=object)
     if not len(codes):
         return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.uint64)
-    raw = codes.astype("S18")
-    width = raw.dtype.itemsize
-    digits = np.frombuffer(raw.tobytes(), dtype=np.uint8).reshape(-1, width).astype(np.int64)
-    number = np.zeros(len(codes), dtype=np.uint64)
-    length = np.zeros(len(codes), dtype=np.uint64)
-    for column in range(width):
-        present = digits[:, column] != 0
-        number = np.where(present, number * np.uint64(10) + (digits[:, column] - ord("0")).astype(np.uint64), number)
-        length += present.astype(np.uint64)
-    return number, length  # the length keeps "0012" apart from "12"
+    text = pa.array(codes, type=pa.string())
+    offsets = np.frombuffer(text.buffers()[1], dtype=np.int32)[:len(codes) + 1]
+    width = int(offsets[1] - offsets[0])
+    if 0 < width <= 18 and (np.diff(offsets) == width).all():
+        data = np.frombuffer(text.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]].reshape(-1, width)
+        number = (data.astype(np.int64) - ord("0")) @ _POWERS[18 - width:]
+        return number.astype(np.uint64), np.full(len(codes), width, dtype=np.uint64)
+    digits = np.frombuffer(codes.astype("S18").tobytes(), dtype=np.uint8).reshape(-1, 18)
+    present = digits != 0  # a code shorter than 18 is padded with NULs at its end: its number is the sum / 10 each
+    length = present.sum(axis=1)
+    number = np.where(present, digits.astype(np.int64) - ord("0"), 0) @ _POWERS // _POWERS[np.maximum(length, 1) - 1]
+    return number.astype(np.uint64), length.astype(np.uint64)  # the length keeps "0012" apart from "12"
 
 
 class FirstRows:

@@ -23,6 +23,9 @@ class LayerSpec:
     required: tuple[str, ...] = ()
     enrich: bool = False  # assign district/street/community/grid codes by location
     aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)  # usual source names, lower-case
+    # text fields (and "attributes") that no rule or check of the layer reads: kept as Arrow text from the reader
+    # to the COPY rather than made Python strings and back (ingest.columns.coerce, ingest.hashing)
+    passive_text: tuple[str, ...] = ()
     # --- behaviour of a feature layer (hooks in ingest.layers) ---
     rules: layers.Rules = layers.flat_rules  # rules over each batch in the storage CRS
     read_context: Callable[[Any, Any], None] | None = None  # (connection, Context): once, before the load
@@ -90,6 +93,7 @@ SPECS: dict[str, LayerSpec] = {s.name: s for s in [
               {"source_id": "str", "object_code": "str", "subclass_code": "str", "name": "str", "status": "str",
                "owner_department": "str", "maintainer": "str", **_POINT_Z},
               key_fallback="object_code", enrich=True, rules=layers.part_rules,
+              passive_text=("name", "status", "owner_department", "maintainer", "attributes"),
               begin=layers.read_part_sequences, check=layers.check_object_codes),
     LayerSpec("pipelines", "pipelines", "line",
               {"source_id": "str", "kind": "str", "diameter_mm": "float", "section": "str", "material": "str",

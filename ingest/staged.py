@@ -137,8 +137,11 @@ class StagedLoad:
                 ordinary |= rows
                 continue
             name = self.staged.get(code) or self._stage(code)
-            copy_rows(self.stage, frame[rows], ewkb[rows] if ewkb is not None else None, self.columns, into=name,
-                      types=self.direct.types)
+            if len(present) == 1:  # the usual batch of a delivery sorted by district: no copy of it to select it
+                copy_rows(self.stage, frame, ewkb, self.columns, into=name, types=self.direct.types)
+            else:
+                copy_rows(self.stage, frame[rows], ewkb[rows] if ewkb is not None else None, self.columns,
+                          into=name, types=self.direct.types)
             self.rows += int(rows.sum())
         if ordinary.any():
             self.direct.copy(frame[ordinary].reset_index(drop=True), ewkb[ordinary] if ewkb is not None else None)

@@ -17,7 +17,8 @@ import pytest
 import sqlalchemy as sa
 
 from ingest import binary_copy, columns
-from ingest.merge import content_hash, copy_rows
+from ingest.hashing import content_hash
+from ingest.merge import copy_rows
 from ingest.run import IngestOptions, ingest_files
 from ingest.seen import FirstRows, digit_keys, text_keys
 
