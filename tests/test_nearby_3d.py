@@ -2,7 +2,7 @@
 against ranking every row of the table by ST_3DDistance, on data made so that the first rows in plan are not
 the nearest in 3D: parts stacked at one plan position at many heights, pipelines under one street at many
 depths, ties, features exactly at the radius, k beyond what there is — as the owner and under the API's
-row-level security."""
+row-level security; and no N-D index is left to do it."""
 from __future__ import annotations
 
 import numpy as np
@@ -198,3 +198,49 @@ def test_exact_under_the_api_role(engine, layers, city):
             conn.exec_driver_sql("SELECT set_config('cim.scope', 'public', true)")
             hits = nearby(conn, layers[table], x, yy, z, SRID, radius_m=100.0, k=10)
         _assert_same(hits, expected, 10)
+
+
+def test_no_nd_index_is_left(engine):
+    """Migration 0013_nearby_2d: the big layers carry their 2D GiST only (the N-D one cost ~7 s of server CPU
+    per 1 M rows loaded: PostGIS cannot build it sorted)."""
+    with engine.connect() as conn:
+        assert _nd_indexes(conn) == {}
+
+
+#: revision 0013_nearby_2d: the layers that had an N-D GiST, its operator class, the index's name
+MIGRATION = _migration("0013_nearby_2d")
+
+
+def _nd_indexes(conn) -> dict[str, tuple[str, bool]]:
+    return {name: (table, valid) for name, table, valid in conn.execute(sa.text(
+        "SELECT i.relname, x.indrelid::regclass::text, x.indisvalid FROM pg_index x JOIN pg_class i ON "
+        "i.oid = x.indexrelid JOIN pg_opclass o ON o.oid = ANY(x.indclass) WHERE o.opcname = :opclass"),
+        {"opclass": MIGRATION.OPCLASS})}
+
+
+def test_the_migration_down_remakes_the_nd_indexes_and_up_drops_them(engine, layers, city):
+    """Revision 0013_nearby_2d: downgraded, every layer that had one has its N-D GiST again (a partitioned layer's
+    on the parent and each partition, named as a partition made later would name it, valid); upgraded, none is
+    left and the 3D answer is unchanged. (Last in the module: it puts the base back at head.)"""
+    from cim.bootstrap import downgrade, initialise
+    from cim.distribution import district_partitions, ensure_partitions
+
+    x, y = city.at(DX, DY)
+    before = [(h.feature_id, h.distance_m) for h in _search(engine, layers["parts"], x, y, 1.0, k=20)]
+    with engine.begin() as conn:  # a district's partition beside the DEFAULT one
+        ensure_partitions(conn.connection.cursor(), "parts", {"310199"})
+    downgrade(engine, "0012_policy_partition")
+    with engine.connect() as conn:
+        nd = _nd_indexes(conn)
+        partitions = district_partitions(conn.connection.cursor(), "parts")
+    assert len(MIGRATION.ND_INDEXED) == 6
+    for table in MIGRATION.ND_INDEXED:
+        assert nd[MIGRATION.index_name(table)] == (table, True), nd
+    assert len(partitions) >= 2
+    for partition in partitions.values():
+        suffix = partition.removeprefix("parts_")
+        assert nd[f"{MIGRATION.index_name('parts')}_{suffix}"] == (partition, True), nd
+    initialise(engine)
+    with engine.connect() as conn:
+        assert _nd_indexes(conn) == {}
+    assert [(h.feature_id, h.distance_m) for h in _search(engine, layers["parts"], x, y, 1.0, k=20)] == before
