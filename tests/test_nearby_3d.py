@@ -175,6 +175,24 @@ def test_one_walk_in_the_usual_case_more_when_stacked(engine, layers, city):
     assert {h.properties["source_id"].split("-")[0] for h in hits} == {"tower", "ring"}
 
 
+def test_exact_with_a_filter(engine, layers, city):
+    """With a CQL filter (a statement built for it, not the cached one) the walk takes only matching rows: the
+    tower's floors alone, ranked from 20 m up, the ring and the scattered parts left out."""
+    from cim.cql import compile_filter
+    from cim.registry import layer_table
+
+    parts = layers["parts"]
+    where = compile_filter("source_id LIKE 'tower-%'", "cql2-text", parts, layer_table(parts, SRID), SRID)
+    x, y = city.at(DX + 1, DY)
+    with engine.connect() as conn:
+        hits = nearby(conn, parts, x, y, 20.0, SRID, radius_m=100.0, k=5, where=where)
+        expected = conn.execute(sa.text(
+            "SELECT feature_id::text, ST_3DDistance(geom, ST_SetSRID(ST_MakePoint(:x, :y, 20), 4549)) AS d FROM parts "
+            "WHERE valid_to IS NULL AND source_id LIKE 'tower-%' ORDER BY d LIMIT 5"), {"x": x, "y": y}).all()
+    _assert_same(hits, [tuple(r) for r in expected], 5)
+    assert all(h.properties["source_id"].startswith("tower-") for h in hits)
+
+
 def test_without_z_the_search_is_2d(engine, layers, city):
     """No z: the 2D query as before (one statement, ranked by <->, no walk), the tower's floors all at 0 m."""
     x, y = city.at(DX, DY)
