@@ -341,14 +341,23 @@ def main() -> None:
         print(f"generated {points} in {time.perf_counter() - t:.0f} s", flush=True)
     names = []
 
-    def fresh() -> tuple[str, int]:
+    def fresh(source: Path | None = None) -> tuple[str, int]:
+        """A new base; with ``source``, initialised by that tree's `cim init` (its schema: a loader and a peer
+        before a schema change build that schema's indexes)."""
         name = f"bench_{uuid.uuid4().hex[:8]}"
         names.append(name)
         url = create_database(server, name)
-        settings, _ = initialise(engine_for(url))
+        if source is None:
+            srid = initialise(engine_for(url))[0].srid
+        else:
+            subprocess.run([CIM, "init"], env={**os.environ, "CIM_DATABASE_URL": url, "PYTHONPATH": str(source)},
+                           check=True, stdout=subprocess.DEVNULL)
+            with psycopg2.connect(url) as c, c.cursor() as cur:
+                cur.execute("SELECT value::int FROM cim_settings WHERE key = 'srid'")
+                srid = cur.fetchone()[0]
         if args.grids:
             make_grids(url, args.grids)
-        return url, settings.srid
+        return url, srid
 
     try:
         if args.profile:
@@ -357,14 +366,20 @@ def main() -> None:
             return
         peer_url, srid = fresh()
         cim_url, _ = fresh()
-        before_url = fresh()[0] if args.before else None
+        before_url = fresh(args.before)[0] if args.before else None
+        peer_before_url = fresh(args.before)[0] if args.before else None
         with psycopg2.connect(peer_url) as c, c.cursor() as cur:  # read the file once: both start warm
             cur.execute("SELECT 1")
         subprocess.run(["cat", str(points)], stdout=subprocess.DEVNULL, check=True)
-        p = peer(peer_url, points, srid)
-        print(f"peer: ogr2ogr {p['ogr2ogr_s']:.1f} s + indexes/constraints {p['schema_s']:.1f} s = "
-              f"{p['total_s']:.1f} s ({p['rows']:,} rows; load avg {p['load']}; CPU: ogr2ogr "
-              f"{p['client_cpu_s']:.1f} s, server {_seconds(p['server_cpu_s'])})", flush=True)
+        # the peer builds the schema's indexes: with --before, also those of the schema before the change
+        for label, url in ([("peer before", peer_before_url)] if args.before else []) + [("peer", peer_url)]:
+            p = peer(url, points, srid)
+            print(f"{label}: ogr2ogr {p['ogr2ogr_s']:.1f} s + indexes/constraints {p['schema_s']:.1f} s = "
+                  f"{p['total_s']:.1f} s ({p['rows']:,} rows; load avg {p['load']}; CPU: ogr2ogr "
+                  f"{p['client_cpu_s']:.1f} s, server {_seconds(p['server_cpu_s'])})", flush=True)
+            if label == "peer before":
+                print("  its statements, seconds each: " + "; ".join(f"{name} {seconds:.2f}"
+                                                               for name, seconds in p["steps"].items()), flush=True)
         runs = [("cim before", before_url, args.before)] if args.before else []
         runs.append(("cim", cim_url, None))
         for label, url, source in runs:

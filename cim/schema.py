@@ -39,8 +39,6 @@ FEATURE_TABLES: dict[str, str] = {
     "pipelines": "LINESTRINGZ",
     "iot_devices": "POINTZ",
 }
-#: tables queried in true 3D (underground proximity, 3D distance) get an N-D GiST index too
-ND_INDEXED = {"buildings", "curtain_walls", "parts", "pipelines", "iot_devices", "addresses"}
 #: tables whose features are assigned district/street/community/grid codes on load
 ENRICHED = {"addresses", "buildings", "curtain_walls", "parts", "pipelines", "iot_devices"}
 
@@ -109,10 +107,9 @@ def _feature_table(metadata: sa.MetaData, name: str, srid: int, *columns: sa.Col
              postgresql_where=table.c.valid_to.is_(None))
     sa.Index(f"ix_{name}_feature_id", table.c.feature_id)
     sa.Index(f"ix_{name}_validity", table.c.valid_from, table.c.valid_to)
+    # the one spatial index, 2D: /nearby in 3D walks it too (cim.spatial); an N-D GiST cost ~7 s of server CPU
+    # per 1 M rows loaded (PostGIS builds it unsorted) and is gone (migration 0013_nearby_2d)
     sa.Index(f"ix_{name}_geom", table.c.geom, postgresql_using="gist")
-    if name in ND_INDEXED:
-        sa.Index(f"ix_{name}_geom_nd", table.c.geom, postgresql_using="gist",
-                 postgresql_ops={"geom": "gist_geometry_ops_nd"})
     if name in ENRICHED:
         sa.Index(f"ix_{name}_grid_code", table.c.grid_code)
     return table

@@ -12,12 +12,6 @@ the commit (PostgreSQL checks the DEFAULT partition holds no row of the new one)
 and its checks are cheap because the partition already holds matching indexes, foreign keys and a CHECK
 constraint equal to its bound (no validation scan).
 
-One index is the exception: the N-D GiST (``gist_geometry_ops_nd``) is made on each staged table before its
-first row and kept up by the COPYs (:func:`maintained`). PostGIS 3.3 has no sorted build for that operator
-class, so its build inserts row by row anyway — maintained during the COPY it costs the same server CPU
-(measured: 400,000 points, ~2.1 s either way) — but it then runs on the server's core while the loader
-prepares the next batch, instead of after the last row, where it was the longest build (docs/benchmarks.md).
-
 Rows the districts do not place (no district: the DEFAULT partition) or whose district already has a
 partition (made by an earlier, rolled-back load) go the ordinary way, through :class:`ingest.merge.DirectLoad`.
 
@@ -46,12 +40,6 @@ StagedLinks = tuple[Callable[[str, str, list[str]], list[str]], Callable[[object
 
 #: the comment on a table being staged: ``<MARK> <layer table>``, so leftovers of a killed load can be found
 MARK = "cim: staged first load of"
-
-
-def maintained(statement: str) -> bool:
-    """Whether an index statement of a staged table runs before its rows (kept up by the COPYs) rather than
-    after them: the N-D GiST, whose build is row-by-row insertion anyway (see the module's docstring)."""
-    return "gist_geometry_ops_nd" in statement
 
 
 def likely(engine: Engine, table: str, dry_run: bool) -> bool:
@@ -154,9 +142,6 @@ class StagedLoad:
         # what the partition's rows would get through the parent: its fid sequence, the load's time
         self.stage.execute(f'ALTER TABLE "{name}" ALTER COLUMN fid SET DEFAULT nextval(%s::regclass), '
                            "ALTER COLUMN valid_from SET DEFAULT %s::timestamptz", (self.sequence, self.now))
-        for _parent, statement in partition_index_sql(self.stage, self.table, name):
-            if maintained(statement):
-                self.stage.execute(statement)
         self.staged[district] = name
         return name
 
@@ -243,8 +228,6 @@ class StagedLoad:
         constraints = self.cur.fetchall()
         for name in names:
             for _parent, statement in partition_index_sql(self.cur, self.table, name):
-                if maintained(statement):
-                    continue  # made with the table, before its rows (_stage)
                 builds.append((0 if " USING gist " in statement else 1, statement))
             for conname, definition, kind, referenced in constraints:
                 if kind == "p":

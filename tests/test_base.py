@@ -8,8 +8,9 @@ import sqlalchemy as sa
 
 from cim.bootstrap import InitError, downgrade, head_revision, initialise
 from cim.database import engine_for
-from cim.schema import FEATURE_TABLES, ND_INDEXED, build_metadata
+from cim.schema import FEATURE_TABLES, build_metadata
 from tests.conftest import create_database, run_cim
+from tests.test_partitioning import _migration
 
 EXPECTED_TABLES = set(FEATURE_TABLES) | {
     "cim_settings", "ingest_runs", "layers", "part_classes", "admin_aliases", "departments", "posts",
@@ -23,6 +24,7 @@ def _tables(engine) -> set[str]:
 
 
 def test_every_table_geometry_type_srid_and_index(engine):
+    nd = _migration("0013_nearby_2d")
     assert EXPECTED_TABLES <= _tables(engine)
     with engine.connect() as conn:
         cols = {r.f_table_name: r for r in conn.execute(sa.text(
@@ -37,8 +39,8 @@ def test_every_table_geometry_type_srid_and_index(engine):
         assert cols[table].srid == 4549, table
         assert cols[table].coord_dimension == 3, table
         assert "USING gist (geom)" in indexes[f"ix_{table}_geom"], table
-        if table in ND_INDEXED:
-            assert "gist_geometry_ops_nd" in indexes[f"ix_{table}_geom_nd"], table
+        # /nearby in 3D walks the 2D GiST: the N-D one is gone (revision 0013_nearby_2d)
+        assert not any(nd.OPCLASS in definition for definition in indexes.values()), table
         assert "WHERE (valid_to IS NULL)" in indexes[f"ix_{table}_current_source_id"]
     assert partitioned == "r"
     assert "USING brin" in indexes["ix_iot_readings_time_brin"]

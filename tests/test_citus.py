@@ -165,13 +165,18 @@ def test_api_items_grid_lookup_nearby_and_tiles(base, client):
     expected = _rows(base, "SELECT source_id FROM parts WHERE valid_to IS NULL ORDER BY geom <-> "
                            "ST_Transform(ST_SetSRID(ST_MakePoint(:x, :y), 4326), 4549) LIMIT 10", x=lon, y=lat)
     assert [f["properties"]["source_id"] for f in near.json()["features"]] == [r[0] for r in expected]
-    # in 3D, ranked by the N-D index on the shards (<<->>): the same ten as ST_3DDistance on the coordinator
-    near3d = client.get("/nearby", params={"layer": "parts", "lon": lon, "lat": lat, "z": 1.5, "k": 10, "radius": 500})
-    assert near3d.status_code == 200, near3d.text
+    # in 3D, walked in 2D order on the shards (ORDER BY <-> LIMIT m pushed down, merged) and proven on the
+    # coordinator (cim.spatial): the same ten as ST_3DDistance on the coordinator — also 40 m up, where the
+    # parts' first rows in plan do not prove the answer and the walk is taken again with more rows
     (x,), (y,) = to_storage([lon], [lat], "EPSG:4326", 4549)  # as the API moves the point into storage
-    expected = _rows(base, "SELECT ST_3DDistance(geom, ST_SetSRID(ST_MakePoint(:x, :y, 1.5), 4549)) AS d FROM parts "
-                           "WHERE valid_to IS NULL ORDER BY d LIMIT 10", x=float(x), y=float(y))
-    assert [f["properties"]["distance_m"] for f in near3d.json()["features"]] == pytest.approx([r[0] for r in expected])
+    for z in (1.5, 40.0):
+        near3d = client.get("/nearby", params={"layer": "parts", "lon": lon, "lat": lat, "z": z, "k": 10,
+                                               "radius": 500})
+        assert near3d.status_code == 200, near3d.text
+        expected = _rows(base, "SELECT ST_3DDistance(geom, ST_SetSRID(ST_MakePoint(:x, :y, :z), 4549)) AS d "
+                               "FROM parts WHERE valid_to IS NULL ORDER BY d LIMIT 10", x=float(x), y=float(y), z=z)
+        assert [f["properties"]["distance_m"] for f in near3d.json()["features"]] == \
+            pytest.approx([r[0] for r in expected]), z
     tile = client.get("/collections/parts/tiles/WebMercatorQuad/15/13400/27454")
     assert tile.status_code in (200, 204), tile.text
     tileset = client.get("/3dtiles/buildings/tileset.json")

@@ -13,7 +13,7 @@ from sqlalchemy.dialects import postgresql
 from api.app import create_app
 from cim.crs import wgs84_to_gcj02
 from cim.registry import load_layers
-from cim.spatial import nearby, nearby_select
+from cim.spatial import CANDIDATES_PER_K, nearby, nearby_select
 from tests.spatial_data import build_features, build_hierarchy
 
 N_POINTS = 5_000
@@ -107,7 +107,8 @@ def test_knn_uses_the_gist_index(engine, layers, city):
     assert re.search(r"ix_parts_geom(_default|_\d{6})? ", plan_2d + " ") and "Seq Scan" not in plan_2d, plan_2d
     assert "<->" in plan_2d  # ranked by the KNN operator (a bitmap scan + top-k sort at this size)
     plan_3d = _plan(engine, nearby_select(parts, 4549, x, y, 0.0, radius_m=5.0, k=10))
-    assert "ix_parts_geom_nd" in plan_3d and "Seq Scan" not in plan_3d, plan_3d
+    # in 3D the same 2D GiST (cim.spatial: the walk in 2D order), no N-D index (migration 0013_nearby_2d)
+    assert re.search(r"ix_parts_geom(_default|_\d{6})? ", plan_3d + " ") and "Seq Scan" not in plan_3d, plan_3d
     # the bare KNN form (no radius) walks the index in distance order
     knn = _plan(engine, f"SELECT fid FROM parts ORDER BY geom <-> ST_SetSRID(ST_MakePoint({x}, {y}), 4549) LIMIT 10")
     assert re.search(r"Index Scan using ix_parts_geom(_default|_\d{6})? ", knn + " ") and "Seq Scan" not in knn, knn
@@ -176,16 +177,16 @@ def test_knn_uses_the_gist_index_under_the_api_role(engine, layers, city):
             plan = "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + compiled))
         assert "cim.scope" in plan, plan  # the policy is there
         assert "Index" in plan and "Seq Scan" not in plan, (z, plan)
-        # the 3D query by the N-D GiST, the 2D one by the 2D GiST (a partition's: ix_parts_geom_<district>)
-        index = r"ix_parts_geom_nd(_default|_\d{6})? " if z is not None else r"ix_parts_geom(_default|_\d{6})? "
-        assert re.search(index, plan + " "), (z, plan)
+        # both by the 2D GiST (a partition's: ix_parts_geom_<district>): the 3D query walks it in 2D order
+        assert re.search(r"ix_parts_geom(_default|_\d{6})? ", plan + " "), (z, plan)
 
 
-def test_3d_nearby_walks_the_nd_index_nearest_first(engine, layers, city):
-    """The 3D query ranks by ``<<->>`` so that the N-D GiST hands over rows nearest first and the LIMIT stops
-    the scan: k rows read. Ranked by ST_3DDistance, every row of the search box was read and sorted (~4,000 of
-    the lattice's parts here; in the dense districts of the 15 M parts hundreds to thousands, each a heap
-    page, for ten) — the tail of /nearby on the loaded Shanghai."""
+def test_3d_nearby_walks_the_2d_index_nearest_first(engine, layers, city):
+    """The 3D query walks the 2D GiST in 2D distance order (``ORDER BY geom <-> point``) and stops after its
+    first m = 4k candidates (cim.spatial._search_3d), which the 3D distance then ranks: m rows read, not every row
+    of the search box (~4,000 of the lattice's parts here; in the dense districts of the 15 M parts hundreds to
+    thousands, each a heap page, for ten — the tail of /nearby on the loaded Shanghai). The radius test must not
+    make the planner expect a row or two and read the whole box by a bitmap scan (it did with ST_3DDWithin)."""
     x, y = city.at(10_050, 10_025)
     query = nearby_select(layers["parts"], 4549, x, y, 0.5, radius_m=40.0, k=10)
     compiled = str(query.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
@@ -193,11 +194,11 @@ def test_3d_nearby_walks_the_nd_index_nearest_first(engine, layers, city):
         conn.exec_driver_sql("SET LOCAL ROLE cim_api")
         conn.exec_driver_sql("SELECT set_config('cim.scope', 'public', true)")
         plan = "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN (ANALYZE, COSTS OFF) " + compiled))
-    assert re.search(r"Index Scan using ix_parts_geom_nd(_default|_\d{6})? ", plan), plan
-    assert "Order By: (geom <<->>" in plan and "Sort" not in plan, plan
-    scans = [int(n) for n in re.findall(r"Index Scan using ix_parts_geom_nd\S* on \S+ \S+ \(actual time=\S+ "
+    assert re.search(r"Index Scan using ix_parts_geom(_default|_\d{6})? ", plan), plan
+    assert "Order By: (geom <-> " in plan and "Bitmap" not in plan, plan
+    scans = [int(n) for n in re.findall(r"Index Scan using ix_parts_geom\S* on \S+ \S+ \(actual time=\S+ "
                                         r"rows=(\d+)", plan)]
-    assert sum(scans) == 10, plan  # the ten nearest, and no more
+    assert sum(scans) == CANDIDATES_PER_K * 10, plan  # the walk's candidates, and no more
 
 
 @pytest.mark.parametrize("layer, dx, dy, z", [
@@ -208,8 +209,9 @@ def test_3d_nearby_walks_the_nd_index_nearest_first(engine, layers, city):
     ("pipelines", 90, 140, 1.0),            # beyond the lines' ends: distances to their end points
 ])
 def test_3d_nearby_is_the_exact_3d_ranking(engine, layers, city, layer, dx, dy, z):
-    """Ranked by the N-D index, the answer is the one ranking every feature by ST_3DDistance gives: the same
-    distances in the same order (features at an equal distance may come in either order, as with a sort)."""
+    """Walked in 2D order and proven (cim.spatial), the answer is the one ranking every feature by ST_3DDistance
+    gives: the same distances in the same order (features at an equal distance may come in either order, as with
+    a sort)."""
     x, y = city.at(dx, dy)
     hits = _near(engine, layers[layer], (x, y), z=z, radius_m=100.0, k=25)
     with engine.connect() as conn:
