@@ -41,6 +41,11 @@ DEFAULT_RADIUS_M = 100.0
 MAX_RADIUS_M = 5_000.0
 DEFAULT_K = 10
 MAX_K = 1_000
+#: the heights a 3D search may start from, in metres (the tallest tower of Shanghai is 632 m, its deepest tunnels a
+#: few tens of metres down). The 3D search walks the 2D index until its answer is proven (_search_3d): from a point
+#: h metres above or below a layer's features that is every feature within ~h in plan, so a far height would read
+#: a district (a point 6 km up: 574,000 parts, 1 s) for an answer that is empty anyway
+MAX_HEIGHT_M = 1_000.0
 #: the 3D search's first walk takes this many candidates per feature asked for, and each further walk this
 #: many times more (see :func:`_search_3d`)
 CANDIDATES_PER_K = 4
@@ -216,6 +221,8 @@ def nearby(conn: Connection, layer: Layer, x: float, y: float, z: float | None, 
         raise ParameterError("radius", f"radius: must be > 0 and at most {MAX_RADIUS_M:g} metres, got {radius_m:g}")
     if not 1 <= k <= MAX_K:
         raise ParameterError("k", f"k: must be between 1 and {MAX_K}, got {k}")
+    if z is not None and not -MAX_HEIGHT_M <= z <= MAX_HEIGHT_M:
+        raise ParameterError("z", f"z: must be between {-MAX_HEIGHT_M:g} and {MAX_HEIGHT_M:g} metres, got {z:g}")
 
     def search(radius: float, districts: Districts | None) -> list[NearbyFeature]:
         def walk(candidates: int) -> list[sa.RowMapping]:
