@@ -31,7 +31,8 @@ def nearby_features(
                        description="Collection id, e.g. pipelines, parts, buildings (see /collections)."),
     lon: float = Query(..., description="Longitude (or easting in a projected crs)."),
     lat: float = Query(..., description="Latitude (or northing in a projected crs)."),
-    z: float | None = Query(None, description="Height in metres, -1000 to 1000 (negative below ground): makes distances 3D."),
+    z: float | None = Query(None, description="Height in metres, -1000 to 1000 (negative below ground): "
+                                              "makes distances 3D."),
     crs: str | None = Query(None, max_length=MAX_CRS_CHARS, description=CRS_HELP),
     radius: float = Query(DEFAULT_RADIUS_M, gt=0, le=MAX_RADIUS_M, description="Search radius in metres."),
     k: int = Query(DEFAULT_K, ge=1, le=MAX_K, description="At most this many features, nearest first."),
