@@ -6,7 +6,9 @@ seeded, moved by up to 200 m; the same seed gives the same places):
 * ``explain`` — every statement ``cim.spatial.nearby`` runs for each place, as ``EXPLAIN (ANALYZE, BUFFERS)``
   on the API's own engine (role ``cim_api``, public scope, under the policies; ``track_io_timing`` on for this
   session), in two forms taking turns: *before*, ranked by ``ST_3DDistance`` (main's statement: a sort of every
-  row in the 3D search box), and *after*, ranked by ``<<->>`` (this checkout's: the N-D GiST nearest first).
+  row in the 3D search box), and *after*, the checkout's own statements (when this was written: ranked by
+  ``<<->>``, the N-D GiST nearest first; since revision 0013_nearby_2d: the walk of the 2D GiST that
+  ``cim.spatial`` proves exact, one statement a walk).
   Per request: statements, partitions read, rows the scans read, shared buffers hit / read, I/O time, planning
   and execution time; and the two answers compared (same distances in the same order, same features).
 * ``items`` — the page statement of items by bbox (limit 100, parts) at each place, the same way (one form).
