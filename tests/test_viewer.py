@@ -151,18 +151,20 @@ CASE_TIMELINE = """(() => {
 })()"""
 
 
-#: true once the part is drawn and a click on it has shown its object code, which its tile carries as the feature id
-#: (tiles.mvt.CODE_IDS), not as a property
+#: true once a part is drawn and a click on it has shown its object code, which its tile carries as the feature id
+#: (tiles.mvt.CODE_IDS), not as a property. The part clicked is whichever is rendered first (the order follows the
+#: tiles' arrival: a busy machine drew another one first), and its own code is what the panel must show
 PART_CODE = """(() => {
   const m = window.cimMap; if (!m || !m.loaded()) return false;
-  const hits = m.queryRenderedFeatures({layers: ['parts-circle']}); if (!hits.length) return false;
-  if (!window.partClicked) {
-    if (hits[0].properties.object_code !== undefined) return false;
+  if (!window.partCode) {
+    const hits = m.queryRenderedFeatures({layers: ['parts-circle']}); if (!hits.length) return false;
+    if (hits[0].properties.object_code !== undefined || !/^31[0-9]{14}$/.test(String(hits[0].id))) return false;
+    window.partCode = String(hits[0].id);
     const p = m.project(hits[0].geometry.coordinates);
-    m.fire('click', {point: p, lngLat: m.unproject(p)}); window.partClicked = true; return false;
+    m.fire('click', {point: p, lngLat: m.unproject(p)}); return false;
   }
   const rows = [...document.querySelectorAll('#info-table tr')].map(tr => tr.textContent);
-  return !document.getElementById('info').hidden && rows.includes('object_code3101010101000001');
+  return !document.getElementById('info').hidden && rows.includes('object_code' + window.partCode);
 })()"""
 
 def _free_port() -> int:
