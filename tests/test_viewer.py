@@ -117,6 +117,8 @@ const fs = require('fs');
   while (Date.now() - start < +timeoutMs && !ok) {
     await new Promise(r => setTimeout(r, 500));
     const r = await send('Runtime.evaluate', {expression: cond, returnByValue: true});
+    // a condition answers a string when it has found something wrong (e.g. a broken tile): no use waiting on
+    if (r.result && typeof r.result.value === 'string') { errors.push('condition: ' + r.result.value); break; }
     ok = !!(r.result && r.result.value === true);
   }
   const st = await send('Runtime.evaluate', {expression: 'document.getElementById("status").textContent', returnByValue: true});
@@ -152,20 +154,28 @@ CASE_TIMELINE = """(() => {
 
 
 #: true once a part is drawn and a click on it has shown its object code, which its tile carries as the feature id
-#: (tiles.mvt.CODE_IDS), not as a property. The part clicked is whichever is rendered first (the order follows the
-#: tiles' arrival: a busy machine drew another one first), and its own code is what the panel must show
+#: (tiles.mvt.CODE_IDS), not as a property. Other tests' features share the map (cases, devices, scenario layers,
+#: other parts), so the click goes where a part is the topmost feature, as the page's own click handler sees it, and
+#: only once the map stands still; the panel must show that part's own code. Until it does the click is repeated:
+#: a busy machine may still be loading tiles or easing the camera when the first one lands
 PART_CODE = """(() => {
-  const m = window.cimMap; if (!m || !m.loaded()) return false;
-  if (!window.partCode) {
-    const hits = m.queryRenderedFeatures({layers: ['parts-circle']}); if (!hits.length) return false;
-    if (hits[0].properties.object_code !== undefined || !/^31[0-9]{14}$/.test(String(hits[0].id))) return false;
-    window.partCode = String(hits[0].id);
-    const p = m.project(hits[0].geometry.coordinates);
-    m.fire('click', {point: p, lngLat: m.unproject(p)}); return false;
-  }
+  const m = window.cimMap; if (!m || !m.loaded() || m.isMoving()) return false;
   const rows = [...document.querySelectorAll('#info-table tr')].map(tr => tr.textContent);
-  return !document.getElementById('info').hidden && rows.includes('object_code' + window.partCode);
+  if (window.partCode && !document.getElementById('info').hidden && rows.includes('object_code' + window.partCode))
+    return true;
+  for (const f of m.queryRenderedFeatures({layers: ['parts-circle']})) {
+    if (f.properties.object_code !== undefined) return 'a part tile carries object_code as a property';
+    if (!/^31[0-9]{14}$/.test(String(f.id))) continue;
+    const p = m.project(f.geometry.coordinates);
+    const top = m.queryRenderedFeatures(p)[0];
+    if (!top || top.sourceLayer !== 'parts' || top.id !== f.id) continue;
+    window.partCode = String(f.id);
+    m.fire('click', {point: p, lngLat: m.unproject(p)});
+    return false;
+  }
+  return false;
 })()"""
+
 
 def _free_port() -> int:
     with socket.socket() as s:
