@@ -296,6 +296,44 @@ def test_transform_arrays_and_z_passthrough():
     np.testing.assert_allclose(lat2, lat, atol=1e-9)
 
 
+@pytest.mark.parametrize("src, dst", [("EPSG:4549", "EPSG:4326"), ("EPSG:4326", "EPSG:4549"), ("EPSG:4490", "EPSG:4549"),
+                                      ("EPSG:4549", "EPSG:3857"), ("EPSG:4549", "EPSG:4547"),
+                                      ("EPSG:4979", "EPSG:4978"), ("EPSG:4978", "EPSG:4979")])
+def test_a_transformer_is_the_operation_from_crs_chose_as_a_pipeline_in_every_thread(src, dst):
+    """The kept transformer is the pipeline of what ``from_crs`` chose — a new thread makes it in well under a
+    millisecond, not by a PROJ database search — and gives from_crs's numbers, in this thread and a new one."""
+    import threading
+
+    kept = C.transformer(src, dst)
+    # made from its pipeline string alone (from_crs's carries its CRSs, and a new thread searches for them again)
+    assert kept.definition.startswith("proj=pipeline") and kept.source_crs is None
+    plain = pyproj.Transformer.from_crs(src, dst, always_xy=True)
+    rng = np.random.default_rng(7)
+    if src == "EPSG:4978":
+        x, y, z = pyproj.Transformer.from_crs("EPSG:4979", "EPSG:4978", always_xy=True).transform(
+            rng.uniform(120.8, 122.2, 500), rng.uniform(30.6, 31.9, 500), rng.uniform(-50, 700, 500))
+    elif src in ("EPSG:4326", "EPSG:4490", "EPSG:4979"):
+        x, y, z = rng.uniform(120.8, 122.2, 500), rng.uniform(30.6, 31.9, 500), rng.uniform(-50, 700, 500)
+    else:
+        x, y, z = rng.uniform(310_000, 450_000, 500), rng.uniform(3_390_000, 3_530_000, 500), rng.uniform(0, 600, 500)
+    expected = plain.transform(x, y, z)
+    in_thread: list = []
+    worker = threading.Thread(target=lambda: in_thread.append(kept.transform(x, y, z)))
+    worker.start()
+    worker.join()
+    for got in (kept.transform(x, y, z), in_thread[0]):
+        for a, b in zip(got, expected):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_a_transformer_with_candidate_operations_stays_from_crs():
+    """NAD27 → NAD83 has many operations, PROJ choosing one per point: there is no single pipeline to keep."""
+    kept = C.transformer("EPSG:4267", "EPSG:4269")
+    plain = pyproj.Transformer.from_crs("EPSG:4267", "EPSG:4269", always_xy=True)
+    assert not kept.definition.startswith("proj=")
+    assert kept.transform(-100.0, 40.0) == plain.transform(-100.0, 40.0)
+
+
 def test_transform_with_offset_crs_on_either_side():
     lon, lat = _shanghai_grid(6)
     glon, glat = C.wgs84_to_gcj02(lon, lat)

@@ -19,22 +19,11 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import pyproj
 
-from cim.crs import transform_coords
+from cim.crs import transform_coords, transformer
 
 #: radians per metre along a meridian (mean Earth radius; used only to pad regions)
 _RAD_PER_M = 1.0 / 6_371_000.0
-
-
-@functools.lru_cache(maxsize=4)
-def _to_ecef() -> pyproj.Transformer:
-    return pyproj.Transformer.from_crs("EPSG:4979", "EPSG:4978", always_xy=True)
-
-
-@functools.lru_cache(maxsize=4)
-def _from_ecef() -> pyproj.Transformer:
-    return pyproj.Transformer.from_crs("EPSG:4978", "EPSG:4979", always_xy=True)
 
 
 def storage_to_lonlat(x: np.ndarray, y: np.ndarray, srid: int) -> tuple[np.ndarray, np.ndarray]:
@@ -45,13 +34,13 @@ def storage_to_lonlat(x: np.ndarray, y: np.ndarray, srid: int) -> tuple[np.ndarr
 
 def lonlath_to_ecef(lon: np.ndarray, lat: np.ndarray, h: np.ndarray) -> np.ndarray:
     """Degrees and ellipsoidal metres → (N, 3) ECEF metres."""
-    x, y, z = _to_ecef().transform(np.asarray(lon, float), np.asarray(lat, float), np.asarray(h, float))
+    x, y, z = transformer("EPSG:4979", "EPSG:4978").transform(np.asarray(lon, float), np.asarray(lat, float), np.asarray(h, float))
     return np.column_stack([x, y, z])
 
 
 def ecef_to_lonlath(xyz: np.ndarray) -> np.ndarray:
     """(N, 3) ECEF metres → (N, 3) longitude°, latitude°, ellipsoidal height m."""
-    lon, lat, h = _from_ecef().transform(xyz[:, 0], xyz[:, 1], xyz[:, 2])
+    lon, lat, h = transformer("EPSG:4978", "EPSG:4979").transform(xyz[:, 0], xyz[:, 1], xyz[:, 2])
     return np.column_stack([lon, lat, h])
 
 

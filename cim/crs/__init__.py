@@ -26,7 +26,7 @@ from cim.crs.resolve import (
     CRS84, CRS84_URI, EXTRA_CRS, WGS84, CrsSpec, crs_uri, offered_crs, resolve_crs, resolve_offered,
     resolve_parameter,
 )
-from cim.crs.transform import transform_coords, transform_geojson, transform_geometries
+from cim.crs.transform import transform_coords, transform_geojson, transform_geometries, transformer
 
 __all__ = [
     "CRS84",
@@ -53,6 +53,7 @@ __all__ = [
     "transform_coords",
     "transform_geojson",
     "transform_geometries",
+    "transformer",
     "wgs84_to_bd09",
     "wgs84_to_gcj02",
 ]

@@ -17,18 +17,28 @@ import pyproj
 from cim.crs.offsets import Coord, coord_arrays, coord_result, offset_to_offset, offset_to_wgs84, wgs84_to_offset
 from cim.crs.resolve import CrsSpec, resolve_crs
 
-__all__ = ["transform_arrays", "transform_coords", "transform_geojson", "transform_geometries"]
+__all__ = ["transform_arrays", "transform_coords", "transform_geojson", "transform_geometries", "transformer"]
 
 
 @functools.lru_cache(maxsize=128)
-def _transformer(src_srs: str, dst_srs: str) -> pyproj.Transformer:
-    # Building a Transformer means a PROJ database search for the best operation (milliseconds);
-    # doing it per call dominates small batches. Keyed by the CRS's defining string (cheap to
-    # hash, unlike CRS objects whose hash renders WKT). pyproj Transformers keep per-thread
-    # state, so sharing a cached one between threads is safe.
-    # always_xy: EPSG:4326/4490 and the Gauss-Krüger CRSs declare lat/lon resp. northing/easting
-    # axis order; the platform is x=easting/longitude everywhere.
-    return pyproj.Transformer.from_crs(src_srs, dst_srs, always_xy=True)
+def transformer(src_srs: str, dst_srs: str) -> pyproj.Transformer:
+    """The transformer from one CRS to another (x = easting/longitude, y = northing/latitude), built once.
+
+    Keyed by the CRS's defining string (cheap to hash, unlike CRS objects whose hash renders WKT).
+    always_xy: EPSG:4326/4490 and the Gauss-Krüger CRSs declare lat/lon resp. northing/easting axis order;
+    the platform is x=easting/longitude everywhere.
+
+    A pyproj Transformer keeps its PROJ object per thread, and one made by ``from_crs`` is made again in every
+    new thread by the same PROJ database search: ~95 ms of CPU in each thread for each pair, measured — a
+    server's worker threads come and go (anyio retires an idle one after 10 s), and a case group that
+    met a new thread stalled for that long. So the operation ``from_crs`` chose is kept as its PROJ pipeline,
+    which a thread makes in ~0.3 ms, and gives the same numbers. When PROJ has several candidate operations
+    and picks one per point (no single pipeline: a datum shift with grids), ``from_crs``'s transformer stays.
+    """
+    chosen = pyproj.Transformer.from_crs(src_srs, dst_srs, always_xy=True)
+    if chosen.definition.startswith("proj="):
+        return pyproj.Transformer.from_pipeline(chosen.definition)
+    return chosen
 
 
 def _srs(crs: pyproj.CRS) -> str:
@@ -42,7 +52,7 @@ def transform_arrays(x: np.ndarray, y: np.ndarray, src: CrsSpec, dst: CrsSpec) -
     if src.offset is not None:
         x, y = offset_to_wgs84(src.offset, x, y)
     shape = x.shape
-    tr = _transformer(_srs(src.base), _srs(dst.base))
+    tr = transformer(_srs(src.base), _srs(dst.base))
     ox, oy = tr.transform(x.ravel(), y.ravel())
     ox = np.asarray(ox, dtype=np.float64).reshape(shape)
     oy = np.asarray(oy, dtype=np.float64).reshape(shape)
