@@ -4,6 +4,7 @@ problem documents — against a real PostGIS."""
 from __future__ import annotations
 
 import hashlib
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -326,14 +327,49 @@ def test_readings_errors(client, device, params, status, parameter):
     assert r.json().get("parameter") == parameter
 
 
-def test_serve_with_two_workers_answers_on_a_tcp_nodelay_socket(db_url):
-    """`cim serve --workers 2` shares one socket made with IPPROTO_TCP (so asyncio sets TCP_NODELAY)."""
+def _tcp_sockets(port: int) -> dict[int, str]:
+    """The IPv4 TCP sockets whose local port is ``port``: inode → state ('0A' listening, '01' established)."""
+    found = {}
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                found[int(fields[9])] = fields[3]
+    return found
+
+
+def _holders(inodes: set[int]) -> dict[int, set[int]]:
+    """Which processes hold each socket (by inode): pid sets."""
+    import os
+
+    held: dict[int, set[int]] = {inode: set() for inode in inodes}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:[") and int(target[8:-1]) in held:
+                held[int(target[8:-1])].add(int(pid))
+    return held
+
+
+def test_serve_with_two_workers_gives_each_its_own_nodelay_socket(db_url):
+    """`cim serve --workers 2` listens on a socket per worker (SO_REUSEPORT), each made with IPPROTO_TCP (so
+    asyncio sets TCP_NODELAY): a client's pool of keep-alive connections is spread over both workers, where
+    on one shared socket the worker that woke first took nearly all of them (31 of 32 seen). A second server
+    on the same port is refused, not let in beside it."""
     import socket
     from urllib.parse import urlsplit
 
     import httpx
 
-    from api.cli import listening_socket
+    from api.cli import listening_socket, worker_sockets
+    from cim.errors import UserError
     from tests.conftest import CIM
     from tests.servers import serve_command
 
@@ -344,5 +380,30 @@ def test_serve_with_two_workers_answers_on_a_tcp_nodelay_socket(db_url):
         answer = httpx.get(f"{base}/healthz", timeout=10)
         assert answer.status_code == 200 and answer.json()["status"] == "ok"
         port = urlsplit(base).port
+        deadline = time.monotonic() + 90  # /healthz answered by the first worker up; wait for the second
+        while len(listening := {i for i, state in _tcp_sockets(port).items() if state == "0A"}) < 2 \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+        holders = _holders(listening)
+        assert len(listening) == 2, holders
+        supervisor = set.intersection(*holders.values())  # keeps both, to restart a worker on its own
+        workers = [pids - supervisor for pids in holders.values()]
+        assert len(supervisor) == 1 and all(len(w) == 1 for w in workers) and workers[0] != workers[1], holders
+
+        pool = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(64)]
+        try:
+            for conn in pool:  # each answered: accepted by a worker, and kept alive
+                conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert conn.recv(65536).startswith(b"HTTP/1.1 200")
+            established = {inode for inode, state in _tcp_sockets(port).items() if state == "01"}
+            per_worker = [sum(1 for pids in _holders(established).values() if pids & w) for w in workers]
+            # spread by the kernel's hash of each connection's addresses: below 8 of 64 on either side has a
+            # chance of ~1e-9
+            assert sum(per_worker) == 64 and min(per_worker) >= 8, per_worker
+        finally:
+            for conn in pool:
+                conn.close()
+        with pytest.raises(UserError, match="--host/--port"):
+            worker_sockets("127.0.0.1", port, 2)  # a second server on the port
     busy = listening_socket("127.0.0.1", port)  # the port is free again once the workers stop
     busy.close()
