@@ -202,19 +202,17 @@ _EVENT_COLUMNS = ["case_id", "at", "actor", "role", "action", "from_status", "to
                   "district_code"]
 #: duplicates_of for every new case at once: the open cases that were in when it came in (lower ids). The new
 #: cases' class, time and point come with the statement (they were just written, so they equal the rows): a
-#: join back to ``cases`` by id would scan the whole table once per chunk. Each new case then probes the spatial
-#: index for its radius and checks class, status and time on the few cases found there. The class test is
-#: spelled ``(… = …) IS TRUE`` (the same rows: a NULL is no match either way) so that it cannot drive the
-#: (class_code, reported_at) index: the planner, which cannot estimate a radius given per row, combined that
-#: index with the spatial one and so read every case of the class in the window for each new case — 10.6 ms of
-#: the database's CPU a group of 16 on 42,000 cases, growing with them, against 3.0 ms for the spatial probe
-#: alone (docs/benchmarks.md). A materialised CTE: on Citus an intermediate result joined with every shard
-#: (docs/citus.md).
+#: join back to ``cases`` by id would scan the whole table once per chunk. Each new case then probes the index of
+#: the open cases by class and place (``ix_cases_open_class_geom``, migration 0014_case_duplicates: its
+#: predicate is the status test below, word for word) and checks the time on the few cases found there. The
+#: spatial index of all cases read every case ever reported at the place, and the (class_code, reported_at)
+#: index every case of the class in the window — both grow with the cases (docs/benchmarks.md). A materialised
+#: CTE: on Citus an intermediate result joined with every shard (docs/citus.md).
 _DUPLICATES = (
     "WITH c AS MATERIALIZED (SELECT q.id, q.k, q.at, CAST(q.g AS geometry) AS geom, q.w, q.r "
     "FROM json_to_recordset(CAST(:q AS json)) AS q(id bigint, k text, at timestamptz, g text, w float8, r float8)) "
     "SELECT c.id, array_agg(o.id ORDER BY o.reported_at, o.id) AS dups FROM c "
-    "JOIN cases o ON ST_DWithin(o.geom, c.geom, c.r) AND o.id < c.id AND (o.class_code = c.k) IS TRUE "
+    "JOIN cases o ON o.class_code = c.k AND ST_DWithin(o.geom, c.geom, c.r) AND o.id < c.id "
     "AND o.status NOT IN ('closed', 'not_registered', 'merged') "
     "AND o.reported_at BETWEEN c.at - make_interval(secs => c.w * 3600) AND c.at GROUP BY c.id")
 
