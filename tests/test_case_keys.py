@@ -49,6 +49,11 @@ def _refused(engine, sql: str, **params) -> str:
     return str(caught.value.orig)
 
 
+def _write(engine, sql: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(sa.text(sql))
+
+
 def _copy(engine, table: str, columns: str, text: str) -> None:
     raw = engine.raw_connection()
     try:
@@ -198,3 +203,57 @@ def test_migration_0011_on_a_base_with_cases_matches_a_new_base(server_url, base
         assert "case_events_case_id_fkey" in str(caught.value.orig)
     finally:
         old.dispose()
+
+
+def test_the_insert_checks_run_a_function_per_key_and_refuse_as_the_generic_one_did(server_url, base):
+    """Migration 0015_static_checks: each key's insert check is a function of its own (static SQL, its plan kept),
+    and refuses with the error the generic function of 0011 gave — the same SQLSTATE and message, by INSERT and
+    by COPY; the audit row of each statement is still written. Down to 0014 the generic function is back."""
+    engine, _, _ = base
+    db = engine_for(create_database(server_url))
+    said: dict[str, list[tuple]] = {}
+
+    def refused(write) -> tuple:  # what the error says, but where in which function it was raised
+        with pytest.raises((DBAPIError, psycopg2.Error)) as caught:
+            write()
+        error = getattr(caught.value, "orig", caught.value)
+        d = error.diag
+        return error.pgcode, d.message_primary, d.table_name, d.column_name, d.constraint_name
+    try:
+        initialise(db)
+        with db.begin() as conn:
+            conn.execute(sa.text("INSERT INTO case_classes (code, kind, name) VALUES ('E01', '事件', '市容环境')"))
+        for revision in ("0015_static_checks", "0014_case_duplicates"):
+            with db.connect() as conn:
+                functions = conn.execute(sa.text(
+                    "SELECT t.tgname || ' ' || p.proname FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid "
+                    "WHERE t.tgname IN ('case_events_case_id_key', 'cases_class_code_key') ORDER BY 1")).scalars().all()
+                audited = conn.execute(sa.text("SELECT count(*) FROM audit_log")).scalar()
+            static = revision == "0015_static_checks"
+            assert functions == (["case_events_case_id_key case_key_check_new_case_events_case_id",
+                                  "cases_class_code_key case_key_check_new_cases_class_code"] if static else
+                                 ["case_events_case_id_key case_key_check_new", "cases_class_code_key case_key_check_new"])
+            said[revision] = [
+                refused(lambda: _write(db, "INSERT INTO case_events (case_id, at, actor, role, action) "
+                                           "VALUES (-7, now(), 't', 's', 'x')")),
+                refused(lambda: _write(db, "INSERT INTO cases (channel, class_code, status, reported_at) "
+                                           "VALUES ('hotline', 'E99', 'reported', now())")),
+                refused(lambda: _copy(db, "case_events", "case_id, at, actor, role, action",
+                                      "-8\t2024-05-01\tt\ts\tx\n"))]
+            with db.begin() as conn:  # a good write passes both checks and is audited
+                case = conn.execute(sa.text("INSERT INTO cases (channel, class_code, status, reported_at) "
+                                            "VALUES ('hotline', 'E01', 'reported', now()) RETURNING id")).scalar()
+                conn.execute(sa.text("INSERT INTO case_events (case_id, at, actor, role, action) "
+                                     "VALUES (:c, now(), 't', 'system', 'report')"), {"c": case})
+            with db.connect() as conn:
+                assert conn.execute(sa.text("SELECT count(*) FROM audit_log")).scalar() == audited + 2
+            if static:
+                with db.begin() as conn:
+                    command.downgrade(_alembic_config(conn, 4549), "0014_case_duplicates")
+        assert said["0015_static_checks"] == said["0014_case_duplicates"]
+        assert said["0015_static_checks"][0] == (
+            FK_VIOLATION, 'insert or update on table "case_events" violates key "case_events_case_id_key": case_id = -7 '
+            "is not in cases", "case_events", "case_id", "case_events_case_id_key")
+        assert [error[0] for error in said["0015_static_checks"]] == [FK_VIOLATION] * 3
+    finally:
+        db.dispose()
