@@ -69,11 +69,16 @@ def _text_hash(series: pd.Series) -> np.ndarray:
     return pd.util.hash_pandas_object(series.astype("string"), index=False).to_numpy()
 
 
+def utf8_bytes(text: pa.Array) -> np.ndarray:
+    """Each value's UTF-8 bytes, an object array of ``bytes`` (Arrow's text seen as binary, no copy of the data):
+    what ``hash_array`` hashes as it is, where a Python string would be made and then encoded first."""
+    return text.cast(pa.binary()).to_numpy(zero_copy_only=False)
+
+
 def utf8_hash(text: pa.Array, key: str = _HASH_KEY) -> np.ndarray:
-    """The SipHash of each value's UTF-8 bytes (no nulls), what ``hash_array`` gives its text: handed the values as
-    ``bytes`` (Arrow's text seen as binary, no copy of the data), it hashes them as they are, where a Python
-    string would be made and then encoded first (~0.07 µs a value instead of ~0.17)."""
-    return hash_array(text.cast(pa.binary()).to_numpy(zero_copy_only=False), hash_key=key, categorize=False)
+    """The SipHash of each value's UTF-8 bytes (no nulls), what ``hash_array`` gives its text, from
+    :func:`utf8_bytes` (~0.07 µs a value instead of ~0.17)."""
+    return hash_array(utf8_bytes(text), hash_key=key, categorize=False)
 
 
 def _repetitive(sample: list | np.ndarray) -> bool:

@@ -15,14 +15,16 @@ import pyarrow as pa
 from pandas._libs.hashtable import Int64HashTable  # khash: pandas' own hash table, vectorised
 from pandas.core.util.hashing import hash_array
 
+from ingest.hashing import utf8_bytes
+
 _KEYS = ("0123456789123456", "cim-first-rows-2")  # two SipHash keys: one 128-bit key per text
 
 
 def text_keys(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Two independent 64-bit hashes of each text (an object array of str)."""
     values = np.asarray(values, dtype=object)
-    try:  # each text's UTF-8 bytes made once for both hashes (ingest.hashing.utf8_hash): the same numbers
-        as_bytes = pa.array(values, type=pa.string()).cast(pa.binary()).to_numpy(zero_copy_only=False)
+    try:  # each text's UTF-8 bytes made once for both hashes: the same numbers as of the strings
+        as_bytes = utf8_bytes(pa.array(values, type=pa.string()))
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         as_bytes = values
     return (hash_array(as_bytes, hash_key=_KEYS[0], categorize=False),
