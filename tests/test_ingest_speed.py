@@ -255,3 +255,46 @@ def test_a_sorted_first_load_indexes_each_district_while_reading_the_next(engine
                                     "AND valid_to IS NULL")).scalar() == "X7"
         assert conn.execute(sa.text("SELECT count(DISTINCT fid), array_agg(DISTINCT ingest_run_id) FROM parts")).one() \
             == (12, [report.run_id])
+
+
+def test_a_stray_row_read_before_its_districts_run_does_not_close_that_district(server_url, tmp_path, monkeypatch):
+    """A point that a later district covers (on a border) read inside an earlier district's run: that district's
+    table stays bare until its own run has been read, so the run's rows are COPYed into no built index."""
+    from cim.bootstrap import initialise
+    from cim.database import engine_for
+    from ingest.staged import StagedLoad
+    from tests.conftest import create_database
+
+    engine = engine_for(create_database(server_url))
+    initialise(engine)
+    ingest_files("districts", [_write(tmp_path / "districts.geojson", [
+        ({"code": c, "name": f"区{c}"}, _square(lon)) for c, lon in SQUARES.items()])],
+        IngestOptions(crs="EPSG:4326"), engine)
+    closed: list[tuple[list[str], int]] = []
+    close = StagedLoad._close
+
+    def spy(self, districts):  # which districts were closed, and how many rows were staged by then
+        closed.append((list(districts), self.rows))
+        close(self, districts)
+
+    monkeypatch.setattr(StagedLoad, "_close", spy)
+    features = [_part("X1", XUHUI, 1), _part("X2", XUHUI, 2), _part("C0", CHANGNING, 19)]  # batch 1: a stray row
+    features += [_part(f"X{i}", XUHUI, i) for i in range(3, 7)]  # batch 2 holds no Changning row; batch 3 one
+    features += [_part(f"C{i}", CHANGNING, i) for i in range(1, 7)]  # Changning's run
+    report = ingest_files("parts", [_write(tmp_path / "parts.geojson", features)],
+                          IngestOptions(crs="EPSG:4326", batch_rows=3), engine)
+    assert report.inserted == 13, report
+    assert closed == [([XUHUI], 9)], closed  # Changning was not closed after its stray row; built at the end
+    assert report.message.endswith("(1 indexed while the next district's rows were read)"), report.message
+    with engine.connect() as conn:
+        counts = dict(conn.execute(sa.text("SELECT tableoid::regclass::text, count(*) FROM parts GROUP BY 1")).all())
+        assert counts == {f"parts_{XUHUI}": 6, f"parts_{CHANGNING}": 7}
+        parent = conn.execute(sa.text("SELECT count(*) FROM pg_index WHERE indrelid = 'parts'::regclass")).scalar()
+        for district in SQUARES:
+            assert conn.execute(sa.text(
+                "SELECT count(*) FROM pg_inherits i JOIN pg_index x ON x.indexrelid = i.inhrelid "
+                "WHERE x.indrelid = CAST(:t AS regclass)"), {"t": f"parts_{district}"}).scalar() == parent
+        conn.execute(sa.text("SET enable_seqscan = off"))
+        assert conn.execute(sa.text("SELECT count(*) FROM parts WHERE source_id LIKE 'C%' AND valid_to IS NULL")
+                            ).scalar() == 7
+    engine.dispose()
