@@ -117,14 +117,16 @@ def _point_z_ewkb_hex(points: np.ndarray, srid: int) -> np.ndarray:
 
 
 def copy_rows(cur, frame: pd.DataFrame, ewkb: np.ndarray | None, columns: list[str], into: str = "_stage",
-              types: dict[str, str] | None = None) -> None:
+              types: dict[str, str] | None = None, freeze: bool = False) -> None:
     """COPY a prepared batch into ``into`` (the staging table, or an empty target: see :class:`DirectLoad`);
     ``frame`` holds ``columns``. With the columns' ``types`` (:func:`ingest.binary_copy.column_types`) the
-    batch goes in PostgreSQL's binary format when every column allows it, else as CSV."""
+    batch goes in PostgreSQL's binary format when every column allows it, else as CSV. ``freeze``: the rows are
+    written frozen and their pages all-visible (``COPY … FREEZE``: only into a table made in this transaction)."""
+    options = ", FREEZE" if freeze else ""
     if types is not None:
         stream = binary_copy.encode(frame, ewkb, columns, types)
         if stream is not None:
-            cur.copy_expert(f'COPY "{into}" ({", ".join(columns)}) FROM STDIN WITH (FORMAT binary)', stream)
+            cur.copy_expert(f'COPY "{into}" ({", ".join(columns)}) FROM STDIN WITH (FORMAT binary{options})', stream)
             return
     data = {}
     for column in columns:
@@ -138,7 +140,7 @@ def copy_rows(cur, frame: pd.DataFrame, ewkb: np.ndarray | None, columns: list[s
     pacsv.write_csv(pa.table(data), buffer, write_options=pacsv.WriteOptions(include_header=False,
                                                                              quoting_style="needed"))
     buffer.seek(0)
-    cur.copy_expert(f'COPY "{into}" ({", ".join(columns)}) FROM STDIN WITH (FORMAT csv)', buffer)
+    cur.copy_expert(f'COPY "{into}" ({", ".join(columns)}) FROM STDIN WITH (FORMAT csv{options})', buffer)
 
 
 class PipelinedCursor:

@@ -107,6 +107,10 @@ class StagedLoad:
         self.stage = PipelinedCursor(self._raw.cursor())
         self.closed: set[str] = set()  # districts whose rows seem all in: indexed in the background meanwhile
         self.begun: set[str] = set()  # districts that held the most rows of a batch: their run has begun
+        # tables made in the staging transaction now open: COPYed FREEZE (no reader's table: it becomes a
+        # partition as the load commits; frozen rows need no index build, reader or VACUUM to look up their
+        # transaction, nor to write their pages again with hint bits)
+        self.fresh: set[str] = set()
         self._background: _Builder | None = None
 
     def copy(self, frame: pd.DataFrame, ewkb: np.ndarray | None) -> None:
@@ -130,11 +134,12 @@ class StagedLoad:
                 ordinary |= rows
                 continue
             name = self.staged.get(code) or self._stage(code)
+            freeze = name in self.fresh
             if len(present) == 1:  # the usual batch of a delivery sorted by district: no copy of it to select it
-                copy_rows(self.stage, frame, ewkb, self.columns, into=name, types=self.direct.types)
+                copy_rows(self.stage, frame, ewkb, self.columns, into=name, types=self.direct.types, freeze=freeze)
             else:
                 copy_rows(self.stage, frame[rows], ewkb[rows] if ewkb is not None else None, self.columns,
-                          into=name, types=self.direct.types)
+                          into=name, types=self.direct.types, freeze=freeze)
             n = int(rows.sum())
             self.rows += n
             if n > most:
@@ -149,18 +154,22 @@ class StagedLoad:
         name = partition_name(self.table, district)
         self.stage.execute(create)
         self.stage.execute(f'COMMENT ON TABLE "{name}" IS %s', (f"{MARK} {self.table}",))
-        # what the partition's rows would get through the parent: its fid sequence, the load's time
+        # what the partition's rows would get through the parent: its fid sequence, the load's time. No
+        # autovacuum while it is staged: its ANALYZE would be done again by the load's (ingest.statistics), and
+        # its VACUUM finds the rows COPYed FREEZE already frozen (the setting is reset as it is attached)
         self.stage.execute(f'ALTER TABLE "{name}" ALTER COLUMN fid SET DEFAULT nextval(%s::regclass), '
-                           "ALTER COLUMN valid_from SET DEFAULT %s::timestamptz", (self.sequence, self.now))
+                           "ALTER COLUMN valid_from SET DEFAULT %s::timestamptz, SET (autovacuum_enabled = off)",
+                           (self.sequence, self.now))
         self.staged[district] = name
+        self.fresh.add(name)
+        self._bound(district)
         return name
 
     def _close(self, districts: list[str]) -> None:
         """Commit these districts' staged rows and hand their index and key builds to the background builder."""
-        for district in districts:
-            self._bound(district)
         self.stage.wait()
         self._raw.commit()
+        self.fresh.clear()
         if self._background is None:
             self._background = _Builder(self.engine)
         names = [self.staged[d] for d in districts]
@@ -170,7 +179,9 @@ class StagedLoad:
         self.closed.update(districts)
 
     def _bound(self, district: str) -> None:
-        # the bound as a constraint: ATTACH PARTITION then knows every row belongs without a scan
+        # the bound as a constraint: ATTACH PARTITION then knows every row belongs without a scan. Made with the
+        # empty table, each row is checked as it is COPYed (added at the end, it read the whole table again on
+        # the connection the loader's next COPY waits for)
         name = self.staged[district]
         self.stage.execute(f'ALTER TABLE "{name}" ADD CONSTRAINT "{name}_bound" CHECK ({PARTITION_COLUMN} '
                            f"IS NOT NULL AND {PARTITION_COLUMN} = %s)", (district,))
@@ -206,9 +217,6 @@ class StagedLoad:
             self._raw.rollback()
             self._raw.close()
             return counts
-        for district, name in self.staged.items():
-            if district not in self.closed:
-                self._bound(district)
         # (waits for the background builder's statement on each table: nothing else waits for this connection)
         for name in self.staged.values():
             self.stage.execute(f'ALTER TABLE "{name}" ALTER COLUMN fid DROP DEFAULT, '
@@ -222,6 +230,7 @@ class StagedLoad:
             self.cur.execute(district_partition_sql(self.table, district)[1])  # ATTACH: indexes and keys match
             self.cur.execute(f'ALTER TABLE "{name}" DROP CONSTRAINT "{name}_bound"')
             self.cur.execute(f'COMMENT ON TABLE "{name}" IS NULL')
+            self.cur.execute(f'ALTER TABLE "{name}" RESET (autovacuum_enabled)')
             revoke_partition_access(self.cur, name)
         # the rows arrived by COPY into the partitions, so the layer's statement trigger did not see them
         self.cur.execute("SELECT EXISTS (SELECT 1 FROM pg_proc WHERE proname = 'cim_audit')")
