@@ -5,7 +5,8 @@ does it — optionally the same with the loader of another source tree (before/a
 Run by hand (not a test):
   .venv/bin/python benchmarks/parts_scale.py --rows 3000000 [--before DIR] [--city /work/scale-data/city]
 
-Each load runs as a child process into its own database, cloned from one that holds the areas; the report
+Each load runs as a child process into its own database, cloned from one that holds the areas (with
+``--before``, one for each tree, its schema made by that tree's ``cim init``); the report
 gives wall time, rows/s, the loader's peak RSS and CPU seconds, the server backends' CPU seconds and the load
 average (the machine is shared). DIR is a source tree (e.g. `git archive COMMIT | tar -x -C DIR`).
 """
@@ -66,24 +67,35 @@ def main() -> None:
     if args.rows:
         parts = head(parts, args.rows, WORK / f"parts_head_{args.rows}.csv")
     server = os.environ.get("CIM_DATABASE_URL") or database_url()
-    template = f"bench_areas_{uuid.uuid4().hex[:8]}"
-    names = [template]
-    try:
+    names: list[str] = []
+
+    def areas(source: Path | None) -> str:
+        """A database holding the areas, its schema made by ``source``'s ``cim init`` (this tree's: None)."""
+        template = f"bench_areas_{uuid.uuid4().hex[:8]}"
+        names.append(template)
         url = create_database(server, template)
-        initialise(engine_for(url))  # the schema, seeded
-        engine_for(url).dispose()
         env = {**os.environ, "CIM_DATABASE_URL": url, "CIM_HOME": str(WORK / "cim-home")}
+        if source is None:
+            initialise(engine_for(url))  # the schema, seeded
+            engine_for(url).dispose()
+        else:  # that tree's schema (its migrations), so its loads meet the constraints it had
+            env["PYTHONPATH"] = str(source)
+            timed([CIM, "init"], env)
         started = time.perf_counter()
         for layer in AREAS:
             timed([CIM, *ingest_args(manifest[layer], args.city / manifest[layer]["path"])], env)
         print(f"areas loaded in {time.perf_counter() - started:.0f} s", flush=True)
         psycopg2.connect(url).close()
         time.sleep(1)  # the template must have no connection left
+        return template
+
+    try:
         runs = ([("before", args.before)] if args.before else []) + [("after", None)]
+        templates = {label: areas(source) for label, source in runs}
         for label, source in runs:
             name = f"bench_{uuid.uuid4().hex[:8]}"
             names.append(name)
-            run_url = create_database(server, name, template=template)
+            run_url = create_database(server, name, template=templates[label])
             env = {**os.environ, "CIM_DATABASE_URL": run_url, "CIM_HOME": str(WORK / "cim-home")}
             if source is not None:
                 env["PYTHONPATH"] = str(source)
