@@ -133,7 +133,7 @@ def district_partition_sql(table: str, district: str | None) -> list[str]:
     ]
 
 
-#: the parts' object-code CHECK (revision 0014_object_code_check; before it ``object_code ~ '^[0-9]{16}$'``)
+#: the parts' object-code CHECK (revision 0016_object_code_check; before it ``object_code ~ '^[0-9]{16}$'``)
 OBJECT_CODE_CHECK = "octet_length(object_code) = 16 AND object_code::text !~ '[^0-9]'"
 
 
@@ -306,7 +306,7 @@ def build_metadata(srid: int) -> sa.MetaData:
         sa.Column("part_subclass", sa.String(4), sa.ForeignKey("part_classes.code"), nullable=False),
         sa.Column("name", sa.Text), sa.Column("status", sa.Text),
         sa.Column("owner_department", sa.Text), sa.Column("maintainer", sa.Text),
-        # 16 ASCII digits: 16 bytes none of which is not a digit (revision 0014: what '^[0-9]{16}$' says, at a
+        # 16 ASCII digits: 16 bytes none of which is not a digit (revision 0016: what '^[0-9]{16}$' says, at a
         # fifth of the regex's cost per row — the bounded repetition is the dear part)
         sa.CheckConstraint(OBJECT_CODE_CHECK, name="ck_parts_object_code"),
     )

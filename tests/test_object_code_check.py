@@ -1,4 +1,4 @@
-"""Revision 0014_object_code_check: the parts' object-code CHECK holds for exactly the values the regex it replaces
+"""Revision 0016_object_code_check: the parts' object-code CHECK holds for exactly the values the regex it replaces
 held for (16 ASCII digits), still names ``ck_parts_object_code`` when it refuses a row, and the migration swaps it
 on the layer and every partition, down and up, keeping the rows."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ from cim.distribution import ensure_partitions
 from cim.schema import OBJECT_CODE_CHECK
 from tests.test_partitioning import _migration
 
-MIGRATION = _migration("0014_object_code_check")
+MIGRATION = _migration("0016_object_code_check")
 
 VALUES = [
     "3101040101000001", "0000000000000000", "9999999999999999",  # held
@@ -68,7 +68,7 @@ def test_the_migration_down_and_up_swaps_the_check_on_the_layer_and_its_partitio
         now = _checks(conn)
     assert set(now) >= {"parts", "parts_310104", "parts_default"}
     assert all("!~ '[^0-9]'" in d and "octet_length" in d for d in now.values()), now
-    downgrade(engine, "0013_nearby_2d")
+    downgrade(engine, "0015_static_checks")
     with engine.connect() as conn:
         before = _checks(conn)
     assert set(before) == set(now)

@@ -7,13 +7,13 @@ digits, is 16 ASCII digits — and costs ~0.25 µs (benchmarks in docs/benchmark
 names the same constraint. On a partitioned layer the parent's constraint is its partitions' (dropped and added
 with it; adding checks every row once); on Citus the change reaches the shards.
 
-Revision ID: 0014_object_code_check
-Revises: 0013_nearby_2d
+Revision ID: 0016_object_code_check
+Revises: 0015_static_checks
 """
 from alembic import op
 
-revision = "0014_object_code_check"
-down_revision = "0013_nearby_2d"
+revision = "0016_object_code_check"
+down_revision = "0015_static_checks"
 branch_labels = None
 depends_on = None
 
