@@ -297,7 +297,8 @@ def test_a_stray_row_read_before_its_districts_run_does_not_close_that_district(
         # Xuhui's rows were all COPYed in the transaction that made its table: FREEZE, so its pages are all-visible
         # (what the load's ANALYZE read from the visibility map); autovacuum's setting is the default again
         tables = {r[0]: r[1:] for r in conn.execute(sa.text(
-            "SELECT relname, relpages, relallvisible, reloptions FROM pg_class WHERE relname LIKE 'parts_3101%' AND relkind = 'r'"))}
+            "SELECT relname, relpages, relallvisible, reloptions FROM pg_class "
+            "WHERE relname LIKE 'parts_3101%' AND relkind = 'r'"))}
         assert tables[f"parts_{XUHUI}"] == (1, 1, None), tables
         assert tables[f"parts_{CHANGNING}"][2] is None, tables
         conn.execute(sa.text("SET enable_seqscan = off"))

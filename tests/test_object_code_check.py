@@ -45,7 +45,8 @@ def test_a_part_with_a_bad_code_is_refused_by_the_named_constraint(engine):
         with engine.begin() as conn:
             conn.execute(sa.text(
                 "INSERT INTO parts (source_id, object_code, part_class, part_subclass, geom) VALUES "
-                "('BAD', '３１０１０４０１０１００００', '01', '0101', ST_GeomFromText('POINT Z (640000 3457000 1)', 4549))"))
+                "('BAD', '３１０１０４０１０１００００', '01', '0101', "
+                "ST_GeomFromText('POINT Z (640000 3457000 1)', 4549))"))
     assert isinstance(refused.value.orig, psycopg2.errors.CheckViolation)
     assert refused.value.orig.diag.constraint_name == "ck_parts_object_code"
 
