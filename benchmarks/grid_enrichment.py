@@ -18,7 +18,7 @@ import pandas as pd
 import shapely
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cim.gridindex import LEVELS, GridIndex, _Level, smallest_codes  # noqa: E402
+from cim.gridindex import LEVELS, GridIndex, _Level, smallest_polygons  # noqa: E402
 
 FILES = {"districts": "code", "streets": "code", "communities": "code", "grids": "grid_code"}
 
@@ -29,7 +29,8 @@ def covered_by(index: GridIndex, points: np.ndarray) -> dict[str, np.ndarray]:
     for column, level in index._levels.items():
         result = np.full(len(points), None, dtype=object)
         point_idx, poly_idx = level.tree.query(points, predicate="covered_by")
-        smallest_codes(result, point_idx, poly_idx, level.codes)
+        index = smallest_polygons(point_idx, poly_idx, len(points))
+        result[index >= 0] = level.codes[index[index >= 0]]
         out[column] = result
     return out
 

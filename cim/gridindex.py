@@ -80,14 +80,6 @@ class GridIndex:
         return out
 
 
-def smallest_codes(result: np.ndarray, point_idx: np.ndarray, poly_idx: np.ndarray, codes: np.ndarray) -> None:
-    """Into ``result[point]``, for each (point, polygon) pair's point, the smallest code of its polygons (on a
-    shared edge a point touches two): ``codes`` are sorted, so the smallest polygon index is the smallest code."""
-    index = smallest_polygons(point_idx, poly_idx, len(result))
-    found = index >= 0
-    result[found] = codes[index[found]]
-
-
 def smallest_polygons(point_idx: np.ndarray, poly_idx: np.ndarray, points: int) -> np.ndarray:
     """For each of ``points`` points, the smallest polygon index among its (point, polygon) pairs; -1 if none."""
     out = np.full(points, -1, dtype=np.int64)

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
-from cim.gridindex import smallest_codes
+from cim.gridindex import smallest_polygons
 from ingest import columns, read, run
 from ingest.hashing import content_hash
 from ingest.run import IngestOptions, ingest_files
@@ -131,19 +131,20 @@ def test_object_codes_as_integers_are_the_codes_numbers():
         assert (got[0] == expected[0]).all() and (got[1] == expected[1]).all()
 
 
-def test_the_smallest_code_per_point_without_sorting_the_pairs_is_the_sorted_ways():
+def test_the_smallest_polygon_per_point_without_sorting_the_pairs_is_the_sorted_ways():
     rng = np.random.default_rng(2)
-    codes = np.array([f"c{i:03d}" for i in range(30)], dtype=object)
-    for _ in range(200):
-        points, pairs = int(rng.integers(1, 50)), int(rng.integers(1, 100))
-        point_idx, poly_idx = np.sort(rng.integers(0, points, pairs)), rng.integers(0, 30, pairs)
-        got = np.full(points, None, dtype=object)
-        smallest_codes(got, point_idx, poly_idx, codes)
-        order = np.lexsort((poly_idx, point_idx))
-        first = np.r_[True, point_idx[order][1:] != point_idx[order][:-1]]
-        expected = np.full(points, None, dtype=object)
-        expected[point_idx[order][first]] = codes[poly_idx[order][first]]
-        assert (got == expected).all()
+    for grouped in (True, False):  # pairs grouped by point (the tree's answer) and in any order
+        for _ in range(200):
+            points, pairs = int(rng.integers(1, 50)), int(rng.integers(1, 100))
+            point_idx, poly_idx = rng.integers(0, points, pairs), rng.integers(0, 30, pairs)
+            if grouped:
+                point_idx = np.sort(point_idx)
+            got = smallest_polygons(point_idx, poly_idx, points)
+            order = np.lexsort((poly_idx, point_idx))
+            first = np.r_[True, point_idx[order][1:] != point_idx[order][:-1]]
+            expected = np.full(points, -1, dtype=np.int64)
+            expected[point_idx[order][first]] = poly_idx[order][first]
+            assert (got == expected).all()
 
 
 def test_area_codes_by_arrow_take_are_the_column_pandas_makes_of_the_strings():
