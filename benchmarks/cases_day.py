@@ -26,6 +26,7 @@ import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks.dispatch_check import check_dispatch  # noqa: E402
 from benchmarks.scratch import machine, sample_city  # noqa: E402
 from cases import simulate as sim  # noqa: E402
 from cases.calendar import LOCAL  # noqa: E402
@@ -98,6 +99,7 @@ def main() -> None:
             with engine.connect() as conn:
                 statuses = dict(conn.execute(sa.text("SELECT status, count(*) FROM cases GROUP BY 1")).all())
                 events = conn.execute(sa.text("SELECT count(*) FROM case_events")).scalar()
+                agreed = check_dispatch(conn)
             print(f"## A simulated Shanghai day: {args.cases:,} cases through the lifecycle (issue 11)\n")
             print(f"`benchmarks/cases_day.py --cases {args.cases}`, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. "
                   f"**Machine:** {about}. Other engineers' processes share the 2 cores.\n")
@@ -110,7 +112,11 @@ def main() -> None:
                   f"{load_after[0]:.1f} | |")
             located = report.created - report.manual_queue
             print(f"| machine-dispatched share of the located cases | {report.machine_dispatched / max(located, 1):.1%} "
-                  f"| ≥ 95 % |\n")
+                  f"| ≥ 95 % |")
+            print(f"| machine dispatches where a hand-written reading of the rule (benchmarks/dispatch_check.py) "
+                  f"sends them | {agreed.agreeing:,} of {agreed.checked:,} ({agreed.share:.1%}) | all |\n")
+            if agreed.disagreements:
+                print(f"Disagreements (case, machine, rule), the first 20: {agreed.disagreements[:20]}\n")
             print("| kind of event | events | windows | s | share |\n|---|---:|---:|---:|---:|")
             for kind, spent in sorted(simulation.spent.items(), key=lambda kv: -kv[1]):
                 print(f"| {kind} | {simulation.events[kind]:,} | {simulation.calls[kind]:,} | {spent:.1f} | "

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from cases.catalogue import all_classes
 from cases.simulate import COMMON, simulate
 from cim.database import engine_for
+from benchmarks.dispatch_check import check_dispatch
 from tests.conftest import create_database, run_cim
 from tests.test_geocode import load_city
 
@@ -64,6 +65,11 @@ def test_a_simulated_week_runs_the_whole_loop(city):
         reworked = conn.execute(sa.text(
             "SELECT count(*) FROM cases WHERE external_id LIKE 'SIM-7-%' AND rework_count > 0")).scalar()
         assert reworked >= 1
+        # each machine dispatch went where a second, hand-written reading of the rule (in SQL) sends it
+        ids = list(conn.execute(sa.text("SELECT id FROM cases WHERE external_id LIKE 'SIM-7-%'")).scalars())
+        checked = check_dispatch(conn, ids)
+        assert checked.checked == report.machine_dispatched
+        assert checked.disagreements == []
     again = simulate(city, days=5, seed=7, start=START, per_day=60)
     assert again.created == 0 and again.known == 300  # a rerun takes in nothing twice
 
