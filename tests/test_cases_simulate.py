@@ -10,10 +10,10 @@ from datetime import date
 import pytest
 import sqlalchemy as sa
 
+from benchmarks.dispatch_check import check_dispatch
 from cases.catalogue import all_classes
 from cases.simulate import COMMON, simulate
 from cim.database import engine_for
-from benchmarks.dispatch_check import check_dispatch
 from tests.conftest import create_database, run_cim
 from tests.test_geocode import load_city
 
