@@ -245,13 +245,22 @@ class StagedLoad:
         if self._background is not None:
             self._background.join()  # before the remaining builds: ALTER TABLEs side by side deadlock
         # the tables built in the background are attached by this connection while the others' indexes are built
-        # on two more (the last district's: the load's tail); a table whose rows changed since it was closed is
-        # analyzed again first
+        # on two more (the last district's: the load's tail); one whose rows changed since it was closed (a late
+        # row) is analyzed again by a builder first — not after: once attached, it is the load's until the commit
         ready = [d for d in self.staged if d in self.closed and not (self.analyze and d in self.stale)]
-        rest = [d for d in self.staged if d not in ready]
-        self._build([self.staged[d] for d in rest if d not in self.closed],
-                    analyze=[self.staged[d] for d in rest] if self.analyze else [],
-                    meanwhile=lambda: [self._attach(d) for d in ready])
+        again = {self.staged[d]: threading.Event() for d in self.staged if d in self.closed and d not in ready}
+        rest = [d for d in self.staged if d not in self.closed]
+
+        def meanwhile() -> None:
+            for district in ready:
+                self._attach(district)
+            for district, name in self.staged.items():
+                if name in again:
+                    again[name].wait()
+                    self._attach(district)
+
+        self._build([self.staged[d] for d in rest], analyze=[self.staged[d] for d in rest] if self.analyze else [],
+                    again=again, meanwhile=meanwhile)
         for district in rest:
             self._attach(district)
         self._finished = True
@@ -291,13 +300,15 @@ class StagedLoad:
                     keys.append(f'ALTER TABLE "{name}" ADD CONSTRAINT "{conname}" {definition}')
         return builds, keys
 
-    def _build(self, names: list[str], analyze: list[str] = (), meanwhile: Callable[[], object] | None = None) -> None:
+    def _build(self, names: list[str], analyze: list[str] = (), again: dict[str, threading.Event] | None = None,
+               meanwhile: Callable[[], object] | None = None) -> None:
         """Indexes of these staged tables on two connections at once, the longest builds first (GiST before
-        B-tree), then the ANALYZE of the tables in ``analyze``; meanwhile this thread runs ``meanwhile`` (the
-        attaches of the tables built before, on the load's connection). Then, on the load's connection, the
-        primary keys (over their indexes) and foreign keys: ALTER TABLE statements running beside each other's
-        builds deadlock, two foreign keys to one table wait for each other, and an ATTACH holds the table a
-        foreign key refers to until the load commits (so a builder's foreign key after one would wait for it)."""
+        B-tree; the ANALYZE of the tables in ``again``, built before, after the GiST, each setting its event when
+        done or when the builders stop), then the ANALYZE of the tables in ``analyze``; meanwhile this thread
+        runs ``meanwhile`` (the attaches of the tables built before, on the load's connection). Then, on the
+        load's connection, the primary keys (over their indexes) and foreign keys: ALTER TABLE statements running
+        beside each other's builds deadlock, two foreign keys to one table wait for each other, and an ATTACH
+        holds the table a foreign key refers to until the load commits (a builder's foreign key would wait)."""
         links = self._link_jobs(names)  # every table's rows linked before any index is built over them
         builds, keys = self._statements(names)
         errors: list[BaseException] = []
@@ -314,8 +325,11 @@ class StagedLoad:
                         job = jobs.get_nowait()
                     except queue.Empty:
                         break
-                    _run(cur, job)
+                    statement, done = job if isinstance(job, tuple) else (job, None)
+                    _run(cur, statement)
                     raw.commit()
+                    if done is not None:
+                        done.set()
             except BaseException as exc:  # noqa: BLE001 (raised again in the load's thread)
                 errors.append(exc)
             finally:
@@ -339,9 +353,16 @@ class StagedLoad:
             raise errors[0]
 
         def background() -> None:
-            phase([statement for _rank, statement in sorted(builds, key=lambda w: w[0])])
-            if not errors:
-                phase([f'ANALYZE "{name}"' for name in analyze])
+            ordered = [statement for _rank, statement in sorted(builds, key=lambda w: w[0])]
+            gist = sum(1 for rank, _statement in builds if rank == 0)
+            try:
+                phase(ordered[:gist] + [(f'ANALYZE "{name}"', done) for name, done in (again or {}).items()]
+                      + ordered[gist:])
+                if not errors:
+                    phase([f'ANALYZE "{name}"' for name in analyze])
+            finally:
+                for done in (again or {}).values():
+                    done.set()  # the load's thread waits for none after the builders stopped
 
         thread = threading.Thread(target=background, name="cim-build")
         thread.start()
