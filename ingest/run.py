@@ -34,7 +34,7 @@ from ingest.faults import database_faults, pause_at
 from ingest.seen import FirstRows, text_keys
 from ingest.report import FileReport, IngestReport, RejectsFiles, sha256_of
 from ingest.specs import SPECS, LayerSpec
-from ingest.statistics import refresh_statistics
+from ingest.statistics import analyze_parent, refresh_statistics
 
 MODES = ("upsert", "append", "replace")
 
@@ -142,6 +142,7 @@ class FeatureLoad:
         self.ctx, self.grid_index = self._context()
         r = self.report
         self.staged_load: staged.StagedLoad | None = None
+        self.parent_statistics = False  # the layer's own statistics are made after the commit
         if not self.options.dry_run:
             staged.drop_leftovers(self.engine, self.spec.table)
             # a first load makes its partitions itself, after its rows (ingest.staged)
@@ -170,6 +171,14 @@ class FeatureLoad:
                 self.staged_load.abort()  # after the rollback: the load's transaction no longer holds them
             raise
         self.rejects.publish()
+        if self.parent_statistics:  # the load has committed: a failure here is reported, not raised
+            try:
+                made, why = analyze_parent(self.engine, self.spec.table), "a load of it began meanwhile"
+            except Exception as exc:  # noqa: BLE001
+                made, why = False, str(exc).strip()
+            if not made:
+                r.message = "; ".join(filter(None, [r.message, f"the layer's own statistics were not made ({why}): "
+                                                               f'run ANALYZE "{self.spec.table}"']))
         return r
 
     def _load(self, cur, started: float) -> None:
@@ -188,8 +197,11 @@ class FeatureLoad:
         # says how to link a staged first load (addresses)
         if ((not self.spec.merge_sql or self.spec.staged_links)
                 and staged.applies(cur, self.spec.table, self.options.dry_run)):
+            # its partitions analyzed as they are built, the layer's own statistics after the commit
+            # (ingest.statistics) — unless this load's completion of another layer's links probes the layer
             self.staged_load = staged.StagedLoad(self.engine, cur, self.spec.table, self.columns, r.run_id,
-                                                 links=self.spec.staged_links)
+                                                 links=self.spec.staged_links,
+                                                 analyze=self.spec.complete_links is None)
         self.direct = self.staged_load or (
             merge.DirectLoad(cur, self.spec.table, self.columns, r.run_id)
             if not self.spec.merge_sql and merge.DirectLoad.applies(cur, self.spec.table) else None)
@@ -218,7 +230,9 @@ class FeatureLoad:
                                                         counts.closed)
         if not self.options.dry_run:
             # before the completion below and the next load's links, which probe this layer (ingest.statistics)
-            refresh_statistics(cur, self.spec.table, counts.inserted + counts.updated + counts.closed)
+            self.parent_statistics = refresh_statistics(
+                cur, self.spec.table, counts.inserted + counts.updated + counts.closed,
+                analyzed=self.staged_load.analyzed if self.staged_load is not None else ()).parent_later
         if self.spec.complete_links and counts.inserted and not self.options.dry_run:
             linked = self.spec.complete_links(cur, r.run_id)
             if linked:

@@ -1,7 +1,10 @@
 """The first load of a district-partitioned layer (``parts``, ``buildings``…) that has never held a row: each
 district's rows are COPYed into a table of their own that has no index yet, the indexes and foreign keys
 are then built two at a time on two connections (both cores), and each table is attached as its district's
-partition by the load's transaction just before it commits.
+partition by the load's transaction at its end (the tables built while the next district's rows were read are
+attached while the last district's indexes are built). With ``analyze``, each table is also analyzed once its
+indexes are in, by the connection that built them, so the load's statistics refresh has only the layer's own
+statistics left to make (ingest.statistics).
 
 Why: an index maintained row by row costs far more than the same index built once over the rows (1,000,000
 parts, measured: COPY into the indexed table 150 s, COPY into a bare one 8.6 s + every build 29 s on one
@@ -94,8 +97,13 @@ class StagedLoad:
     """Same interface as :class:`ingest.merge.DirectLoad` (``copy``, ``remove``, ``finish``), plus ``abort``."""
 
     def __init__(self, engine: Engine, cur, table: str, columns: list[str], run_id: int,
-                 links: StagedLinks | None = None) -> None:
+                 links: StagedLinks | None = None, analyze: bool = False) -> None:
         self.engine, self.cur, self.table, self.run_id, self.links = engine, cur, table, run_id, links
+        # analyze each staged table once its rows and indexes are in (a closed district's on the background
+        # builder, while the next are read): the load's statistics refresh then leaves them out, and only the
+        # layer's own statistics remain for after the commit (ingest.statistics)
+        self.analyze = analyze
+        self.stale: set[str] = set()  # closed districts whose rows changed after their ANALYZE was handed in
         self.direct = DirectLoad(cur, table, columns, run_id)  # rows that go the ordinary way
         self.columns = self.direct.columns
         self.existing = district_partitions(cur, table)
@@ -112,6 +120,7 @@ class StagedLoad:
         # transaction, nor to write their pages again with hint bits)
         self.fresh: set[str] = set()
         self._background: _Builder | None = None
+        self._finished = False
 
     def copy(self, frame: pd.DataFrame, ewkb: np.ndarray | None) -> None:
         frame = self.direct.prepared(frame)
@@ -134,6 +143,8 @@ class StagedLoad:
                 ordinary |= rows
                 continue
             name = self.staged.get(code) or self._stage(code)
+            if code in self.closed:
+                self.stale.add(code)  # a late row: its table is analyzed again before it is attached
             freeze = name in self.fresh
             if len(present) == 1:  # the usual batch of a delivery sorted by district: no copy of it to select it
                 copy_rows(self.stage, frame, ewkb, self.columns, into=name, types=self.direct.types, freeze=freeze)
@@ -175,7 +186,7 @@ class StagedLoad:
         names = [self.staged[d] for d in districts]
         statements = self._statements(names)
         self._background.submit(self._link_jobs(names) + [s for _rank, s in sorted(statements[0], key=lambda w: w[0])]
-                                + statements[1])
+                                + statements[1] + ([f'ANALYZE "{name}"' for name in names] if self.analyze else []))
         self.closed.update(districts)
 
     def _bound(self, district: str) -> None:
@@ -188,12 +199,20 @@ class StagedLoad:
 
     def remove(self, source_ids: list[str]) -> list[str]:
         removed = self.direct.remove(source_ids)
-        for name in self.staged.values():
+        for district, name in self.staged.items():
             self.stage.execute(f'DELETE FROM "{name}" WHERE source_id = ANY(%s) RETURNING source_id', (source_ids,))
             taken = [r[0] for r in self.stage.fetchall()]
             self.rows -= len(taken)
             removed += taken
+            if taken and district in self.closed:
+                self.stale.add(district)
         return removed
+
+    @property
+    def analyzed(self) -> set[str]:
+        """The staged tables this load analyzed after their last change (all of them, once :meth:`finish` has
+        run, if it analyzes)."""
+        return set(self.staged.values()) if self.analyze and self._finished else set()
 
     def _link_jobs(self, names: list[str]) -> list[list[str]]:
         """Per staged table, the statements (one transaction) that link its rows, if the layer links any."""
@@ -225,18 +244,41 @@ class StagedLoad:
         self._raw.commit()
         if self._background is not None:
             self._background.join()  # before the remaining builds: ALTER TABLEs side by side deadlock
-        self._build([n for d, n in self.staged.items() if d not in self.closed])
-        for district, name in self.staged.items():
-            self.cur.execute(district_partition_sql(self.table, district)[1])  # ATTACH: indexes and keys match
-            self.cur.execute(f'ALTER TABLE "{name}" DROP CONSTRAINT "{name}_bound"')
-            self.cur.execute(f'COMMENT ON TABLE "{name}" IS NULL')
-            self.cur.execute(f'ALTER TABLE "{name}" RESET (autovacuum_enabled)')
-            revoke_partition_access(self.cur, name)
+        # the tables built in the background are attached by this connection while the others' indexes are built
+        # on two more (the last district's: the load's tail); one whose rows changed since it was closed (a late
+        # row) is analyzed again by a builder first — not after: once attached, it is the load's until the commit
+        ready = [d for d in self.staged if d in self.closed and not (self.analyze and d in self.stale)]
+        again = {self.staged[d]: threading.Event() for d in self.staged if d in self.closed and d not in ready}
+        rest = [d for d in self.staged if d not in self.closed]
+
+        def meanwhile() -> None:
+            for district in ready:
+                self._attach(district)
+            for district, name in self.staged.items():
+                if name in again:
+                    again[name].wait()
+                    self._attach(district)
+
+        self._build([self.staged[d] for d in rest], analyze=[self.staged[d] for d in rest] if self.analyze else [],
+                    again=again, meanwhile=meanwhile)
+        for district in rest:
+            self._attach(district)
+        self._finished = True
         # the rows arrived by COPY into the partitions, so the layer's statement trigger did not see them
         self.cur.execute("SELECT EXISTS (SELECT 1 FROM pg_proc WHERE proname = 'cim_audit')")
         if self.cur.fetchone()[0]:
             self.cur.execute("SELECT cim_audit('insert', %s, '{}'::jsonb)", (self.table,))
         return MergeCounts(inserted=counts.inserted + self.rows)
+
+    def _attach(self, district: str) -> None:
+        """Attach a built table as its district's partition, in the load's transaction (its indexes and keys
+        match the layer's: no build, no validation scan but the run's key's)."""
+        name = self.staged[district]
+        self.cur.execute(district_partition_sql(self.table, district)[1])
+        self.cur.execute(f'ALTER TABLE "{name}" DROP CONSTRAINT "{name}_bound"')
+        self.cur.execute(f'COMMENT ON TABLE "{name}" IS NULL')
+        self.cur.execute(f'ALTER TABLE "{name}" RESET (autovacuum_enabled)')
+        revoke_partition_access(self.cur, name)
 
     def _statements(self, names: list[str]) -> tuple[list[tuple[int, str]], list[str]]:
         """The index builds (rank 0: GiST, the longest; 1: B-tree) and the key statements of these tables."""
@@ -258,17 +300,20 @@ class StagedLoad:
                     keys.append(f'ALTER TABLE "{name}" ADD CONSTRAINT "{conname}" {definition}')
         return builds, keys
 
-    def _build(self, names: list[str]) -> None:
+    def _build(self, names: list[str], analyze: list[str] = (), again: dict[str, threading.Event] | None = None,
+               meanwhile: Callable[[], object] | None = None) -> None:
         """Indexes of these staged tables on two connections at once, the longest builds first (GiST before
-        B-tree); then, on one, the primary keys (over their indexes) and foreign keys: ALTER TABLE statements
-        running beside each other's builds deadlock, and two foreign keys to one table wait for each other."""
-        if not names:
-            return
+        B-tree; the ANALYZE of the tables in ``again``, built before, after the GiST, each setting its event when
+        done or when the builders stop), then the ANALYZE of the tables in ``analyze``; meanwhile this thread
+        runs ``meanwhile`` (the attaches of the tables built before, on the load's connection). Then, on the
+        load's connection, the primary keys (over their indexes) and foreign keys: ALTER TABLE statements running
+        beside each other's builds deadlock, two foreign keys to one table wait for each other, and an ATTACH
+        holds the table a foreign key refers to until the load commits (a builder's foreign key would wait)."""
         links = self._link_jobs(names)  # every table's rows linked before any index is built over them
         builds, keys = self._statements(names)
         errors: list[BaseException] = []
 
-        def builder(jobs: queue.Queue, serial: list[str]) -> None:
+        def builder(jobs: queue.Queue) -> None:
             raw = self.engine.raw_connection()
             try:
                 cur = raw.cursor()
@@ -280,28 +325,59 @@ class StagedLoad:
                         job = jobs.get_nowait()
                     except queue.Empty:
                         break
-                    _run(cur, job)
+                    statement, done = job if isinstance(job, tuple) else (job, None)
+                    _run(cur, statement)
                     raw.commit()
-                for statement in serial:
-                    cur.execute(statement)
-                    raw.commit()
+                    if done is not None:
+                        done.set()
             except BaseException as exc:  # noqa: BLE001 (raised again in the load's thread)
                 errors.append(exc)
             finally:
                 raw.close()
 
-        for phase in (links, [statement for _rank, statement in sorted(builds, key=lambda w: w[0])]):
-            jobs: queue.Queue = queue.Queue()
-            for job in phase:
-                jobs.put(job)
-            threads = [threading.Thread(target=builder, args=(jobs, []), name="cim-build-0")]
-            threads[0].start()
-            builder(jobs, [])  # the second builder is this thread; the keys wait for both
-            threads[0].join()
-        if not errors:
-            builder(queue.Queue(), keys)
+        def phase(jobs: list) -> None:
+            if not jobs:
+                return
+            work: queue.Queue = queue.Queue()
+            for job in jobs:
+                work.put(job)
+            threads = [threading.Thread(target=builder, args=(work,), name=f"cim-build-{i}") for i in range(2)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+
+        if links:
+            phase(links)
         if errors:
             raise errors[0]
+
+        def background() -> None:
+            ordered = [statement for _rank, statement in sorted(builds, key=lambda w: w[0])]
+            gist = sum(1 for rank, _statement in builds if rank == 0)
+            try:
+                phase(ordered[:gist] + [(f'ANALYZE "{name}"', done) for name, done in (again or {}).items()]
+                      + ordered[gist:])
+                if not errors:
+                    phase([f'ANALYZE "{name}"' for name in analyze])
+            finally:
+                for done in (again or {}).values():
+                    done.set()  # the load's thread waits for none after the builders stopped
+
+        thread = threading.Thread(target=background, name="cim-build")
+        thread.start()
+        try:
+            if meanwhile is not None:
+                meanwhile()
+        except BaseException as exc:
+            errors.append(exc)  # the builders stop after their statement
+            raise
+        finally:
+            thread.join()
+        if errors:
+            raise errors[0]
+        for statement in keys:
+            self.cur.execute(statement)
 
     def abort(self) -> None:
         """The load failed: its staged tables go (they were committed only if the builds had begun)."""
