@@ -10,14 +10,23 @@ that is both comes first, then by kind, then by part; among equals the lowest po
 the department of each case's *first* dispatch by the machine (``case_events``: the intake's; a re-dispatch after a
 return leaves out the departments that returned it, which this check does not model).
 
-Used by ``benchmarks/cases_day.py`` (the simulated Shanghai day) and by ``tests/test_cases_simulate.py``.
+Used by ``benchmarks/cases_day.py`` (the simulated Shanghai day) and by ``tests/test_cases_simulate.py``; run
+alone it checks a base's cases (CIM_DATABASE_URL, or the embedded cluster under CIM_HOME):
+
+  .venv/bin/python benchmarks/dispatch_check.py [--url URL]
 """
 from __future__ import annotations
 
+import argparse
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cim.database import database_url, engine_for  # noqa: E402
 
 _CHECK = """
 WITH first_dispatch AS (
@@ -67,3 +76,25 @@ def check_dispatch(conn: Connection, case_ids: list[int] | None = None) -> Dispa
         rows = [r for r in rows if r.case_id in wanted]
     bad = [(r.case_id, r.chosen, r.expected) for r in rows if r.chosen != r.expected]
     return DispatchCheck(len(rows), len(rows) - len(bad), bad)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Each machine dispatch of a base's cases against a second, "
+                                                 "hand-written reading of the dispatch rule.")
+    parser.add_argument("--url", help="the database (default: CIM_DATABASE_URL, or the embedded cluster)")
+    args = parser.parse_args()
+    engine = engine_for(args.url or database_url())
+    try:
+        with engine.connect() as conn:
+            found = check_dispatch(conn)
+    finally:
+        engine.dispose()
+    print(f"{found.agreeing:,} of {found.checked:,} machine dispatches ({found.share:.1%}) go where the rule "
+          "read by hand sends them")
+    for case_id, chosen, expected in found.disagreements[:20]:
+        print(f"case {case_id}: the machine chose {chosen}, the rule says {expected}")
+    raise SystemExit(1 if found.disagreements else 0)
+
+
+if __name__ == "__main__":
+    main()
