@@ -43,6 +43,7 @@ class StepClock:
         self.pids: dict[int, int] = {}  # id(DBAPI connection) → its backend's pid
         self.spent: collections.Counter[str] = collections.Counter()
         self._last: tuple[int, int] | None = None  # (pid, ns) at the last mark
+        self.committed: object | None = None  # the DBAPI connection of the last commit (marked once it is done)
 
     def mark(self, dbapi_connection: object, label: str) -> None:
         pid = self.pids[id(dbapi_connection)]
@@ -85,7 +86,7 @@ def instrument(engine: sa.Engine, clock: StepClock) -> None:
     @sa.event.listens_for(engine, "commit")
     def _commit(conn: sa.Connection) -> None:
         clock.mark(conn.connection.dbapi_connection, "BEGIN and in between")
-        clock.committed = conn.connection.dbapi_connection  # type: ignore[attr-defined]
+        clock.committed = conn.connection.dbapi_connection
 
 
 def main() -> None:
@@ -125,7 +126,7 @@ def main() -> None:
                     out = run(items[g * size:(g + 1) * size])
                     if any(isinstance(o, Exception) for o in out):
                         raise SystemExit(f"a report failed: {next(o for o in out if isinstance(o, Exception))}")
-                    clock.mark(clock.committed, "COMMIT")  # type: ignore[attr-defined]
+                    clock.mark(clock.committed, "COMMIT")
                 thread_ms = (time.thread_time() - thread0) * 1000 / args.groups
                 wall_ms = (time.perf_counter() - wall0) * 1000 / args.groups
                 steps[size] = collections.Counter(clock.spent)

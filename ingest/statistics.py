@@ -10,6 +10,11 @@ seconds; docs/benchmarks.md). So a load does what autovacuum would have done, un
 """
 from __future__ import annotations
 
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from sqlalchemy.engine import Engine
+
 from cim.distribution import IS_CITUS_SQL
 
 #: autovacuum's defaults (``autovacuum_analyze_threshold``, ``autovacuum_analyze_scale_factor``)
@@ -17,43 +22,44 @@ THRESHOLD_ROWS = 50
 SCALE_FACTOR = 0.1
 
 
-class Analyzed(list):
-    """The tables :func:`refresh_statistics` analyzed, and whether the partitioned table's own statistics are
-    left for :func:`analyze_parent`, after the commit (``parent_later``)."""
+@dataclass(frozen=True)
+class Refreshed:
+    """What :func:`refresh_statistics` did: the tables it analyzed, and whether the partitioned table's own
+    statistics are left for :func:`analyze_parent`, after the commit."""
 
-    parent_later = False
+    tables: tuple[str, ...] = ()
+    parent_later: bool = False
 
 
-def refresh_statistics(cur, table: str, changed_rows: int, analyzed: Collection[str] = ()) -> Analyzed:
+def refresh_statistics(cur, table: str, changed_rows: int, analyzed: Collection[str] = ()) -> Refreshed:
     """ANALYZE ``table`` if this load's ``changed_rows`` (inserted, updated and closed) pass autovacuum's rule for
     it, else its partitions that have never been analyzed (made by this load); inside the load's transaction, so
-    the statistics count its rows. Returns the tables analyzed. Not on Citus: there the rows live in shards on the
-    workers, which the load's locks do not hold, so their own autovacuum keeps the statistics.
+    the statistics count its rows. Not on Citus: there the rows live in shards on the workers, which the load's
+    locks do not hold, so their own autovacuum keeps the statistics.
 
     ``analyzed``: partitions of ``table`` that the load analyzed itself after their last change (a staged first
     load). When the whole table is due, only its other partitions are analyzed here, and the partitioned table's
-    own statistics are left for :func:`analyze_parent` after the commit (``parent_later`` on the result)."""
-    done = Analyzed()
+    own statistics are left for :func:`analyze_parent` after the commit (``parent_later``)."""
     cur.execute(IS_CITUS_SQL)
     if cur.fetchone()[0] or changed_rows <= 0:
-        return done
+        return Refreshed()
     # the table itself, or a partitioned table's partitions (pg_partition_tree lists none for a plain table)
     cur.execute("SELECT c.relname, c.reltuples FROM pg_class c WHERE c.oid = %(t)s::regclass AND c.relkind <> 'p' "
                 "OR c.oid IN (SELECT relid FROM pg_partition_tree(%(t)s::regclass) WHERE isleaf)", {"t": table})
     leaves = cur.fetchall()
     known_rows = sum(max(tuples, 0.0) for _name, tuples in leaves)
+    parent_later = False
     if changed_rows > THRESHOLD_ROWS + SCALE_FACTOR * known_rows:
         if analyzed and all(name != table for name, _tuples in leaves):  # partitioned: see the docstring
             targets = [name for name, _tuples in leaves if name not in set(analyzed)]
-            done.parent_later = True
+            parent_later = True
         else:
             targets = [table]  # a partitioned table: its partitions and the whole layer's own statistics
     else:
         targets = [name for name, tuples in leaves if tuples < 0]
     for name in targets:
         cur.execute(f'ANALYZE "{name}"')
-    done.extend(targets)
-    return done
+    return Refreshed(tuple(targets), parent_later)
 
 
 def analyze_parent(engine: Engine, table: str, wait: str = "10s") -> bool:
